@@ -1,0 +1,232 @@
+"""``AggregatorClient``: the collaborator side of OpenFL's aggregator protocol over one persistent channel.
+
+Every call carries OpenFL's request header and every reply's header is checked (spec §2.2). UNAVAILABLE
+(aggregator restarting, draining or not up yet) is retried with exponential back-off and jitter; uploads are
+re-sent whole. Any other failure raises :class:`AggregatorError` with the server's status and message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
+from fedagg.protocol.codec import Float32Array, decode_tensor
+from fedagg.protocol.model_file import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 2 * 1024 * 1024
+_Reply = TypeVar("_Reply")
+
+
+class AggregatorError(Exception):
+    """The aggregator refused a call; ``code`` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS material: the CA that signed the aggregator, and this collaborator's certificate and key (mTLS)."""
+
+    root_certificate: Path
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials from the files."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificate.read_bytes(),
+            private_key=self.private_key.read_bytes() if self.private_key else None,
+            certificate_chain=self.certificate.read_bytes() if self.certificate else None,
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Back-off for UNAVAILABLE: ``initial`` seconds doubling up to ``maximum``, with full jitter."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    give_up_after: float = 600.0
+
+    def delays(self) -> Iterator[float]:
+        """Successive sleeps; stops when ``give_up_after`` seconds of sleeping are used up."""
+        delay, slept = self.initial, 0.0
+        while slept < self.give_up_after:
+            pause = random.uniform(delay / 2, delay)
+            slept += pause
+            yield pause
+            delay = min(delay * 2, self.maximum)
+
+
+@dataclass(frozen=True)
+class TasksReply:
+    """What GetTasks said."""
+
+    round_number: int
+    tasks: tuple[aggregator_pb2.Task, ...]
+    sleep_seconds: int
+    quit: bool
+
+
+class AggregatorClient:
+    """One collaborator's connection to an aggregator. Not thread-safe; use one per collaborator."""
+
+    def __init__(
+        self,
+        address: str,
+        collaborator: str,
+        aggregator_uuid: str,
+        federation_uuid: str,
+        *,
+        tls: ClientTls | None = None,
+        single_col_cert_common_name: str = "",
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.collaborator = collaborator
+        self.aggregator_uuid = aggregator_uuid
+        self.federation_uuid = federation_uuid
+        self.single_col_cert_common_name = single_col_cert_common_name
+        self._retry = retry or RetryPolicy()
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+        self._stub = aggregator_pb2_grpc.AggregatorStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Federation calls -----------------------------------------------------------------------------------------
+
+    def header(self) -> aggregator_pb2.MessageHeader:
+        """The header OpenFL's client puts on every request."""
+        return aggregator_pb2.MessageHeader(
+            sender=self.collaborator,
+            receiver=self.aggregator_uuid,
+            federation_uuid=self.federation_uuid,
+            single_col_cert_common_name=self.single_col_cert_common_name,
+        )
+
+    def get_tasks(self) -> TasksReply:
+        """Ask for this round's tasks (or a sleep, or quit)."""
+        reply = self._call(lambda: self._stub.GetTasks(aggregator_pb2.GetTasksRequest(header=self.header())))
+        self._check_header(reply.header)
+        return TasksReply(reply.round_number, tuple(reply.tasks), reply.sleep_time, reply.quit)
+
+    def get_aggregated_tensor(
+        self, name: str, round_number: int, tags: Sequence[str], require_lossless: bool = True
+    ) -> Float32Array:
+        """Fetch one tensor of the global model (``tags=["model"]``) or its delta (``aggregated, delta``)."""
+        request = aggregator_pb2.GetAggregatedTensorRequest(
+            header=self.header(),
+            tensor_name=name,
+            round_number=round_number,
+            tags=list(tags),
+            require_lossless=require_lossless,
+        )
+        reply = self._call(lambda: self._stub.GetAggregatedTensor(request))
+        self._check_header(reply.header)
+        return decode_tensor(reply.tensor)
+
+    def send_task_results(
+        self, round_number: int, task_name: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
+    ) -> None:
+        """Upload a task's results as a stream of 2 MiB chunks; returns once the aggregator has them durably."""
+        payload = aggregator_pb2.TaskResults(
+            header=self.header(),
+            round_number=round_number,
+            task_name=task_name,
+            data_size=data_size,
+            tensors=list(tensors),
+        ).SerializeToString()
+        reply = self._call(lambda: self._stub.SendLocalTaskResults(_chunks(payload)))
+        self._check_header(reply.header)
+
+    # Observer calls -------------------------------------------------------------------------------------------
+
+    def experiment_description(self, experiment: str = "") -> base_pb2.ExperimentDescription:
+        """GetExperimentDescription."""
+        request = aggregator_pb2.GetExperimentDescriptionRequest(name=experiment)
+        return self._call(lambda: self._stub.GetExperimentDescription(request)).experiment
+
+    def trained_model(self, best: bool, experiment: str = "") -> LoadedModel:
+        """GetTrainedModel: the best or last model with its round."""
+        kinds = aggregator_pb2.GetTrainedModelRequest
+        request = kinds(experiment_name=experiment, model_type=kinds.BEST_MODEL if best else kinds.LAST_MODEL)
+        proto = self._call(lambda: self._stub.GetTrainedModel(request)).model_proto
+        tensors = {tensor.name: decode_tensor(tensor, codec_tagged=False) for tensor in proto.tensors}
+        round_number = proto.tensors[0].round_number if proto.tensors else 0
+        return LoadedModel(round_number, tensors)
+
+    def metric_stream(self, experiment: str = "") -> Iterator[aggregator_pb2.GetMetricStreamResponse]:
+        """GetMetricStream: every metric so far, then live ones until the experiment ends."""
+        request = aggregator_pb2.GetMetricStreamRequest(experiment_name=experiment)
+        try:
+            yield from self._stub.GetMetricStream(request)
+        except grpc.RpcError as error:
+            raise AggregatorError(error.code(), error.details() or "") from None
+
+    # Plumbing -------------------------------------------------------------------------------------------------
+
+    def _call(self, invoke: Callable[[], _Reply]) -> _Reply:
+        delays = self._retry.delays()
+        while True:
+            try:
+                return invoke()
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise AggregatorError(code, details) from None
+                pause = next(delays, None)
+                if pause is None:
+                    raise AggregatorError(code, f"gave up retrying: {details}") from None
+                log.info("aggregator unavailable (%s); retrying in %.1fs", details, pause)
+                time.sleep(pause)
+
+    def _check_header(self, header: aggregator_pb2.MessageHeader) -> None:
+        expected = (
+            self.collaborator,
+            self.aggregator_uuid,
+            self.federation_uuid,
+            self.single_col_cert_common_name,
+        )
+        actual = (header.receiver, header.sender, header.federation_uuid, header.single_col_cert_common_name)
+        if actual != expected:
+            raise AggregatorError(
+                grpc.StatusCode.DATA_LOSS,
+                f"reply header {actual} does not match this collaborator's {expected}",
+            )
+
+
+def _chunks(payload: bytes) -> Iterator[base_pb2.DataStream]:
+    view = memoryview(payload)
+    for start in range(0, len(view), CHUNK_BYTES):
+        piece = bytes(view[start : start + CHUNK_BYTES])
+        yield base_pb2.DataStream(size=len(piece), npbytes=piece)

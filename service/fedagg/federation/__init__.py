@@ -1,0 +1,1 @@
+"""The federation core: plan, task assignment, rounds, aggregation and durable state. No network code."""

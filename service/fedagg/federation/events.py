@@ -1,0 +1,73 @@
+"""What the federation core tells the outside world (metrics exporters, lifecycle hooks) as it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedagg.federation.metric_log import MetricRecord
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """A finished round."""
+
+    round_number: int
+    duration_seconds: float
+    aggregation_seconds: float
+    contributors: int
+    stragglers: tuple[str, ...]
+    metrics: tuple[MetricRecord, ...]
+
+
+class FederationListener:
+    """Receives federation events. Methods may be called from any thread and must return quickly.
+
+    The default implementation ignores everything; subclasses override what they need.
+    """
+
+    def round_started(self, round_number: int) -> None:
+        """The first task of ``round_number`` was handed out."""
+
+    def contribution_accepted(self, collaborator: str, task: str, round_number: int, size_bytes: int) -> None:
+        """An upload was made durable and folded into the round."""
+
+    def contribution_ignored(self, collaborator: str, task: str, reason: str) -> None:
+        """An upload was answered OK but not used (wrong round, duplicate, straggler, after the end)."""
+
+    def round_finished(self, summary: RoundSummary) -> None:
+        """A round was aggregated and checkpointed."""
+
+    def checkpoint_saved(self, round_number: int, seconds: float) -> None:
+        """A round-boundary checkpoint was written."""
+
+    def experiment_finished(self, final_round: int) -> None:
+        """The last round was aggregated; from now on collaborators get quit jobs."""
+
+    def all_quit_jobs_sent(self) -> None:
+        """Every collaborator has received its quit job."""
+
+
+@dataclass(frozen=True)
+class CollaboratorStatus:
+    """One collaborator's progress, for GetExperimentDescription."""
+
+    name: str
+    status: str
+    progress: float
+    round_number: int
+    current_task: str
+    next_task: str
+
+
+@dataclass(frozen=True)
+class ExperimentStatus:
+    """The experiment as a whole, for GetExperimentDescription."""
+
+    name: str
+    status: str
+    progress: float
+    total_rounds: int
+    current_round: int
+    collaborators: tuple[CollaboratorStatus, ...]
+    tasks: tuple[tuple[str, str], ...]
+    models: tuple[tuple[str, str], ...]

@@ -1,0 +1,207 @@
+"""The federation plan: who collaborates, which tasks run each round, and how rounds end."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fedagg.federation.errors import PlanError
+
+
+class AggregationKind(StrEnum):
+    """How a task's model updates are combined."""
+
+    WEIGHTED_AVERAGE = "weighted_average"
+    MEDIAN = "median"
+
+
+class AssignerKind(StrEnum):
+    """OpenFL's grouped assigners."""
+
+    STATIC_GROUPED = "static_grouped"
+    RANDOM_GROUPED = "random_grouped"
+
+
+class StragglerPolicyKind(StrEnum):
+    """OpenFL's straggler handling policies."""
+
+    CUTOFF_TIME = "cutoff_time"
+    PERCENTAGE = "percentage"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A plan task: the collaborator-side function it runs and how its results are aggregated."""
+
+    name: str
+    function: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    aggregation: AggregationKind = AggregationKind.WEIGHTED_AVERAGE
+
+    @property
+    def task_type(self) -> str:
+        """``"train"`` or ``"validate"`` as OpenFL's TrainTask/ValidateTask say it, ``""`` when unknown."""
+        if "train" in self.function:
+            return "train"
+        if "valid" in self.function:
+            return "validate"
+        return ""
+
+    @property
+    def apply_local(self) -> bool:
+        """Whether a validation task runs on the locally trained model (OpenFL's ``apply: local``)."""
+        return self.kwargs.get("apply") == "local"
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """A group of collaborators that run the same tasks: fixed members (static) or a share (random)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    collaborators: tuple[str, ...] = ()
+    percentage: float = 0.0
+
+
+@dataclass(frozen=True)
+class AssignerSpec:
+    """Which grouped assigner hands out tasks, with its groups; ``seed`` makes random grouping reproducible."""
+
+    kind: AssignerKind
+    groups: tuple[TaskGroup, ...]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StragglerPolicySpec:
+    """When a round may end before every collaborator is done."""
+
+    kind: StragglerPolicyKind = StragglerPolicyKind.CUTOFF_TIME
+    cutoff_seconds: float = math.inf
+    minimum_reporting: int = 1
+    percent_needed: float = 1.0
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """Everything the federation core needs to run an experiment. Validated on construction."""
+
+    federation_uuid: str
+    aggregator_uuid: str
+    collaborators: tuple[str, ...]
+    rounds_to_train: int
+    tasks: Mapping[str, TaskSpec]
+    assigner: AssignerSpec
+    stragglers: StragglerPolicySpec = field(default_factory=StragglerPolicySpec)
+    experiment_name: str = ""
+    single_col_cert_common_name: str = ""
+    sleep_seconds: int = 10
+    rounds_kept: int = 2
+
+    def __post_init__(self) -> None:
+        _check_plan(self)
+
+    @property
+    def name(self) -> str:
+        """The experiment's name as the observer RPCs use it (the federation UUID unless configured)."""
+        return self.experiment_name or self.federation_uuid
+
+
+def default_tasks() -> dict[str, TaskSpec]:
+    """OpenFL's default three tasks (``workspace/plan/defaults/tasks_*.yaml``)."""
+    return {
+        "aggregated_model_validation": TaskSpec(
+            "aggregated_model_validation", "validate_task", {"apply": "global", "metrics": ["acc"]}
+        ),
+        "train": TaskSpec("train", "train_task", {"metrics": ["loss"], "epochs": 1}),
+        "locally_tuned_model_validation": TaskSpec(
+            "locally_tuned_model_validation", "validate_task", {"apply": "local", "metrics": ["acc"]}
+        ),
+    }
+
+
+def single_group_assigner(tasks: Mapping[str, TaskSpec], seed: int = 0) -> AssignerSpec:
+    """OpenFL's default assigner: one random group "learning" of every collaborator running every task."""
+    return AssignerSpec(
+        AssignerKind.RANDOM_GROUPED, (TaskGroup("learning", tuple(tasks), percentage=1.0),), seed=seed
+    )
+
+
+def _check_plan(plan: FederationPlan) -> None:
+    _check_identity(plan)
+    if not plan.collaborators:
+        raise PlanError("collaborators", list(plan.collaborators), "at least one collaborator name")
+    if len(set(plan.collaborators)) != len(plan.collaborators):
+        raise PlanError("collaborators", list(plan.collaborators), "unique names")
+    for name in plan.collaborators:
+        if not name or name != name.strip():
+            raise PlanError("collaborators", name, "a non-empty name without surrounding spaces")
+    if plan.rounds_to_train < 1:
+        raise PlanError("rounds_to_train", plan.rounds_to_train, "a positive number of rounds")
+    if plan.sleep_seconds < 1:
+        raise PlanError("sleep_seconds", plan.sleep_seconds, "at least 1 second")
+    if plan.rounds_kept < 2:
+        raise PlanError(
+            "rounds_kept", plan.rounds_kept, "at least 2 (deltas need the previous round's model)"
+        )
+    for key, task in plan.tasks.items():
+        if key != task.name or not task.function:
+            raise PlanError(f"tasks.{key}", task.function, "a task with a function name")
+    _check_assigner(plan)
+    _check_stragglers(plan.stragglers, len(plan.collaborators))
+
+
+def _check_identity(plan: FederationPlan) -> None:
+    if not plan.federation_uuid:
+        raise PlanError("federation_uuid", plan.federation_uuid, "a non-empty string")
+    if not plan.aggregator_uuid:
+        raise PlanError("aggregator_uuid", plan.aggregator_uuid, "a non-empty string")
+
+
+def _check_assigner(plan: FederationPlan) -> None:
+    spec = plan.assigner
+    if not spec.groups:
+        raise PlanError("assigner.task_groups", [], "at least one task group")
+    for index, group in enumerate(spec.groups):
+        key = f"assigner.task_groups[{index}]"
+        if not group.tasks:
+            raise PlanError(f"{key}.tasks", [], "at least one task")
+        for task in group.tasks:
+            if task not in plan.tasks:
+                raise PlanError(f"{key}.tasks", task, f"one of the plan's tasks {sorted(plan.tasks)}")
+    if spec.kind == AssignerKind.STATIC_GROUPED:
+        members = [name for group in spec.groups for name in group.collaborators]
+        if sorted(members) != sorted(plan.collaborators):
+            raise PlanError(
+                "assigner.task_groups[].collaborators",
+                members,
+                f"each of the collaborators {list(plan.collaborators)} in exactly one group",
+            )
+    else:
+        total = sum(group.percentage for group in spec.groups)
+        if any(group.percentage <= 0 for group in spec.groups) or not math.isclose(total, 1.0):
+            raise PlanError(
+                "assigner.task_groups[].percentage",
+                [group.percentage for group in spec.groups],
+                "positive shares that sum to 1.0",
+            )
+
+
+def _check_stragglers(spec: StragglerPolicySpec, collaborators: int) -> None:
+    if not 1 <= spec.minimum_reporting <= collaborators:
+        raise PlanError(
+            "straggler_handling_policy.minimum_reporting",
+            spec.minimum_reporting,
+            f"between 1 and the number of collaborators ({collaborators})",
+        )
+    if spec.cutoff_seconds <= 0:
+        raise PlanError(
+            "straggler_handling_policy.straggler_cutoff_time", spec.cutoff_seconds, "a positive time"
+        )
+    if not 0 < spec.percent_needed <= 1:
+        raise PlanError(
+            "straggler_handling_policy.percent_collaborators_needed", spec.percent_needed, "a share in (0, 1]"
+        )

@@ -1,0 +1,1 @@
+"""The wire contract: generated OpenFL messages, the tensor codec and incremental stream decoding."""

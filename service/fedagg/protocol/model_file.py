@@ -1,0 +1,107 @@
+"""OpenFL model files (serialized ``ModelProto``, ``.pbuf``): streamed writing and memory-mapped reading.
+
+A model file holds one NamedTensor per weight with ``round_number=r``, ``lossless=true``, ``report=false``,
+``tags=["model"]``, one shape metadata entry and float32 C-order data (OpenFL's ``construct_model_proto`` with
+the NoCompression pipeline). Writing streams each tensor's bytes straight from its array and reading maps the
+file, so neither direction makes a second copy of the model in memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from fedagg.protocol import base_pb2
+from fedagg.protocol.codec import FLOAT32, Float32Array, check_data_length, shape_from_metadata, tensor_header
+from fedagg.protocol.stream import TensorRecord, TensorStreamDecoder
+from fedagg.protocol.wire import MalformedMessage, length_delimited_prefix
+
+MODEL_TAG = "model"
+_MODEL_TENSORS = 1  # ModelProto.tensors
+_DATA_BYTES = 7  # NamedTensor.data_bytes
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read as an OpenFL ModelProto of float32 tensors."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read from a file: its round and read-only float32 views of its tensors."""
+
+    round_number: int
+    tensors: dict[str, Float32Array]
+
+
+def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list[bytes | memoryview]:
+    """A NamedTensor (``header`` plus ``array`` as data_bytes) as parts, without copying the data.
+
+    The header is serialized once and the array's bytes follow as field 7, which is exactly how protobuf
+    serializes the complete message.
+    """
+    data = np.ascontiguousarray(array, dtype=FLOAT32)
+    parts: list[bytes | memoryview] = [header.SerializeToString()]
+    if data.nbytes:
+        parts += [length_delimited_prefix(_DATA_BYTES, data.nbytes), data.reshape(-1).view(np.uint8).data]
+    return parts
+
+
+def encode_named_tensor(header: base_pb2.NamedTensor, array: Float32Array) -> bytes:
+    """A serialized NamedTensor: ``header`` with ``array`` as its data bytes."""
+    return b"".join(named_tensor_body(header, array))
+
+
+def model_tensor_header(name: str, array: Float32Array, round_number: int) -> base_pb2.NamedTensor:
+    """The header OpenFL writes for a model tensor in a .pbuf file."""
+    return tensor_header(name, array.shape, round_number=round_number, tags=[MODEL_TAG])
+
+
+def write_model(stream: BinaryIO, tensors: Mapping[str, Float32Array], round_number: int) -> None:
+    """Write ``tensors`` to ``stream`` as an OpenFL ModelProto, one tensor at a time."""
+    for name, array in tensors.items():
+        body = named_tensor_body(model_tensor_header(name, array, round_number), array)
+        stream.write(length_delimited_prefix(_MODEL_TENSORS, sum(len(part) for part in body)))
+        for part in body:
+            stream.write(part)
+
+
+def read_model(path: Path) -> LoadedModel:
+    """Map an OpenFL .pbuf model file and return views of its tensors (shared with the page cache)."""
+    try:
+        with path.open("rb") as file:
+            if path.stat().st_size == 0:
+                raise ModelFileError(f"{path}: the model file is empty")
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read model file: {error.strerror}") from None
+    try:
+        records = list(_tensor_records(mapped))
+    except MalformedMessage as error:
+        raise ModelFileError(f"{path}: not an OpenFL ModelProto: {error}") from None
+    if not records:
+        raise ModelFileError(f"{path}: the model has no tensors")
+    tensors: dict[str, Float32Array] = {}
+    for record in records:
+        if record.name in tensors:
+            raise ModelFileError(f"{path}: tensor '{record.name}' appears twice")
+        try:
+            shape = shape_from_metadata(record.name, record.metadata)
+            check_data_length(record.name, shape, record.data_length)
+        except ValueError as error:
+            raise ModelFileError(f"{path}: {error}") from None
+        count = record.data_length // FLOAT32.itemsize
+        tensors[record.name] = np.frombuffer(mapped, FLOAT32, count, record.data_offset).reshape(shape)
+    return LoadedModel(round_number=records[0].round_number, tensors=tensors)
+
+
+def _tensor_records(mapped: mmap.mmap) -> Iterator[TensorRecord]:
+    decoder = TensorStreamDecoder(_MODEL_TENSORS)
+    events = decoder.feed(memoryview(mapped)) + decoder.finish()
+    for event in events:
+        if isinstance(event, TensorRecord):
+            yield event

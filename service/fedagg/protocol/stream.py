@@ -1,0 +1,307 @@
+"""Incremental decoding of messages that carry NamedTensors, as their bytes arrive.
+
+OpenFL sends ``TaskResults`` as a serialized message cut into ``DataStream`` chunks, and stores models as a
+serialized ``ModelProto``. Both are "a few small fields plus repeated NamedTensor", where each tensor's
+``data_bytes`` may be hundreds of megabytes. :class:`TensorStreamDecoder` walks such a byte stream without ever
+buffering tensor data: small fields are decoded, and each tensor's data bytes are only *located* (absolute offset
+and length in the stream), so the caller can spool the raw stream to disk and map the data later.
+
+The decoder is a push parser: feed it chunks split anywhere (inside a varint, a tag, a tensor header...) and it
+returns the events completed so far. It is not thread-safe; use one decoder per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from fedagg.protocol import base_pb2
+from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, as_int32, decode_varint
+
+DEFAULT_MAX_FIELD_BYTES = 1 << 20
+
+# NamedTensor field numbers (base.proto).
+_NAME, _ROUND, _LOSSLESS, _REPORT, _TAGS, _METADATA, _DATA = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass(frozen=True, slots=True)
+class TensorStart:
+    """A tensor field has begun; its bytes follow. ``index`` counts tensors from 0."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRecord:
+    """A completely received NamedTensor: small fields decoded, data bytes located in the stream."""
+
+    index: int
+    name: str
+    round_number: int
+    lossless: bool
+    report: bool
+    tags: tuple[str, ...]
+    metadata: tuple[base_pb2.MetadataProto, ...]
+    data_offset: int
+    data_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScalarField:
+    """A field outside the tensors: a varint's value, or a length-delimited field's bytes."""
+
+    number: int
+    value: int | bytes
+
+
+Event = TensorStart | TensorRecord | ScalarField
+
+
+@dataclass(slots=True)
+class _Varint:
+    at_boundary: bool = False
+
+
+@dataclass(slots=True)
+class _Exact:
+    length: int
+
+
+@dataclass(slots=True)
+class _Skip:
+    remaining: int
+
+
+_Request = _Varint | _Exact | _Skip
+_Parser = Generator[_Request, int | bytes | None, None]
+
+
+@dataclass(slots=True)
+class _TensorFields:
+    name: str = ""
+    round_number: int = 0
+    lossless: bool = False
+    report: bool = False
+    tags: list[str] = field(default_factory=list)
+    metadata: list[base_pb2.MetadataProto] = field(default_factory=list)
+    data_offset: int = 0
+    data_length: int = 0
+
+
+class TensorStreamDecoder:
+    """Push parser for a message whose field ``tensor_field`` is ``repeated NamedTensor``.
+
+    Other fields are reported as :class:`ScalarField` (unknown fixed-width fields are skipped). Length-delimited
+    fields other than tensor data may be at most ``max_field_bytes`` long.
+    """
+
+    def __init__(self, tensor_field: int, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) -> None:
+        self._tensor_field = tensor_field
+        self._max_field_bytes = max_field_bytes
+        self._pending = bytearray()
+        self._position = 0
+        self._events: list[Event] = []
+        self._tensor_count = 0
+        self._current: _TensorFields | None = None
+        self._parser = self._parse_message()
+        self._request: _Request = next(self._parser)
+
+    @property
+    def position(self) -> int:
+        """Number of stream bytes consumed so far."""
+        return self._position
+
+    def feed(self, chunk: bytes | memoryview) -> list[Event]:
+        """Consume ``chunk`` and return the events it completed. Raises :class:`MalformedMessage`."""
+        view = memoryview(chunk)
+        pos = 0
+        while True:
+            request = self._request
+            if isinstance(request, _Skip) and request.remaining == 0:
+                self._advance(None)
+            elif isinstance(request, _Exact) and request.length == 0:
+                self._complete(b"")
+            elif pos == len(view):
+                break
+            elif isinstance(request, _Skip):
+                taken = min(request.remaining, len(view) - pos)
+                pos += taken
+                self._position += taken
+                request.remaining -= taken
+            elif isinstance(request, _Exact):
+                wanted = request.length - len(self._pending)
+                if len(view) - pos < wanted:
+                    self._pending += view[pos:]
+                    break
+                self._pending += view[pos : pos + wanted]
+                pos += wanted
+                self._complete(bytes(self._pending))
+            else:
+                pos = self._take_varint(view, pos)
+        events, self._events = self._events, []
+        return events
+
+    def finish(self) -> list[Event]:
+        """Declare the end of the stream; raise :class:`MalformedMessage` if it ended mid-message."""
+        request = self._request
+        if isinstance(request, _Varint) and request.at_boundary and not self._pending:
+            events, self._events = self._events, []
+            return events
+        raise MalformedMessage(self._truncation_message())
+
+    def _take_varint(self, view: memoryview, pos: int) -> int:
+        end = pos
+        while end < len(view) and view[end] & 0x80:
+            end += 1
+        if end == len(view):
+            self._pending += view[pos:]
+            if len(self._pending) >= MAX_VARINT_BYTES:
+                raise MalformedMessage(
+                    f"varint longer than {MAX_VARINT_BYTES} bytes at byte {self._position}"
+                )
+            return end
+        self._pending += view[pos : end + 1]
+        if len(self._pending) > MAX_VARINT_BYTES:
+            raise MalformedMessage(f"varint longer than {MAX_VARINT_BYTES} bytes at byte {self._position}")
+        self._complete(decode_varint(self._pending))
+        return end + 1
+
+    def _complete(self, value: int | bytes) -> None:
+        self._position += len(self._pending) if isinstance(value, int) else len(value)
+        self._pending.clear()
+        self._advance(value)
+
+    def _advance(self, value: int | bytes | None) -> None:
+        try:
+            self._request = self._parser.send(value)
+        except StopIteration:  # pragma: no cover - the parser loops forever
+            raise MalformedMessage("decoder stopped unexpectedly") from None
+
+    def _truncation_message(self) -> str:
+        current = self._current
+        if current is None:
+            return f"stream ended in the middle of a field at byte {self._position}"
+        name = f" '{current.name}'" if current.name else ""
+        return f"stream ended inside tensor #{self._tensor_count - 1}{name} at byte {self._position}"
+
+    def _parse_message(self) -> _Parser:
+        while True:
+            key = yield _Varint(at_boundary=True)
+            assert isinstance(key, int)
+            number, wire_type = key >> 3, key & 7
+            if number == 0:
+                raise MalformedMessage(f"invalid field number 0 at byte {self._position}")
+            if number == self._tensor_field:
+                _expect_wire_type("tensor", number, wire_type, WireType.LEN)
+                length = yield _Varint()
+                assert isinstance(length, int)
+                self._events.append(TensorStart(self._tensor_count))
+                self._tensor_count += 1
+                yield from self._parse_tensor(length)
+            else:
+                value = yield from self._read_field(number, wire_type)
+                if value is not None:
+                    self._events.append(ScalarField(number, value))
+
+    def _read_field(
+        self, number: int, wire_type: int
+    ) -> Generator[_Request, int | bytes | None, int | bytes | None]:
+        if wire_type == WireType.VARINT:
+            value = yield _Varint()
+            return value
+        if wire_type == WireType.LEN:
+            length = yield _Varint()
+            assert isinstance(length, int)
+            if length > self._max_field_bytes:
+                raise MalformedMessage(
+                    f"field {number} is {length} bytes long; the limit for non-tensor fields is "
+                    f"{self._max_field_bytes}"
+                )
+            return (yield _Exact(length))
+        if wire_type in (WireType.I64, WireType.I32):
+            yield _Skip(8 if wire_type == WireType.I64 else 4)
+            return None
+        raise MalformedMessage(
+            f"field {number} has unsupported wire type {wire_type} at byte {self._position}"
+        )
+
+    def _parse_tensor(self, length: int) -> _Parser:
+        index = self._tensor_count - 1
+        end = self._position + length
+        current = self._current = _TensorFields()
+        while self._position < end:
+            key = yield _Varint()
+            assert isinstance(key, int)
+            number, wire_type = key >> 3, key & 7
+            if number == _DATA:
+                _expect_wire_type("NamedTensor.data_bytes", number, wire_type, WireType.LEN)
+                data_length = yield _Varint()
+                assert isinstance(data_length, int)
+                current.data_offset, current.data_length = self._position, data_length
+                if self._position + data_length > end:
+                    break
+                yield _Skip(data_length)
+                continue
+            value = yield from self._read_field(number, wire_type)
+            _store_tensor_field(current, number, wire_type, value)
+        if self._position != end:
+            raise MalformedMessage(f"a field of tensor #{index} crosses the end of the tensor at byte {end}")
+        self._current = None
+        self._events.append(
+            TensorRecord(
+                index=index,
+                name=current.name,
+                round_number=current.round_number,
+                lossless=current.lossless,
+                report=current.report,
+                tags=tuple(current.tags),
+                metadata=tuple(current.metadata),
+                data_offset=current.data_offset,
+                data_length=current.data_length,
+            )
+        )
+
+
+def _expect_wire_type(what: str, number: int, actual: int, expected: WireType) -> None:
+    if actual != expected:
+        raise MalformedMessage(f"{what} (field {number}) has wire type {actual}, expected {int(expected)}")
+
+
+def _store_tensor_field(
+    current: _TensorFields, number: int, wire_type: int, value: int | bytes | None
+) -> None:
+    if value is None:
+        return
+    expected = {_NAME: WireType.LEN, _TAGS: WireType.LEN, _METADATA: WireType.LEN}.get(
+        number, WireType.VARINT
+    )
+    if number <= _METADATA:
+        _expect_wire_type("NamedTensor field", number, wire_type, expected)
+    if number == _NAME:
+        current.name = _utf8(value, "NamedTensor.name")
+    elif number == _ROUND:
+        current.round_number = as_int32(int(value))
+    elif number == _LOSSLESS:
+        current.lossless = bool(value)
+    elif number == _REPORT:
+        current.report = bool(value)
+    elif number == _TAGS:
+        current.tags.append(_utf8(value, "NamedTensor.tags"))
+    elif number == _METADATA:
+        assert isinstance(value, bytes)
+        try:
+            current.metadata.append(base_pb2.MetadataProto.FromString(value))
+        except DecodeError as error:
+            raise MalformedMessage(
+                f"NamedTensor.transformer_metadata is not a MetadataProto: {error}"
+            ) from None
+
+
+def _utf8(value: int | bytes, what: str) -> str:
+    assert isinstance(value, bytes)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage(f"{what} is not valid UTF-8") from None

@@ -1,0 +1,461 @@
+"""``AggregatorGRPCServer``: OpenFL's aggregator service on grpc.aio, all six RPCs implemented.
+
+The constructor, attributes and method names are those of
+``openfl.transport.grpc.aggregator_server.AggregatorGRPCServer`` (OpenFL 1.7); fedagg's extras are keyword
+arguments. Handlers are thin: authenticate, translate protos to federation calls, translate results and errors
+to replies and statuses. CPU and disk work runs in bounded executors so one large upload never stalls the
+event loop that answers everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from fedagg.federation.errors import InvalidRequest, NotFound
+from fedagg.federation.federation import Federation
+from fedagg.federation.metric_log import MetricRecord
+from fedagg.federation.serving import TensorRequest
+from fedagg.protocol import aggregator_pb2, base_pb2
+from fedagg.protocol.wire import length_delimited_prefix
+from fedagg.server.auth import (
+    Authenticator,
+    FederationIdentity,
+    IdentityError,
+    metadata_client_id,
+    peer_common_name,
+)
+from fedagg.server.errors import Unavailable, stream_errors, unary_errors
+from fedagg.server.tls import CertificateFiles, CertificateSource, TlsMode
+from fedagg.server.upload import UploadReceiver
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "openfl.aggregator.Aggregator"
+MAX_SEND_MESSAGE_BYTES = 2**31 - 1
+DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024
+_TENSOR_FIELD = 3  # GetAggregatedTensorResponse.tensor
+_MODEL_PROTO_FIELD = 1  # TrainedModelResponse.model_proto
+
+ServerContext = grpc.aio.ServicerContext[Any, Any]
+
+
+def _serialize(reply: Message | bytes) -> bytes:
+    """Replies are messages, or bytes already serialized (tensors encoded once and shared)."""
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+
+class AggregatorGRPCServer:
+    """Serves a :class:`~fedagg.federation.federation.Federation` to OpenFL collaborators.
+
+    Args:
+        aggregator: the federation to serve (OpenFL passes its ``Aggregator``).
+        agg_port: federation port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+        use_tls: False serves plaintext (logged as a warning; for trusted networks and tests only).
+        require_client_auth: mutual TLS; collaborators are identified by their certificate CN.
+        root_certificate, certificate, private_key: PEM file paths (CA for clients, server chain, server key).
+
+    Keyword args:
+        bind_address: host to listen on (default ``[::]``, every interface, IPv4 and IPv6).
+        observers: certificate CNs (besides collaborators) that may read metrics, models and status.
+        auth_failure_max_delay: upper bound of the random delay before an UNAUTHENTICATED answer.
+        executor_workers: threads for disk and encoding work.
+        certificate_source: a ready :class:`CertificateSource` (overrides the three file arguments).
+        interceptors: grpc.aio server interceptors (metrics).
+        extra_services: callables ``(server) -> service names`` that register more services (health).
+        on_auth_failure: called with a reason label whenever a caller is refused as unauthenticated.
+        max_receive_message_bytes: largest incoming message (uploads arrive in chunks of 2 MiB).
+    """
+
+    def __init__(
+        self,
+        aggregator: Federation,
+        agg_port: int,
+        use_tls: bool = True,
+        require_client_auth: bool = True,
+        root_certificate: str | Path | None = None,
+        certificate: str | Path | None = None,
+        private_key: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.aggregator = aggregator
+        self.use_tls = use_tls
+        self.require_client_auth = require_client_auth
+        self.root_certificate = root_certificate
+        self.certificate = certificate
+        self.private_key = private_key
+        self.bind_address: str = kwargs.pop("bind_address", "[::]")
+        self.port = agg_port
+        self.uri = f"{self.bind_address}:{agg_port}"
+        self.server: grpc.aio.Server | None = None
+        self.server_credentials: grpc.ServerCredentials | None = None
+        self.certificate_source: CertificateSource | None = kwargs.pop("certificate_source", None)
+        self._auth_failure_max_delay: float = kwargs.pop("auth_failure_max_delay", 2.0)
+        self._interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = kwargs.pop("interceptors", ())
+        self._extra_services: Iterable[Callable[[grpc.aio.Server], Iterable[str]]] = kwargs.pop(
+            "extra_services", ()
+        )
+        self._on_auth_failure: Callable[[str], None] = kwargs.pop("on_auth_failure", lambda _reason: None)
+        self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
+        workers = int(kwargs.pop("executor_workers", 4))
+        observers = frozenset(kwargs.pop("observers", ()))
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        plan = aggregator.plan
+        self.mode = (
+            TlsMode.INSECURE
+            if not use_tls
+            else TlsMode.MUTUAL
+            if require_client_auth
+            else TlsMode.SERVER_ONLY
+        )
+        self.authenticator = Authenticator(
+            FederationIdentity(
+                plan.federation_uuid,
+                plan.aggregator_uuid,
+                frozenset(plan.collaborators),
+                plan.single_col_cert_common_name,
+                observers,
+            ),
+            self.mode,
+        )
+        self._io_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedagg-io")
+        self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
+        self._accepting = False
+        self._all_quit = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+
+    # OpenFL's helper methods ------------------------------------------------------------------------------
+
+    def validate_collaborator(self, request: Any, context: ServerContext) -> None:
+        """Check that the caller's certificate vouches for ``request.header.sender`` (TLS only)."""
+        if self.use_tls:
+            self.authenticator.validate_collaborator(request.header, peer_common_name(context))
+
+    def get_header(self, collaborator_name: str) -> aggregator_pb2.MessageHeader:
+        """The header of every reply to ``collaborator_name``."""
+        plan = self.aggregator.plan
+        return aggregator_pb2.MessageHeader(
+            sender=plan.aggregator_uuid,
+            receiver=collaborator_name,
+            federation_uuid=plan.federation_uuid,
+            single_col_cert_common_name=plan.single_col_cert_common_name,
+        )
+
+    def check_request(self, request: Any) -> None:
+        """Check that the request header names an authorized sender, this aggregator and its federation."""
+        self.authenticator.check_request(request.header)
+
+    # Lifecycle ------------------------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """Whether federation calls are served (False before start and while draining)."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """Answer new calls with UNAVAILABLE from now on (drain)."""
+        self._accepting = False
+
+    def get_server(self) -> grpc.aio.Server:
+        """Create the grpc.aio server with the Aggregator service, bound to :attr:`uri` (call inside a loop)."""
+        options = [
+            ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", self._max_receive),
+            ("grpc.max_metadata_size", 32 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=list(self._interceptors), options=options)
+        server.add_generic_rpc_handlers((self._handlers(),))
+        for register in self._extra_services:
+            register(server)
+        address = f"{self.bind_address}:{self.port}"
+        if self.mode == TlsMode.INSECURE:
+            log.warning(
+                "federation port %s serves PLAINTEXT: no TLS, collaborators identified by header only",
+                address,
+            )
+            self.port = server.add_insecure_port(address)
+        else:
+            self.server_credentials = self._credentials()
+            self.port = server.add_secure_port(address, self.server_credentials)
+        self.uri = f"{self.bind_address}:{self.port}"
+        self.server = server
+        return server
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        if self.certificate_source is None:
+            if self.certificate is None or self.private_key is None:
+                raise ValueError("TLS needs certificate and private_key (or use_tls=False)")
+            if self.require_client_auth and self.root_certificate is None:
+                raise ValueError(
+                    "mutual TLS needs root_certificate, the CA that signs collaborator certificates"
+                )
+            files = CertificateFiles(
+                Path(self.certificate),
+                Path(self.private_key),
+                Path(self.root_certificate) if self.root_certificate else None,
+            )
+            self.certificate_source = CertificateSource(files, self.require_client_auth)
+        return self.certificate_source.credentials()
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        server = self.server or self.get_server()
+        await server.start()
+        self._accepting = True
+        if self.aggregator.all_quit_jobs_sent:
+            self._all_quit.set()
+        self._background.append(asyncio.create_task(self._watch_deadlines()))
+        log.info("federation service listening on %s (%s)", self.uri, self.mode.value)
+
+    async def wait_for_quit_jobs(self) -> None:
+        """Return once every collaborator has received its quit job."""
+        await self._all_quit.wait()
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop serving; in-flight calls get ``grace`` seconds to finish."""
+        self._accepting = False
+        for task in self._background:
+            task.cancel()
+        if self.server is not None:
+            await self.server.stop(grace)
+        self._io_executor.shutdown(wait=True, cancel_futures=True)
+        self._commit_executor.shutdown(wait=True)
+
+    def serve(self) -> None:
+        """Serve until every collaborator has been told to quit, then stop (OpenFL's blocking ``serve``)."""
+
+        async def run() -> None:
+            await self.start()
+            try:
+                await self.wait_for_quit_jobs()
+            finally:
+                await self.stop(grace=5)
+
+        asyncio.run(run())
+
+    async def _watch_deadlines(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = self.aggregator.seconds_to_deadline()
+            if remaining is not None and remaining <= 0:
+                await loop.run_in_executor(self._commit_executor, self.aggregator.end_round_if_due)
+                remaining = (
+                    None  # not closable yet (too few reports): later uploads close it, or the next check
+                )
+            await asyncio.sleep(1.0 if remaining is None else min(1.0, remaining))
+
+    # Identity -------------------------------------------------------------------------------------------------
+
+    def _require_accepting(self) -> None:
+        if not self._accepting:
+            raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
+
+    async def _authenticate(self, header: aggregator_pb2.MessageHeader, context: ServerContext) -> str:
+        try:
+            return self.authenticator.authenticate(header, peer_common_name(context))
+        except IdentityError as error:
+            await self._refuse(error)
+            raise
+
+    async def _refuse(self, error: IdentityError) -> None:
+        self._on_auth_failure(error.reason)
+        log.warning("refused caller: %s", error)
+        if self._auth_failure_max_delay > 0:
+            await asyncio.sleep(random.uniform(0, self._auth_failure_max_delay))
+
+    async def _authorize_observer(self, experiment_name: str, context: ServerContext) -> str:
+        self._require_accepting()
+        try:
+            caller = self.authenticator.authorize_observer(
+                peer_common_name(context), metadata_client_id(context)
+            )
+        except IdentityError as error:
+            await self._refuse(error)
+            raise
+        plan = self.aggregator.plan
+        if experiment_name not in ("", plan.name):
+            raise NotFound(
+                f"experiment {experiment_name!r} is not served here; this aggregator serves {plan.name!r}"
+            )
+        return caller
+
+    # The six RPCs ---------------------------------------------------------------------------------------------
+
+    @unary_errors
+    async def GetTasks(self, request: aggregator_pb2.GetTasksRequest, context: ServerContext) -> Message:
+        """Hand out the collaborator's tasks for the current round, or a sleep, or quit."""
+        self._require_accepting()
+        collaborator = await self._authenticate(request.header, context)
+        reply = self.aggregator.get_tasks(collaborator)
+        if reply.quit and self.aggregator.all_quit_jobs_sent:
+            self._all_quit.set()
+        return aggregator_pb2.GetTasksResponse(
+            header=self.get_header(collaborator),
+            round_number=reply.round_number,
+            tasks=[
+                aggregator_pb2.Task(
+                    name=task.name,
+                    function_name=task.function,
+                    task_type=task.task_type,
+                    apply_local=task.apply_local,
+                )
+                for task in reply.tasks
+            ],
+            sleep_time=reply.sleep_seconds,
+            quit=reply.quit,
+        )
+
+    @unary_errors
+    async def GetAggregatedTensor(
+        self, request: aggregator_pb2.GetAggregatedTensorRequest, context: ServerContext
+    ) -> bytes:
+        """Serve a global model tensor (``model`` form) or its change since the last round (``delta`` form)."""
+        self._require_accepting()
+        collaborator = await self._authenticate(request.header, context)
+        tensor_request = TensorRequest(
+            request.tensor_name,
+            request.round_number,
+            request.report,
+            tuple(request.tags),
+            request.require_lossless,
+        )
+        loop = asyncio.get_running_loop()
+        tensor = await loop.run_in_executor(self._io_executor, self.aggregator.encoded_tensor, tensor_request)
+        head = aggregator_pb2.GetAggregatedTensorResponse(
+            header=self.get_header(collaborator), round_number=request.round_number
+        ).SerializeToString()
+        return b"".join((head, length_delimited_prefix(_TENSOR_FIELD, len(tensor)), tensor))
+
+    @unary_errors
+    async def SendLocalTaskResults(
+        self, request_iterator: AsyncIterator[base_pb2.DataStream], context: ServerContext
+    ) -> Message:
+        """Receive a collaborator's task results as a stream of chunks; acknowledge once they are durable."""
+        self._require_accepting()
+
+        async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
+            return await self._authenticate(header, context)
+
+        receiver = UploadReceiver(self.aggregator, authenticate, self._io_executor, self._commit_executor)
+        await receiver.receive(request_iterator)
+        return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
+
+    @stream_errors
+    async def GetMetricStream(
+        self, request: aggregator_pb2.GetMetricStreamRequest, context: ServerContext
+    ) -> AsyncIterator[Message]:
+        """Every metric so far, then live ones as they arrive; ends when the experiment has finished."""
+        await self._authorize_observer(request.experiment_name, context)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[MetricRecord | None] = asyncio.Queue()
+
+        def deliver(record: MetricRecord | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the stream is gone
+                loop.call_soon_threadsafe(queue.put_nowait, record)
+
+        history, closed, unsubscribe = self.aggregator.metrics.subscribe(deliver)
+        try:
+            for record in history:
+                yield _metric_reply(record)
+            if closed:
+                return
+            while (live := await queue.get()) is not None:
+                yield _metric_reply(live)
+        finally:
+            unsubscribe()
+
+    @unary_errors
+    async def GetTrainedModel(
+        self, request: aggregator_pb2.GetTrainedModelRequest, context: ServerContext
+    ) -> bytes:
+        """The best or last model as an OpenFL ModelProto with its real round number."""
+        await self._authorize_observer(request.experiment_name, context)
+        kinds = aggregator_pb2.GetTrainedModelRequest
+        if request.model_type not in (kinds.BEST_MODEL, kinds.LAST_MODEL):
+            raise InvalidRequest(
+                f"GetTrainedModelRequest.model_type {request.model_type} is not BEST_MODEL (0) "
+                "or LAST_MODEL (1)"
+            )
+        path = self.aggregator.trained_model(best=request.model_type == kinds.BEST_MODEL)
+        model = await asyncio.get_running_loop().run_in_executor(self._io_executor, path.read_bytes)
+        return length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)) + model
+
+    @unary_errors
+    async def GetExperimentDescription(
+        self, request: aggregator_pb2.GetExperimentDescriptionRequest, context: ServerContext
+    ) -> Message:
+        """Status, progress, per-collaborator round and tasks, and model availability."""
+        await self._authorize_observer(request.name, context)
+        status = self.aggregator.describe()
+        return aggregator_pb2.GetExperimentDescriptionResponse(
+            experiment=base_pb2.ExperimentDescription(
+                name=status.name,
+                status=status.status,
+                progress=status.progress,
+                total_rounds=status.total_rounds,
+                current_round=status.current_round,
+                download_statuses=base_pb2.DownloadStatuses(
+                    models=[
+                        base_pb2.DownloadStatus(name=name, status=state) for name, state in status.models
+                    ],
+                    logs=[base_pb2.DownloadStatus(name="aggregator", status="ready")],
+                ),
+                collaborators=[
+                    base_pb2.CollaboratorDescription(
+                        name=c.name,
+                        status=c.status,
+                        progress=c.progress,
+                        round=c.round_number,
+                        current_task=c.current_task,
+                        next_task=c.next_task,
+                    )
+                    for c in status.collaborators
+                ],
+                tasks=[base_pb2.TaskDescription(name=name, description=text) for name, text in status.tasks],
+            )
+        )
+
+    def _handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+        messages = aggregator_pb2
+        handlers = {
+            "GetTasks": grpc.unary_unary_rpc_method_handler(
+                self.GetTasks, messages.GetTasksRequest.FromString, _serialize
+            ),
+            "GetAggregatedTensor": grpc.unary_unary_rpc_method_handler(
+                self.GetAggregatedTensor, messages.GetAggregatedTensorRequest.FromString, _serialize
+            ),
+            "SendLocalTaskResults": grpc.stream_unary_rpc_method_handler(
+                self.SendLocalTaskResults, base_pb2.DataStream.FromString, _serialize
+            ),
+            "GetMetricStream": grpc.unary_stream_rpc_method_handler(
+                self.GetMetricStream, messages.GetMetricStreamRequest.FromString, _serialize
+            ),
+            "GetTrainedModel": grpc.unary_unary_rpc_method_handler(
+                self.GetTrainedModel, messages.GetTrainedModelRequest.FromString, _serialize
+            ),
+            "GetExperimentDescription": grpc.unary_unary_rpc_method_handler(
+                self.GetExperimentDescription, messages.GetExperimentDescriptionRequest.FromString, _serialize
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _metric_reply(record: MetricRecord) -> aggregator_pb2.GetMetricStreamResponse:
+    return aggregator_pb2.GetMetricStreamResponse(
+        metric_origin=record.origin,
+        task_name=record.task,
+        metric_name=record.name,
+        metric_value=record.value,
+        round=record.round_number,
+    )

@@ -1,0 +1,255 @@
+"""Run one real OpenFL 1.7.1 collaborator (``Collaborator`` + ``AggregatorGRPCClient``) against an aggregator.
+
+Runs only with the OpenFL venv's python (``scripts/openfl-venv``); fedagg never imports openfl.
+
+The task runner is a tiny numpy model whose outputs are exact functions of the inputs, so a test can
+predict every value the aggregator should produce. With ``s`` = ``--step``, ``r`` = the round and
+``G`` = the global model received for round ``r``:
+
+* ``train`` (data_size = ``--train-size``): trained tensors ``T = G + s * (r + 1)`` (float32), metric
+  ``loss = s / (r + 1)``.
+* ``aggregated_model_validation`` (data_size = ``--valid-size``): metric ``acc = mean(G) + s``.
+* ``locally_tuned_model_validation`` (data_size = ``--valid-size``): metric ``acc = mean(T) + s``.
+
+``mean`` is over all elements of all tensors together. The task list is the default plan's
+(spec §6): the three tasks above with ``validate_task``/``train_task`` and ``apply`` global/local.
+``opt_treatment=RESET``, ``db_store_rounds=1``, NoCompression, as in fx's defaults apart from
+``--delta-updates``.
+
+TLS: ``--ca`` + ``--cert`` + ``--key`` → mTLS (the server's certificate must name ``--address``; the
+client certificate's CN must be ``--name``); ``--ca`` alone → TLS without a client certificate; none →
+plaintext. The process exits 0 once the aggregator sends the quit job; an ``UNAUTHENTICATED`` reply or a
+reply-header mismatch makes OpenFL raise (exit 1); ``--timeout`` makes it exit 3 instead of letting
+OpenFL's client retry forever.
+
+``--result FILE`` receives JSON::
+
+    {"name", "step", "train_size", "valid_size", "delta_updates", "shapes",
+     "rounds": [{"round", "global": {tensor: nested list}, "trained": {...},
+                 "metrics": {task: {metric: value}}}, ...],
+     "final_weights": {tensor: nested list}}   # the locally trained weights of the last round
+
+Note that a collaborator never sees the model aggregated in the last round; compare that with the
+aggregator's own output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from openfl.component.collaborator.collaborator import Collaborator
+from openfl.federated.task.runner import TaskRunner
+from openfl.transport.grpc.aggregator_client import AggregatorGRPCClient
+from openfl.utilities import TensorKey, change_tags
+
+logger = logging.getLogger("openfl_side.collaborator")
+
+TASK_CONFIG: dict[str, dict[str, Any]] = {
+    "aggregated_model_validation": {"function": "validate_task", "kwargs": {"apply": "global"}},
+    "train": {"function": "train_task", "kwargs": {}},
+    "locally_tuned_model_validation": {"function": "validate_task", "kwargs": {"apply": "local"}},
+}
+
+TensorDict = dict[TensorKey, Any]
+
+
+class SizedLoader:
+    """The part of an OpenFL DataLoader that the collaborator and TaskRunner use."""
+
+    def __init__(self, train_size: int, valid_size: int) -> None:
+        self.train_size = train_size
+        self.valid_size = valid_size
+
+    def get_feature_shape(self) -> tuple[int, ...]:
+        return (1,)
+
+    def get_train_data_size(self) -> int:
+        return self.train_size
+
+    def get_valid_data_size(self) -> int:
+        return self.valid_size
+
+
+class NumpyRunner(TaskRunner):
+    """Deterministic numpy task runner (see the module docstring for the formulas)."""
+
+    def __init__(self, data_loader: SizedLoader, shapes: dict[str, tuple[int, ...]], step: float) -> None:
+        super().__init__(data_loader)
+        self.shapes = shapes
+        self.step = step
+        self.weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    def get_required_tensorkeys_for_function(self, func_name: str, **kwargs: Any) -> list[TensorKey]:
+        if func_name == "validate_task" and kwargs["apply"] == "local":
+            return [TensorKey(name, "LOCAL", 0, False, ("trained",)) for name in self.shapes]
+        return [TensorKey(name, "GLOBAL", 0, False, ("model",)) for name in self.shapes]
+
+    def _inputs(self, input_tensor_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+        arrays = {name: np.asarray(input_tensor_dict[name], np.float32) for name in self.shapes}
+        for name, array in arrays.items():
+            if array.shape != tuple(self.shapes[name]):
+                raise ValueError(f"tensor {name!r} has shape {array.shape}, expected {self.shapes[name]}")
+        return arrays
+
+    def _record(self, round_num: int, **fields: Any) -> dict[str, Any]:
+        entry = self.rounds.setdefault(round_num, {"round": round_num, "metrics": {}})
+        entry.update(fields)
+        return entry
+
+    @staticmethod
+    def _mean(arrays: dict[str, np.ndarray]) -> float:
+        return float(np.concatenate([a.ravel() for a in arrays.values()]).astype(np.float64).mean())
+
+    def train_task(
+        self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
+    ) -> tuple[TensorDict, TensorDict]:
+        increment = np.float32(self.step * (round_num + 1))
+        self.weights = {name: a + increment for name, a in self._inputs(input_tensor_dict).items()}
+        loss = np.float32(self.step / (round_num + 1))
+        entry = self._record(round_num, trained={k: v.tolist() for k, v in self.weights.items()})
+        entry["metrics"]["train"] = {"loss": float(loss)}
+        out: TensorDict = {TensorKey("loss", col_name, round_num, True, ("metric",)): loss}
+        out.update(
+            {
+                TensorKey(k, col_name, round_num, False, ("trained",)): v.copy()
+                for k, v in self.weights.items()
+            }
+        )
+        return out, {}
+
+    def validate_task(
+        self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
+    ) -> tuple[TensorDict, TensorDict]:
+        local = kwargs["apply"] == "local"
+        self.weights = self._inputs(input_tensor_dict)
+        acc = np.float32(self._mean(self.weights) + self.step)
+        if local:
+            task = "locally_tuned_model_validation"
+            entry = self._record(round_num)
+        else:
+            task = "aggregated_model_validation"
+            entry = self._record(round_num, **{"global": {k: v.tolist() for k, v in self.weights.items()}})
+        entry["metrics"][task] = {"acc": float(acc)}
+        tags = change_tags(("metric",), add_field="validate_local" if local else "validate_agg")
+        return {TensorKey("acc", col_name, round_num, True, tags): acc}, {}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in {"true", "1", "yes"}:
+        return True
+    if text.lower() in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    raw = json.loads(text)
+    if not isinstance(raw, dict) or not raw:
+        raise argparse.ArgumentTypeError('expected a JSON object like {"w": [2, 3], "b": [3]}')
+    return {str(name): tuple(int(d) for d in dims) for name, dims in raw.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True, help="collaborator name (= client certificate CN)")
+    p.add_argument("--address", default="localhost", help="aggregator host (default: localhost)")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--aggregator-uuid", required=True)
+    p.add_argument("--federation-uuid", required=True)
+    p.add_argument("--ca", help="CA certificate (PEM); enables TLS")
+    p.add_argument("--cert", help="client certificate (PEM); with --key enables mTLS")
+    p.add_argument("--key", help="client private key (PEM)")
+    p.add_argument("--single-col-cert-common-name", default=None, help="OpenFL single-certificate mode")
+    p.add_argument("--delta-updates", type=parse_bool, default=True, help="true|false (default: true)")
+    p.add_argument("--train-size", type=int, default=10, help="train data_size (default: 10)")
+    p.add_argument("--valid-size", type=int, default=5, help="validation data_size (default: 5)")
+    p.add_argument("--shapes", type=parse_shapes, default=parse_shapes('{"w": [2, 3], "b": [3]}'))
+    p.add_argument("--step", type=float, default=1.0, help="training increment factor (default: 1.0)")
+    p.add_argument("--reconnect-interval", type=int, default=1, help="seconds between UNAVAILABLE retries")
+    p.add_argument("--result", type=Path, help="write a JSON result here on success")
+    p.add_argument("--timeout", type=float, default=0, help="exit 3 after this many seconds (0: never)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def start_watchdog(seconds: float, what: str) -> None:
+    """Hard-exit with status 3 after ``seconds``; OpenFL's client otherwise retries forever."""
+    if seconds <= 0:
+        return
+
+    def expire() -> None:
+        logger.error("%s: timed out after %s s", what, seconds)
+        logging.shutdown()
+        os._exit(3)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.name} %(name)s %(levelname)s: %(message)s",
+    )
+    start_watchdog(args.timeout, f"collaborator {args.name}")
+    if bool(args.cert) != bool(args.key) or (args.cert and not args.ca):
+        raise SystemExit("--cert and --key go together, and need --ca")
+
+    client = AggregatorGRPCClient(
+        args.address,
+        args.port,
+        root_certificate=args.ca,
+        certificate=args.cert,
+        private_key=args.key,
+        use_tls=args.ca is not None,
+        require_client_auth=args.cert is not None,
+        aggregator_uuid=args.aggregator_uuid,
+        federation_uuid=args.federation_uuid,
+        single_col_cert_common_name=args.single_col_cert_common_name,
+        client_reconnect_interval=args.reconnect_interval,
+    )
+    runner = NumpyRunner(SizedLoader(args.train_size, args.valid_size), args.shapes, args.step)
+    collaborator = Collaborator(
+        collaborator_name=args.name,
+        aggregator_uuid=args.aggregator_uuid,
+        federation_uuid=args.federation_uuid,
+        client=client,
+        task_runner=runner,
+        task_config=TASK_CONFIG,
+        opt_treatment="RESET",
+        delta_updates=args.delta_updates,
+        compression_pipeline=None,
+        db_store_rounds=1,
+    )
+    collaborator.run()  # returns when the aggregator sends quit
+    logger.info("quit received after %d round(s)", len(runner.rounds))
+
+    if args.result:
+        result = {
+            "name": args.name,
+            "step": args.step,
+            "train_size": args.train_size,
+            "valid_size": args.valid_size,
+            "delta_updates": args.delta_updates,
+            "shapes": {k: list(v) for k, v in args.shapes.items()},
+            "rounds": [runner.rounds[r] for r in sorted(runner.rounds)],
+            "final_weights": {k: v.tolist() for k, v in runner.weights.items()},
+        }
+        args.result.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
