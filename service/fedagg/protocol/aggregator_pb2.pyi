@@ -4,24 +4,20 @@
 isort:skip_file
 OpenFL aggregator service, wire-compatible with OpenFL 1.7.1 (openfl/protocols/aggregator.proto)."""
 
-import builtins as _builtins
-import sys
-import typing as _typing
 from collections import abc as _abc
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-
 from fedagg.protocol import base_pb2 as _base_pb2
+import builtins as _builtins
+import sys
+import typing as _typing
 
 if sys.version_info >= (3, 11):
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -45,22 +41,13 @@ class MessageHeader(_message.Message):
         federation_uuid: _builtins.str = ...,
         single_col_cert_common_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "federation_uuid",
-        b"federation_uuid",
-        "receiver",
-        b"receiver",
-        "sender",
-        b"sender",
-        "single_col_cert_common_name",
-        b"single_col_cert_common_name",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation_uuid", b"federation_uuid", "receiver", b"receiver", "sender", b"sender", "single_col_cert_common_name", b"single_col_cert_common_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MessageHeader: _TypeAlias = MessageHeader
+Global___MessageHeader: _TypeAlias = MessageHeader  # noqa: Y015
 
 @_typing.final
 class GetTasksRequest(_message.Message):
@@ -74,13 +61,13 @@ class GetTasksRequest(_message.Message):
         *,
         header: Global___MessageHeader | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetTasksRequest: _TypeAlias = GetTasksRequest
+Global___GetTasksRequest: _TypeAlias = GetTasksRequest  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -102,22 +89,13 @@ class Task(_message.Message):
         task_type: _builtins.str = ...,
         apply_local: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "apply_local",
-        b"apply_local",
-        "function_name",
-        b"function_name",
-        "name",
-        b"name",
-        "task_type",
-        b"task_type",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_local", b"apply_local", "function_name", b"function_name", "name", b"name", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Task: _TypeAlias = Task
+Global___Task: _TypeAlias = Task  # noqa: Y015
 
 @_typing.final
 class GetTasksResponse(_message.Message):
@@ -146,24 +124,13 @@ class GetTasksResponse(_message.Message):
         sleep_time: _builtins.int = ...,
         quit: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "header",
-        b"header",
-        "quit",
-        b"quit",
-        "round_number",
-        b"round_number",
-        "sleep_time",
-        b"sleep_time",
-        "tasks",
-        b"tasks",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "quit", b"quit", "round_number", b"round_number", "sleep_time", b"sleep_time", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetTasksResponse: _TypeAlias = GetTasksResponse
+Global___GetTasksResponse: _TypeAlias = GetTasksResponse  # noqa: Y015
 
 @_typing.final
 class GetAggregatedTensorRequest(_message.Message):
@@ -193,26 +160,13 @@ class GetAggregatedTensorRequest(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         require_lossless: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "header",
-        b"header",
-        "report",
-        b"report",
-        "require_lossless",
-        b"require_lossless",
-        "round_number",
-        b"round_number",
-        "tags",
-        b"tags",
-        "tensor_name",
-        b"tensor_name",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "report", b"report", "require_lossless", b"require_lossless", "round_number", b"round_number", "tags", b"tags", "tensor_name", b"tensor_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetAggregatedTensorRequest: _TypeAlias = GetAggregatedTensorRequest
+Global___GetAggregatedTensorRequest: _TypeAlias = GetAggregatedTensorRequest  # noqa: Y015
 
 @_typing.final
 class GetAggregatedTensorResponse(_message.Message):
@@ -235,15 +189,13 @@ class GetAggregatedTensorResponse(_message.Message):
         round_number: _builtins.int = ...,
         tensor: _base_pb2.NamedTensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "tensor", b"tensor"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "header", b"header", "round_number", b"round_number", "tensor", b"tensor"
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "round_number", b"round_number", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetAggregatedTensorResponse: _TypeAlias = GetAggregatedTensorResponse
+Global___GetAggregatedTensorResponse: _TypeAlias = GetAggregatedTensorResponse  # noqa: Y015
 
 @_typing.final
 class TaskResults(_message.Message):
@@ -272,24 +224,13 @@ class TaskResults(_message.Message):
         data_size: _builtins.int = ...,
         tensors: _abc.Iterable[_base_pb2.NamedTensor] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "data_size",
-        b"data_size",
-        "header",
-        b"header",
-        "round_number",
-        b"round_number",
-        "task_name",
-        b"task_name",
-        "tensors",
-        b"tensors",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_size", b"data_size", "header", b"header", "round_number", b"round_number", "task_name", b"task_name", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskResults: _TypeAlias = TaskResults
+Global___TaskResults: _TypeAlias = TaskResults  # noqa: Y015
 
 @_typing.final
 class SendLocalTaskResultsResponse(_message.Message):
@@ -303,13 +244,13 @@ class SendLocalTaskResultsResponse(_message.Message):
         *,
         header: Global___MessageHeader | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SendLocalTaskResultsResponse: _TypeAlias = SendLocalTaskResultsResponse
+Global___SendLocalTaskResultsResponse: _TypeAlias = SendLocalTaskResultsResponse  # noqa: Y015
 
 @_typing.final
 class GetMetricStreamRequest(_message.Message):
@@ -322,13 +263,13 @@ class GetMetricStreamRequest(_message.Message):
         *,
         experiment_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_name", b"experiment_name"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_name", b"experiment_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetMetricStreamRequest: _TypeAlias = GetMetricStreamRequest
+Global___GetMetricStreamRequest: _TypeAlias = GetMetricStreamRequest  # noqa: Y015
 
 @_typing.final
 class GetMetricStreamResponse(_message.Message):
@@ -353,24 +294,13 @@ class GetMetricStreamResponse(_message.Message):
         metric_value: _builtins.float = ...,
         round: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "metric_name",
-        b"metric_name",
-        "metric_origin",
-        b"metric_origin",
-        "metric_value",
-        b"metric_value",
-        "round",
-        b"round",
-        "task_name",
-        b"task_name",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric_name", b"metric_name", "metric_origin", b"metric_origin", "metric_value", b"metric_value", "round", b"round", "task_name", b"task_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetMetricStreamResponse: _TypeAlias = GetMetricStreamResponse
+Global___GetMetricStreamResponse: _TypeAlias = GetMetricStreamResponse  # noqa: Y015
 
 @_typing.final
 class GetTrainedModelRequest(_message.Message):
@@ -378,11 +308,9 @@ class GetTrainedModelRequest(_message.Message):
 
     class _ModelType:
         ValueType = _typing.NewType("ValueType", _builtins.int)
-        V: _TypeAlias = ValueType
+        V: _TypeAlias = ValueType  # noqa: Y015
 
-    class _ModelTypeEnumTypeWrapper(
-        _enum_type_wrapper._EnumTypeWrapper[GetTrainedModelRequest._ModelType.ValueType], _builtins.type
-    ):
+    class _ModelTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GetTrainedModelRequest._ModelType.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         BEST_MODEL: GetTrainedModelRequest._ModelType.ValueType  # 0
         LAST_MODEL: GetTrainedModelRequest._ModelType.ValueType  # 1
@@ -401,15 +329,13 @@ class GetTrainedModelRequest(_message.Message):
         experiment_name: _builtins.str = ...,
         model_type: Global___GetTrainedModelRequest.ModelType.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "experiment_name", b"experiment_name", "model_type", b"model_type"
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_name", b"experiment_name", "model_type", b"model_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetTrainedModelRequest: _TypeAlias = GetTrainedModelRequest
+Global___GetTrainedModelRequest: _TypeAlias = GetTrainedModelRequest  # noqa: Y015
 
 @_typing.final
 class TrainedModelResponse(_message.Message):
@@ -423,13 +349,13 @@ class TrainedModelResponse(_message.Message):
         *,
         model_proto: _base_pb2.ModelProto | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_proto", b"model_proto"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_proto", b"model_proto"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_proto", b"model_proto"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_proto", b"model_proto"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TrainedModelResponse: _TypeAlias = TrainedModelResponse
+Global___TrainedModelResponse: _TypeAlias = TrainedModelResponse  # noqa: Y015
 
 @_typing.final
 class GetExperimentDescriptionRequest(_message.Message):
@@ -442,13 +368,13 @@ class GetExperimentDescriptionRequest(_message.Message):
         *,
         name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetExperimentDescriptionRequest: _TypeAlias = GetExperimentDescriptionRequest
+Global___GetExperimentDescriptionRequest: _TypeAlias = GetExperimentDescriptionRequest  # noqa: Y015
 
 @_typing.final
 class GetExperimentDescriptionResponse(_message.Message):
@@ -462,10 +388,10 @@ class GetExperimentDescriptionResponse(_message.Message):
         *,
         experiment: _base_pb2.ExperimentDescription | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetExperimentDescriptionResponse: _TypeAlias = GetExperimentDescriptionResponse
+Global___GetExperimentDescriptionResponse: _TypeAlias = GetExperimentDescriptionResponse  # noqa: Y015

@@ -4,25 +4,24 @@
 isort:skip_file
 OpenFL aggregator service, wire-compatible with OpenFL 1.7.1 (openfl/protocols/aggregator.proto)."""
 
-import abc as _abc_1
-import sys
-import typing as _typing
 from collections import abc as _abc
-
-import grpc as _grpc
 from grpc import aio as _aio
-
 from fedagg.protocol import aggregator_pb2 as _aggregator_pb2
 from fedagg.protocol import base_pb2 as _base_pb2
+import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
 if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
-    from typing import Self as _Self
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
 class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
 class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
@@ -35,43 +34,23 @@ class AggregatorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AggregatorAsyncStub: ...
     GetTasks: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetTasksRequest, _aggregator_pb2.GetTasksResponse]
-    GetAggregatedTensor: _grpc.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetAggregatedTensorRequest, _aggregator_pb2.GetAggregatedTensorResponse
-    ]
-    SendLocalTaskResults: _grpc.StreamUnaryMultiCallable[
-        _base_pb2.DataStream, _aggregator_pb2.SendLocalTaskResultsResponse
-    ]
+    GetAggregatedTensor: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetAggregatedTensorRequest, _aggregator_pb2.GetAggregatedTensorResponse]
+    SendLocalTaskResults: _grpc.StreamUnaryMultiCallable[_base_pb2.DataStream, _aggregator_pb2.SendLocalTaskResultsResponse]
     """Client-streaming: the chunks of one serialized TaskResults, no terminator."""
-    GetMetricStream: _grpc.UnaryStreamMultiCallable[
-        _aggregator_pb2.GetMetricStreamRequest, _aggregator_pb2.GetMetricStreamResponse
-    ]
-    GetTrainedModel: _grpc.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetTrainedModelRequest, _aggregator_pb2.TrainedModelResponse
-    ]
-    GetExperimentDescription: _grpc.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetExperimentDescriptionRequest, _aggregator_pb2.GetExperimentDescriptionResponse
-    ]
+    GetMetricStream: _grpc.UnaryStreamMultiCallable[_aggregator_pb2.GetMetricStreamRequest, _aggregator_pb2.GetMetricStreamResponse]
+    GetTrainedModel: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetTrainedModelRequest, _aggregator_pb2.TrainedModelResponse]
+    GetExperimentDescription: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetExperimentDescriptionRequest, _aggregator_pb2.GetExperimentDescriptionResponse]
 
 @_typing.type_check_only
 class AggregatorAsyncStub(AggregatorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTasks: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetTasksRequest, _aggregator_pb2.GetTasksResponse]  # type: ignore[assignment]
-    GetAggregatedTensor: _aio.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetAggregatedTensorRequest, _aggregator_pb2.GetAggregatedTensorResponse
-    ]  # type: ignore[assignment]
-    SendLocalTaskResults: _aio.StreamUnaryMultiCallable[
-        _base_pb2.DataStream, _aggregator_pb2.SendLocalTaskResultsResponse
-    ]  # type: ignore[assignment]
+    GetAggregatedTensor: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetAggregatedTensorRequest, _aggregator_pb2.GetAggregatedTensorResponse]  # type: ignore[assignment]
+    SendLocalTaskResults: _aio.StreamUnaryMultiCallable[_base_pb2.DataStream, _aggregator_pb2.SendLocalTaskResultsResponse]  # type: ignore[assignment]
     """Client-streaming: the chunks of one serialized TaskResults, no terminator."""
-    GetMetricStream: _aio.UnaryStreamMultiCallable[
-        _aggregator_pb2.GetMetricStreamRequest, _aggregator_pb2.GetMetricStreamResponse
-    ]  # type: ignore[assignment]
-    GetTrainedModel: _aio.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetTrainedModelRequest, _aggregator_pb2.TrainedModelResponse
-    ]  # type: ignore[assignment]
-    GetExperimentDescription: _aio.UnaryUnaryMultiCallable[
-        _aggregator_pb2.GetExperimentDescriptionRequest, _aggregator_pb2.GetExperimentDescriptionResponse
-    ]  # type: ignore[assignment]
+    GetMetricStream: _aio.UnaryStreamMultiCallable[_aggregator_pb2.GetMetricStreamRequest, _aggregator_pb2.GetMetricStreamResponse]  # type: ignore[assignment]
+    GetTrainedModel: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetTrainedModelRequest, _aggregator_pb2.TrainedModelResponse]  # type: ignore[assignment]
+    GetExperimentDescription: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetExperimentDescriptionRequest, _aggregator_pb2.GetExperimentDescriptionResponse]  # type: ignore[assignment]
 
 class AggregatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -79,19 +58,21 @@ class AggregatorServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregator_pb2.GetTasksRequest,
         context: _ServicerContext,
-    ) -> _aggregator_pb2.GetTasksResponse | _abc.Awaitable[_aggregator_pb2.GetTasksResponse]: ...
+    ) -> _typing.Union[_aggregator_pb2.GetTasksResponse, _abc.Awaitable[_aggregator_pb2.GetTasksResponse]]: ...
+
     @_abc_1.abstractmethod
     def GetAggregatedTensor(
         self,
         request: _aggregator_pb2.GetAggregatedTensorRequest,
         context: _ServicerContext,
-    ) -> _aggregator_pb2.GetAggregatedTensorResponse | _abc.Awaitable[_aggregator_pb2.GetAggregatedTensorResponse]: ...
+    ) -> _typing.Union[_aggregator_pb2.GetAggregatedTensorResponse, _abc.Awaitable[_aggregator_pb2.GetAggregatedTensorResponse]]: ...
+
     @_abc_1.abstractmethod
     def SendLocalTaskResults(
         self,
         request_iterator: _MaybeAsyncIterator[_base_pb2.DataStream],
         context: _ServicerContext,
-    ) -> _aggregator_pb2.SendLocalTaskResultsResponse | _abc.Awaitable[_aggregator_pb2.SendLocalTaskResultsResponse]:
+    ) -> _typing.Union[_aggregator_pb2.SendLocalTaskResultsResponse, _abc.Awaitable[_aggregator_pb2.SendLocalTaskResultsResponse]]:
         """Client-streaming: the chunks of one serialized TaskResults, no terminator."""
 
     @_abc_1.abstractmethod
@@ -99,20 +80,20 @@ class AggregatorServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregator_pb2.GetMetricStreamRequest,
         context: _ServicerContext,
-    ) -> _abc.Iterator[_aggregator_pb2.GetMetricStreamResponse] | _abc.AsyncIterator[_aggregator_pb2.GetMetricStreamResponse]: ...
+    ) -> _typing.Union[_abc.Iterator[_aggregator_pb2.GetMetricStreamResponse], _abc.AsyncIterator[_aggregator_pb2.GetMetricStreamResponse]]: ...
+
     @_abc_1.abstractmethod
     def GetTrainedModel(
         self,
         request: _aggregator_pb2.GetTrainedModelRequest,
         context: _ServicerContext,
-    ) -> _aggregator_pb2.TrainedModelResponse | _abc.Awaitable[_aggregator_pb2.TrainedModelResponse]: ...
+    ) -> _typing.Union[_aggregator_pb2.TrainedModelResponse, _abc.Awaitable[_aggregator_pb2.TrainedModelResponse]]: ...
+
     @_abc_1.abstractmethod
     def GetExperimentDescription(
         self,
         request: _aggregator_pb2.GetExperimentDescriptionRequest,
         context: _ServicerContext,
-    ) -> _aggregator_pb2.GetExperimentDescriptionResponse | _abc.Awaitable[_aggregator_pb2.GetExperimentDescriptionResponse]: ...
+    ) -> _typing.Union[_aggregator_pb2.GetExperimentDescriptionResponse, _abc.Awaitable[_aggregator_pb2.GetExperimentDescriptionResponse]]: ...
 
-def add_AggregatorServicer_to_server(
-    servicer: AggregatorServicer, server: _grpc.Server | _aio.Server
-) -> None: ...
+def add_AggregatorServicer_to_server(servicer: AggregatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,21 +6,18 @@ OpenFL base messages, wire-compatible with OpenFL 1.7.1 (openfl/protocols/base.p
 Written from fedagg's wire contract; the file path and the absence of a package are part of the contract.
 """
 
-import builtins as _builtins
-import sys
-import typing as _typing
 from collections import abc as _abc
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+import builtins as _builtins
+import sys
+import typing as _typing
 
 if sys.version_info >= (3, 11):
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -38,13 +35,13 @@ class ModelProto(_message.Message):
         *,
         tensors: _abc.Iterable[Global___NamedTensor] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tensors", b"tensors"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelProto: _TypeAlias = ModelProto
+Global___ModelProto: _TypeAlias = ModelProto  # noqa: Y015
 
 @_typing.final
 class NamedTensor(_message.Message):
@@ -77,28 +74,13 @@ class NamedTensor(_message.Message):
         transformer_metadata: _abc.Iterable[Global___MetadataProto] | None = ...,
         data_bytes: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "data_bytes",
-        b"data_bytes",
-        "lossless",
-        b"lossless",
-        "name",
-        b"name",
-        "report",
-        b"report",
-        "round_number",
-        b"round_number",
-        "tags",
-        b"tags",
-        "transformer_metadata",
-        b"transformer_metadata",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_bytes", b"data_bytes", "lossless", b"lossless", "name", b"name", "report", b"report", "round_number", b"round_number", "tags", b"tags", "transformer_metadata", b"transformer_metadata"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___NamedTensor: _TypeAlias = NamedTensor
+Global___NamedTensor: _TypeAlias = NamedTensor  # noqa: Y015
 
 @_typing.final
 class MetadataProto(_message.Message):
@@ -118,9 +100,9 @@ class MetadataProto(_message.Message):
             key: _builtins.int = ...,
             value: _builtins.float = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,15 +122,13 @@ class MetadataProto(_message.Message):
         int_list: _abc.Iterable[_builtins.int] | None = ...,
         bool_list: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bool_list", b"bool_list", "int_list", b"int_list", "int_to_float", b"int_to_float"
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_list", b"bool_list", "int_list", b"int_list", "int_to_float", b"int_to_float"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MetadataProto: _TypeAlias = MetadataProto
+Global___MetadataProto: _TypeAlias = MetadataProto  # noqa: Y015
 
 @_typing.final
 class DataStream(_message.Message):
@@ -168,13 +148,13 @@ class DataStream(_message.Message):
         size: _builtins.int = ...,
         npbytes: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["npbytes", b"npbytes", "size", b"size"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["npbytes", b"npbytes", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DataStream: _TypeAlias = DataStream
+Global___DataStream: _TypeAlias = DataStream  # noqa: Y015
 
 @_typing.final
 class CollaboratorDescription(_message.Message):
@@ -202,26 +182,13 @@ class CollaboratorDescription(_message.Message):
         current_task: _builtins.str = ...,
         next_task: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "current_task",
-        b"current_task",
-        "name",
-        b"name",
-        "next_task",
-        b"next_task",
-        "progress",
-        b"progress",
-        "round",
-        b"round",
-        "status",
-        b"status",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_task", b"current_task", "name", b"name", "next_task", b"next_task", "progress", b"progress", "round", b"round", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CollaboratorDescription: _TypeAlias = CollaboratorDescription
+Global___CollaboratorDescription: _TypeAlias = CollaboratorDescription  # noqa: Y015
 
 @_typing.final
 class TaskDescription(_message.Message):
@@ -237,13 +204,13 @@ class TaskDescription(_message.Message):
         name: _builtins.str = ...,
         description: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskDescription: _TypeAlias = TaskDescription
+Global___TaskDescription: _TypeAlias = TaskDescription  # noqa: Y015
 
 @_typing.final
 class DownloadStatus(_message.Message):
@@ -259,13 +226,13 @@ class DownloadStatus(_message.Message):
         name: _builtins.str = ...,
         status: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "status", b"status"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DownloadStatus: _TypeAlias = DownloadStatus
+Global___DownloadStatus: _TypeAlias = DownloadStatus  # noqa: Y015
 
 @_typing.final
 class DownloadStatuses(_message.Message):
@@ -283,13 +250,13 @@ class DownloadStatuses(_message.Message):
         models: _abc.Iterable[Global___DownloadStatus] | None = ...,
         logs: _abc.Iterable[Global___DownloadStatus] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs", "models", b"models"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DownloadStatuses: _TypeAlias = DownloadStatuses
+Global___DownloadStatuses: _TypeAlias = DownloadStatuses  # noqa: Y015
 
 @_typing.final
 class ExperimentDescription(_message.Message):
@@ -311,9 +278,7 @@ class ExperimentDescription(_message.Message):
     @_builtins.property
     def download_statuses(self) -> Global___DownloadStatuses: ...
     @_builtins.property
-    def collaborators(
-        self,
-    ) -> _containers.RepeatedCompositeFieldContainer[Global___CollaboratorDescription]: ...
+    def collaborators(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollaboratorDescription]: ...
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskDescription]: ...
     def __init__(
@@ -328,27 +293,10 @@ class ExperimentDescription(_message.Message):
         collaborators: _abc.Iterable[Global___CollaboratorDescription] | None = ...,
         tasks: _abc.Iterable[Global___TaskDescription] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["download_statuses", b"download_statuses"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download_statuses", b"download_statuses"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "collaborators",
-        b"collaborators",
-        "current_round",
-        b"current_round",
-        "download_statuses",
-        b"download_statuses",
-        "name",
-        b"name",
-        "progress",
-        b"progress",
-        "status",
-        b"status",
-        "tasks",
-        b"tasks",
-        "total_rounds",
-        b"total_rounds",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaborators", b"collaborators", "current_round", b"current_round", "download_statuses", b"download_statuses", "name", b"name", "progress", b"progress", "status", b"status", "tasks", b"tasks", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ExperimentDescription: _TypeAlias = ExperimentDescription
+Global___ExperimentDescription: _TypeAlias = ExperimentDescription  # noqa: Y015

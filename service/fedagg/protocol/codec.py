@@ -106,7 +106,7 @@ def encode_tensor(
     report: bool = False,
 ) -> base_pb2.NamedTensor:
     """Encode ``array`` as OpenFL's codec would: float32 bytes, shape metadata, sorted tags plus ``compressed``."""
-    values = np.ascontiguousarray(array, dtype=FLOAT32)
+    values = np.asarray(array, dtype=FLOAT32, order="C")
     tensor = tensor_header(
         name,
         values.shape,

@@ -44,7 +44,7 @@ def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list
     The header is serialized once and the array's bytes follow as field 7, which is exactly how protobuf
     serializes the complete message.
     """
-    data = np.ascontiguousarray(array, dtype=FLOAT32)
+    data = np.asarray(array, dtype=FLOAT32, order="C")
     parts: list[bytes | memoryview] = [header.SerializeToString()]
     if data.nbytes:
         parts += [length_delimited_prefix(_DATA_BYTES, data.nbytes), data.reshape(-1).view(np.uint8).data]

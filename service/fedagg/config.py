@@ -1,0 +1,284 @@
+"""fedagg's configuration: one YAML file, environment overrides, validated at start-up.
+
+Relative paths are resolved against the configuration file's directory. Any setting can be overridden from
+the environment as ``FEDAGG__<SECTION>__<KEY>`` (for example ``FEDAGG__STORAGE__STATE_DIR=/var/lib/fedagg``
+or ``FEDAGG__SERVER__TLS__CERTIFICATE_DIR=/etc/fedagg/tls``); values are read as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedagg.federation.errors import PlanError
+from fedagg.federation.plan import (
+    AggregationKind,
+    AssignerKind,
+    AssignerSpec,
+    FederationPlan,
+    StragglerPolicyKind,
+    StragglerPolicySpec,
+    TaskGroup,
+    TaskSpec,
+    default_tasks,
+)
+from fedagg.server.tls import CertificateFiles, TlsMode
+from fedagg.settings import ConfigError, build, non_empty, non_negative, port_number, positive, setting
+
+ENV_PREFIX = "FEDAGG__"
+
+
+class LogFormat(StrEnum):
+    """Log line format."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """One plan task."""
+
+    function: str = setting(help="collaborator-side function (OpenFL task runner method)", check=non_empty)
+    kwargs: dict[str, Any] = setting(
+        factory=dict, help="arguments passed to the function (e.g. apply: local)"
+    )
+    aggregation: AggregationKind = setting(AggregationKind.WEIGHTED_AVERAGE, help="how model updates combine")
+
+
+@dataclass(frozen=True)
+class TaskGroupSettings:
+    """A group of collaborators running the same tasks."""
+
+    name: str = setting(help="group name", check=non_empty)
+    tasks: tuple[str, ...] = setting(help="tasks the group runs, in execution order")
+    collaborators: tuple[str, ...] = setting((), help="members (static_grouped assigner)")
+    percentage: float = setting(0.0, help="share of collaborators (random_grouped assigner)")
+
+
+@dataclass(frozen=True)
+class AssignerSettings:
+    """Task assignment."""
+
+    kind: AssignerKind = setting(AssignerKind.RANDOM_GROUPED, help="static_grouped or random_grouped")
+    seed: int = setting(0, help="seed of random grouping (the same round always gets the same groups)")
+    task_groups: tuple[TaskGroupSettings, ...] = setting(
+        (), help="groups; default: one group 'learning' (100%) running every task"
+    )
+
+
+@dataclass(frozen=True)
+class StragglerSettings:
+    """When a round may close before every collaborator is done."""
+
+    policy: StragglerPolicyKind = setting(StragglerPolicyKind.CUTOFF_TIME, help="cutoff_time or percentage")
+    cutoff_seconds: float = setting(
+        math.inf, help="cutoff_time: seconds after a round starts", check=positive
+    )
+    minimum_reporting: int = setting(1, help="never close a round with fewer collaborators done")
+    percent_needed: float = setting(1.0, help="percentage: share of collaborators that must be done")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """The experiment."""
+
+    federation_uuid: str = setting(help="federation identity every request header carries", check=non_empty)
+    collaborators: tuple[str, ...] = setting(help="authorized collaborator names (their certificate CNs)")
+    rounds_to_train: int = setting(help="number of rounds")
+    aggregator_uuid: str = setting("", help="aggregator identity; default 'aggregator_' + federation_uuid")
+    experiment_name: str = setting("", help="name observers use; default the federation_uuid")
+    initial_model: Path | None = setting(None, help="OpenFL .pbuf model to start from (not needed to resume)")
+    single_col_cert_common_name: str = setting("", help="CN of a certificate shared by all collaborators")
+    sleep_seconds: int = setting(10, help="how long GetTasks tells idle collaborators to sleep")
+    rounds_kept: int = setting(2, help="global models kept for serving (>= 2 for delta requests)")
+    tasks: dict[str, TaskSettings] = setting(factory=dict, help="plan tasks; default OpenFL's three")
+    assigner: AssignerSettings = setting(factory=AssignerSettings, help="")
+    stragglers: StragglerSettings = setting(factory=StragglerSettings, help="")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Federation-port TLS. Certificates come from a directory (a mounted kubernetes.io/tls secret)."""
+
+    mode: TlsMode = setting(TlsMode.MUTUAL, help="mtls, tls (server-only) or insecure (plaintext, warned)")
+    certificate_dir: Path | None = setting(None, help="directory holding the three files below")
+    certificate: str = setting(
+        "tls.crt", help="server certificate chain (file name in the directory or a path)"
+    )
+    private_key: str = setting("tls.key", help="server private key (file name or path)")
+    root_certificate: str = setting(
+        "ca.crt", help="CA that signs collaborator certificates (file name or path)"
+    )
+
+    def files(self) -> CertificateFiles:
+        """The three resolved paths."""
+        base = self.certificate_dir or Path()
+        root = (
+            None
+            if self.mode == TlsMode.SERVER_ONLY and not self.root_certificate
+            else base / self.root_certificate
+        )
+        return CertificateFiles(base / self.certificate, base / self.private_key, root)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The federation port."""
+
+    bind_address: str = setting("[::]", help="listen address ([::] = every interface, IPv4 and IPv6)")
+    port: int = setting(50051, help="federation port (0 = any free port)", check=port_number)
+    tls: TlsSettings = setting(factory=TlsSettings, help="")
+    observers: tuple[str, ...] = setting((), help="certificate CNs that may read metrics, models and status")
+    auth_failure_max_delay: float = setting(
+        2.0, help="max random delay before refusing a caller", check=non_negative
+    )
+    executor_workers: int = setting(4, help="threads for disk and encoding work")
+    max_receive_message_bytes: int = setting(
+        64 << 20, help="largest incoming message (uploads are 2 MiB chunks)"
+    )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Durable state and published models."""
+
+    state_dir: Path = setting(Path("state"), help="checkpoints, kept models and spooled uploads (a PVC)")
+    best_model: Path | None = setting(None, help="best model .pbuf; default <state_dir>/best.pbuf")
+    last_model: Path | None = setting(None, help="last model .pbuf; default <state_dir>/last.pbuf")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Logs."""
+
+    level: str = setting("info", help="debug, info, warning or error")
+    format: LogFormat = setting(LogFormat.TEXT, help="text or json (one JSON object per line)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    federation: FederationSettings = setting(help="")
+    server: ServerSettings = setting(factory=ServerSettings, help="")
+    storage: StorageSettings = setting(factory=StorageSettings, help="")
+    logging: LoggingSettings = setting(factory=LoggingSettings, help="")
+
+    @property
+    def best_model_path(self) -> Path:
+        """Where the best model is published."""
+        return self.storage.best_model or self.storage.state_dir / "best.pbuf"
+
+    @property
+    def last_model_path(self) -> Path:
+        """Where the last model is published."""
+        return self.storage.last_model or self.storage.state_dir / "last.pbuf"
+
+    def plan(self) -> FederationPlan:
+        """The federation plan; plan errors are reported with their configuration keys."""
+        settings = self.federation
+        tasks = {
+            name: TaskSpec(name, task.function, task.kwargs, task.aggregation)
+            for name, task in settings.tasks.items()
+        } or default_tasks()
+        groups = tuple(
+            TaskGroup(group.name, group.tasks, group.collaborators, group.percentage)
+            for group in settings.assigner.task_groups
+        ) or (TaskGroup("learning", tuple(tasks), settings.collaborators, 1.0),)
+        stragglers = settings.stragglers
+        try:
+            return FederationPlan(
+                federation_uuid=settings.federation_uuid,
+                aggregator_uuid=settings.aggregator_uuid or f"aggregator_{settings.federation_uuid}",
+                collaborators=settings.collaborators,
+                rounds_to_train=settings.rounds_to_train,
+                tasks=tasks,
+                assigner=AssignerSpec(settings.assigner.kind, groups, settings.assigner.seed),
+                stragglers=StragglerPolicySpec(
+                    stragglers.policy,
+                    stragglers.cutoff_seconds,
+                    stragglers.minimum_reporting,
+                    stragglers.percent_needed,
+                ),
+                experiment_name=settings.experiment_name,
+                single_col_cert_common_name=settings.single_col_cert_common_name,
+                sleep_seconds=settings.sleep_seconds,
+                rounds_kept=settings.rounds_kept,
+            )
+        except PlanError as error:
+            key = _PLAN_KEYS.get(error.key.split(".")[0].split("[")[0], error.key)
+            raise ConfigError(
+                f"federation.{key}" if key == error.key else key, error.value, error.expected
+            ) from None
+
+
+_PLAN_KEYS = {
+    "straggler_handling_policy": "federation.stragglers",
+    "assigner": "federation.assigner.task_groups",
+}
+
+
+def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from parsed YAML plus environment overrides; resolve relative paths."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError("(top level)", data, "a mapping of sections (federation, server, storage, logging)")
+    merged = _with_environment(data or {}, environ or {})
+    config: Config = _resolve_paths(build(Config, merged), base_dir)
+    config.plan()
+    return config
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate a configuration file."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError("(config file)", str(path), f"a readable file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError("(config file)", str(path), f"valid YAML ({error})") from None
+    return parse_config(data, path.parent, os.environ if environ is None else environ)
+
+
+def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    merged = _deep_copy(data)
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not keys:
+            continue
+        target = merged
+        for key in keys[:-1]:
+            node = target.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(keys), raw, f"{key} to be a section (from environment {name})")
+            target = node
+        target[keys[-1]] = yaml.safe_load(raw) if raw else raw
+    return merged
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _deep_copy(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+
+
+def _resolve_paths(node: Any, base_dir: Path) -> Any:
+    if not is_dataclass(node) or isinstance(node, type):
+        return node
+    changes: dict[str, Any] = {}
+    for field in fields(node):
+        value = getattr(node, field.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            changes[field.name] = base_dir / value
+        elif is_dataclass(value):
+            changes[field.name] = _resolve_paths(value, base_dir)
+    return replace(node, **changes)

@@ -1,0 +1,171 @@
+"""Typed settings from plain data: dataclasses in, precise errors out.
+
+:func:`build` turns a YAML mapping into a frozen dataclass tree, checking every key against the field's type
+annotation. Errors name the key path, the value and what was expected, e.g.
+``server.port: got 'abc', expected an integer from 0 to 65535``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used: its key, its value and what was expected."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        super().__init__(f"{key}: got {value!r}, expected {expected}")
+        self.key = key
+        self.value = value
+        self.expected = expected
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = dataclasses.MISSING,
+    help: str = "",
+    check: Any = None,
+) -> Any:
+    """A dataclass field with a help text and an optional ``check(value) -> str | None`` (the expectation)."""
+    return dataclasses.field(
+        default=default, default_factory=factory, metadata={"help": help, "check": check}
+    )
+
+
+def build(cls: type[T], data: object, path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path or "(top level)", data, "a mapping of settings")
+    fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                _join(path, str(key)), data[key], f"one of the known keys {sorted(fields)}{hint}"
+            )
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = _join(path, name)
+        if name in data:
+            value = convert(hints[name], data[name], key)
+            check = field.metadata.get("check")
+            if check is not None and (expected := check(value)):
+                raise ConfigError(key, data[name], expected)
+            values[name] = value
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, None, "a value (this setting is required)")
+    return cls(**values)
+
+
+def convert(kind: Any, value: object, key: str) -> Any:
+    """Convert one value to the annotated type."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [arg for arg in args if arg is not type(None)]
+        return convert(options[0], value, key)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, key)  # type: ignore[arg-type]
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "a list")
+        item = args[0] if args else Any
+        return tuple(convert(item, element, f"{key}[{index}]") for index, element in enumerate(value))
+    if origin in (dict, Mapping) or kind is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, value, "a mapping")
+        item = args[1] if len(args) == 2 else Any
+        return {str(name): convert(item, element, _join(key, str(name))) for name, element in value.items()}
+    return _convert_scalar(kind, value, key)
+
+
+def _convert_scalar(kind: Any, value: object, key: str) -> Any:
+    if kind is Any:
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "a string")
+        return value
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, value, "a file or directory path")
+        return Path(value)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(key, value, f"one of {[member.value for member in kind]}") from None
+    raise TypeError(f"unsupported setting type {kind!r} for {key}")  # pragma: no cover - a programming error
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def port_number(value: int) -> str | None:
+    """Check: a TCP port (0 = pick a free one)."""
+    return None if 0 <= value <= 65535 else "an integer from 0 to 65535"
+
+
+def positive(value: float) -> str | None:
+    """Check: a number above zero."""
+    return None if value > 0 else "a number above 0"
+
+
+def non_negative(value: float) -> str | None:
+    """Check: zero or more."""
+    return None if value >= 0 and not math.isnan(value) else "a number of 0 or more"
+
+
+def non_empty(value: str) -> str | None:
+    """Check: a non-empty string."""
+    return None if value.strip() else "a non-empty string"
+
+
+def describe(cls: type[Any], path: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every setting, depth first: the configuration reference."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        key = _join(path, field.name)
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            rows.extend(describe(kind, key))  # type: ignore[arg-type]
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = repr(field.default.value if isinstance(field.default, Enum) else field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            default = repr(field.default_factory())
+        else:
+            default = "(required)"
+        rows.append((key, default, field.metadata.get("help", "")))
+    return rows
