@@ -1,0 +1,400 @@
+"""The round state machine (spec §3.4-3.9, §3.11), driven without a network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedagg.federation.errors import FailedPrecondition, InvalidRequest, NotFound
+from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.plan import (
+    AssignerKind,
+    AssignerSpec,
+    StragglerPolicyKind,
+    StragglerPolicySpec,
+    TaskGroup,
+)
+from fedagg.federation.serving import TensorRequest
+from fedagg.federation.store import StateStore
+from fedagg.protocol import base_pb2
+from fedagg.protocol.codec import decode_tensor, encode_tensor
+from fedagg.protocol.model_file import LoadedModel, read_model
+
+from tests.support.servers import make_federation, make_plan
+from tests.support.uploads import TASKS, metric, run_round, submit, weights
+
+SHAPES = {"w": (2, 3), "b": (3,)}
+PAIR = ("one", "two")
+
+
+def zeros() -> dict[str, np.ndarray]:
+    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
+
+
+def model_value(
+    federation: Federation, name: str, round_number: int, tags: tuple[str, ...] = ("model",)
+) -> np.ndarray:
+    encoded = federation.encoded_tensor(TensorRequest(name, round_number, False, tags, True))
+    return decode_tensor(base_pb2.NamedTensor.FromString(encoded))
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Federation:
+    return make_federation(tmp_path, make_plan(PAIR, rounds=2), zeros())
+
+
+# GetTasks ---------------------------------------------------------------------------------------------------------
+
+
+def test_get_tasks_hands_out_the_plan_tasks_with_all_fields(federation: Federation) -> None:
+    reply = federation.get_tasks("one")
+
+    assert (reply.round_number, reply.quit, reply.sleep_seconds) == (0, False, 0)
+    assert [task.name for task in reply.tasks] == list(TASKS)
+    assert [(task.function, task.task_type, task.apply_local) for task in reply.tasks] == [
+        ("validate_task", "validate", False),
+        ("train_task", "train", False),
+        ("validate_task", "validate", True),
+    ]
+
+
+def test_get_tasks_drops_tasks_already_done_then_sleeps(federation: Federation) -> None:
+    submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 0.5, 0, "validate_agg")])
+
+    assert [task.name for task in federation.get_tasks("one").tasks] == list(TASKS[1:])
+    run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
+    waiting = federation.get_tasks("one")
+    assert (waiting.tasks, waiting.sleep_seconds, waiting.quit) == ((), 1, False)
+
+
+def test_quit_takes_priority_once_training_is_over(federation: Federation) -> None:
+    for round_number in range(2):
+        run_round(federation, round_number, {"one": (1.0, 10), "two": (2.0, 10)}, SHAPES)
+
+    assert federation.finished
+    reply = federation.get_tasks("one")
+    assert (reply.quit, reply.tasks, reply.sleep_seconds, reply.round_number) == (True, (), 0, 2)
+    assert not federation.all_quit_jobs_sent
+    federation.get_tasks("two")
+    assert federation.all_quit_jobs_sent
+
+
+# SendLocalTaskResults ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_weighted_average_of_full_and_delta_updates(federation: Federation, delta: bool) -> None:
+    run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES, delta=delta)
+
+    assert federation.round_number == 1
+    np.testing.assert_allclose(model_value(federation, "w", 1), np.full((2, 3), 2.5))
+
+
+def test_delta_is_added_to_the_round_model(federation: Federation) -> None:
+    run_round(federation, 0, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+    run_round(federation, 1, {"one": (2.0, 10), "two": (4.0, 10)}, SHAPES, delta=True)
+
+    np.testing.assert_allclose(model_value(federation, "b", 2), np.full(3, 1 + 3.0))
+
+
+@pytest.mark.parametrize(
+    ("round_number", "setup", "reason"),
+    [
+        (1, lambda _f: None, "results are for round 1, the current round is 0"),
+        (
+            0,
+            lambda f: submit(f, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")]),
+            "already sent",
+        ),
+    ],
+)
+def test_wrong_round_and_duplicates_are_ignored_without_change(
+    federation: Federation, round_number: int, setup: object, reason: str
+) -> None:
+    setup(federation)  # type: ignore[operator]
+    before = federation.metrics.history()
+
+    admission = submit(
+        federation, "one", round_number, TASKS[0], 5, [metric("acc", 9, round_number, "validate_agg")]
+    )
+
+    assert not admission.accepted
+    assert reason in admission.ignored_because
+    assert federation.metrics.history() == before
+
+
+def test_results_after_the_end_are_ignored(federation: Federation) -> None:
+    for round_number in range(2):
+        run_round(federation, round_number, {"one": (1.0, 10), "two": (2.0, 10)}, SHAPES)
+
+    admission = submit(federation, "one", 2, TASKS[0], 5, [metric("acc", 1, 2, "validate_agg")])
+
+    assert admission.ignored_because == "the experiment has finished"
+
+
+@pytest.mark.parametrize(
+    ("task", "tensors", "error", "message"),
+    [
+        ("nope", [], InvalidRequest, "not a task of this plan"),
+        (
+            TASKS[0],
+            [encode_tensor("acc", np.zeros(2), round_number=0, tags=["metric"], report=True)],
+            InvalidRequest,
+            "metrics must be scalars",
+        ),
+        (
+            TASKS[1],
+            [weights("w", 1, (2, 3), 0).__class__(name="w", tags=["trained"])],
+            InvalidRequest,
+            "lacks the 'compressed' tag",
+        ),
+        (TASKS[1], [weights("zz", 1, (2,), 0, delta=True)], InvalidRequest, "delta tensor 'zz' has no base"),
+        (
+            TASKS[1],
+            [weights("w", 1, (3, 2), 0)],
+            InvalidRequest,
+            r"shape \[3, 2\] but round 0's model has \[2, 3\]",
+        ),
+        (
+            TASKS[1],
+            [encode_tensor("w", np.zeros((2, 3)), round_number=0, tags=["model"])],
+            InvalidRequest,
+            "fedagg accepts metrics",
+        ),
+        (TASKS[1], [weights("w", 1, (2, 3), 0), weights("w", 2, (2, 3), 0)], InvalidRequest, "repeats"),
+    ],
+)
+def test_bad_uploads_are_refused_and_change_nothing(
+    federation: Federation,
+    task: str,
+    tensors: list[base_pb2.NamedTensor],
+    error: type[Exception],
+    message: str,
+) -> None:
+    with pytest.raises(error, match=message):
+        submit(federation, "one", 0, task, 10, tensors)
+
+    assert federation.get_tasks("one").tasks[0].name == TASKS[0]
+    assert federation.metrics.history() == []
+    assert list((federation._store.root / "spool").rglob("*.results")) == []
+
+
+def test_negative_data_size_other_than_minus_one_is_refused(federation: Federation) -> None:
+    with pytest.raises(InvalidRequest, match="data_size is -5"):
+        submit(federation, "one", 0, TASKS[0], -5, [metric("acc", 1, 0, "validate_agg")])
+
+
+def test_an_upload_must_carry_the_same_tensors_as_the_others(federation: Federation) -> None:
+    submit(
+        federation,
+        "one",
+        0,
+        TASKS[1],
+        10,
+        [metric("loss", 1, 0), weights("w", 1, (2, 3), 0), weights("b", 1, (3,), 0)],
+    )
+
+    with pytest.raises(InvalidRequest, match=r"lacks \['b'\]"):
+        submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0), weights("w", 1, (2, 3), 0)])
+
+
+def test_task_not_assigned_is_a_failed_precondition(tmp_path: Path) -> None:
+    plan = make_plan(
+        PAIR,
+        1,
+        assigner=AssignerSpec(
+            AssignerKind.STATIC_GROUPED,
+            (
+                TaskGroup("train", TASKS, collaborators=("one",)),
+                TaskGroup("eval", TASKS[:1], collaborators=("two",)),
+            ),
+        ),
+    )
+    federation = make_federation(tmp_path, plan, zeros())
+
+    with pytest.raises(FailedPrecondition, match="not assigned to two"):
+        submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0)])
+
+
+# Round end and stragglers -------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cutoff_closes_the_round_with_stragglers_after_the_minimum(tmp_path: Path) -> None:
+    clock = Clock()
+    plan = make_plan(
+        ("one", "two", "three"), 2, stragglers=StragglerPolicySpec(cutoff_seconds=60, minimum_reporting=2)
+    )
+    federation = make_federation(tmp_path, plan, zeros(), clock=clock)
+    federation.get_tasks("one")
+    run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
+    clock.now += 61
+
+    federation.end_round_if_due()
+    assert federation.round_number == 0, "one collaborator done is below minimum_reporting"
+
+    run_round(federation, 0, {"two": (3.0, 10)}, SHAPES)
+    assert federation.round_number == 1
+    np.testing.assert_allclose(model_value(federation, "w", 1), np.full((2, 3), 2.0))
+    late = submit(federation, "three", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
+    assert "current round is 1" in late.ignored_because
+
+
+def test_seconds_to_deadline_counts_from_the_first_task_handed_out(tmp_path: Path) -> None:
+    clock = Clock()
+    plan = make_plan(PAIR, 1, stragglers=StragglerPolicySpec(cutoff_seconds=30))
+    federation = make_federation(tmp_path, plan, zeros(), clock=clock)
+
+    assert federation.seconds_to_deadline() is None
+    federation.get_tasks("two")
+    clock.now += 10
+    assert federation.seconds_to_deadline() == pytest.approx(20)
+
+
+def test_percentage_policy_marks_the_rest_as_stragglers(tmp_path: Path) -> None:
+    plan = make_plan(
+        ("one", "two", "three", "four"),
+        2,
+        stragglers=StragglerPolicySpec(
+            StragglerPolicyKind.PERCENTAGE, percent_needed=0.5, minimum_reporting=1
+        ),
+    )
+    federation = make_federation(tmp_path, plan, zeros())
+    run_round(federation, 0, {"one": (1.0, 10), "two": (2.0, 10)}, SHAPES)
+
+    assert federation.round_number == 1
+    statuses = {c.name: c.status for c in federation.describe().collaborators}
+    assert statuses["three"] == "waiting"
+
+
+# Serving aggregated tensors ----------------------------------------------------------------------------------------
+
+
+def test_both_request_forms_and_their_reply_tags(federation: Federation) -> None:
+    run_round(federation, 0, {"one": (2.0, 10), "two": (2.0, 10)}, SHAPES)
+    run_round(federation, 1, {"one": (5.0, 10), "two": (5.0, 10)}, SHAPES)
+
+    model = base_pb2.NamedTensor.FromString(
+        federation.encoded_tensor(TensorRequest("w", 2, False, ("model",), True))
+    )
+    delta = base_pb2.NamedTensor.FromString(
+        federation.encoded_tensor(TensorRequest("w", 2, False, ("aggregated", "delta", "compressed"), False))
+    )
+
+    assert (list(model.tags), model.round_number, model.lossless) == (["compressed", "model"], 2, True)
+    assert (list(delta.tags), delta.round_number, delta.lossless) == (
+        ["aggregated", "compressed", "delta"],
+        2,
+        True,
+    )
+    np.testing.assert_array_equal(decode_tensor(model), np.full((2, 3), 5.0))
+    np.testing.assert_array_equal(decode_tensor(delta), np.full((2, 3), 3.0))
+
+
+def test_each_tensor_is_encoded_once_per_round(federation: Federation) -> None:
+    request = TensorRequest("w", 0, False, ("model",), True)
+
+    assert federation.encoded_tensor(request) is federation.encoded_tensor(request)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "message"),
+    [
+        (TensorRequest("nope", 0, False, ("model",), True), NotFound, "not in round 0's model"),
+        (TensorRequest("w", 5, False, ("model",), True), FailedPrecondition, "round 5 has not started"),
+        (TensorRequest("w", 0, False, ("aggregated", "delta"), True), NotFound, "no delta for round 0"),
+        (TensorRequest("w", 0, False, ("trained",), True), InvalidRequest, "name no served tensor"),
+        (TensorRequest("w", 0, True, ("model",), True), InvalidRequest, "report is true"),
+    ],
+)
+def test_bad_tensor_requests(
+    federation: Federation, request_: TensorRequest, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        federation.encoded_tensor(request_)
+
+
+def test_old_rounds_are_evicted(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, rounds=3), zeros())
+    for round_number in range(3):
+        run_round(federation, round_number, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+
+    with pytest.raises(NotFound, match="no longer kept"):
+        federation.encoded_tensor(TensorRequest("w", 1, False, ("model",), True))
+    assert sorted(p.name for p in (tmp_path / "state" / "models").iterdir()) == [
+        "round-000002.pbuf",
+        "round-000003.pbuf",
+    ]
+
+
+# Models written ---------------------------------------------------------------------------------------------------
+
+
+def test_last_model_includes_the_final_aggregate_and_best_follows_validate_agg(
+    federation: Federation,
+) -> None:
+    run_round(federation, 0, {"one": (4.0, 10), "two": (4.0, 10)}, SHAPES)  # validate_agg of model 0: 4.0
+    run_round(federation, 1, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)  # validate_agg of model 1: 1.0
+
+    last = read_model(federation.trained_model(best=False))
+    best = read_model(federation.trained_model(best=True))
+    assert last.round_number == 2
+    np.testing.assert_array_equal(last.tensors["w"], np.full((2, 3), 1.0))
+    assert best.round_number == 0
+    np.testing.assert_array_equal(best.tensors["w"], np.zeros((2, 3)))
+
+
+def test_no_model_before_the_first_round_ends(federation: Federation) -> None:
+    with pytest.raises(FailedPrecondition, match="no last model yet"):
+        federation.trained_model(best=False)
+
+
+def test_resume_from_a_model_of_a_later_round(tmp_path: Path) -> None:
+    federation = Federation(
+        make_plan(PAIR, rounds=5),
+        StateStore(tmp_path / "s"),
+        ModelOutputs(tmp_path / "b.pbuf", tmp_path / "l.pbuf"),
+        initial_model=LoadedModel(3, zeros()),
+    )
+    federation.restore()
+
+    assert federation.get_tasks("one").round_number == 3
+    run_round(federation, 3, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+    run_round(federation, 4, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+    assert federation.finished
+    assert federation.describe().progress == 1.0
+
+
+# Metrics and status --------------------------------------------------------------------------------------------------
+
+
+def test_metrics_from_collaborators_then_aggregated(federation: Federation) -> None:
+    run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
+
+    aggregated = {(r.task, r.name): r.value for r in federation.metrics.history() if r.origin == "aggregator"}
+    assert aggregated[(TASKS[1], "loss")] == pytest.approx(2.5)
+    assert aggregated[(TASKS[0], "acc")] == pytest.approx(2.0)  # validation data sizes are equal
+    origins = [r.origin for r in federation.metrics.history()]
+    assert origins.index("aggregator") > max(i for i, o in enumerate(origins) if o == "two")
+
+
+def test_describe_reports_real_progress(federation: Federation) -> None:
+    assert federation.describe().status == "pending"
+    federation.get_tasks("one")
+    submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
+
+    status = federation.describe()
+    one, two = status.collaborators
+    assert (status.status, status.current_round, status.total_rounds) == ("in_progress", 0, 2)
+    assert (one.status, one.current_task, one.next_task) == ("training", TASKS[1], TASKS[2])
+    assert one.progress == pytest.approx(1 / 3)
+    assert (two.status, two.current_task) == ("waiting", TASKS[0])
+    assert dict(status.models) == {"best": "pending", "last": "pending", "init": "ready"}

@@ -1,0 +1,141 @@
+"""Acknowledged means durable: restarts resume the same round and count every contribution exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedagg.federation.errors import FailedPrecondition
+from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.store import StateStore
+from fedagg.protocol.model_file import read_model
+
+from tests.support.servers import make_federation, make_plan
+from tests.support.uploads import TASKS, metric, run_round, submit, weights
+
+SHAPES = {"w": (2, 3), "b": (3,)}
+PAIR = ("one", "two")
+
+
+def zeros() -> dict[str, np.ndarray]:
+    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
+
+
+def restart(directory: Path, rounds: int = 2) -> Federation:
+    """A new federation process on the same state directory (the old one simply vanished)."""
+    federation = Federation(
+        make_plan(PAIR, rounds),
+        StateStore(directory / "state"),
+        ModelOutputs(directory / "best.pbuf", directory / "last.pbuf"),
+    )
+    federation.restore()
+    return federation
+
+
+def train(federation: Federation, collaborator: str, round_number: int, value: float, size: int) -> None:
+    trained = [weights(name, value, shape, round_number) for name, shape in SHAPES.items()]
+    submit(
+        federation,
+        collaborator,
+        round_number,
+        TASKS[1],
+        size,
+        [metric("loss", value, round_number), *trained],
+    )
+
+
+def test_restart_mid_round_resumes_it_and_counts_each_contribution_once(tmp_path: Path) -> None:
+    reference = make_federation(tmp_path / "reference", make_plan(PAIR, 2), zeros())
+    run_round(reference, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
+    crashed = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    run_round(crashed, 0, {"one": (1.0, 10)}, SHAPES)
+    submit(crashed, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
+    train(crashed, "two", 0, 3.0, 30)
+
+    resumed = restart(tmp_path)
+
+    assert resumed.round_number == 0
+    assert [task.name for task in resumed.get_tasks("two").tasks] == [TASKS[2]]
+    assert resumed.get_tasks("one").sleep_seconds == 1
+    assert "already sent" in submit(resumed, "two", 0, TASKS[1], 30, [metric("loss", 3.0, 0)]).ignored_because
+    submit(resumed, "two", 0, TASKS[2], 5, [metric("acc", 3.0, 0, "validate_local")])
+    assert resumed.round_number == 1
+    np.testing.assert_array_equal(
+        read_model(tmp_path / "last.pbuf").tensors["w"],
+        read_model(tmp_path / "reference" / "last.pbuf").tensors["w"],
+    )
+    assert [(r.origin, r.task, r.name, r.value) for r in resumed.metrics.history()] == [
+        (r.origin, r.task, r.name, r.value) for r in reference.metrics.history()
+    ]
+
+
+def test_restart_at_a_round_boundary(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 3), zeros())
+    run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
+
+    resumed = restart(tmp_path, rounds=3)
+
+    assert resumed.get_tasks("one").round_number == 1
+    assert len(resumed.metrics.history()) == len(federation.metrics.history())
+    run_round(resumed, 1, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES, delta=True)
+    assert resumed.round_number == 2
+
+
+def test_crash_during_the_round_end_redoes_it(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
+    submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
+    train(federation, "two", 0, 3.0, 30)
+    models = tmp_path / "state" / "models"
+    (models / "round-000001.pbuf").write_bytes(b"torn write of the next model")  # died before the checkpoint
+
+    resumed = restart(tmp_path)
+    submit(resumed, "two", 0, TASKS[2], 5, [metric("acc", 3.0, 0, "validate_local")])
+
+    assert resumed.round_number == 1
+    np.testing.assert_array_equal(read_model(models / "round-000001.pbuf").tensors["w"], np.full((2, 3), 2.5))
+
+
+def test_partial_uploads_are_discarded_on_restart(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    partial = federation.open_spool()
+    partial.write(b"half an upload")
+
+    restart(tmp_path)
+
+    assert list((tmp_path / "state" / "spool" / "incoming").iterdir()) == []
+
+
+def test_quit_jobs_sent_survive_a_restart(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
+    federation.get_tasks("one")
+
+    resumed = restart(tmp_path, rounds=1)
+
+    assert resumed.finished
+    assert not resumed.all_quit_jobs_sent
+    resumed.get_tasks("two")
+    assert resumed.all_quit_jobs_sent
+
+
+def test_state_of_another_federation_is_refused(tmp_path: Path) -> None:
+    make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    other = make_plan(PAIR, 1)
+    other = type(other)(**{**other.__dict__, "federation_uuid": "other_fed"})
+    federation = Federation(
+        other, StateStore(tmp_path / "state"), ModelOutputs(tmp_path / "b", tmp_path / "l")
+    )
+
+    with pytest.raises(FailedPrecondition, match="belongs to federation 'testfed_0123abcd'"):
+        federation.restore()
+
+
+def test_fresh_state_without_initial_model_is_refused(tmp_path: Path) -> None:
+    federation = Federation(
+        make_plan(PAIR, 1), StateStore(tmp_path / "s"), ModelOutputs(tmp_path / "b", tmp_path / "l")
+    )
+
+    with pytest.raises(FailedPrecondition, match="no initial model"):
+        federation.restore()
