@@ -60,7 +60,7 @@ class TaskResultsDecoder:
 
     def finish(self) -> list[ResultsEvent]:
         """End of stream: return the remaining events or raise :class:`MalformedMessage`."""
-        if self._decoder.position == 0:
+        if self._decoder.bytes_seen == 0:
             raise MalformedMessage("the upload is empty: expected a serialized TaskResults")
         events = self._translate(self._decoder.finish())
         if not self._header_sent:

@@ -113,6 +113,11 @@ class TensorStreamDecoder:
         """Number of stream bytes consumed so far."""
         return self._position
 
+    @property
+    def bytes_seen(self) -> int:
+        """Number of stream bytes fed so far (consumed or waiting to complete a field)."""
+        return self._position + len(self._pending)
+
     def feed(self, chunk: bytes | memoryview) -> list[Event]:
         """Consume ``chunk`` and return the events it completed. Raises :class:`MalformedMessage`."""
         view = memoryview(chunk)
