@@ -1,0 +1,173 @@
+"""Running the real OpenFL 1.7.1 (collaborators, its own aggregator, its model tools) in separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import require
+from tests.support.pki import Pki
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDE = ROOT / "tests" / "interop" / "openfl_side"
+
+
+def openfl_python() -> Path:
+    """The OpenFL venv's python, creating the venv on first use (cached under .venv-openfl/)."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "openfl-venv")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    require(result.returncode == 0, f"cannot build the OpenFL 1.7.1 venv: {result.stderr[-2000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class CollaboratorSpec:
+    """One OpenFL collaborator's training behaviour (see openfl_side/collaborator.py)."""
+
+    name: str
+    step: float
+    train_size: int
+    valid_size: int
+
+
+def start_collaborator(
+    python: Path,
+    spec: CollaboratorSpec,
+    port: int,
+    federation_uuid: str,
+    aggregator_uuid: str,
+    pki: Pki,
+    delta: bool,
+    result: Path,
+    log: Path,
+) -> subprocess.Popen[bytes]:
+    """Start a real OpenFL Collaborator process against localhost:port over mTLS."""
+    tls = pki.client(spec.name)
+    command = [
+        str(python),
+        str(SIDE / "collaborator.py"),
+        "--name",
+        spec.name,
+        "--address",
+        "localhost",
+        "--port",
+        str(port),
+        "--aggregator-uuid",
+        aggregator_uuid,
+        "--federation-uuid",
+        federation_uuid,
+        "--ca",
+        str(tls.root_certificate),
+        "--cert",
+        str(tls.certificate),
+        "--key",
+        str(tls.private_key),
+        "--delta-updates",
+        str(delta).lower(),
+        "--step",
+        str(spec.step),
+        "--train-size",
+        str(spec.train_size),
+        "--valid-size",
+        str(spec.valid_size),
+        "--result",
+        str(result),
+        "--timeout",
+        "240",
+    ]
+    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=_clean_env())
+
+
+def start_oracle(
+    python: Path,
+    collaborators: list[str],
+    rounds: int,
+    init_model: Path,
+    federation_uuid: str,
+    aggregator_uuid: str,
+    pki: Pki,
+    state_dir: Path,
+    output: Path,
+) -> tuple[subprocess.Popen[str], int]:
+    """Start OpenFL's own aggregator; return the process and its port."""
+    command = [
+        str(python),
+        str(SIDE / "oracle_aggregator.py"),
+        "--port",
+        "0",
+        "--collaborators",
+        ",".join(collaborators),
+        "--rounds",
+        str(rounds),
+        "--init-model",
+        str(init_model),
+        "--federation-uuid",
+        federation_uuid,
+        "--aggregator-uuid",
+        aggregator_uuid,
+        "--ca",
+        str(pki.ca),
+        "--cert",
+        str(pki.server_dir / "tls.crt"),
+        "--key",
+        str(pki.server_dir / "tls.key"),
+        "--state-dir",
+        str(state_dir),
+        "--output",
+        str(output),
+        "--timeout",
+        "300",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=(output / "oracle.log").open("wb"),
+        text=True,
+        env=_clean_env(),
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("PORT="):
+            return process, int(line.removeprefix("PORT=").strip())
+    raise AssertionError(f"the OpenFL aggregator exited with {process.wait()} before listening")
+
+
+def pbuf_to_npz(python: Path, source: Path, target: Path) -> dict[str, object]:
+    """Read a .pbuf with OpenFL's own deconstruct_model_proto; return its JSON summary."""
+    result = subprocess.run(
+        [str(python), str(SIDE / "pbuf_tool.py"), "to-npz", str(source), str(target)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
+        timeout=120,
+    )
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+def plan_uuid(python: Path, plan: Path, cols: Path) -> dict[str, object]:
+    """What OpenFL's Plan.parse computes for a plan and cols file."""
+    result = subprocess.run(
+        [str(python), str(SIDE / "plan_uuid.py"), "--plan", str(plan), "--cols", str(cols)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
+        timeout=120,
+    )
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+def _clean_env() -> dict[str, str]:
+    """Environment without this venv's paths, so OpenFL never sees fedagg's packages."""
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
