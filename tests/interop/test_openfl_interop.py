@@ -84,13 +84,15 @@ def test_openfl_collaborators_train_against_fedagg_like_against_openfl(
     federation = make_federation(
         tmp_path, make_plan(tuple(NAMES), ROUNDS, rounds_kept=ROUNDS + 1), initial_model()
     )
-    with serving(federation, pki) as thread:
-        oracle_codes = _in_background(python, oracle_port, pki, delta, tmp_path / "oracle-collaborators")
+    with serving(federation, pki) as thread, ThreadPoolExecutor(1) as background:
+        oracle_codes = background.submit(
+            run_collaborators, python, oracle_port, pki, delta, tmp_path / "oracle-collaborators"
+        )
         fedagg_codes = run_collaborators(
             python, thread.server.port, pki, delta, tmp_path / "fedagg-collaborators"
         )
         thread.call(thread.server.wait_for_quit_jobs(), timeout=60)
-    oracle_collaborators = oracle_codes.result(timeout=300)
+        oracle_collaborators = oracle_codes.result(timeout=300)
     assert oracle.wait(timeout=120) == 0
 
     assert fedagg_codes == [0, 0], "OpenFL collaborators exit cleanly after their quit job"
