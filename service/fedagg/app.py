@@ -1,110 +1,277 @@
-"""Wiring: build the federation and its servers from a :class:`~fedagg.config.Config` and run them."""
+"""Wiring: build the aggregator from a :class:`~fedagg.config.Config` and run its whole life.
+
+Start-up: the Prometheus exporter and the plaintext ops port (health, reflection) come up first, so the kubelet's
+startup probe sees a live process while state is restored; readiness turns SERVING once the certificates are
+loaded, the state is restored and the federation port listens. The run ends in one of two ways:
+
+* every collaborator has its quit job: readiness goes NOT_SERVING (or stays SERVING in ``after_finish: stay``
+  mode, where models, metrics and status stay readable), the shutdown hooks run, and the process exits with
+  ``ops.exit_code``;
+* SIGTERM/SIGINT: the server drains (:mod:`fedagg.ops.lifecycle`) and the process exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
 
-from fedagg.config import Config
-from fedagg.federation.events import FederationListener
+import grpc
+from kubernetes import client as k8s
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from fedagg.config import AfterFinish, Config, KubernetesHookMode
+from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
-from fedagg.protocol.model_file import ModelFileError, read_model
-from fedagg.server.servicer import AggregatorGRPCServer
+from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
+from fedagg.ops.kube import KubernetesHook, in_cluster_client, pod_identity, running_in_cluster
+from fedagg.ops.lifecycle import drain
+from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
+from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
+from fedagg.server.health import HealthReporter
+from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
+from fedagg.server.servicer import SERVICE_NAME, AggregatorGRPCServer
 from fedagg.server.tls import CertificateError, CertificateSource, TlsMode
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_SECONDS = 5.0
+FINISH_STOP_GRACE_SECONDS = 2.0
 
 
 @dataclass
 class Aggregator:
-    """A configured aggregator: the federation and the gRPC server that serves it."""
+    """Everything a configured aggregator is made of."""
 
     config: Config
     federation: Federation
     server: AggregatorGRPCServer
+    health: HealthReporter
+    registry: CollectorRegistry
+    metrics: FederationMetrics
+    hooks: list[ShutdownHook]
+    grpc_metrics: GrpcServerMetrics
+    ops_port: int = 0
+    metrics_port: int = 0
+    draining: bool = False
+    ops_server: grpc.aio.Server | None = field(default=None, repr=False)
+    metrics_http: tuple[WSGIServer, Thread] | None = field(default=None, repr=False)
 
 
-def build_aggregator(config: Config, listener: FederationListener | None = None) -> Aggregator:
+def build_aggregator(
+    config: Config, kubernetes_client: Callable[[], k8s.ApiClient] = in_cluster_client
+) -> Aggregator:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
-    plan = config.plan()
-    state_dir = config.storage.state_dir
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        store = StateStore(state_dir)
-    except OSError as error:
-        raise ConfigError(
-            "storage.state_dir", str(state_dir), f"a writable directory ({error.strerror})"
-        ) from None
-    initial = None
-    if store.load_checkpoint() is None:
-        path = config.federation.initial_model
-        if path is None:
-            raise ConfigError(
-                "federation.initial_model", None, "an OpenFL .pbuf model (the state directory is empty)"
-            )
-        try:
-            initial = read_model(path)
-        except ModelFileError as error:
-            raise ConfigError(
-                "federation.initial_model", str(path), f"a readable OpenFL model file ({error})"
-            ) from None
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    metrics = FederationMetrics(registry, per_collaborator=config.ops.per_collaborator_metrics)
     federation = Federation(
-        plan,
-        store,
+        config.plan(),
+        _state_store(config),
         ModelOutputs(config.best_model_path, config.last_model_path),
-        initial_model=initial,
-        listener=listener,
+        initial_model=_initial_model(config),
+        listener=metrics,
     )
+    health = HealthReporter()
+    grpc_metrics = GrpcServerMetrics(registry)
     server_settings = config.server
     tls = server_settings.tls
-    source = None
-    if tls.mode != TlsMode.INSECURE:
-        try:
-            source = CertificateSource(tls.files(), require_client_auth=tls.mode == TlsMode.MUTUAL)
-        except CertificateError as error:
-            raise ConfigError(
-                "server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})"
-            ) from None
     server = AggregatorGRPCServer(
         federation,
         server_settings.port,
         use_tls=tls.mode != TlsMode.INSECURE,
         require_client_auth=tls.mode == TlsMode.MUTUAL,
         bind_address=server_settings.bind_address,
-        certificate_source=source,
+        certificate_source=_certificate_source(config, metrics),
         observers=server_settings.observers,
         auth_failure_max_delay=server_settings.auth_failure_max_delay,
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
+        interceptors=[MetricsInterceptor(grpc_metrics)],
+        extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
+        observer=metrics,
     )
-    return Aggregator(config, federation, server)
+    aggregator = Aggregator(
+        config, federation, server, health, registry, metrics, _hooks(config, kubernetes_client), grpc_metrics
+    )
+    registry.register(FederationStateCollector(federation.describe, lambda: aggregator.draining))
+    return aggregator
 
 
-async def run_aggregator(aggregator: Aggregator) -> int:
-    """Restore state, serve until every collaborator got its quit job (or a signal), stop. Returns the exit code."""
+def _state_store(config: Config) -> StateStore:
+    state_dir = config.storage.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return StateStore(state_dir)
+    except OSError as error:
+        raise ConfigError(
+            "storage.state_dir", str(state_dir), f"a writable directory ({error.strerror})"
+        ) from None
+
+
+def _initial_model(config: Config) -> LoadedModel | None:
+    if (config.storage.state_dir / "checkpoint.json").is_file():
+        return None
+    path = config.federation.initial_model
+    if path is None:
+        raise ConfigError(
+            "federation.initial_model", None, "an OpenFL .pbuf model (the state directory is empty)"
+        )
+    try:
+        return read_model(path)
+    except ModelFileError as error:
+        raise ConfigError(
+            "federation.initial_model", str(path), f"a readable OpenFL model file ({error})"
+        ) from None
+
+
+def _certificate_source(config: Config, metrics: FederationMetrics) -> CertificateSource | None:
+    tls = config.server.tls
+    if tls.mode == TlsMode.INSECURE:
+        return None
+    try:
+        return CertificateSource(
+            tls.files(), tls.mode == TlsMode.MUTUAL, metrics.certificate_loaded, metrics.certificate_rejected
+        )
+    except CertificateError as error:
+        raise ConfigError(
+            "server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})"
+        ) from None
+
+
+def _hooks(config: Config, kubernetes_client: Callable[[], k8s.ApiClient]) -> list[ShutdownHook]:
+    hooks: list[ShutdownHook] = []
+    settings = config.hooks.kubernetes
+    wanted = settings.enabled == KubernetesHookMode.ENABLED or (
+        settings.enabled == KubernetesHookMode.AUTO and running_in_cluster()
+    )
+    if wanted:
+        pod, namespace = pod_identity(settings.pod_name, settings.namespace)
+        if pod and namespace:
+            hooks.append(KubernetesHook(pod, namespace, settings.timeout_seconds, kubernetes_client))
+        elif settings.enabled == KubernetesHookMode.ENABLED:
+            raise ConfigError(
+                "hooks.kubernetes.pod_name",
+                settings.pod_name,
+                "the pod's name and namespace (or env POD_NAME and POD_NAMESPACE)",
+            )
+        else:
+            log.warning("Kubernetes hook skipped: POD_NAME/POD_NAMESPACE are not set (downward API)")
+    if config.hooks.command:
+        hooks.append(CommandHook(config.hooks.command, config.hooks.command_timeout_seconds))
+    return hooks
+
+
+async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = None) -> int:
+    """Serve the experiment to its end or until SIGTERM/SIGINT (or ``stop``); return the exit status."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    await loop.run_in_executor(None, aggregator.federation.restore)
-    server = aggregator.server
-    await server.start()
-    finished = asyncio.create_task(server.wait_for_quit_jobs())
+    await _start_ops(aggregator)
+    try:
+        try:
+            await loop.run_in_executor(None, aggregator.federation.restore)
+        except (FederationError, ValueError, OSError) as error:
+            log.error("cannot restore the federation state: %s", error)
+            return 1
+        await aggregator.server.start()
+        await aggregator.health.set_ready(_ready_after_start(aggregator))
+        return await _serve_until_done(aggregator, stop)
+    finally:
+        await _stop_ops(aggregator)
+
+
+def _ready_after_start(aggregator: Aggregator) -> bool:
+    return not aggregator.federation.finished or aggregator.config.ops.after_finish == AfterFinish.STAY
+
+
+async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:
+    finished = asyncio.create_task(aggregator.server.wait_for_quit_jobs())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if stopped.done():
-        log.info("signal received: stopping")
-    else:
+    finished.cancel()
+    if not stopped.done():
         log.info("every collaborator has its quit job: the experiment is complete")
-    for task in (finished, stopped):
-        task.cancel()
-    await server.stop(STOP_GRACE_SECONDS)
+        await _finish(aggregator)
+        if aggregator.config.ops.after_finish == AfterFinish.EXIT:
+            stopped.cancel()
+            await aggregator.server.stop(FINISH_STOP_GRACE_SECONDS)
+            return aggregator.config.ops.exit_code
+        log.info("staying up read-only (ops.after_finish: stay) until stopped")
+        await stopped
+    stopped.cancel()
+    log.info("stop signal received: draining")
+    aggregator.draining = True
+    ops = aggregator.config.ops
+    await drain(
+        aggregator.server, aggregator.health, drain_seconds=ops.drain_seconds, grace_seconds=ops.grace_seconds
+    )
     return 0
+
+
+async def _finish(aggregator: Aggregator) -> None:
+    """The end of the experiment: readiness, then the hooks (the models are already written)."""
+    if aggregator.config.ops.after_finish == AfterFinish.EXIT:
+        await aggregator.health.set_ready(False)
+    federation, config = aggregator.federation, aggregator.config
+    best = federation.best_score
+    completion = Completion(
+        state="finished",
+        final_round=federation.round_number,
+        best_metric=None if math.isinf(best) else best,
+        best_model=config.best_model_path if config.best_model_path.is_file() else None,
+        last_model=config.last_model_path if config.last_model_path.is_file() else None,
+    )
+    await run_hooks(aggregator.hooks, completion, aggregator.metrics.hook_failed)
+
+
+async def _start_ops(aggregator: Aggregator) -> None:
+    ops = aggregator.config.ops
+    http_server, thread = start_http_server(
+        ops.metrics_port, addr=ops.metrics_bind_address.strip("[]"), registry=aggregator.registry
+    )
+    aggregator.metrics_http = (http_server, thread)
+    aggregator.metrics_port = http_server.server_port
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(aggregator.grpc_metrics)])
+    aggregator.health.register(server)
+    aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")
+    await server.start()
+    aggregator.ops_server = server
+    await aggregator.health.set_alive()
+    log.info(
+        "ops listening: ops=%s:%d metrics=%s:%d (health and reflection on ops, Prometheus on /metrics)",
+        ops.bind_address,
+        aggregator.ops_port,
+        ops.metrics_bind_address,
+        aggregator.metrics_port,
+    )
+
+
+async def _stop_ops(aggregator: Aggregator) -> None:
+    await aggregator.health.shut_down()
+    if aggregator.ops_server is not None:
+        await aggregator.ops_server.stop(0.5)
+    if aggregator.metrics_http is not None:
+        http_server, thread = aggregator.metrics_http
+        http_server.shutdown()
+        http_server.server_close()
+        thread.join(timeout=5)

@@ -146,6 +146,78 @@ class ServerSettings:
     )
 
 
+class AfterFinish(StrEnum):
+    """What the aggregator does once every collaborator got its quit job and the hooks ran."""
+
+    EXIT = "exit"
+    STAY = "stay"
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """Operations: the plaintext health/reflection port, the Prometheus exporter, shutdown behaviour."""
+
+    bind_address: str = setting("[::]", help="ops listen address (health and reflection, plaintext)")
+    port: int = setting(
+        50052, help="ops gRPC port for kubelet probes and grpcurl (0 = any free port)", check=port_number
+    )
+    metrics_bind_address: str = setting("[::]", help="Prometheus exporter listen address")
+    metrics_port: int = setting(
+        9090, help="Prometheus exporter port, serves /metrics (0 = any free port)", check=port_number
+    )
+    per_collaborator_metrics: bool = setting(
+        False, help="add collaborator labels (one series per collaborator)"
+    )
+    drain_seconds: float = setting(
+        5.0,
+        help="on SIGTERM: seconds readiness is NOT_SERVING before new calls are "
+        "refused (endpoint propagation)",
+        check=non_negative,
+    )
+    grace_seconds: float = setting(
+        25.0,
+        help="on SIGTERM: the whole shutdown budget; keep it below the pod's terminationGracePeriodSeconds",
+        check=positive,
+    )
+    after_finish: AfterFinish = setting(
+        AfterFinish.EXIT, help="exit, or stay up read-only (models, metrics, status)"
+    )
+    exit_code: int = setting(0, help="exit status after a completed experiment")
+
+
+class KubernetesHookMode(StrEnum):
+    """Whether the Kubernetes shutdown hook runs."""
+
+    AUTO = "auto"
+    ENABLED = "true"
+    DISABLED = "false"
+
+
+@dataclass(frozen=True)
+class KubernetesHookSettings:
+    """The built-in hook: an Event on the aggregator's pod and completion annotations."""
+
+    enabled: KubernetesHookMode = setting(
+        KubernetesHookMode.AUTO, help="auto (inside a cluster), true or false"
+    )
+    pod_name: str = setting("", help="the aggregator's pod; default env POD_NAME (downward API)")
+    namespace: str = setting("", help="its namespace; default env POD_NAMESPACE")
+    timeout_seconds: float = setting(10.0, help="budget for all API calls of the hook", check=positive)
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """What runs after the last quit job, in order: the Kubernetes hook, then the command."""
+
+    kubernetes: KubernetesHookSettings = setting(factory=KubernetesHookSettings, help="")
+    command: tuple[str, ...] = setting(
+        (),
+        help="argv run with FEDAGG_BEST_MODEL, FEDAGG_LAST_MODEL, "
+        "FEDAGG_FINAL_ROUND, FEDAGG_STATE in its environment",
+    )
+    command_timeout_seconds: float = setting(60.0, help="the command is killed after this", check=positive)
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """Durable state and published models."""
@@ -169,6 +241,8 @@ class Config:
 
     federation: FederationSettings = setting(help="")
     server: ServerSettings = setting(factory=ServerSettings, help="")
+    ops: OpsSettings = setting(factory=OpsSettings, help="")
+    hooks: HooksSettings = setting(factory=HooksSettings, help="")
     storage: StorageSettings = setting(factory=StorageSettings, help="")
     logging: LoggingSettings = setting(factory=LoggingSettings, help="")
 
@@ -229,7 +303,9 @@ _PLAN_KEYS = {
 def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from parsed YAML plus environment overrides; resolve relative paths."""
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError("(top level)", data, "a mapping of sections (federation, server, storage, logging)")
+        raise ConfigError(
+            "(top level)", data, "a mapping of sections (federation, server, ops, hooks, storage, logging)"
+        )
     merged = _with_environment(data or {}, environ or {})
     config: Config = _resolve_paths(build(Config, merged), base_dir)
     config.plan()

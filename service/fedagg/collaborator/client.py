@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
 from fedagg.protocol.codec import Float32Array, decode_tensor
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 2 * 1024 * 1024
 _Reply = TypeVar("_Reply")
+_Request = TypeVar("_Request", bound=Message)
 
 
 class AggregatorError(Exception):
@@ -112,6 +114,7 @@ class AggregatorClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self._stub = aggregator_pb2_grpc.AggregatorStub(self._channel)
+        self.bytes_sent = 0
 
     def close(self) -> None:
         """Close the channel."""
@@ -136,7 +139,8 @@ class AggregatorClient:
 
     def get_tasks(self) -> TasksReply:
         """Ask for this round's tasks (or a sleep, or quit)."""
-        reply = self._call(lambda: self._stub.GetTasks(aggregator_pb2.GetTasksRequest(header=self.header())))
+        request = aggregator_pb2.GetTasksRequest(header=self.header())
+        reply = self._call(lambda: self._stub.GetTasks(self._counted(request)))
         self._check_header(reply.header)
         return TasksReply(reply.round_number, tuple(reply.tasks), reply.sleep_time, reply.quit)
 
@@ -151,7 +155,7 @@ class AggregatorClient:
             tags=list(tags),
             require_lossless=require_lossless,
         )
-        reply = self._call(lambda: self._stub.GetAggregatedTensor(request))
+        reply = self._call(lambda: self._stub.GetAggregatedTensor(self._counted(request)))
         self._check_header(reply.header)
         return decode_tensor(reply.tensor)
 
@@ -166,7 +170,7 @@ class AggregatorClient:
             data_size=data_size,
             tensors=list(tensors),
         ).SerializeToString()
-        reply = self._call(lambda: self._stub.SendLocalTaskResults(_chunks(payload)))
+        reply = self._call(lambda: self._stub.SendLocalTaskResults(self._counted_chunks(payload)))
         self._check_header(reply.header)
 
     # Observer calls -------------------------------------------------------------------------------------------
@@ -194,6 +198,14 @@ class AggregatorClient:
             raise AggregatorError(error.code(), error.details() or "") from None
 
     # Plumbing -------------------------------------------------------------------------------------------------
+
+    def _counted(self, request: _Request) -> _Request:
+        self.bytes_sent += request.ByteSize()
+        return request
+
+    def _counted_chunks(self, payload: bytes) -> Iterator[base_pb2.DataStream]:
+        for chunk in _chunks(payload):
+            yield self._counted(chunk)
 
     def _call(self, invoke: Callable[[], _Reply]) -> _Reply:
         delays = self._retry.delays()

@@ -40,6 +40,9 @@ class FederationListener:
     def checkpoint_saved(self, round_number: int, seconds: float) -> None:
         """A round-boundary checkpoint was written."""
 
+    def checkpoint_failed(self) -> None:
+        """A checkpoint could not be written (the error propagates to the caller)."""
+
     def experiment_finished(self, final_round: int) -> None:
         """The last round was aggregated; from now on collaborators get quit jobs."""
 

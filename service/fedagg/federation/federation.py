@@ -204,6 +204,12 @@ class Federation:
             return self._current_round().number
 
     @property
+    def best_score(self) -> float:
+        """The best aggregated validate_agg metric so far (-inf before any)."""
+        with self._state_lock:
+            return self._best_score
+
+    @property
     def finished(self) -> bool:
         """Whether every round has been aggregated."""
         with self._state_lock:
@@ -460,6 +466,13 @@ class Federation:
         publish_model(self._outputs.last, next_model, next_round)
 
     def _save_checkpoint(self, round_number: int) -> None:
+        try:
+            self._write_checkpoint(round_number)
+        except OSError:
+            self._listener.checkpoint_failed()
+            raise
+
+    def _write_checkpoint(self, round_number: int) -> None:
         with self._state_lock:
             checkpoint = Checkpoint(
                 federation_uuid=self.plan.federation_uuid,

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from fedagg.federation.errors import InvalidRequest, NotFound
+from fedagg.federation.events import ExperimentStatus
 from fedagg.federation.federation import Federation
 from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.serving import TensorRequest
+from fedagg.logs import set_log_context
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.wire import length_delimited_prefix
 from fedagg.server.auth import (
@@ -47,11 +50,25 @@ _TENSOR_FIELD = 3  # GetAggregatedTensorResponse.tensor
 _MODEL_PROTO_FIELD = 1  # TrainedModelResponse.model_proto
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 def _serialize(reply: Message | bytes) -> bytes:
     """Replies are messages, or bytes already serialized (tensors encoded once and shared)."""
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+
+class ServerObserver:
+    """What the server reports to operations (metrics). The default ignores everything."""
+
+    def auth_failed(self, reason: str) -> None:
+        """A caller was refused; ``reason`` is a short label."""
+
+    def bytes_received(self, count: int) -> None:
+        """A request message of ``count`` bytes arrived."""
+
+    def bytes_sent(self, count: int) -> None:
+        """A reply message of ``count`` bytes was serialized."""
 
 
 class AggregatorGRPCServer:
@@ -72,7 +89,7 @@ class AggregatorGRPCServer:
         certificate_source: a ready :class:`CertificateSource` (overrides the three file arguments).
         interceptors: grpc.aio server interceptors (metrics).
         extra_services: callables ``(server) -> service names`` that register more services (health).
-        on_auth_failure: called with a reason label whenever a caller is refused as unauthenticated.
+        observer: a :class:`ServerObserver` told about refused callers and bytes on the wire.
         max_receive_message_bytes: largest incoming message (uploads arrive in chunks of 2 MiB).
     """
 
@@ -104,7 +121,7 @@ class AggregatorGRPCServer:
         self._extra_services: Iterable[Callable[[grpc.aio.Server], Iterable[str]]] = kwargs.pop(
             "extra_services", ()
         )
-        self._on_auth_failure: Callable[[str], None] = kwargs.pop("on_auth_failure", lambda _reason: None)
+        self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         workers = int(kwargs.pop("executor_workers", 4))
         observers = frozenset(kwargs.pop("observers", ()))
@@ -131,6 +148,10 @@ class AggregatorGRPCServer:
         self._io_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedagg-io")
         self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
         self._accepting = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut = asyncio.Event()
         self._all_quit = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -163,8 +184,20 @@ class AggregatorGRPCServer:
         return self._accepting
 
     def stop_accepting(self) -> None:
-        """Answer new calls with UNAVAILABLE from now on (drain)."""
+        """Answer new calls with UNAVAILABLE from now on (the first step of a drain)."""
         self._accepting = False
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0))
+        except TimeoutError:
+            return False
+        return True
+
+    def cut(self) -> None:
+        """End uploads still arriving and metric streams with UNAVAILABLE (nothing half-applied)."""
+        self._cut.set()
 
     def get_server(self) -> grpc.aio.Server:
         """Create the grpc.aio server with the Aggregator service, bound to :attr:`uri` (call inside a loop)."""
@@ -216,21 +249,22 @@ class AggregatorGRPCServer:
         if self.aggregator.all_quit_jobs_sent:
             self._all_quit.set()
         self._background.append(asyncio.create_task(self._watch_deadlines()))
-        log.info("federation service listening on %s (%s)", self.uri, self.mode.value)
+        log.info("federation listening: federation=%s (%s)", self.uri, self.mode.value)
 
     async def wait_for_quit_jobs(self) -> None:
         """Return once every collaborator has received its quit job."""
         await self._all_quit.wait()
 
     async def stop(self, grace: float | None) -> None:
-        """Stop serving; in-flight calls get ``grace`` seconds to finish."""
+        """Stop serving; in-flight calls get ``grace`` seconds to finish. Waits for commits under way."""
         self._accepting = False
         for task in self._background:
             task.cancel()
         if self.server is not None:
             await self.server.stop(grace)
-        self._io_executor.shutdown(wait=True, cancel_futures=True)
-        self._commit_executor.shutdown(wait=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(self._io_executor.shutdown, cancel_futures=True))
+        await loop.run_in_executor(None, self._commit_executor.shutdown)
 
     def serve(self) -> None:
         """Serve until every collaborator has been told to quit, then stop (OpenFL's blocking ``serve``)."""
@@ -255,27 +289,51 @@ class AggregatorGRPCServer:
                 )
             await asyncio.sleep(1.0 if remaining is None else min(1.0, remaining))
 
-    # Identity -------------------------------------------------------------------------------------------------
+    # Calls ----------------------------------------------------------------------------------------------------
 
-    def _require_accepting(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Admit a call (or refuse it with UNAVAILABLE) and count it as in flight."""
         if not self._accepting:
             raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _until_cut(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` unless the server cuts calls first (then raise UNAVAILABLE)."""
+        work = asyncio.ensure_future(awaitable)
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            done, _ = await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        raise Unavailable("the aggregator is shutting down; send again once it is back")
 
     async def _authenticate(self, header: aggregator_pb2.MessageHeader, context: ServerContext) -> str:
         try:
-            return self.authenticator.authenticate(header, peer_common_name(context))
+            collaborator = self.authenticator.authenticate(header, peer_common_name(context))
         except IdentityError as error:
             await self._refuse(error)
             raise
+        set_log_context(collaborator=collaborator)
+        return collaborator
 
     async def _refuse(self, error: IdentityError) -> None:
-        self._on_auth_failure(error.reason)
+        self._observer.auth_failed(error.reason)
         log.warning("refused caller: %s", error)
         if self._auth_failure_max_delay > 0:
             await asyncio.sleep(random.uniform(0, self._auth_failure_max_delay))
 
     async def _authorize_observer(self, experiment_name: str, context: ServerContext) -> str:
-        self._require_accepting()
         try:
             caller = self.authenticator.authorize_observer(
                 peer_common_name(context), metadata_client_id(context)
@@ -295,67 +353,82 @@ class AggregatorGRPCServer:
     @unary_errors
     async def GetTasks(self, request: aggregator_pb2.GetTasksRequest, context: ServerContext) -> Message:
         """Hand out the collaborator's tasks for the current round, or a sleep, or quit."""
-        self._require_accepting()
-        collaborator = await self._authenticate(request.header, context)
-        reply = self.aggregator.get_tasks(collaborator)
-        if reply.quit and self.aggregator.all_quit_jobs_sent:
-            self._all_quit.set()
-        return aggregator_pb2.GetTasksResponse(
-            header=self.get_header(collaborator),
-            round_number=reply.round_number,
-            tasks=[
-                aggregator_pb2.Task(
-                    name=task.name,
-                    function_name=task.function,
-                    task_type=task.task_type,
-                    apply_local=task.apply_local,
-                )
-                for task in reply.tasks
-            ],
-            sleep_time=reply.sleep_seconds,
-            quit=reply.quit,
-        )
+        async with self._call():
+            collaborator = await self._authenticate(request.header, context)
+            reply = self.aggregator.get_tasks(collaborator)
+            if reply.quit and self.aggregator.all_quit_jobs_sent:
+                self._all_quit.set()
+            return aggregator_pb2.GetTasksResponse(
+                header=self.get_header(collaborator),
+                round_number=reply.round_number,
+                tasks=[
+                    aggregator_pb2.Task(
+                        name=task.name,
+                        function_name=task.function,
+                        task_type=task.task_type,
+                        apply_local=task.apply_local,
+                    )
+                    for task in reply.tasks
+                ],
+                sleep_time=reply.sleep_seconds,
+                quit=reply.quit,
+            )
 
     @unary_errors
     async def GetAggregatedTensor(
         self, request: aggregator_pb2.GetAggregatedTensorRequest, context: ServerContext
     ) -> bytes:
         """Serve a global model tensor (``model`` form) or its change since the last round (``delta`` form)."""
-        self._require_accepting()
-        collaborator = await self._authenticate(request.header, context)
-        tensor_request = TensorRequest(
-            request.tensor_name,
-            request.round_number,
-            request.report,
-            tuple(request.tags),
-            request.require_lossless,
-        )
-        loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(self._io_executor, self.aggregator.encoded_tensor, tensor_request)
-        head = aggregator_pb2.GetAggregatedTensorResponse(
-            header=self.get_header(collaborator), round_number=request.round_number
-        ).SerializeToString()
-        return b"".join((head, length_delimited_prefix(_TENSOR_FIELD, len(tensor)), tensor))
+        async with self._call():
+            collaborator = await self._authenticate(request.header, context)
+            set_log_context(round_number=request.round_number)
+            tensor_request = TensorRequest(
+                request.tensor_name,
+                request.round_number,
+                request.report,
+                tuple(request.tags),
+                request.require_lossless,
+            )
+            loop = asyncio.get_running_loop()
+            tensor = await loop.run_in_executor(
+                self._io_executor, self.aggregator.encoded_tensor, tensor_request
+            )
+            head = aggregator_pb2.GetAggregatedTensorResponse(
+                header=self.get_header(collaborator), round_number=request.round_number
+            ).SerializeToString()
+            return b"".join((head, length_delimited_prefix(_TENSOR_FIELD, len(tensor)), tensor))
 
     @unary_errors
     async def SendLocalTaskResults(
         self, request_iterator: AsyncIterator[base_pb2.DataStream], context: ServerContext
     ) -> Message:
         """Receive a collaborator's task results as a stream of chunks; acknowledge once they are durable."""
-        self._require_accepting()
+        async with self._call():
 
-        async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
-            return await self._authenticate(header, context)
+            async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
+                return await self._authenticate(header, context)
 
-        receiver = UploadReceiver(self.aggregator, authenticate, self._io_executor, self._commit_executor)
-        await receiver.receive(request_iterator)
-        return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
+            receiver = UploadReceiver(self.aggregator, authenticate, self._io_executor, self._commit_executor)
+            await receiver.receive(self._chunks_until_cut(request_iterator))
+            return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
+
+    async def _chunks_until_cut(
+        self, chunks: AsyncIterator[base_pb2.DataStream]
+    ) -> AsyncIterator[base_pb2.DataStream]:
+        iterator = aiter(chunks)
+        while True:
+            try:
+                yield await self._until_cut(anext(iterator))
+            except StopAsyncIteration:
+                return
 
     @stream_errors
     async def GetMetricStream(
         self, request: aggregator_pb2.GetMetricStreamRequest, context: ServerContext
     ) -> AsyncIterator[Message]:
         """Every metric so far, then live ones as they arrive; ends when the experiment has finished."""
+        if not self._accepting:
+            raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
         await self._authorize_observer(request.experiment_name, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[MetricRecord | None] = asyncio.Queue()
@@ -370,7 +443,7 @@ class AggregatorGRPCServer:
                 yield _metric_reply(record)
             if closed:
                 return
-            while (live := await queue.get()) is not None:
+            while (live := await self._until_cut(queue.get())) is not None:
                 yield _metric_reply(live)
         finally:
             unsubscribe()
@@ -380,75 +453,105 @@ class AggregatorGRPCServer:
         self, request: aggregator_pb2.GetTrainedModelRequest, context: ServerContext
     ) -> bytes:
         """The best or last model as an OpenFL ModelProto with its real round number."""
-        await self._authorize_observer(request.experiment_name, context)
-        kinds = aggregator_pb2.GetTrainedModelRequest
-        if request.model_type not in (kinds.BEST_MODEL, kinds.LAST_MODEL):
-            raise InvalidRequest(
-                f"GetTrainedModelRequest.model_type {request.model_type} is not BEST_MODEL (0) "
-                "or LAST_MODEL (1)"
-            )
-        path = self.aggregator.trained_model(best=request.model_type == kinds.BEST_MODEL)
-        model = await asyncio.get_running_loop().run_in_executor(self._io_executor, path.read_bytes)
-        return length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)) + model
+        async with self._call():
+            await self._authorize_observer(request.experiment_name, context)
+            kinds = aggregator_pb2.GetTrainedModelRequest
+            if request.model_type not in (kinds.BEST_MODEL, kinds.LAST_MODEL):
+                raise InvalidRequest(
+                    f"GetTrainedModelRequest.model_type {request.model_type} is not BEST_MODEL (0) or LAST_MODEL (1)"
+                )
+            path = self.aggregator.trained_model(best=request.model_type == kinds.BEST_MODEL)
+            model = await asyncio.get_running_loop().run_in_executor(self._io_executor, path.read_bytes)
+            return length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)) + model
 
     @unary_errors
     async def GetExperimentDescription(
         self, request: aggregator_pb2.GetExperimentDescriptionRequest, context: ServerContext
     ) -> Message:
         """Status, progress, per-collaborator round and tasks, and model availability."""
-        await self._authorize_observer(request.name, context)
-        status = self.aggregator.describe()
-        return aggregator_pb2.GetExperimentDescriptionResponse(
-            experiment=base_pb2.ExperimentDescription(
-                name=status.name,
-                status=status.status,
-                progress=status.progress,
-                total_rounds=status.total_rounds,
-                current_round=status.current_round,
-                download_statuses=base_pb2.DownloadStatuses(
-                    models=[
-                        base_pb2.DownloadStatus(name=name, status=state) for name, state in status.models
-                    ],
-                    logs=[base_pb2.DownloadStatus(name="aggregator", status="ready")],
-                ),
-                collaborators=[
-                    base_pb2.CollaboratorDescription(
-                        name=c.name,
-                        status=c.status,
-                        progress=c.progress,
-                        round=c.round_number,
-                        current_task=c.current_task,
-                        next_task=c.next_task,
-                    )
-                    for c in status.collaborators
-                ],
-                tasks=[base_pb2.TaskDescription(name=name, description=text) for name, text in status.tasks],
-            )
-        )
+        async with self._call():
+            await self._authorize_observer(request.name, context)
+            return _description(self.aggregator.describe())
 
     def _handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         messages = aggregator_pb2
-        handlers = {
-            "GetTasks": grpc.unary_unary_rpc_method_handler(
-                self.GetTasks, messages.GetTasksRequest.FromString, _serialize
+        methods: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[bytes], Message]]] = {
+            "GetTasks": (
+                grpc.unary_unary_rpc_method_handler,
+                self.GetTasks,
+                messages.GetTasksRequest.FromString,
             ),
-            "GetAggregatedTensor": grpc.unary_unary_rpc_method_handler(
-                self.GetAggregatedTensor, messages.GetAggregatedTensorRequest.FromString, _serialize
+            "GetAggregatedTensor": (
+                grpc.unary_unary_rpc_method_handler,
+                self.GetAggregatedTensor,
+                messages.GetAggregatedTensorRequest.FromString,
             ),
-            "SendLocalTaskResults": grpc.stream_unary_rpc_method_handler(
-                self.SendLocalTaskResults, base_pb2.DataStream.FromString, _serialize
+            "SendLocalTaskResults": (
+                grpc.stream_unary_rpc_method_handler,
+                self.SendLocalTaskResults,
+                base_pb2.DataStream.FromString,
             ),
-            "GetMetricStream": grpc.unary_stream_rpc_method_handler(
-                self.GetMetricStream, messages.GetMetricStreamRequest.FromString, _serialize
+            "GetMetricStream": (
+                grpc.unary_stream_rpc_method_handler,
+                self.GetMetricStream,
+                messages.GetMetricStreamRequest.FromString,
             ),
-            "GetTrainedModel": grpc.unary_unary_rpc_method_handler(
-                self.GetTrainedModel, messages.GetTrainedModelRequest.FromString, _serialize
+            "GetTrainedModel": (
+                grpc.unary_unary_rpc_method_handler,
+                self.GetTrainedModel,
+                messages.GetTrainedModelRequest.FromString,
             ),
-            "GetExperimentDescription": grpc.unary_unary_rpc_method_handler(
-                self.GetExperimentDescription, messages.GetExperimentDescriptionRequest.FromString, _serialize
+            "GetExperimentDescription": (
+                grpc.unary_unary_rpc_method_handler,
+                self.GetExperimentDescription,
+                messages.GetExperimentDescriptionRequest.FromString,
             ),
         }
+        handlers = {
+            name: make(behavior, self._counting_parser(parse), self._counting_serializer)
+            for name, (make, behavior, parse) in methods.items()
+        }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def _counting_parser(self, parse: Callable[[bytes], Message]) -> Callable[[bytes], Message]:
+        def parse_counted(data: bytes) -> Message:
+            self._observer.bytes_received(len(data))
+            return parse(data)
+
+        return parse_counted
+
+    def _counting_serializer(self, reply: Message | bytes) -> bytes:
+        data = _serialize(reply)
+        self._observer.bytes_sent(len(data))
+        return data
+
+
+def _description(status: ExperimentStatus) -> aggregator_pb2.GetExperimentDescriptionResponse:
+    return aggregator_pb2.GetExperimentDescriptionResponse(
+        experiment=base_pb2.ExperimentDescription(
+            name=status.name,
+            status=status.status,
+            progress=status.progress,
+            total_rounds=status.total_rounds,
+            current_round=status.current_round,
+            download_statuses=base_pb2.DownloadStatuses(
+                models=[base_pb2.DownloadStatus(name=name, status=state) for name, state in status.models],
+                logs=[base_pb2.DownloadStatus(name="aggregator", status="ready")],
+            ),
+            collaborators=[
+                base_pb2.CollaboratorDescription(
+                    name=c.name,
+                    status=c.status,
+                    progress=c.progress,
+                    round=c.round_number,
+                    current_task=c.current_task,
+                    next_task=c.next_task,
+                )
+                for c in status.collaborators
+            ],
+            tasks=[base_pb2.TaskDescription(name=name, description=text) for name, text in status.tasks],
+        )
+    )
 
 
 def _metric_reply(record: MetricRecord) -> aggregator_pb2.GetMetricStreamResponse:

@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.federation import Admission, Federation
 from fedagg.federation.store import SpoolFile
+from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, TaskResultsDecoder
 
@@ -69,9 +70,8 @@ class UploadReceiver:
                 return admission
             await loop.run_in_executor(self._io, self._spool.sync)
             tensors = tuple(self._tensors)
-            result = await loop.run_in_executor(
-                self._commit, self._federation.commit, admission, self._spool, tensors
-            )
+            commit = in_current_context(self._federation.commit, admission, self._spool, tensors)
+            result = await loop.run_in_executor(self._commit, commit)
             committed = True
             return result
         finally:
@@ -87,6 +87,7 @@ class UploadReceiver:
 
     async def _admit(self, results: ResultsHeader) -> None:
         self.collaborator = await self._authenticate(results.header)
+        set_log_context(round_number=results.round_number, task=results.task_name)
         self.admission = self._federation.admit(self.collaborator, results)
         if self.admission.accepted:
             spool = self._spool = self._federation.open_spool()

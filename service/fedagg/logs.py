@@ -1,0 +1,91 @@
+"""Logging: human-readable lines by default, JSON lines on request, never a key or certificate body.
+
+Request handlers put the collaborator, round and task of what they are doing into context variables
+(:func:`log_context`); every record logged in that context carries them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_COLLABORATOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("collaborator", default=None)
+_ROUND: contextvars.ContextVar[int | None] = contextvars.ContextVar("round", default=None)
+_TASK: contextvars.ContextVar[str | None] = contextvars.ContextVar("task", default=None)
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|\Z)", re.DOTALL)
+REDACTED = "[redacted PEM block]"
+T = TypeVar("T")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
+
+
+def set_log_context(
+    collaborator: str | None = None, round_number: int | None = None, task: str | None = None
+) -> None:
+    """Attach fields to every record logged from now on in the current context (an RPC handler's task)."""
+    if collaborator is not None:
+        _COLLABORATOR.set(collaborator)
+    if round_number is not None:
+        _ROUND.set(round_number)
+    if task is not None:
+        _TASK.set(task)
+
+
+def in_current_context(function: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """``function(*args)`` bound to a copy of the current context, for running it in an executor thread."""
+    context = contextvars.copy_context()
+    return lambda: context.run(function, *args)
+
+
+def redact(text: str) -> str:
+    """Replace PEM blocks (certificates, keys) with a marker."""
+    return _PEM.sub(REDACTED, text) if "-----BEGIN" in text else text
+
+
+class ContextFilter(logging.Filter):
+    """Adds the context fields to records and scrubs PEM blocks from messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = {"collaborator": _COLLABORATOR.get(), "round": _ROUND.get(), "task": _TASK.get()}
+        record.__dict__.update(fields)
+        parts = [f"{name}={value}" for name, value in fields.items() if value is not None]
+        record.__dict__["context"] = f" [{' '.join(parts)}]" if parts else ""
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, collaborator, round, task (and error)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "collaborator": getattr(record, "collaborator", None),
+            "round": getattr(record, "round", None),
+            "task": getattr(record, "task", None),
+        }
+        if record.exc_info:
+            entry["error"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, json_lines: bool) -> None:
+    """Set up the root logger for the process."""
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,1 @@
+"""Operations: health, metrics, lifecycle (drain and shutdown), shutdown hooks and logging."""

@@ -1,0 +1,124 @@
+"""The built-in Kubernetes shutdown hook: an Event on the aggregator's pod and completion annotations.
+
+It needs only a namespaced Role: ``pods`` get and patch, ``events`` create. The pod name and namespace come
+from the downward API (``POD_NAME``, ``POD_NAMESPACE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from fedagg.ops.hooks import Completion, ShutdownHook
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "fedagg.io/"
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def in_cluster_client() -> k8s.ApiClient:
+    """An API client configured from the pod's service account."""
+    configuration = k8s.Configuration()
+    k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return k8s.ApiClient(configuration)
+
+
+def pod_identity(pod_name: str, namespace: str) -> tuple[str, str]:
+    """The pod and namespace from settings, else the downward API environment, else the service account."""
+    pod = pod_name or os.environ.get("POD_NAME", "")
+    space = namespace or os.environ.get("POD_NAMESPACE", "")
+    if not space and NAMESPACE_FILE.is_file():
+        space = NAMESPACE_FILE.read_text().strip()
+    return pod, space
+
+
+def running_in_cluster() -> bool:
+    """Whether the process runs in a Kubernetes pod."""
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def completion_annotations(completion: Completion) -> dict[str, str]:
+    """The annotations set on the pod."""
+    values = {
+        "state": completion.state,
+        "final-round": str(completion.final_round),
+        "best-metric": "" if completion.best_metric is None else repr(completion.best_metric),
+        "best-model": str(completion.best_model or ""),
+        "last-model": str(completion.last_model or ""),
+    }
+    return {ANNOTATION_PREFIX + key: value for key, value in values.items()}
+
+
+class KubernetesHook(ShutdownHook):
+    """Annotates the aggregator's pod and records an Event on it."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        pod: str,
+        namespace: str,
+        timeout: float,
+        api_client: Callable[[], k8s.ApiClient] = in_cluster_client,
+    ) -> None:
+        self.pod = pod
+        self.namespace = namespace
+        self.timeout = timeout
+        self._api_client = api_client
+
+    async def run(self, completion: Completion) -> None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-kube-hook")
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._report, completion)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _report(self, completion: Completion) -> None:
+        # Each call gets a share of the budget, so a hung API server cannot keep the thread alive after the hook.
+        timeout = (self.timeout / 3, self.timeout / 3)
+        with self._api_client() as api_client:
+            api = k8s.CoreV1Api(api_client)
+            pod = api.read_namespaced_pod(self.pod, self.namespace, _request_timeout=timeout)
+            body = {"metadata": {"annotations": completion_annotations(completion)}}
+            api.patch_namespaced_pod(self.pod, self.namespace, body, _request_timeout=timeout)
+            api.create_namespaced_event(
+                self.namespace, self._event(pod, completion), _request_timeout=timeout
+            )
+        log.info("annotated pod %s/%s and recorded an Event", self.namespace, self.pod)
+
+    def _event(self, pod: k8s.V1Pod, completion: Completion) -> k8s.CoreV1Event:
+        now = datetime.datetime.now(datetime.UTC)
+        best = (
+            ""
+            if completion.best_metric is None
+            else f", best validate_agg metric {completion.best_metric:.6g}"
+        )
+        return k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{self.pod}.", namespace=self.namespace),
+            involved_object=k8s.V1ObjectReference(
+                api_version="v1",
+                kind="Pod",
+                name=self.pod,
+                namespace=self.namespace,
+                uid=pod.metadata.uid if pod.metadata else None,
+            ),
+            reason="ExperimentFinished",
+            message=f"federated training finished after round {completion.final_round}{best}; "
+            f"last model {completion.last_model}",
+            type="Normal",
+            source=k8s.V1EventSource(component="fedagg"),
+            reporting_component="fedagg",
+            reporting_instance=self.pod,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )

@@ -1,0 +1,191 @@
+"""The Prometheus exporter's federation metrics (``fedagg_*``).
+
+Counters and histograms are fed by federation and server events (:class:`FederationMetrics` is a
+:class:`~fedagg.federation.events.FederationListener`); gauges that describe the current state (round,
+collaborators by state, experiment state) are read from the federation at scrape time by a collector, so they
+can never drift from the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from fedagg import __version__
+from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
+from fedagg.server.tls import CertificateBundle, CertificateError
+
+EXPERIMENT_STATES = ("pending", "in_progress", "finished", "draining")
+ROUND_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
+WORK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, float("inf"))
+
+
+class FederationMetrics(FederationListener):
+    """Counters and histograms of what happens in the federation. Thread-safe."""
+
+    def __init__(self, registry: CollectorRegistry, per_collaborator: bool = False) -> None:
+        self._per_collaborator = per_collaborator
+        self.rounds_completed = Counter("fedagg_rounds_completed", "Rounds aggregated.", registry=registry)
+        self.round_duration = Histogram(
+            "fedagg_round_duration_seconds",
+            "From a round's first task to its end.",
+            buckets=ROUND_BUCKETS,
+            registry=registry,
+        )
+        self.aggregation_duration = Histogram(
+            "fedagg_aggregation_duration_seconds",
+            "Time to compute a round's aggregates.",
+            buckets=WORK_BUCKETS,
+            registry=registry,
+        )
+        self.task_results = Counter(
+            "fedagg_task_results",
+            "Task results received, by task and outcome.",
+            ["task", "outcome"],
+            registry=registry,
+        )
+        self.aggregated_metric = Gauge(
+            "fedagg_aggregated_metric",
+            "Latest aggregated model metric.",
+            ["task", "metric"],
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "fedagg_received_bytes", "Bytes of requests received.", registry=registry
+        )
+        self.sent_bytes = Counter("fedagg_sent_bytes", "Bytes of replies sent.", registry=registry)
+        self.auth_failures = Counter(
+            "fedagg_auth_failures", "Callers refused, by reason.", ["reason"], registry=registry
+        )
+        self.checkpoint_last_success = Gauge(
+            "fedagg_checkpoint_last_success_timestamp_seconds",
+            "When the last checkpoint was written.",
+            registry=registry,
+        )
+        self.checkpoint_duration = Histogram(
+            "fedagg_checkpoint_duration_seconds",
+            "Time to write a checkpoint.",
+            buckets=WORK_BUCKETS,
+            registry=registry,
+        )
+        self.checkpoint_failures = Counter(
+            "fedagg_checkpoint_failures", "Checkpoints that could not be written.", registry=registry
+        )
+        self.certificate_expiry = Gauge(
+            "fedagg_tls_certificate_expiry_timestamp_seconds",
+            "Expiry of the serving TLS certificate.",
+            registry=registry,
+        )
+        self.certificate_reloads = Counter(
+            "fedagg_certificate_reloads", "Certificate rotations, by outcome.", ["outcome"], registry=registry
+        )
+        self.hook_failures = Counter(
+            "fedagg_hook_failures", "Shutdown hooks that failed.", ["hook"], registry=registry
+        )
+        self.collaborator_results = (
+            Counter(
+                "fedagg_collaborator_task_results",
+                "Task results accepted, by collaborator.",
+                ["collaborator", "task"],
+                registry=registry,
+            )
+            if per_collaborator
+            else None
+        )
+        Info("fedagg_build", "Build information.", registry=registry).info({"version": __version__})
+        for outcome in ("loaded", "rejected"):
+            self.certificate_reloads.labels(outcome)
+        self.checkpoint_failures.inc(0)
+
+    # Federation events -------------------------------------------------------------------------------------
+
+    def contribution_accepted(self, collaborator: str, task: str, round_number: int, size_bytes: int) -> None:
+        self.task_results.labels(task, "accepted").inc()
+        if self.collaborator_results is not None:
+            self.collaborator_results.labels(collaborator, task).inc()
+
+    def contribution_ignored(self, collaborator: str, task: str, reason: str) -> None:
+        self.task_results.labels(task, "ignored").inc()
+
+    def round_finished(self, summary: RoundSummary) -> None:
+        self.rounds_completed.inc()
+        self.round_duration.observe(summary.duration_seconds)
+        self.aggregation_duration.observe(summary.aggregation_seconds)
+        for record in summary.metrics:
+            self.aggregated_metric.labels(record.task, record.name).set(record.value)
+
+    def checkpoint_saved(self, round_number: int, seconds: float) -> None:
+        self.checkpoint_last_success.set(time.time())
+        self.checkpoint_duration.observe(seconds)
+
+    def checkpoint_failed(self) -> None:
+        self.checkpoint_failures.inc()
+
+    # Server and operations events ------------------------------------------------------------------------------
+
+    def auth_failed(self, reason: str) -> None:
+        """A caller was refused."""
+        self.auth_failures.labels(reason).inc()
+
+    def bytes_received(self, count: int) -> None:
+        """Request bytes arrived."""
+        self.received_bytes.inc(count)
+
+    def bytes_sent(self, count: int) -> None:
+        """Reply bytes left."""
+        self.sent_bytes.inc(count)
+
+    def certificate_loaded(self, bundle: CertificateBundle) -> None:
+        """A certificate went live (at start or by rotation)."""
+        self.certificate_expiry.set(bundle.not_after.timestamp())
+        self.certificate_reloads.labels("loaded").inc()
+
+    def certificate_rejected(self, error: CertificateError) -> None:
+        """A rotation was refused."""
+        self.certificate_reloads.labels("rejected").inc()
+
+    def hook_failed(self, hook: str) -> None:
+        """A shutdown hook failed or timed out."""
+        self.hook_failures.labels(hook).inc()
+
+
+class FederationStateCollector(Collector):
+    """Gauges read from the federation at scrape time."""
+
+    def __init__(self, status: Callable[[], ExperimentStatus], draining: Callable[[], bool]) -> None:
+        self._status = status
+        self._draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        yield GaugeMetricFamily(
+            "fedagg_round",
+            "Current round (equals rounds to train once finished).",
+            value=status.current_round,
+        )
+        yield GaugeMetricFamily(
+            "fedagg_rounds_to_train", "Rounds the experiment trains.", value=status.total_rounds
+        )
+        collaborators = GaugeMetricFamily(
+            "fedagg_collaborators", "Collaborators by state in the current round.", labels=["state"]
+        )
+        entries = status.collaborators
+        collaborators.add_metric(["authorized"], len(entries))
+        collaborators.add_metric(["active"], sum(1 for c in entries if c.status == "training"))
+        collaborators.add_metric(["done"], sum(1 for c in entries if c.status in ("done", "quit")))
+        yield collaborators
+        state = "draining" if self._draining() else status.status
+        experiment = GaugeMetricFamily(
+            "fedagg_experiment_state", "1 for the experiment's current state.", labels=["state"]
+        )
+        for name in EXPERIMENT_STATES:
+            experiment.add_metric([name], 1.0 if name == state else 0.0)
+        yield experiment
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

