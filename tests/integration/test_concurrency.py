@@ -57,7 +57,7 @@ def test_calls_are_answered_while_an_upload_is_held_open(tmp_path: Path, pki: Pk
             yield base_pb2.DataStream(npbytes=chunk, size=len(chunk))
 
     with serving(federation, pki) as thread, ThreadPoolExecutor(1) as pool:
-        channel, stub = raw_stub(thread, pki.client("one"))
+        channel, stub = raw_stub(thread.address, pki.client("one"))
         upload = pool.submit(stub.SendLocalTaskResults, slow_upload())
         assert halfway.wait(timeout=30)
 

@@ -51,7 +51,7 @@ def server(tmp_path: Path, pki: Pki) -> Iterator[ServerThread]:
 
 @pytest.fixture
 def stub(server: ServerThread, pki: Pki) -> Iterator[object]:
-    channel, stub = raw_stub(server, pki.client("one"))
+    channel, stub = raw_stub(server.address, pki.client("one"))
     yield stub
     channel.close()
 
@@ -144,8 +144,8 @@ def test_reply_header_and_tensor_bytes(stub: object) -> None:
 
 
 def test_observer_rpcs_check_the_caller_and_the_experiment(server: ServerThread, pki: Pki) -> None:
-    channel, rogue = raw_stub(server, pki.client("rogue"))
-    observer_channel, observer = raw_stub(server, pki.client("observer"))
+    channel, rogue = raw_stub(server.address, pki.client("rogue"))
+    observer_channel, observer = raw_stub(server.address, pki.client("observer"))
     kinds = aggregator_pb2.GetTrainedModelRequest
 
     denied = status_of(
@@ -185,7 +185,7 @@ def test_unavailable_while_not_accepting(server: ServerThread, stub: object) -> 
 def test_plaintext_mode_still_checks_the_sender(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), zero_model())
     with serving(federation, None) as thread:
-        channel, stub = raw_stub(thread, None)
+        channel, stub = raw_stub(thread.address, None)
         header = aggregator_pb2.MessageHeader(
             sender="mallory", receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
         )
@@ -198,7 +198,7 @@ def test_plaintext_mode_still_checks_the_sender(tmp_path: Path) -> None:
 
 
 def test_upload_with_unauthorized_header_is_refused_before_its_bulk(server: ServerThread, pki: Pki) -> None:
-    channel, stub = raw_stub(server, pki.client("two"))
+    channel, stub = raw_stub(server.address, pki.client("two"))
     payload = upload([encode_tensor("w", np.zeros(1_000_000), round_number=0, tags=["trained"])])
     sent = []
 

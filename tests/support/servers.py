@@ -121,12 +121,10 @@ def client_for(
     return AggregatorClient(thread.address, name, tls=material, **kwargs)
 
 
-def raw_stub(
-    thread: ServerThread, tls: ClientTls | None
-) -> tuple[grpc.Channel, aggregator_pb2_grpc.AggregatorStub]:
+def raw_stub(address: str, tls: ClientTls | None) -> tuple[grpc.Channel, aggregator_pb2_grpc.AggregatorStub]:
     """A bare stub, for sending requests the client library would never send."""
     if tls is None:
-        channel = grpc.insecure_channel(thread.address)
+        channel = grpc.insecure_channel(address)
     else:
-        channel = grpc.secure_channel(thread.address, tls.credentials())
+        channel = grpc.secure_channel(address, tls.credentials())
     return channel, aggregator_pb2_grpc.AggregatorStub(channel)

@@ -11,6 +11,8 @@ from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
 from fedagg.protocol.stream import TensorRecord
 
+from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID
+
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
 
 
@@ -18,7 +20,9 @@ def task_results_bytes(
     collaborator: str, round_number: int, task: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
 ) -> bytes:
     return aggregator_pb2.TaskResults(
-        header=aggregator_pb2.MessageHeader(sender=collaborator),
+        header=aggregator_pb2.MessageHeader(
+            sender=collaborator, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
+        ),
         round_number=round_number,
         task_name=task,
         data_size=data_size,
