@@ -1,0 +1,64 @@
+"""Log formatting: JSON fields, context, and PEM redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+from fedagg.logs import REDACTED, ContextFilter, JsonFormatter, in_current_context, redact, set_log_context
+from fedagg.pki import CertificateAuthority
+
+
+def capture(json_lines: bool) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(message)s%(context)s"))
+    logger = logging.getLogger(f"test.logs.{json_lines}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, stream
+
+
+def test_pem_blocks_are_redacted_from_messages_and_arguments() -> None:
+    issued = CertificateAuthority().issue_client("one")
+    logger, stream = capture(json_lines=False)
+
+    logger.warning("loaded %s and %s", issued.certificate_pem.decode(), issued.private_key_pem.decode())
+
+    output = stream.getvalue()
+    assert "BEGIN" not in output
+    assert output.count(REDACTED) == 2
+
+
+def test_redact_leaves_ordinary_text_alone() -> None:
+    assert redact("certificate CN 'one' does not match") == "certificate CN 'one' does not match"
+    assert redact("x -----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE----- y") == f"x {REDACTED} y"
+
+
+def test_json_lines_carry_the_context_set_by_a_handler() -> None:
+    logger, stream = capture(json_lines=True)
+
+    async def handler() -> None:
+        set_log_context(collaborator="one", round_number=3, task="train")
+        logger.info("upload %d", 7)
+        await asyncio.get_running_loop().run_in_executor(
+            None, in_current_context(logger.debug, "in a thread")
+        )
+
+    asyncio.run(handler())
+    logger.info("outside")
+
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["message"], first["collaborator"], first["round"], first["task"]) == (
+        "upload 7",
+        "one",
+        3,
+        "train",
+    )
+    assert (second["level"], second["collaborator"]) == ("debug", "one")
+    assert (third["collaborator"], third["round"], third["task"]) == (None, None, None)
+    assert set(first) == {"time", "level", "logger", "message", "collaborator", "round", "task"}
