@@ -309,20 +309,48 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
     merged = _with_environment(data or {}, environ or {})
     config: Config = _resolve_paths(build(Config, merged), base_dir)
     config.plan()
+    if config.ops.drain_seconds >= config.ops.grace_seconds:
+        raise ConfigError(
+            "ops.drain_seconds",
+            config.ops.drain_seconds,
+            f"less than ops.grace_seconds ({config.ops.grace_seconds})",
+        )
     return config
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override and validate a configuration file."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError("(config file)", str(path), f"a readable file ({error.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError("(config file)", str(path), f"valid YAML ({error})") from None
-    return parse_config(data, path.parent, os.environ if environ is None else environ)
+def load_config(
+    path: Path | None, environ: Mapping[str, str] | None = None, overlay: Mapping[str, Any] | None = None
+) -> Config:
+    """Read, override and validate a configuration file.
+
+    ``overlay`` (an imported OpenFL workspace) supplies defaults that the file's own settings override.
+    """
+    data: object = {}
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError("(config file)", str(path), f"a readable file ({error.strerror})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError("(config file)", str(path), f"valid YAML ({error})") from None
+    if overlay:
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError("(top level)", data, "a mapping of sections")
+        data = _deep_merge(overlay, data or {})
+    base_dir = path.parent if path is not None else Path.cwd()
+    return parse_config(data, base_dir, os.environ if environ is None else environ)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

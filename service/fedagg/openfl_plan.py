@@ -1,0 +1,238 @@
+"""Reading an OpenFL workspace: ``plan/plan.yaml`` and ``plan/cols.yaml``, as ``fx aggregator start`` does.
+
+The result is a configuration overlay (plain data, the shape of fedagg's YAML configuration) with the
+federation (collaborators, rounds, tasks, assigner, straggler policy, initial/best/last model paths), the
+federation port and TLS mode, and the certificate files of OpenFL's ``cert/`` layout. The federation and
+aggregator UUIDs are computed exactly as OpenFL 1.7.1's ``Plan.parse`` computes them (spec §3.1), so the
+workspace's collaborators connect to fedagg unchanged.
+
+``defaults:`` references are resolved against the workspace root (``fx workspace create`` copies OpenFL's
+``plan/defaults/`` there) or against ``defaults_root``; like OpenFL, a missing defaults file counts as empty.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedagg.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+SETTINGS, DEFAULTS, TEMPLATE, AUTO = "settings", "defaults", "template", "auto"
+ASSIGNERS = {
+    "openfl.component.RandomGroupedAssigner": "random_grouped",
+    "openfl.component.assigner.RandomGroupedAssigner": "random_grouped",
+    "openfl.component.StaticGroupedAssigner": "static_grouped",
+    "openfl.component.assigner.StaticGroupedAssigner": "static_grouped",
+}
+AGGREGATIONS = {
+    "openfl.interface.aggregation_functions.WeightedAverage": "weighted_average",
+    "openfl.interface.aggregation_functions.Median": "median",
+}
+STRAGGLER_POLICIES = {
+    "openfl.component.straggler_handling_functions.CutoffTimeBasedStragglerHandling": "cutoff_time",
+    "openfl.component.straggler_handling_functions.PercentageBasedStragglerHandling": "percentage",
+}
+NO_COMPRESSION = "openfl.pipelines.NoCompressionPipeline"
+
+
+def workspace_root(plan_path: Path) -> Path:
+    """The directory fx runs from: the parent of ``plan/`` (paths in the plan are relative to it)."""
+    return plan_path.parent.parent if plan_path.parent.name == "plan" else plan_path.parent
+
+
+def parse_plan(plan_path: Path, defaults_root: Path | None = None) -> dict[str, Any]:
+    """The plan with ``settings`` in every section and ``defaults`` merged, as OpenFL's ``Plan.parse``."""
+    plan = _load(plan_path, "the OpenFL plan")
+    if not isinstance(plan, dict):
+        raise ConfigError(str(plan_path), plan, "an OpenFL plan: a mapping of sections")
+    for section, content in plan.items():
+        if not isinstance(content, dict):
+            raise ConfigError(f"{plan_path}: {section}", content, "a mapping")
+        if content.get(SETTINGS) is None:
+            content[SETTINGS] = {}
+    root = defaults_root or workspace_root(plan_path)
+    for section in sorted(plan):
+        reference = plan[section].pop(DEFAULTS, None)
+        if reference is None:
+            continue
+        path = Path(reference) if Path(reference).is_absolute() else root / reference
+        if not path.is_file():
+            log.warning(
+                "OpenFL defaults file %s for section %s is missing: treated as empty, as OpenFL does",
+                path,
+                section,
+            )
+        defaults = _load(path, "an OpenFL defaults file") if path.is_file() else {}
+        defaults = defaults or {}
+        if SETTINGS in defaults:
+            defaults[SETTINGS].update(plan[section][SETTINGS])
+            plan[section][SETTINGS] = defaults[SETTINGS]
+        defaults.update(plan[section])
+        plan[section] = defaults
+    return plan
+
+
+def federation_uuid(plan_path: Path, plan: dict[str, Any]) -> str:
+    """``<plan file name>_<first 8 hex digits of sha384(yaml.dump(plan))>``."""
+    return f"{plan_path.name}_{_plan_hash(plan)[:8]}"
+
+
+def _plan_hash(plan: dict[str, Any]) -> str:
+    return hashlib.sha384(yaml.dump(plan).encode("utf-8")).hexdigest()
+
+
+def load_openfl_workspace(
+    plan_path: Path, cols_path: Path, defaults_root: Path | None = None
+) -> dict[str, Any]:
+    """A configuration overlay for the workspace (see the module docstring)."""
+    plan = parse_plan(plan_path, defaults_root)
+    digest = _plan_hash(copy.deepcopy(plan))
+    identity = f"{plan_path.name}_{digest[:8]}"
+    cols = _load(cols_path, "the OpenFL collaborator list") or {}
+    collaborators = cols.get("collaborators") if isinstance(cols, dict) else None
+    if not isinstance(collaborators, list) or not collaborators:
+        raise ConfigError(
+            f"{cols_path}: collaborators", collaborators, "a non-empty list of collaborator names"
+        )
+    root = workspace_root(plan_path)
+    aggregator = _settings(plan, "aggregator", plan_path)
+    network = _settings(plan, "network", plan_path)
+    _require_no_compression(plan, plan_path)
+    federation: dict[str, Any] = {
+        "federation_uuid": identity,
+        "aggregator_uuid": f"aggregator_{identity}",
+        "collaborators": [str(name) for name in collaborators],
+        "rounds_to_train": _required(aggregator, "rounds_to_train", f"{plan_path}: aggregator.settings"),
+        "rounds_kept": max(2, int(aggregator.get("db_store_rounds", 2))),
+        "tasks": _tasks(plan, plan_path),
+        "assigner": _assigner(plan, plan_path),
+        "stragglers": _stragglers(plan, plan_path),
+    }
+    if aggregator.get("init_state_path"):
+        federation["initial_model"] = str(root / aggregator["init_state_path"])
+    if aggregator.get("single_col_cert_common_name"):
+        federation["single_col_cert_common_name"] = str(aggregator["single_col_cert_common_name"])
+    storage = {
+        key: str(root / aggregator[source])
+        for key, source in (("best_model", "best_state_path"), ("last_model", "last_state_path"))
+        if aggregator.get(source)
+    }
+    return {
+        "federation": federation,
+        "server": _server(network, identity, root, plan_path),
+        "storage": storage,
+    }
+
+
+def _server(network: dict[str, Any], digest: str, root: Path, plan_path: Path) -> dict[str, Any]:
+    port = network.get("agg_port", AUTO)
+    if port == AUTO:  # OpenFL derives the port from the plan hash
+        port = int(digest[:8], 16) % (60999 - 49152) + 49152
+    use_tls = network.get("use_tls", network.get("tls", True))
+    client_auth = network.get("require_client_auth", not network.get("disable_client_auth", False))
+    mode = "insecure" if not use_tls else "mtls" if client_auth else "tls"
+    address = network.get("agg_addr", AUTO)
+    host = socket.getfqdn() if address == AUTO else str(address)
+    tls = {
+        "mode": mode,
+        "certificate_dir": str(root / network.get("cert_folder", "cert")),
+        "certificate": f"server/agg_{host}.crt",
+        "private_key": f"server/agg_{host}.key",
+        "root_certificate": "cert_chain.crt",
+    }
+    if not isinstance(port, int):
+        raise ConfigError(f"{plan_path}: network.settings.agg_port", port, "a port number or auto")
+    return {"port": port, "tls": tls}
+
+
+def _tasks(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
+    tasks = {name: spec for name, spec in plan.get("tasks", {}).items() if name not in (SETTINGS, DEFAULTS)}
+    converted = {}
+    for name, spec in tasks.items():
+        key = f"{plan_path}: tasks.{name}"
+        if not isinstance(spec, dict) or "function" not in spec:
+            raise ConfigError(key, spec, "a task with a function")
+        aggregation = spec.get("aggregation_type")
+        kind = "weighted_average"
+        if aggregation is not None:
+            template = aggregation.get(TEMPLATE) if isinstance(aggregation, dict) else aggregation
+            if template not in AGGREGATIONS:
+                raise ConfigError(f"{key}.aggregation_type", template, f"one of {sorted(AGGREGATIONS)}")
+            kind = AGGREGATIONS[template]
+        converted[name] = {
+            "function": spec["function"],
+            "kwargs": spec.get("kwargs") or {},
+            "aggregation": kind,
+        }
+    return converted
+
+
+def _assigner(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
+    section = plan.get("assigner", {})
+    template = section.get(TEMPLATE, "openfl.component.RandomGroupedAssigner")
+    if template not in ASSIGNERS:
+        raise ConfigError(f"{plan_path}: assigner.template", template, f"one of {sorted(ASSIGNERS)}")
+    groups = [
+        {key: group[key] for key in ("name", "tasks", "collaborators", "percentage") if key in group}
+        for group in section.get(SETTINGS, {}).get("task_groups", [])
+    ]
+    return {"kind": ASSIGNERS[template], "task_groups": groups}
+
+
+def _stragglers(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
+    section = plan.get("straggler_handling_policy")
+    if not section:
+        return {}
+    template = section.get(TEMPLATE)
+    if template not in STRAGGLER_POLICIES:
+        raise ConfigError(
+            f"{plan_path}: straggler_handling_policy.template",
+            template,
+            f"one of {sorted(STRAGGLER_POLICIES)}",
+        )
+    settings = section.get(SETTINGS, {})
+    result: dict[str, Any] = {"policy": STRAGGLER_POLICIES[template]}
+    for source, target in (
+        ("straggler_cutoff_time", "cutoff_seconds"),
+        ("minimum_reporting", "minimum_reporting"),
+        ("percent_collaborators_needed", "percent_needed"),
+    ):
+        if source in settings:
+            result[target] = settings[source]
+    return result
+
+
+def _require_no_compression(plan: dict[str, Any], plan_path: Path) -> None:
+    template = plan.get("compression_pipeline", {}).get(TEMPLATE, NO_COMPRESSION)
+    if template != NO_COMPRESSION:
+        raise ConfigError(f"{plan_path}: compression_pipeline.template", template, NO_COMPRESSION)
+
+
+def _settings(plan: dict[str, Any], section: str, plan_path: Path) -> dict[str, Any]:
+    settings = plan.get(section, {}).get(SETTINGS)
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{plan_path}: {section}.settings", settings, "a mapping")
+    return settings
+
+
+def _required(settings: dict[str, Any], key: str, where: str) -> Any:
+    if key not in settings:
+        raise ConfigError(f"{where}.{key}", None, "a value (OpenFL requires it)")
+    return settings[key]
+
+
+def _load(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(str(path), None, f"{what} (cannot read it: {error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), None, f"{what} in valid YAML ({error})") from None
