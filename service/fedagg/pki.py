@@ -8,11 +8,15 @@ identify it.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -71,6 +75,13 @@ class CertificateAuthority:
         """The CA certificate (what both sides trust)."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def private_key_pem(self) -> bytes:
+        """The CA's private key (unencrypted PEM)."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     def issue_server(
         self,
         common_name: str,
@@ -124,3 +135,89 @@ class CertificateAuthority:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ),
         )
+
+
+@dataclass(frozen=True)
+class FederationPki:
+    """Where :func:`write_federation_pki` put everything."""
+
+    root: Path
+    ca_certificate: Path
+    aggregator_dir: Path
+    collaborator_dirs: dict[str, Path]
+    kubernetes_secret: Path
+    openfl_cert_dir: Path
+
+
+def write_federation_pki(
+    directory: Path,
+    collaborators: Sequence[str],
+    hosts: Sequence[str],
+    observers: Sequence[str] = (),
+    validity: datetime.timedelta = DEFAULT_VALIDITY,
+    secret_name: str = "fedagg-tls",
+) -> FederationPki:
+    """Create a CA, an aggregator certificate for ``hosts`` and client certificates, in every layout.
+
+    * ``ca/ca.crt``, ``ca/ca.key``: the authority (keep the key safe; it signs new collaborators).
+    * ``aggregator/{tls.crt,tls.key,ca.crt}``: a ``kubernetes.io/tls`` secret's files (fedagg's default layout).
+    * ``collaborators/<name>/{tls.crt,tls.key,ca.crt}``: one directory per collaborator or observer.
+    * ``kubernetes/<secret_name>.yaml``: the aggregator's Secret manifest.
+    * ``openfl/cert/``: OpenFL's layout (``cert_chain.crt``, ``server/agg_<host>.*``, ``client/col_<name>.*``).
+    """
+    authority = CertificateAuthority("fedagg federation CA", validity)
+    server = authority.issue_server("fedagg aggregator", hosts, validity)
+    ca_pem = authority.certificate_pem
+    _write(directory / "ca" / "ca.crt", ca_pem)
+    _write(directory / "ca" / "ca.key", authority.private_key_pem, secret=True)
+    aggregator_dir = directory / "aggregator"
+    _write_tls_dir(aggregator_dir, server, ca_pem)
+    collaborator_dirs: dict[str, Path] = {}
+    openfl = directory / "openfl" / "cert"
+    _write(openfl / "cert_chain.crt", ca_pem)
+    for host in hosts:
+        _write(openfl / "server" / f"agg_{host}.crt", server.certificate_pem)
+        _write(openfl / "server" / f"agg_{host}.key", server.private_key_pem, secret=True)
+    for name in [*collaborators, *observers]:
+        client = authority.issue_client(name, validity)
+        collaborator_dirs[name] = directory / "collaborators" / name
+        _write_tls_dir(collaborator_dirs[name], client, ca_pem)
+        _write(openfl / "client" / f"col_{name}.crt", client.certificate_pem)
+        _write(openfl / "client" / f"col_{name}.key", client.private_key_pem, secret=True)
+    secret = directory / "kubernetes" / f"{secret_name}.yaml"
+    _write(secret, _secret_manifest(secret_name, server, ca_pem).encode(), secret=True)
+    return FederationPki(
+        directory, directory / "ca" / "ca.crt", aggregator_dir, collaborator_dirs, secret, openfl
+    )
+
+
+def _write_tls_dir(directory: Path, issued: Issued, ca_pem: bytes) -> None:
+    _write(directory / "tls.crt", issued.certificate_pem)
+    _write(directory / "tls.key", issued.private_key_pem, secret=True)
+    _write(directory / "ca.crt", ca_pem)
+
+
+def _write(path: Path, content: bytes, secret: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+
+
+def _secret_manifest(name: str, server: Issued, ca_pem: bytes) -> str:
+    data = {
+        key: base64.b64encode(value).decode()
+        for key, value in (
+            ("tls.crt", server.certificate_pem),
+            ("tls.key", server.private_key_pem),
+            ("ca.crt", ca_pem),
+        )
+    }
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "fedagg"}},
+        "data": data,
+    }
+    return yaml.safe_dump(manifest, sort_keys=False)

@@ -1,0 +1,50 @@
+"""The ``fedagg`` command line: one module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fedagg import __version__
+from fedagg.cli import certs, collaborate, demo, models, observe, serve
+from fedagg.settings import ConfigError
+
+EXAMPLES = """examples:
+  fedagg demo                                          a federation end to end on this machine
+  fedagg certs --out pki --collaborators one,two       a CA and certificates for a federation
+  fedagg serve --config fedagg.yaml                    run an aggregator
+  fedagg serve --openfl-plan plan/plan.yaml --openfl-cols plan/cols.yaml   serve an OpenFL workspace
+  fedagg status --address agg.example.org:50051 --ca ca.crt --cert me.crt --key me.key
+  fedagg model show state/last.pbuf
+
+Run "fedagg COMMAND --help" for a command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The complete argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="fedagg",
+        description="fedagg: a federated-learning aggregator that speaks OpenFL's aggregator protocol.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fedagg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (serve, demo, collaborate, certs, models, observe):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedagg`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"fedagg: configuration error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedagg: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,252 @@
+"""``fedagg demo``: a whole federation on this machine, with mTLS, real processes and a live display."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from fedagg.app import Aggregator, build_aggregator, run_aggregator
+from fedagg.cli.common import Commands, add_command, table
+from fedagg.collaborator.reference import DatasetSpec, initial_weights
+from fedagg.config import Config, parse_config
+from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
+from fedagg.federation.store import publish_model
+from fedagg.pki import FederationPki, write_federation_pki
+
+FEDERATION_UUID = "demo_0123abcd"
+VALIDATE_GLOBAL = "aggregated_model_validation"
+
+
+def register(commands: Commands) -> None:
+    """Add the command."""
+    parser = add_command(
+        commands,
+        "demo",
+        "train a federation end to end on this machine",
+        """\
+  fedagg demo
+  fedagg demo --collaborators 5 --rounds 10 --features 256 --dir ./demo""",
+    )
+    parser.add_argument("--collaborators", type=int, default=3, help="collaborator processes (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds to train (default 5)")
+    parser.add_argument(
+        "--features",
+        type=int,
+        default=DatasetSpec.features,
+        help=f"input features: the model has features x {DatasetSpec.classes} weights",
+    )
+    parser.add_argument("--dir", type=Path, help="working directory (default: a new temporary directory)")
+    parser.set_defaults(handler=_demo)
+
+
+class Display:
+    """Prints progress lines as metrics arrive (called from the aggregator's threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.aggregated: dict[int, dict[tuple[str, str], float]] = defaultdict(dict)
+
+    def on_metric(self, record: MetricRecord | None) -> None:
+        if record is None:
+            return
+        with self._lock:
+            if record.origin == AGGREGATOR_ORIGIN:
+                self.aggregated[record.round_number][(record.task, record.name)] = record.value
+                if record.task == VALIDATE_GLOBAL:
+                    print(
+                        f"round {record.round_number}: global model accuracy {record.value:.3f}; aggregated",
+                        flush=True,
+                    )
+            else:
+                print(
+                    f"round {record.round_number}  {record.origin:<8} {record.task:<32} "
+                    f"{record.name} {record.value:.4f}",
+                    flush=True,
+                )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.collaborators < 1 or args.rounds < 1 or args.features < 1:
+        raise SystemExit("fedagg: --collaborators, --rounds and --features must be positive")
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="fedagg-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [f"site-{index + 1}" for index in range(args.collaborators)]
+    print(
+        f"fedagg demo in {workdir}: {len(names)} collaborators, {args.rounds} rounds, mutual TLS on loopback"
+    )
+    pki = write_federation_pki(workdir / "pki", names, ["localhost", "127.0.0.1"])
+    spec = DatasetSpec(features=args.features)
+    publish_model(workdir / "init.pbuf", initial_weights(spec), 0)
+    logging.basicConfig(
+        filename=workdir / "aggregator.log",
+        level=logging.INFO,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    aggregator = build_aggregator(_config(workdir, names, args.rounds))
+    display = Display()
+    aggregator.federation.metrics.subscribe(display.on_metric)
+    return _run(aggregator, display, pki, names, args, workdir)
+
+
+def _config(workdir: Path, names: list[str], rounds: int) -> Config:
+    data = {
+        "federation": {
+            "federation_uuid": FEDERATION_UUID,
+            "collaborators": names,
+            "rounds_to_train": rounds,
+            "initial_model": "init.pbuf",
+            "sleep_seconds": 1,
+        },
+        "server": {"bind_address": "127.0.0.1", "port": 0, "tls": {"certificate_dir": "pki/aggregator"}},
+        "ops": {
+            "bind_address": "127.0.0.1",
+            "port": 0,
+            "metrics_bind_address": "127.0.0.1",
+            "metrics_port": 0,
+        },
+        "hooks": {"kubernetes": {"enabled": "false"}},
+        "storage": {"state_dir": "state"},
+    }
+    return parse_config(data, workdir, environ={})
+
+
+def _run(
+    aggregator: Aggregator,
+    display: Display,
+    pki: FederationPki,
+    names: list[str],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> int:
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    outcome: list[int] = []
+    server = threading.Thread(
+        target=lambda: outcome.append(loop.run_until_complete(run_aggregator(aggregator, stop))),
+        name="fedagg-demo-aggregator",
+    )
+    started = time.monotonic()
+    server.start()
+    collaborators: list[subprocess.Popen[bytes]] = []
+    try:
+        _wait_until_serving(aggregator, server)
+        print(
+            f"aggregator listening on localhost:{aggregator.server.port}; starting collaborators\n",
+            flush=True,
+        )
+        collaborators = [
+            _start_collaborator(name, aggregator.server.port, pki, args.features, workdir) for name in names
+        ]
+        server.join()
+        codes = [process.wait(timeout=60) for process in collaborators]
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the collaborators and the aggregator", flush=True)
+        loop.call_soon_threadsafe(stop.set)
+        raise
+    finally:
+        for process in collaborators:
+            if process.poll() is None:
+                process.terminate()
+        for process in collaborators:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        server.join()
+        loop.close()
+    if outcome != [0] or any(codes):
+        print(f"the demo failed (aggregator exit {outcome}, collaborators {codes}); logs in {workdir}")
+        return 1
+    return _summary(aggregator, display, workdir, time.monotonic() - started)
+
+
+def _wait_until_serving(aggregator: Aggregator, server: threading.Thread) -> None:
+    deadline = time.monotonic() + 60
+    while not aggregator.server.accepting:
+        if not server.is_alive() or time.monotonic() > deadline:
+            raise SystemExit("fedagg: the aggregator did not start; see aggregator.log")
+        time.sleep(0.05)
+
+
+def _start_collaborator(
+    name: str, port: int, pki: FederationPki, features: int, workdir: Path
+) -> subprocess.Popen[bytes]:
+    tls = pki.collaborator_dirs[name]
+    log = (workdir / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedagg.cli",
+            "collaborator",
+            "--name",
+            name,
+            "--address",
+            f"localhost:{port}",
+            "--federation-uuid",
+            FEDERATION_UUID,
+            "--ca",
+            str(tls / "ca.crt"),
+            "--cert",
+            str(tls / "tls.crt"),
+            "--key",
+            str(tls / "tls.key"),
+            "--features",
+            str(features),
+            "--delta-updates",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _summary(aggregator: Aggregator, display: Display, workdir: Path, seconds: float) -> int:
+    rounds = sorted(display.aggregated)
+    rows = []
+    accuracy = []
+    for number in rounds:
+        values = display.aggregated[number]
+        accuracy.append(values.get((VALIDATE_GLOBAL, "acc"), float("nan")))
+        rows.append(
+            [
+                str(number),
+                f"{accuracy[-1]:.3f}",
+                f"{values.get(('locally_tuned_model_validation', 'acc'), float('nan')):.3f}",
+                f"{values.get(('train', 'loss'), float('nan')):.4f}",
+            ]
+        )
+    config = aggregator.config
+    print(f"\nfinished {len(rounds)} rounds in {seconds:.1f}s\n")
+    print(table(rows, ["round", "global model accuracy", "locally tuned accuracy", "train loss"]))
+    print(
+        f"\naccuracy of the global model rose from {accuracy[0]:.3f} (round 0) to {accuracy[-1]:.3f} "
+        f"(round {rounds[-1]})"
+        if accuracy[-1] > accuracy[0]
+        else "\naccuracy did not rise"
+    )
+    print(
+        f"\nmodels (OpenFL .pbuf):\n  last: {config.last_model_path}  (round {rounds[-1] + 1}, the final aggregate)"
+        f"\n  best: {config.best_model_path}"
+    )
+    print(f"inspect: fedagg model show {config.last_model_path}")
+    print(f"logs:    {workdir}/aggregator.log and {workdir}/site-*.log")
+    summary = {
+        "rounds": rounds,
+        "accuracy": accuracy,
+        "seconds": seconds,
+        "last_model": str(config.last_model_path),
+        "best_model": str(config.best_model_path),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0 if accuracy[-1] > accuracy[0] else 1
