@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
 from fedagg.server.servicer import SERVICE_NAME, AggregatorGRPCServer
-from fedagg.server.tls import CertificateError, CertificateSource, TlsMode
+from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,25 @@ def build_aggregator(
     )
     registry.register(FederationStateCollector(federation.describe, lambda: aggregator.draining))
     return aggregator
+
+
+def check_files(config: Config) -> None:
+    """Check every file the configuration names, without creating anything (``fedagg config check``)."""
+    state_dir = config.storage.state_dir
+    existing = next(path for path in (state_dir, *state_dir.parents) if path.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            "storage.state_dir", str(state_dir), f"a writable directory ({existing} is not writable)"
+        )
+    _initial_model(config)
+    tls = config.server.tls
+    if tls.mode != TlsMode.INSECURE:
+        try:
+            load_bundle(tls.files())
+        except CertificateError as error:
+            raise ConfigError(
+                "server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})"
+            ) from None
 
 
 def _state_store(config: Config) -> StateStore:

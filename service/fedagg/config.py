@@ -288,16 +288,7 @@ class Config:
                 rounds_kept=settings.rounds_kept,
             )
         except PlanError as error:
-            key = _PLAN_KEYS.get(error.key.split(".")[0].split("[")[0], error.key)
-            raise ConfigError(
-                f"federation.{key}" if key == error.key else key, error.value, error.expected
-            ) from None
-
-
-_PLAN_KEYS = {
-    "straggler_handling_policy": "federation.stragglers",
-    "assigner": "federation.assigner.task_groups",
-}
+            raise ConfigError(f"federation.{error.key}", error.value, error.expected) from None
 
 
 def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -127,7 +127,7 @@ def load_openfl_workspace(
     }
     return {
         "federation": federation,
-        "server": _server(network, identity, root, plan_path),
+        "server": _server(network, digest, root, plan_path),
         "storage": storage,
     }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedagg.app import build_aggregator, run_aggregator
+from fedagg.app import build_aggregator, check_files, run_aggregator
 from fedagg.cli.common import Commands, add_command
 from fedagg.config import Config, LogFormat, load_config
 from fedagg.logs import configure_logging
@@ -98,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     config = load(args)
+    check_files(config)
     plan = config.plan()
     print(
         f"OK: federation {plan.federation_uuid} (aggregator {plan.aggregator_uuid}), "

@@ -193,15 +193,11 @@ def _check_assigner(plan: FederationPlan) -> None:
 def _check_stragglers(spec: StragglerPolicySpec, collaborators: int) -> None:
     if not 1 <= spec.minimum_reporting <= collaborators:
         raise PlanError(
-            "straggler_handling_policy.minimum_reporting",
+            "stragglers.minimum_reporting",
             spec.minimum_reporting,
             f"between 1 and the number of collaborators ({collaborators})",
         )
     if spec.cutoff_seconds <= 0:
-        raise PlanError(
-            "straggler_handling_policy.straggler_cutoff_time", spec.cutoff_seconds, "a positive time"
-        )
+        raise PlanError("stragglers.cutoff_seconds", spec.cutoff_seconds, "a positive time")
     if not 0 < spec.percent_needed <= 1:
-        raise PlanError(
-            "straggler_handling_policy.percent_collaborators_needed", spec.percent_needed, "a share in (0, 1]"
-        )
+        raise PlanError("stragglers.percent_needed", spec.percent_needed, "a share in (0, 1]")
