@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -113,6 +114,8 @@ def _config(workdir: Path, names: list[str], rounds: int) -> Config:
             "port": 0,
             "metrics_bind_address": "127.0.0.1",
             "metrics_port": 0,
+            "drain_seconds": 0,
+            "grace_seconds": 5,
         },
         "hooks": {"kubernetes": {"enabled": "false"}},
         "storage": {"state_dir": "state"},
@@ -128,18 +131,12 @@ def _run(
     args: argparse.Namespace,
     workdir: Path,
 ) -> int:
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    outcome: list[int] = []
-    server = threading.Thread(
-        target=lambda: outcome.append(loop.run_until_complete(run_aggregator(aggregator, stop))),
-        name="fedagg-demo-aggregator",
-    )
+    runner = AggregatorThread(aggregator)
     started = time.monotonic()
-    server.start()
     collaborators: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_until_serving(aggregator, server)
+        runner.start()
+        _wait_until_serving(aggregator, runner)
         print(
             f"aggregator listening on localhost:{aggregator.server.port}; starting collaborators\n",
             flush=True,
@@ -147,34 +144,62 @@ def _run(
         collaborators = [
             _start_collaborator(name, aggregator.server.port, pki, args.features, workdir) for name in names
         ]
-        server.join()
+        runner.join()
         codes = [process.wait(timeout=60) for process in collaborators]
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the collaborators and the aggregator", flush=True)
-        loop.call_soon_threadsafe(stop.set)
         raise
     finally:
-        for process in collaborators:
-            if process.poll() is None:
-                process.terminate()
-        for process in collaborators:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        server.join()
-        loop.close()
-    if outcome != [0] or any(codes):
-        print(f"the demo failed (aggregator exit {outcome}, collaborators {codes}); logs in {workdir}")
+        _stop_all(collaborators)
+        runner.stop()
+    if runner.exit_code != 0 or any(codes):
+        print(
+            f"the demo failed (aggregator exit {runner.exit_code}, collaborators {codes}); logs in {workdir}"
+        )
         return 1
     return _summary(aggregator, display, workdir, time.monotonic() - started)
 
 
-def _wait_until_serving(aggregator: Aggregator, server: threading.Thread) -> None:
+class AggregatorThread(threading.Thread):
+    """Runs the aggregator's event loop in the background; :meth:`stop` drains it and waits."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        super().__init__(name="fedagg-demo-aggregator")
+        self._aggregator = aggregator
+        self._loop = asyncio.new_event_loop()
+        self._stop_event = asyncio.Event()
+        self.exit_code: int | None = None
+
+    def run(self) -> None:
+        try:
+            self.exit_code = self._loop.run_until_complete(run_aggregator(self._aggregator, self._stop_event))
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        """Ask the aggregator to drain (if still running) and wait for the thread."""
+        if self.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+            self.join()
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_serving(aggregator: Aggregator, runner: threading.Thread) -> None:
     deadline = time.monotonic() + 60
     while not aggregator.server.accepting:
-        if not server.is_alive() or time.monotonic() > deadline:
+        if not runner.is_alive() or time.monotonic() > deadline:
             raise SystemExit("fedagg: the aggregator did not start; see aggregator.log")
         time.sleep(0.05)
 

@@ -1,0 +1,611 @@
+"""The Helm chart, linted and rendered by the real Helm SDK, then checked object by object."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fedagg.config import parse_config
+
+from tests.conftest import require
+from tests.deploy import chart
+from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, RELEASE, ROOT, SCENARIOS, rendered, scenario_values
+
+HOOK_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+FEDERATION = {"federation_uuid": "mnist_0123abcd", "collaborators": ["one", "two"], "rounds_to_train": 3}
+
+
+@pytest.fixture(autouse=True)
+def _helm_sdk() -> None:
+    require(
+        importlib.util.find_spec("helm_python") is not None,
+        "helm-python-sdk is not installed (pip install helm-python-sdk; make test installs the dev extras)",
+    )
+
+
+def with_federation(**values: Any) -> dict[str, Any]:
+    """Values with a minimal federation, plus ``values``."""
+    merged: dict[str, Any] = {"config": {"federation": dict(FEDERATION)}}
+    for key, value in values.items():
+        if key == "config":
+            merged["config"].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render(values: dict[str, Any]) -> chart.Rendered:
+    return chart.Rendered(chart.objects_of(chart.render_manifests(values)))
+
+
+# --- lint and render ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("kube_version", ["v1.27.0", "v1.37.0"])
+def test_chart_lints_strictly(scenario: str, kube_version: str) -> None:
+    report = chart.helm().lint(
+        CHART, scenario_values(scenario), strict=True, namespace=NAMESPACE, kube_version=kube_version
+    )
+
+    # Severity 1 is informational ("icon is recommended"); strict lint fails on warnings (2) and errors (3).
+    problems = [message for message in report["messages"] if message["severity"] >= 2]
+    assert problems == [], problems
+    assert report["errors"] == []
+    assert report["total_charts_linted"] == 1
+
+
+def test_the_scenarios_cover_what_the_chart_offers() -> None:
+    assert set(SCENARIOS) >= {
+        "default",
+        "deployment",
+        "existing-secret",
+        "cert-manager",
+        "monitoring",
+        "network-policy",
+        "persistence-off",
+        "openfl",
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_renders_the_core_objects(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    kinds = {document["kind"] for document in objects.objects}
+    assert {"ConfigMap", "Service", "ServiceAccount", "Pod"} <= kinds
+    assert len(objects.all("Job") + objects.all("Deployment")) == 1
+    for document in objects.objects:
+        labels = document["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "fedagg"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "fedagg-0.1.0"
+        assert document["metadata"]["namespace"] == NAMESPACE
+
+
+def test_values_without_a_federation_are_refused_naming_the_keys() -> None:
+    report = chart.helm().lint(CHART, None, strict=True)
+
+    errors = "\n".join(report["errors"])
+    assert "federation_uuid" in errors
+    assert "collaborators" in errors
+    assert "rounds_to_train" in errors
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "openfl"])
+def test_the_rendered_config_is_a_valid_fedagg_config(scenario: str) -> None:
+    config = rendered(scenario).config()
+
+    parsed = parse_config(config, Path("/etc/fedagg/config"), environ={})
+
+    assert str(parsed.storage.state_dir) == "/var/lib/fedagg"
+    assert parsed.server.port == 50051
+
+
+# --- ports, probes, config ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_probes_and_ports_match_the_container_and_the_config(scenario: str) -> None:
+    objects = rendered(scenario)
+    container = objects.container
+    config = objects.config()
+
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"federation": 50051, "ops": 50052, "metrics": 9090}
+    assert config["server"]["port"] == ports["federation"]
+    assert config["ops"]["port"] == ports["ops"]
+    assert config["ops"]["metrics_port"] == ports["metrics"]
+    probes = {name: container[f"{name}Probe"]["grpc"] for name in ("startup", "readiness", "liveness")}
+    assert probes == {
+        "startup": {"port": ports["ops"], "service": "liveness"},
+        "readiness": {"port": ports["ops"], "service": "openfl.aggregator.Aggregator"},
+        "liveness": {"port": ports["ops"], "service": "liveness"},
+    }
+    service = objects.one("Service", FULLNAME)
+    assert {port["name"]: port["targetPort"] for port in service["spec"]["ports"]} == {
+        "federation": "federation",
+        "ops": "ops",
+        "metrics": "metrics",
+    }
+    pod_labels = objects.workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_changed_ports_move_together() -> None:
+    objects = render(with_federation(containerPorts={"federation": 8443, "ops": 8081, "metrics": 8080}))
+
+    config = objects.config()
+    container = objects.container
+    assert (config["server"]["port"], config["ops"]["port"], config["ops"]["metrics_port"]) == (
+        8443,
+        8081,
+        8080,
+    )
+    assert container["readinessProbe"]["grpc"]["port"] == 8081
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "federation": 8443,
+        "ops": 8081,
+        "metrics": 8080,
+    }
+    test_pod = objects.one("Pod")
+    assert test_pod["spec"]["containers"][0]["args"][:3] == [
+        "health",
+        "--address",
+        f"{FULLNAME}.{NAMESPACE}.svc:50052",
+    ]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_pod_env_has_the_downward_api_names(scenario: str) -> None:
+    env = {item["name"]: item for item in rendered(scenario).container["env"]}
+
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_termination_grace_exceeds_fedagg_shutdown_budget(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    assert objects.pod_spec["terminationGracePeriodSeconds"] > objects.config()["ops"]["grace_seconds"]
+
+
+def test_a_grace_period_below_fedagg_budget_is_refused() -> None:
+    values = with_federation(terminationGracePeriodSeconds=20)
+
+    with pytest.raises(chart.helm().HelmError, match="must be larger than config.ops.grace_seconds"):
+        chart.render_manifests(values)
+
+
+# --- workload modes -----------------------------------------------------------------------------------------------
+
+
+def test_job_mode_completes_with_the_experiment() -> None:
+    objects = rendered("default")
+
+    job = objects.one("Job", FULLNAME)
+    assert job["spec"]["completions"] == 1
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert objects.config()["ops"]["after_finish"] == "exit"
+    assert objects.config()["ops"]["exit_code"] == 0
+    assert not objects.has("Deployment")
+
+
+def test_deployment_mode_is_one_replica_recreated_and_stays_up() -> None:
+    objects = rendered("deployment")
+
+    deployment = objects.one("Deployment", FULLNAME)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert objects.config()["ops"]["after_finish"] == "stay"
+    assert objects.one("Service")["spec"]["type"] == "LoadBalancer"
+    assert objects.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_config_changes_roll_the_pod() -> None:
+    first = render(with_federation()).workload["spec"]["template"]["metadata"]["annotations"][
+        "checksum/config"
+    ]
+    second = render(with_federation(config={"logging": {"level": "debug", "format": "json"}})).workload[
+        "spec"
+    ]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert first != second
+
+
+# --- TLS ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scenario", "secret"),
+    [
+        ("default", f"{FULLNAME}-tls"),
+        ("existing-secret", "aggregator-tls"),
+        ("cert-manager", f"{FULLNAME}-tls"),
+    ],
+)
+def test_the_tls_secret_is_mounted_as_a_whole_directory(scenario: str, secret: str) -> None:
+    objects = rendered(scenario)
+
+    volume = objects.volume("tls")
+    mount = objects.mount("tls")
+    tls = objects.config()["server"]["tls"]
+    assert volume["secret"]["secretName"] == secret
+    assert "items" not in volume["secret"]
+    assert mount == {"name": "tls", "mountPath": "/etc/fedagg/tls", "readOnly": True}
+    assert tls == {
+        "mode": "mtls",
+        "certificate_dir": "/etc/fedagg/tls",
+        "certificate": "tls.crt",
+        "private_key": "tls.key",
+        "root_certificate": "ca.crt",
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_volume_is_mounted_with_subpath(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    for pod_spec in [objects.pod_spec] + [pod["spec"] for pod in objects.all("Pod")]:
+        for container in pod_spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert "subPath" not in mount and "subPathExpr" not in mount, mount
+
+
+def test_cert_manager_certificate_fills_the_mounted_secret() -> None:
+    objects = rendered("cert-manager")
+
+    certificate = objects.one("Certificate", FULLNAME)["spec"]
+    assert certificate["secretName"] == objects.volume("tls")["secret"]["secretName"]
+    assert certificate["issuerRef"] == {"name": "fedagg-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert certificate["dnsNames"] == [
+        FULLNAME,
+        f"{FULLNAME}.{NAMESPACE}",
+        f"{FULLNAME}.{NAMESPACE}.svc",
+        f"{FULLNAME}.{NAMESPACE}.svc.cluster.local",
+        "aggregator.example.org",
+    ]
+    assert "server auth" in certificate["usages"]
+    assert certificate["privateKey"]["rotationPolicy"] == "Always"
+
+
+def test_insecure_mode_mounts_no_certificate() -> None:
+    objects = render(with_federation(config={"server": {"tls": {"mode": "insecure"}}}))
+
+    assert "tls" not in {volume["name"] for volume in objects.pod_spec["volumes"]}
+    assert objects.config()["server"]["tls"] == {"mode": "insecure"}
+
+
+# --- RBAC and service account -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "persistence-off"])
+def test_rbac_grants_exactly_the_hook_verbs(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    role = objects.one("Role", FULLNAME)
+    binding = objects.one("RoleBinding", FULLNAME)
+    assert role["rules"] == HOOK_RULES
+    assert not objects.has("ClusterRole") and not objects.has("ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert objects.pod_spec["serviceAccountName"] == FULLNAME
+    assert objects.pod_spec["automountServiceAccountToken"] is True
+    assert objects.one("ServiceAccount", FULLNAME)["automountServiceAccountToken"] is False
+
+
+def test_without_the_kubernetes_hook_there_is_no_role_and_no_token() -> None:
+    objects = rendered("persistence-off")
+
+    assert objects.config()["hooks"]["kubernetes"]["enabled"] == "false"
+    assert not objects.has("Role") and not objects.has("RoleBinding")
+    assert objects.pod_spec["automountServiceAccountToken"] is False
+
+
+def test_a_boolean_hook_switch_is_written_as_fedagg_expects() -> None:
+    objects = render(with_federation(config={"hooks": {"kubernetes": {"enabled": False}}}))
+
+    assert objects.config()["hooks"]["kubernetes"]["enabled"] == "false"
+    assert not objects.has("Role")
+
+
+# --- security -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_security_context_is_hardened(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    for pod_spec in [objects.pod_spec] + [pod["spec"] for pod in objects.all("Pod")]:
+        pod_context = pod_spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True
+        assert pod_context["runAsUser"] == 10001
+        assert pod_context["fsGroup"] == 10001
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod_spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["runAsNonRoot"] is True
+            assert context["runAsUser"] == 10001
+            assert container["resources"]["limits"]["memory"]
+            assert container["resources"]["requests"]["cpu"]
+        assert pod_spec["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_writable_paths_are_only_the_state_volume_and_tmp(scenario: str) -> None:
+    objects = rendered(scenario)
+
+    writable = {m["mountPath"] for m in objects.container["volumeMounts"] if not m.get("readOnly")}
+    extra = {
+        m["mountPath"]
+        for m in scenario_values(scenario).get("extraVolumeMounts", [])
+        if not m.get("readOnly")
+    }
+    assert writable - extra == {"/var/lib/fedagg", "/tmp"}
+    assert objects.config()["storage"]["state_dir"] == "/var/lib/fedagg"
+
+
+# --- storage ------------------------------------------------------------------------------------------------------
+
+
+def test_state_is_on_a_claim_by_default_and_on_an_emptydir_without_persistence() -> None:
+    default = rendered("default")
+    ephemeral = rendered("persistence-off")
+
+    claim = default.one("PersistentVolumeClaim", f"{FULLNAME}-state")
+    assert default.volume("state")["persistentVolumeClaim"] == {"claimName": f"{FULLNAME}-state"}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"]
+    assert not ephemeral.has("PersistentVolumeClaim")
+    assert ephemeral.volume("state")["emptyDir"] == {"sizeLimit": "1Gi"}
+
+
+def test_an_existing_claim_is_used_as_is() -> None:
+    objects = render(with_federation(persistence={"existingClaim": "models", "storageClassName": ""}))
+
+    assert not objects.has("PersistentVolumeClaim")
+    assert objects.volume("state")["persistentVolumeClaim"] == {"claimName": "models"}
+
+
+def test_the_initial_model_configmap_is_mounted_and_configured() -> None:
+    objects = rendered("default")
+
+    assert objects.volume("initial-model")["configMap"]["name"] == "mnist-init-model"
+    assert objects.mount("initial-model")["mountPath"] == "/etc/fedagg/model"
+    assert objects.config()["federation"]["initial_model"] == "/etc/fedagg/model/init.pbuf"
+
+
+# --- OpenFL plan ----------------------------------------------------------------------------------------------------
+
+
+def test_openfl_mode_serves_the_workspace_plan() -> None:
+    objects = rendered("openfl")
+    values = scenario_values("openfl")
+
+    data = objects.one("ConfigMap", f"{FULLNAME}-config")["data"]
+    assert data["plan.yaml"] == values["openfl"]["plan"]
+    assert data["cols.yaml"] == values["openfl"]["cols"]
+    assert objects.container["args"] == [
+        "serve",
+        "--config",
+        "/etc/fedagg/config/fedagg.yaml",
+        "--openfl-plan",
+        "/etc/fedagg/openfl/plan.yaml",
+        "--openfl-cols",
+        "/etc/fedagg/openfl/cols.yaml",
+    ]
+    assert objects.mount("openfl") == {"name": "openfl", "mountPath": "/etc/fedagg/openfl", "readOnly": True}
+    assert [item["path"] for item in objects.volume("openfl")["configMap"]["items"]] == [
+        "plan.yaml",
+        "cols.yaml",
+    ]
+    # The plan supplies the federation; the config names only the mounted initial model.
+    assert objects.config()["federation"] == {"initial_model": "/etc/fedagg/model/init.pbuf"}
+
+
+def test_openfl_mode_refuses_a_federation_section_and_an_empty_plan() -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded:
+        with pytest.raises(sdk.HelmValuesError):
+            loaded.validate_schema(
+                {"openfl": {"enabled": True, "plan": "a: 1", "cols": "b: 2"}, **with_federation()}
+            )
+        with pytest.raises(sdk.HelmValuesError):
+            loaded.validate_schema({"openfl": {"enabled": True, "plan": "", "cols": ""}})
+        loaded.validate_schema({"openfl": {"enabled": True, "plan": "a: 1", "cols": "b: 2"}})
+
+
+# --- schema -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (
+            with_federation(containerPorts={"federation": 50051, "ops": "fifty", "metrics": 9090}),
+            "/containerPorts/ops",
+        ),
+        (with_federation(workload="StatefulSet"), "/workload"),
+        (with_federation(config={"federation": {**FEDERATION, "rounds_to_train": "ten"}}), "rounds_to_train"),
+        (with_federation(persistence={"enabled": "yes"}), "/persistence/enabled"),
+    ],
+    ids=["port is a string", "unknown workload", "rounds is a string", "flag is a string"],
+)
+def test_the_schema_rejects_wrong_types(values: dict[str, Any], complaint: str) -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded, pytest.raises(sdk.HelmValuesError) as refused:
+        loaded.validate_schema(values)
+
+    assert complaint in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        (with_federation(replicas=2), "replicas"),
+        (with_federation(image={"repository": "x", "tags": "1"}), "tags"),
+        (with_federation(config={"server": {"tls": {"mode": "mtls"}, "port": 443}}), "port"),
+        (with_federation(config={"federation": {**FEDERATION, "round_to_train": 3}}), "round_to_train"),
+    ],
+    ids=["top level", "typo in image", "a key the chart owns", "typo in the federation"],
+)
+def test_the_schema_rejects_unknown_keys(values: dict[str, Any], key: str) -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded, pytest.raises(sdk.HelmValuesError) as refused:
+        loaded.validate_schema(values)
+
+    assert key in str(refused.value)
+
+
+def test_the_default_values_plus_a_federation_pass_the_schema() -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded:
+        loaded.validate_schema(with_federation())
+        schema = loaded.schema
+
+    assert schema is not None
+    assert schema["additionalProperties"] is False
+
+
+def test_every_object_in_the_schema_is_closed() -> None:
+    """additionalProperties is false everywhere, except free-form Kubernetes objects and maps of strings."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node.get("type") == "object" and "properties" in node:
+            if node.get("additionalProperties") is not False:
+                open_objects.append(path)
+            for key, child in node["properties"].items():
+                walk(child, f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}[]")
+
+    walk(schema, "")
+    assert open_objects == []
+
+
+# --- monitoring, network policy, docs ----------------------------------------------------------------------------
+
+
+def test_monitoring_objects_point_at_the_metrics_port() -> None:
+    objects = rendered("monitoring")
+
+    service = objects.one("Service", FULLNAME)
+    pod_labels = objects.workload["spec"]["template"]["metadata"]["labels"]
+    service_monitor = objects.one("ServiceMonitor", FULLNAME)["spec"]
+    pod_monitor = objects.one("PodMonitor", FULLNAME)["spec"]
+    assert [e["port"] for e in service_monitor["endpoints"]] == ["metrics"]
+    assert "metrics" in {port["name"] for port in service["spec"]["ports"]}
+    assert service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in pod_monitor["podMetricsEndpoints"]] == ["metrics"]
+    assert pod_monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert objects.one("ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_prometheus_rule_and_dashboard_ship_the_deploy_files() -> None:
+    objects = rendered("monitoring")
+
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/fedagg-rules.yaml").read_text())
+    dashboard = json.loads((ROOT / "deploy/grafana/fedagg-dashboard.json").read_text())
+    assert objects.one("PrometheusRule", FULLNAME)["spec"] == rules
+    config_map = objects.one("ConfigMap", f"{FULLNAME}-dashboard")
+    assert json.loads(config_map["data"]["fedagg-dashboard.json"]) == dashboard
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("copy", "original"),
+    [
+        ("files/fedagg-rules.yaml", "deploy/prometheus/fedagg-rules.yaml"),
+        ("files/fedagg-dashboard.json", "deploy/grafana/fedagg-dashboard.json"),
+    ],
+)
+def test_the_chart_files_are_copies_of_deploy(copy: str, original: str) -> None:
+    assert (CHART / copy).read_bytes() == (ROOT / original).read_bytes(), f"cp {original} helm/fedagg/{copy}"
+
+
+def test_monitoring_is_off_by_default() -> None:
+    objects = rendered("default")
+
+    for kind in (
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Certificate",
+    ):
+        assert not objects.has(kind), kind
+
+
+def test_network_policy_opens_only_the_three_ports_and_dns_and_the_api() -> None:
+    objects = rendered("network-policy")
+
+    policy = objects.one("NetworkPolicy", FULLNAME)["spec"]
+    pod_labels = objects.workload["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert [[p["port"] for p in rule["ports"]] for rule in policy["ingress"]] == [
+        ["federation"],
+        ["ops"],
+        ["metrics"],
+    ]
+    assert (
+        policy["ingress"][0]["from"] == scenario_values("network-policy")["networkPolicy"]["federationFrom"]
+    )
+    assert [[p["port"] for p in rule["ports"]] for rule in policy["egress"]] == [[53, 53], [443, 6443]]
+
+
+def test_the_test_hook_checks_readiness_through_the_service() -> None:
+    objects = rendered("default")
+
+    pod = objects.one("Pod", f"{FULLNAME}-test-health")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"
+    assert pod["spec"]["containers"][0]["args"] == [
+        "health",
+        "--address",
+        f"{FULLNAME}.{NAMESPACE}.svc:50052",
+        "--service",
+        "openfl.aggregator.Aggregator",
+        "--timeout",
+        "10",
+    ]
+    assert pod["spec"]["containers"][0]["image"] == objects.container["image"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_notes_tell_how_to_reach_and_watch_the_federation() -> None:
+    notes = chart.scenario_manifests("default")["templates/NOTES.txt"]
+
+    assert f"{FULLNAME}.{NAMESPACE}.svc:50051" in notes
+    assert "kubectl -n federation wait --for=condition=complete" in notes
+    assert "grpc.health.v1.Health/Check" in notes
+    assert "/metrics" in notes
+    assert "no TLS-terminating" in notes
+
+
+def test_readme_lists_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+
+    missing = [path for path in chart.leaf_paths(values) if f"`{path}`" not in readme]
+    assert missing == []
