@@ -75,33 +75,46 @@ class _CountingContext:
 
 
 class _ObservedMethod:
-    """The metric series of one method and the bookkeeping around one call."""
+    """The metric series of one method (resolved once) and the bookkeeping around one call."""
 
     def __init__(
-        self, metrics: GrpcServerMetrics, labels: tuple[str, str, str], streaming_request: bool
+        self,
+        metrics: GrpcServerMetrics,
+        labels: tuple[str, str, str],
+        streaming_request: bool,
+        writes_through_context: bool,
     ) -> None:
         self._metrics = metrics
         self._labels = labels
         self._streaming_request = streaming_request
+        self._writes_through_context = writes_through_context
+        self.started = metrics.started.labels(*labels)
         self.received = metrics.received.labels(*labels)
         self.sent = metrics.sent.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
 
     def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any, float]:
-        """Count the start; return the (counted) request, a counting context and the start time."""
-        self._metrics.started.labels(*self._labels).inc()
+        """Count the start; return the (counted) request, the context to pass on and the start time."""
+        self.started.inc()
         if self._streaming_request:
             request = _counted(request, self.received.inc)
         else:
             self.received.inc()
-        return request, _CountingContext(context, self.sent.inc), time.perf_counter()
+        if self._writes_through_context:
+            context = _CountingContext(context, self.sent.inc)  # type: ignore[assignment]
+        return request, context, time.perf_counter()
 
     def end(
         self, context: grpc.aio.ServicerContext[Any, Any], started: float, error: BaseException | None
     ) -> None:
         """Count the completion with its final status code."""
         code = _code_of(error) or context.code() or grpc.StatusCode.OK
-        self._metrics.handled.labels(*self._labels, code.name).inc()
-        self._metrics.handling.labels(*self._labels).observe(time.perf_counter() - started)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = self._metrics.handled.labels(*self._labels, code.name)
+        handled.inc()
+        self.handling.observe(time.perf_counter() - started)
 
 
 def _code_of(error: BaseException | None) -> grpc.StatusCode | None:
@@ -152,6 +165,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -161,7 +175,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler_call_details.method, handler)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, full_method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         kinds: list[tuple[str, Any, Callable[..., Any], bool]] = [
             ("unary", handler.unary_unary, grpc.unary_unary_rpc_method_handler, False),
             ("server_stream", handler.unary_stream, grpc.unary_stream_rpc_method_handler, False),
@@ -171,8 +195,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         for grpc_type, behavior, make_handler, streaming_request in kinds:
             if behavior is None:
                 continue
-            observed = _ObservedMethod(self._metrics, (grpc_type, service, method), streaming_request)
-            observe = _observe_stream if inspect.isasyncgenfunction(behavior) else _observe_unary
+            generator = inspect.isasyncgenfunction(behavior)
+            writes_through_context = (
+                grpc_type.endswith("stream") and grpc_type != "client_stream" and not generator
+            )
+            observed = _ObservedMethod(
+                self._metrics, (grpc_type, service, method), streaming_request, writes_through_context
+            )
+            observe = _observe_stream if generator else _observe_unary
             wrapped: grpc.RpcMethodHandler[Any, Any] = make_handler(
                 observe(observed, behavior), handler.request_deserializer, handler.response_serializer
             )

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db-store-rounds", type=int, default=2, help="(default: 2, the plan default)")
     p.add_argument("--state-dir", type=Path, required=True, help="where best.pbuf and last.pbuf go")
     p.add_argument("--output", type=Path, required=True, help="round-<r>.npz, metrics.json, summary.json")
+    p.add_argument("--record-models", type=parse_bool, default=True,
+                   help="write round-<r>.npz (default: true; benchmarks turn it off)")
     p.add_argument("--timeout", type=float, default=0, help="exit 3 after this many seconds (0: never)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -251,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         compression_pipeline=NoCompressionPipeline(),
         db_store_rounds=args.db_store_rounds,
         write_logs=False,
-        callbacks=[recorder],
+        callbacks=[recorder] if args.record_models else [],
     )
     # OpenFL 1.7.1 bug: CallbackList keeps `_flatten(callbacks)`, a generator that its own constructor
     # exhausts, so user callbacks never run. Restore the list it meant to build (no other effect).
-    aggregator.callbacks.callbacks = [recorder]
+    aggregator.callbacks.callbacks = [recorder] if args.record_models else []
     recorder.aggregator = aggregator
     server = LoopbackAggregatorServer(
         aggregator,
