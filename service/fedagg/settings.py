@@ -151,6 +151,16 @@ def non_empty(value: str) -> str | None:
     return None if value.strip() else "a non-empty string"
 
 
+def _show(value: object) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return str(list(value))
+    return "null" if value is None else str(value)
+
+
 def describe(cls: type[Any], path: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every setting, depth first: the configuration reference."""
     rows: list[tuple[str, str, str]] = []
@@ -162,9 +172,9 @@ def describe(cls: type[Any], path: str = "") -> list[tuple[str, str, str]]:
             rows.extend(describe(kind, key))  # type: ignore[arg-type]
             continue
         if field.default is not dataclasses.MISSING:
-            default = repr(field.default.value if isinstance(field.default, Enum) else field.default)
+            default = _show(field.default)
         elif field.default_factory is not dataclasses.MISSING:
-            default = repr(field.default_factory())
+            default = _show(field.default_factory())
         else:
             default = "(required)"
         rows.append((key, default, field.metadata.get("help", "")))
