@@ -76,13 +76,14 @@ def main() -> int:
             init = work / f"init-{size}.pbuf"
             publish_model(init, model_tensors(size), 0)
             results = {}
-            for name, start in (
-                ("fedagg", lambda d: start_fedagg(d, pki, names, init)),
-                ("openfl", lambda d: start_openfl(python, d, pki, names, init)),
-            ):
+            for name in ("fedagg", "openfl"):
                 directory = work / f"{name}-{size}"
                 directory.mkdir()
-                results[name] = measure(start(directory), pki, names, size, args.polls)
+                if name == "fedagg":
+                    server = start_fedagg(directory, pki, names, init)
+                else:
+                    server = start_openfl(python, directory, pki, names, init)
+                results[name] = measure(server, pki, names, size, args.polls)
                 print(f"{size} MiB {name}: {results[name]}", flush=True)
             rows.append((size, results))
     report = render(rows, args)
