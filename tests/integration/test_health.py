@@ -136,3 +136,29 @@ def test_readiness_is_not_serving_until_state_is_restored(tmp_path: Path, pki: P
 
     assert during == (SERVING, NOT_SERVING)
     assert after == SERVING
+
+
+def test_ipv6_listeners(tmp_path: Path, pki: Pki) -> None:
+    config = write_config(
+        tmp_path,
+        pki,
+        COLLABORATORS,
+        1,
+        write_zero_model(tmp_path),
+        server={"bind_address": "[::1]"},
+        ops={"bind_address": "[::1]"},
+    )
+    with FedaggProcess(config) as fedagg:
+        fedagg.wait_for_federation()
+        with (
+            grpc.insecure_channel(f"[::1]:{fedagg.ops_port}") as ops,
+            grpc.secure_channel(
+                f"[::1]:{fedagg.federation_port}", pki.client("one").credentials()
+            ) as federation,
+        ):
+            statuses = [check(ops, READINESS), check(federation, READINESS)]
+        fedagg.terminate()
+        code = fedagg.wait()
+
+    assert statuses == [SERVING, SERVING]
+    assert code == 0

@@ -73,7 +73,7 @@ class Authenticator:
 
     def validate_collaborator(self, header: aggregator_pb2.MessageHeader, common_name: str | None) -> None:
         """OpenFL's ``valid_collaborator_cn_and_id``: the certificate must vouch for ``header.sender``."""
-        sender = header.sender
+        sender = _sender(header)
         if self.mode == TlsMode.MUTUAL:
             if common_name is None:
                 raise IdentityError("no_client_certificate", "no client certificate was presented")
@@ -91,11 +91,7 @@ class Authenticator:
     def check_request(self, header: aggregator_pb2.MessageHeader) -> None:
         """OpenFL's ``check_request``: the header must name an authorized sender, this aggregator and federation."""
         identity = self.identity
-        if not header.sender:
-            raise IdentityError(
-                "missing_sender", "header.sender is empty; it must be the collaborator's name"
-            )
-        if header.sender not in identity.collaborators:
+        if _sender(header) not in identity.collaborators:
             raise IdentityError(
                 "unknown_collaborator", f"collaborator {header.sender!r} is not authorized here"
             )
@@ -133,3 +129,9 @@ class Authenticator:
     def allowed_observers(self) -> Iterable[str]:
         """Names that may call the observer RPCs."""
         return self.identity.collaborators | self.identity.observers
+
+
+def _sender(header: aggregator_pb2.MessageHeader) -> str:
+    if not header.sender:
+        raise IdentityError("missing_sender", "header.sender is empty; it must be the collaborator's name")
+    return header.sender
