@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from fedagg.collaborator import ClientTls, TaskOutput
 from fedagg.collaborator.runner import Weights
 from fedagg.pki import CertificateAuthority
 from fedagg.protocol.model_file import read_model
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.conftest import COLLABORATORS
 from tests.support import training
 from tests.support.models import write_zero_model

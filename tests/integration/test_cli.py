@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fedagg.protocol.model_file import read_model
 
+from fedagg.protocol.model_file import read_model
 from tests.conftest import require
 from tests.support.process import FedaggProcess
 

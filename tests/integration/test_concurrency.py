@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
-
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.servers import (

@@ -13,10 +13,10 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+
 from fedagg.collaborator import AggregatorClient, RetryPolicy
 from fedagg.protocol import base_pb2
 from fedagg.protocol.model_file import read_model
-
 from tests.conftest import COLLABORATORS
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from fedagg.collaborator import AggregatorError, ClientTls, Collaborator, RetryPolicy
-from fedagg.protocol.model_file import read_model
 
+from fedagg.collaborator import AggregatorError, ClientTls, RetryPolicy
+from fedagg.protocol.model_file import read_model
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
-from tests.support.runners import StepRunner, expected_models, zero_model
+from tests.support.runners import expected_models, zero_model
 from tests.support.servers import (
     AGGREGATOR_UUID,
     FEDERATION_UUID,
@@ -22,36 +21,9 @@ from tests.support.servers import (
     make_plan,
     serving,
 )
+from tests.support.training import SPECS, train
 
 ROUNDS = 3
-SPECS = {"one": (1.0, 10), "two": (2.0, 30), "three": (4.0, 60)}
-
-
-def train_all(address_thread: object, pki: Pki, delta: dict[str, bool]) -> list[Collaborator]:
-    collaborators = [
-        Collaborator(
-            client_for(address_thread, name, pki),
-            StepRunner(step, size, 5),  # type: ignore[arg-type]
-            delta_updates=delta[name],
-            max_sleep_seconds=0.05,
-        )
-        for name, (step, size) in SPECS.items()
-    ]
-    errors: list[BaseException] = []
-
-    def run(collaborator: Collaborator) -> None:
-        try:
-            collaborator.run()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in collaborators]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    return collaborators
 
 
 @pytest.mark.parametrize(
@@ -69,7 +41,7 @@ def test_three_rounds_over_mtls_match_the_closed_form(
     federation = make_federation(tmp_path, make_plan(COLLABORATORS, ROUNDS), zero_model())
 
     with serving(federation, pki) as thread:
-        collaborators = train_all(thread, pki, delta)
+        collaborators = train(thread.address, pki, SPECS, delta)
         quit_seen = thread.call(_wait(thread.server.wait_for_quit_jobs()))
 
     expected = expected_models(list(SPECS.values()), ROUNDS)
@@ -99,7 +71,7 @@ def test_observers_read_status_metrics_and_models(tmp_path: Path, pki: Pki) -> N
         observer = client_for(thread, "observer", pki)
         before = observer.experiment_description()
         stream = observer.metric_stream()
-        train_all(thread, pki, dict.fromkeys(SPECS, True))
+        train(thread.address, pki, SPECS)
         streamed = list(stream)
         after = observer.experiment_description(FEDERATION_UUID)
         last = observer.trained_model(best=False)

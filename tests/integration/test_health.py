@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fedagg.app import build_aggregator, run_aggregator
-from fedagg.config import load_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedagg.app import build_aggregator, run_aggregator
+from fedagg.config import load_config
 from tests.conftest import COLLABORATORS, require
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from fedagg.ops.hooks import CommandHook, Completion, run_hooks
-from fedagg.ops.kube import KubernetesHook
 from kubernetes import client as k8s
 
+from fedagg.ops.hooks import CommandHook, Completion, run_hooks
+from fedagg.ops.kube import KubernetesHook
 from tests.support.kube import NAMESPACE, POD, POD_UID, kubernetes_api, silent_server
 
 COMPLETION = Completion(

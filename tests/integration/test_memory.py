@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedagg.federation.plan import TaskSpec, single_group_assigner
 from fedagg.protocol.model_file import read_model
-
 from tests.support.pki import Pki
 from tests.support.servers import make_federation, make_plan, serving
 

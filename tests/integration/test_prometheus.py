@@ -7,8 +7,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fedagg.collaborator import AggregatorClient, AggregatorError, RetryPolicy
 
+from fedagg.collaborator import AggregatorClient, AggregatorError, RetryPolicy
 from tests.conftest import COLLABORATORS
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import grpc
-from fedagg.collaborator import AggregatorClient
-from fedagg.protocol.model_file import read_model
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedagg.collaborator import AggregatorClient
+from fedagg.protocol.model_file import read_model
 from tests.conftest import COLLABORATORS
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

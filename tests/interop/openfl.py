@@ -142,22 +142,17 @@ def start_oracle(
 
 def pbuf_to_npz(python: Path, source: Path, target: Path) -> dict[str, object]:
     """Read a .pbuf with OpenFL's own deconstruct_model_proto; return its JSON summary."""
-    result = subprocess.run(
-        [str(python), str(SIDE / "pbuf_tool.py"), "to-npz", str(source), str(target)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=_clean_env(),
-        timeout=120,
-    )
-    summary: dict[str, object] = json.loads(result.stdout)
-    return summary
+    return _json_from(python, "pbuf_tool.py", "to-npz", str(source), str(target))
 
 
 def plan_uuid(python: Path, plan: Path, cols: Path) -> dict[str, object]:
     """What OpenFL's Plan.parse computes for a plan and cols file."""
+    return _json_from(python, "plan_uuid.py", "--plan", str(plan), "--cols", str(cols))
+
+
+def _json_from(python: Path, script: str, *args: str) -> dict[str, object]:
     result = subprocess.run(
-        [str(python), str(SIDE / "plan_uuid.py"), "--plan", str(plan), "--cols", str(cols)],
+        [str(python), str(SIDE / script), *args],
         capture_output=True,
         text=True,
         check=True,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedagg.federation.store import publish_model
 from fedagg.protocol.model_file import read_model
-
 from tests.interop.openfl import (
     CollaboratorSpec,
     openfl_python,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedagg.federation.store import publish_model
-
 from tests.support.runners import zero_model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from fedagg.collaborator.runner import TaskOutput, Weights
 from fedagg.protocol.codec import Float32Array
 

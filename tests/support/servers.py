@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+
 from fedagg.collaborator import AggregatorClient, ClientTls, RetryPolicy
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.plan import FederationPlan, default_tasks, single_group_assigner
@@ -19,7 +20,6 @@ from fedagg.protocol import aggregator_pb2_grpc
 from fedagg.protocol.codec import Float32Array
 from fedagg.protocol.model_file import LoadedModel
 from fedagg.server import AggregatorGRPCServer
-
 from tests.support.pki import Pki
 
 FEDERATION_UUID = "testfed_0123abcd"

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Mapping
 
 from fedagg.collaborator import AggregatorClient, Collaborator, RetryPolicy
-
 from tests.support.pki import Pki
 from tests.support.runners import StepRunner
 from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from fedagg.collaborator import AggregatorClient
 from fedagg.protocol.codec import encode_tensor
-
 from tests.support.pki import Pki
 from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from fedagg.federation.federation import Admission, Federation
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
 from fedagg.protocol.stream import TensorRecord
-
 from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID
 
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
@@ -75,6 +75,27 @@ def weights(
     )
 
 
+def submit_training(
+    federation: Federation,
+    collaborator: str,
+    round_number: int,
+    value: float,
+    size: int,
+    shapes: dict[str, tuple[int, ...]],
+    delta: bool = False,
+) -> Admission:
+    """The train task's upload: a loss metric and every weight set to ``value``."""
+    trained = [weights(name, value, shape, round_number, delta) for name, shape in shapes.items()]
+    return submit(
+        federation,
+        collaborator,
+        round_number,
+        TASKS[1],
+        size,
+        [metric("loss", value, round_number), *trained],
+    )
+
+
 def run_round(
     federation: Federation,
     round_number: int,
@@ -92,15 +113,7 @@ def run_round(
             5,
             [metric("acc", value, round_number, "validate_agg")],
         )
-        trained = [weights(name, value, shape, round_number, delta) for name, shape in shapes.items()]
-        submit(
-            federation,
-            collaborator,
-            round_number,
-            TASKS[1],
-            size,
-            [metric("loss", value, round_number), *trained],
-        )
+        submit_training(federation, collaborator, round_number, value, size, shapes, delta)
         submit(
             federation,
             collaborator,

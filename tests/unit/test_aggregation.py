@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedagg.federation.aggregation import (
     AGGREGATORS,
     BLOCK_ELEMENTS,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from fedagg.federation.assigner import make_assigner
 from fedagg.federation.errors import PlanError
 from fedagg.federation.plan import AssignerKind, AssignerSpec, TaskGroup
-
 from tests.support.servers import make_plan
 
 COLLABORATORS = tuple(f"c{i}" for i in range(7))

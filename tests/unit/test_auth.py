@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fedagg.protocol import aggregator_pb2
 from fedagg.server.auth import Authenticator, FederationIdentity, IdentityError, ObserverDenied
 from fedagg.server.tls import TlsMode

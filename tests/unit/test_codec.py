@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import CodecError, decode_tensor, encode_tensor, without_codec_tags
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
+
 from fedagg.app import check_files
 from fedagg.config import AfterFinish, load_config, parse_config
 from fedagg.federation.plan import AssignerKind
 from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError
-
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
 

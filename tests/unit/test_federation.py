@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedagg.federation.errors import FailedPrecondition, InvalidRequest, NotFound
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.plan import (
@@ -20,7 +21,6 @@ from fedagg.federation.store import StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
-
 from tests.support.servers import make_federation, make_plan
 from tests.support.uploads import TASKS, metric, run_round, submit, weights
 

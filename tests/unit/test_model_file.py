@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedagg.federation.store import publish_model
 from fedagg.protocol import base_pb2
 from fedagg.protocol.model_file import ModelFileError, read_model

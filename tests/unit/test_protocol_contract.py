@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedagg.protocol import aggregator_pb2, base_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
+
+from fedagg.protocol import aggregator_pb2, base_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 T = FieldDescriptor

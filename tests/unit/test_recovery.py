@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import read_model
-
 from tests.support.servers import make_federation, make_plan
-from tests.support.uploads import TASKS, metric, run_round, submit, weights
+from tests.support.uploads import TASKS, metric, run_round, submit, submit_training
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
@@ -34,15 +34,7 @@ def restart(directory: Path, rounds: int = 2) -> Federation:
 
 
 def train(federation: Federation, collaborator: str, round_number: int, value: float, size: int) -> None:
-    trained = [weights(name, value, shape, round_number) for name, shape in SHAPES.items()]
-    submit(
-        federation,
-        collaborator,
-        round_number,
-        TASKS[1],
-        size,
-        [metric("loss", value, round_number), *trained],
-    )
+    submit_training(federation, collaborator, round_number, value, size, SHAPES)
 
 
 def test_restart_mid_round_resumes_it_and_counts_each_contribution_once(tmp_path: Path) -> None:

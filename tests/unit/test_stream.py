@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, TaskResultsDecoder

@@ -12,26 +12,15 @@ CONNECT_EXAMPLE = "--address agg.example.org:50051 --ca ca.crt --cert observer.c
 
 def register(commands: Commands) -> None:
     """Add the commands."""
-    status = add_command(
-        commands,
-        "status",
-        "show a running experiment's progress (GetExperimentDescription)",
-        f"  fedagg status {CONNECT_EXAMPLE}",
-    )
-    add_connection_options(status, identity_required=False)
-    status.add_argument("--name", default="observer", help="this client's name (its certificate CN)")
-    status.add_argument("--experiment", default="", help="experiment name (default: the one served)")
-    status.set_defaults(handler=_status)
-    metrics = add_command(
-        commands,
-        "metrics",
-        "follow the metric stream until the experiment ends",
-        f"  fedagg metrics {CONNECT_EXAMPLE}",
-    )
-    add_connection_options(metrics, identity_required=False)
-    metrics.add_argument("--name", default="observer", help="this client's name (its certificate CN)")
-    metrics.add_argument("--experiment", default="", help="experiment name (default: the one served)")
-    metrics.set_defaults(handler=_metrics)
+    for name, summary, handler in (
+        ("status", "show a running experiment's progress (GetExperimentDescription)", _status),
+        ("metrics", "follow the metric stream until the experiment ends", _metrics),
+    ):
+        parser = add_command(commands, name, summary, f"  fedagg {name} {CONNECT_EXAMPLE}")
+        add_connection_options(parser, identity_required=False)
+        parser.add_argument("--name", default="observer", help="this client's name (its certificate CN)")
+        parser.add_argument("--experiment", default="", help="experiment name (default: the one served)")
+        parser.set_defaults(handler=handler)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -189,8 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db-store-rounds", type=int, default=2, help="(default: 2, the plan default)")
     p.add_argument("--state-dir", type=Path, required=True, help="where best.pbuf and last.pbuf go")
     p.add_argument("--output", type=Path, required=True, help="round-<r>.npz, metrics.json, summary.json")
-    p.add_argument("--record-models", type=parse_bool, default=True,
-                   help="write round-<r>.npz (default: true; benchmarks turn it off)")
+    p.add_argument(
+        "--record-models",
+        type=parse_bool,
+        default=True,
+        help="write round-<r>.npz (default: true; benchmarks turn it off)",
+    )
     p.add_argument("--timeout", type=float, default=0, help="exit 3 after this many seconds (0: never)")
     p.add_argument("--log-level", default="INFO")
     return p
