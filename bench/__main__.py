@@ -15,11 +15,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from fedagg.federation.store import publish_model
-from fedagg.pki import write_federation_pki
-
 from bench.servers import MemoryWatch, RunningServer, start_fedagg, start_openfl
 from bench.workload import BenchCollaborator, model_tensors, run_workload
+from fedagg.federation.store import publish_model
+from fedagg.pki import write_federation_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 

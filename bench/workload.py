@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
+
+from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
 from fedagg.collaborator.client import CHUNK_BYTES
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
 from fedagg.protocol.codec import encode_tensor
-
-from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
 
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
 TENSORS = 4
@@ -138,9 +138,3 @@ def run_workload(collaborators: list[BenchCollaborator], polls: int) -> Timings:
     timings.get_tasks_per_second = polls * len(collaborators) / seconds
     timings.upload = _together(collaborators, BenchCollaborator.upload)
     return timings
-
-
-def chunks_of(payload: bytes) -> Iterator[base_pb2.DataStream]:
-    """A payload as DataStream chunks."""
-    for start in range(0, len(payload), CHUNK_BYTES):
-        yield base_pb2.DataStream(npbytes=payload[start : start + CHUNK_BYTES])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -161,8 +160,3 @@ def read_spooled_upload(path: Path) -> tuple[ResultsHeader, list[TensorRecord]]:
     headers = [event for event in events if isinstance(event, ResultsHeader)]
     records = [event for event in events if isinstance(event, TensorRecord)]
     return headers[0], records
-
-
-def iter_weights(contribution: Contribution) -> Iterator[UploadedTensor]:
-    """The contribution's model-update tensors."""
-    return (tensor for tensor in contribution.tensors if tensor.role == TensorRole.WEIGHTS)

@@ -29,7 +29,6 @@ class FederationMetrics(FederationListener):
     """Counters and histograms of what happens in the federation. Thread-safe."""
 
     def __init__(self, registry: CollectorRegistry, per_collaborator: bool = False) -> None:
-        self._per_collaborator = per_collaborator
         self.rounds_completed = Counter("fedagg_rounds_completed", "Rounds aggregated.", registry=registry)
         self.round_duration = Histogram(
             "fedagg_round_duration_seconds",

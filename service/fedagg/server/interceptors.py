@@ -50,14 +50,6 @@ class GrpcServerMetrics:
             registry=registry,
         )
 
-    def preregister(self, grpc_type: str, service: str, method: str) -> None:
-        """Create a method's series at zero so rates exist before the first call."""
-        labels = (grpc_type, service, method)
-        for metric in (self.started, self.received, self.sent):
-            metric.labels(*labels)
-        self.handled.labels(*labels, grpc.StatusCode.OK.name)
-        self.handling.labels(*labels)
-
 
 class _CountingContext:
     """A servicer context that counts messages written with ``context.write``."""
