@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit protos bench system-deps clean
+.PHONY: demo test lint typecheck protos bench image system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 system-deps:
 	bash scripts/install-system-deps
+	bash scripts/install-container-tools
+
+image: $(STAMP)
+	bash scripts/build-image
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -106,9 +106,10 @@ def build_aggregator(
         extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
         observer=metrics,
     )
-    aggregator = Aggregator(
-        config, federation, server, health, registry, metrics, _hooks(config, kubernetes_client), grpc_metrics
-    )
+    hooks = _hooks(config, kubernetes_client)
+    for hook in hooks:
+        metrics.hook_configured(hook.name)
+    aggregator = Aggregator(config, federation, server, health, registry, metrics, hooks, grpc_metrics)
     registry.register(FederationStateCollector(federation.describe, lambda: aggregator.draining))
     return aggregator
 

@@ -222,7 +222,9 @@ class HooksSettings:
 class StorageSettings:
     """Durable state and published models."""
 
-    state_dir: Path = setting(Path("state"), help="checkpoints, kept models and spooled uploads (a PVC)")
+    state_dir: Path = setting(
+        Path("/var/lib/fedagg"), help="checkpoints, kept models and spooled uploads (a PVC)"
+    )
     best_model: Path | None = setting(None, help="best model .pbuf; default <state_dir>/best.pbuf")
     last_model: Path | None = setting(None, help="last model .pbuf; default <state_dir>/last.pbuf")
 

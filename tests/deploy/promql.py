@@ -39,7 +39,7 @@ VARIABLES = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$job": ".+",
 #: Each key names the event; a run that provokes it (e.g. one collaborator with a rogue certificate, a hook
 #: command that exits 1) makes every expression reading these metrics return data.
 EVENT_SELECTORS = {
-    "auth_failure": ("fedagg_auth_failures_total", 'grpc_code="Unauthenticated"'),
+    "auth_failure": ("fedagg_auth_failures_total", "unauthenticated"),
     "hook_failure": ("fedagg_hook_failures_total",),
 }
 

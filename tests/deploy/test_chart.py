@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fedagg.config import parse_config
 
+from fedagg.config import load_config, parse_config
+from fedagg.openfl_plan import load_openfl_workspace
 from tests.conftest import require
 from tests.deploy import chart
 from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, RELEASE, ROOT, SCENARIOS, rendered, scenario_values
@@ -110,6 +111,29 @@ def test_the_rendered_config_is_a_valid_fedagg_config(scenario: str) -> None:
     assert parsed.server.port == 50051
 
 
+def test_the_rendered_openfl_config_is_valid_with_the_plan(tmp_path: Path) -> None:
+    objects = rendered("openfl")
+    data = objects.one("ConfigMap", f"{FULLNAME}-config")["data"]
+    mount = tmp_path / "openfl"  # as /etc/fedagg/openfl: plan.yaml and cols.yaml from the ConfigMap
+    mount.mkdir()
+    for name in ("fedagg.yaml", "plan.yaml", "cols.yaml"):
+        (mount / name).write_text(data[name])
+
+    overlay = load_openfl_workspace(mount / "plan.yaml", mount / "cols.yaml")
+    config = load_config(mount / "fedagg.yaml", environ={}, overlay=overlay)
+
+    assert config.federation.collaborators == ("collaborator1", "collaborator2")
+    assert config.federation.rounds_to_train == 2
+    assert config.federation.federation_uuid.startswith("plan.yaml_")
+    # The chart's paths win over the plan's workspace-relative ones (which would be inside the read-only mount).
+    assert str(config.federation.initial_model) == "/etc/fedagg/model/init.pbuf"
+    assert str(config.best_model_path) == "/var/lib/fedagg/best.pbuf"
+    assert str(config.last_model_path) == "/var/lib/fedagg/last.pbuf"
+    assert str(config.server.tls.certificate_dir) == "/etc/fedagg/tls"
+    assert (config.server.tls.certificate, config.server.tls.root_certificate) == ("tls.crt", "ca.crt")
+    assert config.server.port == 50051
+
+
 # --- ports, probes, config ----------------------------------------------------------------------------------------
 
 
@@ -182,7 +206,7 @@ def test_termination_grace_exceeds_fedagg_shutdown_budget(scenario: str) -> None
 def test_a_grace_period_below_fedagg_budget_is_refused() -> None:
     values = with_federation(terminationGracePeriodSeconds=20)
 
-    with pytest.raises(chart.helm().HelmError, match="must be larger than config.ops.grace_seconds"):
+    with pytest.raises(chart.helm().HelmError, match=r"must be larger than config\.ops\.grace_seconds"):
         chart.render_manifests(values)
 
 
@@ -262,7 +286,8 @@ def test_no_volume_is_mounted_with_subpath(scenario: str) -> None:
     for pod_spec in [objects.pod_spec] + [pod["spec"] for pod in objects.all("Pod")]:
         for container in pod_spec["containers"]:
             for mount in container.get("volumeMounts", []):
-                assert "subPath" not in mount and "subPathExpr" not in mount, mount
+                assert "subPath" not in mount, mount
+                assert "subPathExpr" not in mount, mount
 
 
 def test_cert_manager_certificate_fills_the_mounted_secret() -> None:
@@ -299,7 +324,8 @@ def test_rbac_grants_exactly_the_hook_verbs(scenario: str) -> None:
     role = objects.one("Role", FULLNAME)
     binding = objects.one("RoleBinding", FULLNAME)
     assert role["rules"] == HOOK_RULES
-    assert not objects.has("ClusterRole") and not objects.has("ClusterRoleBinding")
+    assert not objects.has("ClusterRole")
+    assert not objects.has("ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert objects.pod_spec["serviceAccountName"] == FULLNAME
@@ -311,7 +337,8 @@ def test_without_the_kubernetes_hook_there_is_no_role_and_no_token() -> None:
     objects = rendered("persistence-off")
 
     assert objects.config()["hooks"]["kubernetes"]["enabled"] == "false"
-    assert not objects.has("Role") and not objects.has("RoleBinding")
+    assert not objects.has("Role")
+    assert not objects.has("RoleBinding")
     assert objects.pod_spec["automountServiceAccountToken"] is False
 
 
@@ -609,3 +636,21 @@ def test_readme_lists_every_value() -> None:
 
     missing = [path for path in chart.leaf_paths(values) if f"`{path}`" not in readme]
     assert missing == []
+
+
+def test_the_openfl_workspace_example_values_install() -> None:
+    """deploy/examples/openfl-workspace-values.yaml plus --set-file openfl.plan/openfl.cols."""
+    values = yaml.safe_load((ROOT / "deploy/examples/openfl-workspace-values.yaml").read_text())
+    workspace = scenario_values("openfl")["openfl"]
+    values["openfl"].update(plan=workspace["plan"], cols=workspace["cols"])
+
+    report = chart.helm().lint(CHART, values, strict=True, namespace=NAMESPACE)
+    objects = render(values)
+
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    assert objects.one("Service")["spec"]["type"] == "LoadBalancer"
+    assert objects.volume("tls")["secret"]["secretName"] == "mnist-fedagg-tls"
+    assert "--openfl-plan" in objects.container["args"]
+    assert objects.one("PersistentVolumeClaim")["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep"
+    }

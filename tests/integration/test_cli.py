@@ -174,6 +174,7 @@ def write_config(directory: Path, pki_dir: Path, **extra: object) -> Path:
             "metrics_port": 0,
         },
         "hooks": {"kubernetes": {"enabled": "false"}},
+        "storage": {"state_dir": "state"},
         **extra,
     }
     path = directory / "fedagg.yaml"

@@ -46,8 +46,8 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
     assert (config.server.port, config.ops.port, config.ops.metrics_port) == (50051, 50052, 9090)
     assert config.server.tls.mode == TlsMode.MUTUAL
     assert config.ops.after_finish == AfterFinish.EXIT
-    assert config.storage.state_dir == Path("/etc/fedagg/state")
-    assert config.last_model_path == Path("/etc/fedagg/state/last.pbuf")
+    assert config.storage.state_dir == Path("/var/lib/fedagg")
+    assert config.last_model_path == Path("/var/lib/fedagg/last.pbuf")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from fedagg import __version__
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
+from fedagg.server.auth import REFUSAL_REASONS
 from fedagg.server.tls import CertificateBundle, CertificateError
 
 EXPERIMENT_STATES = ("pending", "in_progress", "finished", "draining")
@@ -99,6 +100,8 @@ class FederationMetrics(FederationListener):
         Info("fedagg_build", "Build information.", registry=registry).info({"version": __version__})
         for outcome in ("loaded", "rejected"):
             self.certificate_reloads.labels(outcome)
+        for reason in REFUSAL_REASONS:
+            self.auth_failures.labels(reason)
         self.checkpoint_failures.inc(0)
 
     # Federation events -------------------------------------------------------------------------------------
@@ -147,6 +150,10 @@ class FederationMetrics(FederationListener):
     def certificate_rejected(self, error: CertificateError) -> None:
         """A rotation was refused."""
         self.certificate_reloads.labels("rejected").inc()
+
+    def hook_configured(self, hook: str) -> None:
+        """Create a hook's failure series at zero, so that increase() sees its first failure."""
+        self.hook_failures.labels(hook)
 
     def hook_failed(self, hook: str) -> None:
         """A shutdown hook failed or timed out."""

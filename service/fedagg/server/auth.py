@@ -18,6 +18,16 @@ from fedagg.protocol import aggregator_pb2
 from fedagg.server.tls import TlsMode
 
 CLIENT_ID_METADATA = "client_id"
+REFUSAL_REASONS = (
+    "no_client_certificate",
+    "common_name_mismatch",
+    "unknown_collaborator",
+    "missing_sender",
+    "wrong_receiver",
+    "wrong_federation",
+    "wrong_single_cert_name",
+    "no_identity",
+)
 
 
 class IdentityError(Exception):

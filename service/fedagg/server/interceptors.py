@@ -17,6 +17,13 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# go-grpc-prometheus labels codes as Go's codes.Code.String() spells them (OK, InvalidArgument, Unauthenticated).
+GO_CODE_NAMES = {
+    code: "Canceled"
+    if code is grpc.StatusCode.CANCELLED
+    else "".join(part.capitalize() if part != "OK" else part for part in code.name.split("_"))
+    for code in grpc.StatusCode
+}
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
 
 
@@ -104,7 +111,7 @@ class _ObservedMethod:
         code = _code_of(error) or context.code() or grpc.StatusCode.OK
         handled = self._handled.get(code)
         if handled is None:
-            handled = self._handled[code] = self._metrics.handled.labels(*self._labels, code.name)
+            handled = self._handled[code] = self._metrics.handled.labels(*self._labels, GO_CODE_NAMES[code])
         handled.inc()
         self.handling.observe(time.perf_counter() - started)
 

@@ -1,0 +1,375 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "fedagg.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or the release name when it already contains the chart name.
+Truncated to 52 characters so that suffixes ("-tls", "-config", "-test-health") stay within 63.
+*/}}
+{{- define "fedagg.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart label value: <name>-<version>. */}}
+{{- define "fedagg.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every resource carries. */}}
+{{- define "fedagg.labels" -}}
+helm.sh/chart: {{ include "fedagg.chart" . }}
+{{ include "fedagg.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fedagg
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of the aggregator pod (stable across upgrades). */}}
+{{- define "fedagg.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fedagg.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: aggregator
+{{- end }}
+
+{{/* The ServiceAccount the pod runs as. */}}
+{{- define "fedagg.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fedagg.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: repository:tag or repository@digest. */}}
+{{- define "fedagg.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the Kubernetes shutdown hook may run (and so needs RBAC and a service account token). */}}
+{{- define "fedagg.kubeHook" -}}
+{{- if ne (toString .Values.config.hooks.kubernetes.enabled) "false" }}true{{- end }}
+{{- end }}
+
+{{/* Whether certificates are mounted (any TLS mode but insecure). */}}
+{{- define "fedagg.tlsEnabled" -}}
+{{- if ne .Values.config.server.tls.mode "insecure" }}true{{- end }}
+{{- end }}
+
+{{/* Name of the kubernetes.io/tls secret holding tls.crt, tls.key and ca.crt. */}}
+{{- define "fedagg.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "fedagg.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* Name of the state PersistentVolumeClaim. */}}
+{{- define "fedagg.claimName" -}}
+{{- default (printf "%s-state" (include "fedagg.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* In-cluster DNS name of the Service. */}}
+{{- define "fedagg.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "fedagg.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+Paths inside the container. Every volume is mounted as a whole directory (no subPath anywhere), so that a
+rotated certificate reaches the pod; the config therefore lives in /etc/fedagg/config/ (the image's default
+command reads /etc/fedagg/fedagg.yaml; the chart passes --config explicitly).
+*/}}
+{{- define "fedagg.configDir" -}}/etc/fedagg/config{{- end }}
+{{- define "fedagg.tlsDir" -}}/etc/fedagg/tls{{- end }}
+{{- define "fedagg.openflDir" -}}/etc/fedagg/openfl{{- end }}
+{{- define "fedagg.modelDir" -}}/etc/fedagg/model{{- end }}
+{{- define "fedagg.stateDir" -}}/var/lib/fedagg{{- end }}
+
+{{/* What fedagg does after the experiment: a Job exits (and completes), a Deployment stays up read-only. */}}
+{{- define "fedagg.afterFinish" -}}
+{{- if eq .Values.workload "Deployment" }}stay{{- else }}exit{{- end }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: larger than fedagg's own shutdown budget (ops.grace_seconds). */}}
+{{- define "fedagg.terminationGracePeriodSeconds" -}}
+{{- $grace := .Values.config.ops.grace_seconds | float64 }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add (ceil $grace | int) 5 }}
+{{- else }}
+{{- if le (.Values.terminationGracePeriodSeconds | float64) $grace }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be larger than config.ops.grace_seconds (%v): the kubelet would kill fedagg in the middle of its shutdown" .Values.terminationGracePeriodSeconds .Values.config.ops.grace_seconds) }}
+{{- end }}
+{{- .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The fedagg configuration file: config.* from the values plus the keys the chart owns (ports, addresses,
+certificate directory, state directory, after_finish), so that probes, Service and config always agree.
+*/}}
+{{- define "fedagg.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- /* With an OpenFL plan, the plan supplies the federation; only the initial model's path is given here. */}}
+{{- $federation := $config.federation }}
+{{- if .Values.initialModel.existingConfigMap }}
+{{- $_ := set $federation "initial_model" (printf "%s/%s" (include "fedagg.modelDir" .) .Values.initialModel.key) }}
+{{- else if .Values.initialModel.path }}
+{{- $_ := set $federation "initial_model" .Values.initialModel.path }}
+{{- end }}
+{{- if not $federation }}
+{{- $_ := unset $config "federation" }}
+{{- end }}
+{{- $server := $config.server }}
+{{- $_ := set $server "bind_address" "[::]" }}
+{{- $_ := set $server "port" (.Values.containerPorts.federation | int) }}
+{{- if include "fedagg.tlsEnabled" . }}
+{{- $tls := $server.tls }}
+{{- $_ := set $tls "certificate_dir" (include "fedagg.tlsDir" .) }}
+{{- $_ := set $tls "certificate" "tls.crt" }}
+{{- $_ := set $tls "private_key" "tls.key" }}
+{{- $_ := set $tls "root_certificate" "ca.crt" }}
+{{- end }}
+{{- $ops := $config.ops }}
+{{- $_ := set $ops "bind_address" "[::]" }}
+{{- $_ := set $ops "port" (.Values.containerPorts.ops | int) }}
+{{- $_ := set $ops "metrics_bind_address" "[::]" }}
+{{- $_ := set $ops "metrics_port" (.Values.containerPorts.metrics | int) }}
+{{- $_ := set $ops "after_finish" (include "fedagg.afterFinish" .) }}
+{{- $kubeHook := $config.hooks.kubernetes }}
+{{- $_ := set $kubeHook "enabled" (toString $kubeHook.enabled) }}
+{{- $storage := $config.storage }}
+{{- $_ := set $storage "state_dir" (include "fedagg.stateDir" .) }}
+{{- /* Explicit model paths: an OpenFL plan's best/last_state_path would point into the read-only plan mount. */}}
+{{- range $key, $file := dict "best_model" "best.pbuf" "last_model" "last.pbuf" }}
+{{- if not (get $storage $key) }}
+{{- $_ := set $storage $key (printf "%s/%s" (include "fedagg.stateDir" $) $file) }}
+{{- end }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* The container's arguments. */}}
+{{- define "fedagg.args" -}}
+- serve
+- --config
+- {{ include "fedagg.configDir" . }}/fedagg.yaml
+{{- if .Values.openfl.enabled }}
+- --openfl-plan
+- {{ include "fedagg.openflDir" . }}/plan.yaml
+- --openfl-cols
+- {{ include "fedagg.openflDir" . }}/cols.yaml
+{{- end }}
+{{- with .Values.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The aggregator's pod template (shared by the Job and the Deployment). */}}
+{{- define "fedagg.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "fedagg.labels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  {{- if eq .Values.workload "Job" }}
+  restartPolicy: OnFailure
+  {{- else }}
+  restartPolicy: Always
+  {{- end }}
+  serviceAccountName: {{ include "fedagg.serviceAccountName" . }}
+  automountServiceAccountToken: {{ include "fedagg.kubeHook" . | eq "true" }}
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ include "fedagg.terminationGracePeriodSeconds" . }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- with .Values.initContainers }}
+  initContainers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: fedagg
+      image: {{ include "fedagg.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        {{- include "fedagg.args" . | nindent 8 }}
+      env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: POD_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        {{- with .Values.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with .Values.extraEnvFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - name: federation
+          containerPort: {{ .Values.containerPorts.federation }}
+          protocol: TCP
+        - name: ops
+          containerPort: {{ .Values.containerPorts.ops }}
+          protocol: TCP
+        - name: metrics
+          containerPort: {{ .Values.containerPorts.metrics }}
+          protocol: TCP
+      {{- with .Values.probes.startup }}
+      {{- if .enabled }}
+      startupProbe:
+        grpc:
+          port: {{ $.Values.containerPorts.ops }}
+          service: liveness
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.probes.readiness }}
+      {{- if .enabled }}
+      readinessProbe:
+        grpc:
+          port: {{ $.Values.containerPorts.ops }}
+          service: openfl.aggregator.Aggregator
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+        successThreshold: {{ .successThreshold }}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.probes.liveness }}
+      {{- if .enabled }}
+      livenessProbe:
+        grpc:
+          port: {{ $.Values.containerPorts.ops }}
+          service: liveness
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+      {{- end }}
+      {{- end }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: {{ include "fedagg.configDir" . }}
+          readOnly: true
+        {{- if .Values.openfl.enabled }}
+        - name: openfl
+          mountPath: {{ include "fedagg.openflDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if include "fedagg.tlsEnabled" . }}
+        - name: tls
+          mountPath: {{ include "fedagg.tlsDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if .Values.initialModel.existingConfigMap }}
+        - name: initial-model
+          mountPath: {{ include "fedagg.modelDir" . }}
+          readOnly: true
+        {{- end }}
+        - name: state
+          mountPath: {{ include "fedagg.stateDir" . }}
+        - name: tmp
+          mountPath: /tmp
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "fedagg.fullname" . }}-config
+        defaultMode: 0444
+        items:
+          - key: fedagg.yaml
+            path: fedagg.yaml
+    {{- if .Values.openfl.enabled }}
+    - name: openfl
+      configMap:
+        name: {{ include "fedagg.fullname" . }}-config
+        defaultMode: 0444
+        items:
+          - key: plan.yaml
+            path: plan.yaml
+          - key: cols.yaml
+            path: cols.yaml
+    {{- end }}
+    {{- if include "fedagg.tlsEnabled" . }}
+    - name: tls
+      secret:
+        secretName: {{ include "fedagg.tlsSecretName" . }}
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.initialModel.existingConfigMap }}
+    - name: initial-model
+      configMap:
+        name: {{ .Values.initialModel.existingConfigMap }}
+        defaultMode: 0440
+    {{- end }}
+    - name: state
+      {{- if .Values.persistence.enabled }}
+      persistentVolumeClaim:
+        claimName: {{ include "fedagg.claimName" . }}
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ .Values.persistence.emptyDir.sizeLimit }}
+      {{- end }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ .Values.tmpSizeLimit }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}

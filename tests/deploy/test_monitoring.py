@@ -1,0 +1,254 @@
+"""Prometheus rules (promtool check + unit tests) and the Grafana dashboard (well-formed, valid PromQL)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy import promql, tools
+from tests.deploy.chart import ROOT
+
+RULES_DIR = ROOT / "deploy" / "prometheus"
+
+#: The metric families fedagg exports (the product contract); any other name in a query is a typo.
+FEDAGG_METRICS = {
+    "grpc_server_started_total",
+    "grpc_server_handled_total",
+    "grpc_server_msg_received_total",
+    "grpc_server_msg_sent_total",
+    "grpc_server_handling_seconds",
+    "fedagg_round",
+    "fedagg_rounds_to_train",
+    "fedagg_rounds_completed_total",
+    "fedagg_round_duration_seconds",
+    "fedagg_collaborators",
+    "fedagg_task_results_total",
+    "fedagg_received_bytes_total",
+    "fedagg_sent_bytes_total",
+    "fedagg_aggregation_duration_seconds",
+    "fedagg_aggregated_metric",
+    "fedagg_auth_failures_total",
+    "fedagg_checkpoint_last_success_timestamp_seconds",
+    "fedagg_checkpoint_duration_seconds",
+    "fedagg_checkpoint_failures_total",
+    "fedagg_tls_certificate_expiry_timestamp_seconds",
+    "fedagg_certificate_reloads_total",
+    "fedagg_experiment_state",
+    "fedagg_hook_failures_total",
+    "fedagg_build_info",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "up",
+}
+HISTOGRAMS = {
+    "grpc_server_handling_seconds",
+    "fedagg_round_duration_seconds",
+    "fedagg_aggregation_duration_seconds",
+    "fedagg_checkpoint_duration_seconds",
+}
+LABELS = {
+    "fedagg_collaborators": {"state": {"authorized", "active", "done"}},
+    "fedagg_experiment_state": {"state": {"pending", "in_progress", "finished", "draining"}},
+    "fedagg_certificate_reloads_total": {"outcome": {"loaded", "rejected"}},
+    "fedagg_task_results_total": {"outcome": {"accepted", "ignored"}},
+}
+DASHBOARD_TOPICS = [
+    "Round progress",
+    "Collaborators",
+    "Throughput",
+    "Latency by method (p50)",
+    "Latency by method (p99)",
+    "Authentication failures",
+    "Model metrics by round",
+    "Certificate expiry",
+]
+
+
+def family(name: str) -> str:
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name.removesuffix(suffix) in HISTOGRAMS:
+            return name.removesuffix(suffix)
+    return name
+
+
+def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+
+
+# --- rules --------------------------------------------------------------------------------------------------------
+
+
+def test_promtool_checks_the_rules() -> None:
+    result = run(tools.promtool(), "check", "rules", str(RULES_DIR / "fedagg-rules.yaml"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout
+
+
+def test_promtool_unit_tests_of_the_rules_pass() -> None:
+    result = run(tools.promtool(), "test", "rules", "fedagg-rules.test.yaml", cwd=RULES_DIR)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_is_unit_tested_and_documented() -> None:
+    alerts = {rule["alert"]: rule for rule in promql.rules() if "alert" in rule}
+    tests = yaml.safe_load((RULES_DIR / "fedagg-rules.test.yaml").read_text())
+    tested = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+
+    assert set(alerts) == tested
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        assert rule["annotations"]["description"], name
+
+
+def test_the_alerts_cover_what_operators_need() -> None:
+    alerts = {rule["alert"] for rule in promql.rules() if "alert" in rule}
+
+    assert {
+        "FedaggAggregatorDown",
+        "FedaggRoundStalled",
+        "FedaggAuthenticationFailures",
+        "FedaggCertificateExpiringSoon",
+        "FedaggCheckpointFailing",
+    } <= alerts
+
+
+# --- dashboard ----------------------------------------------------------------------------------------------------
+
+
+def test_the_dashboard_is_well_formed() -> None:
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    panels = dashboard["panels"]
+
+    assert dashboard["uid"] == "fedagg-overview"
+    assert dashboard["title"] == "fedagg"
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["title"], panel["id"]
+        assert panel["description"], panel["id"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["job"]["allValue"] == ".+"
+
+
+def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
+    titles = {title for title, _ in promql.dashboard_targets()}
+
+    assert set(DASHBOARD_TOPICS) <= titles
+
+
+def test_every_panel_expression_is_extracted() -> None:
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    raw = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+    extracted = [
+        expression for title, expression in promql.dashboard_targets() if not title.startswith("variable ")
+    ]
+    assert extracted == raw
+    assert len(raw) >= 25
+
+
+# --- the expressions ----------------------------------------------------------------------------------------------
+
+
+def test_every_expression_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each expression (dashboard ones with their variables substituted) as a recording rule."""
+    expressions = promql.expressions()
+    rules = {
+        "groups": [
+            {
+                "name": "every-expression",
+                "rules": [
+                    {"record": f"check:expression_{index}", "expr": e.query}
+                    for index, e in enumerate(expressions)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "expressions.yaml"
+    path.write_text(yaml.safe_dump(rules))
+
+    result = run(tools.promtool(), "check", "rules", str(path))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_expressions_name_only_exported_metrics_and_labels() -> None:
+    for expression in promql.expressions():
+        for selector in promql.selectors(expression.query):
+            name = selector.split("{")[0]
+            assert family(name) in FEDAGG_METRICS, f"{expression.name}: unknown metric {name}"
+            for label, value in re.findall(r'(\w+)=~?"([^"]*)"', selector):
+                allowed = LABELS.get(family(name), {}).get(label)
+                if allowed is not None:
+                    assert value in allowed, f"{expression.name}: {label}={value!r}"
+
+
+def test_short_runs_fill_the_dashboard() -> None:
+    """Rates look back at most 1m once substituted (a 2-round test run is short); no range is longer than 1h."""
+    for expression in promql.expressions():
+        for window in re.findall(r"\[(\w+)\]", expression.query):
+            if expression.source == "dashboard":
+                assert window == "1m", f"{expression.name}: [{window}]"
+            else:
+                assert window in ("5m", "10m", "15m", "30m", "1h"), f"{expression.name}: [{window}]"
+
+
+def test_the_helper_returns_signals_and_selectors_for_alerts() -> None:
+    expressions = {(e.source, e.name): e for e in promql.expressions()}
+
+    down = expressions[("rules", "FedaggAggregatorDown signal")]
+    assert down.query == "up and on (job, instance) max_over_time(fedagg_build_info[1h])"
+    assert down.must_return_data()
+    assert not expressions[("rules", "FedaggAggregatorDown")].must_return_data()
+    auth = expressions[("rules", "FedaggAuthenticationFailures signal")]
+    assert auth.events == ("auth_failure",)
+    assert auth.must_return_data({"auth_failure"})
+    assert expressions[("rules", "FedaggCertificateExpiringSoon signal")].query == (
+        "fedagg_tls_certificate_expiry_timestamp_seconds - time()"
+    )
+    queries = {e.query for e in promql.expressions()}
+    assert 'fedagg_experiment_state{state="in_progress"}' in queries
+    assert "fedagg_hook_failures_total" in queries
+    assert not any("$" in query for query in queries)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        (
+            'sum(rate(fedagg_sent_bytes_total{job=~"$job"}[$__rate_interval]))',
+            ['fedagg_sent_bytes_total{job=~".+"}'],
+        ),
+        ("up == 0 and on (job) max_over_time(fedagg_build_info[1h])", ["up", "fedagg_build_info"]),
+        (
+            "histogram_quantile(0.9, sum by (le) (rate(grpc_server_handling_seconds_bucket[1m])))",
+            ["grpc_server_handling_seconds_bucket"],
+        ),
+    ],
+)
+def test_selectors_are_the_bare_metric_selectors(expression: str, expected: list[str]) -> None:
+    assert promql.selectors(expression) == expected
