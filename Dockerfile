@@ -26,7 +26,7 @@ COPY .cache/image/wheels/ /wheels/
 # 68 MB; fedagg uses the synchronous client). Every fedagg module is imported after the pruning, as a check.
 RUN python3 -m venv /opt/fedagg \
  && /opt/fedagg/bin/pip install --no-cache-dir --no-index --only-binary=:all: --find-links=/wheels \
-      "fedagg==${VERSION}" \
+      "fedagg[server]==${VERSION}" \
  && /opt/fedagg/bin/pip uninstall --yes --quiet pip setuptools \
  && site=/opt/fedagg/lib/python3.11/site-packages \
  && rm -rf "$site/kubernetes/aio" "$site/kubernetes/test" \

@@ -10,6 +10,9 @@ from fedagg import __version__
 from fedagg.cli import certs, collaborate, demo, models, observe, serve
 from fedagg.settings import ConfigError
 
+SERVER_EXTRA_MODULES = frozenset(
+    {"grpc_health", "grpc_reflection", "prometheus_client", "kubernetes", "yaml", "cryptography"}
+)
 EXAMPLES = """examples:
   fedagg demo                                          a federation end to end on this machine
   fedagg certs --out pki --collaborators one,two       a CA and certificates for a federation
@@ -44,6 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ConfigError as error:
         print(f"fedagg: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in SERVER_EXTRA_MODULES:
+            raise
+        print(
+            f"fedagg: {args.command} needs the aggregator's dependencies: pip install 'fedagg[server]' ({error})",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("fedagg: interrupted", file=sys.stderr)

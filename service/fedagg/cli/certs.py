@@ -7,7 +7,6 @@ import datetime
 from pathlib import Path
 
 from fedagg.cli.common import Commands, add_command
-from fedagg.pki import write_federation_pki
 
 
 def register(commands: Commands) -> None:
@@ -43,6 +42,8 @@ def _names(text: str) -> list[str]:
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from fedagg.pki import write_federation_pki
+
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"fedagg: {args.out} exists and is not empty; choose a new directory")
     collaborators = _names(args.collaborators)

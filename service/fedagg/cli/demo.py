@@ -14,14 +14,17 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedagg.app import Aggregator, build_aggregator, run_aggregator
 from fedagg.cli.common import Commands, add_command, table
 from fedagg.collaborator.reference import DatasetSpec, initial_weights
-from fedagg.config import Config, parse_config
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.store import publish_model
-from fedagg.pki import FederationPki, write_federation_pki
+
+if TYPE_CHECKING:
+    from fedagg.app import Aggregator
+    from fedagg.config import Config
+    from fedagg.pki import FederationPki
 
 FEDERATION_UUID = "demo_0123abcd"
 VALIDATE_GLOBAL = "aggregated_model_validation"
@@ -76,6 +79,9 @@ class Display:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from fedagg.app import build_aggregator
+    from fedagg.pki import write_federation_pki
+
     if args.collaborators < 1 or args.rounds < 1 or args.features < 1:
         raise SystemExit("fedagg: --collaborators, --rounds and --features must be positive")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="fedagg-demo-"))
@@ -100,6 +106,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _config(workdir: Path, names: list[str], rounds: int) -> Config:
+    from fedagg.config import parse_config
+
     data = {
         "federation": {
             "federation_uuid": FEDERATION_UUID,
@@ -171,6 +179,8 @@ class AggregatorThread(threading.Thread):
         self.exit_code: int | None = None
 
     def run(self) -> None:
+        from fedagg.app import run_aggregator
+
         try:
             self.exit_code = self._loop.run_until_complete(run_aggregator(self._aggregator, self._stop_event))
         finally:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from fedagg.app import build_aggregator, check_files, run_aggregator
 from fedagg.cli.common import Commands, add_command
-from fedagg.config import Config, LogFormat, load_config
-from fedagg.logs import configure_logging
-from fedagg.openfl_plan import load_openfl_workspace
+
+if TYPE_CHECKING:
+    from fedagg.config import Config
+
+LOG_FORMATS = ("text", "json")
 
 
 def register(commands: Commands) -> None:
@@ -30,7 +27,7 @@ def register(commands: Commands) -> None:
   fedagg serve --openfl-plan plan/plan.yaml --openfl-cols plan/cols.yaml --config ops.yaml""",
     )
     _add_config_options(serve)
-    serve.add_argument("--log-format", choices=[f.value for f in LogFormat], help="override logging.format")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="override logging.format")
     serve.set_defaults(handler=_serve)
 
     config = commands.add_parser("config", help="work with configuration files")
@@ -77,6 +74,9 @@ def _add_config_options(parser: argparse.ArgumentParser, positional: bool = Fals
 
 def load(args: argparse.Namespace) -> Config:
     """The configuration the options describe (a file, an OpenFL workspace, or both)."""
+    from fedagg.config import load_config
+    from fedagg.openfl_plan import load_openfl_workspace
+
     path = getattr(args, "config", None) or getattr(args, "file", None)
     overlay = None
     if args.openfl_plan or args.openfl_cols:
@@ -89,6 +89,13 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import replace
+
+    from fedagg.app import build_aggregator, run_aggregator
+    from fedagg.config import LogFormat
+    from fedagg.logs import configure_logging
+
     config = load(args)
     if args.log_format:
         config = replace(config, logging=replace(config.logging, format=LogFormat(args.log_format)))
@@ -97,6 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from fedagg.app import check_files
+
     config = load(args)
     check_files(config)
     plan = config.plan()
@@ -109,6 +118,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(args.address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
