@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import grpc
@@ -10,6 +11,7 @@ import pytest
 
 from fedagg.collaborator import AggregatorError, ClientTls, RetryPolicy
 from fedagg.protocol.model_file import read_model
+from fedagg.server import AggregatorGRPCServer
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.runners import expected_models, zero_model
@@ -153,3 +155,53 @@ def test_identity_failure_messages_say_what_is_wrong(tmp_path: Path, pki: Pki) -
         f"header.federation_uuid is 'another_fed'; this aggregator serves {FEDERATION_UUID!r}"
     )
     assert AGGREGATOR_UUID.startswith("aggregator_")
+
+
+def test_openfl_seed_api_serve_returns_after_every_quit_job(tmp_path: Path, pki: Pki) -> None:
+    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), zero_model())
+    server = AggregatorGRPCServer(
+        federation,
+        0,
+        use_tls=True,
+        require_client_auth=True,
+        root_certificate=str(pki.ca),
+        certificate=str(pki.server_dir / "tls.crt"),
+        private_key=str(pki.server_dir / "tls.key"),
+        bind_address="127.0.0.1",
+    )
+    serving_thread = threading.Thread(target=server.serve)
+    serving_thread.start()
+    for _ in range(600):  # until the server has bound its port (serve() binds inside its own event loop)
+        if server.accepting:
+            break
+        threading.Event().wait(0.05)
+
+    train(f"localhost:{server.port}", pki, SPECS)
+    serving_thread.join(timeout=30)
+
+    assert not serving_thread.is_alive()
+    assert federation.all_quit_jobs_sent
+    assert server.uri == f"127.0.0.1:{server.port}"
+    assert (server.use_tls, server.require_client_auth) == (True, True)
+    assert server.server is not None
+    assert server.server_credentials is not None
+    for method in (
+        "GetTasks",
+        "GetAggregatedTensor",
+        "SendLocalTaskResults",
+        "GetMetricStream",
+        "GetTrainedModel",
+        "GetExperimentDescription",
+        "check_request",
+        "get_header",
+        "get_server",
+        "serve",
+        "validate_collaborator",
+    ):
+        assert callable(getattr(server, method))
+    header = server.get_header("one")
+    assert (header.sender, header.receiver, header.federation_uuid) == (
+        AGGREGATOR_UUID,
+        "one",
+        FEDERATION_UUID,
+    )
