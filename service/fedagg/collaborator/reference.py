@@ -27,7 +27,7 @@ class DatasetSpec:
     classes: int = 10
     features: int = 32
     train_samples: int = 600
-    valid_samples: int = 200
+    valid_samples: int = 1000
     skew: float = 0.5
     noise: float = 2.5
     seed: int = 2024
@@ -81,7 +81,7 @@ class SoftmaxRegressionRunner:
     """A :class:`~fedagg.collaborator.runner.TaskRunner` for the synthetic task."""
 
     def __init__(
-        self, spec: DatasetSpec, site: int, epochs: int = 1, learning_rate: float = 0.02, batch_size: int = 32
+        self, spec: DatasetSpec, site: int, epochs: int = 1, learning_rate: float = 0.01, batch_size: int = 32
     ) -> None:
         self.spec = spec
         self.data = SiteData(spec, site)
