@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy import promql, tools
+from tests.deploy import promql
 from tests.deploy.chart import ROOT
+from tests.support.prometheus import promtool
 
 RULES_DIR = ROOT / "deploy" / "prometheus"
 
@@ -84,14 +85,14 @@ def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 
 
 def test_promtool_checks_the_rules() -> None:
-    result = run(tools.promtool(), "check", "rules", str(RULES_DIR / "fedagg-rules.yaml"))
+    result = run(promtool(), "check", "rules", str(RULES_DIR / "fedagg-rules.yaml"))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
-    result = run(tools.promtool(), "test", "rules", "fedagg-rules.test.yaml", cwd=RULES_DIR)
+    result = run(promtool(), "test", "rules", "fedagg-rules.test.yaml", cwd=RULES_DIR)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -191,7 +192,7 @@ def test_every_expression_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "expressions.yaml"
     path.write_text(yaml.safe_dump(rules))
 
-    result = run(tools.promtool(), "check", "rules", str(path))
+    result = run(promtool(), "check", "rules", str(path))
 
     assert result.returncode == 0, result.stdout + result.stderr
 

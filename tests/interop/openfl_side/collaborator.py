@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from openfl.component.collaborator.collaborator import Collaborator
 from openfl.federated.task.runner import TaskRunner
 from openfl.transport.grpc.aggregator_client import AggregatorGRPCClient
 from openfl.utilities import TensorKey, change_tags
+from watchdog import start_watchdog  # a sibling module: the script directory is on sys.path
 
 logger = logging.getLogger("openfl_side.collaborator")
 
@@ -181,21 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_watchdog(seconds: float, what: str) -> None:
-    """Hard-exit with status 3 after ``seconds``; OpenFL's client otherwise retries forever."""
-    if seconds <= 0:
-        return
-
-    def expire() -> None:
-        logger.error("%s: timed out after %s s", what, seconds)
-        logging.shutdown()
-        os._exit(3)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -203,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s {args.name} %(name)s %(levelname)s: %(message)s",
     )
-    start_watchdog(args.timeout, f"collaborator {args.name}")
+    start_watchdog(args.timeout, f"collaborator {args.name}", logger)
     if bool(args.cert) != bool(args.key) or (args.cert and not args.ca):
         raise SystemExit("--cert and --key go together, and need --ca")
 

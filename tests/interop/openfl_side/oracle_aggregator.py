@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +61,7 @@ from openfl.protocols import aggregator_pb2_grpc, utils
 from openfl.transport.grpc.aggregator_server import AggregatorGRPCServer
 from openfl.transport.grpc.grpc_channel_options import channel_options
 from openfl.utilities import TensorKey
+from watchdog import start_watchdog  # a sibling module: the script directory is on sys.path
 
 logger = logging.getLogger("openfl_side.oracle")
 
@@ -200,20 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_watchdog(seconds: float) -> None:
-    if seconds <= 0:
-        return
-
-    def expire() -> None:
-        logger.error("oracle aggregator: timed out after %s s", seconds)
-        logging.shutdown()
-        os._exit(3)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -221,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s oracle %(name)s %(levelname)s: %(message)s",
     )
-    start_watchdog(args.timeout)
+    start_watchdog(args.timeout, "oracle aggregator", logger)
     tls_files = [args.ca, args.cert, args.key]
     if any(tls_files) and not all(tls_files):
         raise SystemExit("--ca, --cert and --key go together")
