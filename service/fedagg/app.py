@@ -8,6 +8,10 @@ loaded, the state is restored and the federation port listens. The run ends in o
   mode, where models, metrics and status stay readable), the shutdown hooks run, and the process exits with
   ``ops.exit_code``;
 * SIGTERM/SIGINT: the server drains (:mod:`fedagg.ops.lifecycle`) and the process exits 0.
+
+While the federation cannot make progress (its state directory refuses writes, or a round end waits for a retry)
+readiness is NOT_SERVING; when the disk keeps refusing writes for ``storage.failure_exit_seconds`` the process
+exits with status 75 so that Kubernetes restarts it.
 """
 
 from __future__ import annotations
@@ -41,16 +45,19 @@ from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook, in_cluster_client, pod_identity, running_in_cluster
 from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
+from fedagg.ops.readiness import Readiness
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
-from fedagg.server.servicer import SERVICE_NAME, AggregatorGRPCServer
+from fedagg.server.servicer import SERVICE_NAME, AggregatorGRPCServer, ReceiveLimits
 from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
 FINISH_STOP_GRACE_SECONDS = 2.0
+STORAGE_FAILURE_EXIT_CODE = 75  # EX_TEMPFAIL
+STORAGE_WATCH_SECONDS = 5.0
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Aggregator:
     metrics: FederationMetrics
     hooks: list[ShutdownHook]
     grpc_metrics: GrpcServerMetrics
+    readiness: Readiness
     ops_port: int = 0
     metrics_port: int = 0
     draining: bool = False
@@ -79,9 +87,12 @@ def build_aggregator(
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    metrics = FederationMetrics(registry, per_collaborator=config.ops.per_collaborator_metrics)
+    plan = config.plan()
+    metrics = FederationMetrics(
+        registry, per_collaborator=config.ops.per_collaborator_metrics, tasks=plan.tasks
+    )
     federation = Federation(
-        config.plan(),
+        plan,
         _state_store(config),
         ModelOutputs(config.best_model_path, config.last_model_path),
         initial_model=_initial_model(config),
@@ -102,6 +113,12 @@ def build_aggregator(
         auth_failure_max_delay=server_settings.auth_failure_max_delay,
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
+        receive_limits=ReceiveLimits(
+            config.limits.header_bytes,
+            config.limits.field_bytes,
+            config.limits.tags_per_tensor,
+            config.limits.descriptor_bytes,
+        ),
         interceptors=[MetricsInterceptor(grpc_metrics)],
         extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
         observer=metrics,
@@ -109,7 +126,10 @@ def build_aggregator(
     hooks = _hooks(config, kubernetes_client)
     for hook in hooks:
         metrics.hook_configured(hook.name)
-    aggregator = Aggregator(config, federation, server, health, registry, metrics, hooks, grpc_metrics)
+    readiness = Readiness(health, lambda: federation.health.healthy)
+    aggregator = Aggregator(
+        config, federation, server, health, registry, metrics, hooks, grpc_metrics, readiness
+    )
     registry.register(FederationStateCollector(federation.describe, lambda: aggregator.draining))
     return aggregator
 
@@ -214,8 +234,9 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
         except (FederationError, ValueError, OSError) as error:
             log.error("cannot restore the federation state: %s", error)
             return 1
+        aggregator.federation.health.subscribe(aggregator.readiness.refresh_from_thread(loop))
         await aggregator.server.start()
-        await aggregator.health.set_ready(_ready_after_start(aggregator))
+        await aggregator.readiness.set_ready(_ready_after_start(aggregator))
         return await _serve_until_done(aggregator, stop)
     finally:
         await _stop_ops(aggregator)
@@ -228,8 +249,15 @@ def _ready_after_start(aggregator: Aggregator) -> bool:
 async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:
     finished = asyncio.create_task(aggregator.server.wait_for_quit_jobs())
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    disk = asyncio.create_task(_watch_storage(aggregator))
+    await asyncio.wait({finished, stopped, disk}, return_when=asyncio.FIRST_COMPLETED)
     finished.cancel()
+    if disk.done():
+        stopped.cancel()
+        await aggregator.readiness.set_ready(False)
+        await aggregator.server.stop(FINISH_STOP_GRACE_SECONDS)
+        return STORAGE_FAILURE_EXIT_CODE
+    disk.cancel()
     if not stopped.done():
         log.info("every collaborator has its quit job: the experiment is complete")
         await _finish(aggregator)
@@ -244,15 +272,32 @@ async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:
     aggregator.draining = True
     ops = aggregator.config.ops
     await drain(
-        aggregator.server, aggregator.health, drain_seconds=ops.drain_seconds, grace_seconds=ops.grace_seconds
+        aggregator.server,
+        aggregator.readiness,
+        drain_seconds=ops.drain_seconds,
+        grace_seconds=ops.grace_seconds,
     )
     return 0
+
+
+async def _watch_storage(aggregator: Aggregator) -> None:
+    """Return once the state directory has refused writes for ``storage.failure_exit_seconds`` (0: never)."""
+    limit = aggregator.config.storage.failure_exit_seconds
+    health = aggregator.federation.health
+    while limit <= 0 or health.storage_failing_for() < limit:
+        await asyncio.sleep(STORAGE_WATCH_SECONDS if limit <= 0 else min(STORAGE_WATCH_SECONDS, limit))
+    log.error(
+        "the state directory has refused writes for %.0fs (storage.failure_exit_seconds): exiting with "
+        "status %d so that the pod is restarted",
+        health.storage_failing_for(),
+        STORAGE_FAILURE_EXIT_CODE,
+    )
 
 
 async def _finish(aggregator: Aggregator) -> None:
     """The end of the experiment: readiness, then the hooks (the models are already written)."""
     if aggregator.config.ops.after_finish == AfterFinish.EXIT:
-        await aggregator.health.set_ready(False)
+        await aggregator.readiness.set_ready(False)
     federation, config = aggregator.federation, aggregator.config
     best = federation.best_score
     completion = Completion(

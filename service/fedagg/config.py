@@ -27,12 +27,21 @@ from fedagg.federation.plan import (
     StragglerPolicySpec,
     TaskGroup,
     TaskSpec,
+    UploadLimits,
     default_tasks,
 )
 from fedagg.server.tls import CertificateFiles, TlsMode
 from fedagg.settings import ConfigError, build, non_empty, non_negative, port_number, positive, setting
 
 ENV_PREFIX = "FEDAGG__"
+
+
+def _optional_positive(value: int | None) -> str | None:
+    return None if value is None else positive(value)
+
+
+def _optional_non_negative(value: int | None) -> str | None:
+    return None if value is None else non_negative(value)
 
 
 class LogFormat(StrEnum):
@@ -140,9 +149,40 @@ class ServerSettings:
     auth_failure_max_delay: float = setting(
         2.0, help="max random delay before refusing a caller", check=non_negative
     )
-    executor_workers: int = setting(4, help="threads for disk and encoding work")
+    executor_workers: int = setting(4, help="threads for disk and encoding work", check=positive)
     max_receive_message_bytes: int = setting(
-        64 << 20, help="largest incoming message (uploads are 2 MiB chunks)"
+        4 << 20,
+        help="largest incoming gRPC message (OpenFL sends uploads in 2 MiB chunks); "
+        "bounds what is read before a caller is known",
+        check=positive,
+    )
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """What one upload may make the aggregator hold or store; exceeding a limit refuses the upload."""
+
+    header_bytes: int = setting(
+        64 << 10,
+        help="bytes of an upload before its first tensor: all that is held before the sender is authenticated",
+        check=positive,
+    )
+    field_bytes: int = setting(
+        16 << 10, help="longest name, tag or metadata entry of an uploaded tensor", check=positive
+    )
+    tags_per_tensor: int = setting(32, help="most tags one uploaded tensor may carry", check=positive)
+    descriptor_bytes: int = setting(
+        4 << 20, help="all names, tags and shapes of one upload together", check=positive
+    )
+    upload_bytes: int | None = setting(
+        None,
+        help="largest upload (null: model size + extra_tensor_bytes + 16 MiB); a larger one is rejected",
+        check=_optional_positive,
+    )
+    extra_tensor_bytes: int | None = setting(
+        None,
+        help="data of tensors that are not in the model (optimizer state) per upload (null: 2 x model size)",
+        check=_optional_non_negative,
     )
 
 
@@ -227,6 +267,12 @@ class StorageSettings:
     )
     best_model: Path | None = setting(None, help="best model .pbuf; default <state_dir>/best.pbuf")
     last_model: Path | None = setting(None, help="last model .pbuf; default <state_dir>/last.pbuf")
+    failure_exit_seconds: float = setting(
+        900.0,
+        help="exit (status 75) when the state directory has refused writes this long, so Kubernetes "
+        "restarts the pod; 0 = keep retrying",
+        check=non_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -243,6 +289,7 @@ class Config:
 
     federation: FederationSettings = setting(help="")
     server: ServerSettings = setting(factory=ServerSettings, help="")
+    limits: LimitsSettings = setting(factory=LimitsSettings, help="")
     ops: OpsSettings = setting(factory=OpsSettings, help="")
     hooks: HooksSettings = setting(factory=HooksSettings, help="")
     storage: StorageSettings = setting(factory=StorageSettings, help="")
@@ -288,6 +335,7 @@ class Config:
                 single_col_cert_common_name=settings.single_col_cert_common_name,
                 sleep_seconds=settings.sleep_seconds,
                 rounds_kept=settings.rounds_kept,
+                limits=UploadLimits(self.limits.upload_bytes, self.limits.extra_tensor_bytes),
             )
         except PlanError as error:
             raise ConfigError(f"federation.{error.key}", error.value, error.expected) from None
@@ -297,7 +345,9 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
     """Build the configuration from parsed YAML plus environment overrides; resolve relative paths."""
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(
-            "(top level)", data, "a mapping of sections (federation, server, ops, hooks, storage, logging)"
+            "(top level)",
+            data,
+            "a mapping of sections (federation, server, limits, ops, hooks, storage, logging)",
         )
     merged = _with_environment(data or {}, environ or {})
     config: Config = _resolve_paths(build(Config, merged), base_dir)

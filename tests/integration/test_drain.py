@@ -124,7 +124,7 @@ def test_sigterm_during_an_upload_then_restart(tmp_path: Path, pki: Pki) -> None
         expected_models(list(SPECS.values()), 1)[-1],
         rtol=1e-6,
     )
-    records = json.loads((tmp_path / "state" / "metrics" / "round-000000.json").read_text())
+    records = json.loads((tmp_path / "state" / "metrics" / "round-000000.json").read_text())["body"]
     reported = [(r["origin"], r["task"]) for r in records if r["origin"] != "aggregator"]
     assert sorted(reported) == sorted((name, task) for name in COLLABORATORS for task in TASKS), (
         "every acknowledged result is counted exactly once"

@@ -11,6 +11,7 @@ import pytest
 
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
+from fedagg.protocol.wire import WireType, encode_varint, field_key
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.runners import zero_model
@@ -70,18 +71,39 @@ UPLOAD_CASES = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "stream ended inside tensor #0 'loss'",
     ),
-    "untagged tensor": (
-        upload([base_pb2.NamedTensor(name="w", tags=["trained"])]),
+    "huge header area": (
+        field_key(9, WireType.LEN) + encode_varint(100_000) + bytes(100_000) + upload([]),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "lacks the 'compressed' tag",
+        "exceeds limits.header_bytes (65536 bytes)",
     ),
+}
+
+
+CONTENT_CASES = {
+    "untagged tensor": (upload([base_pb2.NamedTensor(name="w", tags=["trained"])]), "rejected:codec"),
     "delta without base": (
         upload([encode_tensor("zz", np.ones(2), round_number=0, tags=["trained", "delta"])]),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "delta tensor 'zz' has no base",
+        "rejected:delta_base",
     ),
-    "unknown task": (upload([], task="fly"), grpc.StatusCode.INVALID_ARGUMENT, "TaskResults.task_name 'fly'"),
+    "NaN weights": (
+        upload([encode_tensor("w", np.full((2, 3), np.nan), round_number=0, tags=["trained"])]),
+        "rejected:non_finite",
+    ),
+    "unknown task": (upload([], task="fly"), "ignored:unknown_task"),
+    "wrong round": (upload([], round_number=7), "ignored:wrong_round"),
 }
+
+
+@pytest.mark.parametrize("case", list(CONTENT_CASES), ids=list(CONTENT_CASES))
+def test_unusable_content_is_answered_ok_and_excluded(server: ServerThread, stub: object, case: str) -> None:
+    """OpenFL 1.7.1 re-sends anything but OK in a hot loop: content that cannot improve gets OK, and is excluded."""
+    payload, verdict = CONTENT_CASES[case]
+
+    reply, call = stub.SendLocalTaskResults.with_call(chunks(payload, size=1 << 16))  # type: ignore[attr-defined]
+
+    assert reply.header.receiver == "one"
+    assert ("fedagg-contribution", verdict) in call.trailing_metadata()
+    assert [r for r in server.server.aggregator.metrics.history() if r.origin == "one"] == []
 
 
 @pytest.mark.parametrize("case", list(UPLOAD_CASES), ids=list(UPLOAD_CASES))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedagg.federation.federation import Admission, Federation
+from fedagg.federation.federation import Federation, Outcome, TaskReply
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
@@ -38,26 +38,25 @@ def submit(
     data_size: int,
     tensors: Sequence[base_pb2.NamedTensor],
     chunk: int = 1000,
-) -> Admission:
-    """Decode, admit, validate, spool and commit one upload; returns the final admission."""
+) -> Outcome:
+    """Admit, check, spool, seal and commit one upload as the servicer does; returns its outcome."""
     payload = task_results_bytes(collaborator, round_number, task, data_size, tensors)
     decoder = TaskResultsDecoder()
-    events = []
-    for start in range(0, len(payload), chunk):
-        events += decoder.feed(payload[start : start + chunk])
-    events += decoder.finish()
-    header = events[0]
-    assert isinstance(header, ResultsHeader)
+    events = [*decoder.feed(payload), *decoder.finish()]
+    header = next(event for event in events if isinstance(event, ResultsHeader))
     admission = federation.admit(collaborator, header)
     if not admission.accepted:
-        return admission
-    uploaded = tuple(
-        federation.check_tensor(admission, event) for event in events if isinstance(event, TensorRecord)
-    )
-    spool = federation.open_spool()
-    spool.write(payload)
-    spool.sync()
-    return federation.commit(admission, spool, uploaded)
+        federation.note_ignored(admission)
+        return Outcome(admission)
+    intake = federation.open_intake(admission)
+    for event in events:
+        if isinstance(event, TensorRecord):
+            intake.tensor(event)
+    view = memoryview(payload)
+    for start in range(0, len(payload), chunk):
+        intake.absorb(view[start : start + chunk], start)
+    federation.seal(intake)
+    return federation.commit(intake)
 
 
 def metric(name: str, value: float, round_number: int, *tags: str) -> base_pb2.NamedTensor:
@@ -83,7 +82,7 @@ def submit_training(
     size: int,
     shapes: dict[str, tuple[int, ...]],
     delta: bool = False,
-) -> Admission:
+) -> Outcome:
     """The train task's upload: a loss metric and every weight set to ``value``."""
     trained = [weights(name, value, shape, round_number, delta) for name, shape in shapes.items()]
     return submit(
@@ -122,3 +121,11 @@ def run_round(
             5,
             [metric("acc", value, round_number, "validate_local")],
         )
+
+
+def hand_out(federation: Federation, collaborator: str) -> TaskReply:
+    """GetTasks as the servicer answers it: a quit job is recorded before it is handed out."""
+    reply = federation.get_tasks(collaborator)
+    if reply.quit and not reply.quit_recorded:
+        federation.record_quit(collaborator)
+    return reply

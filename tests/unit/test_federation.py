@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedagg.federation.contribution import RejectionReason
 from fedagg.federation.errors import FailedPrecondition, InvalidRequest, NotFound
 from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.intake import IgnoreReason
 from fedagg.federation.plan import (
     AssignerKind,
     AssignerSpec,
@@ -22,7 +25,7 @@ from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
 from tests.support.servers import make_federation, make_plan
-from tests.support.uploads import TASKS, metric, run_round, submit, weights
+from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, weights
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
@@ -75,8 +78,11 @@ def test_quit_takes_priority_once_training_is_over(federation: Federation) -> No
     assert federation.finished
     reply = federation.get_tasks("one")
     assert (reply.quit, reply.tasks, reply.sleep_seconds, reply.round_number) == (True, (), 0, 2)
+    assert not reply.quit_recorded, "a quit job is recorded durably before it is handed out"
+    federation.record_quit("one")
+    assert federation.get_tasks("one").quit_recorded
     assert not federation.all_quit_jobs_sent
-    federation.get_tasks("two")
+    hand_out(federation, "two")
     assert federation.all_quit_jobs_sent
 
 
@@ -115,12 +121,12 @@ def test_wrong_round_and_duplicates_are_ignored_without_change(
     setup(federation)  # type: ignore[operator]
     before = federation.metrics.history()
 
-    admission = submit(
+    outcome = submit(
         federation, "one", round_number, TASKS[0], 5, [metric("acc", 9, round_number, "validate_agg")]
     )
 
-    assert not admission.accepted
-    assert reason in admission.ignored_because
+    assert not outcome.accepted
+    assert reason in outcome.admission.message
     assert federation.metrics.history() == before
 
 
@@ -128,78 +134,127 @@ def test_results_after_the_end_are_ignored(federation: Federation) -> None:
     for round_number in range(2):
         run_round(federation, round_number, {"one": (1.0, 10), "two": (2.0, 10)}, SHAPES)
 
-    admission = submit(federation, "one", 2, TASKS[0], 5, [metric("acc", 1, 2, "validate_agg")])
+    outcome = submit(federation, "one", 2, TASKS[0], 5, [metric("acc", 1, 2, "validate_agg")])
 
-    assert admission.ignored_because == "the experiment has finished"
+    assert outcome.admission.message == "the experiment has finished"
 
 
 @pytest.mark.parametrize(
-    ("task", "tensors", "error", "message"),
+    ("task", "tensors", "reason", "message"),
     [
-        ("nope", [], InvalidRequest, "not a task of this plan"),
         (
             TASKS[0],
             [encode_tensor("acc", np.zeros(2), round_number=0, tags=["metric"], report=True)],
-            InvalidRequest,
+            RejectionReason.METRIC_SHAPE,
             "metrics must be scalars",
         ),
         (
             TASKS[1],
             [weights("w", 1, (2, 3), 0).__class__(name="w", tags=["trained"])],
-            InvalidRequest,
+            RejectionReason.CODEC,
             "lacks the 'compressed' tag",
         ),
-        (TASKS[1], [weights("zz", 1, (2,), 0, delta=True)], InvalidRequest, "delta tensor 'zz' has no base"),
+        (
+            TASKS[1],
+            [weights("zz", 1, (2,), 0, delta=True)],
+            RejectionReason.DELTA_BASE,
+            "delta tensor 'zz' has no base",
+        ),
         (
             TASKS[1],
             [weights("w", 1, (3, 2), 0)],
-            InvalidRequest,
+            RejectionReason.SHAPE,
             r"shape \[3, 2\] but round 0's model has \[2, 3\]",
         ),
         (
             TASKS[1],
             [encode_tensor("w", np.zeros((2, 3)), round_number=0, tags=["model"])],
-            InvalidRequest,
+            RejectionReason.ROLE,
             "fedagg accepts metrics",
         ),
-        (TASKS[1], [weights("w", 1, (2, 3), 0), weights("w", 2, (2, 3), 0)], InvalidRequest, "repeats"),
+        (
+            TASKS[1],
+            [weights("w", 1, (2, 3), 0), weights("w", 2, (2, 3), 0)],
+            RejectionReason.DUPLICATE_TENSOR,
+            "repeats",
+        ),
+        (TASKS[1], [weights("w", np.nan, (2, 3), 0)], RejectionReason.NON_FINITE, "NaN or infinite"),
+        (TASKS[0], [metric("acc", np.inf, 0, "validate_agg")], RejectionReason.NON_FINITE, "'acc'"),
     ],
 )
-def test_bad_uploads_are_refused_and_change_nothing(
+def test_bad_uploads_are_rejected_recorded_and_never_enter_the_round(
     federation: Federation,
     task: str,
     tensors: list[base_pb2.NamedTensor],
-    error: type[Exception],
+    reason: RejectionReason,
     message: str,
 ) -> None:
-    with pytest.raises(error, match=message):
-        submit(federation, "one", 0, task, 10, tensors)
+    outcome = submit(federation, "one", 0, task, 10, tensors)
 
-    assert federation.get_tasks("one").tasks[0].name == TASKS[0]
+    assert outcome.rejected == reason
+    assert re.search(message, outcome.message)
+    assert task not in [t.name for t in federation.get_tasks("one").tasks], "the task counts as received"
     assert federation.metrics.history() == []
-    assert list((federation._store.root / "spool").rglob("*.results")) == []
+    spool = federation._store.root / "spool"
+    assert list(spool.rglob("*.results")) == []
+    assert len(list(spool.rglob("*.rejected"))) == 1, "the rejection is durable"
+    one = federation.describe().collaborators[0]
+    assert one.rejected_tasks == (task,)
 
 
-def test_negative_data_size_other_than_minus_one_is_refused(federation: Federation) -> None:
-    with pytest.raises(InvalidRequest, match="data_size is -5"):
-        submit(federation, "one", 0, TASKS[0], -5, [metric("acc", 1, 0, "validate_agg")])
+def test_a_rejected_upload_is_excluded_and_the_round_still_completes(federation: Federation) -> None:
+    submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
+    nan_weights = [metric("loss", 1, 0), weights("w", np.nan, (2, 3), 0), weights("b", 7, (3,), 0)]
+    assert submit(federation, "one", 0, TASKS[1], 10, nan_weights).rejected == RejectionReason.NON_FINITE
+    submit(federation, "one", 0, TASKS[2], 5, [metric("acc", 1, 0, "validate_local")])
+    run_round(federation, 0, {"two": (3.0, 30)}, SHAPES)
+
+    assert federation.round_number == 1
+    np.testing.assert_array_equal(model_value(federation, "w", 1), np.full((2, 3), 3.0))
+    np.testing.assert_array_equal(model_value(federation, "b", 1), np.full(3, 3.0))
 
 
-def test_an_upload_must_carry_the_same_tensors_as_the_others(federation: Federation) -> None:
-    submit(
-        federation,
-        "one",
-        0,
-        TASKS[1],
-        10,
-        [metric("loss", 1, 0), weights("w", 1, (2, 3), 0), weights("b", 1, (3,), 0)],
+def test_an_unknown_task_is_ignored(federation: Federation) -> None:
+    outcome = submit(federation, "one", 0, "nope", 10, [])
+
+    assert outcome.admission.ignored == IgnoreReason.UNKNOWN_TASK
+    assert "not a task of this plan" in outcome.admission.message
+
+
+def test_negative_data_size_other_than_minus_one_is_rejected(federation: Federation) -> None:
+    outcome = submit(federation, "one", 0, TASKS[0], -5, [metric("acc", 1, 0, "validate_agg")])
+
+    assert (outcome.rejected, outcome.message) == (
+        RejectionReason.DATA_SIZE,
+        "TaskResults.data_size is -5; expected the number of samples (>= 0) or -1",
     )
 
-    with pytest.raises(InvalidRequest, match=r"lacks \['b'\]"):
-        submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0), weights("w", 1, (2, 3), 0)])
+
+def test_uploads_are_checked_against_the_model_not_against_each_other(federation: Federation) -> None:
+    """Regression (layout poisoning): the first upload of a task no longer fixes what the others must send."""
+    first = [metric("accuracy", 1, 0, "validate_agg"), metric("bogus", 5, 0, "validate_agg")]
+    assert submit(federation, "one", 0, TASKS[0], 5, first).accepted
+    assert submit(federation, "two", 0, TASKS[0], 5, [metric("accuracy", 3, 0, "validate_agg")]).accepted
+    one_weight_only = [metric("loss", 1, 0), weights("w", 1, (2, 3), 0)]
+    assert submit(federation, "one", 0, TASKS[1], 10, one_weight_only).accepted
+    with_optimizer_state = [weights("w", 3, (2, 3), 0), weights("b", 3, (3,), 0), weights("opt", 9, (4,), 0)]
+    assert submit(federation, "two", 0, TASKS[1], 10, with_optimizer_state).accepted
+    for name in ("one", "two"):
+        submit(federation, name, 0, TASKS[2], 5, [metric("accuracy", 1, 0, "validate_local")])
+
+    assert federation.round_number == 1
+    np.testing.assert_array_equal(model_value(federation, "w", 1), np.full((2, 3), 2.0))
+    np.testing.assert_array_equal(model_value(federation, "b", 1), np.full(3, 3.0))
+    np.testing.assert_array_equal(model_value(federation, "opt", 1), np.full(4, 9.0))
+    aggregated = {
+        r.name: r.value
+        for r in federation.metrics.history()
+        if r.origin == "aggregator" and r.task == TASKS[0]
+    }
+    assert aggregated == {"accuracy": 2.0, "bogus": 5.0}
 
 
-def test_task_not_assigned_is_a_failed_precondition(tmp_path: Path) -> None:
+def test_a_task_not_assigned_is_ignored(tmp_path: Path) -> None:
     plan = make_plan(
         PAIR,
         1,
@@ -213,8 +268,10 @@ def test_task_not_assigned_is_a_failed_precondition(tmp_path: Path) -> None:
     )
     federation = make_federation(tmp_path, plan, zeros())
 
-    with pytest.raises(FailedPrecondition, match="not assigned to two"):
-        submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0)])
+    outcome = submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0)])
+
+    assert outcome.admission.ignored == IgnoreReason.NOT_ASSIGNED
+    assert "not assigned to two" in outcome.admission.message
 
 
 # Round end and stragglers -------------------------------------------------------------------------------------------
@@ -238,14 +295,14 @@ def test_cutoff_closes_the_round_with_stragglers_after_the_minimum(tmp_path: Pat
     run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
     clock.now += 61
 
-    federation.end_round_if_due()
+    federation.tick()
     assert federation.round_number == 0, "one collaborator done is below minimum_reporting"
 
     run_round(federation, 0, {"two": (3.0, 10)}, SHAPES)
     assert federation.round_number == 1
     np.testing.assert_allclose(model_value(federation, "w", 1), np.full((2, 3), 2.0))
     late = submit(federation, "three", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
-    assert "current round is 1" in late.ignored_because
+    assert "current round is 1" in late.admission.message
 
 
 def test_seconds_to_deadline_counts_from_the_first_task_handed_out(tmp_path: Path) -> None:

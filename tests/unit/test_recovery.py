@@ -12,7 +12,7 @@ from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import read_model
 from tests.support.servers import make_federation, make_plan
-from tests.support.uploads import TASKS, metric, run_round, submit, submit_training
+from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
@@ -50,7 +50,9 @@ def test_restart_mid_round_resumes_it_and_counts_each_contribution_once(tmp_path
     assert resumed.round_number == 0
     assert [task.name for task in resumed.get_tasks("two").tasks] == [TASKS[2]]
     assert resumed.get_tasks("one").sleep_seconds == 1
-    assert "already sent" in submit(resumed, "two", 0, TASKS[1], 30, [metric("loss", 3.0, 0)]).ignored_because
+    assert (
+        "already sent" in submit(resumed, "two", 0, TASKS[1], 30, [metric("loss", 3.0, 0)]).admission.message
+    )
     submit(resumed, "two", 0, TASKS[2], 5, [metric("acc", 3.0, 0, "validate_local")])
     assert resumed.round_number == 1
     np.testing.assert_array_equal(
@@ -91,7 +93,7 @@ def test_crash_during_the_round_end_redoes_it(tmp_path: Path) -> None:
 
 def test_partial_uploads_are_discarded_on_restart(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
-    partial = federation.open_spool()
+    partial = federation._store.spool.open()
     partial.write(b"half an upload")
 
     restart(tmp_path)
@@ -102,13 +104,14 @@ def test_partial_uploads_are_discarded_on_restart(tmp_path: Path) -> None:
 def test_quit_jobs_sent_survive_a_restart(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())
     run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
-    federation.get_tasks("one")
+    hand_out(federation, "one")
 
     resumed = restart(tmp_path, rounds=1)
 
     assert resumed.finished
     assert not resumed.all_quit_jobs_sent
-    resumed.get_tasks("two")
+    assert resumed.get_tasks("one").quit_recorded
+    hand_out(resumed, "two")
     assert resumed.all_quit_jobs_sent
 
 

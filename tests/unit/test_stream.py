@@ -10,9 +10,16 @@ import pytest
 
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
-from fedagg.protocol.results import ResultsEvent, ResultsHeader, TaskResultsDecoder
-from fedagg.protocol.stream import TensorRecord, TensorStreamDecoder
-from fedagg.protocol.wire import MalformedMessage, WireType, encode_varint, field_key
+from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
+from fedagg.protocol.stream import DecodeLimits, TensorRecord, TensorStreamDecoder
+from fedagg.protocol.wire import (
+    MalformedMessage,
+    WireType,
+    datastream_payload,
+    encode_varint,
+    field_key,
+    length_delimited_prefix,
+)
 
 
 def task_results(data_size: int = 10, weights: int = 6, round_number: int = 2) -> aggregator_pb2.TaskResults:
@@ -45,6 +52,8 @@ def decode_in_pieces(payload: bytes, cuts: list[int]) -> list[ResultsEvent]:
 
 
 def assert_matches(events: list[ResultsEvent], payload: bytes, expected: aggregator_pb2.TaskResults) -> None:
+    assert events[0] == SenderHeader(expected.header)
+    events = events[1:]
     assert isinstance(events[0], ResultsHeader)
     header = events[0]
     assert (header.header, header.round_number, header.task_name, header.data_size) == (
@@ -107,8 +116,32 @@ def test_header_is_reported_before_the_tensor_data_arrives() -> None:
 
     events = decoder.feed(payload[: first_tensor_starts + 6])
 
-    assert [type(event) for event in events] == [ResultsHeader]
-    assert events[0].data_size == 10  # type: ignore[union-attr]
+    assert [type(event) for event in events] == [SenderHeader, ResultsHeader]
+    assert events[1].data_size == 10  # type: ignore[union-attr]
+
+
+def test_sender_header_is_reported_as_soon_as_it_is_parsed() -> None:
+    payload = task_results().SerializeToString()
+    header_end = 2 + len(task_results().header.SerializeToString())
+    decoder = TaskResultsDecoder()
+
+    assert decoder.feed(payload[: header_end - 1]) == []
+    assert decoder.feed(payload[header_end - 1 : header_end]) == [SenderHeader(task_results().header)]
+
+
+def test_a_tensor_is_reported_when_its_data_begins() -> None:
+    expected = task_results(weights=100_000)
+    payload = expected.SerializeToString()
+    data_starts = payload.index(np.arange(4, dtype=np.float32).tobytes())
+    decoder = TaskResultsDecoder()
+
+    events = decoder.feed(payload[: data_starts + 8])
+
+    records = [event for event in events if isinstance(event, TensorRecord)]
+    assert [(record.name, record.data_offset, record.data_length) for record in records] == [
+        ("loss", payload.index(np.float32(0.25).tobytes()), 4),
+        ("w", data_starts, 400_000),
+    ]
 
 
 def test_decoder_never_buffers_tensor_data() -> None:
@@ -130,14 +163,14 @@ def test_upload_without_tensors_reports_header_at_end() -> None:
 
     events = decode_in_pieces(expected.SerializeToString(), [2])
 
-    assert events == [ResultsHeader(expected.header, 0, "t", 3)]
+    assert events == [SenderHeader(expected.header), ResultsHeader(expected.header, 0, "t", 3)]
 
 
 def test_negative_int32_fields_decode_as_protobuf_does() -> None:
     expected = task_results(data_size=-1, round_number=0)
     payload = expected.SerializeToString()
 
-    header = decode_in_pieces(payload, [5])[0]
+    header = decode_in_pieces(payload, [5])[1]
 
     assert isinstance(header, ResultsHeader)
     assert header.data_size == -1
@@ -187,10 +220,76 @@ def test_field_crossing_the_end_of_a_tensor_is_refused() -> None:
 
 
 def test_oversized_small_field_is_refused() -> None:
-    decoder = TensorStreamDecoder(tensor_field=5, max_field_bytes=100)
+    decoder = TensorStreamDecoder(tensor_field=5, limits=DecodeLimits(field_bytes=100))
 
     with pytest.raises(MalformedMessage, match="limit"):
         decoder.feed(field_key(3, WireType.LEN) + encode_varint(101))
+
+
+def test_unknown_fields_are_skipped_without_being_held() -> None:
+    decoder = TaskResultsDecoder(DecodeLimits(field_bytes=100))
+    decoder.feed(field_key(9, WireType.LEN) + encode_varint(50 << 20))
+
+    for _ in range(50):
+        decoder.feed(bytes(1 << 20))
+        assert len(decoder._decoder._pending) < 16
+
+    assert decoder.feed(task_results().SerializeToString())[0] == SenderHeader(task_results().header)
+
+
+def tensor_with_tags(count: int, size: int) -> bytes:
+    tensor = encode_tensor("w", np.zeros(2), round_number=0, tags=["trained"])
+    tensor.tags.extend("x" * size for _ in range(count))
+    return field_key(5, WireType.LEN) + encode_varint(tensor.ByteSize()) + tensor.SerializeToString()
+
+
+def test_too_many_tags_are_refused() -> None:
+    decoder = TaskResultsDecoder(DecodeLimits(tags_per_tensor=8))
+
+    with pytest.raises(MalformedMessage, match="more than 8 tags"):
+        decoder.feed(tensor_with_tags(8, 1))
+
+
+def test_the_descriptors_of_a_stream_are_bounded_in_total() -> None:
+    decoder = TaskResultsDecoder(DecodeLimits(field_bytes=1000, descriptor_bytes=10_000))
+    for _ in range(2):
+        decoder.feed(tensor_with_tags(4, 900))
+
+    with pytest.raises(MalformedMessage, match="exceed 10000 bytes"):
+        decoder.feed(tensor_with_tags(4, 900))
+
+
+def test_fields_after_a_tensors_data_are_refused() -> None:
+    tensor = encode_tensor("w", np.zeros(2), round_number=0, tags=["trained"]).SerializeToString()
+    late_tag = field_key(5, WireType.LEN) + encode_varint(1) + b"x"
+    payload = field_key(5, WireType.LEN) + encode_varint(len(tensor) + len(late_tag)) + tensor + late_tag
+
+    with pytest.raises(MalformedMessage, match="follows its data_bytes"):
+        TaskResultsDecoder().feed(payload)
+
+
+def test_unknown_fields_after_a_tensors_data_are_skipped() -> None:
+    tensor = encode_tensor("w", np.zeros(2), round_number=0, tags=["trained"]).SerializeToString()
+    extension = field_key(12, WireType.LEN) + encode_varint(2) + b"xy"
+    payload = field_key(5, WireType.LEN) + encode_varint(len(tensor) + len(extension)) + tensor + extension
+
+    events = decode_in_pieces(payload, [3])
+
+    assert [event.name for event in events if isinstance(event, TensorRecord)] == ["w"]
+
+
+@pytest.mark.parametrize("payload", [b"", b"abc", bytes(range(256)) * 10])
+def test_datastream_payload_is_read_without_a_protobuf_parse(payload: bytes) -> None:
+    message = base_pb2.DataStream(size=len(payload), npbytes=payload).SerializeToString()
+
+    assert bytes(datastream_payload(message)) == payload
+
+
+def test_datastream_payload_refuses_a_truncated_message() -> None:
+    message = length_delimited_prefix(2, 10) + b"short"
+
+    with pytest.raises(MalformedMessage, match="crosses the end"):
+        datastream_payload(message)
 
 
 def test_model_proto_decoding() -> None:

@@ -19,6 +19,10 @@ class FailedPrecondition(FederationError):
     """The request is well-formed but does not fit the federation's current state (FAILED_PRECONDITION)."""
 
 
+class StorageUnavailable(FederationError):
+    """The state directory refused a write or a read (disk full, I/O error): retry later (UNAVAILABLE)."""
+
+
 class PlanError(ValueError):
     """A federation plan that cannot run: names the setting, the value and what was expected."""
 

@@ -1,4 +1,4 @@
-"""What the federation core tells the outside world (metrics exporters, lifecycle hooks) as it runs."""
+"""What the federation core tells the outside world (metrics exporters, readiness, hooks) as it runs."""
 
 from __future__ import annotations
 
@@ -22,26 +22,39 @@ class RoundSummary:
 class FederationListener:
     """Receives federation events. Methods may be called from any thread and must return quickly.
 
-    The default implementation ignores everything; subclasses override what they need.
+    The default implementation ignores everything; subclasses override what they need. Labels passed as
+    ``reason``, ``operation`` or ``kind`` come from small fixed sets (safe as metric labels).
     """
 
     def round_started(self, round_number: int) -> None:
         """The first task of ``round_number`` was handed out."""
 
     def contribution_accepted(self, collaborator: str, task: str, round_number: int, size_bytes: int) -> None:
-        """An upload was made durable and folded into the round."""
+        """An upload was checked and made durable; it counts once its collaborator is done."""
 
     def contribution_ignored(self, collaborator: str, task: str, reason: str) -> None:
         """An upload was answered OK but not used (wrong round, duplicate, straggler, after the end)."""
 
+    def contribution_rejected(self, collaborator: str, task: str, reason: str) -> None:
+        """An upload was answered OK and excluded from the round because its content is unusable."""
+
+    def state_file_quarantined(self, kind: str) -> None:
+        """A corrupt file of the state directory was moved to ``quarantine/``."""
+
     def round_finished(self, summary: RoundSummary) -> None:
         """A round was aggregated and checkpointed."""
 
+    def round_end_failed(self, round_number: int) -> None:
+        """A round end could not be committed; it will be retried."""
+
     def checkpoint_saved(self, round_number: int, seconds: float) -> None:
-        """A round-boundary checkpoint was written."""
+        """A checkpoint was written."""
 
     def checkpoint_failed(self) -> None:
-        """A checkpoint could not be written (the error propagates to the caller)."""
+        """A checkpoint could not be written."""
+
+    def storage_failed(self, operation: str) -> None:
+        """The state directory refused an operation (``spool``, ``rejection``, ``round_end``, ``quit``, ...)."""
 
     def experiment_finished(self, final_round: int) -> None:
         """The last round was aggregated; from now on collaborators get quit jobs."""
@@ -60,11 +73,12 @@ class CollaboratorStatus:
     round_number: int
     current_task: str
     next_task: str
+    rejected_tasks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ExperimentStatus:
-    """The experiment as a whole, for GetExperimentDescription."""
+    """The experiment as a whole, for GetExperimentDescription and the metrics collector."""
 
     name: str
     status: str
@@ -74,3 +88,5 @@ class ExperimentStatus:
     collaborators: tuple[CollaboratorStatus, ...]
     tasks: tuple[tuple[str, str], ...]
     models: tuple[tuple[str, str], ...]
+    storage_failing: bool = False
+    round_end_failing: bool = False

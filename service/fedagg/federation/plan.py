@@ -86,6 +86,38 @@ class StragglerPolicySpec:
 
 
 @dataclass(frozen=True)
+class UploadLimits:
+    """How large an authenticated collaborator's upload may be; None derives the limit from the round's model.
+
+    ``extra_tensor_bytes`` bounds the data of tensors that are not in the model (optimizer state that OpenFL's
+    runners send as ``trained``); ``upload_bytes`` bounds a whole upload.
+    """
+
+    upload_bytes: int | None = None
+    extra_tensor_bytes: int | None = None
+
+    def resolve(self, model_bytes: int) -> ResolvedLimits:
+        """The limits for a round whose model holds ``model_bytes`` bytes of float32 data."""
+        extra = 2 * model_bytes if self.extra_tensor_bytes is None else self.extra_tensor_bytes
+        upload = (
+            model_bytes + extra + UPLOAD_OVERHEAD_BYTES if self.upload_bytes is None else self.upload_bytes
+        )
+        return ResolvedLimits(upload, extra)
+
+
+UPLOAD_OVERHEAD_BYTES = 16 << 20
+"""Room for metrics, names, tags and framing in the default upload limit."""
+
+
+@dataclass(frozen=True)
+class ResolvedLimits:
+    """Upload limits in bytes for one round."""
+
+    upload_bytes: int
+    extra_tensor_bytes: int
+
+
+@dataclass(frozen=True)
 class FederationPlan:
     """Everything the federation core needs to run an experiment. Validated on construction."""
 
@@ -100,6 +132,7 @@ class FederationPlan:
     single_col_cert_common_name: str = ""
     sleep_seconds: int = 10
     rounds_kept: int = 2
+    limits: UploadLimits = field(default_factory=UploadLimits)
 
     def __post_init__(self) -> None:
         _check_plan(self)
@@ -152,6 +185,10 @@ def _check_plan(plan: FederationPlan) -> None:
             raise PlanError(f"tasks.{key}", task.function, "a task with a function name")
     _check_assigner(plan)
     _check_stragglers(plan.stragglers, len(plan.collaborators))
+    for key in ("upload_bytes", "extra_tensor_bytes"):
+        value = getattr(plan.limits, key)
+        if value is not None and value < 0:
+            raise PlanError(f"limits.{key}", value, "a number of bytes (0 or more), or null for the default")
 
 
 def _check_identity(plan: FederationPlan) -> None:

@@ -2,143 +2,107 @@
 
 Layout::
 
-    checkpoint.json              round, best score, quit jobs sent: the commit point of every round end
-    models/round-000003.pbuf     the global model of each kept round (OpenFL ModelProto)
+    checkpoint.json              the committed state (round, best score, quit jobs, kept models' digests):
+                                 the commit point of every round end and quit job
+    checkpoint.prev.json         the checkpoint of the previous round boundary (recovery falls back to it)
+    models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
-    spool/incoming/              uploads being received
-    spool/round-000003/000001.results   acknowledged uploads of the current round, in commit order
+    spool/                       uploads of the open round and the one before it (:mod:`fedagg.federation.spool`)
+    quarantine/                  corrupt files moved aside, never deleted
 
-Every file is written atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
-either the old or the new version. An upload is acknowledged only after its spool file is renamed into its
-round's directory, so acknowledged contributions survive a crash and are replayed on restart.
+Every file is written atomically and checksummed (:mod:`fedagg.federation.integrity`), and verified when read
+back. Every method blocks on the disk: call them off the event loop.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fedagg.protocol.codec import Float32Array
-from fedagg.protocol.model_file import LoadedModel, read_model, write_model
+import numpy as np
 
-CHECKPOINT_FORMAT = 1
+from fedagg.federation.checkpoint import CHECKPOINT_RECORD, Checkpoint
+from fedagg.federation.files import (
+    atomic_copy,
+    atomic_write,
+    atomic_write_bytes,
+    durable_directory,
+    fsync_directory,
+    quarantine,
+)
+from fedagg.federation.integrity import (
+    CorruptFile,
+    FileDigest,
+    RunningDigest,
+    read_sealed_json,
+    seal_json,
+    verify_file,
+)
+from fedagg.federation.spool import Spool
+from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
+from fedagg.protocol.model_file import (
+    LoadedModel,
+    ModelFileError,
+    model_tensor_prefix,
+    read_model,
+    write_model,
+)
 
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` via a temporary sibling, fsync it and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with temporary.open("wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(path.parent)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Atomically replace ``path`` with ``payload``."""
-
-    def write(file: BinaryIO) -> None:
-        file.write(payload)
-
-    atomic_write(path, write)
+METRICS_RECORD = "fedagg/round-metrics/v1"
 
 
-def publish_model(path: Path, tensors: Mapping[str, Float32Array], round_number: int) -> None:
-    """Atomically write an OpenFL .pbuf model file."""
-    atomic_write(path, lambda file: write_model(file, tensors, round_number))
+class ModelWriter:
+    """Streams a model file tensor by tensor (and a tensor block by block), computing its digest."""
 
+    def __init__(self, file: BinaryIO, round_number: int) -> None:
+        self._file = file
+        self._round_number = round_number
+        self._digest = RunningDigest()
+        self._remaining = 0
+        self.names: list[str] = []
 
-class SpoolFile:
-    """An upload being written to disk as it arrives."""
+    def begin(self, name: str, shape: Shape) -> None:
+        """Start tensor ``name``; its float32 values follow through :meth:`write`."""
+        if self._remaining:
+            raise ValueError(f"tensor {self.names[-1]!r} is missing {self._remaining} bytes")
+        self._put(model_tensor_prefix(name, shape, self._round_number))
+        self._remaining = int(np.prod(shape, dtype=np.int64)) * FLOAT32.itemsize
+        self.names.append(name)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: BinaryIO | None = path.open("wb")
-        self.size = 0
+    def write(self, values: Float32Array) -> None:
+        """The next values (C order) of the current tensor."""
+        data = np.ascontiguousarray(values, dtype=FLOAT32).reshape(-1).view(np.uint8).data
+        if len(data) > self._remaining:
+            raise ValueError(f"tensor {self.names[-1]!r} received more values than its shape holds")
+        self._put(data)
+        self._remaining -= len(data)
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        """Append a chunk of the upload."""
-        assert self._file is not None
-        self._file.write(chunk)
-        self.size += len(chunk)
+    def add(self, name: str, values: Float32Array) -> None:
+        """A whole tensor."""
+        self.begin(name, values.shape)
+        self.write(values)
 
-    def sync(self) -> None:
-        """Flush and fsync; the file is complete after this."""
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+    def finish(self) -> FileDigest:
+        """The digest of everything written."""
+        if self._remaining:
+            raise ValueError(f"tensor {self.names[-1]!r} is missing {self._remaining} bytes")
+        return self._digest.digest()
 
-    def discard(self) -> None:
-        """Close and delete the file (the upload was refused or abandoned)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.path.unlink(missing_ok=True)
+    def _put(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._digest.update(data)
 
 
 @dataclass(frozen=True)
-class SpoolEntry:
-    """An acknowledged upload in a round's spool directory."""
+class CheckpointCandidate:
+    """A checkpoint file as found at start-up: its checkpoint, or why it cannot be used."""
 
-    sequence: int
     path: Path
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The federation state at a round boundary (plus quit jobs sent since)."""
-
-    federation_uuid: str
-    round_number: int
-    first_round: int
-    best_score: float | None
-    best_round: int | None
-    last_round: int | None
-    quit_sent: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {"format": CHECKPOINT_FORMAT, **asdict(self), "quit_sent": list(self.quit_sent)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: Path) -> Checkpoint:
-        """Parse a checkpoint; raise ValueError naming the file and the problem."""
-        if data.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{source}: checkpoint format {data.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        try:
-            return cls(
-                federation_uuid=str(data["federation_uuid"]),
-                round_number=int(data["round_number"]),
-                first_round=int(data["first_round"]),
-                best_score=None if data["best_score"] is None else float(data["best_score"]),
-                best_round=None if data["best_round"] is None else int(data["best_round"]),
-                last_round=None if data["last_round"] is None else int(data["last_round"]),
-                quit_sent=tuple(str(name) for name in data["quit_sent"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: malformed checkpoint ({error!r})") from None
+    checkpoint: Checkpoint | None
+    problem: str = ""
 
 
 class StateStore:
@@ -146,46 +110,41 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._incoming = root / "spool" / "incoming"
+        self.spool = Spool(root / "spool")
+        self.quarantine_dir = root / "quarantine"
+        self.on_quarantine: Callable[[str], None] = _ignore_kind
+        """Told the kind (``upload``, ``rejection``, ``close_decision``, ``checkpoint``, ``model``, ``metrics``)
+        of every file moved to quarantine."""
         self._models = root / "models"
         self._metrics = root / "metrics"
         self._checkpoint = root / "checkpoint.json"
-        for directory in (self._incoming, self._models, self._metrics):
-            directory.mkdir(parents=True, exist_ok=True)
+        self._previous = root / "checkpoint.prev.json"
 
-    # Spool --------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the directories (durably) and clear uploads left half-received by the last stop."""
+        for directory in (self._models, self._metrics):
+            durable_directory(directory)
+        self.spool.prepare()
 
-    def open_spool(self) -> SpoolFile:
-        """A new file for an upload that is arriving."""
-        return SpoolFile(self._incoming / f"{uuid.uuid4().hex}.part")
+    def has_state(self) -> bool:
+        """Whether a checkpoint exists (the directory is not new)."""
+        return self._checkpoint.exists() or self._previous.exists()
 
-    def accept_spool(self, spool: SpoolFile, round_number: int, sequence: int) -> SpoolEntry:
-        """Move a complete, synced upload into its round's directory; durable when this returns."""
-        directory = self._round_spool(round_number)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{sequence:06d}.results"
-        os.replace(spool.path, target)
-        fsync_directory(directory)
-        return SpoolEntry(sequence, target)
+    def quarantine(self, path: Path, reason: str, kind: str) -> Path:
+        """Move a corrupt file into ``quarantine/`` and report it."""
+        moved = quarantine(path, self.quarantine_dir, reason)
+        self.on_quarantine(kind)
+        return moved
 
-    def spooled(self, round_number: int) -> list[SpoolEntry]:
-        """The acknowledged uploads of a round, in commit order."""
-        directory = self._round_spool(round_number)
-        if not directory.is_dir():
-            return []
-        entries = [SpoolEntry(int(path.stem), path) for path in directory.glob("*.results")]
-        return sorted(entries, key=lambda entry: entry.sequence)
-
-    def drop_spool(self, keep_from_round: int) -> None:
-        """Delete spooled uploads of rounds before ``keep_from_round`` and any partial upload."""
-        for directory in (self.root / "spool").glob("round-*"):
-            if int(directory.name.removeprefix("round-")) < keep_from_round:
-                shutil.rmtree(directory)
-        for partial in self._incoming.glob("*.part"):
-            partial.unlink(missing_ok=True)
-
-    def _round_spool(self, round_number: int) -> Path:
-        return self.root / "spool" / f"round-{round_number:06d}"
+    def probe(self) -> None:
+        """Write, fsync and delete a small file: raises OSError while the disk refuses writes."""
+        probe = self.root / ".probe"
+        with probe.open("wb") as file:
+            file.write(b"fedagg storage probe\n")
+            file.flush()
+            os.fsync(file.fileno())
+        probe.unlink()
+        fsync_directory(self.root)
 
     # Models -------------------------------------------------------------------------------------------------
 
@@ -193,50 +152,99 @@ class StateStore:
         """Where the global model of ``round_number`` is kept."""
         return self._models / f"round-{round_number:06d}.pbuf"
 
-    def save_model(self, round_number: int, tensors: Mapping[str, Float32Array]) -> Path:
-        """Durably keep the global model of ``round_number``."""
+    def write_model(self, round_number: int, build: Callable[[ModelWriter], None]) -> FileDigest:
+        """Durably write the global model of ``round_number``, streamed by ``build``; return its digest."""
+        digests: list[FileDigest] = []
+
+        def write(file: BinaryIO) -> None:
+            writer = ModelWriter(file, round_number)
+            build(writer)
+            digests.append(writer.finish())
+
+        atomic_write(self.model_path(round_number), write)
+        return digests[0]
+
+    def load_model(self, round_number: int, digest: FileDigest) -> LoadedModel:
+        """Verify and map a kept model; raise :class:`CorruptFile` when it does not match its digest."""
         path = self.model_path(round_number)
-        publish_model(path, tensors, round_number)
-        return path
+        verify_file(path, digest)
+        try:
+            model = read_model(path)
+        except ModelFileError as error:
+            raise CorruptFile(str(error)) from None
+        if model.round_number != round_number:
+            raise CorruptFile(f"{path}: holds round {model.round_number}, expected {round_number}")
+        return model
 
-    def load_model(self, round_number: int) -> LoadedModel:
-        """Map a kept global model."""
-        return read_model(self.model_path(round_number))
+    def restore_model(self, round_number: int, digest: FileDigest, copies: list[Path]) -> bool:
+        """Replace a missing or corrupt kept model by the first of ``copies`` with the same digest."""
+        for copy in copies:
+            try:
+                verify_file(copy, digest)
+            except (CorruptFile, OSError):
+                continue
+            atomic_copy(copy, self.model_path(round_number))
+            return True
+        return False
 
-    def has_model(self, round_number: int) -> bool:
-        """Whether the global model of ``round_number`` is kept."""
-        return self.model_path(round_number).is_file()
+    def publish(self, round_number: int, target: Path) -> None:
+        """Atomically copy a kept model to a published path (best.pbuf, last.pbuf)."""
+        atomic_copy(self.model_path(round_number), target)
 
     def prune_models(self, keep_from_round: int) -> None:
         """Delete kept models of rounds before ``keep_from_round``."""
         for path in self._models.glob("round-*.pbuf"):
-            if int(path.stem.removeprefix("round-")) < keep_from_round:
+            number = path.stem.removeprefix("round-")
+            if number.isdigit() and int(number) < keep_from_round:
                 path.unlink(missing_ok=True)
 
     # Metrics ------------------------------------------------------------------------------------------------
 
     def save_round_metrics(self, round_number: int, records: list[dict[str, Any]]) -> None:
         """Durably keep the metrics of a finished round."""
-        atomic_write_bytes(self._metrics / f"round-{round_number:06d}.json", json.dumps(records).encode())
+        atomic_write_bytes(self._metrics_path(round_number), seal_json(METRICS_RECORD, records))
 
     def load_metrics(self, before_round: int) -> list[dict[str, Any]]:
-        """Metrics of every kept round before ``before_round``, in round order."""
+        """Metrics of every kept round before ``before_round``, in round order; corrupt files are quarantined."""
         records: list[dict[str, Any]] = []
         for path in sorted(self._metrics.glob("round-*.json")):
-            if int(path.stem.removeprefix("round-")) < before_round:
-                records.extend(json.loads(path.read_text()))
+            number = path.stem.removeprefix("round-")
+            if not number.isdigit() or int(number) >= before_round:
+                continue
+            try:
+                records.extend(read_sealed_json(path, METRICS_RECORD))
+            except CorruptFile as error:
+                self.quarantine(path, f"{error}; that round's metric history is lost", "metrics")
         return records
 
-    # Checkpoint ---------------------------------------------------------------------------------------------
+    def _metrics_path(self, round_number: int) -> Path:
+        return self._metrics / f"round-{round_number:06d}.json"
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Atomically replace the checkpoint."""
-        atomic_write_bytes(
-            self._checkpoint, json.dumps(checkpoint.to_json(), indent=1, sort_keys=True).encode()
-        )
+    # Checkpoints --------------------------------------------------------------------------------------------
 
-    def load_checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, or None for a fresh state directory."""
-        if not self._checkpoint.is_file():
-            return None
-        return Checkpoint.from_json(json.loads(self._checkpoint.read_text()), self._checkpoint)
+    def save_checkpoint(self, checkpoint: Checkpoint, *, new_round: bool) -> None:
+        """Atomically replace the checkpoint; at a new round the old one is kept as the previous one first."""
+        if new_round and self._checkpoint.exists():
+            atomic_copy(self._checkpoint, self._previous)
+        atomic_write_bytes(self._checkpoint, seal_json(CHECKPOINT_RECORD, checkpoint.to_json()))
+
+    def checkpoints(self) -> Iterator[CheckpointCandidate]:
+        """The current, then the previous checkpoint, each verified (missing ones are skipped)."""
+        for path in (self._checkpoint, self._previous):
+            if not path.exists():
+                continue
+            try:
+                checkpoint = Checkpoint.from_json(read_sealed_json(path, CHECKPOINT_RECORD), path)
+            except (CorruptFile, OSError) as error:
+                yield CheckpointCandidate(path, None, str(error))
+            else:
+                yield CheckpointCandidate(path, checkpoint)
+
+
+def publish_model(path: Path, tensors: Mapping[str, Float32Array], round_number: int) -> None:
+    """Atomically write an OpenFL .pbuf model file (a model made outside a federation: init, demo, tests)."""
+    atomic_write(path, lambda file: write_model(file, tensors, round_number))
+
+
+def _ignore_kind(kind: str) -> None:
+    """The default quarantine report: nobody listens."""

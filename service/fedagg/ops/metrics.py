@@ -8,8 +8,9 @@ can never drift from the truth.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
@@ -17,11 +18,19 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from fedagg import __version__
+from fedagg.federation.contribution import RejectionReason
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
+from fedagg.federation.intake import IgnoreReason
 from fedagg.server.auth import REFUSAL_REASONS
 from fedagg.server.tls import CertificateBundle, CertificateError
 
-EXPERIMENT_STATES = ("pending", "in_progress", "finished", "draining")
+log = logging.getLogger(__name__)
+
+EXPERIMENT_STATES = ("restoring", "pending", "in_progress", "finished", "draining")
+QUARANTINE_KINDS = ("upload", "rejection", "close_decision", "checkpoint", "model", "metrics")
+STORAGE_OPERATIONS = ("spool", "rejection", "round_end", "quit")
+BACKGROUND_TASKS = ("round_clock",)
+OTHER_TASK = "(not in the plan)"
 ROUND_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 WORK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, float("inf"))
 
@@ -29,7 +38,10 @@ WORK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, float("inf
 class FederationMetrics(FederationListener):
     """Counters and histograms of what happens in the federation. Thread-safe."""
 
-    def __init__(self, registry: CollectorRegistry, per_collaborator: bool = False) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, per_collaborator: bool = False, tasks: Collection[str] = ()
+    ) -> None:
+        self._tasks = frozenset(tasks)
         self.rounds_completed = Counter("fedagg_rounds_completed", "Rounds aggregated.", registry=registry)
         self.round_duration = Histogram(
             "fedagg_round_duration_seconds",
@@ -45,8 +57,43 @@ class FederationMetrics(FederationListener):
         )
         self.task_results = Counter(
             "fedagg_task_results",
-            "Task results received, by task and outcome.",
+            "Task results received, by task and outcome (accepted, ignored, rejected).",
             ["task", "outcome"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "fedagg_contributions_rejected",
+            "Uploads excluded from their round because their content is unusable, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "fedagg_contributions_ignored",
+            "Uploads answered OK but not used (wrong round, duplicate, straggler...), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.quarantined = Counter(
+            "fedagg_state_files_quarantined",
+            "Corrupt state files moved to quarantine/, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.round_end_failures = Counter(
+            "fedagg_round_end_failures",
+            "Round ends that could not be committed (retried).",
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "fedagg_storage_errors",
+            "Operations the state directory refused, by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.background_errors = Counter(
+            "fedagg_background_errors",
+            "Exceptions in background tasks (which keep running), by task.",
+            ["task"],
             registry=registry,
         )
         self.aggregated_metric = Gauge(
@@ -100,19 +147,46 @@ class FederationMetrics(FederationListener):
         Info("fedagg_build", "Build information.", registry=registry).info({"version": __version__})
         for outcome in ("loaded", "rejected"):
             self.certificate_reloads.labels(outcome)
-        for reason in REFUSAL_REASONS:
-            self.auth_failures.labels(reason)
+        for counter, labels in (
+            (self.auth_failures, REFUSAL_REASONS),
+            (self.rejected, tuple(RejectionReason)),
+            (self.ignored, tuple(IgnoreReason)),
+            (self.quarantined, QUARANTINE_KINDS),
+            (self.storage_errors, STORAGE_OPERATIONS),
+            (self.background_errors, BACKGROUND_TASKS),
+        ):
+            for label in labels:
+                counter.labels(label)
         self.checkpoint_failures.inc(0)
+        self.round_end_failures.inc(0)
 
     # Federation events -------------------------------------------------------------------------------------
 
     def contribution_accepted(self, collaborator: str, task: str, round_number: int, size_bytes: int) -> None:
-        self.task_results.labels(task, "accepted").inc()
+        self.task_results.labels(self._task(task), "accepted").inc()
         if self.collaborator_results is not None:
             self.collaborator_results.labels(collaborator, task).inc()
 
     def contribution_ignored(self, collaborator: str, task: str, reason: str) -> None:
-        self.task_results.labels(task, "ignored").inc()
+        self.task_results.labels(self._task(task), "ignored").inc()
+        self.ignored.labels(reason).inc()
+
+    def contribution_rejected(self, collaborator: str, task: str, reason: str) -> None:
+        self.task_results.labels(self._task(task), "rejected").inc()
+        self.rejected.labels(reason).inc()
+
+    def state_file_quarantined(self, kind: str) -> None:
+        self.quarantined.labels(kind).inc()
+
+    def round_end_failed(self, round_number: int) -> None:
+        self.round_end_failures.inc()
+
+    def storage_failed(self, operation: str) -> None:
+        self.storage_errors.labels(operation).inc()
+
+    def _task(self, task: str) -> str:
+        """A task label from the plan (a client's unknown task name must not create new series)."""
+        return task if task in self._tasks else OTHER_TASK
 
     def round_finished(self, summary: RoundSummary) -> None:
         self.rounds_completed.inc()
@@ -159,6 +233,10 @@ class FederationMetrics(FederationListener):
         """A shutdown hook failed or timed out."""
         self.hook_failures.labels(hook).inc()
 
+    def background_failed(self, task: str) -> None:
+        """A background task raised (and keeps running)."""
+        self.background_errors.labels(task).inc()
+
 
 class FederationStateCollector(Collector):
     """Gauges read from the federation at scrape time."""
@@ -168,7 +246,15 @@ class FederationStateCollector(Collector):
         self._draining = draining
 
     def collect(self) -> Iterator[Metric]:
-        status = self._status()
+        try:
+            status = self._status()
+            draining = self._draining()
+        except Exception:  # a collector must never fail a scrape
+            log.exception("reading the federation state for /metrics failed")
+            return
+        yield from self._families(status, draining)
+
+    def _families(self, status: ExperimentStatus, draining: bool) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "fedagg_round",
             "Current round (equals rounds to train once finished).",
@@ -183,9 +269,21 @@ class FederationStateCollector(Collector):
         entries = status.collaborators
         collaborators.add_metric(["authorized"], len(entries))
         collaborators.add_metric(["active"], sum(1 for c in entries if c.status == "training"))
-        collaborators.add_metric(["done"], sum(1 for c in entries if c.status in ("done", "quit")))
+        collaborators.add_metric(
+            ["done"], sum(1 for c in entries if c.status in ("done", "rejected", "quit"))
+        )
         yield collaborators
-        state = "draining" if self._draining() else status.status
+        yield GaugeMetricFamily(
+            "fedagg_storage_failing",
+            "1 while the state directory refuses writes (readiness is NOT_SERVING meanwhile).",
+            value=float(status.storage_failing),
+        )
+        yield GaugeMetricFamily(
+            "fedagg_round_end_failing",
+            "1 while a round end waits for a retry after a failure (readiness is NOT_SERVING meanwhile).",
+            value=float(status.round_end_failing),
+        )
+        state = "draining" if draining else status.status
         experiment = GaugeMetricFamily(
             "fedagg_experiment_state", "1 for the experiment's current state.", labels=["state"]
         )

@@ -8,6 +8,7 @@ file, so neither direction makes a second copy of the model in memory.
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from typing import BinaryIO
 import numpy as np
 
 from fedagg.protocol import base_pb2
-from fedagg.protocol.codec import FLOAT32, Float32Array, check_data_length, shape_from_metadata, tensor_header
+from fedagg.protocol.codec import (
+    FLOAT32,
+    Float32Array,
+    Shape,
+    check_data_length,
+    shape_from_metadata,
+    tensor_header,
+)
 from fedagg.protocol.stream import TensorRecord, TensorStreamDecoder
 from fedagg.protocol.wire import MalformedMessage, length_delimited_prefix
 
@@ -68,6 +76,19 @@ def write_model(stream: BinaryIO, tensors: Mapping[str, Float32Array], round_num
         stream.write(length_delimited_prefix(_MODEL_TENSORS, sum(len(part) for part in body)))
         for part in body:
             stream.write(part)
+
+
+def model_tensor_prefix(name: str, shape: Shape, round_number: int) -> bytes:
+    """Everything of a model file's tensor entry that precedes its data, whose float32 bytes must follow.
+
+    Writing this, then the tensor's values in C order, is byte for byte what :func:`write_model` writes, so a
+    tensor can be streamed into a model file block by block.
+    """
+    header = tensor_header(name, shape, round_number=round_number, tags=[MODEL_TAG]).SerializeToString()
+    data_bytes = math.prod(shape) * FLOAT32.itemsize
+    data_prefix = length_delimited_prefix(_DATA_BYTES, data_bytes) if data_bytes else b""
+    entry = len(header) + len(data_prefix) + data_bytes
+    return length_delimited_prefix(_MODEL_TENSORS, entry) + header + data_prefix
 
 
 def read_model(path: Path) -> LoadedModel:

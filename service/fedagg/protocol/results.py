@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError
 
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.stream import (
-    DEFAULT_MAX_FIELD_BYTES,
+    DecodeLimits,
     ScalarField,
     TensorRecord,
     TensorStart,
@@ -18,6 +18,14 @@ from fedagg.protocol.wire import MalformedMessage, as_int32
 
 # TaskResults field numbers (aggregator.proto).
 _HEADER, _ROUND, _TASK_NAME, _DATA_SIZE, _TENSORS = 1, 2, 3, 4, 5
+_SCALAR_FIELDS = frozenset({_HEADER, _ROUND, _TASK_NAME, _DATA_SIZE})
+
+
+@dataclass(frozen=True, slots=True)
+class SenderHeader:
+    """The TaskResults' MessageHeader, reported as soon as it is parsed, so the sender can be authenticated."""
+
+    header: aggregator_pb2.MessageHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +38,21 @@ class ResultsHeader:
     data_size: int
 
 
-ResultsEvent = ResultsHeader | TensorRecord
+ResultsEvent = SenderHeader | ResultsHeader | TensorRecord
 
 
 class TaskResultsDecoder:
     """Decode a serialized ``TaskResults`` fed in arbitrary chunks.
 
-    Emits one :class:`ResultsHeader` as soon as the first tensor begins (so an upload can be authorised before
-    its bulk arrives), or at the end for an upload without tensors, then a :class:`TensorRecord` per tensor.
-    Fields that follow the tensors are refused: every protobuf serializer writes them in field order.
+    Emits :class:`SenderHeader` as soon as the header field is parsed (so the sender is authenticated before
+    anything else is buffered), one :class:`ResultsHeader` as soon as the first tensor begins (so an upload can be
+    admitted before its bulk arrives), or at the end for an upload without tensors, then a :class:`TensorRecord`
+    per tensor. Fields that follow the tensors are refused: every protobuf serializer writes them in field order.
+    Unknown fields are skipped unread.
     """
 
-    def __init__(self, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) -> None:
-        self._decoder = TensorStreamDecoder(_TENSORS, max_field_bytes)
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self._decoder = TensorStreamDecoder(_TENSORS, limits, _SCALAR_FIELDS)
         self._header = aggregator_pb2.MessageHeader()
         self._round_number = 0
         self._task_name = ""
@@ -77,6 +87,8 @@ class TaskResultsDecoder:
                 out.append(event)
             else:
                 self._store(event)
+                if event.number == _HEADER:
+                    out.append(SenderHeader(self._header))
         return out
 
     def _results_header(self) -> ResultsHeader:

@@ -8,6 +8,12 @@ and length in the stream), so the caller can spool the raw stream to disk and ma
 
 The decoder is a push parser: feed it chunks split anywhere (inside a varint, a tag, a tensor header...) and it
 returns the events completed so far. It is not thread-safe; use one decoder per stream.
+
+Everything it keeps in memory is bounded by :class:`DecodeLimits`: the length of each small field, the number of
+tags and metadata entries per tensor, and the total of all small fields (names, tags, shapes) of the stream.
+Fields the caller does not ask for are skipped without being buffered. A tensor's small fields must precede its
+data (every protobuf serializer writes fields in number order), so a :class:`TensorRecord` is complete, and
+reported, as soon as the data begins: a receiver can check a tensor before its bulk arrives.
 """
 
 from __future__ import annotations
@@ -20,10 +26,20 @@ from google.protobuf.message import DecodeError
 from fedagg.protocol import base_pb2
 from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, as_int32, decode_varint
 
-DEFAULT_MAX_FIELD_BYTES = 1 << 20
-
 # NamedTensor field numbers (base.proto).
 _NAME, _ROUND, _LOSSLESS, _REPORT, _TAGS, _METADATA, _DATA = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on what a decoder holds in memory; exceeding one raises :class:`MalformedMessage`."""
+
+    field_bytes: int = 1 << 20
+    """Longest small field: a name, a tag, a metadata entry, a header."""
+    tags_per_tensor: int = 64
+    metadata_per_tensor: int = 8
+    descriptor_bytes: int = 64 << 20
+    """All small fields of the stream together (every tensor's name, tags and metadata)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +51,11 @@ class TensorStart:
 
 @dataclass(frozen=True, slots=True)
 class TensorRecord:
-    """A completely received NamedTensor: small fields decoded, data bytes located in the stream."""
+    """A NamedTensor whose small fields are decoded and whose data bytes are located in the stream.
+
+    Reported when the data begins (the data bytes may still be arriving), or at the tensor's end when it has no
+    data field.
+    """
 
     index: int
     name: str
@@ -89,17 +109,37 @@ class _TensorFields:
     data_offset: int = 0
     data_length: int = 0
 
+    def record(self, index: int) -> TensorRecord:
+        return TensorRecord(
+            index=index,
+            name=self.name,
+            round_number=self.round_number,
+            lossless=self.lossless,
+            report=self.report,
+            tags=tuple(self.tags),
+            metadata=tuple(self.metadata),
+            data_offset=self.data_offset,
+            data_length=self.data_length,
+        )
+
 
 class TensorStreamDecoder:
     """Push parser for a message whose field ``tensor_field`` is ``repeated NamedTensor``.
 
-    Other fields are reported as :class:`ScalarField` (unknown fixed-width fields are skipped). Length-delimited
-    fields other than tensor data may be at most ``max_field_bytes`` long.
+    The fields in ``scalar_fields`` (all others when None) are reported as :class:`ScalarField`; other fields are
+    skipped unread.
     """
 
-    def __init__(self, tensor_field: int, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) -> None:
+    def __init__(
+        self,
+        tensor_field: int,
+        limits: DecodeLimits | None = None,
+        scalar_fields: frozenset[int] | None = None,
+    ) -> None:
         self._tensor_field = tensor_field
-        self._max_field_bytes = max_field_bytes
+        self._limits = limits or DecodeLimits()
+        self._scalar_fields = scalar_fields
+        self._descriptor_bytes = 0
         self._pending = bytearray()
         self._position = 0
         self._events: list[Event] = []
@@ -205,10 +245,20 @@ class TensorStreamDecoder:
                 self._events.append(TensorStart(self._tensor_count))
                 self._tensor_count += 1
                 yield from self._parse_tensor(length)
-            else:
+            elif self._scalar_fields is None or number in self._scalar_fields:
                 value = yield from self._read_field(number, wire_type)
                 if value is not None:
                     self._events.append(ScalarField(number, value))
+            else:
+                yield from self._skip_field(number, wire_type)
+
+    def _skip_field(self, number: int, wire_type: int) -> Generator[_Request, int | bytes | None, None]:
+        if wire_type == WireType.LEN:
+            length = yield _Varint()
+            assert isinstance(length, int)
+            yield _Skip(length)
+        else:
+            yield from self._read_field(number, wire_type)
 
     def _read_field(
         self, number: int, wire_type: int
@@ -219,10 +269,16 @@ class TensorStreamDecoder:
         if wire_type == WireType.LEN:
             length = yield _Varint()
             assert isinstance(length, int)
-            if length > self._max_field_bytes:
+            limits = self._limits
+            if length > limits.field_bytes:
                 raise MalformedMessage(
-                    f"field {number} is {length} bytes long; the limit for non-tensor fields is "
-                    f"{self._max_field_bytes}"
+                    f"field {number} is {length} bytes long; the limit for fields other than tensor data is "
+                    f"{limits.field_bytes} bytes"
+                )
+            self._descriptor_bytes += length
+            if self._descriptor_bytes > limits.descriptor_bytes:
+                raise MalformedMessage(
+                    f"the names, tags and metadata of this message exceed {limits.descriptor_bytes} bytes"
                 )
             return (yield _Exact(length))
         if wire_type in (WireType.I64, WireType.I32):
@@ -236,10 +292,19 @@ class TensorStreamDecoder:
         index = self._tensor_count - 1
         end = self._position + length
         current = self._current = _TensorFields()
+        reported = False
         while self._position < end:
             key = yield _Varint()
             assert isinstance(key, int)
             number, wire_type = key >> 3, key & 7
+            if number > _DATA:
+                yield from self._skip_field(number, wire_type)
+                continue
+            if reported:
+                raise MalformedMessage(
+                    f"field {number} of tensor #{index} '{current.name}' follows its data_bytes; a tensor's "
+                    "fields must precede its data (as every protobuf serializer writes them)"
+                )
             if number == _DATA:
                 _expect_wire_type("NamedTensor.data_bytes", number, wire_type, WireType.LEN)
                 data_length = yield _Varint()
@@ -247,26 +312,32 @@ class TensorStreamDecoder:
                 current.data_offset, current.data_length = self._position, data_length
                 if self._position + data_length > end:
                     break
+                self._events.append(current.record(index))
+                reported = True
                 yield _Skip(data_length)
                 continue
             value = yield from self._read_field(number, wire_type)
-            _store_tensor_field(current, number, wire_type, value)
+            self._store_tensor_field(current, index, number, wire_type, value)
         if self._position != end:
             raise MalformedMessage(f"a field of tensor #{index} crosses the end of the tensor at byte {end}")
         self._current = None
-        self._events.append(
-            TensorRecord(
-                index=index,
-                name=current.name,
-                round_number=current.round_number,
-                lossless=current.lossless,
-                report=current.report,
-                tags=tuple(current.tags),
-                metadata=tuple(current.metadata),
-                data_offset=current.data_offset,
-                data_length=current.data_length,
+        if not reported:
+            self._events.append(current.record(index))
+
+    def _store_tensor_field(
+        self, current: _TensorFields, index: int, number: int, wire_type: int, value: int | bytes | None
+    ) -> None:
+        _store_tensor_field(current, number, wire_type, value)
+        limits = self._limits
+        if len(current.tags) > limits.tags_per_tensor:
+            raise MalformedMessage(
+                f"tensor #{index} '{current.name}' has more than {limits.tags_per_tensor} tags"
             )
-        )
+        if len(current.metadata) > limits.metadata_per_tensor:
+            raise MalformedMessage(
+                f"tensor #{index} '{current.name}' has more than {limits.metadata_per_tensor} "
+                "transformer_metadata entries"
+            )
 
 
 def _expect_wire_type(what: str, number: int, actual: int, expected: WireType) -> None:

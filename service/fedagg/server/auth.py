@@ -81,6 +81,18 @@ class Authenticator:
         self.check_request(header)
         return header.sender
 
+    def check_peer(self, common_name: str | None) -> None:
+        """Before reading an upload: under mutual TLS the certificate must be a collaborator's (not an observer's)."""
+        if self.mode != TlsMode.MUTUAL:
+            return
+        if common_name is None:
+            raise IdentityError("no_client_certificate", "no client certificate was presented")
+        allowed = {self.identity.single_col_cert_common_name} - {""} or self.identity.collaborators
+        if common_name not in allowed:
+            raise IdentityError(
+                "unknown_collaborator", f"certificate CN {common_name[:64]!r} may not upload task results"
+            )
+
     def validate_collaborator(self, header: aggregator_pb2.MessageHeader, common_name: str | None) -> None:
         """OpenFL's ``valid_collaborator_cn_and_id``: the certificate must vouch for ``header.sender``."""
         sender = _sender(header)

@@ -10,11 +10,21 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedagg.federation.errors import FailedPrecondition, FederationError, InvalidRequest, NotFound
+from fedagg.federation.errors import (
+    FailedPrecondition,
+    FederationError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+)
+from fedagg.federation.health import describe_os_error
 from fedagg.protocol.wire import MalformedMessage
 from fedagg.server.auth import IdentityError, ObserverDenied
 
 log = logging.getLogger(__name__)
+
+MAX_DETAILS_CHARACTERS = 1000
+"""Error details travel in gRPC metadata (8 KiB by default on clients): keep them well under that."""
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (IdentityError, grpc.StatusCode.UNAUTHENTICATED),
@@ -32,7 +42,7 @@ class Unavailable(Exception):
 
 def status_for(error: Exception) -> grpc.StatusCode | None:
     """The status code for a known error class, or None."""
-    if isinstance(error, Unavailable):
+    if isinstance(error, (Unavailable, StorageUnavailable)):
         return grpc.StatusCode.UNAVAILABLE
     for kind, code in _CODES:
         if isinstance(error, kind):
@@ -44,6 +54,12 @@ def status_for(error: Exception) -> grpc.StatusCode | None:
 
 async def abort_for(error: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
     """Abort the call with the status ``error`` deserves; unexpected errors become INTERNAL with an id."""
+    if isinstance(error, OSError):
+        log.error("%s failed on the disk: %s", method, describe_os_error(error))
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the aggregator cannot read its state ({describe_os_error(error)}); retry later",
+        )
     code = status_for(error)
     if code is None:
         incident = uuid.uuid4().hex[:12]
@@ -54,7 +70,14 @@ async def abort_for(error: Exception, context: grpc.aio.ServicerContext[Any, Any
         )
     else:
         log.debug("%s refused with %s: %s", method, code.name, error)
-        await context.abort(code, str(error))
+        await context.abort(code, bounded_details(str(error)))
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to :data:`MAX_DETAILS_CHARACTERS` (with a marker) so it always fits in the trailers."""
+    if len(message) <= MAX_DETAILS_CHARACTERS:
+        return message
+    return message[: MAX_DETAILS_CHARACTERS - 15] + " ... (truncated)"
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])

@@ -14,22 +14,23 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
 from fedagg.federation.errors import InvalidRequest, NotFound
-from fedagg.federation.events import ExperimentStatus
 from fedagg.federation.federation import Federation
 from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.serving import TensorRequest
-from fedagg.logs import set_log_context
-from fedagg.protocol import aggregator_pb2, base_pb2
-from fedagg.protocol.wire import length_delimited_prefix
+from fedagg.logs import in_current_context, set_log_context
+from fedagg.protocol import aggregator_pb2
+from fedagg.protocol.stream import DecodeLimits
+from fedagg.protocol.wire import datastream_payload
 from fedagg.server.auth import (
     Authenticator,
     FederationIdentity,
@@ -37,7 +38,16 @@ from fedagg.server.auth import (
     metadata_client_id,
     peer_common_name,
 )
-from fedagg.server.errors import Unavailable, stream_errors, unary_errors
+from fedagg.server.errors import stream_errors, unary_errors
+from fedagg.server.gate import CallGate
+from fedagg.server.replies import (
+    description_reply,
+    metric_reply,
+    tasks_reply,
+    tensor_reply,
+    trained_model_reply,
+)
+from fedagg.server.round_clock import RoundClock
 from fedagg.server.tls import CertificateFiles, CertificateSource, TlsMode
 from fedagg.server.upload import UploadReceiver
 
@@ -45,12 +55,26 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
-DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024
-_TENSOR_FIELD = 3  # GetAggregatedTensorResponse.tensor
-_MODEL_PROTO_FIELD = 1  # TrainedModelResponse.model_proto
+DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+CONTRIBUTION_METADATA = "fedagg-contribution"
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
-T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What an upload may make the server hold in memory (everything else streams to disk)."""
+
+    header_bytes: int = 64 * 1024
+    """Bytes before the first tensor: all that is held before the sender is authenticated."""
+    field_bytes: int = 16 * 1024
+    tags_per_tensor: int = 32
+    descriptor_bytes: int = 4 << 20
+    """All names, tags and shapes of one upload."""
+
+    def decode_limits(self) -> DecodeLimits:
+        """The decoder's view of these limits."""
+        return DecodeLimits(self.field_bytes, self.tags_per_tensor, 8, self.descriptor_bytes)
 
 
 def _serialize(reply: Message | bytes) -> bytes:
@@ -69,6 +93,9 @@ class ServerObserver:
 
     def bytes_sent(self, count: int) -> None:
         """A reply message of ``count`` bytes was serialized."""
+
+    def background_failed(self, task: str) -> None:
+        """A background task (``round_clock``) raised; it keeps running."""
 
 
 class AggregatorGRPCServer:
@@ -91,6 +118,7 @@ class AggregatorGRPCServer:
         extra_services: callables ``(server) -> service names`` that register more services (health).
         observer: a :class:`ServerObserver` told about refused callers and bytes on the wire.
         max_receive_message_bytes: largest incoming message (uploads arrive in chunks of 2 MiB).
+        receive_limits: a :class:`ReceiveLimits`, what an upload may make the server hold in memory.
     """
 
     def __init__(
@@ -123,6 +151,7 @@ class AggregatorGRPCServer:
         )
         self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
+        self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
         workers = int(kwargs.pop("executor_workers", 4))
         observers = frozenset(kwargs.pop("observers", ()))
         if kwargs:
@@ -147,11 +176,7 @@ class AggregatorGRPCServer:
         )
         self._io_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedagg-io")
         self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
-        self._accepting = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._cut = asyncio.Event()
+        self._gate = CallGate()
         self._all_quit = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -181,23 +206,19 @@ class AggregatorGRPCServer:
     @property
     def accepting(self) -> bool:
         """Whether federation calls are served (False before start and while draining)."""
-        return self._accepting
+        return self._gate.accepting
 
     def stop_accepting(self) -> None:
         """Answer new calls with UNAVAILABLE from now on (the first step of a drain)."""
-        self._accepting = False
+        self._gate.accepting = False
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False if ``timeout`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), max(timeout, 0))
-        except TimeoutError:
-            return False
-        return True
+        return await self._gate.wait_idle(timeout)
 
     def cut(self) -> None:
         """End uploads still arriving and metric streams with UNAVAILABLE (nothing half-applied)."""
-        self._cut.set()
+        self._gate.cut()
 
     def get_server(self) -> grpc.aio.Server:
         """Create the grpc.aio server with the Aggregator service, bound to :attr:`uri` (call inside a loop)."""
@@ -245,10 +266,11 @@ class AggregatorGRPCServer:
         """Bind and start serving."""
         server = self.server or self.get_server()
         await server.start()
-        self._accepting = True
+        self._gate.accepting = True
         if self.aggregator.all_quit_jobs_sent:
             self._all_quit.set()
-        self._background.append(asyncio.create_task(self._watch_deadlines()))
+        clock = RoundClock(self.aggregator, self._commit_executor, self._observer.background_failed)
+        self._background.append(asyncio.create_task(clock.run()))
         log.info("federation listening: federation=%s (%s)", self.uri, self.mode.value)
 
     async def wait_for_quit_jobs(self) -> None:
@@ -257,7 +279,7 @@ class AggregatorGRPCServer:
 
     async def stop(self, grace: float | None) -> None:
         """Stop serving; in-flight calls get ``grace`` seconds to finish. Waits for commits under way."""
-        self._accepting = False
+        self._gate.accepting = False
         for task in self._background:
             task.cancel()
         if self.server is not None:
@@ -278,45 +300,7 @@ class AggregatorGRPCServer:
 
         asyncio.run(run())
 
-    async def _watch_deadlines(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            remaining = self.aggregator.seconds_to_deadline()
-            if remaining is not None and remaining <= 0:
-                await loop.run_in_executor(self._commit_executor, self.aggregator.end_round_if_due)
-                remaining = (
-                    None  # not closable yet (too few reports): later uploads close it, or the next check
-                )
-            await asyncio.sleep(1.0 if remaining is None else min(1.0, remaining))
-
     # Calls ----------------------------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
-        """Admit a call (or refuse it with UNAVAILABLE) and count it as in flight."""
-        if not self._accepting:
-            raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-
-    async def _until_cut(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` unless the server cuts calls first (then raise UNAVAILABLE)."""
-        work = asyncio.ensure_future(awaitable)
-        cut = asyncio.ensure_future(self._cut.wait())
-        try:
-            done, _ = await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cut.cancel()
-        if work in done:
-            return work.result()
-        work.cancel()
-        raise Unavailable("the aggregator is shutting down; send again once it is back")
 
     async def _authenticate(self, header: aggregator_pb2.MessageHeader, context: ServerContext) -> str:
         try:
@@ -353,33 +337,22 @@ class AggregatorGRPCServer:
     @unary_errors
     async def GetTasks(self, request: aggregator_pb2.GetTasksRequest, context: ServerContext) -> Message:
         """Hand out the collaborator's tasks for the current round, or a sleep, or quit."""
-        async with self._call():
+        async with self._gate.call():
             collaborator = await self._authenticate(request.header, context)
             reply = self.aggregator.get_tasks(collaborator)
+            if reply.quit and not reply.quit_recorded:
+                record = in_current_context(self.aggregator.record_quit, collaborator)
+                await asyncio.get_running_loop().run_in_executor(self._commit_executor, record)
             if reply.quit and self.aggregator.all_quit_jobs_sent:
                 self._all_quit.set()
-            return aggregator_pb2.GetTasksResponse(
-                header=self.get_header(collaborator),
-                round_number=reply.round_number,
-                tasks=[
-                    aggregator_pb2.Task(
-                        name=task.name,
-                        function_name=task.function,
-                        task_type=task.task_type,
-                        apply_local=task.apply_local,
-                    )
-                    for task in reply.tasks
-                ],
-                sleep_time=reply.sleep_seconds,
-                quit=reply.quit,
-            )
+            return tasks_reply(self.get_header(collaborator), reply)
 
     @unary_errors
     async def GetAggregatedTensor(
         self, request: aggregator_pb2.GetAggregatedTensorRequest, context: ServerContext
     ) -> bytes:
         """Serve a global model tensor (``model`` form) or its change since the last round (``delta`` form)."""
-        async with self._call():
+        async with self._gate.call():
             collaborator = await self._authenticate(request.header, context)
             set_log_context(round_number=request.round_number)
             tensor_request = TensorRequest(
@@ -389,46 +362,59 @@ class AggregatorGRPCServer:
                 tuple(request.tags),
                 request.require_lossless,
             )
-            loop = asyncio.get_running_loop()
-            tensor = await loop.run_in_executor(
-                self._io_executor, self.aggregator.encoded_tensor, tensor_request
-            )
-            head = aggregator_pb2.GetAggregatedTensorResponse(
-                header=self.get_header(collaborator), round_number=request.round_number
-            ).SerializeToString()
-            return b"".join((head, length_delimited_prefix(_TENSOR_FIELD, len(tensor)), tensor))
+            header = self.get_header(collaborator)
+
+            def build() -> bytes:
+                return tensor_reply(
+                    header, request.round_number, self.aggregator.encoded_tensor(tensor_request)
+                )
+
+            return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
 
     @unary_errors
     async def SendLocalTaskResults(
-        self, request_iterator: AsyncIterator[base_pb2.DataStream], context: ServerContext
+        self, request_iterator: AsyncIterator[bytes], context: ServerContext
     ) -> Message:
         """Receive a collaborator's task results as a stream of chunks; acknowledge once they are durable."""
-        async with self._call():
+        async with self._gate.call():
+            self.authenticator.check_peer(peer_common_name(context))
 
             async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
                 return await self._authenticate(header, context)
 
-            receiver = UploadReceiver(self.aggregator, authenticate, self._io_executor, self._commit_executor)
-            await receiver.receive(self._chunks_until_cut(request_iterator))
+            limits = self._receive_limits
+            receiver = UploadReceiver(
+                self.aggregator,
+                authenticate,
+                self._io_executor,
+                self._commit_executor,
+                header_bytes=limits.header_bytes,
+                decode_limits=limits.decode_limits(),
+            )
+            outcome = await receiver.receive(self._payloads_until_cut(request_iterator))
+            if outcome.rejected is not None:
+                context.set_trailing_metadata(((CONTRIBUTION_METADATA, f"rejected:{outcome.rejected}"),))
+            elif not outcome.admission.accepted:
+                context.set_trailing_metadata(
+                    ((CONTRIBUTION_METADATA, f"ignored:{outcome.admission.ignored}"),)
+                )
             return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
 
-    async def _chunks_until_cut(
-        self, chunks: AsyncIterator[base_pb2.DataStream]
-    ) -> AsyncIterator[base_pb2.DataStream]:
+    async def _payloads_until_cut(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[memoryview]:
         iterator = aiter(chunks)
         while True:
             try:
-                yield await self._until_cut(anext(iterator))
+                message = await self._gate.until_cut(anext(iterator))
             except StopAsyncIteration:
                 return
+            yield datastream_payload(message)
 
     @stream_errors
     async def GetMetricStream(
         self, request: aggregator_pb2.GetMetricStreamRequest, context: ServerContext
     ) -> AsyncIterator[Message]:
         """Every metric so far, then live ones as they arrive; ends when the experiment has finished."""
-        if not self._accepting:
-            raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
+        self._gate.check_accepting()
         await self._authorize_observer(request.experiment_name, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[MetricRecord | None] = asyncio.Queue()
@@ -440,11 +426,11 @@ class AggregatorGRPCServer:
         history, closed, unsubscribe = self.aggregator.metrics.subscribe(deliver)
         try:
             for record in history:
-                yield _metric_reply(record)
+                yield metric_reply(record)
             if closed:
                 return
-            while (live := await self._until_cut(queue.get())) is not None:
-                yield _metric_reply(live)
+            while (live := await self._gate.until_cut(queue.get())) is not None:
+                yield metric_reply(live)
         finally:
             unsubscribe()
 
@@ -453,7 +439,7 @@ class AggregatorGRPCServer:
         self, request: aggregator_pb2.GetTrainedModelRequest, context: ServerContext
     ) -> bytes:
         """The best or last model as an OpenFL ModelProto with its real round number."""
-        async with self._call():
+        async with self._gate.call():
             await self._authorize_observer(request.experiment_name, context)
             kinds = aggregator_pb2.GetTrainedModelRequest
             if request.model_type not in (kinds.BEST_MODEL, kinds.LAST_MODEL):
@@ -461,21 +447,24 @@ class AggregatorGRPCServer:
                     f"GetTrainedModelRequest.model_type {request.model_type} is not BEST_MODEL (0) or LAST_MODEL (1)"
                 )
             path = self.aggregator.trained_model(best=request.model_type == kinds.BEST_MODEL)
-            model = await asyncio.get_running_loop().run_in_executor(self._io_executor, path.read_bytes)
-            return length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)) + model
+
+            def build() -> bytes:
+                return trained_model_reply(path.read_bytes())
+
+            return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
 
     @unary_errors
     async def GetExperimentDescription(
         self, request: aggregator_pb2.GetExperimentDescriptionRequest, context: ServerContext
     ) -> Message:
         """Status, progress, per-collaborator round and tasks, and model availability."""
-        async with self._call():
+        async with self._gate.call():
             await self._authorize_observer(request.name, context)
-            return _description(self.aggregator.describe())
+            return description_reply(self.aggregator.describe())
 
     def _handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         messages = aggregator_pb2
-        methods: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[bytes], Message]]] = {
+        methods: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[bytes], Any]]] = {
             "GetTasks": (
                 grpc.unary_unary_rpc_method_handler,
                 self.GetTasks,
@@ -489,7 +478,7 @@ class AggregatorGRPCServer:
             "SendLocalTaskResults": (
                 grpc.stream_unary_rpc_method_handler,
                 self.SendLocalTaskResults,
-                base_pb2.DataStream.FromString,
+                bytes,  # DataStream framing is read without copying its payload (datastream_payload)
             ),
             "GetMetricStream": (
                 grpc.unary_stream_rpc_method_handler,
@@ -513,8 +502,8 @@ class AggregatorGRPCServer:
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
-    def _counting_parser(self, parse: Callable[[bytes], Message]) -> Callable[[bytes], Message]:
-        def parse_counted(data: bytes) -> Message:
+    def _counting_parser(self, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def parse_counted(data: bytes) -> Any:
             self._observer.bytes_received(len(data))
             return parse(data)
 
@@ -524,41 +513,3 @@ class AggregatorGRPCServer:
         data = _serialize(reply)
         self._observer.bytes_sent(len(data))
         return data
-
-
-def _description(status: ExperimentStatus) -> aggregator_pb2.GetExperimentDescriptionResponse:
-    return aggregator_pb2.GetExperimentDescriptionResponse(
-        experiment=base_pb2.ExperimentDescription(
-            name=status.name,
-            status=status.status,
-            progress=status.progress,
-            total_rounds=status.total_rounds,
-            current_round=status.current_round,
-            download_statuses=base_pb2.DownloadStatuses(
-                models=[base_pb2.DownloadStatus(name=name, status=state) for name, state in status.models],
-                logs=[base_pb2.DownloadStatus(name="aggregator", status="ready")],
-            ),
-            collaborators=[
-                base_pb2.CollaboratorDescription(
-                    name=c.name,
-                    status=c.status,
-                    progress=c.progress,
-                    round=c.round_number,
-                    current_task=c.current_task,
-                    next_task=c.next_task,
-                )
-                for c in status.collaborators
-            ],
-            tasks=[base_pb2.TaskDescription(name=name, description=text) for name, text in status.tasks],
-        )
-    )
-
-
-def _metric_reply(record: MetricRecord) -> aggregator_pb2.GetMetricStreamResponse:
-    return aggregator_pb2.GetMetricStreamResponse(
-        metric_origin=record.origin,
-        task_name=record.task,
-        metric_name=record.name,
-        metric_value=record.value,
-        round=record.round_number,
-    )

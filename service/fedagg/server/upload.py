@@ -1,24 +1,35 @@
-"""Receiving one SendLocalTaskResults stream: authorise from the header, spool, validate, commit.
+"""Receiving one SendLocalTaskResults stream: authenticate from the header, check, spool, commit.
 
-The upload is decoded as its chunks arrive. The header precedes the tensors, so the sender is authenticated
-and the upload admitted (or marked to be ignored) before the bulk arrives. Accepted bytes go straight to a
-spool file; each tensor is validated as soon as its last byte is in. Only a complete, valid, fsynced upload is
-committed, and only after the commit is it acknowledged: a failure at any point leaves the round untouched.
+The upload is decoded as its chunks arrive, and nothing is held that has not been bounded:
+
+* before the TaskResults header authenticates the sender, and until the first tensor begins (the header area),
+  at most ``header_bytes`` are buffered; a stream that needs more is refused;
+* from admission on, bytes go straight to a spool file, each tensor is checked as soon as its data begins (name,
+  shape, size budget) and its values as they pass (finite), so an unusable upload is refused before its bulk is
+  spooled, and reading stops;
+* an upload is committed (accepted, or rejected with a durable record) only once it arrived whole and was synced,
+  and only after the commit is it acknowledged. A failure at any point leaves the round untouched.
+
+Uploads that are ignored (wrong round, duplicate, straggler) or rejected are answered OK at once, without reading
+the rest: OpenFL 1.7.1 clients re-send anything else in a hot loop, and the content cannot get better by being
+sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 
-from fedagg.federation.contribution import UploadedTensor
-from fedagg.federation.federation import Admission, Federation
-from fedagg.federation.store import SpoolFile
+from fedagg.federation.errors import InvalidRequest
+from fedagg.federation.federation import Federation, Outcome
+from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.logs import in_current_context, set_log_context
-from fedagg.protocol import aggregator_pb2, base_pb2
-from fedagg.protocol.results import ResultsEvent, ResultsHeader, TaskResultsDecoder
+from fedagg.protocol import aggregator_pb2
+from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
+from fedagg.protocol.stream import DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -34,75 +45,102 @@ class UploadReceiver:
         authenticate: Authenticate,
         io_executor: Executor,
         commit_executor: Executor,
+        *,
+        header_bytes: int,
+        decode_limits: DecodeLimits,
     ) -> None:
         self._federation = federation
         self._authenticate = authenticate
         self._io = io_executor
         self._commit = commit_executor
-        self._decoder = TaskResultsDecoder()
-        self._early_chunks: list[bytes] = []
-        self._spool: SpoolFile | None = None
-        self._tensors: list[UploadedTensor] = []
+        self._header_bytes = header_bytes
+        self._decoder = TaskResultsDecoder(decode_limits)
+        self._header_area = bytearray()
+        self._offset = 0
+        self._intake: UploadIntake | None = None
+        self._outcome: Outcome | None = None
         self.collaborator = ""
-        self.admission: Admission | None = None
-        self.received_bytes = 0
 
-    async def receive(self, chunks: AsyncIterator[base_pb2.DataStream]) -> Admission:
-        """Consume the stream and commit it; returns the final admission (accepted or ignored)."""
+    async def receive(self, chunks: AsyncIterator[memoryview]) -> Outcome:
+        """Consume the stream (or as much of it as needed) and commit it; return what became of it."""
         loop = asyncio.get_running_loop()
-        committed = False
         try:
-            async for chunk in chunks:
-                data = chunk.npbytes
-                if not data:
-                    continue
-                self.received_bytes += len(data)
-                events = self._decoder.feed(data)
-                if self._spool is not None:
-                    await loop.run_in_executor(self._io, self._spool.write, data)
-                elif self.admission is None:
-                    self._early_chunks.append(data)
-                await self._handle(events)
-            await self._handle(self._decoder.finish())
-            admission = self.admission
-            assert admission is not None
-            if self._spool is None:
-                return admission
-            await loop.run_in_executor(self._io, self._spool.sync)
-            tensors = tuple(self._tensors)
-            commit = in_current_context(self._federation.commit, admission, self._spool, tensors)
-            result = await loop.run_in_executor(self._commit, commit)
-            committed = True
-            return result
+            async for data in chunks:
+                if data and await self._take(data):
+                    break
+            else:
+                await self._handle(self._decoder.finish())
+                if self._outcome is None and self._intake is not None:
+                    await self._absorb(b"")
+            if self._outcome is not None:
+                return self._outcome
+            intake = self._intake
+            assert intake is not None, "a complete upload has been admitted"
+            await loop.run_in_executor(self._io, self._federation.seal, intake)
+            commit = in_current_context(self._federation.commit, intake)
+            outcome = await loop.run_in_executor(self._commit, commit)
+            self._intake = None
+            return outcome
         finally:
-            if self._spool is not None and not committed:
-                self._spool.discard()
+            if self._intake is not None:
+                with contextlib.suppress(RuntimeError):  # the executor is gone: the restart clears the file
+                    loop.run_in_executor(self._io, self._intake.discard)
+
+    async def _take(self, data: memoryview) -> bool:
+        """Process one chunk; True when the upload's fate is sealed and the rest need not be read."""
+        events = self._decoder.feed(data)
+        if self._intake is None:
+            self._header_area += data
+            if len(self._header_area) > self._header_bytes and not any(
+                isinstance(event, ResultsHeader) for event in events
+            ):
+                raise InvalidRequest(
+                    f"the upload's header area (everything before its first tensor) exceeds "
+                    f"limits.header_bytes ({self._header_bytes} bytes)"
+                )
+        await self._handle(events)
+        if self._outcome is not None:
+            return True
+        if self._intake is not None:
+            await self._absorb(data)
+        return self._intake is not None and self._intake.rejection is not None
+
+    async def _absorb(self, data: bytes | memoryview) -> None:
+        intake = self._intake
+        assert intake is not None
+        if self._header_area:
+            data, offset, self._header_area = memoryview(bytes(self._header_area)), 0, bytearray()
+        else:
+            offset = self._offset
+        self._offset = offset + len(data)
+        if data:
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, intake.absorb, memoryview(data), offset
+            )
 
     async def _handle(self, events: list[ResultsEvent]) -> None:
         for event in events:
-            if isinstance(event, ResultsHeader):
+            if isinstance(event, SenderHeader):
+                self.collaborator = await self._authenticate(event.header)
+            elif isinstance(event, ResultsHeader):
                 await self._admit(event)
-            elif self.admission is not None and self.admission.accepted:
-                self._tensors.append(self._federation.check_tensor(self.admission, event))
+            elif self._intake is not None:
+                self._intake.tensor(event)
 
     async def _admit(self, results: ResultsHeader) -> None:
-        self.collaborator = await self._authenticate(results.header)
-        set_log_context(round_number=results.round_number, task=results.task_name)
-        self.admission = self._federation.admit(self.collaborator, results)
-        if self.admission.accepted:
-            spool = self._spool = self._federation.open_spool()
-            early, self._early_chunks = self._early_chunks, []
-            await asyncio.get_running_loop().run_in_executor(self._io, _write_all, spool, early)
-        else:
-            self._early_chunks = []
-            log.warning(
-                "ignoring %s's results for %r: %s",
-                self.collaborator,
-                results.task_name,
-                self.admission.ignored_because,
-            )
+        if not self.collaborator:
+            self.collaborator = await self._authenticate(results.header)
+        set_log_context(round_number=results.round_number, task=results.task_name[:64])
+        admission = self._federation.admit(self.collaborator, results)
+        if not admission.accepted:
+            self._ignore(admission)
+            return
+        loop = asyncio.get_running_loop()
+        self._intake = await loop.run_in_executor(self._io, self._federation.open_intake, admission)
 
-
-def _write_all(spool: SpoolFile, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        spool.write(chunk)
+    def _ignore(self, admission: Admission) -> None:
+        log.warning(
+            "ignoring %s's results for %r: %s", self.collaborator, admission.task[:64], admission.message
+        )
+        self._federation.note_ignored(admission)
+        self._outcome = Outcome(admission)

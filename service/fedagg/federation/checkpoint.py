@@ -1,0 +1,80 @@
+"""The committed federation state: what a checkpoint records, and its transitions.
+
+A :class:`Checkpoint` is immutable. A round end or a quit job produces a new one, which is made durable before
+the in-memory state moves to it, so the state readers see is always a state that a restart would reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fedagg.federation.integrity import CorruptFile, FileDigest
+
+CHECKPOINT_RECORD = "fedagg/checkpoint/v2"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The federation state at a round boundary (plus the quit jobs sent since)."""
+
+    federation_uuid: str
+    round_number: int
+    first_round: int
+    best_score: float | None = None
+    best_round: int | None = None
+    last_round: int | None = None
+    quit_sent: tuple[str, ...] = ()
+    models: tuple[tuple[int, FileDigest], ...] = ()
+    """Digest of each kept model file, by round."""
+
+    @property
+    def best(self) -> float:
+        """The best aggregated validate_agg score so far (-inf before any)."""
+        return -math.inf if self.best_score is None else self.best_score
+
+    def model_digest(self, round_number: int) -> FileDigest | None:
+        """The recorded digest of a kept model."""
+        return dict(self.models).get(round_number)
+
+    def with_quit(self, collaborator: str) -> Checkpoint:
+        """This state plus a quit job sent to ``collaborator``."""
+        return replace(self, quit_sent=tuple(sorted({*self.quit_sent, collaborator})))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {
+            "federation_uuid": self.federation_uuid,
+            "round_number": self.round_number,
+            "first_round": self.first_round,
+            "best_score": self.best_score,
+            "best_round": self.best_round,
+            "last_round": self.last_round,
+            "quit_sent": list(self.quit_sent),
+            "models": {str(number): digest.to_json() for number, digest in self.models},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: Path) -> Checkpoint:
+        """Parse a checkpoint body; raise :class:`CorruptFile` naming the file and the problem."""
+        try:
+            return cls(
+                federation_uuid=str(data["federation_uuid"]),
+                round_number=int(data["round_number"]),
+                first_round=int(data["first_round"]),
+                best_score=None if data["best_score"] is None else float(data["best_score"]),
+                best_round=None if data["best_round"] is None else int(data["best_round"]),
+                last_round=None if data["last_round"] is None else int(data["last_round"]),
+                quit_sent=tuple(str(name) for name in data["quit_sent"]),
+                models=tuple(
+                    sorted(
+                        (int(number), FileDigest.from_json(digest))
+                        for number, digest in data["models"].items()
+                    )
+                ),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CorruptFile(f"{source}: malformed checkpoint ({error!r})") from None

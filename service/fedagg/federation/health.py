@@ -1,0 +1,102 @@
+"""Whether the federation can make progress: its state directory accepts writes and its round ends commit."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fedagg.federation.events import FederationListener
+
+log = logging.getLogger(__name__)
+
+HealthCallback = Callable[[bool], None]
+
+
+def describe_os_error(error: OSError) -> str:
+    """A short, path-free description of a disk error, e.g. ``ENOSPC (No space left on device)``."""
+    code = errno.errorcode.get(error.errno or 0, "error")
+    return f"{code} ({error.strerror or error})"
+
+
+class FederationHealth:
+    """Tracks storage failures and failed round ends; tells subscribers when progress stops or resumes.
+
+    ``_lock`` guards ``_storage_failing_since``, ``_round_end_failing`` and ``_subscribers``; subscribers and the
+    listener are called with it released. Never held across I/O.
+    """
+
+    def __init__(self, listener: FederationListener, clock: Callable[[], float] = time.monotonic) -> None:
+        self._listener = listener
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._storage_failing_since: float | None = None
+        self._round_end_failing = False
+        self._subscribers: list[HealthCallback] = []
+
+    def subscribe(self, callback: HealthCallback) -> None:
+        """Call ``callback(healthy)`` on every change from now on."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    @property
+    def healthy(self) -> bool:
+        """Storage writable and no round end waiting for a retry."""
+        with self._lock:
+            return self._storage_failing_since is None and not self._round_end_failing
+
+    @property
+    def storage_failing(self) -> bool:
+        """Whether the last storage operation failed."""
+        with self._lock:
+            return self._storage_failing_since is not None
+
+    @property
+    def round_end_failing(self) -> bool:
+        """Whether a round end failed and waits for a retry."""
+        with self._lock:
+            return self._round_end_failing
+
+    def storage_failing_for(self) -> float:
+        """Seconds since storage started failing (0 while it works)."""
+        with self._lock:
+            since = self._storage_failing_since
+        return 0.0 if since is None else self._clock() - since
+
+    def storage_failed(self, operation: str, error: OSError) -> None:
+        """A storage operation failed with ``error``."""
+        log.error("storage error during %s: %s", operation, describe_os_error(error))
+        self._listener.storage_failed(operation)
+        self._update(storage_failing=True)
+
+    def storage_ok(self) -> None:
+        """A storage operation succeeded."""
+        self._update(storage_failing=False)
+
+    def round_end_failed(self) -> None:
+        """A round end was not committed."""
+        self._update(round_end_failing=True)
+
+    def round_end_ok(self) -> None:
+        """A round end was committed."""
+        self._update(round_end_failing=False)
+
+    def _update(self, *, storage_failing: bool | None = None, round_end_failing: bool | None = None) -> None:
+        with self._lock:
+            before = self._storage_failing_since is None and not self._round_end_failing
+            if storage_failing is not None and storage_failing != (self._storage_failing_since is not None):
+                self._storage_failing_since = self._clock() if storage_failing else None
+            if round_end_failing is not None:
+                self._round_end_failing = round_end_failing
+            after = self._storage_failing_since is None and not self._round_end_failing
+            subscribers = list(self._subscribers)
+        if before != after:
+            log.log(
+                logging.INFO if after else logging.ERROR,
+                "federation %s",
+                "healthy again" if after else "stuck",
+            )
+            for callback in subscribers:
+                callback(after)

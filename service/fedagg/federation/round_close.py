@@ -1,0 +1,308 @@
+"""Closing a round: one transaction whose commit point is the checkpoint.
+
+The steps, in the order a crash must respect:
+
+1. the close decision (who is done, who is a straggler) is recorded in the round's spool directory, so a round
+   redone after a crash closes with the very same collaborators;
+2. the aggregates are computed block by block from the spooled uploads of the done collaborators and streamed
+   into the next round's model file (written atomically, its digest kept);
+3. the round's metrics are written;
+4. the best model (when a validate_agg metric improved) and the last model are published;
+5. the new checkpoint is written: **the commit point**. Before it, a restart redoes the round from the spool
+   (every earlier step is idempotent); after it, the next round has begun.
+
+Before the transaction, the uploads it will aggregate are verified against their checksums: a corrupt one is
+quarantined and its task handed out again (the round is then decided anew). A transaction that fails (a full or
+failing disk) commits nothing: the round stays closing, the federation reports itself unhealthy, and the round
+end is retried with exponential back-off until it commits.
+
+Nothing in memory changes here: the caller installs the returned :class:`ClosedRound` after the commit. Steps
+after the commit (pruning old spool and models) belong to the caller and may fail without harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fedagg.failpoints import failpoint
+from fedagg.federation.aggregation import AGGREGATORS, MetricAverage
+from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.contribution import UploadedTensor
+from fedagg.federation.events import FederationListener
+from fedagg.federation.health import FederationHealth, describe_os_error
+from fedagg.federation.integrity import CorruptFile, FileDigest, verify_footer
+from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
+from fedagg.federation.plan import FederationPlan
+from fedagg.federation.replay import quarantine_entry
+from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
+from fedagg.federation.sources import DeltaOnBase, SpooledValues, TensorSource
+from fedagg.federation.store import ModelWriter, StateStore
+from fedagg.protocol.codec import Float32Array, Shape
+from fedagg.protocol.model_file import LoadedModel
+
+log = logging.getLogger(__name__)
+
+VALIDATE_AGG_TAG = "validate_agg"
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """Where the OpenFL-format best and last models are published."""
+
+    best: Path
+    last: Path
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    """What a committed round end produced."""
+
+    checkpoint: Checkpoint
+    model: LoadedModel
+    metrics: tuple[MetricRecord, ...]
+    collaborator_metrics: tuple[MetricRecord, ...]
+    aggregation_seconds: float
+    checkpoint_seconds: float
+
+
+@dataclass
+class _TensorPlan:
+    """One tensor of the next model: who contributes to it and how it is combined."""
+
+    name: str
+    shape: Shape
+    task: str
+    sources: list[TensorSource]
+    weights: list[float]
+
+
+class RetrySchedule:
+    """Exponential back-off of a failed round end: 1 s, doubling up to 60 s. Used under the commit lock only."""
+
+    INITIAL_SECONDS = 1.0
+    MAXIMUM_SECONDS = 60.0
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._delay = self.INITIAL_SECONDS
+        self._due: float | None = None
+
+    def failed(self) -> float:
+        """Note a failure; return the delay until the next attempt."""
+        delay = self._delay
+        self._due = self._clock() + delay
+        self._delay = min(delay * 2, self.MAXIMUM_SECONDS)
+        return delay
+
+    def succeeded(self) -> None:
+        """Note a success: the next failure starts the back-off afresh."""
+        self._delay, self._due = self.INITIAL_SECONDS, None
+
+    def due(self) -> bool:
+        """Whether an attempt may be made now."""
+        return self._due is None or self._clock() >= self._due
+
+
+class RoundCloser:
+    """Verifies and runs the round-end transaction for a federation, and schedules its retries (module docstring).
+
+    Called with the federation's commit lock held, which guards its retry schedule.
+    """
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        store: StateStore,
+        outputs: ModelOutputs,
+        health: FederationHealth,
+        listener: FederationListener,
+        clock: Callable[[], float],
+    ) -> None:
+        self._plan = plan
+        self._store = store
+        self._outputs = outputs
+        self._health = health
+        self._listener = listener
+        self._retries = RetrySchedule(clock)
+        self._failpoint = failpoint
+
+    def retry_due(self) -> bool:
+        """Whether a round end may be attempted now (always, unless the last one failed recently)."""
+        return self._retries.due()
+
+    def verify(self, round_: Round, decision: CloseDecision) -> list[tuple[str, str]]:
+        """Check the uploads ``decision`` aggregates; quarantine corrupt ones and return their (collaborator, task)."""
+        lost = []
+        for upload in round_.accepted(decision.done):
+            contribution = upload.contribution
+            try:
+                if verify_footer(upload.entry.path) != upload.digest:
+                    raise CorruptFile(f"{upload.entry.path}: differs from the upload that was acknowledged")
+            except (CorruptFile, FileNotFoundError) as error:
+                if upload.entry.path.exists():
+                    quarantine_entry(self._store, upload.entry, str(error))
+                log.error(
+                    "round %d: %s's acknowledged results for %r are corrupt on disk; the task is handed out again",
+                    round_.number,
+                    contribution.collaborator,
+                    contribution.task,
+                )
+                lost.append((contribution.collaborator, contribution.task))
+        return lost
+
+    def attempt(self, round_: Round, decision: CloseDecision, committed: Checkpoint) -> ClosedRound | None:
+        """Run the transaction; on failure schedule a retry, report it and return None."""
+        try:
+            closed = self.close(round_, decision, committed)
+        except OSError as error:
+            self._health.storage_failed("round_end", error)
+            self._listener.checkpoint_failed()
+            problem = describe_os_error(error)
+        except CorruptFile as error:
+            problem = str(error)
+        except Exception as error:  # a bug must not wedge the federation: log it, count it, retry
+            log.exception("round %d: unexpected error while closing", round_.number)
+            problem = repr(error)
+        else:
+            self._retries.succeeded()
+            self._health.round_end_ok()
+            self._health.storage_ok()
+            return closed
+        delay = self._retries.failed()
+        log.error("round %d could not end (%s); retrying in %.0fs", round_.number, problem, delay)
+        self._health.round_end_failed()
+        self._listener.round_end_failed(round_.number)
+        return None
+
+    def close(self, round_: Round, decision: CloseDecision, committed: Checkpoint) -> ClosedRound:
+        """Write the round's outputs and the next checkpoint; raises OSError (nothing committed) on disk errors."""
+        store = self._store
+        store.spool.record_close_decision(round_.number, decision.to_json())
+        uploads = round_.accepted(decision.done)
+        started = time.monotonic()
+        next_round = round_.number + 1
+        digest = store.write_model(next_round, lambda writer: self._write_model(round_, uploads, writer))
+        aggregation_seconds = time.monotonic() - started
+        self._failpoint("round_end.model_written")
+        metrics = self._aggregate_metrics(round_, uploads)
+        collaborator_metrics = [
+            record for upload in round_.accepted(round_.received) for record in upload.metric_records()
+        ]
+        store.save_round_metrics(
+            round_.number, [record.to_json() for record in (*collaborator_metrics, *metrics)]
+        )
+        checkpoint = self._next_checkpoint(round_, committed, metrics, next_round, digest)
+        if checkpoint.best_round != committed.best_round:
+            store.publish(round_.number, self._outputs.best)
+        store.publish(next_round, self._outputs.last)
+        self._failpoint("round_end.outputs_published")
+        started = time.monotonic()
+        store.save_checkpoint(checkpoint, new_round=True)
+        checkpoint_seconds = time.monotonic() - started
+        self._failpoint("round_end.committed")
+        model = store.load_model(next_round, digest)
+        return ClosedRound(
+            checkpoint,
+            model,
+            tuple(metrics),
+            tuple(collaborator_metrics),
+            aggregation_seconds,
+            checkpoint_seconds,
+        )
+
+    def _next_checkpoint(
+        self,
+        round_: Round,
+        committed: Checkpoint,
+        metrics: list[MetricRecord],
+        next_round: int,
+        digest: FileDigest,
+    ) -> Checkpoint:
+        oldest_kept = next_round - self._plan.rounds_kept + 1
+        kept = tuple((number, d) for number, d in committed.models if oldest_kept <= number < next_round)
+        checkpoint = replace(
+            committed, round_number=next_round, last_round=next_round, models=(*kept, (next_round, digest))
+        )
+        scores = [record.value for record in metrics if VALIDATE_AGG_TAG in record.tags]
+        if scores and max(scores) > committed.best:
+            log.info(
+                "round %d's model is the best so far (%s = %.6g)",
+                round_.number,
+                VALIDATE_AGG_TAG,
+                max(scores),
+            )
+            checkpoint = replace(checkpoint, best_score=max(scores), best_round=round_.number)
+        return checkpoint
+
+    # Aggregation ------------------------------------------------------------------------------------------------
+
+    def _write_model(self, round_: Round, uploads: list[AcceptedUpload], writer: ModelWriter) -> None:
+        """Stream the next model: every tensor of this round's model (aggregated where contributed) plus new ones."""
+        plans = self._tensor_plans(round_, uploads)
+        for name, values in round_.model.items():
+            plan = plans.pop(name, None)
+            if plan is None or not self._write_aggregate(plan, writer):
+                writer.add(name, values)
+        for plan in plans.values():
+            self._write_aggregate(plan, writer)
+
+    def _write_aggregate(self, plan: _TensorPlan, writer: ModelWriter) -> bool:
+        aggregator = AGGREGATORS[self._plan.tasks[plan.task].aggregation]
+        if not aggregator.usable(plan.weights):
+            return False
+        writer.begin(plan.name, plan.shape)
+        aggregator.aggregate(plan.sources, plan.weights, writer.write)
+        return True
+
+    def _tensor_plans(self, round_: Round, uploads: list[AcceptedUpload]) -> dict[str, _TensorPlan]:
+        """Contributions per tensor name; the first task (in plan order) that updates a tensor owns it."""
+        plans: dict[str, _TensorPlan] = {}
+        for upload in uploads:
+            contribution = upload.contribution
+            for tensor in contribution.weights:
+                plan = plans.setdefault(
+                    tensor.name, _TensorPlan(tensor.name, tensor.shape, contribution.task, [], [])
+                )
+                if plan.task != contribution.task:
+                    continue
+                if plan.shape != tensor.shape:
+                    log.warning(
+                        "round %d: %s's tensor '%s' has shape %s, the first contribution's is %s; left out of "
+                        "that tensor's aggregate",
+                        round_.number,
+                        contribution.collaborator,
+                        tensor.name,
+                        list(tensor.shape),
+                        list(plan.shape),
+                    )
+                    continue
+                plan.sources.append(self._source(upload, tensor, round_.model.get(tensor.name)))
+                plan.weights.append(contribution.weight)
+        return plans
+
+    @staticmethod
+    def _source(upload: AcceptedUpload, tensor: UploadedTensor, base: Float32Array | None) -> TensorSource:
+        values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
+        if tensor.is_delta:
+            assert base is not None, "a delta's base was checked at upload time"
+            return DeltaOnBase(base, values)
+        return values
+
+    def _aggregate_metrics(self, round_: Round, uploads: list[AcceptedUpload]) -> list[MetricRecord]:
+        averages: dict[tuple[str, str, tuple[str, ...]], MetricAverage] = {}
+        for upload in uploads:
+            contribution = upload.contribution
+            for metric in contribution.metrics:
+                key = (contribution.task, metric.name, metric.tags)
+                averages.setdefault(key, MetricAverage()).add(metric.value, contribution.weight)
+        records = []
+        for (task, name, tags), average in averages.items():
+            value = average.result()
+            if value is not None and math.isfinite(value):
+                records.append(MetricRecord(round_.number, AGGREGATOR_ORIGIN, task, name, value, tags))
+        return records
