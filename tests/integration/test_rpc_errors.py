@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +236,44 @@ def test_upload_with_unauthorized_header_is_refused_before_its_bulk(server: Serv
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert len(sent) < len(payload) // (1 << 16), "the server stopped reading once the header failed"
     assert task_results_bytes  # the helper module is shared with the unit tests
+
+
+def test_error_details_stay_short_and_name_no_paths(tmp_path: Path, pki: Pki) -> None:
+    """Regression: a NOT_FOUND listing every tensor name used to exceed gRPC's metadata limit (RESOURCE_EXHAUSTED)."""
+    model = {f"layer{index:05d}/kernel": np.zeros(1, np.float32) for index in range(5000)}
+    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), model)
+    with serving(federation, pki) as thread:
+        channel, stub = raw_stub(thread.address, pki.client("one"))
+        request = aggregator_pb2.GetAggregatedTensorRequest(header=HEADER, tensor_name="nope", tags=["model"])
+        code, details = status_of(lambda: stub.GetAggregatedTensor(request))
+        channel.close()
+
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert len(details) < 1024
+    assert "... 4992 more" in details
+    assert str(tmp_path) not in details
+
+
+def test_a_full_disk_answers_unavailable_so_clients_back_off(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ENOSPC used to become INTERNAL, which OpenFL 1.7.1 re-sends at once, forever."""
+    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), zero_model())
+    payload = upload(
+        [encode_tensor("acc", np.float32(1), round_number=0, tags=["metric", "validate_agg"], report=True)],
+        task="aggregated_model_validation",
+    )
+
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "state" / "spool"))
+
+    monkeypatch.setattr(federation._store.spool, "accept", disk_full)
+    with serving(federation, pki) as thread:
+        channel, stub = raw_stub(thread.address, pki.client("one"))
+        code, details = status_of(lambda: stub.SendLocalTaskResults(chunks(payload)))
+        channel.close()
+
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert details == "the aggregator cannot write its state: ENOSPC (No space left on device); retry later"
+    assert federation.describe().storage_failing
+    assert federation.metrics.history() == []

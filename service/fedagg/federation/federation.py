@@ -544,7 +544,7 @@ class _StorageGuard:
         if isinstance(error, OSError):
             self._federation.health.storage_failed(self._operation, error)
             raise StorageUnavailable(
-                f"the aggregator cannot write its state ({describe_os_error(error)}); retry later"
+                f"the aggregator cannot write its state: {describe_os_error(error)}; retry later"
             ) from None
         if error is None:
             self._federation.health.storage_ok()

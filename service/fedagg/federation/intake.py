@@ -134,7 +134,8 @@ class _ValueCheck:
         start = self._checked
         self._checked += len(values)
         if self._base is not None:
-            values = self._base[start : start + len(values)] + values
+            with np.errstate(over="ignore"):  # an overflow to infinity is what this check detects
+                values = self._base[start : start + len(values)] + values
         if start == 0:
             self.first_value = float(values[0])
         return bool(np.isfinite(values).all())
@@ -245,11 +246,11 @@ class UploadIntake:
                 RejectionReason.DUPLICATE_TENSOR, f"TaskResults.tensors repeats '{tensor.name}'"
             )
         self._identities.add(tensor.identity)
-        if tensor.data_offset + tensor.data_length > self._limits.upload_bytes:
-            raise _too_large(self._limits)
         base = None
         if tensor.role == TensorRole.WEIGHTS:
             base = self._check_weights(tensor)
+        if tensor.data_offset + tensor.data_length > self._limits.upload_bytes:
+            raise _too_large(self._limits)
         self._tensors.append(tensor)
         if tensor.data_length:
             self._pending.append(_ValueCheck(tensor, base))

@@ -190,9 +190,8 @@ class RoundCloser:
         aggregation_seconds = time.monotonic() - started
         self._failpoint("round_end.model_written")
         metrics = self._aggregate_metrics(round_, uploads)
-        collaborator_metrics = [
-            record for upload in round_.accepted(round_.received) for record in upload.metric_records()
-        ]
+        arrivals = sorted(round_.accepted(round_.received), key=lambda upload: upload.entry.sequence)
+        collaborator_metrics = [record for upload in arrivals for record in upload.metric_records()]
         store.save_round_metrics(
             round_.number, [record.to_json() for record in (*collaborator_metrics, *metrics)]
         )

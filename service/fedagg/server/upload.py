@@ -23,7 +23,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 
-from fedagg.failpoints import failpoint
 from fedagg.federation.errors import InvalidRequest
 from fedagg.federation.federation import Federation, Outcome
 from fedagg.federation.intake import Admission, UploadIntake
