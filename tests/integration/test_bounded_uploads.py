@@ -20,7 +20,7 @@ from tests.conftest import COLLABORATORS
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config
-from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID, raw_stub
+from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID, raw_stub, refusal
 
 MIB = 1 << 20
 HEADER = aggregator_pb2.MessageHeader(sender="one", receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID)
@@ -85,12 +85,6 @@ def stub(server: FedaggProcess, pki: Pki) -> Iterator[object]:
     stub.GetTasks(aggregator_pb2.GetTasksRequest(header=HEADER))  # warm up: the connection and handlers exist
     yield stub
     channel.close()
-
-
-def refusal(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as failure:
-        call()  # type: ignore[operator]
-    return failure.value.code(), failure.value.details()  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

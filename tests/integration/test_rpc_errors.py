@@ -23,6 +23,7 @@ from tests.support.servers import (
     make_federation,
     make_plan,
     raw_stub,
+    refusal,
     serving,
 )
 from tests.support.uploads import task_results_bytes
@@ -56,12 +57,6 @@ def stub(server: ServerThread, pki: Pki) -> Iterator[object]:
     channel, stub = raw_stub(server.address, pki.client("one"))
     yield stub
     channel.close()
-
-
-def status_of(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as failure:
-        call()  # type: ignore[operator]
-    return failure.value.code(), failure.value.details()  # type: ignore[attr-defined]
 
 
 UPLOAD_CASES = {
@@ -111,7 +106,7 @@ def test_unusable_content_is_answered_ok_and_excluded(server: ServerThread, stub
 def test_bad_uploads(server: ServerThread, stub: object, case: str) -> None:
     payload, code, message = UPLOAD_CASES[case]
 
-    actual = status_of(lambda: stub.SendLocalTaskResults(chunks(payload)))  # type: ignore[attr-defined]
+    actual = refusal(lambda: stub.SendLocalTaskResults(chunks(payload)))  # type: ignore[attr-defined]
 
     assert actual[0] == code
     assert message in actual[1]
@@ -138,7 +133,7 @@ def test_bad_tensor_requests(stub: object) -> None:
         request = aggregator_pb2.GetAggregatedTensorRequest(
             header=HEADER, tensor_name=name, round_number=round_number, tags=tags
         )
-        return status_of(lambda: stub.GetAggregatedTensor(request))  # type: ignore[attr-defined]
+        return refusal(lambda: stub.GetAggregatedTensor(request))  # type: ignore[attr-defined]
 
     assert ask("nope", 0, ["model"]) == (
         grpc.StatusCode.NOT_FOUND,
@@ -171,17 +166,15 @@ def test_observer_rpcs_check_the_caller_and_the_experiment(server: ServerThread,
     observer_channel, observer = raw_stub(server.address, pki.client("observer"))
     kinds = aggregator_pb2.GetTrainedModelRequest
 
-    denied = status_of(
-        lambda: rogue.GetExperimentDescription(aggregator_pb2.GetExperimentDescriptionRequest())
-    )
-    unknown = status_of(
+    denied = refusal(lambda: rogue.GetExperimentDescription(aggregator_pb2.GetExperimentDescriptionRequest()))
+    unknown = refusal(
         lambda: observer.GetExperimentDescription(
             aggregator_pb2.GetExperimentDescriptionRequest(name="other")
         )
     )
-    bad_type = status_of(lambda: observer.GetTrainedModel(kinds(model_type=7)))  # type: ignore[arg-type]
-    not_yet = status_of(lambda: observer.GetTrainedModel(kinds(model_type=kinds.LAST_MODEL)))
-    stream = status_of(lambda: list(rogue.GetMetricStream(aggregator_pb2.GetMetricStreamRequest())))
+    bad_type = refusal(lambda: observer.GetTrainedModel(kinds(model_type=7)))  # type: ignore[arg-type]
+    not_yet = refusal(lambda: observer.GetTrainedModel(kinds(model_type=kinds.LAST_MODEL)))
+    stream = refusal(lambda: list(rogue.GetMetricStream(aggregator_pb2.GetMetricStreamRequest())))
     channel.close()
     observer_channel.close()
 
@@ -199,7 +192,7 @@ def test_observer_rpcs_check_the_caller_and_the_experiment(server: ServerThread,
 def test_unavailable_while_not_accepting(server: ServerThread, stub: object) -> None:
     server.run(server.server.stop_accepting)
 
-    code, message = status_of(lambda: stub.GetTasks(aggregator_pb2.GetTasksRequest(header=HEADER)))  # type: ignore[attr-defined]
+    code, message = refusal(lambda: stub.GetTasks(aggregator_pb2.GetTasksRequest(header=HEADER)))  # type: ignore[attr-defined]
 
     assert code == grpc.StatusCode.UNAVAILABLE
     assert "retry shortly" in message
@@ -212,7 +205,7 @@ def test_plaintext_mode_still_checks_the_sender(tmp_path: Path) -> None:
         header = aggregator_pb2.MessageHeader(
             sender="mallory", receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
         )
-        refused = status_of(lambda: stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header)))
+        refused = refusal(lambda: stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header)))
         accepted = stub.GetTasks(aggregator_pb2.GetTasksRequest(header=HEADER))
         channel.close()
 
@@ -230,7 +223,7 @@ def test_upload_with_unauthorized_header_is_refused_before_its_bulk(server: Serv
             sent.append(chunk)
             yield chunk
 
-    code, _ = status_of(lambda: stub.SendLocalTaskResults(watched()))
+    code, _ = refusal(lambda: stub.SendLocalTaskResults(watched()))
     channel.close()
 
     assert code == grpc.StatusCode.UNAUTHENTICATED
@@ -245,7 +238,7 @@ def test_error_details_stay_short_and_name_no_paths(tmp_path: Path, pki: Pki) ->
     with serving(federation, pki) as thread:
         channel, stub = raw_stub(thread.address, pki.client("one"))
         request = aggregator_pb2.GetAggregatedTensorRequest(header=HEADER, tensor_name="nope", tags=["model"])
-        code, details = status_of(lambda: stub.GetAggregatedTensor(request))
+        code, details = refusal(lambda: stub.GetAggregatedTensor(request))
         channel.close()
 
     assert code == grpc.StatusCode.NOT_FOUND
@@ -270,7 +263,7 @@ def test_a_full_disk_answers_unavailable_so_clients_back_off(
     monkeypatch.setattr(federation._store.spool, "accept", disk_full)
     with serving(federation, pki) as thread:
         channel, stub = raw_stub(thread.address, pki.client("one"))
-        code, details = status_of(lambda: stub.SendLocalTaskResults(chunks(payload)))
+        code, details = refusal(lambda: stub.SendLocalTaskResults(chunks(payload)))
         channel.close()
 
     assert code == grpc.StatusCode.UNAVAILABLE

@@ -56,6 +56,34 @@ def make_federation(
     return federation
 
 
+def restart_federation(state: Path, plan: FederationPlan) -> Federation:
+    """A new federation process on ``state``'s state directory (as if the previous one simply vanished)."""
+    federation = Federation(
+        plan, StateStore(state / "state"), ModelOutputs(state / "best.pbuf", state / "last.pbuf")
+    )
+    federation.restore()
+    return federation
+
+
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status and details of an RPC that must fail."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""  # type: ignore[attr-defined]
+    raise AssertionError("the call succeeded; a refusal was expected")
+
+
 class ServerThread:
     """An AggregatorGRPCServer serving on its own event loop in a background thread."""
 

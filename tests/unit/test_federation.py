@@ -24,15 +24,11 @@ from fedagg.federation.store import StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
-from tests.support.servers import make_federation, make_plan
+from tests.support.runners import SHAPES, zero_model
+from tests.support.servers import ManualClock, make_federation, make_plan
 from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, weights
 
-SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
-
-
-def zeros() -> dict[str, np.ndarray]:
-    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
 
 
 def model_value(
@@ -44,7 +40,7 @@ def model_value(
 
 @pytest.fixture
 def federation(tmp_path: Path) -> Federation:
-    return make_federation(tmp_path, make_plan(PAIR, rounds=2), zeros())
+    return make_federation(tmp_path, make_plan(PAIR, rounds=2), zero_model())
 
 
 # GetTasks ---------------------------------------------------------------------------------------------------------
@@ -266,7 +262,7 @@ def test_a_task_not_assigned_is_ignored(tmp_path: Path) -> None:
             ),
         ),
     )
-    federation = make_federation(tmp_path, plan, zeros())
+    federation = make_federation(tmp_path, plan, zero_model())
 
     outcome = submit(federation, "two", 0, TASKS[1], 10, [metric("loss", 1, 0)])
 
@@ -277,20 +273,12 @@ def test_a_task_not_assigned_is_ignored(tmp_path: Path) -> None:
 # Round end and stragglers -------------------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_cutoff_closes_the_round_with_stragglers_after_the_minimum(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     plan = make_plan(
         ("one", "two", "three"), 2, stragglers=StragglerPolicySpec(cutoff_seconds=60, minimum_reporting=2)
     )
-    federation = make_federation(tmp_path, plan, zeros(), clock=clock)
+    federation = make_federation(tmp_path, plan, zero_model(), clock=clock)
     federation.get_tasks("one")
     run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
     clock.now += 61
@@ -306,9 +294,9 @@ def test_cutoff_closes_the_round_with_stragglers_after_the_minimum(tmp_path: Pat
 
 
 def test_seconds_to_deadline_counts_from_the_first_task_handed_out(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     plan = make_plan(PAIR, 1, stragglers=StragglerPolicySpec(cutoff_seconds=30))
-    federation = make_federation(tmp_path, plan, zeros(), clock=clock)
+    federation = make_federation(tmp_path, plan, zero_model(), clock=clock)
 
     assert federation.seconds_to_deadline() is None
     federation.get_tasks("two")
@@ -324,7 +312,7 @@ def test_percentage_policy_marks_the_rest_as_stragglers(tmp_path: Path) -> None:
             StragglerPolicyKind.PERCENTAGE, percent_needed=0.5, minimum_reporting=1
         ),
     )
-    federation = make_federation(tmp_path, plan, zeros())
+    federation = make_federation(tmp_path, plan, zero_model())
     run_round(federation, 0, {"one": (1.0, 10), "two": (2.0, 10)}, SHAPES)
 
     assert federation.round_number == 1
@@ -380,7 +368,7 @@ def test_bad_tensor_requests(
 
 
 def test_old_rounds_are_evicted(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, rounds=3), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, rounds=3), zero_model())
     for round_number in range(3):
         run_round(federation, round_number, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
 
@@ -419,7 +407,7 @@ def test_resume_from_a_model_of_a_later_round(tmp_path: Path) -> None:
         make_plan(PAIR, rounds=5),
         StateStore(tmp_path / "s"),
         ModelOutputs(tmp_path / "b.pbuf", tmp_path / "l.pbuf"),
-        initial_model=LoadedModel(3, zeros()),
+        initial_model=LoadedModel(3, zero_model()),
     )
     federation.restore()
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedagg.federation.errors import FailedPrecondition
-from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.federation import Federation
 from fedagg.federation.integrity import (
     CorruptFile,
     FileDigest,
@@ -23,30 +23,19 @@ from fedagg.federation.integrity import (
     verify_footer,
 )
 from fedagg.federation.serving import TensorRequest
-from fedagg.federation.store import StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor
 from fedagg.protocol.model_file import read_model
-from tests.support.servers import make_federation, make_plan
+from tests.support.runners import SHAPES, zero_model
+from tests.support.servers import make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, metric, run_round, submit, submit_training
 
-SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
 ROUND_0 = {"one": (1.0, 10), "two": (3.0, 30)}
 
 
-def zeros() -> dict[str, np.ndarray]:
-    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
-
-
 def restart(directory: Path, rounds: int = 2) -> Federation:
-    federation = Federation(
-        make_plan(PAIR, rounds),
-        StateStore(directory / "state"),
-        ModelOutputs(directory / "best.pbuf", directory / "last.pbuf"),
-    )
-    federation.restore()
-    return federation
+    return restart_federation(directory, make_plan(PAIR, rounds))
 
 
 def flip(path: Path, offset: int) -> None:
@@ -113,9 +102,9 @@ def test_a_sealed_record_detects_an_edit(tmp_path: Path) -> None:
 def test_a_flipped_byte_in_an_acknowledged_upload_is_quarantined_and_the_task_handed_out_again(
     tmp_path: Path,
 ) -> None:
-    reference = make_federation(tmp_path / "reference", make_plan(PAIR, 2), zeros())
+    reference = make_federation(tmp_path / "reference", make_plan(PAIR, 2), zero_model())
     run_round(reference, 0, ROUND_0, SHAPES)
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, {"one": ROUND_0["one"]}, SHAPES)
     submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
     submit_training(federation, "two", 0, *ROUND_0["two"], SHAPES)
@@ -133,7 +122,7 @@ def test_a_flipped_byte_in_an_acknowledged_upload_is_quarantined_and_the_task_ha
 
 
 def test_a_garbage_spool_file_does_not_stop_a_restart(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
     (tmp_path / "state" / "spool" / "round-000000" / "000099.results").write_bytes(np.random.bytes(4096))
     (tmp_path / "state" / "spool" / "round-000000" / "000098.rejected").write_bytes(b"{not json")
@@ -145,7 +134,7 @@ def test_a_garbage_spool_file_does_not_stop_a_restart(tmp_path: Path) -> None:
 
 
 def test_an_upload_corrupted_before_its_round_ends_is_never_aggregated(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, {"one": ROUND_0["one"]}, SHAPES)
     submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
     submit_training(federation, "two", 0, *ROUND_0["two"], SHAPES)
@@ -164,7 +153,7 @@ def test_an_upload_corrupted_before_its_round_ends_is_never_aggregated(tmp_path:
 
 
 def test_a_corrupt_kept_model_is_restored_from_its_published_copy(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     expected = served(federation, 1)
     flip(tmp_path / "state" / "models" / "round-000001.pbuf", -5)
@@ -181,7 +170,7 @@ def test_a_corrupt_kept_model_is_restored_from_its_published_copy(tmp_path: Path
 def test_when_the_model_and_its_copy_are_corrupt_the_round_is_redone_from_the_kept_spool(
     tmp_path: Path,
 ) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     expected = served(federation, 1)
     flip(tmp_path / "state" / "models" / "round-000001.pbuf", -5)
@@ -195,7 +184,7 @@ def test_when_the_model_and_its_copy_are_corrupt_the_round_is_redone_from_the_ke
 
 
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_round_and_redoes_it(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 3), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 3), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     run_round(federation, 1, ROUND_0, SHAPES, delta=True)
     expected = served(federation, 2)
@@ -211,7 +200,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_round_and_redoes_it(tmp
 
 
 def test_with_no_usable_checkpoint_the_start_fails_with_one_clear_message(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 3), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 3), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     flip(tmp_path / "state" / "checkpoint.json", 40)
     flip(tmp_path / "state" / "checkpoint.prev.json", 40)

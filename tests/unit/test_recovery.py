@@ -11,26 +11,15 @@ from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import read_model
-from tests.support.servers import make_federation, make_plan
+from tests.support.runners import SHAPES, zero_model
+from tests.support.servers import make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training
 
-SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
 
 
-def zeros() -> dict[str, np.ndarray]:
-    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
-
-
 def restart(directory: Path, rounds: int = 2) -> Federation:
-    """A new federation process on the same state directory (the old one simply vanished)."""
-    federation = Federation(
-        make_plan(PAIR, rounds),
-        StateStore(directory / "state"),
-        ModelOutputs(directory / "best.pbuf", directory / "last.pbuf"),
-    )
-    federation.restore()
-    return federation
+    return restart_federation(directory, make_plan(PAIR, rounds))
 
 
 def train(federation: Federation, collaborator: str, round_number: int, value: float, size: int) -> None:
@@ -38,9 +27,9 @@ def train(federation: Federation, collaborator: str, round_number: int, value: f
 
 
 def test_restart_mid_round_resumes_it_and_counts_each_contribution_once(tmp_path: Path) -> None:
-    reference = make_federation(tmp_path / "reference", make_plan(PAIR, 2), zeros())
+    reference = make_federation(tmp_path / "reference", make_plan(PAIR, 2), zero_model())
     run_round(reference, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
-    crashed = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    crashed = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(crashed, 0, {"one": (1.0, 10)}, SHAPES)
     submit(crashed, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
     train(crashed, "two", 0, 3.0, 30)
@@ -65,7 +54,7 @@ def test_restart_mid_round_resumes_it_and_counts_each_contribution_once(tmp_path
 
 
 def test_restart_at_a_round_boundary(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 3), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 3), zero_model())
     run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
 
     resumed = restart(tmp_path, rounds=3)
@@ -77,7 +66,7 @@ def test_restart_at_a_round_boundary(tmp_path: Path) -> None:
 
 
 def test_crash_during_the_round_end_redoes_it(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, {"one": (1.0, 10)}, SHAPES)
     submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
     train(federation, "two", 0, 3.0, 30)
@@ -92,7 +81,7 @@ def test_crash_during_the_round_end_redoes_it(tmp_path: Path) -> None:
 
 
 def test_partial_uploads_are_discarded_on_restart(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     partial = federation._store.spool.open()
     partial.write(b"half an upload")
 
@@ -102,7 +91,7 @@ def test_partial_uploads_are_discarded_on_restart(tmp_path: Path) -> None:
 
 
 def test_quit_jobs_sent_survive_a_restart(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 1), zero_model())
     run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 30)}, SHAPES)
     hand_out(federation, "one")
 
@@ -116,7 +105,7 @@ def test_quit_jobs_sent_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_state_of_another_federation_is_refused(tmp_path: Path) -> None:
-    make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    make_federation(tmp_path, make_plan(PAIR, 1), zero_model())
     other = make_plan(PAIR, 1)
     other = type(other)(**{**other.__dict__, "federation_uuid": "other_fed"})
     federation = Federation(

@@ -10,7 +10,6 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -18,11 +17,8 @@ from fedagg.federation.events import ExperimentStatus
 from fedagg.ops.metrics import FederationStateCollector
 from fedagg.server import round_clock
 from fedagg.server.round_clock import RoundClock
+from tests.support.runners import zero_model
 from tests.support.servers import make_federation, make_plan
-
-
-def zeros() -> dict[str, np.ndarray]:
-    return {"w": np.zeros(3, np.float32)}
 
 
 def scrape(status: object) -> str:
@@ -32,7 +28,7 @@ def scrape(status: object) -> str:
 
 
 def test_metrics_report_restoring_while_the_state_is_restored(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(("one",), 1), zeros(), restore=False)
+    federation = make_federation(tmp_path, make_plan(("one",), 1), zero_model(), restore=False)
 
     text = scrape(federation.describe)
 
@@ -53,7 +49,7 @@ def test_a_failing_status_never_fails_the_scrape(caplog: pytest.LogCaptureFixtur
 def test_the_round_clock_keeps_ticking_after_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    federation = make_federation(tmp_path, make_plan(("one",), 1), zeros())
+    federation = make_federation(tmp_path, make_plan(("one",), 1), zero_model())
     monkeypatch.setattr(round_clock, "TICK_SECONDS", 0.001)
     ticks: list[int] = []
     errors: list[str] = []

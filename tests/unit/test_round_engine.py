@@ -28,23 +28,11 @@ from fedagg.federation.store import ModelWriter, StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
-from tests.support.servers import make_federation, make_plan
+from tests.support.runners import SHAPES, zero_model
+from tests.support.servers import ManualClock, make_federation, make_plan
 from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training, weights
 
-SHAPES = {"w": (2, 3), "b": (3,)}
 PAIR = ("one", "two")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def zeros() -> dict[str, np.ndarray]:
-    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
 
 
 def model_value(federation: Federation, name: str, round_number: int) -> np.ndarray:
@@ -63,7 +51,7 @@ def test_a_stragglers_partial_work_is_excluded_like_openfl_does(tmp_path: Path) 
             StragglerPolicyKind.PERCENTAGE, percent_needed=0.5, minimum_reporting=1
         ),
     )
-    federation = make_federation(tmp_path, plan, zeros())
+    federation = make_federation(tmp_path, plan, zero_model())
     submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 0, 0, "validate_agg")])
     submit_training(federation, "two", 0, 100.0, 10, SHAPES)  # the straggler trained, but is not done
 
@@ -82,7 +70,7 @@ def test_a_stragglers_partial_work_is_excluded_like_openfl_does(tmp_path: Path) 
 
 def test_tensors_outside_the_model_are_allowed_within_their_budget_only(tmp_path: Path) -> None:
     plan = make_plan(PAIR, 1, limits=UploadLimits(extra_tensor_bytes=64))
-    federation = make_federation(tmp_path, plan, zeros())
+    federation = make_federation(tmp_path, plan, zero_model())
     within = [weights("w", 1, (2, 3), 0), weights("opt", 1, (16,), 0)]
     beyond = [weights("w", 1, (2, 3), 0), weights("opt", 1, (17,), 0)]
 
@@ -94,8 +82,8 @@ def test_tensors_outside_the_model_are_allowed_within_their_budget_only(tmp_path
 
 
 def test_an_upload_over_its_size_limit_is_refused_before_its_bulk(tmp_path: Path) -> None:
-    plan = make_plan(PAIR, 1, limits=UploadLimits(upload_bytes=200))
-    federation = make_federation(tmp_path, plan, zeros())
+    plan = make_plan(PAIR, 1, limits=UploadLimits(upload_bytes=200, extra_tensor_bytes=1 << 20))
+    federation = make_federation(tmp_path, plan, zero_model())
 
     outcome = submit(
         federation, "one", 0, TASKS[1], 10, [weights("w", 1, (2, 3), 0), weights("b", 1, (3,), 0)]
@@ -109,7 +97,9 @@ def test_an_upload_over_its_size_limit_is_refused_before_its_bulk(tmp_path: Path
 
 
 def test_the_default_budget_follows_the_model(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())  # 36 bytes of model: 72 of extras
+    federation = make_federation(
+        tmp_path, make_plan(PAIR, 1), zero_model()
+    )  # 36 bytes of model: 72 of extras
     optimizer_state = [weights("w", 1, (2, 3), 0), weights("m", 1, (9,), 0), weights("v", 1, (9,), 0)]
 
     assert submit(federation, "one", 0, TASKS[1], 10, optimizer_state).accepted
@@ -122,7 +112,7 @@ def test_the_default_budget_follows_the_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_and_deltas_are_rejected(tmp_path: Path, bad: float) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 1), zero_model())
     huge = np.float32(3e38)
     poisoned = [weights("w", bad, (2, 3), 0)]
     overflowing_delta = [weights("w", huge, (2, 3), 0, delta=True)]
@@ -132,7 +122,7 @@ def test_non_finite_weights_and_deltas_are_rejected(tmp_path: Path, bad: float) 
 
 
 def test_a_delta_that_overflows_once_added_to_its_base_is_rejected(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 2), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, {"one": (3e38, 10), "two": (3e38, 10)}, SHAPES)
 
     outcome = submit(federation, "one", 1, TASKS[1], 10, [weights("w", 3e38, (2, 3), 1, delta=True)])
@@ -158,12 +148,12 @@ class FailingStore(StateStore):
         return super().write_model(round_number, build)
 
 
-def failing_federation(tmp_path: Path, failures: int, clock: Clock) -> Federation:
+def failing_federation(tmp_path: Path, failures: int, clock: ManualClock) -> Federation:
     federation = Federation(
         make_plan(PAIR, 1),
         FailingStore(tmp_path / "state", failures),
         ModelOutputs(tmp_path / "best.pbuf", tmp_path / "last.pbuf"),
-        initial_model=LoadedModel(0, zeros()),
+        initial_model=LoadedModel(0, zero_model()),
         clock=clock,
     )
     federation.restore()
@@ -171,7 +161,7 @@ def failing_federation(tmp_path: Path, failures: int, clock: Clock) -> Federatio
 
 
 def test_a_round_end_that_fails_is_retried_with_back_off_until_it_commits(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     federation = failing_federation(tmp_path, failures=2, clock=clock)
     changes: list[bool] = []
     federation.health.subscribe(changes.append)
@@ -200,7 +190,7 @@ def test_a_round_end_that_fails_is_retried_with_back_off_until_it_commits(tmp_pa
 
 
 def test_uploads_of_a_closing_round_are_answered_ok_and_ignored(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     federation = failing_federation(tmp_path, failures=1, clock=clock)
     run_round(federation, 0, {"one": (1.0, 10), "two": (3.0, 10)}, SHAPES)
 
@@ -210,7 +200,7 @@ def test_uploads_of_a_closing_round_are_answered_ok_and_ignored(tmp_path: Path) 
 
 
 def test_a_full_disk_at_upload_time_is_unavailable_and_changes_nothing(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, make_plan(PAIR, 1), zeros())
+    federation = make_federation(tmp_path, make_plan(PAIR, 1), zero_model())
     federation._store.spool.accept = _raise_enospc  # type: ignore[method-assign]
 
     with pytest.raises(
@@ -234,7 +224,7 @@ def test_concurrent_quit_jobs_are_all_recorded_and_survive_a_restart(tmp_path: P
     names = tuple(f"site-{index}" for index in range(12))
     tasks = {"train": TaskSpec("train", "train_task")}
     plan = make_plan(names, 1, tasks=tasks, assigner=single_group_assigner(tasks))
-    federation = make_federation(tmp_path, plan, zeros())
+    federation = make_federation(tmp_path, plan, zero_model())
     for name in names:
         submit_training(federation, name, 0, 1.0, 1, SHAPES)  # "train" is this plan's only task
     assert federation.finished
@@ -251,5 +241,5 @@ def test_concurrent_quit_jobs_are_all_recorded_and_survive_a_restart(tmp_path: P
         thread.join()
 
     assert federation.all_quit_jobs_sent
-    restarted = make_federation(tmp_path, plan, zeros())
+    restarted = make_federation(tmp_path, plan, zero_model())
     assert restarted.all_quit_jobs_sent, "no quit checkpoint overwrote another"

@@ -39,6 +39,8 @@ class MetricLog:
     """Append-only metric history. Thread-safe; listeners are called with the log's lock released."""
 
     def __init__(self) -> None:
+        # Guards _records, _listeners and _closed; never held across I/O or a listener call (lock order: leaf,
+        # taken after the federation's locks).
         self._lock = threading.Lock()
         self._records: list[MetricRecord] = []
         self._listeners: list[MetricListener] = []

@@ -136,6 +136,8 @@ class CertificateSource:
         self.require_client_auth = require_client_auth
         self._on_loaded = on_loaded or (lambda _bundle: None)
         self._on_rejected = on_rejected or (lambda _error: None)
+        # Guards _signature and bundle. Held while a changed pair is read (a few KiB), which happens on gRPC's
+        # handshake thread, never on the event loop; no other lock is taken under it (lock order: leaf).
         self._lock = threading.Lock()
         self._signature = _signature(files)
         self.bundle = load_bundle(files)
