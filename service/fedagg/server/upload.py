@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 
+from fedagg.failpoints import failpoint
 from fedagg.federation.errors import InvalidRequest
 from fedagg.federation.federation import Federation, Outcome
 from fedagg.federation.intake import Admission, UploadIntake
@@ -117,6 +118,7 @@ class UploadReceiver:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, intake.absorb, memoryview(data), offset
             )
+            failpoint("upload.chunk")
 
     async def _handle(self, events: list[ResultsEvent]) -> None:
         for event in events:
