@@ -56,7 +56,9 @@ class Display:
     """Prints progress lines as metrics arrive (called from the aggregator's threads)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards aggregated and the terminal; a leaf lock, held only to print a line
+        self._lock = (
+            threading.Lock()
+        )  # guards aggregated and the terminal; a leaf lock, held only to print a line
         self.aggregated: dict[int, dict[tuple[str, str], float]] = defaultdict(dict)
 
     def on_metric(self, record: MetricRecord | None) -> None:

@@ -122,6 +122,7 @@ class StateStore:
 
     def prepare(self) -> None:
         """Create the directories (durably) and clear uploads left half-received by the last stop."""
+        durable_directory(self.root)
         for directory in (self._models, self._metrics):
             durable_directory(directory)
         self.spool.prepare()

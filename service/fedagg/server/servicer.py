@@ -446,10 +446,10 @@ class AggregatorGRPCServer:
                 raise InvalidRequest(
                     f"GetTrainedModelRequest.model_type {request.model_type} is not BEST_MODEL (0) or LAST_MODEL (1)"
                 )
-            path = self.aggregator.trained_model(best=request.model_type == kinds.BEST_MODEL)
+            best = request.model_type == kinds.BEST_MODEL
 
             def build() -> bytes:
-                return trained_model_reply(path.read_bytes())
+                return trained_model_reply(self.aggregator.trained_model(best=best).read_bytes())
 
             return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
 

@@ -56,7 +56,8 @@ class UploadReceiver:
         self._commit = commit_executor
         self._header_bytes = header_bytes
         self._decoder = TaskResultsDecoder(decode_limits)
-        self._header_area = bytearray()
+        self._header_area: list[memoryview] = []  # chunks received before admission (not copied)
+        self._header_size = 0
         self._offset = 0
         self._intake: UploadIntake | None = None
         self._outcome: Outcome | None = None
@@ -72,7 +73,7 @@ class UploadReceiver:
             else:
                 await self._handle(self._decoder.finish())
                 if self._outcome is None and self._intake is not None:
-                    await self._absorb(b"")
+                    await self._absorb(memoryview(b""))
             if self._outcome is not None:
                 return self._outcome
             intake = self._intake
@@ -91,8 +92,9 @@ class UploadReceiver:
         """Process one chunk; True when the upload's fate is sealed and the rest need not be read."""
         events = self._decoder.feed(data)
         if self._intake is None:
-            self._header_area += data
-            if len(self._header_area) > self._header_bytes and not any(
+            self._header_area.append(data)
+            self._header_size += len(data)
+            if self._header_size > self._header_bytes and not any(
                 isinstance(event, ResultsHeader) for event in events
             ):
                 raise InvalidRequest(
@@ -106,19 +108,19 @@ class UploadReceiver:
             await self._absorb(data)
         return self._intake is not None and self._intake.rejection is not None
 
-    async def _absorb(self, data: bytes | memoryview) -> None:
+    async def _absorb(self, data: memoryview) -> None:
+        """Pass the upload's next bytes to its intake (the chunks held before admission first)."""
+        pieces, self._header_area = self._header_area or [data], []
+        for piece in pieces:
+            if piece:
+                await self._absorb_piece(piece)
+
+    async def _absorb_piece(self, piece: memoryview) -> None:
         intake = self._intake
         assert intake is not None
-        if self._header_area:
-            data, offset, self._header_area = memoryview(bytes(self._header_area)), 0, bytearray()
-        else:
-            offset = self._offset
-        self._offset = offset + len(data)
-        if data:
-            await asyncio.get_running_loop().run_in_executor(
-                self._io, intake.absorb, memoryview(data), offset
-            )
-            failpoint("upload.chunk")
+        offset, self._offset = self._offset, self._offset + len(piece)
+        await asyncio.get_running_loop().run_in_executor(self._io, intake.absorb, piece, offset)
+        failpoint("upload.chunk")
 
     async def _handle(self, events: list[ResultsEvent]) -> None:
         for event in events:
