@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
 from fedagg.protocol.codec import Float32Array, decode_tensor
+from fedagg.protocol.extensions import CONTRIBUTION_METADATA
 from fedagg.protocol.model_file import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,19 @@ class AggregatorClient:
             data_size=data_size,
             tensors=list(tensors),
         ).SerializeToString()
-        reply = self._call(lambda: self._stub.SendLocalTaskResults(self._counted_chunks(payload)))
+        reply, call = self._call(
+            lambda: self._stub.SendLocalTaskResults.with_call(self._counted_chunks(payload))
+        )
         self._check_header(reply.header)
+        for key, value in call.trailing_metadata() or ():
+            if key == CONTRIBUTION_METADATA:
+                log.warning(
+                    "%s: the aggregator answered round %d's %r results with %s; they are not used",
+                    self.collaborator,
+                    round_number,
+                    task_name,
+                    value,
+                )
 
     # Observer calls -------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.serving import TensorRequest
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
+from fedagg.protocol.extensions import CONTRIBUTION_METADATA
 from fedagg.protocol.stream import DecodeLimits
 from fedagg.protocol.wire import datastream_payload
 from fedagg.server.auth import (
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
-CONTRIBUTION_METADATA = "fedagg-contribution"
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
 
