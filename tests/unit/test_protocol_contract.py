@@ -1,4 +1,9 @@
-"""The compiled protocol matches OpenFL 1.7.1's wire contract (spec §1), and the generated code is fresh."""
+"""The compiled protocol matches OpenFL's wire contract, and the generated code is fresh.
+
+The contract is 1.7.1's (openfl-wire-spec.md §1) plus what 1.8 and 1.9 added (openfl-1.9-delta.md §1): Ping and
+InteropRelay with their messages. 1.8/1.9 removed the three director RPCs, which their clients never call, so
+serving the union serves every version.
+"""
 
 from __future__ import annotations
 
@@ -127,6 +132,19 @@ CONTRACT: dict[str, dict[str, tuple[int, int, str, str]]] = {
     "openfl.aggregator.GetExperimentDescriptionResponse": {
         "experiment": (1, MESSAGE, ONE, "ExperimentDescription"),
     },
+    # OpenFL 1.9: Ping.
+    "openfl.aggregator.PingRequest": {"header": (1, MESSAGE, ONE, "openfl.aggregator.MessageHeader")},
+    "openfl.aggregator.PingResponse": {"header": (1, MESSAGE, ONE, "openfl.aggregator.MessageHeader")},
+    # OpenFL 1.8/1.9: InteropRelay (Flower interop).
+    "openfl.aggregator.InteropMessage": {
+        "header": (1, MESSAGE, ONE, "openfl.aggregator.MessageHeader"),
+        "message": (2, MESSAGE, ONE, "DataStream"),
+        "metadata": (3, MESSAGE, MANY, "openfl.aggregator.InteropMessage.MetadataEntry"),
+    },
+    "openfl.aggregator.InteropMessage.MetadataEntry": {
+        "key": (1, STRING, ONE, ""),
+        "value": (2, STRING, ONE, ""),
+    },
 }
 
 # rpc -> (request, response, client streaming, server streaming)
@@ -157,6 +175,8 @@ RPCS = {
         False,
         False,
     ),
+    "Ping": ("openfl.aggregator.PingRequest", "openfl.aggregator.PingResponse", False, False),
+    "InteropRelay": ("openfl.aggregator.InteropMessage", "openfl.aggregator.InteropMessage", False, False),
 }
 
 

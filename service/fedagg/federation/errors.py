@@ -19,6 +19,10 @@ class FailedPrecondition(FederationError):
     """The request is well-formed but does not fit the federation's current state (FAILED_PRECONDITION)."""
 
 
+class PermissionDenied(FederationError):
+    """The caller may not have what it asks for, e.g. another collaborator's results (PERMISSION_DENIED)."""
+
+
 class StorageUnavailable(FederationError):
     """The state directory refused a write or a read (disk full, I/O error): retry later (UNAVAILABLE)."""
 

@@ -40,7 +40,7 @@ from fedagg.failpoints import failpoint
 from fedagg.federation.assigner import make_assigner
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.contribution import ContributionRejected, RejectionReason
-from fedagg.federation.errors import FailedPrecondition, StorageUnavailable
+from fedagg.federation.errors import FailedPrecondition, NotFound, PermissionDenied, StorageUnavailable
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
 from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
@@ -50,11 +50,12 @@ from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.replay import SpoolReplay
 from fedagg.federation.round_close import ClosedRound, ModelOutputs, RoundCloser
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, RejectedUpload, Round
-from fedagg.federation.serving import TensorRequest, TensorServer
+from fedagg.federation.serving import TensorRequest, TensorServer, encode_own_tensor, tensor_owner
+from fedagg.federation.sources import DeltaOnBase, SpooledValues
 from fedagg.federation.status import experiment_status, restoring_status
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import make_straggler_policy
-from fedagg.protocol.codec import Float32Array
+from fedagg.protocol.codec import COMPRESSED, Float32Array
 from fedagg.protocol.model_file import LoadedModel
 from fedagg.protocol.results import ResultsHeader
 
@@ -495,9 +496,40 @@ class Federation:
 
     # GetAggregatedTensor and observers ------------------------------------------------------------------------
 
-    def encoded_tensor(self, request: TensorRequest) -> bytes:
-        """The serialized NamedTensor answering a GetAggregatedTensor request (encoded once, then shared)."""
-        return self._serving.encoded(request)
+    def encoded_tensor(self, request: TensorRequest, requester: str = "") -> bytes:
+        """The serialized NamedTensor answering ``requester``'s GetAggregatedTensor request. Reads the disk.
+
+        Model tensors are encoded once and shared; a request naming a collaborator in its tags asks for that
+        collaborator's own results of the current round, which only that collaborator may fetch.
+        """
+        owner = tensor_owner(request, self.plan.collaborators)
+        if owner is None:
+            return self._serving.encoded(request)
+        if owner != requester:
+            raise PermissionDenied(
+                f"GetAggregatedTensorRequest.tags name collaborator {owner!r}: a collaborator may only fetch "
+                "its own results"
+            )
+        return self._own_tensor(owner, request)
+
+    def _own_tensor(self, collaborator: str, request: TensorRequest) -> bytes:
+        wanted = set(request.tags) - {collaborator, COMPRESSED}
+        with self._state_lock:
+            round_ = self._round
+            uploads = [] if round_ is None else round_.accepted([collaborator])
+        if round_ is None or request.round_number != round_.number:
+            raise NotFound(f"{collaborator}'s results are served for the current round only")
+        for upload in uploads:
+            for tensor in upload.contribution.weights:
+                if tensor.name == request.name and set(tensor.tags) == wanted:
+                    values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
+                    base = round_.model.get(tensor.name)
+                    source = DeltaOnBase(base, values) if tensor.is_delta and base is not None else values
+                    return encode_own_tensor(request, source.block(0, tensor.size).reshape(tensor.shape))
+        raise NotFound(
+            f"no tensor {request.name!r} with tags {sorted(wanted)} in {collaborator}'s results of round "
+            f"{round_.number}"
+        )
 
     def trained_model(self, best: bool) -> Path:
         """Path of the published best or last model; raise if none has been written yet."""

@@ -1,9 +1,13 @@
-"""Serving the global model: which form a GetAggregatedTensor request names, and encode-once caching.
+"""Serving tensors: which form a GetAggregatedTensor request names, and encode-once caching.
 
 OpenFL collaborators ask for a tensor in one of two forms (spec §3.6): the model itself (tags ``["model"]``)
 or, from round 1 on, the change since the previous round (tags ``["aggregated", "delta", "compressed"]``).
 Each (tensor, round, form) is encoded once and the bytes are shared by every collaborator that asks. Kept models
 are memory-mapped model files, verified against their checksums when they were loaded.
+
+OpenFL 1.8/1.9 collaborators restarted in the middle of a round also ask for their own results of the round
+(tags ``[<own name>, "trained", ...]``); :func:`encode_own_tensor` answers that from the spooled upload, as
+OpenFL 1.9's aggregator answers it from its tensor database.
 """
 
 from __future__ import annotations
@@ -185,3 +189,26 @@ def bounded_names(names: Iterable[str], limit: int = 8) -> str:
     shown = ", ".join(repr(name) for name in ordered[:limit])
     rest = len(ordered) - limit
     return f"[{shown}, ... {rest} more]" if rest > 0 else f"[{shown}]"
+
+
+def tensor_owner(request: TensorRequest, collaborators: Iterable[str]) -> str | None:
+    """The collaborator a request's tags name (a request for that collaborator's own results), if any."""
+    named = set(request.tags) & set(collaborators)
+    if len(named) > 1:
+        raise InvalidRequest(
+            f"GetAggregatedTensorRequest.tags name several collaborators: {sorted(named)[:4]}"
+        )
+    return named.pop() if named else None
+
+
+def encode_own_tensor(request: TensorRequest, values: Float32Array, lossless: bool = True) -> bytes:
+    """A collaborator's own uploaded tensor as OpenFL 1.9 returns it: the request's tags plus ``compressed``."""
+    header = tensor_header(
+        request.name,
+        values.shape,
+        round_number=request.round_number,
+        tags=sorted({*request.tags, COMPRESSED}),
+        lossless=lossless,
+        report=request.report,
+    )
+    return encode_named_tensor(header, values)

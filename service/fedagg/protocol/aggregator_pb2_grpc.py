@@ -66,6 +66,16 @@ class AggregatorStub:
                 request_serializer=openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionRequest.SerializeToString,
                 response_deserializer=openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionResponse.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/openfl.aggregator.Aggregator/Ping',
+                request_serializer=openfl_dot_protocols_dot_aggregator__pb2.PingRequest.SerializeToString,
+                response_deserializer=openfl_dot_protocols_dot_aggregator__pb2.PingResponse.FromString,
+                _registered_method=True)
+        self.InteropRelay = channel.unary_unary(
+                '/openfl.aggregator.Aggregator/InteropRelay',
+                request_serializer=openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.SerializeToString,
+                response_deserializer=openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -108,6 +118,20 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """OpenFL 1.9: `fx collaborator ping`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InteropRelay(self, request, context):
+        """OpenFL 1.8/1.9: Flower interop relay (fedagg answers UNIMPLEMENTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +164,16 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.GetExperimentDescription,
                     request_deserializer=openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionRequest.FromString,
                     response_serializer=openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=openfl_dot_protocols_dot_aggregator__pb2.PingRequest.FromString,
+                    response_serializer=openfl_dot_protocols_dot_aggregator__pb2.PingResponse.SerializeToString,
+            ),
+            'InteropRelay': grpc.unary_unary_rpc_method_handler(
+                    servicer.InteropRelay,
+                    request_deserializer=openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.FromString,
+                    response_serializer=openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +338,60 @@ class Aggregator:
             '/openfl.aggregator.Aggregator/GetExperimentDescription',
             openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionRequest.SerializeToString,
             openfl_dot_protocols_dot_aggregator__pb2.GetExperimentDescriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openfl.aggregator.Aggregator/Ping',
+            openfl_dot_protocols_dot_aggregator__pb2.PingRequest.SerializeToString,
+            openfl_dot_protocols_dot_aggregator__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InteropRelay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openfl.aggregator.Aggregator/InteropRelay',
+            openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.SerializeToString,
+            openfl_dot_protocols_dot_aggregator__pb2.InteropMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ from fedagg.federation.errors import (
     FederationError,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     StorageUnavailable,
 )
 from fedagg.federation.health import describe_os_error
@@ -29,6 +30,7 @@ MAX_DETAILS_CHARACTERS = 1000
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (IdentityError, grpc.StatusCode.UNAUTHENTICATED),
     (ObserverDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -40,10 +42,16 @@ class Unavailable(Exception):
     """The server cannot take the call now (starting, draining); clients should retry later."""
 
 
+class Unimplemented(Exception):
+    """A part of the protocol fedagg does not serve (UNIMPLEMENTED)."""
+
+
 def status_for(error: Exception) -> grpc.StatusCode | None:
     """The status code for a known error class, or None."""
     if isinstance(error, (Unavailable, StorageUnavailable)):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, Unimplemented):
+        return grpc.StatusCode.UNIMPLEMENTED
     for kind, code in _CODES:
         if isinstance(error, kind):
             return code

@@ -39,7 +39,7 @@ from fedagg.server.auth import (
     metadata_client_id,
     peer_common_name,
 )
-from fedagg.server.errors import stream_errors, unary_errors
+from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.replies import (
     description_reply,
@@ -366,7 +366,7 @@ class AggregatorGRPCServer:
 
             def build() -> bytes:
                 return tensor_reply(
-                    header, request.round_number, self.aggregator.encoded_tensor(tensor_request)
+                    header, request.round_number, self.aggregator.encoded_tensor(tensor_request, collaborator)
                 )
 
             return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
@@ -462,6 +462,21 @@ class AggregatorGRPCServer:
             await self._authorize_observer(request.name, context)
             return description_reply(self.aggregator.describe())
 
+    @unary_errors
+    async def Ping(self, request: aggregator_pb2.PingRequest, context: ServerContext) -> Message:
+        """OpenFL 1.9's ``fx collaborator ping``: authenticated like GetTasks, answered with the header, no state change."""
+        async with self._gate.call():
+            collaborator = await self._authenticate(request.header, context)
+            return aggregator_pb2.PingResponse(header=self.get_header(collaborator))
+
+    @unary_errors
+    async def InteropRelay(self, request: aggregator_pb2.InteropMessage, context: ServerContext) -> Message:
+        """OpenFL 1.8/1.9's Flower interop relay: not supported."""
+        raise Unimplemented(
+            "fedagg does not support Flower interop (OpenFL's connector / interop_mode); "
+            "run the federation with OpenFL's task runners"
+        )
+
     def _handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         messages = aggregator_pb2
         methods: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[bytes], Any]]] = {
@@ -494,6 +509,12 @@ class AggregatorGRPCServer:
                 grpc.unary_unary_rpc_method_handler,
                 self.GetExperimentDescription,
                 messages.GetExperimentDescriptionRequest.FromString,
+            ),
+            "Ping": (grpc.unary_unary_rpc_method_handler, self.Ping, messages.PingRequest.FromString),
+            "InteropRelay": (
+                grpc.unary_unary_rpc_method_handler,
+                self.InteropRelay,
+                messages.InteropMessage.FromString,
             ),
         }
         handlers = {
