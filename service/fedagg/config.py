@@ -19,6 +19,7 @@ import yaml
 
 from fedagg.federation.errors import PlanError
 from fedagg.federation.plan import (
+    EVALUATION_GROUP,
     AggregationKind,
     AssignerKind,
     AssignerSpec,
@@ -29,6 +30,7 @@ from fedagg.federation.plan import (
     TaskSpec,
     UploadLimits,
     default_tasks,
+    select_task_group,
 )
 from fedagg.server.tls import CertificateFiles, TlsMode
 from fedagg.settings import ConfigError, build, non_empty, non_negative, port_number, positive, setting
@@ -109,6 +111,11 @@ class FederationSettings:
     sleep_seconds: int = setting(10, help="how long GetTasks tells idle collaborators to sleep")
     rounds_kept: int = setting(2, help="global models kept for serving (>= 2 for delta requests)")
     tasks: dict[str, TaskSettings] = setting(factory=dict, help="plan tasks; default OpenFL's three")
+    task_group: str = setting(
+        "",
+        help="run only this task group, for every collaborator (OpenFL 1.9's selected_task_group); "
+        "'evaluation' validates the initial model in one round and publishes no model",
+    )
     assigner: AssignerSettings = setting(factory=AssignerSettings, help="")
     stragglers: StragglerSettings = setting(factory=StragglerSettings, help="")
 
@@ -318,13 +325,17 @@ class Config:
         ) or (TaskGroup("learning", tuple(tasks), settings.collaborators, 1.0),)
         stragglers = settings.stragglers
         try:
+            assigner = AssignerSpec(settings.assigner.kind, groups, settings.assigner.seed)
+            evaluation = settings.task_group == EVALUATION_GROUP
+            if settings.task_group:
+                assigner = select_task_group(assigner, settings.task_group, settings.collaborators)
             return FederationPlan(
                 federation_uuid=settings.federation_uuid,
                 aggregator_uuid=settings.aggregator_uuid or f"aggregator_{settings.federation_uuid}",
                 collaborators=settings.collaborators,
-                rounds_to_train=settings.rounds_to_train,
+                rounds_to_train=1 if evaluation else settings.rounds_to_train,
                 tasks=tasks,
-                assigner=AssignerSpec(settings.assigner.kind, groups, settings.assigner.seed),
+                assigner=assigner,
                 stragglers=StragglerPolicySpec(
                     stragglers.policy,
                     stragglers.cutoff_seconds,
@@ -336,6 +347,7 @@ class Config:
                 sleep_seconds=settings.sleep_seconds,
                 rounds_kept=settings.rounds_kept,
                 limits=UploadLimits(self.limits.upload_bytes, self.limits.extra_tensor_bytes),
+                evaluation=evaluation,
             )
         except PlanError as error:
             raise ConfigError(f"federation.{error.key}", error.value, error.expected) from None

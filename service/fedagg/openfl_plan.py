@@ -8,6 +8,14 @@ workspace's collaborators connect to fedagg unchanged.
 
 ``defaults:`` references are resolved against the workspace root (``fx workspace create`` copies OpenFL's
 ``plan/defaults/`` there) or against ``defaults_root``; like OpenFL, a missing defaults file counts as empty.
+
+Plans of OpenFL 1.7.1 to 1.9 are read: 1.9's straggler policy classes and settings next to 1.7.1's, its 0%
+``evaluation`` task group and ``selected_task_group``. Keys that have no meaning for an aggregator that keeps
+its own durable state (1.9's persistent tensor database, native model saving, delta rebuilding, atomic
+connections) are accepted and reported as ignored; features fedagg does not implement (secure aggregation, the
+REST transport, Flower interop) are refused with a configuration error naming the plan key. Unless the
+configuration says otherwise, the state lives in the workspace (``local_state/fedagg``, where OpenFL 1.9 keeps
+its own state), so each workspace has its own.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import copy
 import hashlib
 import logging
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +48,38 @@ AGGREGATIONS = {
 STRAGGLER_POLICIES = {
     "openfl.component.straggler_handling_functions.CutoffTimeBasedStragglerHandling": "cutoff_time",
     "openfl.component.straggler_handling_functions.PercentageBasedStragglerHandling": "percentage",
+    **{
+        f"{module}.{name}": kind
+        for module in (
+            "openfl.component",
+            "openfl.component.aggregator",
+            "openfl.component.aggregator.straggler_handling",
+        )
+        for name, kind in (
+            ("WaitForAllPolicy", "cutoff_time"),
+            ("CutoffTimePolicy", "cutoff_time"),
+            ("PercentagePolicy", "percentage"),
+        )
+    },
 }
 NO_COMPRESSION = "openfl.pipelines.NoCompressionPipeline"
+IGNORED_SETTINGS = (
+    ("aggregator", "persist_checkpoint"),
+    ("aggregator", "persistent_db_path"),
+    ("aggregator", "save_native_model"),
+    ("aggregator", "use_delta_updates"),
+    ("network", "enable_atomic_connections"),
+)
+"""Plan settings (OpenFL 1.9) with no meaning for fedagg, which keeps its own durable state."""
+WORKSPACE_STATE = "local_state/fedagg"
+
+
+@dataclass(frozen=True)
+class OpenflWorkspace:
+    """What an OpenFL workspace says: a configuration overlay, and the plan keys fedagg ignores."""
+
+    overlay: dict[str, Any]
+    ignored: tuple[str, ...]
 
 
 def workspace_root(plan_path: Path) -> Path:
@@ -91,8 +130,8 @@ def _plan_hash(plan: dict[str, Any]) -> str:
 
 def load_openfl_workspace(
     plan_path: Path, cols_path: Path, defaults_root: Path | None = None
-) -> dict[str, Any]:
-    """A configuration overlay for the workspace (see the module docstring)."""
+) -> OpenflWorkspace:
+    """The configuration the workspace describes (see the module docstring)."""
     plan = parse_plan(plan_path, defaults_root)
     digest = _plan_hash(copy.deepcopy(plan))
     identity = f"{plan_path.name}_{digest[:8]}"
@@ -106,6 +145,7 @@ def load_openfl_workspace(
     aggregator = _settings(plan, "aggregator", plan_path)
     network = _settings(plan, "network", plan_path)
     _require_no_compression(plan, plan_path)
+    _refuse_unsupported(plan, plan_path)
     federation: dict[str, Any] = {
         "federation_uuid": identity,
         "aggregator_uuid": f"aggregator_{identity}",
@@ -120,16 +160,63 @@ def load_openfl_workspace(
         federation["initial_model"] = str(root / aggregator["init_state_path"])
     if aggregator.get("single_col_cert_common_name"):
         federation["single_col_cert_common_name"] = str(aggregator["single_col_cert_common_name"])
+    selected = plan.get("assigner", {}).get(SETTINGS, {}).get("selected_task_group")
+    if selected:
+        federation["task_group"] = str(selected)
     storage = {
         key: str(root / aggregator[source])
         for key, source in (("best_model", "best_state_path"), ("last_model", "last_state_path"))
         if aggregator.get(source)
     }
-    return {
+    storage["state_dir"] = str(root / WORKSPACE_STATE)
+    overlay = {
         "federation": federation,
         "server": _server(network, digest, root, plan_path),
         "storage": storage,
     }
+    ignored = tuple(
+        f"{section}.settings.{key}"
+        for section, key in IGNORED_SETTINGS
+        if key in plan.get(section, {}).get(SETTINGS, {})
+    )
+    return OpenflWorkspace(overlay, ignored)
+
+
+def _refuse_unsupported(plan: dict[str, Any], plan_path: Path) -> None:
+    """Features of OpenFL 1.9 fedagg does not implement: refused, never silently ignored."""
+    refusals = (
+        (
+            "aggregator.settings.secure_aggregation",
+            plan.get("aggregator", {}).get(SETTINGS, {}).get("secure_aggregation", False) is not False,
+            "false: fedagg does not implement OpenFL's secure aggregation",
+        ),
+        (
+            "network.settings.transport_protocol",
+            plan.get("network", {}).get(SETTINGS, {}).get("transport_protocol", "grpc") != "grpc",
+            "grpc: fedagg serves OpenFL's gRPC transport, not the REST one",
+        ),
+        (
+            "connector",
+            "connector" in plan,
+            "no connector section: fedagg does not support Flower interop",
+        ),
+        (
+            "collaborator.settings.interop_mode",
+            plan.get("collaborator", {}).get(SETTINGS, {}).get("interop_mode", False) is not False,
+            "false: fedagg does not support Flower interop",
+        ),
+    )
+    for key, refused, expected in refusals:
+        if refused:
+            value = plan.get(key) if key == "connector" else _lookup(plan, key)
+            raise ConfigError(f"{plan_path}: {key}", value, expected)
+
+
+def _lookup(plan: dict[str, Any], dotted: str) -> Any:
+    node: Any = plan
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _server(network: dict[str, Any], digest: str, root: Path, plan_path: Path) -> dict[str, Any]:

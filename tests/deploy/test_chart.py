@@ -119,7 +119,7 @@ def test_the_rendered_openfl_config_is_valid_with_the_plan(tmp_path: Path) -> No
     for name in ("fedagg.yaml", "plan.yaml", "cols.yaml"):
         (mount / name).write_text(data[name])
 
-    overlay = load_openfl_workspace(mount / "plan.yaml", mount / "cols.yaml")
+    overlay = load_openfl_workspace(mount / "plan.yaml", mount / "cols.yaml").overlay
     config = load_config(mount / "fedagg.yaml", environ={}, overlay=overlay)
 
     assert config.federation.collaborators == ("collaborator1", "collaborator2")
@@ -128,6 +128,7 @@ def test_the_rendered_openfl_config_is_valid_with_the_plan(tmp_path: Path) -> No
     # The chart's paths win over the plan's workspace-relative ones (which would be inside the read-only mount).
     assert str(config.federation.initial_model) == "/etc/fedagg/model/init.pbuf"
     assert str(config.best_model_path) == "/var/lib/fedagg/best.pbuf"
+    assert str(config.storage.state_dir) == "/var/lib/fedagg", "the chart keeps its state volume"
     assert str(config.last_model_path) == "/var/lib/fedagg/last.pbuf"
     assert str(config.server.tls.certificate_dir) == "/etc/fedagg/tls"
     assert (config.server.tls.certificate, config.server.tls.root_certificate) == ("tls.crt", "ca.crt")

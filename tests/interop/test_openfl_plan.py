@@ -115,7 +115,7 @@ def test_uuids_equal_openfl_plan_parse(
     plan_path, cols_path = workspace(tmp_path, plan, python if with_defaults else None)
 
     expected = plan_uuid(python, plan_path, cols_path)
-    overlay = load_openfl_workspace(plan_path, cols_path)
+    overlay = load_openfl_workspace(plan_path, cols_path).overlay
 
     federation = overlay["federation"]
     assert federation["federation_uuid"] == expected["federation_uuid"]
@@ -127,7 +127,7 @@ def test_uuids_equal_openfl_plan_parse(
 def test_imported_workspace_becomes_a_valid_configuration(tmp_path: Path) -> None:
     plan_path, cols_path = workspace(tmp_path, SELF_CONTAINED)
 
-    config = load_config(None, environ={}, overlay=load_openfl_workspace(plan_path, cols_path))
+    config = load_config(None, environ={}, overlay=load_openfl_workspace(plan_path, cols_path).overlay)
     plan = config.plan()
 
     assert plan.collaborators == ("site-a", "site-b")

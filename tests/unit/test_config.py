@@ -83,7 +83,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
                     "assigner": {"task_groups": [{"name": "g", "tasks": ["train"], "percentage": 0.5}]}
                 }
             ),
-            "federation.assigner.task_groups[].percentage: got [0.5], expected positive shares that sum to 1.0",
+            "federation.assigner.task_groups[].percentage: got [0.5], expected shares of 0 or more that sum to 1.0 (a 0% group, like OpenFL 1.9's 'evaluation', runs only when selected)",
         ),
         (
             config_with(federation={"stragglers": {"minimum_reporting": 5}}),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedagg.cli.common import Commands, add_command
 
@@ -70,22 +71,31 @@ def _add_config_options(parser: argparse.ArgumentParser, positional: bool = Fals
         type=Path,
         help="where plan 'defaults:' paths resolve (default: the workspace root)",
     )
+    parser.add_argument(
+        "--task-group",
+        help="run only this task group for every collaborator (federation.task_group; OpenFL's "
+        "--task_group): 'evaluation' validates the initial model in one round",
+    )
 
 
-def load(args: argparse.Namespace) -> Config:
-    """The configuration the options describe (a file, an OpenFL workspace, or both)."""
+def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
+    """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
     from fedagg.config import load_config
     from fedagg.openfl_plan import load_openfl_workspace
 
     path = getattr(args, "config", None) or getattr(args, "file", None)
-    overlay = None
+    overlay: dict[str, Any] = {}
+    ignored: tuple[str, ...] = ()
     if args.openfl_plan or args.openfl_cols:
         if not (args.openfl_plan and args.openfl_cols):
             raise SystemExit("fedagg: --openfl-plan and --openfl-cols go together")
-        overlay = load_openfl_workspace(args.openfl_plan, args.openfl_cols, args.openfl_defaults)
-    if path is None and overlay is None:
+        workspace = load_openfl_workspace(args.openfl_plan, args.openfl_cols, args.openfl_defaults)
+        overlay, ignored = workspace.overlay, workspace.ignored
+    if path is None and not overlay:
         raise SystemExit("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
-    return load_config(path, overlay=overlay)
+    if args.task_group:
+        overlay.setdefault("federation", {})["task_group"] = args.task_group
+    return load_config(path, overlay=overlay), ignored
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,24 +106,31 @@ def _serve(args: argparse.Namespace) -> int:
     from fedagg.config import LogFormat
     from fedagg.logs import configure_logging
 
-    config = load(args)
+    config, ignored = load(args)
     if args.log_format:
         config = replace(config, logging=replace(config.logging, format=LogFormat(args.log_format)))
     configure_logging(config.logging.level, json_lines=config.logging.format == LogFormat.JSON)
+    if ignored:
+        logging.getLogger("fedagg.cli").info(
+            "OpenFL plan settings ignored (no meaning for fedagg's aggregator): %s", ", ".join(ignored)
+        )
     return asyncio.run(run_aggregator(build_aggregator(config)))
 
 
 def _config_check(args: argparse.Namespace) -> int:
     from fedagg.app import check_files
 
-    config = load(args)
+    config, ignored = load(args)
     check_files(config)
     plan = config.plan()
+    group = f", task group {config.federation.task_group}" if config.federation.task_group else ""
     print(
         f"OK: federation {plan.federation_uuid} (aggregator {plan.aggregator_uuid}), "
-        f"{len(plan.collaborators)} collaborators, {plan.rounds_to_train} rounds, port {config.server.port}, "
-        f"TLS {config.server.tls.mode.value}"
+        f"{len(plan.collaborators)} collaborators, {plan.rounds_to_train} rounds{group}, "
+        f"port {config.server.port}, TLS {config.server.tls.mode.value}, state {config.storage.state_dir}"
     )
+    if ignored:
+        print(f"ignored (no meaning for fedagg's aggregator): {', '.join(ignored)}")
     return 0
 
 

@@ -133,6 +133,9 @@ class FederationPlan:
     sleep_seconds: int = 10
     rounds_kept: int = 2
     limits: UploadLimits = field(default_factory=UploadLimits)
+    evaluation: bool = False
+    """An evaluation run (OpenFL's ``evaluation`` task group): the model is validated, never trained further
+    or published, and the initial model's round is not resumed."""
 
     def __post_init__(self) -> None:
         _check_plan(self)
@@ -160,6 +163,20 @@ def single_group_assigner(tasks: Mapping[str, TaskSpec], seed: int = 0) -> Assig
     """OpenFL's default assigner: one random group "learning" of every collaborator running every task."""
     return AssignerSpec(
         AssignerKind.RANDOM_GROUPED, (TaskGroup("learning", tuple(tasks), percentage=1.0),), seed=seed
+    )
+
+
+EVALUATION_GROUP = "evaluation"
+
+
+def select_task_group(spec: AssignerSpec, name: str, collaborators: tuple[str, ...]) -> AssignerSpec:
+    """The assigner of OpenFL 1.9's ``selected_task_group``: only group ``name``, given to every collaborator."""
+    chosen = [group for group in spec.groups if group.name == name]
+    if len(chosen) != 1:
+        raise PlanError("task_group", name, f"the name of one task group {[g.name for g in spec.groups]}")
+    group = chosen[0]
+    return AssignerSpec(
+        spec.kind, (TaskGroup(group.name, group.tasks, collaborators, percentage=1.0),), spec.seed
     )
 
 
@@ -218,12 +235,13 @@ def _check_assigner(plan: FederationPlan) -> None:
                 f"each of the collaborators {list(plan.collaborators)} in exactly one group",
             )
     else:
-        total = sum(group.percentage for group in spec.groups)
-        if any(group.percentage <= 0 for group in spec.groups) or not math.isclose(total, 1.0):
+        shares = [group.percentage for group in spec.groups]
+        if any(share < 0 for share in shares) or not math.isclose(sum(shares), 1.0):
             raise PlanError(
                 "assigner.task_groups[].percentage",
-                [group.percentage for group in spec.groups],
-                "positive shares that sum to 1.0",
+                shares,
+                "shares of 0 or more that sum to 1.0 (a 0% group, like OpenFL 1.9's 'evaluation', runs only "
+                "when selected)",
             )
 
 

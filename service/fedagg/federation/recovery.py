@@ -92,7 +92,7 @@ class StateRecovery:
             raise FailedPrecondition(
                 f"the initial model's round_number is {model.round_number}, expected >= 0"
             )
-        first = model.round_number
+        first = 0 if self._plan.evaluation else model.round_number
         if first:
             log.info("initial model is from round %d: resuming there", first)
 

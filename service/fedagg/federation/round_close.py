@@ -198,7 +198,8 @@ class RoundCloser:
         checkpoint = self._next_checkpoint(round_, committed, metrics, next_round, digest)
         if checkpoint.best_round != committed.best_round:
             store.publish(round_.number, self._outputs.best)
-        store.publish(next_round, self._outputs.last)
+        if checkpoint.last_round == next_round:
+            store.publish(next_round, self._outputs.last)
         self._failpoint("round_end.outputs_published")
         started = time.monotonic()
         store.save_checkpoint(checkpoint, new_round=True)
@@ -224,9 +225,11 @@ class RoundCloser:
     ) -> Checkpoint:
         oldest_kept = next_round - self._plan.rounds_kept + 1
         kept = tuple((number, d) for number, d in committed.models if oldest_kept <= number < next_round)
-        checkpoint = replace(
-            committed, round_number=next_round, last_round=next_round, models=(*kept, (next_round, digest))
-        )
+        checkpoint = replace(committed, round_number=next_round, models=(*kept, (next_round, digest)))
+        if self._plan.evaluation:
+            log.info("evaluation run: round %d's models are not published", round_.number)
+            return checkpoint
+        checkpoint = replace(checkpoint, last_round=next_round)
         scores = [record.value for record in metrics if VALIDATE_AGG_TAG in record.tags]
         if scores and max(scores) > committed.best:
             log.info(
