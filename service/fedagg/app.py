@@ -113,6 +113,8 @@ def build_aggregator(
         auth_failure_max_delay=server_settings.auth_failure_max_delay,
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
+        max_connection_age=server_settings.max_connection_age_seconds,
+        max_connection_age_grace=server_settings.max_connection_age_grace_seconds,
         receive_limits=ReceiveLimits(
             config.limits.header_bytes,
             config.limits.field_bytes,

@@ -157,6 +157,15 @@ class ServerSettings:
         2.0, help="max random delay before refusing a caller", check=non_negative
     )
     executor_workers: int = setting(4, help="threads for disk and encoding work", check=positive)
+    max_connection_age_seconds: float = setting(
+        900.0,
+        help="close each collaborator connection after this long (it reconnects), so rotated or revoked "
+        "certificates reach OpenFL 1.8/1.9 clients, which keep one connection; 0 = never",
+        check=non_negative,
+    )
+    max_connection_age_grace_seconds: float = setting(
+        600.0, help="calls in flight on a closing connection get this long to finish", check=non_negative
+    )
     max_receive_message_bytes: int = setting(
         4 << 20,
         help="largest incoming gRPC message (OpenFL sends uploads in 2 MiB chunks); "

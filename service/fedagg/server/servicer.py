@@ -41,6 +41,7 @@ from fedagg.server.auth import (
 )
 from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
+from fedagg.server.refusals import RefusalLog
 from fedagg.server.replies import (
     description_reply,
     metric_reply,
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_CONNECTION_AGE = 900.0
+DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
 
@@ -119,6 +122,9 @@ class AggregatorGRPCServer:
         observer: a :class:`ServerObserver` told about refused callers and bytes on the wire.
         max_receive_message_bytes: largest incoming message (uploads arrive in chunks of 2 MiB).
         receive_limits: a :class:`ReceiveLimits`, what an upload may make the server hold in memory.
+        max_connection_age: seconds after which a connection is closed (GOAWAY) and its client reconnects,
+            so certificate rotation and revocation reach long-lived clients; 0 keeps connections forever.
+        max_connection_age_grace: seconds calls in flight on a closing connection get to finish.
     """
 
     def __init__(
@@ -152,6 +158,10 @@ class AggregatorGRPCServer:
         self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
+        self._max_connection_age: float = kwargs.pop("max_connection_age", DEFAULT_MAX_CONNECTION_AGE)
+        self._max_connection_age_grace: float = kwargs.pop(
+            "max_connection_age_grace", DEFAULT_MAX_CONNECTION_AGE_GRACE
+        )
         workers = int(kwargs.pop("executor_workers", 4))
         observers = frozenset(kwargs.pop("observers", ()))
         if kwargs:
@@ -177,6 +187,7 @@ class AggregatorGRPCServer:
         self._io_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedagg-io")
         self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
         self._gate = CallGate()
+        self._refusals = RefusalLog()
         self._all_quit = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -228,6 +239,13 @@ class AggregatorGRPCServer:
             ("grpc.max_metadata_size", 32 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
+        if (
+            self._max_connection_age > 0
+        ):  # OpenFL 1.8/1.9 keep one connection: rotations reach it on reconnect
+            options += [
+                ("grpc.max_connection_age_ms", int(self._max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self._max_connection_age_grace * 1000)),
+            ]
         server = grpc.aio.server(interceptors=list(self._interceptors), options=options)
         server.add_generic_rpc_handlers((self._handlers(),))
         for register in self._extra_services:
@@ -306,14 +324,23 @@ class AggregatorGRPCServer:
         try:
             collaborator = self.authenticator.authenticate(header, peer_common_name(context))
         except IdentityError as error:
-            await self._refuse(error)
+            await self._refuse(error, context, header.sender)
             raise
         set_log_context(collaborator=collaborator)
         return collaborator
 
-    async def _refuse(self, error: IdentityError) -> None:
+    async def _check_uploader(self, context: ServerContext) -> None:
+        try:
+            await self._check_uploader(context)
+        except IdentityError as error:
+            await self._refuse(error, context)
+            raise
+
+    async def _refuse(self, error: IdentityError, context: ServerContext, sender: str = "") -> None:
+        """Count, log (rate-limited per caller) and delay a refusal; the caller then gets UNAUTHENTICATED."""
         self._observer.auth_failed(error.reason)
-        log.warning("refused caller: %s", error)
+        caller = peer_common_name(context) or sender or context.peer()
+        self._refusals.refused(caller, error.reason, str(error))
         if self._auth_failure_max_delay > 0:
             await asyncio.sleep(random.uniform(0, self._auth_failure_max_delay))
 
@@ -323,7 +350,7 @@ class AggregatorGRPCServer:
                 peer_common_name(context), metadata_client_id(context)
             )
         except IdentityError as error:
-            await self._refuse(error)
+            await self._refuse(error, context)
             raise
         plan = self.aggregator.plan
         if experiment_name not in ("", plan.name):
@@ -377,7 +404,7 @@ class AggregatorGRPCServer:
     ) -> Message:
         """Receive a collaborator's task results as a stream of chunks; acknowledge once they are durable."""
         async with self._gate.call():
-            self.authenticator.check_peer(peer_common_name(context))
+            await self._check_uploader(context)
 
             async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
                 return await self._authenticate(header, context)
