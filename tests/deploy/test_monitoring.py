@@ -29,6 +29,14 @@ FEDAGG_METRICS = {
     "fedagg_round_duration_seconds",
     "fedagg_collaborators",
     "fedagg_task_results_total",
+    "fedagg_contributions_rejected_total",
+    "fedagg_contributions_ignored_total",
+    "fedagg_state_files_quarantined_total",
+    "fedagg_round_end_failures_total",
+    "fedagg_storage_errors_total",
+    "fedagg_background_errors_total",
+    "fedagg_storage_failing",
+    "fedagg_round_end_failing",
     "fedagg_received_bytes_total",
     "fedagg_sent_bytes_total",
     "fedagg_aggregation_duration_seconds",
@@ -54,9 +62,32 @@ HISTOGRAMS = {
 }
 LABELS = {
     "fedagg_collaborators": {"state": {"authorized", "active", "done"}},
-    "fedagg_experiment_state": {"state": {"pending", "in_progress", "finished", "draining"}},
+    "fedagg_experiment_state": {"state": {"restoring", "pending", "in_progress", "finished", "draining"}},
     "fedagg_certificate_reloads_total": {"outcome": {"loaded", "rejected"}},
-    "fedagg_task_results_total": {"outcome": {"accepted", "ignored"}},
+    "fedagg_task_results_total": {"outcome": {"accepted", "ignored", "rejected"}},
+    "fedagg_contributions_rejected_total": {
+        "reason": {
+            "data_size",
+            "codec",
+            "byte_length",
+            "metric_shape",
+            "role",
+            "duplicate_tensor",
+            "shape",
+            "delta_base",
+            "extra_tensor_budget",
+            "upload_size",
+            "non_finite",
+        }
+    },
+    "fedagg_contributions_ignored_total": {
+        "reason": {"finished", "wrong_round", "round_closed", "duplicate", "not_assigned", "unknown_task"}
+    },
+    "fedagg_state_files_quarantined_total": {
+        "kind": {"upload", "rejection", "close_decision", "checkpoint", "model", "metrics"}
+    },
+    "fedagg_storage_errors_total": {"operation": {"spool", "rejection", "round_end", "quit"}},
+    "fedagg_background_errors_total": {"task": {"round_clock"}},
 }
 DASHBOARD_TOPICS = [
     "Round progress",
@@ -67,6 +98,11 @@ DASHBOARD_TOPICS = [
     "Authentication failures",
     "Model metrics by round",
     "Certificate expiry",
+    "Contributions",
+    "Rejected contributions by reason",
+    "State health",
+    "Quarantined state files",
+    "Storage errors by operation",
 ]
 
 
@@ -88,7 +124,7 @@ def test_promtool_checks_the_rules() -> None:
     result = run(promtool(), "check", "rules", str(RULES_DIR / "fedagg-rules.yaml"))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
@@ -124,6 +160,11 @@ def test_the_alerts_cover_what_operators_need() -> None:
         "FedaggAuthenticationFailures",
         "FedaggCertificateExpiringSoon",
         "FedaggCheckpointFailing",
+        "FedaggStateFileQuarantined",
+        "FedaggStorageFailing",
+        "FedaggRoundEndFailing",
+        "FedaggContributionsRejected",
+        "FedaggBackgroundTaskErrors",
     } <= alerts
 
 
@@ -138,6 +179,13 @@ def test_the_dashboard_is_well_formed() -> None:
     assert dashboard["title"] == "fedagg"
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0, panel["title"]
@@ -235,6 +283,24 @@ def test_the_helper_returns_signals_and_selectors_for_alerts() -> None:
     assert 'fedagg_experiment_state{state="in_progress"}' in queries
     assert "fedagg_hook_failures_total" in queries
     assert not any("$" in query for query in queries)
+
+
+@pytest.mark.parametrize(
+    "alert",
+    [
+        "FedaggStateFileQuarantined",
+        "FedaggStorageFailing",
+        "FedaggRoundEndFailing",
+        "FedaggContributionsRejected",
+        "FedaggBackgroundTaskErrors",
+    ],
+)
+def test_state_health_alerts_have_data_from_the_first_scrape(alert: str) -> None:
+    """Their counters are created at 0 and their gauges always exported: no run has to provoke an event."""
+    expressions = {(e.source, e.name): e for e in promql.expressions()}
+
+    assert expressions[("rules", f"{alert} signal")].events == ()
+    assert expressions[("rules", f"{alert} signal")].must_return_data()
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,8 @@ class AggregatorGRPCServer:
         self._gate.accepting = False
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         if self.server is not None:
             await self.server.stop(grace)
         loop = asyncio.get_running_loop()
@@ -331,7 +333,7 @@ class AggregatorGRPCServer:
 
     async def _check_uploader(self, context: ServerContext) -> None:
         try:
-            await self._check_uploader(context)
+            self.authenticator.check_peer(peer_common_name(context))
         except IdentityError as error:
             await self._refuse(error, context)
             raise
