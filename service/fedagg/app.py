@@ -42,7 +42,7 @@ from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
-from fedagg.ops.kube import KubernetesHook, in_cluster_client, pod_identity, running_in_cluster
+from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identity, running_in_cluster
 from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
 from fedagg.ops.readiness import Readiness
@@ -81,7 +81,7 @@ class Aggregator:
 
 
 def build_aggregator(
-    config: Config, kubernetes_client: Callable[[], k8s.ApiClient] = in_cluster_client
+    config: Config, kubernetes: Callable[[], k8s.Configuration] = in_cluster_configuration
 ) -> Aggregator:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
     registry = CollectorRegistry()
@@ -125,7 +125,7 @@ def build_aggregator(
         extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
         observer=metrics,
     )
-    hooks = _hooks(config, kubernetes_client)
+    hooks = _hooks(config, kubernetes)
     for hook in hooks:
         metrics.hook_configured(hook.name)
     readiness = Readiness(health, lambda: federation.health.healthy)
@@ -199,7 +199,7 @@ def _certificate_source(config: Config, metrics: FederationMetrics) -> Certifica
         ) from None
 
 
-def _hooks(config: Config, kubernetes_client: Callable[[], k8s.ApiClient]) -> list[ShutdownHook]:
+def _hooks(config: Config, kubernetes: Callable[[], k8s.Configuration]) -> list[ShutdownHook]:
     hooks: list[ShutdownHook] = []
     settings = config.hooks.kubernetes
     wanted = settings.enabled == KubernetesHookMode.ENABLED or (
@@ -208,7 +208,7 @@ def _hooks(config: Config, kubernetes_client: Callable[[], k8s.ApiClient]) -> li
     if wanted:
         pod, namespace = pod_identity(settings.pod_name, settings.namespace)
         if pod and namespace:
-            hooks.append(KubernetesHook(pod, namespace, settings.timeout_seconds, kubernetes_client))
+            hooks.append(KubernetesHook(pod, namespace, settings.timeout_seconds, kubernetes))
         elif settings.enabled == KubernetesHookMode.ENABLED:
             raise ConfigError(
                 "hooks.kubernetes.pod_name",

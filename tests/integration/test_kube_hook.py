@@ -27,8 +27,8 @@ def run(hooks: list) -> tuple[list[str], list[str], float]:  # type: ignore[type
 
 def test_annotations_and_event_on_the_pod() -> None:
     with kubernetes_api() as api:
-        failed, _, _ = run([KubernetesHook(POD, NAMESPACE, 10, api.client_factory())])
-        with api.client_factory()() as client:
+        failed, _, _ = run([KubernetesHook(POD, NAMESPACE, 10, api.configuration())])
+        with k8s.ApiClient(api.configuration()()) as client:
             pod = k8s.CoreV1Api(client).read_namespaced_pod(POD, NAMESPACE)
         events = api.requests("POST", f"/namespaces/{NAMESPACE}/events")
 
@@ -62,7 +62,7 @@ def test_forbidden_is_reported_and_the_next_hook_still_runs(tmp_path: Path) -> N
     command = CommandHook([sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ok')"], 10)
     with kubernetes_api() as api:
         api.refuse("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}", 403)
-        failed, counted, _ = run([KubernetesHook(POD, NAMESPACE, 10, api.client_factory()), command])
+        failed, counted, _ = run([KubernetesHook(POD, NAMESPACE, 10, api.configuration()), command])
 
     assert failed == counted == ["kubernetes"]
     assert marker.read_text() == "ok"
@@ -70,7 +70,7 @@ def test_forbidden_is_reported_and_the_next_hook_still_runs(tmp_path: Path) -> N
 
 def test_a_hanging_api_server_is_given_up_within_the_timeout() -> None:
     with silent_server() as url:
-        hook = KubernetesHook(POD, NAMESPACE, 2, lambda: k8s.ApiClient(k8s.Configuration(host=url)))
+        hook = KubernetesHook(POD, NAMESPACE, 2, lambda: k8s.Configuration(host=url))
         failed, counted, elapsed = run([hook])
 
     assert failed == counted == ["kubernetes"]
@@ -80,7 +80,7 @@ def test_a_hanging_api_server_is_given_up_within_the_timeout() -> None:
 def test_an_unreachable_api_server_fails_fast() -> None:
     with silent_server() as url:
         closed = url
-    hook = KubernetesHook(POD, NAMESPACE, 5, lambda: k8s.ApiClient(k8s.Configuration(host=closed)))
+    hook = KubernetesHook(POD, NAMESPACE, 5, lambda: k8s.Configuration(host=closed))
 
     failed, _, elapsed = run([hook])
 

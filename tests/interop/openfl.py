@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedagg.federation.plan import StragglerPolicyKind, StragglerPolicySpec
 from tests.conftest import require
 from tests.support.pki import Pki
 
@@ -30,12 +32,18 @@ def openfl_python() -> Path:
 
 @dataclass(frozen=True)
 class CollaboratorSpec:
-    """One OpenFL collaborator's training behaviour (see openfl_side/collaborator.py)."""
+    """One OpenFL collaborator's training behaviour (see openfl_side/collaborator.py).
+
+    ``stall_before_task`` with ``stall_seconds`` makes it a deterministic straggler: it sleeps that long at
+    the start of that task's work in every round (the uploads of the tasks before it are already sent).
+    """
 
     name: str
     step: float
     train_size: int
     valid_size: int
+    stall_before_task: str | None = None
+    stall_seconds: float = 0.0
 
 
 def start_collaborator(
@@ -78,6 +86,11 @@ def start_collaborator(
         str(spec.train_size),
         "--valid-size",
         str(spec.valid_size),
+        *(
+            ["--stall-before-task", spec.stall_before_task, "--stall-seconds", str(spec.stall_seconds)]
+            if spec.stall_before_task
+            else []
+        ),
         "--result",
         str(result),
         "--timeout",
@@ -96,8 +109,14 @@ def start_oracle(
     pki: Pki,
     state_dir: Path,
     output: Path,
+    *,
+    stragglers: StragglerPolicySpec | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
-    """Start OpenFL's own aggregator; return the process and its port."""
+    """Start OpenFL's own aggregator; return the process and its port.
+
+    ``stragglers`` picks OpenFL's straggler handling policy the way a fedagg plan's does (None: OpenFL's
+    default, ``CutoffTimeBasedStragglerHandling`` with an infinite cutoff, i.e. wait for everyone).
+    """
     command = [
         str(python),
         str(SIDE / "oracle_aggregator.py"),
@@ -123,6 +142,7 @@ def start_oracle(
         str(state_dir),
         "--output",
         str(output),
+        *_oracle_straggler_args(stragglers),
         "--timeout",
         "300",
     ]
@@ -138,6 +158,23 @@ def start_oracle(
         if line.startswith("PORT="):
             return process, int(line.removeprefix("PORT=").strip())
     raise AssertionError(f"the OpenFL aggregator exited with {process.wait()} before listening")
+
+
+def _oracle_straggler_args(spec: StragglerPolicySpec | None) -> list[str]:
+    """oracle_aggregator.py's options for the OpenFL policy that ``spec`` describes."""
+    if spec is None:
+        return []
+    minimum = ["--minimum-reporting", str(spec.minimum_reporting)]
+    if spec.kind == StragglerPolicyKind.PERCENTAGE:
+        return [
+            "--straggler-policy",
+            "percentage",
+            "--percent-collaborators-needed",
+            repr(spec.percent_needed),
+            *minimum,
+        ]
+    cutoff = "inf" if math.isinf(spec.cutoff_seconds) else repr(spec.cutoff_seconds)
+    return ["--straggler-policy", "cutoff_time", "--straggler-cutoff-time", cutoff, *minimum]
 
 
 def pbuf_to_npz(python: Path, source: Path, target: Path) -> dict[str, object]:

@@ -25,8 +25,8 @@ class KubernetesApi:
         self.url = url.rstrip("/")
         self.loop = loop
 
-    def client_factory(self) -> Callable[[], k8s.ApiClient]:
-        return lambda: k8s.ApiClient(k8s.Configuration(host=self.url))
+    def configuration(self) -> Callable[[], k8s.Configuration]:
+        return lambda: k8s.Configuration(host=self.url)
 
     def requests(self, method: str, path_suffix: str) -> list[Any]:
         """Requests the emulator received with ``method`` on a path ending in ``path_suffix``."""
@@ -60,7 +60,7 @@ def kubernetes_api() -> Iterator[KubernetesApi]:
     thread.start()
     assert started.wait(30)
     api: KubernetesApi = stop["api"]
-    with api.client_factory()() as client:
+    with k8s.ApiClient(api.configuration()()) as client:
         k8s.CoreV1Api(client).create_namespaced_pod(
             NAMESPACE,
             {

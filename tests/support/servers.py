@@ -80,7 +80,7 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     try:
         call()
     except grpc.RpcError as error:
-        return error.code(), error.details() or ""  # type: ignore[attr-defined]
+        return error.code(), error.details() or ""
     raise AssertionError("the call succeeded; a refusal was expected")
 
 

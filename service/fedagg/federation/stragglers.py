@@ -50,7 +50,9 @@ class PercentagePolicy(StragglerPolicy):
         self._percent = percent_needed
 
     def _enough(self, done: int, expected: int, elapsed: float | None) -> bool:
-        return done >= self._percent * expected
+        # A whole number of collaborators: 55% of 100 is 55, though 0.55 * 100 is 55.00000000000001 in floating
+        # point (OpenFL compares the float, and so needs 56).
+        return done >= math.ceil(self._percent * expected - 1e-9)
 
 
 def make_straggler_policy(spec: StragglerPolicySpec) -> StragglerPolicy:

@@ -60,9 +60,9 @@ class CommandHook(ShutdownHook):
         process = await asyncio.create_subprocess_exec(*self.argv, env=environment)
         try:
             code = await asyncio.wait_for(process.wait(), self.timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):  # timed out here, or given up on by run_hooks
             process.kill()
-            await process.wait()
+            await asyncio.shield(process.wait())
             raise
         if code != 0:
             raise RuntimeError(f"{self.argv[0]} exited with status {code}")

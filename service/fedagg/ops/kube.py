@@ -25,11 +25,11 @@ ANNOTATION_PREFIX = "fedagg.io/"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def in_cluster_client() -> k8s.ApiClient:
-    """An API client configured from the pod's service account."""
+def in_cluster_configuration() -> k8s.Configuration:
+    """An API client configuration from the pod's service account."""
     configuration = k8s.Configuration()
     k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return k8s.ApiClient(configuration)
+    return configuration
 
 
 def pod_identity(pod_name: str, namespace: str) -> tuple[str, str]:
@@ -68,12 +68,12 @@ class KubernetesHook(ShutdownHook):
         pod: str,
         namespace: str,
         timeout: float,
-        api_client: Callable[[], k8s.ApiClient] = in_cluster_client,
+        configuration: Callable[[], k8s.Configuration] = in_cluster_configuration,
     ) -> None:
         self.pod = pod
         self.namespace = namespace
         self.timeout = timeout
-        self._api_client = api_client
+        self._configuration = configuration
 
     async def run(self, completion: Completion) -> None:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-kube-hook")
@@ -85,7 +85,9 @@ class KubernetesHook(ShutdownHook):
     def _report(self, completion: Completion) -> None:
         # Each call gets a share of the budget, so a hung API server cannot keep the thread alive after the hook.
         timeout = (self.timeout / 3, self.timeout / 3)
-        with self._api_client() as api_client:
+        configuration = self._configuration()
+        configuration.retries = False  # urllib3's default retries would run a hung call past its share
+        with k8s.ApiClient(configuration) as api_client:
             api = k8s.CoreV1Api(api_client)
             pod = api.read_namespaced_pod(self.pod, self.namespace, _request_timeout=timeout)
             body = {"metadata": {"annotations": completion_annotations(completion)}}

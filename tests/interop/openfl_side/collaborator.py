@@ -12,9 +12,17 @@ predict every value the aggregator should produce. With ``s`` = ``--step``, ``r`
 * ``locally_tuned_model_validation`` (data_size = ``--valid-size``): metric ``acc = mean(T) + s``.
 
 ``mean`` is over all elements of all tensors together. The task list is the default plan's
-(spec §6): the three tasks above with ``validate_task``/``train_task`` and ``apply`` global/local.
-``opt_treatment=RESET``, ``db_store_rounds=1``, NoCompression, as in fx's defaults apart from
-``--delta-updates``.
+(spec §6): the three tasks above with ``validate_task``/``train_task`` and ``apply`` global/local,
+run in that order. ``opt_treatment=RESET``, ``db_store_rounds=1``, NoCompression, as in fx's defaults
+apart from ``--delta-updates``.
+
+A deterministic straggler: ``--stall-before-task TASK --stall-seconds S`` makes the runner sleep ``S``
+seconds at the start of ``TASK``'s work (after its inputs were fetched, before its result exists), in
+every round it runs that task. The uploads of the tasks before it in that round have been sent by
+then: with ``locally_tuned_model_validation`` the collaborator has uploaded ``train`` and then goes
+quiet, so an aggregator whose straggler policy closes the round meanwhile holds partial work of it.
+After the stall the task's results are sent as usual (for the round the tasks came with, which the
+aggregator may have left by then).
 
 TLS: ``--ca`` + ``--cert`` + ``--key`` → mTLS (the server's certificate must name ``--address``; the
 client certificate's CN must be ``--name``); ``--ca`` alone → TLS without a client certificate; none →
@@ -25,9 +33,14 @@ OpenFL's client retry forever.
 ``--result FILE`` receives JSON::
 
     {"name", "step", "train_size", "valid_size", "delta_updates", "shapes",
+     "stall": {"task", "seconds"} or null,
      "rounds": [{"round", "global": {tensor: nested list}, "trained": {...},
-                 "metrics": {task: {metric: value}}}, ...],
+                 "metrics": {task: {metric: value}},
+                 "stalled": [task, ...]}, ...],   # "stalled" only in rounds it stalled in
      "final_weights": {tensor: nested list}}   # the locally trained weights of the last round
+
+``rounds`` lists the rounds the collaborator received tasks for, whether or not the aggregator used
+its results.
 
 Note that a collaborator never sees the model aggregated in the last round; compare that with the
 aggregator's own output.
@@ -39,6 +52,8 @@ import argparse
 import json
 import logging
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +92,38 @@ class SizedLoader:
         return self.valid_size
 
 
+@dataclass(frozen=True)
+class Stall:
+    """Sleep ``seconds`` at the start of ``task``'s work, every round."""
+
+    task: str
+    seconds: float
+
+
 class NumpyRunner(TaskRunner):
     """Deterministic numpy task runner (see the module docstring for the formulas)."""
 
-    def __init__(self, data_loader: SizedLoader, shapes: dict[str, tuple[int, ...]], step: float) -> None:
+    def __init__(
+        self,
+        data_loader: SizedLoader,
+        shapes: dict[str, tuple[int, ...]],
+        step: float,
+        stall: Stall | None = None,
+    ) -> None:
         super().__init__(data_loader)
         self.shapes = shapes
         self.step = step
+        self.stall = stall
         self.weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
         self.rounds: dict[int, dict[str, Any]] = {}
+
+    def _maybe_stall(self, task: str, round_num: int) -> None:
+        if self.stall is None or self.stall.task != task:
+            return
+        logger.info("round %d: stalling %.3f s before %s", round_num, self.stall.seconds, task)
+        self._record(round_num).setdefault("stalled", []).append(task)
+        time.sleep(self.stall.seconds)
+        logger.info("round %d: resuming %s", round_num, task)
 
     def get_required_tensorkeys_for_function(self, func_name: str, **kwargs: Any) -> list[TensorKey]:
         if func_name == "validate_task" and kwargs["apply"] == "local":
@@ -111,6 +149,7 @@ class NumpyRunner(TaskRunner):
     def train_task(
         self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
     ) -> tuple[TensorDict, TensorDict]:
+        self._maybe_stall("train", round_num)
         increment = np.float32(self.step * (round_num + 1))
         self.weights = {name: a + increment for name, a in self._inputs(input_tensor_dict).items()}
         loss = np.float32(self.step / (round_num + 1))
@@ -129,13 +168,13 @@ class NumpyRunner(TaskRunner):
         self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
     ) -> tuple[TensorDict, TensorDict]:
         local = kwargs["apply"] == "local"
+        task = "locally_tuned_model_validation" if local else "aggregated_model_validation"
+        self._maybe_stall(task, round_num)
         self.weights = self._inputs(input_tensor_dict)
         acc = np.float32(self._mean(self.weights) + self.step)
         if local:
-            task = "locally_tuned_model_validation"
             entry = self._record(round_num)
         else:
-            task = "aggregated_model_validation"
             entry = self._record(round_num, **{"global": {k: v.tolist() for k, v in self.weights.items()}})
         entry["metrics"][task] = {"acc": float(acc)}
         tags = change_tags(("metric",), add_field="validate_local" if local else "validate_agg")
@@ -173,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-size", type=int, default=5, help="validation data_size (default: 5)")
     p.add_argument("--shapes", type=parse_shapes, default=parse_shapes('{"w": [2, 3], "b": [3]}'))
     p.add_argument("--step", type=float, default=1.0, help="training increment factor (default: 1.0)")
+    p.add_argument(
+        "--stall-before-task",
+        choices=sorted(TASK_CONFIG),
+        help="make this collaborator a straggler: sleep --stall-seconds before this task's work, every round",
+    )
+    p.add_argument("--stall-seconds", type=float, default=0.0, help="length of that stall (default: 0)")
     p.add_argument("--reconnect-interval", type=int, default=1, help="seconds between UNAVAILABLE retries")
     p.add_argument("--result", type=Path, help="write a JSON result here on success")
     p.add_argument("--timeout", type=float, default=0, help="exit 3 after this many seconds (0: never)")
@@ -190,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     start_watchdog(args.timeout, f"collaborator {args.name}", logger)
     if bool(args.cert) != bool(args.key) or (args.cert and not args.ca):
         raise SystemExit("--cert and --key go together, and need --ca")
+    if args.stall_seconds < 0 or (args.stall_seconds > 0 and args.stall_before_task is None):
+        raise SystemExit("--stall-seconds must be >= 0 and needs --stall-before-task")
+    stall = Stall(args.stall_before_task, args.stall_seconds) if args.stall_before_task else None
 
     client = AggregatorGRPCClient(
         args.address,
@@ -204,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         single_col_cert_common_name=args.single_col_cert_common_name,
         client_reconnect_interval=args.reconnect_interval,
     )
-    runner = NumpyRunner(SizedLoader(args.train_size, args.valid_size), args.shapes, args.step)
+    runner = NumpyRunner(SizedLoader(args.train_size, args.valid_size), args.shapes, args.step, stall)
     collaborator = Collaborator(
         collaborator_name=args.name,
         aggregator_uuid=args.aggregator_uuid,
@@ -228,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "valid_size": args.valid_size,
             "delta_updates": args.delta_updates,
             "shapes": {k: list(v) for k, v in args.shapes.items()},
+            "stall": None if stall is None else {"task": stall.task, "seconds": stall.seconds},
             "rounds": [runner.rounds[r] for r in sorted(runner.rounds)],
             "final_weights": {k: v.tolist() for k, v in runner.weights.items()},
         }

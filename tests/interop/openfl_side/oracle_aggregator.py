@@ -5,12 +5,25 @@ Runs only with the OpenFL venv's python (``scripts/openfl-venv``); fedagg never 
 The federation is what ``Plan.get_server()`` would build from the default plan (spec §3.5):
 ``RandomGroupedAssigner`` with one task group ``learning`` (100 %) running
 ``aggregated_model_validation``, ``train``, ``locally_tuned_model_validation``, each aggregated with
-``WeightedAverage``; the default ``CutoffTimeBasedStragglerHandling`` (wait for everyone);
-``NoCompressionPipeline``; ``db_store_rounds=2`` (plan default) and ``use_delta_updates=True``
-(constructor default). OpenFL's code runs unmodified apart from two things: a server subclass that binds
+``WeightedAverage``; the straggler handling policy (below); ``NoCompressionPipeline``;
+``db_store_rounds=2`` (plan default) and ``use_delta_updates=True`` (constructor default). OpenFL's code
+runs unmodified apart from two things: a server subclass that binds
 ``--host`` (127.0.0.1) instead of ``[::]`` and reports the bound port, so ``--port 0`` works; and the
 recording callback is put back into ``aggregator.callbacks.callbacks``, because 1.7.1's ``CallbackList``
 silently drops user callbacks (its ``_flatten`` generator is exhausted in its own constructor).
+
+Straggler handling (``openfl.component.straggler_handling_functions``), passed to ``Aggregator`` as an
+instance (``straggler_handling_policy=``), which is what ``Plan.get_aggregator()`` does with the plan's
+``straggler_handling_policy`` section:
+
+* ``--straggler-policy cutoff_time`` (default): ``CutoffTimeBasedStragglerHandling(
+  straggler_cutoff_time=--straggler-cutoff-time, minimum_reporting=--minimum-reporting)``; with the
+  default cutoff ``inf`` that is OpenFL's default policy, wait for every collaborator.
+* ``--straggler-policy percentage``: ``PercentageBasedStragglerHandling(
+  percent_collaborators_needed=--percent-collaborators-needed, minimum_reporting=--minimum-reporting)``.
+  The round ends inside the ``SendLocalTaskResults`` call that makes ``done >= percent * len(authorized)``
+  and ``done >= minimum``, where a collaborator is *done* once all its tasks of the round are in; the
+  others become stragglers, and their results of that round, already received or not, are left out.
 
 Once the port is bound and listening, stdout gets the line ``PORT=<n>`` (flushed). ``serve()`` returns,
 and this script exits 0, after every collaborator has been sent its quit job (OpenFL polls that every
@@ -28,13 +41,18 @@ Files:
   * ``metrics.json``: every aggregator-origin metric from OpenFL's ``metric_queue``,
     ``[{"round", "task_name", "metric_name", "metric_value"}, ...]`` sorted by (round, task, metric)
     (OpenFL's own order follows set iteration, so it changes from run to run).
-  * ``collaborator_metrics.json``: the collaborator-origin entries of that queue (with ``metric_origin``).
-  * ``summary.json``: port, uuids, collaborators, rounds, final ``round_number``, saved rounds, best
-    score, elapsed seconds and any callback errors.
+  * ``collaborator_metrics.json``: the collaborator-origin entries of that queue (with ``metric_origin``),
+    one per accepted upload's metric, including a straggler's whose upload its round then left out.
+  * ``summary.json``: port, uuids, collaborators, straggler policy, rounds, final ``round_number``,
+    saved rounds, per-round participants (``{"<r>": {"done": [...], "stragglers": [...]}}``: OpenFL's
+    ``collaborators_done`` and ``stragglers`` as the round ended), best score, elapsed seconds and any
+    callback errors.
 
-Timing: with two or more collaborators most rounds last about 10 s, because OpenFL answers a
-collaborator that finished before the others with ``sleep_time=10``; the end adds up to 5 s of
-``serve()`` polling. Three rounds with two collaborators took 25-37 s here.
+Timing: with two or more collaborators and the default policy most rounds last about 10 s, because
+OpenFL answers a collaborator that finished before the others with ``sleep_time=10``; the end adds up
+to 5 s of ``serve()`` polling. Three rounds with two collaborators took 25-37 s here. A percentage
+policy that ends a round with the first collaborator done avoids that sleep: the next round has begun
+by the time that collaborator asks for its tasks again.
 """
 
 from __future__ import annotations
@@ -55,6 +73,11 @@ import numpy as np
 from openfl.callbacks import Callback
 from openfl.component.aggregator.aggregator import Aggregator
 from openfl.component.assigner.random_grouped_assigner import RandomGroupedAssigner
+from openfl.component.straggler_handling_functions import (
+    CutoffTimeBasedStragglerHandling,
+    PercentageBasedStragglerHandling,
+    StragglerHandlingPolicy,
+)
 from openfl.interface.aggregation_functions import WeightedAverage
 from openfl.pipelines import NoCompressionPipeline
 from openfl.protocols import aggregator_pb2_grpc, utils
@@ -107,6 +130,7 @@ class RoundRecorder(Callback):
         self.tensor_names = tensor_names
         self.aggregator: Aggregator | None = None
         self.saved_rounds: list[int] = []
+        self.participants: dict[str, dict[str, list[str]]] = {}
         self.errors: list[str] = []
 
     def on_round_end(self, round_num: int, logs: dict[str, Any] | None = None) -> None:
@@ -114,6 +138,11 @@ class RoundRecorder(Callback):
         try:
             agg = self.aggregator
             assert agg is not None, "RoundRecorder.aggregator was not set"
+            # Still this round's: OpenFL resets both lists after on_round_end.
+            self.participants[str(round_num)] = {
+                "done": sorted(agg.collaborators_done),
+                "stragglers": sorted(agg.stragglers),
+            }
             arrays = {}
             for name in self.tensor_names:
                 key = TensorKey(name, agg.uuid, round_num + 1, False, ("model",))
@@ -170,6 +199,36 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+STRAGGLER_POLICIES = ("cutoff_time", "percentage")
+
+
+def straggler_policy(args: argparse.Namespace) -> StragglerHandlingPolicy:
+    """The policy object ``Plan.get_straggler_handling_policy()`` would build from the arguments."""
+    if args.straggler_policy == "percentage":
+        return PercentageBasedStragglerHandling(
+            percent_collaborators_needed=args.percent_collaborators_needed,
+            minimum_reporting=args.minimum_reporting,
+        )
+    return CutoffTimeBasedStragglerHandling(
+        straggler_cutoff_time=args.straggler_cutoff_time, minimum_reporting=args.minimum_reporting
+    )
+
+
+def straggler_summary(args: argparse.Namespace) -> dict[str, Any]:
+    if args.straggler_policy == "percentage":
+        return {
+            "policy": "percentage",
+            "percent_collaborators_needed": args.percent_collaborators_needed,
+            "minimum_reporting": args.minimum_reporting,
+        }
+    cutoff = args.straggler_cutoff_time
+    return {
+        "policy": "cutoff_time",
+        "straggler_cutoff_time": None if np.isinf(cutoff) else cutoff,
+        "minimum_reporting": args.minimum_reporting,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0, help="0 (default): ephemeral; printed as PORT=<n>")
@@ -184,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="server private key (PEM)")
     p.add_argument("--require-client-auth", type=parse_bool, default=True, help="mTLS (default: true)")
     p.add_argument("--single-col-cert-common-name", default=None, help="OpenFL single-certificate mode")
+    p.add_argument(
+        "--straggler-policy",
+        choices=STRAGGLER_POLICIES,
+        default="cutoff_time",
+        help="CutoffTimeBasedStragglerHandling (default) or PercentageBasedStragglerHandling",
+    )
+    p.add_argument(
+        "--straggler-cutoff-time",
+        type=float,
+        default=float("inf"),
+        help="cutoff_time: seconds after the round's first task (default: inf, wait for all)",
+    )
+    p.add_argument(
+        "--percent-collaborators-needed",
+        type=float,
+        default=1.0,
+        help="percentage: share of the authorized collaborators that must be done (default: 1.0)",
+    )
+    p.add_argument("--minimum-reporting", type=int, default=1, help="either policy (default: 1)")
     p.add_argument("--use-delta-updates", type=parse_bool, default=True, help="(default: true)")
     p.add_argument("--db-store-rounds", type=int, default=2, help="(default: 2, the plan default)")
     p.add_argument("--state-dir", type=Path, required=True, help="where best.pbuf and last.pbuf go")
@@ -236,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         last_state_path=str(args.state_dir / "last.pbuf"),
         assigner=assigner,
         use_delta_updates=args.use_delta_updates,
-        straggler_handling_policy=None,  # CutoffTimeBasedStragglerHandling(): wait for all
+        straggler_handling_policy=straggler_policy(args),
         rounds_to_train=args.rounds,
         single_col_cert_common_name=args.single_col_cert_common_name,
         compression_pipeline=NoCompressionPipeline(),
@@ -283,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         "federation_uuid": args.federation_uuid,
         "aggregator_uuid": args.aggregator_uuid,
         "collaborators": collaborators,
+        "stragglers": straggler_summary(args),
         "rounds_to_train": args.rounds,
         "init_round": init_round,
         "final_round_number": aggregator.round_number,
         "saved_rounds": recorder.saved_rounds,
+        "participants": recorder.participants,
         "best_model_score": None if best is None else float(best),
         "elapsed_seconds": round(elapsed, 3),
         "errors": recorder.errors,
