@@ -114,6 +114,7 @@ def build_aggregator(
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
         max_connection_age=server_settings.max_connection_age_seconds,
+        tasks_hold_seconds=server_settings.tasks_hold_seconds,
         max_connection_age_grace=server_settings.max_connection_age_grace_seconds,
         receive_limits=ReceiveLimits(
             config.limits.header_bytes,

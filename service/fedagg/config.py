@@ -157,6 +157,12 @@ class ServerSettings:
         2.0, help="max random delay before refusing a caller", check=non_negative
     )
     executor_workers: int = setting(4, help="threads for disk and encoding work", check=positive)
+    tasks_hold_seconds: float = setting(
+        60.0,
+        help="hold a GetTasks that would answer 'sleep' until the collaborator has work, at most this long "
+        "(long poll: no idle wait between rounds); 0 answers 'sleep' at once, as OpenFL does",
+        check=non_negative,
+    )
     max_connection_age_seconds: float = setting(
         900.0,
         help="close each collaborator connection after this long (it reconnects), so rotated or revoked "

@@ -124,6 +124,7 @@ class Federation:
         self._committed: Checkpoint | None = None
         self._round: Round | None = None
         self._restored = False
+        self._progress: list[Callable[[], None]] = []
 
     # Start-up -----------------------------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class Federation:
         )
         if finished:
             self.metrics.close()
+        self._made_progress()
 
     def _new_round(self, number: int, model: dict[str, Float32Array]) -> Round:
         assignment = self._assigner.assignment(number)
@@ -183,6 +185,15 @@ class Federation:
         with self._state_lock:
             round_.decision = decision
         return replayed
+
+    def on_progress(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from any thread) whenever collaborators may have new work: a round began, a task
+        is handed out again, or training ended."""
+        self._progress.append(callback)
+
+    def _made_progress(self) -> None:
+        for callback in list(self._progress):
+            callback()
 
     # Queries --------------------------------------------------------------------------------------------------
 
@@ -441,6 +452,7 @@ class Federation:
                 committed = self._checkpoint()
             if not lost:
                 break
+            self._made_progress()
         closed = closer.attempt(round_, decision, committed)
         if closed is None:
             return False

@@ -90,6 +90,17 @@ class FederationMetrics(FederationListener):
             ["operation"],
             registry=registry,
         )
+        self.held_tasks = Gauge(
+            "fedagg_get_tasks_held",
+            "GetTasks calls held until their collaborator has work (long poll).",
+            registry=registry,
+        )
+        self.hold_duration = Histogram(
+            "fedagg_get_tasks_hold_seconds",
+            "How long held GetTasks calls waited before they were answered.",
+            buckets=ROUND_BUCKETS,
+            registry=registry,
+        )
         self.background_errors = Counter(
             "fedagg_background_errors",
             "Exceptions in background tasks (which keep running), by task.",
@@ -236,6 +247,14 @@ class FederationMetrics(FederationListener):
     def background_failed(self, task: str) -> None:
         """A background task raised (and keeps running)."""
         self.background_errors.labels(task).inc()
+
+    def tasks_held(self, change: int) -> None:
+        """Held GetTasks calls went up or down."""
+        self.held_tasks.inc(change)
+
+    def tasks_hold_ended(self, seconds: float) -> None:
+        """A held GetTasks call was answered."""
+        self.hold_duration.observe(seconds)
 
 
 class FederationStateCollector(Collector):

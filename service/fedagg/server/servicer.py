@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.message import Message
 
 from fedagg.federation.errors import InvalidRequest, NotFound
-from fedagg.federation.federation import Federation
+from fedagg.federation.federation import Federation, TaskReply
 from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.serving import TensorRequest
 from fedagg.logs import in_current_context, set_log_context
@@ -41,6 +41,7 @@ from fedagg.server.auth import (
 )
 from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
+from fedagg.server.hold import TaskWaiters
 from fedagg.server.refusals import RefusalLog
 from fedagg.server.replies import (
     description_reply,
@@ -59,6 +60,8 @@ SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONNECTION_AGE = 900.0
+DEFAULT_TASKS_HOLD_SECONDS = 60.0
+HELD_SLEEP_SECONDS = 1
 DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
@@ -100,6 +103,12 @@ class ServerObserver:
     def background_failed(self, task: str) -> None:
         """A background task (``round_clock``) raised; it keeps running."""
 
+    def tasks_held(self, change: int) -> None:
+        """The number of held GetTasks calls changed by ``change``."""
+
+    def tasks_hold_ended(self, seconds: float) -> None:
+        """A held GetTasks call was answered after ``seconds``."""
+
 
 class AggregatorGRPCServer:
     """Serves a :class:`~fedagg.federation.federation.Federation` to OpenFL collaborators.
@@ -125,6 +134,8 @@ class AggregatorGRPCServer:
         max_connection_age: seconds after which a connection is closed (GOAWAY) and its client reconnects,
             so certificate rotation and revocation reach long-lived clients; 0 keeps connections forever.
         max_connection_age_grace: seconds calls in flight on a closing connection get to finish.
+        tasks_hold_seconds: how long a GetTasks that would answer "sleep" is held until there is work
+            (long poll, :mod:`fedagg.server.hold`); 0 answers "sleep" at once, as OpenFL does.
     """
 
     def __init__(
@@ -158,6 +169,7 @@ class AggregatorGRPCServer:
         self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
+        self._hold_seconds: float = kwargs.pop("tasks_hold_seconds", DEFAULT_TASKS_HOLD_SECONDS)
         self._max_connection_age: float = kwargs.pop("max_connection_age", DEFAULT_MAX_CONNECTION_AGE)
         self._max_connection_age_grace: float = kwargs.pop(
             "max_connection_age_grace", DEFAULT_MAX_CONNECTION_AGE_GRACE
@@ -187,6 +199,7 @@ class AggregatorGRPCServer:
         self._io_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedagg-io")
         self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
         self._gate = CallGate()
+        self._waiters = TaskWaiters()
         self._refusals = RefusalLog()
         self._all_quit = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -220,8 +233,9 @@ class AggregatorGRPCServer:
         return self._gate.accepting
 
     def stop_accepting(self) -> None:
-        """Answer new calls with UNAVAILABLE from now on (the first step of a drain)."""
+        """Answer new calls with UNAVAILABLE from now on (the first step of a drain); held calls are answered."""
         self._gate.accepting = False
+        self._waiters.progress()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False if ``timeout`` passed first."""
@@ -285,6 +299,7 @@ class AggregatorGRPCServer:
         server = self.server or self.get_server()
         await server.start()
         self._gate.accepting = True
+        self.aggregator.on_progress(self._waiters.progress_from_thread(asyncio.get_running_loop()))
         if self.aggregator.all_quit_jobs_sent:
             self._all_quit.set()
         clock = RoundClock(self.aggregator, self._commit_executor, self._observer.background_failed)
@@ -297,7 +312,7 @@ class AggregatorGRPCServer:
 
     async def stop(self, grace: float | None) -> None:
         """Stop serving; in-flight calls get ``grace`` seconds to finish. Waits for commits under way."""
-        self._gate.accepting = False
+        self.stop_accepting()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -368,13 +383,35 @@ class AggregatorGRPCServer:
         """Hand out the collaborator's tasks for the current round, or a sleep, or quit."""
         async with self._gate.call():
             collaborator = await self._authenticate(request.header, context)
+            token = self._waiters.token()
             reply = self.aggregator.get_tasks(collaborator)
+            if reply.sleep_seconds and self._hold_seconds > 0:
+                reply = await self._hold(collaborator, reply, token)
             if reply.quit and not reply.quit_recorded:
                 record = in_current_context(self.aggregator.record_quit, collaborator)
                 await asyncio.get_running_loop().run_in_executor(self._commit_executor, record)
             if reply.quit and self.aggregator.all_quit_jobs_sent:
                 self._all_quit.set()
             return tasks_reply(self.get_header(collaborator), reply)
+
+    async def _hold(self, collaborator: str, reply: TaskReply, token: asyncio.Event) -> TaskReply:
+        """Hold an idle collaborator's GetTasks until it has work, the hold time passes, or a drain begins."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._hold_seconds
+        self._observer.tasks_held(1)
+        try:
+            while reply.sleep_seconds and self._gate.accepting:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return replace(reply, sleep_seconds=HELD_SLEEP_SECONDS)  # ask again soon: held again
+                await self._waiters.wait(token, remaining)
+                token = self._waiters.token()
+                reply = self.aggregator.get_tasks(collaborator)
+            return reply
+        finally:
+            self._observer.tasks_held(-1)
+            self._observer.tasks_hold_ended(loop.time() - started)
 
     @unary_errors
     async def GetAggregatedTensor(
