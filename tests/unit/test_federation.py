@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import re
 from pathlib import Path
 
@@ -344,10 +345,25 @@ def test_both_request_forms_and_their_reply_tags(federation: Federation) -> None
     np.testing.assert_array_equal(decode_tensor(delta), np.full((2, 3), 3.0))
 
 
-def test_each_tensor_is_encoded_once_per_round(federation: Federation) -> None:
-    request = TensorRequest("w", 0, False, ("model",), True)
+def test_served_data_is_a_view_of_the_model_and_delta_files_not_a_copy(
+    federation: Federation, tmp_path: Path
+) -> None:
+    run_round(federation, 0, {"one": (2.0, 10), "two": (2.0, 10)}, SHAPES)
 
-    assert federation.encoded_tensor(request) is federation.encoded_tensor(request)
+    model = federation.served_tensor(TensorRequest("w", 1, False, ("model",), True))
+    delta = federation.served_tensor(TensorRequest("w", 1, False, ("aggregated", "delta"), False))
+
+    for served in (model, delta):
+        data = served.parts[-1]
+        assert isinstance(data, memoryview)
+        owner = data.obj
+        while isinstance(owner, (np.ndarray, memoryview)):
+            owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
+        assert isinstance(owner, mmap.mmap), "no copy is made before the reply is joined"
+        served.release()
+    assert (tmp_path / "state" / "deltas" / "round-000001.pbuf").is_file(), (
+        "the delta is written once a round"
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Who calls what, and from where:
 * request handlers, on the event loop, without I/O: :meth:`Federation.get_tasks`, :meth:`Federation.admit`,
   :meth:`Federation.describe` and the read-only properties;
 * executor threads, because they touch the disk: :meth:`Federation.open_intake` and
-  :meth:`Federation.encoded_tensor` (I/O executor), and every durable transition, :meth:`Federation.restore`,
+  :meth:`Federation.served_tensor` (I/O executor), and every durable transition, :meth:`Federation.restore`,
   :meth:`Federation.commit`, :meth:`Federation.record_quit` and :meth:`Federation.tick` (commit executor).
 
 The commit rules:
@@ -44,18 +44,20 @@ from fedagg.federation.errors import FailedPrecondition, NotFound, PermissionDen
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
 from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
+from fedagg.federation.integrity import CorruptFile
+from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
 from fedagg.federation.plan import FederationPlan, TaskSpec
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.replay import SpoolReplay
 from fedagg.federation.round_close import ClosedRound, ModelOutputs, RoundCloser
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, RejectedUpload, Round
-from fedagg.federation.serving import TensorRequest, TensorServer, encode_own_tensor, tensor_owner
+from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, own_tensor, tensor_owner
 from fedagg.federation.sources import DeltaOnBase, SpooledValues
 from fedagg.federation.status import experiment_status, restoring_status
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import make_straggler_policy
-from fedagg.protocol.codec import COMPRESSED, Float32Array
+from fedagg.protocol.codec import COMPRESSED
 from fedagg.protocol.model_file import LoadedModel
 from fedagg.protocol.results import ResultsHeader
 
@@ -142,34 +144,45 @@ class Federation:
                     log.info("replayed %d acknowledged upload(s) of round %d", replayed, round_.number)
                 if not self._close_if_due(round_):
                     break
+            self._initial_model = None  # its pages are not needed again
             with self._state_lock:
                 self._restored = True
 
     def _install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
         """Make ``checkpoint`` the committed state, serving ``models``; opens its round unless finished."""
         finished = checkpoint.round_number >= self.plan.rounds_to_train
-        current = models[checkpoint.round_number].tensors
-        round_ = None if finished else self._new_round(checkpoint.round_number, current)
+        round_ = None if finished else self._new_round(models[checkpoint.round_number])
         with self._state_lock:
             self._committed = checkpoint
             self._round = round_
-        self._serving.install(
-            ((number, model.tensors) for number, model in models.items()), checkpoint.round_number
-        )
+        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         if finished:
             self.metrics.close()
         self._made_progress()
 
-    def _new_round(self, number: int, model: dict[str, Float32Array]) -> Round:
+    def _deltas(self, number: int, models: dict[int, LoadedModel]) -> dict[int, LoadedModel]:
+        """Round ``number``'s delta file (model minus the previous one), written once; none if it cannot be."""
+        model, previous = models.get(number), models.get(number - 1)
+        if model is None or previous is None:
+            return {}
+        try:
+            return {number: self._store.write_delta(model, previous)}
+        except (OSError, CorruptFile) as error:
+            log.warning("round %d's deltas will be computed per request: %s", number, error)
+            return {}
+
+    def _new_round(self, model: LoadedModel) -> Round:
+        number = model.round_number
         assignment = self._assigner.assignment(number)
         ordered = {name: assignment[name] for name in self.plan.collaborators if name in assignment}
-        model_bytes = sum(values.nbytes for values in model.values())
+        model_bytes = sum(values.nbytes for values in model.tensors.values())
         return Round(
             number,
             ordered,
             self._assigner.tasks_in_round(number),
-            model,
+            model.tensors,
             self.plan.limits.resolve(model_bytes),
+            release_model=model.release,
         )
 
     def _replay(self, round_: Round) -> int:
@@ -339,6 +352,8 @@ class Federation:
                 intake.discard()
             with self._state_lock:
                 round_ = self._round
+            if round_ is not None:
+                round_.release_model()  # the pages a delta's checks touched
             if outcome.admission.accepted and round_ is not None:
                 self._close_if_due(round_)
             return outcome
@@ -461,16 +476,16 @@ class Federation:
 
     def _committed_round(self, round_: Round, decision: CloseDecision, closed: ClosedRound) -> None:
         checkpoint = closed.checkpoint
-        kept = {
+        models = {
             number: model
             for number, _ in checkpoint.models
             if (model := self._serving.model(number)) is not None
         }
-        models = {number: LoadedModel(number, dict(tensors)) for number, tensors in kept.items()}
         models[checkpoint.round_number] = closed.model
         self.metrics.extend(list(closed.metrics))
         self._install(checkpoint, models)
         self._clean_up(round_.number, checkpoint)
+        trim_heap()
         if decision.stragglers:
             log.warning("round %d closed without stragglers %s", round_.number, list(decision.stragglers))
         duration = 0.0 if round_.started_at is None else self._clock() - round_.started_at
@@ -508,15 +523,16 @@ class Federation:
 
     # GetAggregatedTensor and observers ------------------------------------------------------------------------
 
-    def encoded_tensor(self, request: TensorRequest, requester: str = "") -> bytes:
-        """The serialized NamedTensor answering ``requester``'s GetAggregatedTensor request. Reads the disk.
+    def served_tensor(self, request: TensorRequest, requester: str = "") -> ServedTensor:
+        """The NamedTensor answering ``requester``'s GetAggregatedTensor request. Reads the disk.
 
-        Model tensors are encoded once and shared; a request naming a collaborator in its tags asks for that
-        collaborator's own results of the current round, which only that collaborator may fetch.
+        Model tensors (and the change since the last round) are views of their files; a request naming a
+        collaborator in its tags asks for that collaborator's own results of the current round, which only that
+        collaborator may fetch.
         """
         owner = tensor_owner(request, self.plan.collaborators)
         if owner is None:
-            return self._serving.encoded(request)
+            return self._serving.served(request)
         if owner != requester:
             raise PermissionDenied(
                 f"GetAggregatedTensorRequest.tags name collaborator {owner!r}: a collaborator may only fetch "
@@ -524,7 +540,15 @@ class Federation:
             )
         return self._own_tensor(owner, request)
 
-    def _own_tensor(self, collaborator: str, request: TensorRequest) -> bytes:
+    def encoded_tensor(self, request: TensorRequest, requester: str = "") -> bytes:
+        """:meth:`served_tensor` as one serialized NamedTensor (a copy: for tests and tools)."""
+        served = self.served_tensor(request, requester)
+        try:
+            return b"".join(served.parts)
+        finally:
+            served.release()
+
+    def _own_tensor(self, collaborator: str, request: TensorRequest) -> ServedTensor:
         wanted = set(request.tags) - {collaborator, COMPRESSED}
         with self._state_lock:
             round_ = self._round
@@ -537,7 +561,9 @@ class Federation:
                     values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
                     base = round_.model.get(tensor.name)
                     source = DeltaOnBase(base, values) if tensor.is_delta and base is not None else values
-                    return encode_own_tensor(request, source.block(0, tensor.size).reshape(tensor.shape))
+                    values_read = source.block(0, tensor.size).reshape(tensor.shape)
+                    round_.release_model()
+                    return own_tensor(request, values_read)
         raise NotFound(
             f"no tensor {request.name!r} with tags {sorted(wanted)} in {collaborator}'s results of round "
             f"{round_.number}"
@@ -564,7 +590,7 @@ class Federation:
             if committed is None:
                 return restoring_status(self.plan)
             if round_ is None:
-                round_ = self._new_round(committed.round_number, {})
+                round_ = self._new_round(LoadedModel(committed.round_number, {}))
             return experiment_status(
                 self.plan,
                 committed,

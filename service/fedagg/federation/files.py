@@ -40,19 +40,24 @@ def durable_directory(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` via a temporary sibling, fsync it and rename it into place."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
+    """Write ``path`` via a temporary sibling, fsync it and rename it into place.
+
+    ``sync=False`` skips the fsyncs: for files that are derived again after a crash, never trusted across one.
+    """
     durable_directory(path.parent)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with temporary.open("wb") as file:
             write(file)
             file.flush()
-            os.fsync(file.fileno())
+            if sync:
+                os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    fsync_directory(path.parent)
+    if sync:
+        fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

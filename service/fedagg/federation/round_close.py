@@ -186,7 +186,10 @@ class RoundCloser:
         uploads = round_.accepted(decision.done)
         started = time.monotonic()
         next_round = round_.number + 1
-        digest = store.write_model(next_round, lambda writer: self._write_model(round_, uploads, writer))
+        try:
+            digest = store.write_model(next_round, lambda writer: self._write_model(round_, uploads, writer))
+        finally:
+            round_.release_model()
         aggregation_seconds = time.monotonic() - started
         self._failpoint("round_end.model_written")
         metrics = self._aggregate_metrics(round_, uploads)

@@ -9,7 +9,7 @@ serialises writers with its commit lock and guards the fields request handlers r
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,8 @@ class Round:
     started_at: float | None = None
     handed_out: set[str] = field(default_factory=set)
     decision: CloseDecision | None = None
+    release_model: Callable[[], None] = field(default=lambda: None, repr=False)
+    """Drops the model file's pages this round touched (delta bases, carried tensors) from resident memory."""
     _sequence: int = 0
 
     @property

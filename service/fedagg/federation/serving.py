@@ -2,18 +2,19 @@
 
 OpenFL collaborators ask for a tensor in one of two forms (spec §3.6): the model itself (tags ``["model"]``)
 or, from round 1 on, the change since the previous round (tags ``["aggregated", "delta", "compressed"]``).
-Each (tensor, round, form) is encoded once and the bytes are shared by every collaborator that asks. Kept models
-are memory-mapped model files, verified against their checksums when they were loaded.
+Kept models are memory-mapped model files, verified against their checksums when they were loaded; the change since
+the previous round is written once per round to a delta file (:meth:`fedagg.federation.store.StateStore.write_delta`).
+A reply's tensor data is a view of one of these files, copied once into the reply.
 
 OpenFL 1.8/1.9 collaborators restarted in the middle of a round also ask for their own results of the round
-(tags ``[<own name>, "trained", ...]``); :func:`encode_own_tensor` answers that from the spooled upload, as
+(tags ``[<own name>, "trained", ...]``); :func:`own_tensor` answers that from the spooled upload, as
 OpenFL 1.9's aggregator answers it from its tensor database.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from fedagg.federation.errors import FailedPrecondition, InvalidRequest, NotFound
 from fedagg.protocol.codec import COMPRESSED, Float32Array, tensor_header, without_codec_tags
-from fedagg.protocol.model_file import encode_named_tensor
+from fedagg.protocol.model_file import LoadedModel, named_tensor_body
 
 AGGREGATED_TAG = "aggregated"
 DELTA_TAG = "delta"
@@ -82,105 +83,97 @@ def resolve_form(request: TensorRequest) -> ServedForm:
     )
 
 
-class EncodedTensorCache:
-    """Encoded tensors by key; each is built once even when many threads ask at the same time.
+@dataclass(frozen=True)
+class ServedTensor:
+    """A serialized NamedTensor as parts (the data part a view of a model file), and how to let go of its pages."""
 
-    Lock order: ``_lock`` (guards ``_entries`` and ``_building``), then never anything else; a key's build lock is
-    taken without ``_lock`` held, and the build itself (CPU work, no I/O) runs under the key's lock only.
-    """
+    parts: list[bytes | memoryview]
+    release: Callable[[], None]
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[Hashable, bytes] = {}
-        self._building: dict[Hashable, threading.Lock] = {}
-
-    def get(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The cached bytes for ``key``, built by ``build`` on first use."""
-        with self._lock:
-            if key in self._entries:
-                return self._entries[key]
-            key_lock = self._building.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._entries:
-                    return self._entries[key]
-            value = build()
-            with self._lock:
-                self._entries[key] = value
-                self._building.pop(key, None)
-            return value
-
-    def retain(self, keep: Callable[[Hashable], bool]) -> None:
-        """Drop every entry whose key ``keep`` rejects."""
-        with self._lock:
-            self._entries = {key: value for key, value in self._entries.items() if keep(key)}
+    @property
+    def size(self) -> int:
+        """Bytes of the serialized NamedTensor."""
+        return sum(len(part) for part in self.parts)
 
 
 class TensorServer:
-    """The kept global models and their encoded tensors, for GetAggregatedTensor. Thread-safe.
+    """The kept global models, and the current round's delta, served straight from their files. Thread-safe.
 
-    ``_lock`` guards ``_models`` and ``_current`` only (never held while encoding); lock order: the federation's
-    locks, then this one, then the cache's.
+    Nothing is encoded in advance and nothing is cached in memory: a reply's tensor data is a view of a model file
+    (or of the delta file written once per round), copied once into the reply, after which the touched pages are
+    released from this process's resident memory. ``_lock`` guards ``_models``, ``_deltas`` and ``_current`` only
+    (never held while a reply is built); lock order: the federation's locks, then this one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: dict[int, Mapping[str, Float32Array]] = {}
+        self._models: dict[int, LoadedModel] = {}
+        self._deltas: dict[int, LoadedModel] = {}
         self._current = 0
-        self._cache = EncodedTensorCache()
 
-    def install(self, models: Iterable[tuple[int, Mapping[str, Float32Array]]], current: int) -> None:
-        """Serve ``models`` (round, tensors) from now on, ``current`` being the round in progress."""
+    def install(self, models: dict[int, LoadedModel], deltas: dict[int, LoadedModel], current: int) -> None:
+        """Serve ``models`` and ``deltas`` (by round) from now on, ``current`` being the round in progress."""
         with self._lock:
-            self._models = dict(models)
-            self._current = current
-        self._cache.retain(lambda key: isinstance(key, tuple) and key[1] in self._models)
+            self._models, self._deltas, self._current = dict(models), dict(deltas), current
 
-    def model(self, round_number: int) -> Mapping[str, Float32Array] | None:
-        """A kept model's tensors."""
+    def model(self, round_number: int) -> LoadedModel | None:
+        """A kept model."""
         with self._lock:
             return self._models.get(round_number)
 
-    def encoded(self, request: TensorRequest) -> bytes:
-        """The serialized NamedTensor answering a GetAggregatedTensor request (encoded once, then shared)."""
+    def served(self, request: TensorRequest) -> ServedTensor:
+        """The NamedTensor answering a GetAggregatedTensor request."""
         served = resolve_form(request)
         number = request.round_number
         with self._lock:
             current = self._current
             model = self._models.get(number)
             previous = self._models.get(number - 1)
+            delta = self._deltas.get(number)
             kept = sorted(self._models)
         if model is None:
             if number > current:
                 raise FailedPrecondition(f"round {number} has not started; the current round is {current}")
             raise NotFound(f"round {number}'s model is no longer kept (kept rounds: {kept})")
-        if request.name not in model:
+        if request.name not in model.tensors:
             raise NotFound(
-                f"tensor {request.name!r} is not in round {number}'s model (tensors: {bounded_names(model)})"
+                f"tensor {request.name!r} is not in round {number}'s model "
+                f"(tensors: {bounded_names(model.tensors)})"
             )
-        if served.form == TensorForm.DELTA and (previous is None or request.name not in previous):
+        source = model
+        if served.form == TensorForm.DELTA:
+            source, values = self._delta(request, number, delta, model, previous)
+        else:
+            values = model.tensors[request.name]
+        header = tensor_header(
+            request.name,
+            values.shape,
+            round_number=number,
+            tags=served.tags,
+            lossless=served.lossless,
+            report=request.report,
+        )
+        return ServedTensor(named_tensor_body(header, values), source.release)
+
+    @staticmethod
+    def _delta(
+        request: TensorRequest,
+        number: int,
+        delta: LoadedModel | None,
+        model: LoadedModel,
+        previous: LoadedModel | None,
+    ) -> tuple[LoadedModel, Float32Array]:
+        if delta is not None and request.name in delta.tensors:
+            return delta, delta.tensors[request.name]
+        if previous is None or request.name not in previous.tensors:
             raise NotFound(
                 f"the delta of {request.name!r} for round {number} needs round {number - 1}'s model, "
                 "which is no longer kept; ask with tags ['model']"
             )
-
-        def build() -> bytes:
-            values = model[request.name]
-            if served.form == TensorForm.DELTA:
-                assert previous is not None
-                values = np.subtract(values, previous[request.name], dtype=np.float32)
-            header = tensor_header(
-                request.name,
-                values.shape,
-                round_number=number,
-                tags=served.tags,
-                lossless=served.lossless,
-                report=request.report,
-            )
-            return encode_named_tensor(header, values)
-
-        key = (request.name, number, served.form, served.tags, served.lossless)
-        return self._cache.get(key, build)
+        values = np.subtract(model.tensors[request.name], previous.tensors[request.name], dtype=np.float32)
+        model.release()
+        previous.release()
+        return LoadedModel(number, {request.name: values}), values
 
 
 def bounded_names(names: Iterable[str], limit: int = 8) -> str:
@@ -201,14 +194,18 @@ def tensor_owner(request: TensorRequest, collaborators: Iterable[str]) -> str | 
     return named.pop() if named else None
 
 
-def encode_own_tensor(request: TensorRequest, values: Float32Array, lossless: bool = True) -> bytes:
+def own_tensor(request: TensorRequest, values: Float32Array) -> ServedTensor:
     """A collaborator's own uploaded tensor as OpenFL 1.9 returns it: the request's tags plus ``compressed``."""
     header = tensor_header(
         request.name,
         values.shape,
         round_number=request.round_number,
         tags=sorted({*request.tags, COMPRESSED}),
-        lossless=lossless,
+        lossless=True,
         report=request.report,
     )
-    return encode_named_tensor(header, values)
+    return ServedTensor(named_tensor_body(header, values), _nothing_to_release)
+
+
+def _nothing_to_release() -> None:
+    """A reply built from memory holds no mapped pages."""

@@ -6,6 +6,8 @@ Layout::
                                  the commit point of every round end and quit job
     checkpoint.prev.json         the checkpoint of the previous round boundary (recovery falls back to it)
     models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
+    deltas/round-000003.pbuf     round 3's model minus round 2's, served to collaborators that ask for the change;
+                                 derived, so rewritten at every start rather than trusted
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
     spool/                       uploads of the open round and the one before it (:mod:`fedagg.federation.spool`)
     quarantine/                  corrupt files moved aside, never deleted
@@ -52,6 +54,8 @@ from fedagg.protocol.model_file import (
 )
 
 METRICS_RECORD = "fedagg/round-metrics/v1"
+DELTA_BLOCK_ELEMENTS = 1 << 20
+DELTA_PLACEHOLDER = "__fedagg_no_delta__"
 
 
 class ModelWriter:
@@ -116,6 +120,7 @@ class StateStore:
         """Told the kind (``upload``, ``rejection``, ``close_decision``, ``checkpoint``, ``model``, ``metrics``)
         of every file moved to quarantine."""
         self._models = root / "models"
+        self._deltas = root / "deltas"
         self._metrics = root / "metrics"
         self._checkpoint = root / "checkpoint.json"
         self._previous = root / "checkpoint.prev.json"
@@ -193,11 +198,43 @@ class StateStore:
         atomic_copy(self.model_path(round_number), target)
 
     def prune_models(self, keep_from_round: int) -> None:
-        """Delete kept models of rounds before ``keep_from_round``."""
-        for path in self._models.glob("round-*.pbuf"):
+        """Delete kept models (and deltas) of rounds before ``keep_from_round``."""
+        for path in [*self._models.glob("round-*.pbuf"), *self._deltas.glob("round-*.pbuf")]:
             number = path.stem.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
                 path.unlink(missing_ok=True)
+
+    def write_delta(self, model: LoadedModel, previous: LoadedModel) -> LoadedModel:
+        """Write (without fsync: it is derived) and map ``model`` minus ``previous``, tensor by tensor, block by block.
+
+        Tensors that are not in ``previous`` (or changed shape) have no delta. The models' touched pages are
+        released afterwards.
+        """
+        path = self._deltas / f"round-{model.round_number:06d}.pbuf"
+
+        def write(file: BinaryIO) -> None:
+            writer = ModelWriter(file, model.round_number)
+            for name, values in model.tensors.items():
+                base = previous.tensors.get(name)
+                if base is None or base.shape != values.shape:
+                    continue
+                writer.begin(name, values.shape)
+                flat, flat_base = values.reshape(-1), base.reshape(-1)
+                for start in range(0, flat.size, DELTA_BLOCK_ELEMENTS):
+                    stop = start + DELTA_BLOCK_ELEMENTS
+                    writer.write(np.subtract(flat[start:stop], flat_base[start:stop], dtype=FLOAT32))
+            if not writer.names:  # a model file holds at least one tensor
+                writer.add(DELTA_PLACEHOLDER, np.zeros(0, FLOAT32))
+
+        try:
+            atomic_write(path, write, sync=False)
+        finally:
+            model.release()
+            previous.release()
+        try:
+            return read_model(path)
+        except ModelFileError as error:
+            raise CorruptFile(str(error)) from None
 
     # Metrics ------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,10 +40,21 @@ class ModelFileError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model read from a file: its round and read-only float32 views of its tensors."""
+    """A model read from a file: its round and read-only float32 views of its tensors.
+
+    The views share the file's pages with the page cache; :meth:`release` drops them from this process's resident
+    memory (they are read again from the cache when next touched), so serving or aggregating a large model does
+    not leave it counted in the process's RSS.
+    """
 
     round_number: int
     tensors: dict[str, Float32Array]
+    mapping: mmap.mmap | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Drop the mapped pages touched so far from resident memory (no effect on a model built in memory)."""
+        if self.mapping is not None and not self.mapping.closed:
+            self.mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list[bytes | memoryview]:
@@ -117,7 +128,7 @@ def read_model(path: Path) -> LoadedModel:
             raise ModelFileError(f"{path}: {error}") from None
         count = record.data_length // FLOAT32.itemsize
         tensors[record.name] = np.frombuffer(mapped, FLOAT32, count, record.data_offset).reshape(shape)
-    return LoadedModel(round_number=records[0].round_number, tensors=tensors)
+    return LoadedModel(round_number=records[0].round_number, tensors=tensors, mapping=mapped)
 
 
 def _tensor_records(mapped: mmap.mmap) -> Iterator[TensorRecord]:

@@ -1,11 +1,13 @@
 """Building replies: protobuf messages from federation answers, and large replies as bytes off the event loop.
 
-A tensor reply is the small reply head followed by the tensor, already encoded (once per round, shared by every
-collaborator): joining them copies the tensor, so :func:`tensor_reply` and :func:`trained_model_reply` run in an
+A tensor reply is the small reply head followed by the tensor, whose data is a view of a model file: joining them
+is the one copy of the tensor a reply costs, so :func:`tensor_reply` and :func:`trained_model_reply` run in an
 executor thread, never on the event loop.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from fedagg.federation.events import ExperimentStatus
 from fedagg.federation.federation import TaskReply
@@ -36,10 +38,13 @@ def tasks_reply(header: aggregator_pb2.MessageHeader, reply: TaskReply) -> aggre
     )
 
 
-def tensor_reply(header: aggregator_pb2.MessageHeader, round_number: int, tensor: bytes) -> bytes:
-    """A serialized GetAggregatedTensorResponse around an encoded NamedTensor (copies it: run off the loop)."""
+def tensor_reply(
+    header: aggregator_pb2.MessageHeader, round_number: int, tensor: Sequence[bytes | memoryview]
+) -> bytes:
+    """A serialized GetAggregatedTensorResponse around a NamedTensor given as parts (copies them: off the loop)."""
     head = aggregator_pb2.GetAggregatedTensorResponse(header=header, round_number=round_number)
-    return b"".join((head.SerializeToString(), length_delimited_prefix(_TENSOR_FIELD, len(tensor)), tensor))
+    size = sum(len(part) for part in tensor)
+    return b"".join((head.SerializeToString(), length_delimited_prefix(_TENSOR_FIELD, size), *tensor))
 
 
 def trained_model_reply(model: bytes) -> bytes:

@@ -431,9 +431,11 @@ class AggregatorGRPCServer:
             header = self.get_header(collaborator)
 
             def build() -> bytes:
-                return tensor_reply(
-                    header, request.round_number, self.aggregator.encoded_tensor(tensor_request, collaborator)
-                )
+                served = self.aggregator.served_tensor(tensor_request, collaborator)
+                try:
+                    return tensor_reply(header, request.round_number, served.parts)
+                finally:
+                    served.release()
 
             return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
 
