@@ -7,7 +7,7 @@
 # registry is reachable (it provides Debian's python3.11 as /usr/bin/python3); build with --pull=never there.
 #
 #   ports    50051 federation gRPC (mTLS, collaborators)   50052 ops gRPC (health, reflection; plaintext)
-#            9090 Prometheus /metrics (HTTP)
+#            50053 Prometheus /metrics (HTTP)
 #   files    /etc/fedagg/fedagg.yaml (config, read-only)    /etc/fedagg/tls/ (a kubernetes.io/tls secret)
 #            /var/lib/fedagg (state and models: a volume)   /tmp (scratch: a tmpfs/emptyDir)
 #   runs as  10001:10001, read-only root filesystem friendly, SIGTERM drains and exits 0.
@@ -55,7 +55,7 @@ ENV PATH=/opt/fedagg/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 USER 10001:10001
 WORKDIR /var/lib/fedagg
-EXPOSE 50051/tcp 50052/tcp 9090/tcp
+EXPOSE 50051/tcp 50052/tcp 50053/tcp
 STOPSIGNAL SIGTERM
 # Liveness of the process on the ops port (container engines that honour HEALTHCHECK; Kubernetes ignores it and
 # uses the chart's native gRPC probes instead).

@@ -22,7 +22,8 @@ import logging
 import math
 import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
@@ -34,10 +35,11 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 
-from fedagg.config import AfterFinish, Config, KubernetesHookMode
+from fedagg.config import ENV_PREFIX, AfterFinish, Config, KubernetesHookMode
 from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.store import StateStore
@@ -84,6 +86,7 @@ def build_aggregator(
     config: Config, kubernetes: Callable[[], k8s.Configuration] = in_cluster_configuration
 ) -> Aggregator:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for nothing
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
@@ -133,7 +136,9 @@ def build_aggregator(
     aggregator = Aggregator(
         config, federation, server, health, registry, metrics, hooks, grpc_metrics, readiness
     )
-    registry.register(FederationStateCollector(federation.describe, lambda: aggregator.draining))
+    registry.register(
+        FederationStateCollector(federation.describe, lambda: aggregator.draining, config.storage.state_dir)
+    )
     return aggregator
 
 
@@ -238,7 +243,9 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
             log.error("cannot restore the federation state: %s", error)
             return 1
         aggregator.federation.health.subscribe(aggregator.readiness.refresh_from_thread(loop))
-        await aggregator.server.start()
+        server_settings = aggregator.config.server
+        with _binding("server.port", server_settings.port, server_settings.bind_address):
+            await aggregator.server.start()
         await aggregator.readiness.set_ready(_ready_after_start(aggregator))
         return await _serve_until_done(aggregator, stop)
     finally:
@@ -313,16 +320,53 @@ async def _finish(aggregator: Aggregator) -> None:
     await run_hooks(aggregator.hooks, completion, aggregator.metrics.hook_failed)
 
 
+@contextlib.contextmanager
+def _binding(key: str, port: int, host: str) -> Iterator[None]:
+    """Turn a failure to listen into one configuration error naming the setting and its environment override.
+
+    The port is tried first with a plain socket, so that gRPC's own error line is never printed.
+    """
+    try:
+        if port:
+            _try_listen(host, port)
+        yield
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "bind" not in str(error).lower():
+            raise
+        variable = ENV_PREFIX + key.upper().replace(".", "__")
+        raise ConfigError(
+            key,
+            port,
+            f"a port this process can listen on (it is in use or not allowed); set {key} or {variable}",
+        ) from None
+
+
+def _try_listen(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as the servers will (raises OSError when it is taken)."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((address, port))
+        probe.listen(1)
+
+
 async def _start_ops(aggregator: Aggregator) -> None:
     ops = aggregator.config.ops
-    http_server, thread = start_http_server(
-        ops.metrics_port, addr=ops.metrics_bind_address.strip("[]"), registry=aggregator.registry
-    )
+    with _binding("ops.metrics_port", ops.metrics_port, ops.metrics_bind_address):
+        http_server, thread = start_http_server(
+            ops.metrics_port, addr=ops.metrics_bind_address.strip("[]"), registry=aggregator.registry
+        )
     aggregator.metrics_http = (http_server, thread)
     aggregator.metrics_port = http_server.server_port
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(aggregator.grpc_metrics)])
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(aggregator.grpc_metrics)], options=[("grpc.so_reuseport", 0)]
+    )
     aggregator.health.register(server)
-    aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")
+    with _binding("ops.port", ops.port, ops.bind_address):
+        aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")
     await server.start()
     aggregator.ops_server = server
     await aggregator.health.set_alive()

@@ -225,7 +225,10 @@ class OpsSettings:
     )
     metrics_bind_address: str = setting("[::]", help="Prometheus exporter listen address")
     metrics_port: int = setting(
-        9090, help="Prometheus exporter port, serves /metrics (0 = any free port)", check=port_number
+        50053,
+        help="Prometheus exporter port, serves /metrics (0 = any free port); outside 9100-9999, which the "
+        "Prometheus project allocates to exporters, and not Prometheus' own 9090",
+        check=port_number,
     )
     per_collaborator_metrics: bool = setting(
         False, help="add collaborator labels (one series per collaborator)"

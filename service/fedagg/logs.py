@@ -10,7 +10,10 @@ import contextvars
 import datetime
 import json
 import logging
+import os
 import re
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -81,8 +84,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+NATIVE_LOGGER = "grpc.core"
+_native_routed = threading.Event()  # routed at most once per process
+_NATIVE_LEVELS = {
+    "D": logging.DEBUG,
+    "I": logging.INFO,
+    "W": logging.WARNING,
+    "E": logging.ERROR,
+    "F": logging.CRITICAL,
+}
+
+
+def route_native_stderr() -> None:
+    """Make every line that native code (grpc-core) writes to file descriptor 2 a log record of ``grpc.core``.
+
+    grpc-core prints its own lines (``E1202 01:12:35.39 32489 add_port.cc:83] ...``) straight to the process's
+    standard error, which would break a JSON log stream. Descriptor 2 becomes a pipe read by a daemon thread;
+    Python's own ``sys.stderr`` keeps the original destination.
+    """
+    original = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+    sys.stderr = open(original, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    native = logging.getLogger(NATIVE_LOGGER)
+
+    def forward() -> None:
+        with open(reader, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                text = line.rstrip()
+                if text:
+                    native.log(_NATIVE_LEVELS.get(text[0], logging.ERROR), "%s", text)
+
+    threading.Thread(target=forward, name="fedagg-native-stderr", daemon=True).start()
+
+
 def configure_logging(level: str, json_lines: bool) -> None:
-    """Set up the root logger for the process."""
+    """Set up the root logger for the process (in JSON mode, native lines on stderr become records too)."""
+    if json_lines and not _native_routed.is_set():
+        _native_routed.set()
+        route_native_stderr()
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))

@@ -145,7 +145,7 @@ def test_probes_and_ports_match_the_container_and_the_config(scenario: str) -> N
     config = objects.config()
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"federation": 50051, "ops": 50052, "metrics": 9090}
+    assert ports == {"federation": 50051, "ops": 50052, "metrics": 50053}
     assert config["server"]["port"] == ports["federation"]
     assert config["ops"]["port"] == ports["ops"]
     assert config["ops"]["metrics_port"] == ports["metrics"]
@@ -466,7 +466,7 @@ def test_openfl_mode_refuses_a_federation_section_and_an_empty_plan() -> None:
     ("values", "complaint"),
     [
         (
-            with_federation(containerPorts={"federation": 50051, "ops": "fifty", "metrics": 9090}),
+            with_federation(containerPorts={"federation": 50051, "ops": "fifty", "metrics": 50053}),
             "/containerPorts/ops",
         ),
         (with_federation(workload="StatefulSet"), "/workload"),

@@ -101,7 +101,7 @@ def test_image_metadata_follows_the_contract(image: str) -> None:
     assert config["User"] == f"{UID}:{UID}"
     assert config["Entrypoint"] == ["/opt/fedagg/bin/fedagg"]
     assert config["Cmd"] == ["serve", "--config", "/etc/fedagg/fedagg.yaml"]
-    assert set(config["ExposedPorts"]) == {"50051/tcp", "50052/tcp", "9090/tcp"}
+    assert set(config["ExposedPorts"]) == {"50051/tcp", "50052/tcp", "50053/tcp"}
     assert config["StopSignal"] == "SIGTERM"
     assert health["Test"] == [
         "CMD",
@@ -213,7 +213,7 @@ class Aggregator:
             "--volume", f"{self.state}:/var/lib/fedagg",
             "--publish", f"127.0.0.1:{self.ports.federation}:50051",
             "--publish", f"127.0.0.1:{self.ports.ops}:50052",
-            "--publish", f"127.0.0.1:{self.ports.metrics}:9090",
+            "--publish", f"127.0.0.1:{self.ports.metrics}:50053",
             self.image,
         )  # fmt: skip
 

@@ -65,8 +65,8 @@ def write_config(
 class FedaggProcess:
     """``fedagg serve`` in a subprocess; its log lines are collected and its ports parsed from them."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(self, config: Path, *extra: str, environment: dict[str, str] | None = None) -> None:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(environment or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fedagg.cli", "serve", "--config", str(config), *extra],
             stdout=subprocess.DEVNULL,

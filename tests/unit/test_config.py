@@ -43,7 +43,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
     assert list(plan.tasks) == ["aggregated_model_validation", "train", "locally_tuned_model_validation"]
     assert plan.assigner.kind == AssignerKind.RANDOM_GROUPED
     assert math.isinf(plan.stragglers.cutoff_seconds)
-    assert (config.server.port, config.ops.port, config.ops.metrics_port) == (50051, 50052, 9090)
+    assert (config.server.port, config.ops.port, config.ops.metrics_port) == (50051, 50052, 50053)
     assert config.server.tls.mode == TlsMode.MUTUAL
     assert config.ops.after_finish == AfterFinish.EXIT
     assert config.storage.state_dir == Path("/var/lib/fedagg")

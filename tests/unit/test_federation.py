@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -459,3 +460,23 @@ def test_describe_reports_real_progress(federation: Federation) -> None:
     assert one.progress == pytest.approx(1 / 3)
     assert (two.status, two.current_task) == ("waiting", TASKS[0])
     assert dict(status.models) == {"best": "pending", "last": "pending", "init": "ready"}
+
+
+def test_last_contact_and_a_stalled_collaborator(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, make_plan(PAIR, 2, sleep_seconds=10), zero_model(), clock=clock)
+    federation.contact_started("one")
+    federation.get_tasks("one")
+    federation.contact_ended("one")
+    federation.contact_started("two")  # a long call in progress (a held GetTasks, an upload)
+    clock.now += 31
+
+    one, two = federation.describe().collaborators
+
+    assert (one.status, two.status) == ("stalled", "waiting"), "silent for 3 sleep periods; in a call"
+    assert one.last_contact is not None
+    assert time.time() - one.last_contact == pytest.approx(31, abs=2)
+    federation.contact_ended("two")
+    assert federation.describe().collaborators[0].status == "stalled"
+    federation.contact_started("one")
+    assert federation.describe().collaborators[0].status == "training"

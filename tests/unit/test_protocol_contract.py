@@ -55,6 +55,7 @@ CONTRACT: dict[str, dict[str, tuple[int, int, str, str]]] = {
         "round": (4, UINT32, ONE, ""),
         "current_task": (5, STRING, ONE, ""),
         "next_task": (6, STRING, ONE, ""),
+        "last_contact": (100, T.TYPE_DOUBLE, ONE, ""),  # fedagg's addition; OpenFL's parsers skip it
     },
     "TaskDescription": {"name": (1, STRING, ONE, ""), "description": (2, STRING, ONE, "")},
     "DownloadStatus": {"name": (1, STRING, ONE, ""), "status": (2, STRING, ONE, "")},

@@ -74,6 +74,8 @@ class CollaboratorStatus:
     current_task: str
     next_task: str
     rejected_tasks: tuple[str, ...] = ()
+    last_contact: float | None = None
+    """When the collaborator last called (Unix time), None if never since the aggregator started."""
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,5 @@ class ExperimentStatus:
     models: tuple[tuple[str, str], ...]
     storage_failing: bool = False
     round_end_failing: bool = False
+    round_started: float | None = None
+    """When the current round's first task was handed out (Unix time), None before."""

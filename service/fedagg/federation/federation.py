@@ -23,7 +23,7 @@ Locks (order: ``_commit_lock``, then ``_state_lock``; the TensorServer's and Met
 
 * ``_commit_lock`` serialises every durable transition (restore, commits, round ends, quit records, ticks). It is
   held across disk I/O, so it is only ever taken off the event loop.
-* ``_state_lock`` guards ``_committed``, ``_round`` (and the Round's fields) and ``_restored``. It is
+* ``_state_lock`` guards ``_committed``, ``_round`` (and the Round's fields), ``_restored`` and ``_contacts``. It is
   never held across I/O or a listener call.
 """
 
@@ -54,7 +54,7 @@ from fedagg.federation.round_close import ClosedRound, ModelOutputs, RoundCloser
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, RejectedUpload, Round
 from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, own_tensor, tensor_owner
 from fedagg.federation.sources import DeltaOnBase, SpooledValues
-from fedagg.federation.status import experiment_status, restoring_status
+from fedagg.federation.status import Contact, Contacts, experiment_status, restoring_status
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import make_straggler_policy
 from fedagg.protocol.codec import COMPRESSED
@@ -127,6 +127,7 @@ class Federation:
         self._round: Round | None = None
         self._restored = False
         self._progress: list[Callable[[], None]] = []
+        self._contacts: dict[str, Contact] = {}
 
     # Start-up -----------------------------------------------------------------------------------------------
 
@@ -259,6 +260,18 @@ class Federation:
     def _current_round_or_none(self) -> Round | None:
         with self._state_lock:
             return self._round
+
+    def contact_started(self, collaborator: str) -> None:
+        """An authenticated call of ``collaborator`` began (what ``fedagg status`` shows as last contact)."""
+        with self._state_lock:
+            contact = self._contacts.setdefault(collaborator, Contact())
+            contact.last, contact.calls = self._clock(), contact.calls + 1
+
+    def contact_ended(self, collaborator: str) -> None:
+        """That call ended."""
+        with self._state_lock:
+            contact = self._contacts.setdefault(collaborator, Contact())
+            contact.last, contact.calls = self._clock(), max(0, contact.calls - 1)
 
     # GetTasks -----------------------------------------------------------------------------------------------
 
@@ -595,6 +608,7 @@ class Federation:
                 self.plan,
                 committed,
                 round_,
+                Contacts(dict(self._contacts), self._clock(), time.time()),
                 storage_failing=storage_failing,
                 round_end_failing=round_end_failing,
             )

@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.events import CollaboratorStatus, ExperimentStatus
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.rounds import Round
+
+STALL_PERIODS = 3
+"""A collaborator that has not called for this many sleep periods (and is not in a call) is ``stalled``."""
+
+
+@dataclass
+class Contact:
+    """When a collaborator last called (monotonic clock) and how many of its calls are in progress."""
+
+    last: float = 0.0
+    calls: int = 0
+
+
+@dataclass(frozen=True)
+class Contacts:
+    """Every collaborator's contact, with the monotonic and wall clocks read at the same moment."""
+
+    by_collaborator: dict[str, Contact] = field(default_factory=dict)
+    now: float = 0.0
+    wall_now: float = 0.0
+
+    def wall_time(self, monotonic: float) -> float:
+        """A monotonic instant as Unix time."""
+        return self.wall_now - (self.now - monotonic)
+
+    def silent_for(self, name: str) -> float | None:
+        """Seconds since the collaborator's last call ended (0 while one is in progress), None if it never called."""
+        contact = self.by_collaborator.get(name)
+        if contact is None:
+            return None
+        return 0.0 if contact.calls else self.now - contact.last
 
 
 def restoring_status(plan: FederationPlan) -> ExperimentStatus:
@@ -17,6 +50,7 @@ def experiment_status(
     plan: FederationPlan,
     committed: Checkpoint,
     round_: Round,
+    contacts: Contacts,
     *,
     storage_failing: bool = False,
     round_end_failing: bool = False,
@@ -29,8 +63,10 @@ def experiment_status(
         status = "pending"
     else:
         status = "in_progress"
+    stall_after = STALL_PERIODS * plan.sleep_seconds
     collaborators = tuple(
-        _collaborator_status(round_, committed, name, finished) for name in plan.collaborators
+        _collaborator_status(round_, committed, name, finished, contacts, stall_after)
+        for name in plan.collaborators
     )
     models = (
         ("best", "ready" if committed.best_round is not None else "pending"),
@@ -50,6 +86,7 @@ def experiment_status(
         models,
         storage_failing=storage_failing,
         round_end_failing=round_end_failing,
+        round_started=None if round_.started_at is None else contacts.wall_time(round_.started_at),
     )
 
 
@@ -58,7 +95,7 @@ def _tasks(plan: FederationPlan) -> tuple[tuple[str, str], ...]:
 
 
 def _collaborator_status(
-    round_: Round, committed: Checkpoint, name: str, finished: bool
+    round_: Round, committed: Checkpoint, name: str, finished: bool, contacts: Contacts, stall_after: float
 ) -> CollaboratorStatus:
     assigned = round_.assignment.get(name, ())
     pending = round_.pending_tasks(name)
@@ -70,6 +107,8 @@ def _collaborator_status(
         status = "finishing"
     elif name in round_.stragglers:
         status = "straggler"
+    elif (silent := contacts.silent_for(name)) is not None and silent > stall_after:
+        status = "stalled"
     elif not pending:
         status = "rejected" if rejected else "done"
     elif name in round_.handed_out:
@@ -78,4 +117,8 @@ def _collaborator_status(
         status = "waiting"
     current = pending[0] if pending and not finished else ""
     following = pending[1] if len(pending) > 1 and not finished else ""
-    return CollaboratorStatus(name, status, progress, round_.number, current, following, rejected)
+    contact = contacts.by_collaborator.get(name)
+    last_contact = None if contact is None else contacts.wall_time(contact.last)
+    return CollaboratorStatus(
+        name, status, progress, round_.number, current, following, rejected, last_contact
+    )

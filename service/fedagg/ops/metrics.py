@@ -9,8 +9,10 @@ can never drift from the truth.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
@@ -257,12 +259,51 @@ class FederationMetrics(FederationListener):
         self.hold_duration.observe(seconds)
 
 
+COLLABORATOR_STATES = (
+    "waiting",
+    "training",
+    "done",
+    "rejected",
+    "straggler",
+    "stalled",
+    "finishing",
+    "quit",
+)
+
+
+def _collaborator_families(status: ExperimentStatus) -> Iterator[Metric]:
+    """Per-collaborator series, bounded by the plan's collaborator list."""
+    states = GaugeMetricFamily(
+        "fedagg_collaborator_state",
+        "1 for each collaborator's state in the current round (stalled: silent for 3 sleep periods).",
+        labels=["collaborator", "state"],
+    )
+    contacts = GaugeMetricFamily(
+        "fedagg_collaborator_last_contact_timestamp_seconds",
+        "When each collaborator last called the aggregator (absent until it has called).",
+        labels=["collaborator"],
+    )
+    for collaborator in status.collaborators:
+        for state in COLLABORATOR_STATES:
+            states.add_metric([collaborator.name, state], 1.0 if collaborator.status == state else 0.0)
+        if collaborator.last_contact is not None:
+            contacts.add_metric([collaborator.name], collaborator.last_contact)
+    yield states
+    yield contacts
+
+
 class FederationStateCollector(Collector):
     """Gauges read from the federation at scrape time."""
 
-    def __init__(self, status: Callable[[], ExperimentStatus], draining: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], ExperimentStatus],
+        draining: Callable[[], bool],
+        state_dir: Path | None = None,
+    ) -> None:
         self._status = status
         self._draining = draining
+        self._state_dir = state_dir
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -309,6 +350,31 @@ class FederationStateCollector(Collector):
         for name in EXPERIMENT_STATES:
             experiment.add_metric([name], 1.0 if name == state else 0.0)
         yield experiment
+        yield GaugeMetricFamily(
+            "fedagg_round_started_timestamp_seconds",
+            "When the current round's first task was handed out (0 before; reset by a restart).",
+            value=status.round_started or 0.0,
+        )
+        yield from _collaborator_families(status)
+        yield from self._volume_families()
+
+    def _volume_families(self) -> Iterator[Metric]:
+        if self._state_dir is None:
+            return
+        try:
+            volume = os.statvfs(self._state_dir)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "fedagg_state_volume_size_bytes",
+            "Size of the file system holding the state directory.",
+            value=volume.f_blocks * volume.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "fedagg_state_volume_available_bytes",
+            "Bytes the aggregator may still write to the state directory's file system.",
+            value=volume.f_bavail * volume.f_frsize,
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

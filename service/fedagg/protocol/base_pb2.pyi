@@ -166,12 +166,17 @@ class CollaboratorDescription(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     CURRENT_TASK_FIELD_NUMBER: _builtins.int
     NEXT_TASK_FIELD_NUMBER: _builtins.int
+    LAST_CONTACT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: _builtins.str
     progress: _builtins.float
     round: _builtins.int
     current_task: _builtins.str
     next_task: _builtins.str
+    last_contact: _builtins.float
+    """fedagg's addition (OpenFL ignores it): when the collaborator last called the aggregator, in seconds since
+    the Unix epoch; 0 = never since the aggregator started.
+    """
     def __init__(
         self,
         *,
@@ -181,10 +186,11 @@ class CollaboratorDescription(_message.Message):
         round: _builtins.int = ...,
         current_task: _builtins.str = ...,
         next_task: _builtins.str = ...,
+        last_contact: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_task", b"current_task", "name", b"name", "next_task", b"next_task", "progress", b"progress", "round", b"round", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_task", b"current_task", "last_contact", b"last_contact", "name", b"name", "next_task", b"next_task", "progress", b"progress", "round", b"round", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,8 @@ GO_CODE_NAMES = {
     else "".join(part.capitalize() if part != "OK" else part for part in code.name.split("_"))
     for code in grpc.StatusCode
 }
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+# go-grpc-prometheus' buckets, extended to the minutes a large upload or a held GetTasks can take.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
 
 class GrpcServerMetrics:

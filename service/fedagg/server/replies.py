@@ -73,6 +73,7 @@ def description_reply(status: ExperimentStatus) -> aggregator_pb2.GetExperimentD
                     round=c.round_number,
                     current_task=c.current_task,
                     next_task=c.next_task,
+                    last_contact=c.last_contact or 0.0,
                 )
                 for c in status.collaborators
             ],

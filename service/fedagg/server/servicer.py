@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -344,6 +344,12 @@ class AggregatorGRPCServer:
             await self._refuse(error, context, header.sender)
             raise
         set_log_context(collaborator=collaborator)
+        self.aggregator.contact_started(collaborator)
+
+        def ended(_context: ServerContext) -> None:
+            self.aggregator.contact_ended(collaborator)
+
+        context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", ended))  # the stubs want a class
         return collaborator
 
     async def _check_uploader(self, context: ServerContext) -> None:
