@@ -42,6 +42,7 @@ from prometheus_client import (
 from fedagg.config import ENV_PREFIX, AfterFinish, Config, KubernetesHookMode
 from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.integrity import FileDigest, digest_of
 from fedagg.federation.store import StateStore
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identity, running_in_cluster
@@ -99,6 +100,7 @@ def build_aggregator(
         _state_store(config),
         ModelOutputs(config.best_model_path, config.last_model_path),
         initial_model=_initial_model(config),
+        initial_model_digest=_initial_model_digest(config),
         listener=metrics,
     )
     health = HealthReporter()
@@ -173,6 +175,15 @@ def _state_store(config: Config) -> StateStore:
         raise ConfigError(
             "storage.state_dir", str(state_dir), f"a writable directory ({error.strerror})"
         ) from None
+
+
+def _initial_model_digest(config: Config) -> FileDigest | None:
+    """The configured initial model file's digest, to notice a model that changed under a running federation."""
+    path = config.federation.initial_model
+    try:
+        return None if path is None or not path.is_file() else digest_of(path)
+    except OSError:
+        return None
 
 
 def _initial_model(config: Config) -> LoadedModel | None:

@@ -9,6 +9,7 @@ import pytest
 
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.federation import Federation, ModelOutputs
+from fedagg.federation.integrity import FileDigest
 from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import read_model
 from tests.support.runners import SHAPES, zero_model
@@ -123,3 +124,21 @@ def test_fresh_state_without_initial_model_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(FailedPrecondition, match="no initial model"):
         federation.restore()
+
+
+def test_a_changed_initial_model_is_reported_and_the_state_directory_wins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = FileDigest(10, 1), FileDigest(10, 2)
+    make_federation(tmp_path, make_plan(PAIR, 2), zero_model(), initial_model_digest=first)
+    outputs = ModelOutputs(tmp_path / "best.pbuf", tmp_path / "last.pbuf")
+
+    for digest, warned in ((first, False), (second, True)):
+        caplog.clear()
+        federation = Federation(
+            make_plan(PAIR, 2), StateStore(tmp_path / "state"), outputs, initial_model_digest=digest
+        )
+        federation.restore()
+
+        assert ("is not the model this state directory started from" in caplog.text) == warned
+        assert federation.round_number == 0

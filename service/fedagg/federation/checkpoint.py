@@ -30,6 +30,8 @@ class Checkpoint:
     quit_sent: tuple[str, ...] = ()
     models: tuple[tuple[int, FileDigest], ...] = ()
     """Digest of each kept model file, by round."""
+    initial_model: FileDigest | None = None
+    """Digest of the configured initial model file the federation started from (None: not known)."""
 
     @property
     def best(self) -> float:
@@ -55,6 +57,7 @@ class Checkpoint:
             "last_round": self.last_round,
             "quit_sent": list(self.quit_sent),
             "models": {str(number): digest.to_json() for number, digest in self.models},
+            "initial_model": None if self.initial_model is None else self.initial_model.to_json(),
         }
 
     @classmethod
@@ -75,6 +78,9 @@ class Checkpoint:
                         for number, digest in data["models"].items()
                     )
                 ),
+                initial_model=None
+                if data.get("initial_model") is None
+                else FileDigest.from_json(data["initial_model"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptFile(f"{source}: malformed checkpoint ({error!r})") from None

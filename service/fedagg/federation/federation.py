@@ -44,7 +44,7 @@ from fedagg.federation.errors import FailedPrecondition, NotFound, PermissionDen
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
 from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
-from fedagg.federation.integrity import CorruptFile
+from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
 from fedagg.federation.plan import FederationPlan, TaskSpec
@@ -105,6 +105,7 @@ class Federation:
         outputs: ModelOutputs,
         *,
         initial_model: LoadedModel | None = None,
+        initial_model_digest: FileDigest | None = None,
         listener: FederationListener | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -113,6 +114,7 @@ class Federation:
         self._store = store
         self._outputs = outputs
         self._initial_model = initial_model
+        self._initial_model_digest = initial_model_digest
         self._listener = listener or FederationListener()
         self._clock = clock
         store.on_quarantine = self._listener.state_file_quarantined
@@ -135,7 +137,9 @@ class Federation:
         """Resume from the newest verified state (or start from the initial model) and replay the spool."""
         with self._commit_lock:
             self._store.prepare()
-            recovery = StateRecovery(self.plan, self._store, self._outputs, self._initial_model)
+            recovery = StateRecovery(
+                self.plan, self._store, self._outputs, self._initial_model, self._initial_model_digest
+            )
             state = recovery.recover()
             self.metrics.extend(state.history)
             self._install(state.checkpoint, state.models)

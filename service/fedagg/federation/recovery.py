@@ -44,11 +44,13 @@ class StateRecovery:
         store: StateStore,
         outputs: ModelOutputs,
         initial_model: LoadedModel | None,
+        initial_model_digest: FileDigest | None = None,
     ) -> None:
         self._plan = plan
         self._store = store
         self._outputs = outputs
         self._initial_model = initial_model
+        self._initial_model_digest = initial_model_digest
 
     def recover(self) -> RecoveredState:
         """The newest usable state, or a fresh one from the initial model; raise when there is none."""
@@ -76,6 +78,7 @@ class StateRecovery:
                 MetricRecord.from_json(item) for item in self._store.load_metrics(checkpoint.round_number)
             ]
             log.info("restored checkpoint %s: round %d", candidate.path.name, checkpoint.round_number)
+            self._compare_initial_model(checkpoint)
             return RecoveredState(checkpoint, models, history)
         if found_any:
             raise FailedPrecondition(
@@ -83,6 +86,17 @@ class StateRecovery:
                 "directory from a backup, or start over with an empty one"
             )
         return self._start_fresh()
+
+    def _compare_initial_model(self, checkpoint: Checkpoint) -> None:
+        configured, started_from = self._initial_model_digest, checkpoint.initial_model
+        if configured is not None and started_from is not None and configured != started_from:
+            log.warning(
+                "federation.initial_model is not the model this state directory started from: the state directory "
+                "wins and the federation resumes at round %d. To start over from the new model, stop fedagg and "
+                "empty storage.state_dir (%s)",
+                checkpoint.round_number,
+                self._store.root,
+            )
 
     def _start_fresh(self) -> RecoveredState:
         model = self._initial_model
@@ -101,7 +115,13 @@ class StateRecovery:
                 writer.add(name, values)
 
         digest = self._store.write_model(first, write)
-        checkpoint = Checkpoint(self._plan.federation_uuid, first, first, models=((first, digest),))
+        checkpoint = Checkpoint(
+            self._plan.federation_uuid,
+            first,
+            first,
+            models=((first, digest),),
+            initial_model=self._initial_model_digest,
+        )
         self._store.save_checkpoint(checkpoint, new_round=True)
         return RecoveredState(checkpoint, {first: self._store.load_model(first, digest)}, [])
 
