@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from fedagg.federation.errors import PlanError
+from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import (
     EVALUATION_GROUP,
-    AggregationKind,
+    AggregationSpec,
     AssignerKind,
     AssignerSpec,
     FederationPlan,
@@ -54,6 +55,30 @@ class LogFormat(StrEnum):
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """Server-side differential privacy of a task's aggregate (as Flower's DifferentialPrivacyServerSide*)."""
+
+    noise_multiplier: float = setting(
+        help="z: the noise's standard deviation is z * clipping norm / contributors"
+    )
+    clipping_norm: float = setting(
+        help="C: each update's norm is clipped to it (the initial C when adaptive)"
+    )
+    adaptive: bool = setting(False, help="adapt C to a quantile of the update norms (Andrew et al.)")
+    target_clipped_quantile: float = setting(
+        0.5, help="adaptive: the share of updates that should be clipped"
+    )
+    clip_norm_lr: float = setting(0.2, help="adaptive: how fast C moves")
+    clipped_count_stddev: float | None = setting(
+        None, help="adaptive: noise of the clipped count (null: contributors / 20)"
+    )
+    delta: float = setting(1e-5, help="the delta of the reported epsilon")
+    flower_compatible: bool = setting(
+        False, help="reproduce Flower's adaptive clipping exactly (its update direction; see the README)"
+    )
+
+
+@dataclass(frozen=True)
 class TaskSettings:
     """One plan task."""
 
@@ -61,7 +86,19 @@ class TaskSettings:
     kwargs: dict[str, Any] = setting(
         factory=dict, help="arguments passed to the function (e.g. apply: local)"
     )
-    aggregation: AggregationKind = setting(AggregationKind.WEIGHTED_AVERAGE, help="how model updates combine")
+    aggregation: str = setting(
+        "weighted_average",
+        help="how model updates combine: weighted_average, median, trimmed_mean, krum, multi_krum, bulyan, "
+        "geometric_median, fedcurv_weighted_average, adagrad, adam, yogi, or a plug-in's class path",
+        check=non_empty,
+    )
+    aggregation_settings: dict[str, Any] = setting(
+        factory=dict, help="the method's settings (e.g. malicious: 1 for krum; learning_rate for adam)"
+    )
+    clipping_norm: float | None = setting(
+        None, help="clip each collaborator's update (relative to the global model) to this norm first"
+    )
+    privacy: PrivacySettings | None = setting(None, help="server-side differential privacy (null: none)")
 
 
 @dataclass(frozen=True)
@@ -334,7 +371,7 @@ class Config:
         """The federation plan; plan errors are reported with their configuration keys."""
         settings = self.federation
         tasks = {
-            name: TaskSpec(name, task.function, task.kwargs, task.aggregation)
+            name: TaskSpec(name, task.function, task.kwargs, _aggregation(task))
             for name, task in settings.tasks.items()
         } or default_tasks()
         groups = tuple(
@@ -347,7 +384,7 @@ class Config:
             evaluation = settings.task_group == EVALUATION_GROUP
             if settings.task_group:
                 assigner = select_task_group(assigner, settings.task_group, settings.collaborators)
-            return FederationPlan(
+            plan = FederationPlan(
                 federation_uuid=settings.federation_uuid,
                 aggregator_uuid=settings.aggregator_uuid or f"aggregator_{settings.federation_uuid}",
                 collaborators=settings.collaborators,
@@ -367,8 +404,15 @@ class Config:
                 limits=UploadLimits(self.limits.upload_bytes, self.limits.extra_tensor_bytes),
                 evaluation=evaluation,
             )
+            TaskAggregators(plan)  # every task's aggregation method and settings are usable
         except PlanError as error:
             raise ConfigError(f"federation.{error.key}", error.value, error.expected) from None
+        return plan
+
+
+def _aggregation(task: TaskSettings) -> AggregationSpec:
+    privacy = None if task.privacy is None else asdict(task.privacy)
+    return AggregationSpec(task.aggregation, task.aggregation_settings, task.clipping_norm, privacy)
 
 
 def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from fedagg.federation.aggregators.registry import openfl_aggregation
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ ASSIGNERS = {
     "openfl.component.assigner.RandomGroupedAssigner": "random_grouped",
     "openfl.component.StaticGroupedAssigner": "static_grouped",
     "openfl.component.assigner.StaticGroupedAssigner": "static_grouped",
-}
-AGGREGATIONS = {
-    "openfl.interface.aggregation_functions.WeightedAverage": "weighted_average",
-    "openfl.interface.aggregation_functions.Median": "median",
 }
 STRAGGLER_POLICIES = {
     "openfl.component.straggler_handling_functions.CutoffTimeBasedStragglerHandling": "cutoff_time",
@@ -248,16 +245,19 @@ def _tasks(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
         if not isinstance(spec, dict) or "function" not in spec:
             raise ConfigError(key, spec, "a task with a function")
         aggregation = spec.get("aggregation_type")
-        kind = "weighted_average"
+        kind, settings = "weighted_average", dict[str, Any]()
         if aggregation is not None:
             template = aggregation.get(TEMPLATE) if isinstance(aggregation, dict) else aggregation
-            if template not in AGGREGATIONS:
-                raise ConfigError(f"{key}.aggregation_type", template, f"one of {sorted(AGGREGATIONS)}")
-            kind = AGGREGATIONS[template]
+            options = (aggregation.get(SETTINGS) if isinstance(aggregation, dict) else None) or {}
+            try:
+                kind, settings = openfl_aggregation(str(template), options)
+            except ValueError as error:
+                raise ConfigError(f"{key}.aggregation_type", template, str(error)) from None
         converted[name] = {
             "function": spec["function"],
             "kwargs": spec.get("kwargs") or {},
             "aggregation": kind,
+            "aggregation_settings": settings,
         }
     return converted
 

@@ -1,134 +1,461 @@
-"""Aggregation functions: one conformance suite every aggregator passes, then each one's own arithmetic."""
+"""Aggregation methods: one conformance suite every aggregator passes (built-in or plug-in), then each one's own
+arithmetic on hand-made cases with a closed form (attackers included).
+
+Comparisons with OpenFL's and Flower's own implementations run in tests/oracles (their own environments).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregation import (
-    AGGREGATORS,
-    BLOCK_ELEMENTS,
+from fedagg.federation.aggregators import Aggregator, RoundInputs, TensorInputs, base
+from fedagg.federation.aggregators.accountant import gaussian_epsilon
+from fedagg.federation.aggregators.adaptive import (
+    AdagradAdaptiveAggregation,
+    AdamAdaptiveAggregation,
+    YogiAdaptiveAggregation,
+)
+from fedagg.federation.aggregators.clipping import ClippedUpdates
+from fedagg.federation.aggregators.distance import Bulyan, GeometricMedian, Krum
+from fedagg.federation.aggregators.elementwise import (
+    FedCurvWeightedAverage,
     Median,
-    MetricAverage,
-    TensorAggregator,
+    TrimmedMean,
     WeightedAverage,
 )
-from fedagg.protocol.codec import Float32Array
+from fedagg.federation.aggregators.privacy import GaussianMechanism
+from fedagg.federation.aggregators.registry import BUILT_IN, make_aggregator
+from fedagg.federation.plan import AggregationSpec
+from fedagg.protocol.codec import Float32Array, Shape
+from tests.support.conformance import subclasses
+
+Model = dict[str, Float32Array]
 
 
 class ArraySource:
+    """A contribution held in memory that records how much it is asked for at once."""
+
     def __init__(self, values: Float32Array) -> None:
         self._flat = np.asarray(values, np.float32).reshape(-1)
         self.size = self._flat.size
-        self.reads = 0
+        self.widest = 0
 
     def block(self, start: int, stop: int) -> Float32Array:
-        self.reads += 1
-        return self._flat[start:stop]
+        self.widest = max(self.widest, stop - start)
+        return self._flat[start:stop].copy()
+
+
+class MemoryState:
+    """Slot files kept in memory: what one round wrote is what the next reads."""
+
+    def __init__(self, previous: Mapping[tuple[str, str], Float32Array] | None = None) -> None:
+        self.previous_values = dict(previous or {})
+        self.written: dict[tuple[str, str], list[Float32Array]] = {}
+
+    def previous(self, slot: str, tensor: str) -> ArraySource | None:
+        values = self.previous_values.get((slot, tensor))
+        return None if values is None else ArraySource(values)
+
+    def write(self, slot: str, tensor: str, shape: Shape) -> Callable[[Float32Array], None]:
+        return self.written.setdefault((slot, tensor), []).append
+
+    def next_round(self) -> MemoryState:
+        return MemoryState({key: np.concatenate(parts) for key, parts in self.written.items()})
+
+
+def inputs_of(
+    contributions: Sequence[Model], weights: Sequence[float], model: Model | None = None
+) -> tuple[RoundInputs, list[ArraySource]]:
+    names = list(contributions[0]) if contributions else list(model or {})
+    every: list[ArraySource] = []
+    tensors = []
+    for name in names:
+        sources = tuple(ArraySource(c[name]) for c in contributions)
+        every += sources
+        shape = (contributions[0][name] if contributions else (model or {})[name]).shape
+        base_values = None if model is None or name not in model else ArraySource(model[name])
+        tensors.append(
+            TensorInputs(name, shape, tuple(range(len(contributions))), sources, tuple(weights), base_values)
+        )
+    names_of = tuple(f"site-{i}" for i in range(len(contributions)))
+    return RoundInputs(0, "train", names_of, tuple(tensors)), every
 
 
 def aggregate(
-    aggregator: TensorAggregator, contributions: Sequence[Float32Array], weights: Sequence[float]
-) -> Float32Array | None:
-    """The aggregate as one flat array, or None when the aggregator says the inputs give none."""
-    if not aggregator.usable(weights):
-        return None
-    blocks: list[Float32Array] = []
-    aggregator.aggregate([ArraySource(values) for values in contributions], weights, blocks.append)
-    return np.concatenate(blocks) if blocks else np.empty(0, np.float32)
+    aggregator: Aggregator,
+    contributions: Sequence[Model],
+    weights: Sequence[float],
+    model: Model | None = None,
+    state: MemoryState | None = None,
+) -> Model | None:
+    """The aggregate of every tensor, or None when the aggregator gives none."""
+    inputs, _ = inputs_of(contributions, weights, model)
+    aggregator.prepare(inputs)
+    if aggregator.slots:
+        aggregator.bind_state(state or MemoryState())
+    result: Model = {}
+    for tensor in inputs.tensors:
+        parts: list[Float32Array] = []
+        if not aggregator.combine(tensor, parts.append):
+            return None
+        result[tensor.name] = np.concatenate(parts).reshape(tensor.shape) if parts else np.empty(0)
+    return result
+
+
+def model_of(rng: np.random.Generator, shift: float = 0.0) -> Model:
+    return {
+        "w": (rng.standard_normal((3, 4)) + shift).astype(np.float32),
+        "b": (rng.standard_normal(5) + shift).astype(np.float32),
+    }
+
+
+def ignore(block: Float32Array) -> None:
+    """An emit that drops the aggregate."""
 
 
 class AggregatorConformance:
-    """What every aggregator must do; each aggregator's test class subclasses this."""
+    """What every aggregator must do. Each aggregator's test class subclasses this and says how to make it."""
 
-    aggregator: TensorAggregator
+    def make(self) -> Aggregator:
+        raise NotImplementedError
 
-    def test_identical_contributions_aggregate_to_themselves(self) -> None:
-        values = np.random.default_rng(0).standard_normal(12).astype(np.float32)
+    def test_contributions_equal_to_the_model_give_the_model(self) -> None:
+        model = model_of(np.random.default_rng(0))
 
-        result = aggregate(self.aggregator, [values] * 3, [1.0, 2.0, 5.0])
+        result = aggregate(self.make(), [model] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], model)
 
         assert result is not None
-        assert result.dtype == np.float32
-        np.testing.assert_allclose(result, values, rtol=1e-6)
+        for name, values in model.items():
+            assert result[name].dtype == np.float32
+            np.testing.assert_allclose(result[name], values, rtol=1e-6, atol=1e-6)
 
     def test_no_contribution_gives_no_aggregate(self) -> None:
-        assert not self.aggregator.usable([])
+        model = model_of(np.random.default_rng(0))
+        inputs, _ = inputs_of([], [], model)
+        aggregator = self.make()
+        aggregator.prepare(inputs)
+        aggregator.bind_state(MemoryState())
 
-    def test_a_scalar_tensor(self) -> None:
-        assert aggregate(self.aggregator, [np.array([3.0], np.float32)], [1.0]) == pytest.approx([3.0])
-
-    def test_the_result_does_not_depend_on_the_block_size(self) -> None:
-        rng = np.random.default_rng(3)
-        contributions = [rng.standard_normal(BLOCK_ELEMENTS * 2 + 5).astype(np.float32) for _ in range(3)]
-        weights = [1.0, 2.0, 3.0]
-
-        whole = aggregate(self.aggregator, contributions, weights)
-        pieces = [
-            aggregate(self.aggregator, [c[start:stop] for c in contributions], weights)
-            for start, stop in ((0, 7), (7, BLOCK_ELEMENTS + 1), (BLOCK_ELEMENTS + 1, 2 * BLOCK_ELEMENTS + 5))
-        ]
-
-        np.testing.assert_array_equal(whole, np.concatenate(pieces))  # type: ignore[arg-type]
-
-    def test_large_tensors_are_read_block_by_block(self) -> None:
-        size = BLOCK_ELEMENTS * 2 + 5
-        source = ArraySource(np.ones(size, np.float32))
-        blocks: list[Float32Array] = []
-
-        self.aggregator.aggregate([source], [1.0], blocks.append)
-
-        assert source.reads == 3
-        assert [len(block) for block in blocks] == [BLOCK_ELEMENTS, BLOCK_ELEMENTS, 5]
+        assert not aggregator.combine(inputs.tensors[0], ignore)
 
     def test_deterministic(self) -> None:
         rng = np.random.default_rng(4)
-        contributions = [rng.standard_normal(100).astype(np.float32) for _ in range(5)]
+        model = model_of(rng)
+        contributions = [model_of(rng, shift=0.1) for _ in range(7)]
 
-        first = aggregate(self.aggregator, contributions, [1, 2, 3, 4, 5])
-        second = aggregate(self.aggregator, contributions, [1, 2, 3, 4, 5])
+        first = aggregate(self.make(), contributions, [1, 2, 3, 4, 5, 6, 7], model)
+        second = aggregate(self.make(), contributions, [1, 2, 3, 4, 5, 6, 7], model)
 
-        np.testing.assert_array_equal(first, second)  # type: ignore[arg-type]
+        assert first is not None
+        assert second is not None
+        for name in first:
+            np.testing.assert_array_equal(first[name], second[name])
+
+    def test_the_result_does_not_depend_on_the_block_size(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        rng = np.random.default_rng(5)
+        model = model_of(rng)
+        contributions = [model_of(rng, shift=0.2) for _ in range(7)]
+        whole = aggregate(self.make(), contributions, [3, 1, 4, 1, 5, 9, 2], model)
+        monkeypatch.setattr(base, "BLOCK_ELEMENTS", 5)
+
+        pieces = aggregate(self.make(), contributions, [3, 1, 4, 1, 5, 9, 2], model)
+
+        assert whole is not None
+        assert pieces is not None
+        for name in whole:
+            np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-6, atol=1e-7)
+
+    def test_contributions_are_read_block_by_block(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(base, "BLOCK_ELEMENTS", 4)
+        rng = np.random.default_rng(6)
+        model = model_of(rng)
+        inputs, sources = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model)
+        aggregator = self.make()
+        aggregator.prepare(inputs)
+        aggregator.bind_state(MemoryState())
+        for tensor in inputs.tensors:
+            aggregator.combine(tensor, ignore)
+
+        assert max(source.widest for source in sources) <= 4, (
+            "no whole tensor of a contributor is read at once"
+        )
+
+    def test_its_state_survives_a_restart(self) -> None:
+        rng = np.random.default_rng(7)
+        model = model_of(rng)
+        rounds = [[model_of(rng, 0.3) for _ in range(7)] for _ in range(2)]
+        running, state = self.make(), MemoryState()
+        aggregate(running, rounds[0], [1] * 7, model, state)
+        saved = dict(running.save())
+
+        restarted = self.make()
+        restarted.load(saved)
+        expected = aggregate(running, rounds[1], [1] * 7, model, state.next_round())
+        actual = aggregate(restarted, rounds[1], [1] * 7, model, state.next_round())
+
+        assert expected is not None
+        assert actual is not None
+        for name in expected:
+            np.testing.assert_array_equal(actual[name], expected[name])
 
 
 class TestWeightedAverage(AggregatorConformance):
-    aggregator = WeightedAverage()
+    def make(self) -> Aggregator:
+        return WeightedAverage()
 
     def test_weights_by_data_size_like_numpy_average(self) -> None:
         rng = np.random.default_rng(1)
-        contributions = [rng.standard_normal(10).astype(np.float32) for _ in range(4)]
+        contributions = [{"w": rng.standard_normal(10).astype(np.float32)} for _ in range(4)]
         sizes = [10, 30, 0, 60]
 
-        result = aggregate(self.aggregator, contributions, sizes)
+        result = aggregate(self.make(), contributions, sizes)
 
-        expected = np.average(np.array(contributions), weights=sizes, axis=0).astype(np.float32)
-        np.testing.assert_array_equal(result, expected)  # type: ignore[arg-type]
+        expected = np.average([c["w"] for c in contributions], weights=sizes, axis=0).astype(np.float32)
+        assert result is not None
+        np.testing.assert_array_equal(result["w"], expected)
 
     def test_only_zero_weight_gives_no_aggregate(self) -> None:
-        assert aggregate(self.aggregator, [np.ones(2, np.float32)], [0.0]) is None
+        assert aggregate(self.make(), [{"w": np.ones(2, np.float32)}], [0.0]) is None
 
 
 class TestMedian(AggregatorConformance):
-    aggregator = Median()
+    def make(self) -> Aggregator:
+        return Median()
 
     def test_ignores_weights_and_resists_an_outlier(self) -> None:
-        contributions = [np.array(values, np.float32) for values in ([1, 1], [2, 2], [1000, -1000])]
+        contributions = [{"w": np.array(values, np.float32)} for values in ([1, 1], [2, 2], [1000, -1000])]
 
-        np.testing.assert_array_equal(aggregate(self.aggregator, contributions, [1, 1, 100]), [2, 1])  # type: ignore[arg-type]
+        result = aggregate(self.make(), contributions, [1, 1, 100])
 
-
-def test_every_configurable_aggregator_has_a_conformance_class() -> None:
-    tested = {type(cls.aggregator) for cls in AggregatorConformance.__subclasses__()}
-
-    assert {type(aggregator) for aggregator in AGGREGATORS.values()} <= tested
+        assert result is not None
+        np.testing.assert_array_equal(result["w"], [2, 1])
 
 
-def test_metric_average() -> None:
-    average = MetricAverage()
-    average.add(0.5, 10)
-    average.add(1.0, 30)
+class TestTrimmedMean(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return TrimmedMean(beta=0.2)
 
-    assert average.result() == pytest.approx(0.875)
-    assert MetricAverage().result() is None
+    def test_ignores_f_outliers_at_each_end(self) -> None:
+        honest = [[1.0, 2.0], [1.2, 2.2], [0.8, 1.8]]
+        attackers = [[1e6, -1e6], [-1e6, 1e6]]
+        contributions = [{"w": np.array(v, np.float32)} for v in honest + attackers]
+
+        result = aggregate(TrimmedMean(beta=0.2), contributions, [1] * 5)
+
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [1.0, 2.0], rtol=1e-6)
+
+
+class TestKrum(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return Krum(malicious=1)
+
+    def test_picks_an_honest_update_among_attackers(self) -> None:
+        honest = [np.full(4, value, np.float32) for value in (1.0, 1.1, 0.9, 1.05)]
+        attackers = [np.full(4, 50.0, np.float32), np.full(4, -40.0, np.float32)]
+        contributions = [{"w": values} for values in honest + attackers]
+
+        krum = aggregate(Krum(malicious=2), contributions, [1] * 6)
+        multi = aggregate(Krum(malicious=2, keep=3), contributions, [1, 1, 1, 1, 1, 1])
+
+        assert krum is not None
+        assert multi is not None
+        assert float(krum["w"][0]) in {float(np.float32(v)) for v in (1.0, 1.05, 1.1, 0.9)}
+        assert 0.9 <= float(multi["w"][0]) <= 1.1, "the average of the three best is honest"
+
+
+class TestMultiKrum(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return Krum(malicious=1, keep=3)
+
+
+class TestBulyan(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return Bulyan(malicious=0)
+
+    def test_needs_4f_plus_3_contributions(self) -> None:
+        inputs, _ = inputs_of([{"w": np.ones(2, np.float32)}] * 6, [1] * 6)
+
+        with pytest.raises(ValueError, match="needs at least 7 contributions"):
+            Bulyan(malicious=1).prepare(inputs)
+
+    def test_outliers_do_not_move_the_aggregate(self) -> None:
+        honest = [np.full(3, value, np.float32) for value in (1.0, 1.1, 0.9, 1.05, 0.95)]
+        attackers = [np.full(3, 100.0, np.float32), np.full(3, -80.0, np.float32)]
+        contributions = [{"w": values} for values in honest + attackers]
+
+        result = aggregate(Bulyan(malicious=1), contributions, [1] * 7)
+
+        assert result is not None
+        assert 0.9 <= float(result["w"][0]) <= 1.1
+
+
+class TestGeometricMedian(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return GeometricMedian()
+
+    def test_resists_a_far_outlier_better_than_the_mean(self) -> None:
+        contributions = [{"w": np.array(v, np.float32)} for v in ([0, 0], [1, 0], [0, 1], [100, 100])]
+
+        result = aggregate(GeometricMedian(maxiter=50), contributions, [1] * 4)
+
+        assert result is not None
+        assert np.linalg.norm(result["w"]) < 5, "the mean would be near (25, 25)"
+
+
+class TestFedCurv(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return FedCurvWeightedAverage()
+
+    def test_fisher_terms_are_summed_the_rest_averaged(self) -> None:
+        contributions = [
+            {"w": np.array([1.0], np.float32), "fisher_u": np.array([2.0], np.float32)},
+            {"w": np.array([3.0], np.float32), "fisher_u": np.array([5.0], np.float32)},
+        ]
+
+        result = aggregate(self.make(), contributions, [1, 3])
+
+        assert result is not None
+        assert (float(result["w"][0]), float(result["fisher_u"][0])) == (2.5, 7.0)
+
+
+class AdaptiveConformance(AggregatorConformance):
+    """The adaptive ones also carry moments between rounds in their slots."""
+
+    def test_moments_are_written_for_the_next_round(self) -> None:
+        rng = np.random.default_rng(8)
+        model = model_of(rng)
+        state = MemoryState()
+
+        aggregate(self.make(), [model_of(rng, 0.5) for _ in range(3)], [1, 2, 3], model, state)
+
+        assert {slot for slot, _ in state.written} == set(self.make().slots)
+
+
+class TestAdagrad(AdaptiveConformance):
+    def make(self) -> Aggregator:
+        return AdagradAdaptiveAggregation(learning_rate=0.1)
+
+    def test_first_step_closed_form(self) -> None:
+        model = {"w": np.array([1.0], np.float32)}
+        contributions = [{"w": np.array([0.0], np.float32)}, {"w": np.array([0.5], np.float32)}]
+
+        result = aggregate(self.make(), contributions, [1, 1], model)
+
+        gradient = 0.5 * (1.0 - 0.0) + 0.5 * (1.0 - 0.5)
+        expected = 1.0 - 0.1 * gradient / (np.sqrt(0.1 + gradient**2) + 1e-10)
+        assert result is not None
+        assert float(result["w"][0]) == pytest.approx(expected, rel=1e-6)
+
+
+class TestAdam(AdaptiveConformance):
+    def make(self) -> Aggregator:
+        return AdamAdaptiveAggregation(learning_rate=0.1)
+
+    def test_first_step_moves_by_the_learning_rate(self) -> None:
+        model = {"w": np.array([1.0, -2.0], np.float32)}
+        contributions = [{"w": np.array([0.0, -1.0], np.float32)}]
+
+        result = aggregate(self.make(), contributions, [1], model)
+
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [1.0 - 0.1, -2.0 + 0.1], rtol=1e-5)
+
+    def test_only_the_tensors_it_optimizes(self) -> None:
+        model = {"w": np.array([1.0], np.float32), "b": np.array([1.0], np.float32)}
+        contributions = [{"w": np.array([0.0], np.float32), "b": np.array([0.0], np.float32)}]
+
+        result = aggregate(
+            AdamAdaptiveAggregation(learning_rate=0.1, params=["w"]), contributions, [1], model
+        )
+
+        assert result is not None
+        assert (float(result["w"][0]), float(result["b"][0])) == (pytest.approx(0.9), 0.0)
+
+
+class TestYogi(AdaptiveConformance):
+    def make(self) -> Aggregator:
+        return YogiAdaptiveAggregation(learning_rate=0.1)
+
+
+class TestClippedUpdates(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return ClippedUpdates(WeightedAverage(), norm=1.0)
+
+    def test_updates_are_clipped_relative_to_the_model(self) -> None:
+        model = {"w": np.zeros(2, np.float32)}
+        contributions = [{"w": np.array([3.0, 4.0], np.float32)}, {"w": np.array([0.3, 0.4], np.float32)}]
+
+        result = aggregate(self.make(), contributions, [1, 1], model)
+
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [(0.6 + 0.3) / 2, (0.8 + 0.4) / 2], rtol=1e-6)
+
+
+class TestNoiselessGaussianMechanism(AggregatorConformance):
+    """With no noise the mechanism is clipping plus its inner method: it must behave like any aggregator."""
+
+    def make(self) -> Aggregator:
+        return GaussianMechanism(noise_multiplier=0.0, clipping_norm=10.0)
+
+
+def test_noise_has_the_advertised_standard_deviation() -> None:
+    model = {"w": np.zeros(200_000, np.float32)}
+    contributions = [{"w": np.zeros(200_000, np.float32)} for _ in range(4)]
+
+    result = aggregate(
+        GaussianMechanism(noise_multiplier=2.0, clipping_norm=0.5, seed=3), contributions, [1] * 4, model
+    )
+
+    assert result is not None
+    assert float(np.std(result["w"])) == pytest.approx(2.0 * 0.5 / 4, rel=0.01)
+    assert abs(float(np.mean(result["w"]))) < 0.002
+
+
+def test_adaptive_clipping_grows_the_norm_when_too_many_updates_are_clipped() -> None:
+    model = {"w": np.zeros(4, np.float32)}
+    contributions = [{"w": np.full(4, 10.0, np.float32)} for _ in range(20)]
+
+    correct = GaussianMechanism(noise_multiplier=0.0, clipping_norm=1.0, adaptive=True, seed=1)
+    flower = GaussianMechanism(
+        noise_multiplier=0.0, clipping_norm=1.0, adaptive=True, flower_compatible=True, seed=1
+    )
+    aggregate(correct, contributions, [1] * 20, model)
+    aggregate(flower, contributions, [1] * 20, model)
+
+    assert correct.clipping_norm == pytest.approx(np.exp(0.2 * 0.5))
+    assert flower.clipping_norm == pytest.approx(np.exp(-0.2 * 0.5)), "Flower moves it the other way"
+
+
+def test_epsilon_grows_with_rounds_and_shrinks_with_noise() -> None:
+    assert gaussian_epsilon(1.0, 0, 1e-5) == 0
+    assert gaussian_epsilon(0.0, 1, 1e-5) == float("inf")
+    assert gaussian_epsilon(1.0, 10, 1e-5) > gaussian_epsilon(1.0, 1, 1e-5)
+    assert gaussian_epsilon(4.0, 10, 1e-5) < gaussian_epsilon(1.0, 10, 1e-5)
+
+
+class ScaledAverage(Aggregator):
+    """A user's plug-in: a weighted average scaled by a setting."""
+
+    def __init__(self, factor: float = 1.0) -> None:
+        self.factor = factor
+
+    def combine(self, tensor: TensorInputs, emit: Callable[[Float32Array], None]) -> bool:
+        return WeightedAverage().combine(tensor, lambda block: emit(block * np.float32(self.factor)))
+
+
+class TestPlugIn(AggregatorConformance):
+    def make(self) -> Aggregator:
+        return make_aggregator(AggregationSpec(f"{__name__}.ScaledAverage", {"factor": 1.0}), "tasks.train")
+
+
+def test_every_built_in_method_has_a_conformance_class() -> None:
+    tested = {
+        type(cls().make()).__name__ for cls in subclasses(AggregatorConformance) if "make" in cls.__dict__
+    }
+    built = {type(make_aggregator(AggregationSpec(kind), "tasks.t")).__name__ for kind in BUILT_IN}
+
+    assert built <= tested

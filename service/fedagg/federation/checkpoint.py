@@ -18,6 +18,24 @@ CHECKPOINT_RECORD = "fedagg/checkpoint/v2"
 
 
 @dataclass(frozen=True)
+class SlotDigest:
+    """A model-sized aggregator state file (an optimizer's moment) of a task, and its digest."""
+
+    task: str
+    slot: str
+    digest: FileDigest
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"task": self.task, "slot": self.slot, **self.digest.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SlotDigest:
+        """Inverse of :meth:`to_json`."""
+        return cls(str(data["task"]), str(data["slot"]), FileDigest.from_json(data))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """The federation state at a round boundary (plus the quit jobs sent since)."""
 
@@ -32,6 +50,10 @@ class Checkpoint:
     """Digest of each kept model file, by round."""
     initial_model: FileDigest | None = None
     """Digest of the configured initial model file the federation started from (None: not known)."""
+    aggregation: str = ""
+    """The task aggregators' small state (canonical JSON), as of this round's start."""
+    slots: tuple[SlotDigest, ...] = ()
+    """The task aggregators' model-sized state files of this round."""
 
     @property
     def best(self) -> float:
@@ -58,6 +80,8 @@ class Checkpoint:
             "quit_sent": list(self.quit_sent),
             "models": {str(number): digest.to_json() for number, digest in self.models},
             "initial_model": None if self.initial_model is None else self.initial_model.to_json(),
+            "aggregation": self.aggregation,
+            "slots": [slot.to_json() for slot in self.slots],
         }
 
     @classmethod
@@ -81,6 +105,8 @@ class Checkpoint:
                 initial_model=None
                 if data.get("initial_model") is None
                 else FileDigest.from_json(data["initial_model"]),
+                aggregation=str(data.get("aggregation", "")),
+                slots=tuple(SlotDigest.from_json(slot) for slot in data.get("slots", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptFile(f"{source}: malformed checkpoint ({error!r})") from None

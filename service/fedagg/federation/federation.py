@@ -157,6 +157,7 @@ class Federation:
         """Make ``checkpoint`` the committed state, serving ``models``; opens its round unless finished."""
         finished = checkpoint.round_number >= self.plan.rounds_to_train
         round_ = None if finished else self._new_round(models[checkpoint.round_number])
+        self._closer.aggregators.load(checkpoint.aggregation)
         with self._state_lock:
             self._committed = checkpoint
             self._round = round_

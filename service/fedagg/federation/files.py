@@ -7,11 +7,12 @@ an fsync of its parent. None of these functions may run on the event loop: they 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,8 +41,9 @@ def durable_directory(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
-    """Write ``path`` via a temporary sibling, fsync it and rename it into place.
+@contextlib.contextmanager
+def atomic_file(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+    """A file written to a temporary sibling and, when the block ends without error, fsynced and renamed to ``path``.
 
     ``sync=False`` skips the fsyncs: for files that are derived again after a crash, never trusted across one.
     """
@@ -49,7 +51,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = 
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with temporary.open("wb") as file:
-            write(file)
+            yield file
             file.flush()
             if sync:
                 os.fsync(file.fileno())
@@ -58,6 +60,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = 
         temporary.unlink(missing_ok=True)
     if sync:
         fsync_directory(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
+    """Write ``path`` with ``write`` through :func:`atomic_file`."""
+    with atomic_file(path, sync=sync) as file:
+        write(file)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

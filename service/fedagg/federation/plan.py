@@ -11,11 +11,21 @@ from typing import Any
 from fedagg.federation.errors import PlanError
 
 
-class AggregationKind(StrEnum):
-    """How a task's model updates are combined."""
+@dataclass(frozen=True)
+class AggregationSpec:
+    """How a task's results are combined: a built-in method's name (``weighted_average``, ``median``, ``krum``...)
+    or the class path of an :class:`~fedagg.federation.aggregators.Aggregator`, with its settings, optionally behind
+    update clipping and server-side differential privacy."""
 
-    WEIGHTED_AVERAGE = "weighted_average"
-    MEDIAN = "median"
+    kind: str = "weighted_average"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    clipping_norm: float | None = None
+    privacy: Mapping[str, Any] | None = None
+
+    def __str__(self) -> str:
+        extras = [f"clipping {self.clipping_norm}"] if self.clipping_norm is not None else []
+        extras += ["differential privacy"] if self.privacy is not None else []
+        return ", ".join([self.kind, *extras])
 
 
 class AssignerKind(StrEnum):
@@ -39,7 +49,7 @@ class TaskSpec:
     name: str
     function: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    aggregation: AggregationKind = AggregationKind.WEIGHTED_AVERAGE
+    aggregation: AggregationSpec = field(default_factory=AggregationSpec)
 
     @property
     def task_type(self) -> str:

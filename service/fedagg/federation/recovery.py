@@ -134,6 +134,15 @@ class StateRecovery:
             elif number == checkpoint.round_number:
                 problems.append(f"round {number}'s model does not match checkpoint {checkpoint.round_number}")
                 return None
+        for slot in checkpoint.slots:
+            try:
+                self._store.load_slot(slot.task, slot.slot, checkpoint.round_number, slot.digest).release()
+            except (CorruptFile, OSError) as error:
+                problems.append(f"task {slot.task!r}'s aggregator state {slot.slot!r} is unusable ({error})")
+                path = self._store.slot_path(slot.task, slot.slot, checkpoint.round_number)
+                if path.exists():
+                    self._store.quarantine(path, str(error), "model")
+                return None
         return models
 
     def _load_model(self, checkpoint: Checkpoint, number: int, digest: FileDigest) -> LoadedModel | None:

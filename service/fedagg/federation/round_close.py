@@ -30,19 +30,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedagg.failpoints import failpoint
-from fedagg.federation.aggregation import AGGREGATORS, MetricAverage
 from fedagg.federation.checkpoint import Checkpoint
-from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.events import FederationListener
 from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.integrity import CorruptFile, FileDigest, verify_footer
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
+from fedagg.federation.model_building import BuiltModel, ModelBuilder, TaskAggregators
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.replay import quarantine_entry
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
-from fedagg.federation.sources import DeltaOnBase, SpooledValues, TensorSource
-from fedagg.federation.store import ModelWriter, StateStore
-from fedagg.protocol.codec import Float32Array, Shape
+from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -70,15 +67,21 @@ class ClosedRound:
     checkpoint_seconds: float
 
 
-@dataclass
-class _TensorPlan:
-    """One tensor of the next model: who contributes to it and how it is combined."""
+class MetricAverage:
+    """Weighted average of a scalar metric over the collaborators that reported it."""
 
-    name: str
-    shape: Shape
-    task: str
-    sources: list[TensorSource]
-    weights: list[float]
+    def __init__(self) -> None:
+        self._weighted_sum = 0.0
+        self._total_weight = 0.0
+
+    def add(self, value: float, weight: float) -> None:
+        """Take one collaborator's value."""
+        self._weighted_sum += value * weight
+        self._total_weight += weight
+
+    def result(self) -> float | None:
+        """The average, or None when the total weight is zero."""
+        return None if self._total_weight == 0 else self._weighted_sum / self._total_weight
 
 
 class RetrySchedule:
@@ -130,6 +133,8 @@ class RoundCloser:
         self._listener = listener
         self._retries = RetrySchedule(clock)
         self._failpoint = failpoint
+        self.aggregators = TaskAggregators(plan)
+        self._builder = ModelBuilder(plan, store, self.aggregators)
 
     def retry_due(self) -> bool:
         """Whether a round end may be attempted now (always, unless the last one failed recently)."""
@@ -186,11 +191,36 @@ class RoundCloser:
         uploads = round_.accepted(decision.done)
         started = time.monotonic()
         next_round = round_.number + 1
+        built: list[BuiltModel] = []
+        saved = self.aggregators.saved()
         try:
-            digest = store.write_model(next_round, lambda writer: self._write_model(round_, uploads, writer))
+            digest = store.write_model(
+                next_round,
+                lambda writer: built.append(self._builder.build(round_, uploads, committed, writer)),
+            )
+        except BaseException:
+            self.aggregators.load(saved)  # nothing was committed: the aggregators forget this attempt
+            raise
         finally:
             round_.release_model()
         aggregation_seconds = time.monotonic() - started
+        try:
+            return self._commit(round_, committed, uploads, digest, built[0], aggregation_seconds)
+        except BaseException:
+            self.aggregators.load(saved)
+            raise
+
+    def _commit(
+        self,
+        round_: Round,
+        committed: Checkpoint,
+        uploads: list[AcceptedUpload],
+        digest: FileDigest,
+        built: BuiltModel,
+        aggregation_seconds: float,
+    ) -> ClosedRound:
+        store = self._store
+        next_round = round_.number + 1
         self._failpoint("round_end.model_written")
         metrics = self._aggregate_metrics(round_, uploads)
         arrivals = sorted(round_.accepted(round_.received), key=lambda upload: upload.entry.sequence)
@@ -198,7 +228,11 @@ class RoundCloser:
         store.save_round_metrics(
             round_.number, [record.to_json() for record in (*collaborator_metrics, *metrics)]
         )
-        checkpoint = self._next_checkpoint(round_, committed, metrics, next_round, digest)
+        checkpoint = replace(
+            self._next_checkpoint(round_, committed, metrics, next_round, digest),
+            aggregation=self.aggregators.saved(),
+            slots=built.slots,
+        )
         if checkpoint.best_round != committed.best_round:
             store.publish(round_.number, self._outputs.best)
         if checkpoint.last_round == next_round:
@@ -245,58 +279,6 @@ class RoundCloser:
         return checkpoint
 
     # Aggregation ------------------------------------------------------------------------------------------------
-
-    def _write_model(self, round_: Round, uploads: list[AcceptedUpload], writer: ModelWriter) -> None:
-        """Stream the next model: every tensor of this round's model (aggregated where contributed) plus new ones."""
-        plans = self._tensor_plans(round_, uploads)
-        for name, values in round_.model.items():
-            plan = plans.pop(name, None)
-            if plan is None or not self._write_aggregate(plan, writer):
-                writer.add(name, values)
-        for plan in plans.values():
-            self._write_aggregate(plan, writer)
-
-    def _write_aggregate(self, plan: _TensorPlan, writer: ModelWriter) -> bool:
-        aggregator = AGGREGATORS[self._plan.tasks[plan.task].aggregation]
-        if not aggregator.usable(plan.weights):
-            return False
-        writer.begin(plan.name, plan.shape)
-        aggregator.aggregate(plan.sources, plan.weights, writer.write)
-        return True
-
-    def _tensor_plans(self, round_: Round, uploads: list[AcceptedUpload]) -> dict[str, _TensorPlan]:
-        """Contributions per tensor name; the first task (in plan order) that updates a tensor owns it."""
-        plans: dict[str, _TensorPlan] = {}
-        for upload in uploads:
-            contribution = upload.contribution
-            for tensor in contribution.weights:
-                plan = plans.setdefault(
-                    tensor.name, _TensorPlan(tensor.name, tensor.shape, contribution.task, [], [])
-                )
-                if plan.task != contribution.task:
-                    continue
-                if plan.shape != tensor.shape:
-                    log.warning(
-                        "round %d: %s's tensor '%s' has shape %s, the first contribution's is %s; left out of "
-                        "that tensor's aggregate",
-                        round_.number,
-                        contribution.collaborator,
-                        tensor.name,
-                        list(tensor.shape),
-                        list(plan.shape),
-                    )
-                    continue
-                plan.sources.append(self._source(upload, tensor, round_.model.get(tensor.name)))
-                plan.weights.append(contribution.weight)
-        return plans
-
-    @staticmethod
-    def _source(upload: AcceptedUpload, tensor: UploadedTensor, base: Float32Array | None) -> TensorSource:
-        values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
-        if tensor.is_delta:
-            assert base is not None, "a delta's base was checked at upload time"
-            return DeltaOnBase(base, values)
-        return values
 
     def _aggregate_metrics(self, round_: Round, uploads: list[AcceptedUpload]) -> list[MetricRecord]:
         averages: dict[tuple[str, str, tuple[str, ...]], MetricAverage] = {}

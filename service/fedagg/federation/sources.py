@@ -61,3 +61,14 @@ class DeltaOnBase:
 
     def block(self, start: int, stop: int) -> Float32Array:
         return self._base[start:stop] + self._delta.block(start, stop)
+
+
+class ArrayValues:
+    """An array's values (a model tensor mapped from its file)."""
+
+    def __init__(self, values: Float32Array) -> None:
+        self._values = values.reshape(-1)
+        self.size = self._values.size
+
+    def block(self, start: int, stop: int) -> Float32Array:
+        return self._values[start:stop]

@@ -8,6 +8,8 @@ Layout::
     models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
     deltas/round-000003.pbuf     round 3's model minus round 2's, served to collaborators that ask for the change;
                                  derived, so rewritten at every start rather than trusted
+    aggregators/train/round-000003/first_moment.pbuf
+                                 a task aggregator's model-sized state (an optimizer's moment) as of round 3
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
     spool/                       uploads of the open round and the one before it (:mod:`fedagg.federation.spool`)
     quarantine/                  corrupt files moved aside, never deleted
@@ -19,6 +21,8 @@ back. Every method blocks on the disk: call them off the event loop.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +125,7 @@ class StateStore:
         of every file moved to quarantine."""
         self._models = root / "models"
         self._deltas = root / "deltas"
+        self._aggregators = root / "aggregators"
         self._metrics = root / "metrics"
         self._checkpoint = root / "checkpoint.json"
         self._previous = root / "checkpoint.prev.json"
@@ -198,11 +203,29 @@ class StateStore:
         atomic_copy(self.model_path(round_number), target)
 
     def prune_models(self, keep_from_round: int) -> None:
-        """Delete kept models (and deltas) of rounds before ``keep_from_round``."""
+        """Delete kept models (with their deltas and aggregator state) of rounds before ``keep_from_round``."""
         for path in [*self._models.glob("round-*.pbuf"), *self._deltas.glob("round-*.pbuf")]:
             number = path.stem.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
                 path.unlink(missing_ok=True)
+        for directory in self._aggregators.glob("*/round-*"):
+            number = directory.name.removeprefix("round-")
+            if number.isdigit() and int(number) < keep_from_round:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def slot_path(self, task: str, slot: str, round_number: int) -> Path:
+        """Where a task aggregator's state ``slot`` of ``round_number`` is kept."""
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", task).lstrip(".") or "_"
+        return self._aggregators / folder / f"round-{round_number:06d}" / f"{slot}.pbuf"
+
+    def load_slot(self, task: str, slot: str, round_number: int, digest: FileDigest) -> LoadedModel:
+        """Verify and map a task aggregator's state slot; raise :class:`CorruptFile` when it does not verify."""
+        path = self.slot_path(task, slot, round_number)
+        verify_file(path, digest)
+        try:
+            return read_model(path)
+        except ModelFileError as error:
+            raise CorruptFile(str(error)) from None
 
     def write_delta(self, model: LoadedModel, previous: LoadedModel) -> LoadedModel:
         """Write (without fsync: it is derived) and map ``model`` minus ``previous``, tensor by tensor, block by block.

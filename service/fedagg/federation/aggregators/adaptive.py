@@ -1,0 +1,160 @@
+"""Adaptive (server-optimizer) aggregation as OpenFL's FedAdagrad, FedAdam and FedYogi (Reddi et al., 2021).
+
+Each round the weighted mean update of the collaborators, ``g = sum(w_i * (global - x_i))`` with weights summing to
+one, is the "gradient" of a server optimizer whose parameters are the global model. The optimizer's moments are
+model-sized: they are kept between rounds (and across restarts) in state files written with the round, block by
+block, never held whole in memory. Tensors the optimizer does not cover (``params`` names the covered ones; all by
+default) are averaged by weight, as OpenFL's default ``agg_func``.
+
+OpenFL's own YogiAdaptiveAggregation cannot be constructed (1.7.1 to 1.9 pass ``epsilo=`` to its optimizer); this
+one works and follows OpenFL's Yogi optimizer otherwise.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedagg.federation.aggregators.base import (
+    Aggregator,
+    AggregatorState,
+    Emit,
+    Float64Array,
+    TensorInputs,
+    blocks,
+)
+from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.federation.sources import TensorSource
+from fedagg.protocol.codec import FLOAT32
+
+
+class AdaptiveAggregation(Aggregator, ABC):
+    """The shared machinery; subclasses define the moments (``slots``) and the update rule (:meth:`_update`)."""
+
+    def __init__(
+        self,
+        learning_rate: float,
+        epsilon: float,
+        initial_accumulator_value: float,
+        params: Mapping[str, Any] | Collection[str] | None = None,
+    ) -> None:
+        if learning_rate < 0:
+            raise ValueError(f"learning_rate must be 0 or more, got {learning_rate}")
+        if epsilon <= 0:
+            raise ValueError(f"epsilon must be above 0, got {epsilon}")
+        if initial_accumulator_value < 0:
+            raise ValueError(f"initial_accumulator_value must be 0 or more, got {initial_accumulator_value}")
+        self.learning_rate = learning_rate
+        self.epsilon = epsilon
+        self.initial_accumulator_value = initial_accumulator_value
+        self.optimized = None if params is None else frozenset(params)
+        self._steps: dict[str, int] = {}
+        self._state: AggregatorState | None = None
+
+    def bind_state(self, state: AggregatorState) -> None:
+        self._state = state
+
+    def save(self) -> Mapping[str, Any]:
+        return {"steps": dict(self._steps)}
+
+    def load(self, saved: Mapping[str, Any]) -> None:
+        self._steps = {str(name): int(step) for name, step in saved.get("steps", {}).items()}
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        covered = self.optimized is None or tensor.name in self.optimized
+        if not covered or tensor.base is None or not tensor.sources or sum(tensor.weights) <= 0:
+            return WeightedAverage().combine(tensor, emit)
+        assert self._state is not None, "the round end binds the state before combining"
+        weights = np.asarray(tensor.weights, dtype=np.float64)
+        weights /= weights.sum()
+        step = self._steps.get(tensor.name, 0) + 1
+        previous = {slot: self._state.previous(slot, tensor.name) for slot in self.slots}
+        writers = {slot: self._state.write(slot, tensor.name, tensor.shape) for slot in self.slots}
+        for start, stop in blocks(tensor.size):
+            base = tensor.base.block(start, stop).astype(np.float64)
+            gradient = np.zeros(stop - start, dtype=np.float64)
+            for source, weight in zip(tensor.sources, weights, strict=True):
+                gradient += weight * (base - source.block(start, stop))
+            moments = {slot: self._moment(previous[slot], start, stop) for slot in self.slots}
+            change = self._update(gradient, moments, step)
+            for slot in self.slots:
+                writers[slot](moments[slot].astype(FLOAT32))
+            emit((base - self.learning_rate * change).astype(FLOAT32))
+        self._steps[tensor.name] = step
+        return True
+
+    def _moment(self, source: TensorSource | None, start: int, stop: int) -> Float64Array:
+        if source is None:
+            return np.full(stop - start, self.initial_accumulator_value, dtype=np.float64)
+        return source.block(start, stop).astype(np.float64)
+
+    @abstractmethod
+    def _update(self, gradient: Float64Array, moments: dict[str, Float64Array], step: int) -> Float64Array:
+        """Update ``moments`` in place; return the step direction (multiplied by the learning rate)."""
+
+
+class AdagradAdaptiveAggregation(AdaptiveAggregation):
+    """OpenFL's AdagradAdaptiveAggregation (NumPyAdagrad)."""
+
+    slots = ("accumulator",)
+
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-10,
+        params: Mapping[str, Any] | Collection[str] | None = None,
+    ) -> None:
+        super().__init__(learning_rate, epsilon, initial_accumulator_value, params)
+
+    def _update(self, gradient: Float64Array, moments: dict[str, Float64Array], step: int) -> Float64Array:
+        accumulator = moments["accumulator"]
+        accumulator += gradient**2
+        return gradient / (np.sqrt(accumulator) + self.epsilon)
+
+
+class AdamAdaptiveAggregation(AdaptiveAggregation):
+    """OpenFL's AdamAdaptiveAggregation (NumPyAdam, with bias correction)."""
+
+    slots = ("first_moment", "second_moment")
+
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        initial_accumulator_value: float = 0.0,
+        epsilon: float = 1e-8,
+        params: Mapping[str, Any] | Collection[str] | None = None,
+    ) -> None:
+        super().__init__(learning_rate, epsilon, initial_accumulator_value, params)
+        beta_1, beta_2 = betas
+        for index, beta in enumerate((beta_1, beta_2)):
+            if not 0 <= beta < 1:
+                raise ValueError(f"betas[{index}] must be in [0, 1), got {beta}")
+        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+
+    def _update(self, gradient: Float64Array, moments: dict[str, Float64Array], step: int) -> Float64Array:
+        first, second = moments["first_moment"], moments["second_moment"]
+        first *= self.beta_1
+        first += (1.0 - self.beta_1) * gradient
+        self._second_moment(second, gradient)
+        first_normalized = first / (1.0 - self.beta_1**step)
+        second_normalized = second / (1.0 - self.beta_2**step)
+        return first_normalized / (np.sqrt(second_normalized) + self.epsilon)
+
+    def _second_moment(self, second: Float64Array, gradient: Float64Array) -> None:
+        second *= self.beta_2
+        second += (1.0 - self.beta_2) * gradient**2
+
+
+class YogiAdaptiveAggregation(AdamAdaptiveAggregation):
+    """OpenFL's YogiAdaptiveAggregation (NumPyYogi): Adam with the sign-controlled second moment."""
+
+    def _second_moment(self, second: Float64Array, gradient: Float64Array) -> None:
+        squared = gradient**2
+        sign = np.sign(squared - second)
+        second *= self.beta_2
+        second += (1.0 - self.beta_2) * sign * squared

@@ -1,0 +1,144 @@
+"""The aggregation interface: how one task's contributions become the next model, block by block.
+
+An :class:`Aggregator` combines, for one task of one round, the tensors of every collaborator that the round
+counts (in the plan's collaborator order). Each contribution is a :class:`~fedagg.federation.sources.TensorSource`
+read block by block from the spool, so memory stays bounded whatever the model size and the number of
+collaborators: an aggregator may keep a block per contributor and per-contributor scalars (norms, distances,
+scores), never a whole tensor per contributor.
+
+The round end calls :meth:`Aggregator.prepare` once with every tensor of the task (for methods that look at whole
+updates: Krum, Bulyan, clipping), then :meth:`Aggregator.combine` for each tensor in the model's order. An aggregator
+that keeps model-sized state between rounds (an adaptive optimizer's moments) declares ``slots``; the round end
+then gives it an :class:`AggregatorState` that reads the previous round's slots and writes the new ones, block by
+block, into files committed with the round. Small state (step counts, a clipping norm) goes through
+:meth:`Aggregator.save` / :meth:`Aggregator.load` as JSON values.
+
+To plug in an aggregator of your own, subclass :class:`Aggregator` and name its class path in the configuration
+(``federation.tasks.<task>.aggregation.kind: mypackage.module.MyAggregator``); its ``settings`` are passed to the
+constructor as keyword arguments. tests/unit/test_aggregation.py holds the conformance suite every aggregator passes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedagg.federation.sources import TensorSource
+from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
+
+BLOCK_ELEMENTS = 1 << 20
+
+Emit = Callable[[Float32Array], None]
+"""Receives an aggregate's consecutive blocks (float32)."""
+Float64Array = npt.NDArray[np.float64]
+
+
+def blocks(size: int) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` ranges of at most :data:`BLOCK_ELEMENTS` covering ``size`` values."""
+    for start in range(0, size, BLOCK_ELEMENTS):
+        yield start, min(start + BLOCK_ELEMENTS, size)
+
+
+@dataclass(frozen=True)
+class TensorInputs:
+    """One tensor of the task: its contributions (``contributors`` index into :attr:`RoundInputs.collaborators`)."""
+
+    name: str
+    shape: Shape
+    contributors: tuple[int, ...]
+    sources: tuple[TensorSource, ...]
+    weights: tuple[float, ...]
+    """Each contribution's weight: its collaborator's data size (``-1`` counts as 1)."""
+    base: TensorSource | None
+    """The round's global model values of this tensor (None for a tensor the model does not hold yet)."""
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def only(self, contributors: tuple[int, ...]) -> TensorInputs:
+        """These inputs restricted to some contributors (in the given order)."""
+        keep = [self.contributors.index(index) for index in contributors if index in self.contributors]
+        return replace(
+            self,
+            contributors=tuple(self.contributors[i] for i in keep),
+            sources=tuple(self.sources[i] for i in keep),
+            weights=tuple(self.weights[i] for i in keep),
+        )
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """Every tensor of one task in one round."""
+
+    round_number: int
+    task: str
+    collaborators: tuple[str, ...]
+    tensors: tuple[TensorInputs, ...]
+
+    def common_tensors(self) -> tuple[TensorInputs, ...]:
+        """The tensors every collaborator sent (what whole-update methods compare)."""
+        everyone = tuple(range(len(self.collaborators)))
+        return tuple(tensor for tensor in self.tensors if tensor.contributors == everyone)
+
+
+class AggregatorState(Protocol):
+    """Model-sized state kept between rounds, per slot and tensor."""
+
+    def previous(self, slot: str, tensor: str) -> TensorSource | None:
+        """The slot's values for ``tensor`` from the previous round (None the first time)."""
+        ...
+
+    def write(self, slot: str, tensor: str, shape: Shape) -> Emit:
+        """Where this round's values of the slot for ``tensor`` go, block by block."""
+        ...
+
+
+class Aggregator(ABC):
+    """Combines one task's contributions, tensor by tensor, block by block. Used by one round end at a time."""
+
+    slots: tuple[str, ...] = ()
+    """Names of model-sized state kept between rounds (see :class:`AggregatorState`)."""
+
+    def prepare(self, inputs: RoundInputs) -> None:  # noqa: B027 (an optional hook)
+        """Look at the whole task before any tensor is combined (default: nothing to do)."""
+
+    @abstractmethod
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value)."""
+
+    def bind_state(self, state: AggregatorState) -> None:  # noqa: B027 (an optional hook)
+        """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty)."""
+
+    def save(self) -> Mapping[str, Any]:
+        """Small state to keep between rounds, as JSON values (default: none)."""
+        return {}
+
+    def load(self, saved: Mapping[str, Any]) -> None:  # noqa: B027 (an optional hook)
+        """Take back what :meth:`save` returned after a previous round (also after a restart)."""
+
+    def report(self) -> Mapping[str, float]:
+        """Figures to publish as metrics and in the status after a round (default: none)."""
+        return {}
+
+
+def weighted_sum(
+    sources: tuple[TensorSource, ...], weights: Float64Array, start: int, stop: int
+) -> Float64Array:
+    """``sum(w_i * x_i)`` over one block, in float64, summed in contribution order."""
+    summed = np.zeros(stop - start, dtype=np.float64)
+    for source, weight in zip(sources, weights, strict=True):
+        if weight:
+            summed += source.block(start, stop) * np.float64(weight)
+    return summed
+
+
+def stacked(sources: tuple[TensorSource, ...], start: int, stop: int) -> Float32Array:
+    """One block of every contribution, one row each."""
+    return np.stack([source.block(start, stop) for source in sources]).astype(FLOAT32, copy=False)

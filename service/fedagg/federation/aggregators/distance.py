@@ -1,0 +1,159 @@
+"""Aggregators that compare whole updates: Krum, Multi-Krum, Bulyan (as Flower's) and the geometric median (as
+OpenFL's). Distances are accumulated block by block in passes over the spool, never from whole tensors in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedagg.federation.aggregators.base import (
+    Aggregator,
+    Emit,
+    Float64Array,
+    RoundInputs,
+    TensorInputs,
+    blocks,
+    stacked,
+    weighted_sum,
+)
+from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.protocol.codec import FLOAT32
+
+
+def squared_distances(tensors: tuple[TensorInputs, ...], count: int) -> Float64Array:
+    """``D[i, j] = ||x_i - x_j||^2`` over every value of ``tensors`` (each with all ``count`` contributors)."""
+    distances = np.zeros((count, count), dtype=np.float64)
+    if not count:
+        return distances
+    for tensor in tensors:
+        for start, stop in blocks(tensor.size):
+            values = stacked(tensor.sources, start, stop).astype(np.float64)
+            gram = values @ values.T
+            norms = np.diag(gram)
+            distances += norms[:, None] + norms[None, :] - 2 * gram
+    np.maximum(distances, 0, out=distances)
+    np.fill_diagonal(distances, 0)
+    return distances
+
+
+def krum_scores(distances: Float64Array, malicious: int) -> list[float]:
+    """Flower's Krum score of each contribution: the sum of its distances to its ``n - f - 2`` nearest others."""
+    count = len(distances)
+    closest = max(1, count - malicious - 2)
+    return [float(np.sum(row[np.argsort(row)[1 : closest + 1]])) for row in distances]
+
+
+class Krum(Aggregator):
+    """Krum (``keep=0``: the single contribution with the lowest score) and Multi-Krum (``keep=m``: the weighted
+    average of the ``m`` lowest-scoring contributions), as Flower's ``aggregate_krum``.
+
+    Args:
+        malicious: f, the number of attackers to tolerate.
+        keep: m; 0 picks one contribution (Krum).
+    """
+
+    def __init__(self, malicious: int = 0, keep: int = 0) -> None:
+        if malicious < 0 or keep < 0:
+            raise ValueError(f"malicious and keep must be 0 or more, got {malicious} and {keep}")
+        self.malicious = malicious
+        self.keep = keep
+        self._selected: tuple[int, ...] = ()
+
+    def prepare(self, inputs: RoundInputs) -> None:
+        count = len(inputs.collaborators)
+        scores = krum_scores(squared_distances(inputs.common_tensors(), count), self.malicious)
+        if self.keep > 0:
+            self._selected = tuple(int(i) for i in np.argsort(scores)[::-1][count - self.keep :])
+        else:
+            self._selected = (int(np.argmin(scores)),) if scores else ()
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        return WeightedAverage().combine(tensor.only(self._selected), emit)
+
+
+class Bulyan(Aggregator):
+    """Bulyan (Flower's ``aggregate_bulyan`` with Krum): select ``n - 2f`` contributions by repeated Krum, then
+    average, value by value, the ``n - 4f`` selected values closest to their median. Needs ``n >= 4f + 3``.
+
+    Args:
+        malicious: f, the number of attackers to tolerate.
+    """
+
+    def __init__(self, malicious: int = 0) -> None:
+        if malicious < 0:
+            raise ValueError(f"malicious must be 0 or more, got {malicious}")
+        self.malicious = malicious
+        self._selected: tuple[int, ...] = ()
+
+    def prepare(self, inputs: RoundInputs) -> None:
+        count, malicious = len(inputs.collaborators), self.malicious
+        self._selected = ()
+        if not count:
+            return
+        if count < 4 * malicious + 3:
+            raise ValueError(
+                f"Bulyan with malicious={malicious} needs at least {4 * malicious + 3} contributions, got {count}"
+            )
+        distances = squared_distances(inputs.common_tensors(), count)
+        remaining = list(range(count))
+        selected = []
+        for _ in range(count - 2 * malicious):
+            scores = krum_scores(distances[np.ix_(remaining, remaining)], malicious)
+            selected.append(remaining.pop(int(np.argmin(scores))))
+        self._selected = tuple(selected)
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        chosen = tensor.only(self._selected)
+        if not chosen.sources:
+            return False
+        closest = max(1, len(chosen.sources) - 2 * self.malicious)
+        for start, stop in blocks(tensor.size):
+            values = stacked(chosen.sources, start, stop)
+            distance = np.abs(np.median(values, axis=0) - values)
+            nearest = np.argpartition(distance, kth=closest - 1, axis=0)
+            emit(np.mean(np.take_along_axis(values, nearest, axis=0)[:closest], axis=0).astype(FLOAT32))
+        return True
+
+
+class GeometricMedian(Aggregator):
+    """OpenFL's GeometricMedian: Weiszfeld's algorithm per tensor, weighted by data size, in passes over the spool.
+
+    Args:
+        maxiter: at most this many reweighting steps.
+        eps: the smallest distance a weight divides by.
+        ftol: stop when the objective changes by less than this share.
+    """
+
+    def __init__(self, maxiter: int = 4, eps: float = 1e-5, ftol: float = 1e-6) -> None:
+        self.maxiter = maxiter
+        self.eps = eps
+        self.ftol = ftol
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        if not tensor.sources or sum(tensor.weights) <= 0:
+            return False
+        weights = np.asarray(tensor.weights, dtype=np.float64)
+        weights /= weights.sum()
+        distances = self._distances(tensor, weights)
+        objective = float(weights @ distances)
+        for _ in range(self.maxiter):
+            previous = objective
+            weights = weights / np.maximum(self.eps, distances)
+            weights /= weights.sum()
+            distances = self._distances(tensor, weights)
+            objective = float(weights @ distances)
+            if abs(previous - objective) < self.ftol * objective:
+                break
+        for start, stop in blocks(tensor.size):
+            emit(weighted_sum(tensor.sources, weights, start, stop).astype(FLOAT32))
+        return True
+
+    @staticmethod
+    def _distances(tensor: TensorInputs, weights: Float64Array) -> Float64Array:
+        """``||median - x_i||`` for the median these weights make, one pass over the values."""
+        squared = np.zeros(len(tensor.sources), dtype=np.float64)
+        for start, stop in blocks(tensor.size):
+            median = weighted_sum(tensor.sources, weights, start, stop)
+            for index, source in enumerate(tensor.sources):
+                squared[index] += float(np.sum((median - source.block(start, stop)) ** 2))
+        return np.sqrt(squared)
