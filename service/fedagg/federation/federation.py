@@ -53,7 +53,7 @@ from fedagg.federation.replay import SpoolReplay
 from fedagg.federation.round_close import ClosedRound, ModelOutputs, RoundCloser
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, RejectedUpload, Round
 from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, own_tensor, tensor_owner
-from fedagg.federation.sources import DeltaOnBase, SpooledValues
+from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues
 from fedagg.federation.status import Contact, Contacts, experiment_status, restoring_status
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import make_straggler_policy
@@ -186,9 +186,8 @@ class Federation:
             number,
             ordered,
             self._assigner.tasks_in_round(number),
-            model.tensors,
+            model,
             self.plan.limits.resolve(model_bytes),
-            release_model=model.release,
         )
 
     def _replay(self, round_: Round) -> int:
@@ -354,7 +353,7 @@ class Federation:
             return UploadIntake(admission, {}, self.plan.limits.resolve(0))
         with self._storage("spool"):
             spool = self._store.spool.open()
-        return UploadIntake(admission, round_.model, round_.limits, spool)
+        return UploadIntake(admission, round_.model.tensors, round_.limits, spool)
 
     def seal(self, intake: UploadIntake) -> None:
         """Finish an upload's spool file (fsync) once it has arrived whole. Blocks on the disk."""
@@ -371,7 +370,7 @@ class Federation:
             with self._state_lock:
                 round_ = self._round
             if round_ is not None:
-                round_.release_model()  # the pages a delta's checks touched
+                round_.model.release()  # the pages a delta's checks touched
             if outcome.admission.accepted and round_ is not None:
                 self._close_if_due(round_)
             return outcome
@@ -577,11 +576,9 @@ class Federation:
             for tensor in upload.contribution.weights:
                 if tensor.name == request.name and set(tensor.tags) == wanted:
                     values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
-                    base = round_.model.get(tensor.name)
-                    source = DeltaOnBase(base, values) if tensor.is_delta and base is not None else values
-                    values_read = source.block(0, tensor.size).reshape(tensor.shape)
-                    round_.release_model()
-                    return own_tensor(request, values_read)
+                    delta = tensor.is_delta and tensor.name in round_.model.tensors
+                    source = DeltaOnBase(ModelValues(round_.model, tensor.name), values) if delta else values
+                    return own_tensor(request, source.block(0, tensor.size).reshape(tensor.shape))
         raise NotFound(
             f"no tensor {request.name!r} with tags {sorted(wanted)} in {collaborator}'s results of round "
             f"{round_.number}"

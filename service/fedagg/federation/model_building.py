@@ -25,7 +25,7 @@ from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.files import atomic_file
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.rounds import AcceptedUpload, Round
-from fedagg.federation.sources import ArrayValues, DeltaOnBase, SpooledValues, TensorSource
+from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues, TensorSource
 from fedagg.federation.store import ModelWriter, StateStore
 from fedagg.protocol.codec import Float32Array, Shape
 from fedagg.protocol.model_file import LoadedModel
@@ -86,8 +86,7 @@ class _SlotState:
 
     def previous(self, slot: str, tensor: str) -> TensorSource | None:
         model = self._previous.get(slot)
-        values = None if model is None else model.tensors.get(tensor)
-        return None if values is None else ArrayValues(values)
+        return None if model is None or tensor not in model.tensors else ModelValues(model, tensor)
 
     def write(self, slot: str, tensor: str, shape: Shape) -> Emit:
         if slot not in self._writers:
@@ -124,17 +123,13 @@ class ModelBuilder:
             states = {task: self._state(task, round_.number, committed, files) for task in inputs}
             try:
                 prepared = self._prepare(inputs, states)
-                for name, values in round_.model.items():
+                for name, values in round_.model.tensors.items():
                     task = owners.pop(name, None)
-                    if (
-                        task is None
-                        or task not in prepared
-                        or not self._combine(inputs[task], name, writer, round_.model)
-                    ):
+                    if task is None or task not in prepared or not self._combine(inputs[task], name, writer):
                         writer.add(name, values)
                 for name, task in owners.items():
                     if task in prepared:
-                        self._combine(inputs[task], name, writer, round_.model)
+                        self._combine(inputs[task], name, writer)
                 slots = tuple(digest for state in states.values() for digest in state.digests())
             finally:
                 for state in states.values():
@@ -157,9 +152,7 @@ class ModelBuilder:
             prepared.add(task)
         return prepared
 
-    def _combine(
-        self, inputs: RoundInputs, name: str, writer: ModelWriter, model: Mapping[str, Float32Array]
-    ) -> bool:
+    def _combine(self, inputs: RoundInputs, name: str, writer: ModelWriter) -> bool:
         tensor = next(tensor for tensor in inputs.tensors if tensor.name == name)
         began: list[bool] = []
 
@@ -211,7 +204,8 @@ class ModelBuilder:
     def _tensor_inputs(
         self, round_: Round, name: str, entries: list[tuple[int, AcceptedUpload, UploadedTensor]]
     ) -> TensorInputs:
-        base = round_.model.get(name)
+        model = round_.model
+        base = model.tensors.get(name)
         shape = base.shape if base is not None else entries[0][2].shape
         kept = []
         for index, upload, tensor in entries:
@@ -231,15 +225,15 @@ class ModelBuilder:
             name,
             shape,
             tuple(index for index, _, _ in kept),
-            tuple(_source(upload, tensor, base) for _, upload, tensor in kept),
+            tuple(_source(upload, tensor, model) for _, upload, tensor in kept),
             tuple(upload.contribution.weight for _, upload, _ in kept),
-            None if base is None else ArrayValues(base),
+            None if base is None else ModelValues(model, name),
         )
 
 
-def _source(upload: AcceptedUpload, tensor: UploadedTensor, base: Float32Array | None) -> TensorSource:
+def _source(upload: AcceptedUpload, tensor: UploadedTensor, model: LoadedModel) -> TensorSource:
     values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
     if tensor.is_delta:
-        assert base is not None, "a delta's base was checked at upload time"
-        return DeltaOnBase(base, values)
+        assert tensor.name in model.tensors, "a delta's base was checked at upload time"
+        return DeltaOnBase(ModelValues(model, tensor.name), values)
     return values

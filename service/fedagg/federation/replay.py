@@ -84,7 +84,7 @@ class SpoolReplay:
             if not admission.accepted:
                 log.warning("spooled upload %s is ignored now: %s", entry.path.name, admission.message)
                 return None
-            return UploadIntake(admission, round_.model, round_.limits)
+            return UploadIntake(admission, round_.model.tensors, round_.limits)
 
         intake, digest = read_spooled_upload(entry.path, make_intake)
         if intake is None:

@@ -202,7 +202,7 @@ class RoundCloser:
             self.aggregators.load(saved)  # nothing was committed: the aggregators forget this attempt
             raise
         finally:
-            round_.release_model()
+            round_.model.release()
         aggregation_seconds = time.monotonic() - started
         try:
             return self._commit(round_, committed, uploads, digest, built[0], aggregation_seconds)

@@ -9,7 +9,7 @@ serialises writers with its commit lock and guards the fields request handlers r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.plan import ResolvedLimits
 from fedagg.federation.spool import SpoolEntry
 from fedagg.federation.stragglers import StragglerPolicy
-from fedagg.protocol.codec import Float32Array
+from fedagg.protocol.model_file import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,12 @@ class Round:
     number: int
     assignment: Assignment
     task_order: tuple[str, ...]
-    model: Mapping[str, Float32Array]
+    model: LoadedModel
     limits: ResolvedLimits
     received: dict[str, dict[str, Receipt]] = field(default_factory=dict)
     started_at: float | None = None
     handed_out: set[str] = field(default_factory=set)
     decision: CloseDecision | None = None
-    release_model: Callable[[], None] = field(default=lambda: None, repr=False)
-    """Drops the model file's pages this round touched (delta bases, carried tensors) from resident memory."""
     _sequence: int = 0
 
     @property

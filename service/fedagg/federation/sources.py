@@ -16,6 +16,7 @@ import numpy as np
 
 from fedagg.federation.integrity import CorruptFile
 from fedagg.protocol.codec import FLOAT32, Float32Array
+from fedagg.protocol.model_file import LoadedModel
 
 
 class TensorSource(Protocol):
@@ -51,24 +52,31 @@ class SpooledValues:
         return np.frombuffer(data, FLOAT32)
 
 
+class ModelValues:
+    """A tensor of a model file: each block is copied out and its pages released from resident memory, so a
+    pass over a model-sized tensor never leaves the model counted in the process's RSS."""
+
+    def __init__(self, model: LoadedModel, name: str) -> None:
+        self._model = model
+        self._values = model.tensors[name].reshape(-1)
+        self.size = self._values.size
+
+    def block(self, start: int, stop: int) -> Float32Array:
+        view = self._values[start:stop]
+        values = view.copy()
+        self._model.release_values(view)
+        return values
+
+
 class DeltaOnBase:
     """A delta upload's absolute values: base + delta, in float32."""
 
-    def __init__(self, base: Float32Array, delta: TensorSource) -> None:
-        self._base = base.reshape(-1)
+    def __init__(self, base: TensorSource, delta: TensorSource) -> None:
+        self._base = base
         self._delta = delta
         self.size = delta.size
 
     def block(self, start: int, stop: int) -> Float32Array:
-        return self._base[start:stop] + self._delta.block(start, stop)
-
-
-class ArrayValues:
-    """An array's values (a model tensor mapped from its file)."""
-
-    def __init__(self, values: Float32Array) -> None:
-        self._values = values.reshape(-1)
-        self.size = self._values.size
-
-    def block(self, start: int, stop: int) -> Float32Array:
-        return self._values[start:stop]
+        values = self._base.block(start, stop)
+        values += self._delta.block(start, stop)
+        return values

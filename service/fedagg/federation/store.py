@@ -230,8 +230,8 @@ class StateStore:
     def write_delta(self, model: LoadedModel, previous: LoadedModel) -> LoadedModel:
         """Write (without fsync: it is derived) and map ``model`` minus ``previous``, tensor by tensor, block by block.
 
-        Tensors that are not in ``previous`` (or changed shape) have no delta. The models' touched pages are
-        released afterwards.
+        Tensors that are not in ``previous`` (or changed shape) have no delta. The models' pages are released
+        block by block as they are read.
         """
         path = self._deltas / f"round-{model.round_number:06d}.pbuf"
 
@@ -245,7 +245,10 @@ class StateStore:
                 flat, flat_base = values.reshape(-1), base.reshape(-1)
                 for start in range(0, flat.size, DELTA_BLOCK_ELEMENTS):
                     stop = start + DELTA_BLOCK_ELEMENTS
-                    writer.write(np.subtract(flat[start:stop], flat_base[start:stop], dtype=FLOAT32))
+                    block, block_base = flat[start:stop], flat_base[start:stop]
+                    writer.write(np.subtract(block, block_base, dtype=FLOAT32))
+                    model.release_values(block)
+                    previous.release_values(block_base)
             if not writer.names:  # a model file holds at least one tensor
                 writer.add(DELTA_PLACEHOLDER, np.zeros(0, FLOAT32))
 

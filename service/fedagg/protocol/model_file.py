@@ -50,11 +50,23 @@ class LoadedModel:
     round_number: int
     tensors: dict[str, Float32Array]
     mapping: mmap.mmap | None = field(default=None, repr=False, compare=False)
+    address: int = field(default=0, repr=False, compare=False)
+    """Where ``mapping`` starts in this process's memory."""
 
     def release(self) -> None:
         """Drop the mapped pages touched so far from resident memory (no effect on a model built in memory)."""
         if self.mapping is not None and not self.mapping.closed:
             self.mapping.madvise(mmap.MADV_DONTNEED)
+
+    def release_values(self, values: Float32Array) -> None:
+        """Drop the pages under ``values`` (a view of one of :attr:`tensors`) from resident memory."""
+        if self.mapping is None or self.mapping.closed or not values.nbytes:
+            return
+        start = int(values.__array_interface__["data"][0]) - self.address
+        if not 0 <= start < len(self.mapping):
+            return  # not a view of this mapping
+        aligned = start - start % mmap.PAGESIZE
+        self.mapping.madvise(mmap.MADV_DONTNEED, aligned, start - aligned + values.nbytes)
 
 
 def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list[bytes | memoryview]:
@@ -128,7 +140,8 @@ def read_model(path: Path) -> LoadedModel:
             raise ModelFileError(f"{path}: {error}") from None
         count = record.data_length // FLOAT32.itemsize
         tensors[record.name] = np.frombuffer(mapped, FLOAT32, count, record.data_offset).reshape(shape)
-    return LoadedModel(round_number=records[0].round_number, tensors=tensors, mapping=mapped)
+    address = int(np.frombuffer(mapped, np.uint8, 1).__array_interface__["data"][0])
+    return LoadedModel(records[0].round_number, tensors, mapped, address)
 
 
 def _tensor_records(mapped: mmap.mmap) -> Iterator[TensorRecord]:
