@@ -1,10 +1,19 @@
 # fedagg container image.
 #
-# Build it with `scripts/build-image` (`make image`): the script downloads every wheel on the host into
-# .cache/image/wheels/ (fedagg's own wheel plus its runtime dependencies, pinned by constraints.txt), and this
-# build installs them with --no-index, so it needs no package index and no compiler. The base image is an
-# ordinary python:3.11-slim-bookworm, or the debootstrap'd stand-in made by scripts/make-base-image where no
-# registry is reachable (it provides Debian's python3.11 as /usr/bin/python3); build with --pull=never there.
+# Two ways to build it, one Dockerfile:
+#
+#   docker build .   (or podman build .)   from a fresh clone, with network access: the `wheels-index` stage builds
+#       fedagg's wheel from this source tree and downloads its runtime dependencies from the package index, at the
+#       versions pinned in constraints.txt. Needs BuildKit (Docker's default builder) or podman/buildah, which build
+#       only the stages the target needs.
+#   scripts/build-image   (`make image`; what the tests use): hermetic. The script builds the wheel and downloads
+#       the dependencies on the host into .cache/image/wheels/ and builds with `--build-arg WHEELS=wheels-context
+#       --network none`: the `wheels-context` stage copies those wheels and nothing reaches the network.
+#
+# Either way the `build` stage installs the wheels with --no-index into a virtual environment, and the runtime
+# stage gets that environment only (no compiler, no pip). The base image is an ordinary python:3.11-slim-bookworm,
+# or the debootstrap'd stand-in made by scripts/make-base-image where no registry is reachable (it provides
+# Debian's python3.11 as /usr/bin/python3); build with --pull=never there.
 #
 #   ports    50051 federation gRPC (mTLS, collaborators)   50052 ops gRPC (health, reflection; plaintext)
 #            50053 Prometheus /metrics (HTTP)
@@ -12,14 +21,45 @@
 #            /var/lib/fedagg (state and models: a volume)   /tmp (scratch: a tmpfs/emptyDir)
 #   runs as  10001:10001, read-only root filesystem friendly, SIGTERM drains and exits 0.
 ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
+# The stage the wheels come from: wheels-index (the default: built and downloaded here; network needed) or
+# wheels-context (.cache/image/wheels/, put there by scripts/build-image; no network needed). The default is
+# written in the FROM below (not here) because buildah, when it skips unused stages, resolves FROM with the
+# --build-arg values only.
+ARG WHEELS
 
-# --- build: a virtual environment from the host-downloaded wheels -------------------------------------------
+# --- wheels from the source tree and the package index (the default) -----------------------------------------
+# hadolint cannot tell that the `wheels` stage below (FROM a build argument) uses this stage, and checks it as if it
+# were an image of its own; its wheels reach the image only through the build stage and the labelled runtime stage.
+# hadolint ignore=DL3049
+FROM ${PYTHON_IMAGE} AS wheels-index
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY service/ service/
+# A throwaway venv provides pip (the stand-in base has ensurepip only). fedagg's wheel is built from the sources
+# (setuptools comes from the index, build isolation); every runtime dependency is downloaded as a binary wheel at
+# its constraints.txt version, next to it.
+RUN python3 -m venv /tmp/pip \
+ && /tmp/pip/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && /tmp/pip/bin/pip download --no-cache-dir --only-binary=:all: --dest /wheels --constraint constraints.txt \
+      "fedagg[server] @ file://$(ls /wheels/fedagg-*.whl)"
+
+# --- wheels downloaded on the host by scripts/build-image (WHEELS=wheels-context; no network) ----------------
+# hadolint ignore=DL3049
+FROM scratch AS wheels-context
+COPY .cache/image/wheels/ /wheels/
+
+FROM ${WHEELS:-wheels-index} AS wheels
+
+# --- build: a virtual environment from the wheels -------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ARG VERSION=0.1.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore
-COPY .cache/image/wheels/ /wheels/
+COPY --from=wheels /wheels/ /wheels/
 # ensurepip (python3-venv) provides pip offline. Every package comes from /wheels, binary only; pip fails the
 # build if anything fedagg needs is missing there. Then the environment is slimmed: pip and setuptools go (the
 # runtime installs nothing), and so do test suites and the kubernetes client's asyncio twin (kubernetes/aio,

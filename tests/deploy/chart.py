@@ -17,12 +17,14 @@ SCENARIOS = tuple(
 RELEASE = "mnist"
 NAMESPACE = "federation"
 FULLNAME = "mnist-fedagg"
-#: Kinds served by CRDs (cert-manager, prometheus-operator): no schema in kubernetes-validate.
+#: Kinds served by CRDs (cert-manager, prometheus-operator, Gateway API): no schema in kubernetes-validate.
 CRD_KINDS = {
     ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("gateway.networking.k8s.io/v1", "TLSRoute"),
+    ("gateway.networking.k8s.io/v1alpha2", "TLSRoute"),
 }
 
 

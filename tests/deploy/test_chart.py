@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +157,18 @@ def test_probes_and_ports_match_the_container_and_the_config(scenario: str) -> N
         "readiness": {"port": ports["ops"], "service": "openfl.aggregator.Aggregator"},
         "liveness": {"port": ports["ops"], "service": "liveness"},
     }
-    service = objects.one("Service", FULLNAME)
-    assert {port["name"]: port["targetPort"] for port in service["spec"]["ports"]} == {
-        "federation": "federation",
+    federation = objects.one("Service", FULLNAME)
+    ops = objects.one("Service", f"{FULLNAME}-ops")
+    assert {port["name"]: port["targetPort"] for port in federation["spec"]["ports"]} == {
+        "federation": "federation"
+    }
+    assert {port["name"]: port["targetPort"] for port in ops["spec"]["ports"]} == {
         "ops": "ops",
         "metrics": "metrics",
     }
     pod_labels = objects.workload["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for service in (federation, ops):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
 def test_changed_ports_move_together() -> None:
@@ -185,7 +191,7 @@ def test_changed_ports_move_together() -> None:
     assert test_pod["spec"]["containers"][0]["args"][:3] == [
         "health",
         "--address",
-        f"{FULLNAME}.{NAMESPACE}.svc:50052",
+        f"{FULLNAME}-ops.{NAMESPACE}.svc:50052",
     ]
 
 
@@ -236,7 +242,8 @@ def test_deployment_mode_is_one_replica_recreated_and_stays_up() -> None:
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
     )
     assert objects.config()["ops"]["after_finish"] == "stay"
-    assert objects.one("Service")["spec"]["type"] == "LoadBalancer"
+    assert objects.one("Service", FULLNAME)["spec"]["type"] == "LoadBalancer"
+    assert objects.one("Service", f"{FULLNAME}-ops")["spec"]["type"] == "ClusterIP"
     assert objects.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
 
@@ -536,7 +543,7 @@ def test_every_object_in_the_schema_is_closed() -> None:
 def test_monitoring_objects_point_at_the_metrics_port() -> None:
     objects = rendered("monitoring")
 
-    service = objects.one("Service", FULLNAME)
+    service = objects.one("Service", f"{FULLNAME}-ops")
     pod_labels = objects.workload["spec"]["template"]["metadata"]["labels"]
     service_monitor = objects.one("ServiceMonitor", FULLNAME)["spec"]
     pod_monitor = objects.one("PodMonitor", FULLNAME)["spec"]
@@ -611,7 +618,7 @@ def test_the_test_hook_checks_readiness_through_the_service() -> None:
     assert pod["spec"]["containers"][0]["args"] == [
         "health",
         "--address",
-        f"{FULLNAME}.{NAMESPACE}.svc:50052",
+        f"{FULLNAME}-ops.{NAMESPACE}.svc:50052",
         "--service",
         "openfl.aggregator.Aggregator",
         "--timeout",
@@ -649,9 +656,396 @@ def test_the_openfl_workspace_example_values_install() -> None:
     objects = render(values)
 
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
-    assert objects.one("Service")["spec"]["type"] == "LoadBalancer"
+    assert objects.one("Service", FULLNAME)["spec"]["type"] == "LoadBalancer"
     assert objects.volume("tls")["secret"]["secretName"] == "mnist-fedagg-tls"
     assert "--openfl-plan" in objects.container["args"]
     assert objects.one("PersistentVolumeClaim")["metadata"]["annotations"] == {
         "helm.sh/resource-policy": "keep"
     }
+
+
+# --- services: only the federation port leaves the cluster --------------------------------------------------------
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "LoadBalancer", "NodePort"])
+def test_only_the_federation_port_is_ever_outside_cluster_ip(service_type: str) -> None:
+    objects = render(with_federation(service={"type": service_type}))
+
+    exposed = {
+        port["name"]
+        for service in objects.all("Service")
+        if service["spec"]["type"] != "ClusterIP"
+        for port in service["spec"]["ports"]
+    }
+    ports = {
+        port["name"]: service["spec"]["type"]
+        for service in objects.all("Service")
+        for port in service["spec"]["ports"]
+    }
+    assert exposed == ({"federation"} if service_type != "ClusterIP" else set())
+    assert ports == {"federation": service_type, "ops": "ClusterIP", "metrics": "ClusterIP"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_scenario_publishes_the_ops_or_metrics_port(scenario: str) -> None:
+    for service in rendered(scenario).all("Service"):
+        names = {port["name"] for port in service["spec"]["ports"]}
+        if service["spec"]["type"] != "ClusterIP":
+            assert names == {"federation"}, service["metadata"]["name"]
+        assert "nodePort" not in str([p for p in service["spec"]["ports"] if p["name"] != "federation"])
+
+
+def test_load_balancer_options_reach_the_federation_service_only() -> None:
+    service = {
+        "type": "LoadBalancer",
+        "loadBalancerClass": "service.k8s.aws/nlb",
+        "loadBalancerIP": "203.0.113.10",
+        "loadBalancerSourceRanges": ["198.51.100.0/24"],
+        "externalTrafficPolicy": "Local",
+        "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing"},
+        "federationNodePort": 30051,
+    }
+    objects = render(with_federation(service=service, opsService={"annotations": {"team": "ml"}}))
+
+    federation = objects.one("Service", FULLNAME)
+    ops = objects.one("Service", f"{FULLNAME}-ops")
+    assert federation["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"
+    assert federation["spec"]["loadBalancerIP"] == "203.0.113.10"
+    assert federation["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24"]
+    assert federation["spec"]["externalTrafficPolicy"] == "Local"
+    assert federation["spec"]["ports"][0]["nodePort"] == 30051
+    assert federation["metadata"]["annotations"] == service["annotations"]
+    assert ops["metadata"]["annotations"] == {"team": "ml"}
+    for key in ("loadBalancerClass", "loadBalancerIP", "loadBalancerSourceRanges", "externalTrafficPolicy"):
+        assert key not in ops["spec"]
+
+
+def test_load_balancer_options_are_left_out_of_other_types() -> None:
+    spec = render(
+        with_federation(
+            service={"type": "NodePort", "loadBalancerClass": "x", "loadBalancerIP": "203.0.113.10"}
+        )
+    ).one("Service", FULLNAME)["spec"]
+
+    assert "loadBalancerClass" not in spec
+    assert "loadBalancerIP" not in spec
+
+
+# --- as a subchart ---------------------------------------------------------------------------------------------------
+
+
+def umbrella(directory: Path) -> Path:
+    """An umbrella chart that depends on helm/fedagg (copied into its charts/, as `helm dependency build` does)."""
+    root = directory / "platform"
+    (root / "charts").mkdir(parents=True)
+    shutil.copytree(CHART, root / "charts" / "fedagg")
+    (root / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "fedagg", "version": "0.1.0", "repository": f"file://{CHART}"}],
+            }
+        )
+    )
+    (root / "templates").mkdir()
+    (root / "templates" / "settings.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\n"
+        "data:\n  registry: {{ .Values.global.imageRegistry | quote }}\n"
+    )
+    (root / "values.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "imageRegistry": "registry.example.org",
+                    "storageClass": "fast",
+                    "labels": {"a": "b"},
+                },
+                "fedagg": {
+                    "config": {"federation": FEDERATION},
+                    "initialModel": {"existingConfigMap": "model"},
+                },
+            }
+        )
+    )
+    return root
+
+
+def test_a_subchart_of_an_umbrella_chart_renders_with_globals(tmp_path: Path) -> None:
+    sdk = chart.helm()
+    root = umbrella(tmp_path)
+
+    with sdk.Chart.load(root) as loaded:
+        assert [dependency["name"] for dependency in loaded.dependencies] == ["fedagg"]
+        manifests = loaded.render(name="platform", namespace=NAMESPACE, is_install=True)
+        with pytest.raises(sdk.HelmValuesError, match="replicas"):
+            loaded.render(
+                values={"fedagg": {"replicas": 2}}, name="platform", namespace=NAMESPACE, is_install=True
+            )
+    report = sdk.lint(root, None, strict=True, namespace=NAMESPACE, with_subcharts=True)
+
+    objects = chart.Rendered(
+        [
+            document
+            for path, text in manifests.items()
+            if path.endswith(".yaml")
+            for document in yaml.safe_load_all(text)
+            if document
+        ]
+    )
+    assert objects.one("Job", "platform-fedagg")["metadata"]["namespace"] == NAMESPACE
+    assert objects.one("Service", "platform-fedagg-ops")["spec"]["type"] == "ClusterIP"
+    assert objects.one("ConfigMap", "platform-settings")["data"] == {"registry": "registry.example.org"}
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    assert report["errors"] == []
+
+
+def test_the_schema_accepts_any_global_values() -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded:
+        loaded.validate_schema(with_federation(**{"global": {"imageRegistry": "r", "nested": {"x": [1, 2]}}}))
+
+
+# --- extra containers and manifests ---------------------------------------------------------------------------------
+
+
+def test_extra_containers_join_the_aggregator_pod() -> None:
+    objects = rendered("gateway")
+
+    names = [container["name"] for container in objects.pod_spec["containers"]]
+    (sidecar,) = scenario_values("gateway")["extraContainers"]
+    assert names == ["fedagg", sidecar["name"]]
+    assert objects.pod_spec["containers"][1] == sidecar
+
+
+def test_extra_manifests_are_rendered_with_tpl() -> None:
+    values = with_federation(
+        extraManifests=[
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": '{{ include "fedagg.fullname" . }}-extra'},
+                "data": {"release": "{{ .Release.Name }}"},
+            },
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-token\nstringData:\n  a: b\n",
+        ]
+    )
+
+    objects = render(values)
+
+    assert objects.one("ConfigMap", f"{FULLNAME}-extra")["data"] == {"release": RELEASE}
+    assert objects.one("Secret", f"{RELEASE}-token")["stringData"] == {"a": "b"}
+
+
+def test_the_gateway_scenario_releases_its_extra_configmap() -> None:
+    assert rendered("gateway").one("ConfigMap", f"{FULLNAME}-collaborators")["data"]["agg_port"] == "443"
+
+
+# --- monitors and alerts ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"), [("ServiceMonitor", "serviceMonitor"), ("PodMonitor", "podMonitor")]
+)
+def test_a_monitor_can_live_in_the_monitoring_namespace(kind: str, key: str) -> None:
+    objects = render(
+        with_federation(**{key: {"enabled": True, "namespace": "monitoring", "honorLabels": True}})
+    )
+
+    monitor = objects.one(kind, FULLNAME)
+    endpoints = monitor["spec"]["endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert [endpoint["honorLabels"] for endpoint in endpoints] == [True]
+
+
+def test_the_service_monitor_selects_only_the_ops_service() -> None:
+    objects = rendered("monitoring")
+
+    selector = objects.one("ServiceMonitor", FULLNAME)["spec"]["selector"]["matchLabels"]
+    selected = [
+        service["metadata"]["name"]
+        for service in objects.all("Service")
+        if selector.items() <= service["metadata"]["labels"].items()
+    ]
+    assert selected == [f"{FULLNAME}-ops"]
+    assert "honorLabels" not in objects.one("ServiceMonitor", FULLNAME)["spec"]["endpoints"][0]
+
+
+def rules_of(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = render(values).one("PrometheusRule", FULLNAME)["spec"]
+    return {rule["alert"]: rule for group in spec["groups"] for rule in group["rules"]}
+
+
+def test_alert_thresholds_and_windows_are_values() -> None:
+    defaults = rules_of(with_federation(prometheusRule={"enabled": True}))
+    alerts = {
+        "FedaggRoundStalled": {"for": "15m", "roundSeconds": 7200},
+        "FedaggCollaboratorSilent": {"silentSeconds": 10800},
+        "FedaggCertificateExpiringSoon": {"days": 14},
+        "FedaggCertificateExpiryCritical": {"days": 2},
+        "FedaggStateVolumeLow": {"availablePercent": 20},
+        "FedaggStateVolumeFillingUp": {"trendWindow": "12h", "fullWithinHours": 72},
+        "FedaggAuthenticationFailures": {"for": "10m"},
+        "FedaggAggregatorDown": {"for": ""},
+    }
+
+    rules = rules_of(with_federation(prometheusRule={"enabled": True, "alerts": alerts}))
+
+    assert "time() - fedagg_round_started_timestamp_seconds > 7200" in rules["FedaggRoundStalled"]["expr"]
+    assert rules["FedaggRoundStalled"]["for"] == "15m"
+    assert ") > 10800" in rules["FedaggCollaboratorSilent"]["expr"]
+    assert "< 14 * 86400" in rules["FedaggCertificateExpiringSoon"]["expr"]
+    assert "< 2 * 86400" in rules["FedaggCertificateExpiryCritical"]["expr"]
+    assert "fedagg_state_volume_size_bytes < 20" in rules["FedaggStateVolumeLow"]["expr"]
+    assert "[12h], 72 * 3600)" in rules["FedaggStateVolumeFillingUp"]["expr"]
+    assert rules["FedaggAuthenticationFailures"]["for"] == "10m"
+    assert "for" not in rules["FedaggAggregatorDown"]
+    # Each threshold value changed its expression, and nothing else changed.
+    for name, settings in alerts.items():
+        if set(settings) - {"for"}:
+            assert rules[name]["expr"] != defaults[name]["expr"], name
+    for name, rule in rules.items():
+        if name not in alerts:
+            assert rule == defaults[name], name
+
+
+def test_every_alert_and_threshold_has_a_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]["alerts"]
+    alerts = [
+        rule["alert"]
+        for rule in yaml.safe_load((ROOT / "deploy/prometheus/fedagg-rules.yaml").read_text())["groups"][0][
+            "rules"
+        ]
+    ]
+    thresholds = yaml.safe_load(
+        (CHART / "templates" / "_helpers.tpl")
+        .read_text()
+        .split('define "fedagg.alertThresholds" -}}')[1]
+        .split("{{- end }}")[0]
+    )
+
+    assert list(values) == alerts
+    for name, parameters in thresholds.items():
+        assert set(parameters) == set(values[name]) - {"for"}, name
+    for name, settings in values.items():
+        assert set(settings) - {"for"} <= set(thresholds.get(name, {})), name
+
+
+def test_rendered_alerts_stay_valid_prometheus_rules(tmp_path: Path) -> None:
+    from tests.support.prometheus import promtool  # noqa: PLC0415
+
+    alerts = {
+        "FedaggRoundStalled": {"for": "1h", "roundSeconds": 5400},
+        "FedaggStateVolumeFillingUp": {"trendWindow": "1d", "fullWithinHours": 6},
+    }
+    spec = render(
+        with_federation(
+            prometheusRule={
+                "enabled": True,
+                "alerts": alerts,
+                "alertLabels": {"team": "ml"},
+                "runbookBaseUrl": "https://x/RUNBOOK.md/",
+            }
+        )
+    ).one("PrometheusRule", FULLNAME)["spec"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rule in spec["groups"][0]["rules"]:
+        assert rule["labels"]["team"] == "ml"
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["runbook_url"] == f"https://x/RUNBOOK.md#{rule['alert'].lower()}"
+        assert rule["annotations"]["runbook"] == f"deploy/RUNBOOK.md#{rule['alert'].lower()}"
+
+
+def test_alerts_can_be_left_out_and_labels_do_not_override_severity() -> None:
+    rules = rules_of(
+        with_federation(
+            prometheusRule={
+                "enabled": True,
+                "disabledAlerts": ["FedaggAuthenticationFailures", "FedaggCollaboratorSilent"],
+                "alertLabels": {"severity": "info", "team": "ml"},
+            }
+        )
+    )
+
+    assert "FedaggAuthenticationFailures" not in rules
+    assert "FedaggCollaboratorSilent" not in rules
+    assert rules["FedaggAggregatorDown"]["labels"] == {"severity": "critical", "team": "ml"}
+
+
+def test_an_unknown_alert_name_is_refused() -> None:
+    sdk = chart.helm()
+    with sdk.Chart.load(CHART) as loaded, pytest.raises(sdk.HelmValuesError, match="disabledAlerts"):
+        loaded.validate_schema(with_federation(prometheusRule={"disabledAlerts": ["FedaggRoundStaled"]}))
+
+
+# --- disruptions and upgrades ----------------------------------------------------------------------------------------
+
+
+def test_the_disruption_budget_cannot_hold_a_drain_forever() -> None:
+    budget = rendered("deployment").one("PodDisruptionBudget", FULLNAME)["spec"]
+    readme = (CHART / "README.md").read_text()
+
+    assert budget["minAvailable"] == 1
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert "### Disruptions" in readme
+    assert "cannot hold a drain forever" in readme
+
+
+def test_the_job_keeps_its_name_by_default() -> None:
+    objects = rendered("default")
+
+    assert objects.one("Job")["metadata"]["name"] == FULLNAME
+    assert "annotations" not in objects.one("Job")["metadata"]
+
+
+def job_name(**values: Any) -> str:
+    values["job"] = {"nameWithChecksum": True, **values.get("job", {})}
+    return str(render(with_federation(**values)).one("Job")["metadata"]["name"])
+
+
+def test_a_job_named_after_its_pod_template_changes_name_with_it() -> None:
+    first = job_name()
+
+    assert first.startswith(f"{FULLNAME}-")
+    assert len(first) == len(FULLNAME) + 11
+    assert job_name() == first, "the same values give the same Job"
+    assert job_name(config={"logging": {"level": "debug"}}) != first, "a config change is a new Job"
+    assert job_name(image={"tag": "0.1.1"}) != first, "an image change is a new Job"
+    assert job_name(job={"nameWithChecksum": True, "ttlSecondsAfterFinished": 60}) == first, (
+        "mutable Job fields keep the name"
+    )
+
+
+def test_a_job_name_with_its_checksum_fits_the_job_name_label() -> None:
+    name = job_name(fullnameOverride="f" * 80)
+
+    assert len(name) == 63
+    notes = chart.render_manifests(with_federation(job={"nameWithChecksum": True}))["templates/NOTES.txt"]
+    assert f"job/{job_name()}" in notes
+
+
+def test_gitops_replace_annotates_the_job() -> None:
+    job = render(with_federation(job={"gitOpsReplace": True, "annotations": {"a": "b"}})).one("Job", FULLNAME)
+
+    assert job["metadata"]["annotations"] == {
+        "argocd.argoproj.io/sync-options": "Force=true,Replace=true",
+        "kustomize.toolkit.fluxcd.io/force": "enabled",
+        "a": "b",
+    }
+
+
+def test_the_upgrade_story_is_documented() -> None:
+    readme = (CHART / "README.md").read_text()
+    upgrades = readme.split("## Upgrades")[1].split("\n## ")[0]
+
+    for needle in ("job.nameWithChecksum", "job.gitOpsReplace", "ReadWriteOncePod", "kubectl delete job"):
+        assert needle in upgrades

@@ -3,7 +3,8 @@
 kubernetes-validate 1.37 ships the schemas of Kubernetes 1.25 to 1.37; the chart supports 1.27 (native gRPC probes)
 and later, so it is checked against the oldest and the newest supported version. Strict mode rejects unknown
 fields, the way the API server's strict field validation does. Objects of CRDs (cert-manager, prometheus-operator)
-have no schema there; they are checked against the fields of their CRDs that the chart may use.
+have no schema there; they are checked against the fields of their CRDs that the chart may use, and the Gateway
+API's TLSRoute against its CRD's openAPIV3Schema (a vendored fixture, see tests/deploy/gateway_api.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import require
+from tests.deploy import gateway_api
 from tests.deploy.chart import CRD_KINDS, ROOT, SCENARIOS, scenario_objects
 
 KUBERNETES_VERSIONS = ("1.27", "1.37")
@@ -43,6 +45,7 @@ _ENDPOINT = {
         "scheme": {"enum": ["http", "https"]},
         "interval": _STRING,
         "scrapeTimeout": _STRING,
+        "honorLabels": {"type": "boolean"},
         "relabelings": {"type": "array"},
         "metricRelabelings": {"type": "array"},
     },
@@ -226,6 +229,9 @@ def _validate_crd(document: dict[str, Any]) -> None:
     import jsonschema  # noqa: PLC0415
 
     key = (document["apiVersion"], document["kind"])
+    if document["kind"] == "TLSRoute":
+        gateway_api.validate(document)
+        return
     assert key in CRD_SCHEMAS, f"no schema for {key}"
     jsonschema.validate(document, CRD_SCHEMAS[key])
 

@@ -84,9 +84,39 @@ app.kubernetes.io/component: aggregator
 {{- default (printf "%s-state" (include "fedagg.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
-{{/* In-cluster DNS name of the Service. */}}
+{{/* In-cluster DNS name of the federation Service. */}}
 {{- define "fedagg.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "fedagg.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The ClusterIP Service of the ops and metrics ports, and its in-cluster DNS name. */}}
+{{- define "fedagg.opsServiceName" -}}
+{{- printf "%s-ops" (include "fedagg.fullname" .) }}
+{{- end }}
+{{- define "fedagg.opsServiceHost" -}}
+{{- printf "%s.%s.svc" (include "fedagg.opsServiceName" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+The Job's name: <fullname>, or with job.nameWithChecksum <fullname>-<10 hex digits of the pod template's hash>,
+so that any change of the (immutable) pod template makes a new Job instead of a failing patch. 52 + 1 + 10 = 63,
+the limit of the job-name label Kubernetes puts on its pods.
+*/}}
+{{- define "fedagg.jobName" -}}
+{{- if .Values.job.nameWithChecksum }}
+{{- printf "%s-%s" (include "fedagg.fullname" .) (include "fedagg.podTemplate" . | sha256sum | trunc 10) }}
+{{- else }}
+{{- include "fedagg.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* The workload's name (Job or Deployment). */}}
+{{- define "fedagg.workloadName" -}}
+{{- if eq .Values.workload "Job" }}
+{{- include "fedagg.jobName" . }}
+{{- else }}
+{{- include "fedagg.fullname" . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -311,6 +341,9 @@ spec:
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+    {{- with .Values.extraContainers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   volumes:
     - name: config
       configMap:
@@ -372,4 +405,24 @@ spec:
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+Where each alert threshold of prometheusRule.alerts is in files/fedagg-rules.yaml: the text the default value
+gives (`default`, which must occur in the alert's expression) and how a value is written instead (`format`).
+*/}}
+{{- define "fedagg.alertThresholds" -}}
+FedaggRoundStalled:
+  roundSeconds: {default: "fedagg_round_started_timestamp_seconds > 1800", format: "fedagg_round_started_timestamp_seconds > %d"}
+FedaggCollaboratorSilent:
+  silentSeconds: {default: ") > 3600", format: ") > %d"}
+FedaggCertificateExpiringSoon:
+  days: {default: "< 7 * 86400", format: "< %d * 86400"}
+FedaggCertificateExpiryCritical:
+  days: {default: "< 1 * 86400", format: "< %d * 86400"}
+FedaggStateVolumeLow:
+  availablePercent: {default: "fedagg_state_volume_size_bytes < 10", format: "fedagg_state_volume_size_bytes < %d"}
+FedaggStateVolumeFillingUp:
+  trendWindow: {default: "fedagg_state_volume_available_bytes[6h]", format: "fedagg_state_volume_available_bytes[%s]"}
+  fullWithinHours: {default: ", 24 * 3600)", format: ", %d * 3600)"}
 {{- end }}
