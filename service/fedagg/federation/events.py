@@ -94,3 +94,5 @@ class ExperimentStatus:
     round_end_failing: bool = False
     round_started: float | None = None
     """When the current round's first task was handed out (Unix time), None before."""
+    aggregation: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    """Per task, what its aggregator reports after the last round (epsilon, clipping norm, ...)."""

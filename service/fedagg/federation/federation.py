@@ -23,7 +23,8 @@ Locks (order: ``_commit_lock``, then ``_state_lock``; the TensorServer's and Met
 
 * ``_commit_lock`` serialises every durable transition (restore, commits, round ends, quit records, ticks). It is
   held across disk I/O, so it is only ever taken off the event loop.
-* ``_state_lock`` guards ``_committed``, ``_round`` (and the Round's fields), ``_restored`` and ``_contacts``. It is
+* ``_state_lock`` guards ``_committed``, ``_round`` (and the Round's fields), ``_figures`` (the aggregators' reports
+  as of ``_committed``), ``_restored`` and ``_contacts``. It is
   never held across I/O or a listener call.
 """
 
@@ -127,6 +128,7 @@ class Federation:
         self._state_lock = threading.Lock()
         self._committed: Checkpoint | None = None
         self._round: Round | None = None
+        self._figures: dict[str, dict[str, float]] = {}
         self._restored = False
         self._progress: list[Callable[[], None]] = []
         self._contacts: dict[str, Contact] = {}
@@ -158,9 +160,11 @@ class Federation:
         finished = checkpoint.round_number >= self.plan.rounds_to_train
         round_ = None if finished else self._new_round(models[checkpoint.round_number])
         self._closer.aggregators.load(checkpoint.aggregation)
+        figures = self._closer.aggregators.reports()
         with self._state_lock:
             self._committed = checkpoint
             self._round = round_
+            self._figures = figures
         self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         if finished:
             self.metrics.close()
@@ -613,6 +617,7 @@ class Federation:
                 Contacts(dict(self._contacts), self._clock(), time.time()),
                 storage_failing=storage_failing,
                 round_end_failing=round_end_failing,
+                figures=self._figures,
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedagg.federation.checkpoint import Checkpoint
@@ -54,6 +55,7 @@ def experiment_status(
     *,
     storage_failing: bool = False,
     round_end_failing: bool = False,
+    figures: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ExperimentStatus:
     """Status, progress and per-collaborator state (call with the federation's state lock held)."""
     finished = committed.round_number >= plan.rounds_to_train
@@ -82,16 +84,28 @@ def experiment_status(
         plan.rounds_to_train,
         round_.number,
         collaborators,
-        _tasks(plan),
+        _tasks(plan, figures or {}),
         models,
         storage_failing=storage_failing,
         round_end_failing=round_end_failing,
         round_started=None if round_.started_at is None else contacts.wall_time(round_.started_at),
+        aggregation=tuple(
+            (task, tuple(sorted(reported.items()))) for task, reported in sorted((figures or {}).items())
+        ),
     )
 
 
-def _tasks(plan: FederationPlan) -> tuple[tuple[str, str], ...]:
-    return tuple((task.name, f"runs {task.function} ({task.aggregation})") for task in plan.tasks.values())
+def _tasks(
+    plan: FederationPlan, figures: Mapping[str, Mapping[str, float]] | None = None
+) -> tuple[tuple[str, str], ...]:
+    described = []
+    for task in plan.tasks.values():
+        text = f"runs {task.function} ({task.aggregation})"
+        reported = (figures or {}).get(task.name)
+        if reported:
+            text += "; " + ", ".join(f"{name} {value:.6g}" for name, value in sorted(reported.items()))
+        described.append((task.name, text))
+    return tuple(described)
 
 
 def _collaborator_status(

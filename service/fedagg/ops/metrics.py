@@ -292,6 +292,49 @@ def _collaborator_families(status: ExperimentStatus) -> Iterator[Metric]:
     yield contacts
 
 
+AGGREGATION_FIGURES = {
+    "epsilon": (
+        "fedagg_privacy_epsilon",
+        "Privacy spent so far by the task's server-side differential privacy: epsilon at fedagg_privacy_delta.",
+    ),
+    "delta": ("fedagg_privacy_delta", "The delta that fedagg_privacy_epsilon is reported for."),
+    "noise_stddev": (
+        "fedagg_privacy_noise_stddev",
+        "Standard deviation of the Gaussian noise added to the task's last aggregate.",
+    ),
+    "clipping_norm": (
+        "fedagg_update_clipping_norm",
+        "The clipping norm of the task's next round (adaptive).",
+    ),
+    "clipped_share": (
+        "fedagg_updates_clipped_ratio",
+        "Share of the task's contributions whose update was clipped in the last round.",
+    ),
+}
+"""An aggregator's reported figures with a metric of their own; any other figure is a fedagg_aggregator_figure."""
+
+
+def _aggregation_families(status: ExperimentStatus) -> Iterator[Metric]:
+    """What each task's aggregator reports (bounded by the plan's tasks and the aggregator's figures)."""
+    families = {
+        figure: GaugeMetricFamily(name, text, labels=["task"])
+        for figure, (name, text) in AGGREGATION_FIGURES.items()
+    }
+    other = GaugeMetricFamily(
+        "fedagg_aggregator_figure",
+        "A figure a (plug-in) aggregator reports after each round, by task and figure.",
+        labels=["task", "figure"],
+    )
+    for task, figures in status.aggregation:
+        for figure, value in figures:
+            if figure in families:
+                families[figure].add_metric([task], value)
+            else:
+                other.add_metric([task, figure], value)
+    yield from families.values()
+    yield other
+
+
 class FederationStateCollector(Collector):
     """Gauges read from the federation at scrape time."""
 
@@ -356,6 +399,7 @@ class FederationStateCollector(Collector):
             value=status.round_started or 0.0,
         )
         yield from _collaborator_families(status)
+        yield from _aggregation_families(status)
         yield from self._volume_families()
 
     def _volume_families(self) -> Iterator[Metric]:
