@@ -43,6 +43,7 @@ from fedagg.config import ENV_PREFIX, AfterFinish, Config, KubernetesHookMode
 from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
+from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.federation.store import StateStore
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identity, running_in_cluster
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 FINISH_STOP_GRACE_SECONDS = 2.0
 STORAGE_FAILURE_EXIT_CODE = 75  # EX_TEMPFAIL
 STORAGE_WATCH_SECONDS = 5.0
+STATE_LOCK_POLL_SECONDS = 1.0
+STATE_LOCK_LOG_SECONDS = 30.0
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Aggregator:
     ops_port: int = 0
     metrics_port: int = 0
     draining: bool = False
+    state_lock: StateDirectoryLock | None = field(default=None, repr=False)
     ops_server: grpc.aio.Server | None = field(default=None, repr=False)
     metrics_http: tuple[WSGIServer, Thread] | None = field(default=None, repr=False)
 
@@ -136,7 +140,16 @@ def build_aggregator(
         metrics.hook_configured(hook.name)
     readiness = Readiness(health, lambda: federation.health.healthy)
     aggregator = Aggregator(
-        config, federation, server, health, registry, metrics, hooks, grpc_metrics, readiness
+        config,
+        federation,
+        server,
+        health,
+        registry,
+        metrics,
+        hooks,
+        grpc_metrics,
+        readiness,
+        state_lock=StateDirectoryLock(config.storage.state_dir),
     )
     registry.register(
         FederationStateCollector(federation.describe, lambda: aggregator.draining, config.storage.state_dir)
@@ -249,6 +262,8 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
     await _start_ops(aggregator)
     try:
         try:
+            if not await _lock_state_directory(aggregator, stop):
+                return 0
             await loop.run_in_executor(None, aggregator.federation.restore)
         except (FederationError, ValueError, OSError) as error:
             log.error("cannot restore the federation state: %s", error)
@@ -261,6 +276,31 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
         return await _serve_until_done(aggregator, stop)
     finally:
         await _stop_ops(aggregator)
+        if aggregator.state_lock is not None:
+            aggregator.state_lock.release()
+
+
+async def _lock_state_directory(aggregator: Aggregator, stop: asyncio.Event) -> bool:
+    """Wait until this process alone uses the state directory, saying who holds it meanwhile; False when stopped."""
+    lock = aggregator.state_lock
+    if lock is None:
+        return True
+    loop = asyncio.get_running_loop()
+    logged = -math.inf
+    while not await loop.run_in_executor(None, lock.try_acquire):
+        if loop.time() - logged >= STATE_LOCK_LOG_SECONDS:
+            logged = loop.time()
+            log.warning(
+                "the state directory %s is in use by another fedagg process (%s); waiting for it to exit "
+                "(two aggregators must not share storage.state_dir)",
+                aggregator.config.storage.state_dir,
+                await loop.run_in_executor(None, lock.holder),
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATE_LOCK_POLL_SECONDS)
+            log.info("stop signal received while waiting for the state directory: exiting")
+            return False
+    return True
 
 
 def _ready_after_start(aggregator: Aggregator) -> bool:

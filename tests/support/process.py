@@ -77,6 +77,7 @@ class FedaggProcess:
         )
         self.lines: list[str] = []
         self.ops_port = self.metrics_port = self.federation_port = 0
+        self._new_line = threading.Condition()
         self._ops_ready = threading.Event()
         self._federation_ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -85,7 +86,9 @@ class FedaggProcess:
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
             if match := _OPS.search(line):
                 self.ops_port, self.metrics_port = int(match[1]), int(match[2])
                 self._ops_ready.set()
@@ -94,6 +97,21 @@ class FedaggProcess:
                 self._federation_ready.set()
         self._ops_ready.set()
         self._federation_ready.set()
+        with self._new_line:
+            self.lines.append("")  # end of the log: wake whoever waits for a line
+            self._new_line.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float = 30) -> str:
+        """The first log line matching ``pattern`` (a regular expression), as soon as it is written."""
+        expression = re.compile(pattern)
+        with self._new_line:
+            self._new_line.wait_for(
+                lambda: any(expression.search(line) for line in self.lines) or self.lines[-1:] == [""],
+                timeout,
+            )
+            match = next((line for line in self.lines if expression.search(line)), None)
+        assert match is not None, f"no log line matches {pattern!r}:\n{self.log()}"
+        return match
 
     def wait_for_ops(self, timeout: float = 30) -> FedaggProcess:
         assert self._ops_ready.wait(timeout), self.log()

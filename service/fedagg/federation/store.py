@@ -13,6 +13,7 @@ Layout::
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
     spool/                       uploads of the open round and the one before it (:mod:`fedagg.federation.spool`)
     quarantine/                  corrupt files moved aside, never deleted
+    lock                         held (flock) by the one aggregator using the directory (:mod:`.state_lock`)
 
 Every file is written atomically and checksummed (:mod:`fedagg.federation.integrity`), and verified when read
 back. Every method blocks on the disk: call them off the event loop.
