@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench image system-deps clean
+.PHONY: demo test lint typecheck protos bench image system-deps clean dist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/fedagg demo
+
+# The wheel to install fedagg from until a release is published (built with the venv's setuptools, offline):
+# pip install dist/fedagg-*.whl on collaborator sites, 'fedagg[server] @ file://...' or the wheel plus
+# the server extra's packages for the aggregator (see README, Quick start).
+dist: $(STAMP)
+	rm -rf dist build
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	rm -rf build
+	ls dist/*.whl
 
 system-deps:
 	bash scripts/install-system-deps

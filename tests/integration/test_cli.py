@@ -408,3 +408,22 @@ def test_demo_leaves_no_process_behind_on_ctrl_c(tmp_path: Path) -> None:
     while stray_processes(str(workdir)) and time.monotonic() < deadline:
         time.sleep(0.1)  # children were signalled; the kernel reaps them asynchronously
     assert stray_processes(str(workdir)) == []
+
+
+def test_demo_run_twice_in_one_directory_replaces_the_first_run(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    arguments = ("demo", "--rounds", "2", "--collaborators", "1", "--features", "4", "--dir", str(workdir))
+
+    first = fedagg(*arguments, timeout=120)
+    second = fedagg(*arguments, timeout=120)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a demo")
+    foreign = fedagg(*arguments[:-1], str(tmp_path / "mine"), check=False)
+
+    assert "holds an earlier demo" not in first.stdout
+    assert f"{workdir} holds an earlier demo: replacing" in second.stdout
+    assert "accuracy of the global model rose" in second.stdout
+    assert read_model(workdir / "state" / "last.pbuf").round_number == 2
+    assert foreign.returncode == 1
+    assert "holds files that are not an earlier demo's (notes.txt)" in foreign.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not a demo"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,12 @@ def register(commands: Commands) -> None:
         default=DatasetSpec.features,
         help=f"input features: the model has features x {DatasetSpec.classes} weights",
     )
-    parser.add_argument("--dir", type=Path, help="working directory (default: a new temporary directory)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="working directory (default: a new temporary directory); a directory that holds an earlier demo "
+        "is reused: its certificates, state, models and logs are replaced",
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -87,7 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.collaborators < 1 or args.rounds < 1 or args.features < 1:
         raise SystemExit("fedagg: --collaborators, --rounds and --features must be positive")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="fedagg-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    _prepare(workdir)
     names = [f"site-{index + 1}" for index in range(args.collaborators)]
     print(
         f"fedagg demo in {workdir}: {len(names)} collaborators, {args.rounds} rounds, mutual TLS on loopback"
@@ -105,6 +111,37 @@ def _demo(args: argparse.Namespace) -> int:
     display = Display()
     aggregator.federation.metrics.subscribe(display.on_metric)
     return _run(aggregator, display, pki, names, args, workdir)
+
+
+DEMO_MARKER = ".fedagg-demo"
+DEMO_ENTRIES = ("pki", "state", "init.pbuf", "aggregator.log", "summary.json", DEMO_MARKER)
+
+
+def _prepare(workdir: Path) -> None:
+    """An empty working directory: a new one, an empty one, or one that holds an earlier demo (emptied)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise SystemExit(f"fedagg: --dir {workdir} is not a directory")
+    entries = sorted(workdir.iterdir()) if workdir.is_dir() else []
+    foreign = [
+        entry.name
+        for entry in entries
+        if entry.name not in DEMO_ENTRIES and not (entry.name.startswith("site-") and entry.suffix == ".log")
+    ]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SystemExit(
+            f"fedagg: --dir {workdir} holds files that are not an earlier demo's ({listed}); "
+            "choose a new or empty directory"
+        )
+    if entries:
+        print(f"{workdir} holds an earlier demo: replacing its certificates, state, models and logs")
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEMO_MARKER).write_text("a directory made by fedagg demo; fedagg demo --dir reuses it\n")
 
 
 def _config(workdir: Path, names: list[str], rounds: int) -> Config:
@@ -266,12 +303,16 @@ def _summary(aggregator: Aggregator, display: Display, workdir: Path, seconds: f
     config = aggregator.config
     print(f"\nfinished {len(rounds)} rounds in {seconds:.1f}s\n")
     print(table(rows, ["round", "global model accuracy", "locally tuned accuracy", "train loss"]))
-    print(
-        f"\naccuracy of the global model rose from {accuracy[0]:.3f} (round 0) to {accuracy[-1]:.3f} "
-        f"(round {rounds[-1]})"
-        if accuracy[-1] > accuracy[0]
-        else "\naccuracy did not rise"
-    )
+    rose = len(accuracy) < 2 or accuracy[-1] > accuracy[0]
+    if len(accuracy) < 2:
+        print(f"\naccuracy of the global model in round 0: {accuracy[0]:.3f} (one round: nothing to compare)")
+    else:
+        print(
+            f"\naccuracy of the global model rose from {accuracy[0]:.3f} (round 0) to {accuracy[-1]:.3f} "
+            f"(round {rounds[-1]})"
+            if rose
+            else "\naccuracy did not rise"
+        )
     print(
         f"\nmodels (OpenFL .pbuf):\n  last: {config.last_model_path}  (round {rounds[-1] + 1}, the final aggregate)"
         f"\n  best: {config.best_model_path}"
@@ -286,4 +327,4 @@ def _summary(aggregator: Aggregator, display: Display, workdir: Path, seconds: f
         "best_model": str(config.best_model_path),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return 0 if accuracy[-1] > accuracy[0] else 1
+    return 0 if rose else 1

@@ -1,4 +1,4 @@
-"""``fedagg model``: create, inspect and export OpenFL .pbuf model files."""
+"""``fedagg model``: create, inspect, export and download OpenFL .pbuf model files."""
 
 from __future__ import annotations
 
@@ -8,33 +8,75 @@ from typing import Any
 
 import numpy as np
 
-from fedagg.cli.common import Commands, add_command, table
+from fedagg.cli.common import (
+    CONNECTION_EPILOG,
+    Commands,
+    add_command,
+    add_connection_options,
+    add_name_option,
+    add_output_option,
+    configure_client_logging,
+    connect,
+    print_json,
+    reported_errors,
+    table,
+)
+from fedagg.collaborator.reference import BIAS, WEIGHTS, DatasetSpec, initial_weights
 from fedagg.federation.store import publish_model
+from fedagg.protocol.codec import Float32Array
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
+
+SHOW_JSON = """
+
+-o json prints one object: file, round, parameters, bytes (as float32),
+  tensors: [{name, shape (a list; [] for a scalar), elements, mean (null when empty)}]"""
 
 
 def register(commands: Commands) -> None:
     """Add the command group."""
-    model = commands.add_parser("model", help="create, inspect and export OpenFL .pbuf model files")
+    model = commands.add_parser("model", help="create, inspect, export and download OpenFL .pbuf model files")
     actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     init = add_command(
         actions,
         "init",
-        "write an initial model (.pbuf) from numpy arrays (.npz)",
-        """\
+        "write an initial model (.pbuf) from numpy arrays (.npz), or the reference runner's",
+        f"""\
   fedagg model init --from weights.npz --out init.pbuf
-  fedagg model init --from checkpoint.npz --out init.pbuf --round 12     resume at round 12""",
+  fedagg model init --from checkpoint.npz --out init.pbuf --round 12     resume at round 12
+  fedagg model init --reference --out init.pbuf                          for "fedagg collaborator"
+
+--reference writes what "fedagg collaborator" (softmax regression) trains: {WEIGHTS} (FEATURES x CLASSES)
+and {BIAS} (CLASSES), float32 zeros; --features and --classes must match the collaborators' options.""",
     )
-    init.add_argument(
-        "--from", dest="source", type=Path, required=True, help="numpy .npz, one array per tensor"
+    source = init.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", type=Path, help="numpy .npz, one array per tensor")
+    source.add_argument(
+        "--reference", action="store_true", help="the reference runner's model (fedagg collaborator)"
     )
     init.add_argument("--out", type=Path, required=True, help="the .pbuf to write")
     init.add_argument("--round", type=int, default=0, help="round number the model starts (default 0)")
+    init.add_argument(
+        "--features",
+        type=int,
+        default=DatasetSpec.features,
+        help=f"--reference: input features (default {DatasetSpec.features})",
+    )
+    init.add_argument(
+        "--classes",
+        type=int,
+        default=DatasetSpec.classes,
+        help=f"--reference: classes (default {DatasetSpec.classes})",
+    )
     init.set_defaults(handler=_init)
     show = add_command(
-        actions, "show", "list a model's round and tensors", "  fedagg model show state/last.pbuf"
+        actions,
+        "show",
+        "list a model's round and tensors",
+        "  fedagg model show state/last.pbuf\n  fedagg model show state/last.pbuf -o json",
+        more=SHOW_JSON,
     )
     show.add_argument("file", type=Path)
+    add_output_option(show, "see below")
     show.set_defaults(handler=_show)
     export = add_command(
         actions,
@@ -46,33 +88,88 @@ def register(commands: Commands) -> None:
     export.add_argument("file", type=Path)
     export.add_argument("--out", type=Path, required=True, help="the .npz to write")
     export.set_defaults(handler=_export)
+    pull = add_command(
+        actions,
+        "pull",
+        "download the best or last model from a running aggregator (GetTrainedModel)",
+        """\
+  fedagg model pull --best --out best.pbuf --address agg.example.org:50051 \\
+      --ca ca.crt --cert observer.crt --key observer.key --name observer
+  fedagg model pull --last --out last.pbuf    (with FEDAGG_ADDRESS, FEDAGG_CA, ... set)
+
+The best model is the one with the highest aggregated validate_agg metric so far; the last is the latest
+aggregate. The file is an OpenFL .pbuf ("fedagg model show" / "export" read it).""",
+        more=CONNECTION_EPILOG,
+    )
+    which = pull.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="the best model so far")
+    which.add_argument("--last", action="store_true", help="the latest aggregate")
+    pull.add_argument("--out", type=Path, required=True, help="the .pbuf to write")
+    add_connection_options(pull, identity_required=False, timeout=30.0)
+    add_name_option(pull, "this client's name (its certificate CN)", default="observer")
+    pull.add_argument("--experiment", default="", help="experiment name (default: the one served)")
+    pull.set_defaults(handler=_pull)
 
 
 def _init(args: argparse.Namespace) -> int:
+    if args.reference:
+        if args.features < 1 or args.classes < 1:
+            raise SystemExit("fedagg: --features and --classes must be positive")
+        tensors = initial_weights(DatasetSpec(classes=args.classes, features=args.features))
+    else:
+        tensors = _read_npz(args.source)
+    publish_model(args.out, tensors, args.round)
+    shapes = ", ".join(f"{name} {_shape(values)}" for name, values in tensors.items())
+    print(f"{args.out}: {len(tensors)} tensors ({shapes}), round {args.round}")
+    return 0
+
+
+def _read_npz(path: Path) -> dict[str, Float32Array]:
     try:
-        with np.load(args.source) as arrays:
+        with np.load(path) as arrays:
             tensors = {name: np.asarray(arrays[name], np.float32) for name in arrays.files}
     except (OSError, ValueError) as error:
-        raise SystemExit(f"fedagg: cannot read {args.source} as a numpy .npz: {error}") from None
+        raise SystemExit(f"fedagg: cannot read {path} as a numpy .npz: {error}") from None
     if not tensors:
-        raise SystemExit(f"fedagg: {args.source} holds no arrays")
-    publish_model(args.out, tensors, args.round)
-    print(f"{args.out}: {len(tensors)} tensors, round {args.round}")
-    return 0
+        raise SystemExit(f"fedagg: {path} holds no arrays")
+    return tensors
+
+
+def _shape(values: Float32Array) -> str:
+    return "x".join(map(str, values.shape)) or "scalar"
 
 
 def _show(args: argparse.Namespace) -> int:
     model = _read(args.file)
+    total = sum(values.size for values in model.tensors.values())
+    if args.output == "json":
+        print_json(
+            {
+                "file": str(args.file),
+                "round": model.round_number,
+                "parameters": total,
+                "bytes": total * 4,
+                "tensors": [
+                    {
+                        "name": name,
+                        "shape": list(values.shape),
+                        "elements": int(values.size),
+                        "mean": float(values.mean()) if values.size else None,
+                    }
+                    for name, values in model.tensors.items()
+                ],
+            }
+        )
+        return 0
     rows = [
         [
             name,
-            "x".join(map(str, values.shape)) or "scalar",
+            _shape(values),
             f"{values.size:,}",
             f"{float(values.mean()):.6g}" if values.size else "-",
         ]
         for name, values in model.tensors.items()
     ]
-    total = sum(values.size for values in model.tensors.values())
     print(
         f"{args.file}: round {model.round_number}, {len(rows)} tensors, {total:,} parameters "
         f"({total * 4 / 2**20:.2f} MiB as float32)\n"
@@ -86,6 +183,19 @@ def _export(args: argparse.Namespace) -> int:
     arrays: dict[str, Any] = {name: np.array(values) for name, values in model.tensors.items()}
     np.savez(args.out, **arrays)
     print(f"{args.out}: {len(model.tensors)} tensors from round {model.round_number}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    configure_client_logging()
+    with reported_errors(), connect(args, args.name) as client:
+        model = client.trained_model(best=args.best, experiment=args.experiment)
+    publish_model(args.out, model.tensors, model.round_number)
+    total = sum(values.size for values in model.tensors.values())
+    kind = "best" if args.best else "last"
+    print(
+        f"{args.out}: the {kind} model, round {model.round_number}, {len(model.tensors)} tensors, {total:,} parameters"
+    )
     return 0
 
 

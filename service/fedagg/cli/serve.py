@@ -39,10 +39,32 @@ def register(commands: Commands) -> None:
         "validate a configuration without serving",
         """\
   fedagg config check fedagg.yaml
-  fedagg config check --openfl-plan plan/plan.yaml --openfl-cols plan/cols.yaml""",
+  fedagg config check --openfl-plan plan/plan.yaml --openfl-cols plan/cols.yaml
+  fedagg config check fedagg.yaml -o json
+
+Checks every setting and every file the configuration names (state directory, initial model, certificates),
+then prints the federation, each listener (the federation port with its TLS mode; the ops and metrics ports,
+which are always plaintext), the server certificate's names (SANs: collaborators must dial one of them) and
+expiry, and warnings (insecure mode, a certificate expiring within 30 days, a state directory that will be
+resumed). Exit status 0 when serve would start with it, 2 naming the key, the value and what was expected
+when not.
+
+-o json prints one object:
+  ok (true; on an error: {ok: false, error}), federation_uuid, aggregator_uuid, collaborators (names),
+  rounds, task_group (null: every group), state_dir, resumes (the state directory holds a checkpoint),
+  initial_model (path or null),
+  listeners: [{name (federation, ops, metrics), address, port (0: any free port), protocol (grpc, http),
+               tls (mtls, tls, insecure; null for the always-plaintext ops and metrics ports),
+               plaintext (true or false), security and serves (the text output's words)}],
+  certificate: {file, subject, issuer, names (["DNS:host", "IP:addr", ...]), not_after (ISO 8601, UTC),
+                days_left} (null in insecure mode),
+  warnings: [text], ignored: [OpenFL plan keys without meaning for fedagg]""",
     )
     check.add_argument("file", type=Path, nargs="?", help="fedagg YAML configuration")
     _add_config_options(check, positional=True)
+    check.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json: see below"
+    )
     check.set_defaults(handler=_config_check)
 
     health = add_command(
@@ -118,12 +140,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from fedagg.app import check_files
+    import json
 
-    config, ignored = load(args)
-    check_files(config)
-    plan = config.plan()
-    group = f", task group {config.federation.task_group}" if config.federation.task_group else ""
+    from fedagg.app import check_files
+    from fedagg.cli.common import config_document
+    from fedagg.settings import ConfigError
+
+    try:
+        config, ignored = load(args)
+        check_files(config)
+        plan = config.plan()
+    except ConfigError as error:
+        if args.output == "json":
+            print(json.dumps({"ok": False, "error": str(error)}))
+        raise
+    document = config_document(config, plan, ignored)
+    if args.output == "json":
+        print(json.dumps(document))
+        return 0
+    group = f", task group {document['task_group']}" if document["task_group"] else ""
     print(
         f"OK: federation {plan.federation_uuid} (aggregator {plan.aggregator_uuid}), "
         f"{len(plan.collaborators)} collaborators, {plan.rounds_to_train} rounds{group}, "
@@ -131,6 +166,21 @@ def _config_check(args: argparse.Namespace) -> int:
     )
     if ignored:
         print(f"ignored (no meaning for fedagg's aggregator): {', '.join(ignored)}")
+    print("listeners:")
+    for listener in document["listeners"]:
+        port = listener["port"] or "0 (any free port)"
+        print(
+            f"  {listener['name']:<10} {listener['address']}:{port}  {listener['protocol']}, "
+            f"{listener['security']}: {listener['serves']}"
+        )
+    if (certificate := document["certificate"]) is not None:
+        print(
+            f"server certificate {certificate['file']}: names {', '.join(certificate['names']) or 'none'}; "
+            f"subject {certificate['subject']}; expires {certificate['not_after'][:16].replace('T', ' ')} UTC "
+            f"(in {certificate['days_left']:.0f} days)"
+        )
+    for warning in document["warnings"]:
+        print(f"WARNING: {warning}")
     return 0
 
 

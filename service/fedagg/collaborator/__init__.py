@@ -4,15 +4,27 @@ Needs only grpcio, protobuf and numpy, so a site that does not want OpenFL's dep
 federation served by fedagg (or by OpenFL's own aggregator).
 """
 
-from fedagg.collaborator.client import AggregatorClient, AggregatorError, ClientTls, RetryPolicy
+from fedagg.collaborator.client import (
+    AggregatorClient,
+    AggregatorError,
+    AggregatorUnreachable,
+    ClientTls,
+    ConnectionFailed,
+    RetryPolicy,
+)
+from fedagg.collaborator.diagnostics import Cause, ConnectionProblem
 from fedagg.collaborator.participant import Collaborator
 from fedagg.collaborator.runner import TaskOutput, TaskRunner
 
 __all__ = [
     "AggregatorClient",
     "AggregatorError",
+    "AggregatorUnreachable",
+    "Cause",
     "ClientTls",
     "Collaborator",
+    "ConnectionFailed",
+    "ConnectionProblem",
     "RetryPolicy",
     "TaskOutput",
     "TaskRunner",

@@ -1,8 +1,12 @@
 """``AggregatorClient``: the collaborator side of OpenFL's aggregator protocol over one persistent channel.
 
 Every call carries OpenFL's request header and every reply's header is checked (spec §2.2). UNAVAILABLE
-(aggregator restarting, draining or not up yet) is retried with exponential back-off and jitter; uploads are
-re-sent whole. Any other failure raises :class:`AggregatorError` with the server's status and message.
+is diagnosed (:mod:`fedagg.collaborator.diagnostics`): a transient cause (nothing listens yet, the name does
+not resolve yet, the aggregator restarting or draining) is logged as a warning naming the address and the
+cause, and retried with exponential back-off and jitter until ``RetryPolicy.give_up_after`` seconds have passed
+(then :class:`AggregatorUnreachable`); uploads are re-sent whole. A cause retrying cannot fix (TLS verification
+failing on either side, a name the aggregator's certificate does not carry, TLS against plaintext) raises
+:class:`ConnectionFailed` at once. Any other status raises :class:`AggregatorError` with the server's message.
 """
 
 from __future__ import annotations
@@ -18,14 +22,19 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from fedagg.collaborator.diagnostics import ConnectionProblem, diagnose
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
 from fedagg.protocol.codec import Float32Array, decode_tensor
 from fedagg.protocol.extensions import CONTRIBUTION_METADATA
 from fedagg.protocol.model_file import LoadedModel
 
 log = logging.getLogger(__name__)
+connection_log = logging.getLogger("fedagg.collaborator.connection")
+"""Connection problems (warnings, one per retry) and recoveries (info)."""
 
 CHUNK_BYTES = 2 * 1024 * 1024
+# Seconds between the two probes that must agree before a connection problem is called permanent.
+CONFIRM_SECONDS = 0.2
 _Reply = TypeVar("_Reply")
 _Request = TypeVar("_Request", bound=Message)
 
@@ -37,6 +46,31 @@ class AggregatorError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+
+class ConnectionFailed(AggregatorError):
+    """Connecting failed for a reason that retrying cannot fix (TLS verification, certificate names, TLS mode)."""
+
+    def __init__(self, problem: ConnectionProblem) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, problem.message)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.problem.message
+
+
+class AggregatorUnreachable(AggregatorError):
+    """The aggregator stayed unreachable or unavailable for the whole retry budget."""
+
+    def __init__(self, problem: ConnectionProblem, seconds: float) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, f"gave up retrying after {seconds:.0f}s: {problem.message}"
+        )
+        self.problem = problem
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return self.details
 
 
 @dataclass(frozen=True)
@@ -59,7 +93,11 @@ class ClientTls:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Back-off for UNAVAILABLE: ``initial`` seconds doubling up to ``maximum``, with full jitter."""
+    """Back-off for UNAVAILABLE: ``initial`` seconds doubling up to ``maximum``, with full jitter.
+
+    ``give_up_after``: seconds (wall clock, from the first failure of an outage) after which a call stops
+    retrying and raises :class:`AggregatorUnreachable`.
+    """
 
     initial: float = 0.5
     maximum: float = 10.0
@@ -85,6 +123,33 @@ class TasksReply:
     quit: bool
 
 
+class _Outage:
+    """One stretch of failed attempts: when it began, how often it was retried, what the probe found."""
+
+    PROBE_INTERVAL = 2.0  # seconds: the same gRPC detail within this is not probed again
+
+    def __init__(self, retry: RetryPolicy) -> None:
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.delays = retry.delays()
+        self.problem: ConnectionProblem | None = None
+        self._probed_details: str | None = None
+        self._probed_at = 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def needs_probe(self, details: str) -> bool:
+        return (
+            self.problem is None
+            or details != self._probed_details
+            or time.monotonic() - self._probed_at >= self.PROBE_INTERVAL
+        )
+
+    def probed(self, details: str, problem: ConnectionProblem) -> None:
+        self.problem, self._probed_details, self._probed_at = problem, details, time.monotonic()
+
+
 class AggregatorClient:
     """One collaborator's connection to an aggregator. Not thread-safe; use one per collaborator."""
 
@@ -99,6 +164,8 @@ class AggregatorClient:
         single_col_cert_common_name: str = "",
         retry: RetryPolicy | None = None,
     ) -> None:
+        self.address = address
+        self.tls = tls
         self.collaborator = collaborator
         self.aggregator_uuid = aggregator_uuid
         self.federation_uuid = federation_uuid
@@ -202,12 +269,32 @@ class AggregatorClient:
         return LoadedModel(round_number, tensors)
 
     def metric_stream(self, experiment: str = "") -> Iterator[aggregator_pb2.GetMetricStreamResponse]:
-        """GetMetricStream: every metric so far, then live ones until the experiment ends."""
+        """GetMetricStream: every metric so far, then live ones until the experiment ends.
+
+        A stream cut by UNAVAILABLE (the aggregator restarting or draining) is opened again; the metrics the
+        new stream repeats (it starts with every metric so far) are skipped.
+        """
         request = aggregator_pb2.GetMetricStreamRequest(experiment_name=experiment)
-        try:
-            yield from self._stub.GetMetricStream(request)
-        except grpc.RpcError as error:
-            raise AggregatorError(error.code(), error.details() or "") from None
+        delivered = 0
+        outage: _Outage | None = None
+        while True:
+            position = 0
+            try:
+                for reply in self._stub.GetMetricStream(request):
+                    if outage is not None:
+                        self._recovered(outage)
+                        outage = None
+                    position += 1
+                    if position > delivered:
+                        delivered = position
+                        yield reply
+                return
+            except grpc.RpcError as error:
+                outage = self._retry_or_raise(error, outage)
+
+    def diagnose(self, grpc_details: str = "") -> ConnectionProblem:
+        """Probe the connection to the aggregator and say what is wrong with it (see ``diagnostics``)."""
+        return diagnose(self.address, self.tls, grpc_details=grpc_details)
 
     # Plumbing -------------------------------------------------------------------------------------------------
 
@@ -220,19 +307,59 @@ class AggregatorClient:
             yield self._counted(chunk)
 
     def _call(self, invoke: Callable[[], _Reply]) -> _Reply:
-        delays = self._retry.delays()
+        outage: _Outage | None = None
         while True:
             try:
-                return invoke()
+                reply = invoke()
             except grpc.RpcError as error:
-                code, details = error.code(), error.details() or ""
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    raise AggregatorError(code, details) from None
-                pause = next(delays, None)
-                if pause is None:
-                    raise AggregatorError(code, f"gave up retrying: {details}") from None
-                log.info("aggregator unavailable (%s); retrying in %.1fs", details, pause)
-                time.sleep(pause)
+                outage = self._retry_or_raise(error, outage)
+            else:
+                self._recovered(outage)
+                return reply
+
+    def _retry_or_raise(self, error: grpc.RpcError, outage: _Outage | None) -> _Outage:
+        """Sleep before the next attempt when retrying can help; otherwise raise the right error."""
+        code, details = error.code(), error.details() or ""
+        if code != grpc.StatusCode.UNAVAILABLE:
+            raise AggregatorError(code, details) from None
+        outage = outage or _Outage(self._retry)
+        if outage.needs_probe(details):
+            found = self.diagnose(details)
+            if not found.transient:  # a verdict that ends the run is confirmed by a second probe
+                time.sleep(CONFIRM_SECONDS)
+                if (again := self.diagnose(details)).cause != found.cause:
+                    found = again
+            outage.probed(details, found)
+        problem = outage.problem
+        assert problem is not None
+        if not problem.transient:
+            raise ConnectionFailed(problem) from None
+        pause = next(outage.delays, None)
+        elapsed = outage.elapsed()
+        budget = self._retry.give_up_after
+        if pause is None or elapsed >= budget:
+            raise AggregatorUnreachable(problem, elapsed) from None
+        pause = min(pause, budget - elapsed)  # the last attempt is made when the budget runs out
+        outage.attempts += 1
+        connection_log.warning(
+            "%s; retrying in %.1fs (attempt %d, giving up %.0fs from now)",
+            problem,
+            pause,
+            outage.attempts,
+            max(budget - elapsed, 0.0),
+            extra={"cause": problem.cause.value, "address": self.address},
+        )
+        time.sleep(pause)
+        return outage
+
+    def _recovered(self, outage: _Outage | None) -> None:
+        if outage is not None and outage.attempts:
+            connection_log.info(
+                "connected to the aggregator at %s after %d attempts (%.0fs)",
+                self.address,
+                outage.attempts + 1,
+                outage.elapsed(),
+            )
 
     def _check_header(self, header: aggregator_pb2.MessageHeader) -> None:
         expected = (
