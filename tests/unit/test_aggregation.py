@@ -6,12 +6,12 @@ Comparisons with OpenFL's and Flower's own implementations run in tests/oracles 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregators import Aggregator, RoundInputs, TensorInputs, base
+from fedagg.federation.aggregators import Aggregator, TensorInputs, base
 from fedagg.federation.aggregators.accountant import gaussian_epsilon
 from fedagg.federation.aggregators.adaptive import (
     AdagradAdaptiveAggregation,
@@ -29,87 +29,9 @@ from fedagg.federation.aggregators.elementwise import (
 from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.aggregators.registry import BUILT_IN, make_aggregator
 from fedagg.federation.plan import AggregationSpec
-from fedagg.protocol.codec import Float32Array, Shape
+from fedagg.protocol.codec import Float32Array
+from tests.support.aggregation import MemoryState, aggregate, inputs_of, model_of
 from tests.support.conformance import subclasses
-
-Model = dict[str, Float32Array]
-
-
-class ArraySource:
-    """A contribution held in memory that records how much it is asked for at once."""
-
-    def __init__(self, values: Float32Array) -> None:
-        self._flat = np.asarray(values, np.float32).reshape(-1)
-        self.size = self._flat.size
-        self.widest = 0
-
-    def block(self, start: int, stop: int) -> Float32Array:
-        self.widest = max(self.widest, stop - start)
-        return self._flat[start:stop].copy()
-
-
-class MemoryState:
-    """Slot files kept in memory: what one round wrote is what the next reads."""
-
-    def __init__(self, previous: Mapping[tuple[str, str], Float32Array] | None = None) -> None:
-        self.previous_values = dict(previous or {})
-        self.written: dict[tuple[str, str], list[Float32Array]] = {}
-
-    def previous(self, slot: str, tensor: str) -> ArraySource | None:
-        values = self.previous_values.get((slot, tensor))
-        return None if values is None else ArraySource(values)
-
-    def write(self, slot: str, tensor: str, shape: Shape) -> Callable[[Float32Array], None]:
-        return self.written.setdefault((slot, tensor), []).append
-
-    def next_round(self) -> MemoryState:
-        return MemoryState({key: np.concatenate(parts) for key, parts in self.written.items()})
-
-
-def inputs_of(
-    contributions: Sequence[Model], weights: Sequence[float], model: Model | None = None
-) -> tuple[RoundInputs, list[ArraySource]]:
-    names = list(contributions[0]) if contributions else list(model or {})
-    every: list[ArraySource] = []
-    tensors = []
-    for name in names:
-        sources = tuple(ArraySource(c[name]) for c in contributions)
-        every += sources
-        shape = (contributions[0][name] if contributions else (model or {})[name]).shape
-        base_values = None if model is None or name not in model else ArraySource(model[name])
-        tensors.append(
-            TensorInputs(name, shape, tuple(range(len(contributions))), sources, tuple(weights), base_values)
-        )
-    names_of = tuple(f"site-{i}" for i in range(len(contributions)))
-    return RoundInputs(0, "train", names_of, tuple(tensors)), every
-
-
-def aggregate(
-    aggregator: Aggregator,
-    contributions: Sequence[Model],
-    weights: Sequence[float],
-    model: Model | None = None,
-    state: MemoryState | None = None,
-) -> Model | None:
-    """The aggregate of every tensor, or None when the aggregator gives none."""
-    inputs, _ = inputs_of(contributions, weights, model)
-    aggregator.prepare(inputs)
-    if aggregator.slots:
-        aggregator.bind_state(state or MemoryState())
-    result: Model = {}
-    for tensor in inputs.tensors:
-        parts: list[Float32Array] = []
-        if not aggregator.combine(tensor, parts.append):
-            return None
-        result[tensor.name] = np.concatenate(parts).reshape(tensor.shape) if parts else np.empty(0)
-    return result
-
-
-def model_of(rng: np.random.Generator, shift: float = 0.0) -> Model:
-    return {
-        "w": (rng.standard_normal((3, 4)) + shift).astype(np.float32),
-        "b": (rng.standard_normal(5) + shift).astype(np.float32),
-    }
 
 
 def ignore(block: Float32Array) -> None:
@@ -266,10 +188,46 @@ class TestKrum(AggregatorConformance):
         assert float(krum["w"][0]) in {float(np.float32(v)) for v in (1.0, 1.05, 1.1, 0.9)}
         assert 0.9 <= float(multi["w"][0]) <= 1.1, "the average of the three best is honest"
 
+    def test_the_chosen_update_is_the_aggregate_whatever_its_weight(self) -> None:
+        contributions = [{"w": np.array(v, np.float32)} for v in ([2, 0], [3, 0], [5, 0], [50, 50])]
+
+        krum = Krum(malicious=1)
+        result = aggregate(krum, contributions, [0, 5, 5, 5])
+
+        assert krum.selected == (0,), "a score of 1 (first on ties)"
+        assert result is not None
+        np.testing.assert_array_equal(result["w"], [2, 0])
+
+
+def krum_clients() -> list[dict[str, Float32Array]]:
+    """Two attackers, then a=(0,0) b=(1,0) c=(3,0) d=(7,0). With f=2 and n=6 a score sums the n-f-2 = 2 smallest
+    squared distances: a 1+9=10, b 1+4=5, c 4+9=13, d 16+36=52, the attackers 1 + 93^2 + 100^2 and more."""
+    points = ([100, 100], [101, 100], [0, 0], [1, 0], [3, 0], [7, 0])
+    return [{"w": np.array(p, np.float32)} for p in points]
+
 
 class TestMultiKrum(AggregatorConformance):
     def make(self) -> Aggregator:
         return Krum(malicious=1, keep=3)
+
+    def test_averages_the_best_scored_by_weight(self) -> None:
+        multi = Krum(malicious=2, keep=3)
+
+        result = aggregate(multi, krum_clients(), [9, 9, 1, 2, 3, 4])
+
+        assert multi.selected == (4, 2, 3), "c, a, b: Flower's order (highest score first)"
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [(0 * 1 + 1 * 2 + 3 * 3) / 6, 0], rtol=1e-6)
+
+    def test_with_fewer_contributions_than_it_keeps_averages_them_all(self) -> None:
+        contributions = krum_clients()[2:5]  # a, b, c
+
+        multi = Krum(malicious=0, keep=5)
+        result = aggregate(multi, contributions, [1, 2, 3])
+
+        assert sorted(multi.selected) == [0, 1, 2]
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [(0 * 1 + 1 * 2 + 3 * 3) / 6, 0], rtol=1e-6)
 
 
 class TestBulyan(AggregatorConformance):
@@ -281,6 +239,20 @@ class TestBulyan(AggregatorConformance):
 
         with pytest.raises(ValueError, match="needs at least 7 contributions"):
             Bulyan(malicious=1).prepare(inputs)
+
+    def test_closed_form_with_an_attacker(self) -> None:
+        # f=1, n=7 = 4f+3: n-2f = 5 Krum rounds pick 2, 3, 1, 4, 0 of the honest 0..5 (first index on ties), never
+        # the attacker; their median is 2 and the n-4f = 3 values closest to it are 1, 2, 3.
+        contributions = [{"w": np.array([1000, 0], np.float32)}] + [
+            {"w": np.array([v, 0], np.float32)} for v in range(6)
+        ]
+
+        bulyan = Bulyan(malicious=1)
+        result = aggregate(bulyan, contributions, [1] * 7)
+
+        assert bulyan.selected == (3, 4, 2, 5, 1)
+        assert result is not None
+        np.testing.assert_allclose(result["w"], [2, 0])
 
     def test_outliers_do_not_move_the_aggregate(self) -> None:
         honest = [np.full(3, value, np.float32) for value in (1.0, 1.1, 0.9, 1.05, 0.95)]
@@ -428,6 +400,37 @@ def test_adaptive_clipping_grows_the_norm_when_too_many_updates_are_clipped() ->
 
     assert correct.clipping_norm == pytest.approx(np.exp(0.2 * 0.5))
     assert flower.clipping_norm == pytest.approx(np.exp(-0.2 * 0.5)), "Flower moves it the other way"
+
+
+def test_adaptive_clipping_reports_the_epsilon_of_its_noise_multiplier() -> None:
+    """The raised aggregate noise and the count's noise together cost one Gaussian mechanism of multiplier z."""
+    model = {"w": np.zeros(4, np.float32)}
+    contributions = [{"w": np.full(4, float(i), np.float32)} for i in range(10)]
+    mechanism = GaussianMechanism(
+        noise_multiplier=1.2, clipping_norm=1.0, adaptive=True, clipped_count_stddev=1.0, seed=1
+    )
+
+    for _ in range(3):
+        aggregate(mechanism, contributions, [1] * 10, model)
+
+    assert mechanism.report()["epsilon"] == gaussian_epsilon(1.2, 3, 1e-5)
+
+
+def test_the_noise_figures_survive_a_restart() -> None:
+    model = {"w": np.zeros(4, np.float32)}
+    contributions = [{"w": np.full(4, float(i), np.float32)} for i in range(10)]
+    running = GaussianMechanism(
+        noise_multiplier=1.2, clipping_norm=1.0, adaptive=True, clipped_count_stddev=1.0, seed=1
+    )
+    aggregate(running, contributions, [1] * 10, model)
+
+    restarted = GaussianMechanism(
+        noise_multiplier=1.2, clipping_norm=1.0, adaptive=True, clipped_count_stddev=1.0
+    )
+    restarted.load(running.save())
+
+    assert restarted.report() == running.report()
+    assert running.report()["noise_stddev"] > 0
 
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise() -> None:

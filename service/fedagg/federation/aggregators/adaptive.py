@@ -6,6 +6,12 @@ model-sized: they are kept between rounds (and across restarts) in state files w
 block, never held whole in memory. Tensors the optimizer does not cover (``params`` names the covered ones; all by
 default) are averaged by weight, as OpenFL's default ``agg_func``.
 
+The optimizer steps from the round's global model as served (float32), with float32 moments in the state files.
+OpenFL's optimizer keeps its own float64 copy, started from its ``params`` values (in OpenFL's use the initial
+model's tensors: fedagg takes only their names and starts from the initial model it has), and takes the gradient
+against the unrounded previous aggregate; the models agree to float32 rounding
+(tests/oracles/test_aggregation_vs_openfl.py, across restarts too).
+
 OpenFL's own YogiAdaptiveAggregation cannot be constructed (1.7.1 to 1.9 pass ``epsilo=`` to its optimizer); this
 one works and follows OpenFL's Yogi optimizer otherwise.
 """

@@ -44,8 +44,11 @@ def krum_scores(distances: Float64Array, malicious: int) -> list[float]:
 
 
 class Krum(Aggregator):
-    """Krum (``keep=0``: the single contribution with the lowest score) and Multi-Krum (``keep=m``: the weighted
-    average of the ``m`` lowest-scoring contributions), as Flower's ``aggregate_krum``.
+    """Krum (``keep=0``: the single contribution with the lowest score, as it is) and Multi-Krum (``keep=m``: the
+    weighted average of the ``m`` lowest-scoring contributions), as Flower's ``aggregate_krum``.
+
+    With fewer than ``m`` contributions Multi-Krum averages them all (Flower's slice, with its negative start,
+    then keeps only the ``m - n`` best while ``m < 2n``).
 
     Args:
         malicious: f, the number of attackers to tolerate.
@@ -59,16 +62,29 @@ class Krum(Aggregator):
         self.keep = keep
         self._selected: tuple[int, ...] = ()
 
+    @property
+    def selected(self) -> tuple[int, ...]:
+        """The contributions the last :meth:`prepare` chose (indices into its collaborators), Flower's order."""
+        return self._selected
+
     def prepare(self, inputs: RoundInputs) -> None:
         count = len(inputs.collaborators)
         scores = krum_scores(squared_distances(inputs.common_tensors(), count), self.malicious)
         if self.keep > 0:
-            self._selected = tuple(int(i) for i in np.argsort(scores)[::-1][count - self.keep :])
+            keep = min(self.keep, count)
+            self._selected = tuple(int(i) for i in np.argsort(scores)[::-1][count - keep :])
         else:
             self._selected = (int(np.argmin(scores)),) if scores else ()
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
-        return WeightedAverage().combine(tensor.only(self._selected), emit)
+        chosen = tensor.only(self._selected)
+        if self.keep > 0:
+            return WeightedAverage().combine(chosen, emit)
+        if not chosen.sources:
+            return False
+        for start, stop in blocks(tensor.size):  # the chosen update itself, whatever its weight
+            emit(chosen.sources[0].block(start, stop).astype(FLOAT32))
+        return True
 
 
 class Bulyan(Aggregator):
@@ -84,6 +100,11 @@ class Bulyan(Aggregator):
             raise ValueError(f"malicious must be 0 or more, got {malicious}")
         self.malicious = malicious
         self._selected: tuple[int, ...] = ()
+
+    @property
+    def selected(self) -> tuple[int, ...]:
+        """The contributions the last :meth:`prepare` selected by repeated Krum, in selection order."""
+        return self._selected
 
     def prepare(self, inputs: RoundInputs) -> None:
         count, malicious = len(inputs.collaborators), self.malicious

@@ -2,19 +2,24 @@
 
 As Flower's DifferentialPrivacyServerSideFixedClipping / ...AdaptiveClipping: every collaborator's update (relative
 to the round's global model, over all the task's tensors) is clipped to the clipping norm C, the clipped
-contributions are combined by the wrapped aggregator (a weighted average for the usual guarantee), and Gaussian
-noise of standard deviation ``noise_multiplier * C / n`` is added to every value of the aggregate, ``n`` being the
-number of contributions. With adaptive clipping (Andrew et al., 2021) C follows a target quantile of the update
-norms, from a noised count of clipped updates, and the effective noise multiplier is raised so that the count's
-noise costs no extra privacy.
+contributions are combined by the wrapped aggregator (by default a weighted average, as Flower's FedAvg), and
+Gaussian noise of standard deviation ``noise_multiplier * C / n`` is added to every value of the aggregate, ``n``
+being the number of contributions (Flower: the number of clients sampled). That noise is calibrated to an
+aggregate that one contribution moves by at most C / n, an unweighted mean: a weighted average moves by up to
+``C * w_i / sum(w)``, so the stated guarantee holds with equal weights (data sizes).
+
+With adaptive clipping (Andrew et al., 2021) C follows a target quantile of the update norms, from a noised count
+of clipped updates; the aggregate's noise multiplier is raised to ``(z^-2 - (2 sigma_b)^-2)^-1/2`` so that the two
+noised queries together cost what one Gaussian mechanism of multiplier z costs.
 
 Two places where Flower 1.x differs from the paper are matched only with ``flower_compatible: true``: Flower moves
 C in the wrong direction (it shrinks C when more updates than the target are clipped), and it draws the aggregate's
 noise with the clipping norm of the *next* round. By default fedagg grows C when too many updates are clipped and
 uses the norm it clipped with.
 
-The privacy spent is reported after every round as epsilon for ``delta`` (:mod:`.accountant`); the noise
-generator is seeded from the operating system unless ``seed`` is set (for tests only).
+The privacy spent is reported after every round as epsilon for ``delta`` (:mod:`.accountant`), for
+``noise_multiplier`` z (with adaptive clipping too: the raised multiplier of the aggregate pays for the count);
+the noise generator is seeded from the operating system unless ``seed`` is set (for tests only).
 """
 
 from __future__ import annotations
@@ -100,7 +105,6 @@ class GaussianMechanism(Aggregator):
         self.flower_compatible = flower_compatible
         self._rng = np.random.default_rng(seed)
         self._rounds = 0
-        self._effective_multiplier = noise_multiplier
         self._std = 0.0
         self._clipped: dict[str, TensorInputs] = {}
 
@@ -118,7 +122,6 @@ class GaussianMechanism(Aggregator):
                 direction * self.clip_norm_lr * (clipped_share - self.target_clipped_quantile)
             )
         noise_norm = self.clipping_norm if self.flower_compatible else used_norm
-        self._effective_multiplier = multiplier
         self._std = multiplier * noise_norm / max(1, count)
         self._rounds += 1
         self.inner.prepare(replace(inputs, tensors=tuple(self._clipped[t.name] for t in inputs.tensors)))
@@ -138,17 +141,17 @@ class GaussianMechanism(Aggregator):
             "inner": dict(self.inner.save()),
             "clipping_norm": self.clipping_norm,
             "rounds": self._rounds,
-            "effective_noise_multiplier": self._effective_multiplier,
+            "noise_stddev": self._std,
         }
 
     def load(self, saved: Mapping[str, Any]) -> None:
         self.inner.load(saved.get("inner", {}))
         self.clipping_norm = float(saved.get("clipping_norm", self.clipping_norm))
         self._rounds = int(saved.get("rounds", 0))
-        self._effective_multiplier = float(saved.get("effective_noise_multiplier", self.noise_multiplier))
+        self._std = float(saved.get("noise_stddev", 0.0))
 
     def report(self) -> Mapping[str, float]:
-        epsilon = gaussian_epsilon(self._effective_multiplier, self._rounds, self.delta)
+        epsilon = gaussian_epsilon(self.noise_multiplier, self._rounds, self.delta)
         return {
             **self.inner.report(),
             "epsilon": epsilon,

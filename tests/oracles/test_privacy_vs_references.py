@@ -1,0 +1,477 @@
+"""fedagg's server-side differential privacy against Flower's wrappers, and its accountant against dp-accounting.
+
+Flower (flwr 1.42.0, tests/oracles/flower_side/aggregate.py): DifferentialPrivacyServerSideFixedClipping and
+...AdaptiveClipping around FedAvg, over several rounds whose global model is given explicitly (so a round does not
+depend on the previous round's noise). fedagg's GaussianMechanism with ``flower_compatible=True`` must clip the
+same updates to the same values (what the wrapped average receives), compute the same update norms, follow the
+same clipping-norm trajectory and use the same noise standard deviation; its noiseless aggregate must be
+Flower's. The noise itself is compared through its distribution (a fixed seed, 20000 values).
+
+For adaptive clipping with noise, Flower's noised count of clipped updates is a random draw: the test gives
+fedagg's mechanism the counts Flower drew (a stand-in for its generator) so both follow one trajectory.
+
+dp-accounting (0.6.0, tests/oracles/dp_side/accountant.py): ``gaussian_epsilon`` must be its RDP accountant's
+epsilon for the same noise multiplier, rounds and delta, over the same orders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedagg.federation.aggregators import Aggregator, Emit, TensorInputs
+from fedagg.federation.aggregators.accountant import RDP_ORDERS, gaussian_epsilon
+from fedagg.federation.aggregators.clipping import update_norms
+from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.federation.aggregators.privacy import GaussianMechanism, adaptive_noise
+from tests.oracles.oracles import (
+    DpAccounting,
+    FlowerDpRound,
+    FlowerRound,
+    dp_accounting_python,
+    dp_epsilon,
+    flower_dp_adaptive,
+    flower_dp_fixed,
+)
+from tests.support.aggregation import Model, aggregate, inputs_of
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+LAYERS = ((4, 3), (5,), (2, 2))
+CLIENTS = 6
+ROUNDS = 4
+NUM_EXAMPLES = (
+    (10, 40, 25, 7, 60, 33),
+    (5, 5, 80, 12, 9, 44),
+    (30, 1, 2, 50, 70, 8),
+    (12, 12, 12, 90, 3, 41),
+)
+# Each client's update norm per round (relative to C = 1): some clipped, some not, away from any boundary
+# the trajectories cross.
+NORMS = (
+    (0.31, 0.62, 1.7, 4.2, 0.45, 9.3),
+    (2.6, 0.12, 0.77, 3.3, 5.4, 0.58),
+    (0.21, 7.7, 1.9, 0.36, 0.83, 2.9),
+    (6.1, 0.52, 0.27, 1.55, 3.8, 0.69),
+)
+
+
+def make_rounds() -> list[FlowerRound]:
+    """Per round: a random global model and clients whose updates have the norms of ``NORMS``."""
+    rng = np.random.default_rng(7)
+    rounds = []
+    for r in range(ROUNDS):
+        global_model = [rng.standard_normal(shape).astype(np.float32) for shape in LAYERS]
+        clients = []
+        for norm in NORMS[r]:
+            direction = [rng.standard_normal(shape) for shape in LAYERS]
+            length = math.sqrt(sum(float(np.sum(d**2)) for d in direction))
+            clients.append(
+                [
+                    (g + d * (norm / length)).astype(np.float32)
+                    for g, d in zip(global_model, direction, strict=True)
+                ]
+            )
+        rounds.append(FlowerRound(clients, list(NUM_EXAMPLES[r]), global_model))
+    return rounds
+
+
+ROUNDS_IN = make_rounds()
+
+
+def as_model(layers: Sequence[np.ndarray]) -> Model:
+    return {f"layer{j}": np.asarray(layer, np.float32) for j, layer in enumerate(layers)}
+
+
+def as_layers(model: Model) -> list[np.ndarray]:
+    return [model[f"layer{j}"] for j in range(len(LAYERS))]
+
+
+class RecordingAverage(Aggregator):
+    """The weighted average, recording the contributions it receives (the clipped ones) in the last round."""
+
+    def __init__(self) -> None:
+        self.average = WeightedAverage()
+        self.received: dict[str, list[np.ndarray]] = {}
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        self.received[tensor.name] = [
+            source.block(0, tensor.size).reshape(tensor.shape) for source in tensor.sources
+        ]
+        return self.average.combine(tensor, emit)
+
+
+class ReplayedDraws:
+    """Stands in for the mechanism's generator: scalar draws (the noised count) are the given values in turn,
+    array draws (the aggregate's noise) are zeros, so the mechanism's output is its noiseless aggregate."""
+
+    def __init__(self, counts: Sequence[float] = ()) -> None:
+        self.counts = list(counts)
+        self.stddevs: list[float] = []
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None) -> Any:
+        if size is None:
+            return self.counts.pop(0)
+        self.stddevs.append(float(scale))
+        return np.zeros(size)
+
+
+@dataclass(frozen=True)
+class FedaggRound:
+    """What fedagg's mechanism did in one round, in the terms of :class:`FlowerDpRound`."""
+
+    result: list[np.ndarray]
+    clipped: list[list[np.ndarray]]
+    report: dict[str, float]
+
+
+def run_fedagg(
+    mechanism: GaussianMechanism, recorder: RecordingAverage, rounds: Sequence[FlowerRound]
+) -> tuple[list[FedaggRound], list[float], list[list[float]]]:
+    """Each round's result, clipped contributions and report; the clipping norm used in each round; the norms."""
+    done, used, norms = [], [], []
+    for spec in rounds:
+        assert spec.global_model is not None
+        contributions = [as_model(client) for client in spec.clients]
+        used.append(mechanism.clipping_norm)
+        inputs, _ = inputs_of(contributions, spec.num_examples, as_model(spec.global_model))
+        norms.append([float(n) for n in update_norms(inputs)])
+        result = aggregate(mechanism, contributions, spec.num_examples, as_model(spec.global_model))
+        assert result is not None
+        clipped = [
+            [recorder.received[f"layer{j}"][i] for j in range(len(LAYERS))] for i in range(len(spec.clients))
+        ]
+        done.append(FedaggRound(as_layers(result), clipped, dict(mechanism.report())))
+    return done, used, norms
+
+
+def spacing_at(*arrays: np.ndarray) -> np.ndarray:
+    """The float32 spacing at the largest magnitude of ``arrays``, value by value."""
+    largest = np.max(np.abs(np.stack([np.asarray(a, np.float32) for a in arrays])), axis=0)
+    return np.asarray(np.spacing(largest))
+
+
+def assert_same_round(ours: FedaggRound, theirs: FlowerDpRound, spec: FlowerRound, where: str) -> None:
+    """Clipped contributions to two float32 spacings of the values involved (Flower clips in float32, fedagg in
+    float64); the noiseless aggregate to a few spacings of the clients' values (FedAvg sums in float32)."""
+    assert spec.global_model is not None
+    for i, (client_ours, client_theirs) in enumerate(zip(ours.clipped, theirs.clipped, strict=True)):
+        for j, (a, b) in enumerate(zip(client_ours, client_theirs, strict=True)):
+            tolerance = 2 * spacing_at(b, spec.global_model[j], spec.clients[i][j])
+            assert np.all(np.abs(a.astype(np.float64) - b) <= tolerance), (
+                f"{where}: client {i}, layer {j} clipped"
+            )
+    for j, (a, b) in enumerate(zip(ours.result, theirs.noiseless, strict=True)):
+        tolerance = 8 * spacing_at(b, *[client[j] for client in theirs.clipped])
+        assert np.all(np.abs(a.astype(np.float64) - b) <= tolerance), f"{where}: layer {j} aggregate"
+
+
+# ---- fixed clipping -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flower_compatible", [True, False], ids=["flower_compatible", "default"])
+def test_fixed_clipping_equals_flower(flower_compatible: bool) -> None:
+    """Fixed clipping has no Flower difference: both settings must give Flower's clipping and noise std."""
+    z, clipping_norm = 1.3, 1.0
+    theirs = flower_dp_fixed(ROUNDS_IN, noise_multiplier=z, clipping_norm=clipping_norm, seed=1)
+    recorder = RecordingAverage()
+    mechanism = GaussianMechanism(
+        recorder, noise_multiplier=z, clipping_norm=clipping_norm, flower_compatible=flower_compatible
+    )
+    draws = ReplayedDraws()
+    mechanism._rng = draws  # type: ignore[assignment]  # noiseless: compare the aggregate itself
+
+    ours, used, norms = run_fedagg(mechanism, recorder, ROUNDS_IN)
+
+    for r, (mine, flower, spec) in enumerate(zip(ours, theirs, ROUNDS_IN, strict=True)):
+        where = f"round {r}"
+        assert used[r] == flower.clipping_norm == clipping_norm
+        assert norms[r] == pytest.approx(flower.update_norms, rel=1e-6), where
+        assert norms[r] == pytest.approx(NORMS[r], rel=1e-5), where
+        assert flower.noise_stddev is not None
+        assert mine.report["noise_stddev"] == pytest.approx(flower.noise_stddev, rel=1e-12), where
+        assert flower.noise_stddev == pytest.approx(z * clipping_norm / CLIENTS, rel=1e-12)
+        assert_same_round(mine, flower, spec, where)
+    assert draws.stddevs
+    assert draws.stddevs == pytest.approx([z * clipping_norm / CLIENTS] * len(draws.stddevs), rel=1e-12)
+
+
+def test_clipping_scales_every_update_to_at_most_the_norm() -> None:
+    """Many updates of random norms (log-normal around C): each clipped update keeps its direction and has norm
+    C; each update below C is left as it was."""
+    rng = np.random.default_rng(11)
+    count, clipping_norm = 400, 2.0
+    global_model = {
+        "w": rng.standard_normal(50).astype(np.float32),
+        "b": rng.standard_normal(7).astype(np.float32),
+    }
+    norms = np.exp(rng.normal(math.log(clipping_norm), 1.0, count))
+    updates = []
+    for norm in norms:
+        direction = {name: rng.standard_normal(v.shape) for name, v in global_model.items()}
+        length = math.sqrt(sum(float(np.sum(d**2)) for d in direction.values()))
+        updates.append({name: direction[name] * (norm / length) for name in global_model})
+    contributions = [{name: (global_model[name] + u[name]).astype(np.float32) for name in u} for u in updates]
+    recorder = RecordingAverage()
+    mechanism = GaussianMechanism(recorder, noise_multiplier=0.0, clipping_norm=clipping_norm)
+
+    aggregate(mechanism, contributions, [1] * count, global_model)
+
+    clipped = 0
+    for i, (contribution, norm) in enumerate(zip(contributions, norms, strict=True)):
+        before = np.concatenate([contribution[name] - global_model[name] for name in global_model]).astype(
+            np.float64
+        )
+        after = np.concatenate(
+            [recorder.received[name][i] - global_model[name].astype(np.float64) for name in global_model]
+        )
+        if norm > clipping_norm:
+            clipped += 1
+            assert float(np.linalg.norm(after)) == pytest.approx(clipping_norm, rel=1e-5)
+            cosine = float(before @ after) / float(np.linalg.norm(before) * np.linalg.norm(after))
+            assert cosine == pytest.approx(1.0, abs=1e-9)
+        else:
+            np.testing.assert_array_equal(recorder.received["w"][i], contribution["w"])
+    assert 150 < clipped < 250, "about half the updates are above C"
+
+
+# ---- adaptive clipping --------------------------------------------------------------------------------------
+
+ADAPTIVE: dict[str, Any] = {"initial_clipping_norm": 1.0, "target_clipped_quantile": 0.4, "clip_norm_lr": 0.3}
+
+
+def adaptive_mechanism(
+    recorder: RecordingAverage, z: float, *, flower_compatible: bool, count_stddev: float | None = None
+) -> GaussianMechanism:
+    return GaussianMechanism(
+        recorder,
+        noise_multiplier=z,
+        clipping_norm=ADAPTIVE["initial_clipping_norm"],
+        adaptive=True,
+        target_clipped_quantile=ADAPTIVE["target_clipped_quantile"],
+        clip_norm_lr=ADAPTIVE["clip_norm_lr"],
+        clipped_count_stddev=count_stddev,
+        flower_compatible=flower_compatible,
+    )
+
+
+@pytest.mark.parametrize(("z", "count_stddev"), [(0.0, None), (0.8, 1.0)], ids=["noiseless", "noised"])
+def test_flower_compatible_adaptive_clipping_equals_flower(z: float, count_stddev: float | None) -> None:
+    theirs = flower_dp_adaptive(
+        ROUNDS_IN, noise_multiplier=z, clipped_count_stddev=count_stddev, seed=3, **ADAPTIVE
+    )
+    recorder = RecordingAverage()
+    mechanism = adaptive_mechanism(recorder, z, flower_compatible=True, count_stddev=count_stddev)
+    counts = [flower.noised_clipped_count for flower in theirs]
+    assert None not in counts
+    mechanism._rng = ReplayedDraws(counts)  # type: ignore[assignment,arg-type]  # Flower's count draws
+
+    ours, used, norms = run_fedagg(mechanism, recorder, ROUNDS_IN)
+
+    stddev, effective = adaptive_noise(z, CLIENTS, count_stddev)
+    trajectory = [flower.clipping_norm for flower in theirs]
+    assert len(set(trajectory)) == ROUNDS, "the clipping norm moves every round"
+    for r, (mine, flower, spec) in enumerate(zip(ours, theirs, ROUNDS_IN, strict=True)):
+        where = f"round {r}"
+        assert used[r] == pytest.approx(flower.clipping_norm, rel=1e-12), where
+        assert norms[r] == pytest.approx(flower.update_norms, rel=1e-6), where
+        assert flower.norm_bits == [n > used[r] for n in norms[r]], where
+        assert 0 < sum(flower.norm_bits or []) < CLIENTS, f"{where}: some updates clipped, some not"
+        assert flower.clipped_count_stddev == pytest.approx(stddev)
+        assert flower.noise_multiplier == pytest.approx(effective, rel=1e-12)
+        assert mine.report["clipping_norm"] == pytest.approx(flower.next_clipping_norm, rel=1e-12), where
+        assert flower.noise_stddev is not None
+        assert mine.report["noise_stddev"] == pytest.approx(flower.noise_stddev, rel=1e-12), where
+        assert_same_round(mine, flower, spec, where)
+    if z:
+        assert any(c != sum(f.norm_bits or []) for c, f in zip(counts, theirs, strict=True)), (
+            "the counts were noised"
+        )
+
+
+def test_default_adaptive_clipping_moves_the_norm_towards_the_target_quantile() -> None:
+    """fedagg's default grows C when more than the target share of updates is clipped and shrinks it when fewer
+    are (Andrew et al.); Flower moves it the other way. Round 0 starts from the same C with the same clipped
+    count, so fedagg's factor is the inverse of Flower's; later rounds follow fedagg's own trajectory, and the
+    noise uses the norm that clipped."""
+    theirs = flower_dp_adaptive(ROUNDS_IN, noise_multiplier=0.0, seed=0, **ADAPTIVE)
+    recorder = RecordingAverage()
+    mechanism = adaptive_mechanism(recorder, 0.0, flower_compatible=False)
+
+    ours, used, norms = run_fedagg(mechanism, recorder, ROUNDS_IN)
+
+    flower_factor = theirs[0].next_clipping_norm / theirs[0].clipping_norm  # type: ignore[operator]
+    assert ours[0].report["clipping_norm"] / used[0] == pytest.approx(1 / flower_factor, rel=1e-12)
+    lr, target = ADAPTIVE["clip_norm_lr"], ADAPTIVE["target_clipped_quantile"]
+    moved = []
+    for r in range(ROUNDS):
+        share = sum(n > used[r] for n in norms[r]) / CLIENTS
+        following = used[r + 1] if r + 1 < ROUNDS else ours[r].report["clipping_norm"]
+        assert following == pytest.approx(used[r] * math.exp(lr * (share - target)), rel=1e-12), f"round {r}"
+        moved.append((share > target) == (following > used[r]))
+        assert ours[r].report["noise_stddev"] == 0.0
+    assert all(moved)
+    assert_same_round(ours[0], theirs[0], ROUNDS_IN[0], "round 0")  # same C in round 0: same clipping
+
+
+def test_default_adaptive_noise_uses_the_norm_that_clipped() -> None:
+    recorder = RecordingAverage()
+    mechanism = adaptive_mechanism(recorder, 0.8, flower_compatible=False, count_stddev=1.0)
+    mechanism._rng = ReplayedDraws([2.0])  # type: ignore[assignment]
+    _, effective = adaptive_noise(0.8, CLIENTS, 1.0)
+
+    ours, used, _ = run_fedagg(mechanism, recorder, ROUNDS_IN[:1])
+
+    assert ours[0].report["noise_stddev"] == pytest.approx(effective * used[0] / CLIENTS, rel=1e-12)
+    assert ours[0].report["clipping_norm"] != used[0]
+
+
+# ---- the noise --------------------------------------------------------------------------------------------
+
+NOISE_VALUES = 20000
+
+
+def noise_rounds() -> list[FlowerRound]:
+    """Four clients; a small layer with updates above C = 2 (clipped), a large layer without updates: the
+    aggregate's large layer is the noise alone, of std z C / n = 1.5 * 2 / 4."""
+    rng = np.random.default_rng(5)
+    global_model = [rng.standard_normal(3).astype(np.float32), np.zeros(NOISE_VALUES, np.float32)]
+    clients = [
+        [
+            (global_model[0] + rng.standard_normal(3) * 4).astype(np.float32),
+            np.zeros(NOISE_VALUES, np.float32),
+        ]
+        for _ in range(4)
+    ]
+    return [FlowerRound(clients, [3, 1, 4, 1], global_model)]
+
+
+def assert_gaussian(noise: np.ndarray, stddev: float) -> None:
+    """Mean, variance (chi-square) and the share within one and two standard deviations, each at about five of
+    its own standard errors: a wrong std by 5 % or a non-Gaussian shape fails, a correct one passes by far."""
+    n = noise.size
+    assert abs(float(noise.mean())) < 5 * stddev / math.sqrt(n)
+    chi_square = float(np.sum((noise - noise.mean()) ** 2)) / stddev**2
+    assert abs(chi_square - (n - 1)) < 5 * math.sqrt(2 * (n - 1)), f"std {noise.std()} vs {stddev}"
+    for k, share in ((1, 0.682689), (2, 0.954500)):
+        observed = float(np.mean(np.abs(noise) < k * stddev))
+        assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / n), (k, observed)
+
+
+def test_the_noise_has_flowers_distribution() -> None:
+    rounds = noise_rounds()
+    z, clipping_norm = 1.5, 2.0
+    (theirs,) = flower_dp_fixed(rounds, noise_multiplier=z, clipping_norm=clipping_norm, seed=9)
+    mechanism = GaussianMechanism(
+        noise_multiplier=z, clipping_norm=clipping_norm, flower_compatible=True, seed=9
+    )
+    spec = rounds[0]
+    assert spec.global_model is not None
+
+    result = aggregate(
+        mechanism, [as_model(c) for c in spec.clients], spec.num_examples, as_model(spec.global_model)
+    )
+
+    assert result is not None
+    stddev = z * clipping_norm / 4
+    assert theirs.noise_stddev == pytest.approx(stddev)
+    assert mechanism.report()["noise_stddev"] == pytest.approx(stddev)
+    assert_gaussian(theirs.result[1].astype(np.float64) - theirs.noiseless[1], stddev)
+    assert_gaussian(result["layer1"].astype(np.float64), stddev)
+    # The small layer's updates were all clipped (the noise is calibrated to C, not to the updates).
+    assert theirs.update_norms == pytest.approx(
+        [float(np.linalg.norm(c[0] - spec.global_model[0])) for c in spec.clients], rel=1e-6
+    )
+    assert all(norm > clipping_norm for norm in theirs.update_norms)
+
+
+def test_the_noise_is_fresh_in_every_round_and_value() -> None:
+    """No two rounds (or blocks) reuse noise: consecutive rounds' noise is uncorrelated."""
+    rounds = noise_rounds()
+    spec = rounds[0]
+    assert spec.global_model is not None
+    mechanism = GaussianMechanism(noise_multiplier=1.5, clipping_norm=2.0, seed=4)
+    draws = []
+    for _ in range(3):
+        result = aggregate(
+            mechanism, [as_model(c) for c in spec.clients], spec.num_examples, as_model(spec.global_model)
+        )
+        assert result is not None
+        draws.append(result["layer1"].astype(np.float64))
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        correlation = float(np.corrcoef(draws[a], draws[b])[0, 1])
+        assert abs(correlation) < 5 / math.sqrt(NOISE_VALUES)
+    half = NOISE_VALUES // 2
+    assert abs(float(np.corrcoef(draws[0][:half], draws[0][half:])[0, 1])) < 5 / math.sqrt(half)
+
+
+# ---- the accountant ---------------------------------------------------------------------------------------
+
+ACCOUNTED = [
+    (0.5, 1, 1e-5),
+    (1.1, 10, 1e-6),
+    (2.0, 100, 1e-5),
+    (4.0, 3, 1e-3),
+    (0.8, 1000, 1e-7),
+    (10.0, 50, 1e-5),
+]
+
+
+@pytest.fixture(scope="module")
+def accounted() -> dict[tuple[float, int, float], DpAccounting]:
+    dp_accounting_python()  # build (or find) the venv once, before any concurrent use
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # Only the RDP accountant is compared: a coarse PLD discretization keeps its (unused) part fast.
+        answers = list(
+            pool.map(
+                lambda case: dp_epsilon(case[0], 1.0, case[1], case[2], pld_discretization=1e-2), ACCOUNTED
+            )
+        )
+    return dict(zip(ACCOUNTED, answers, strict=True))
+
+
+@pytest.mark.parametrize(("z", "rounds", "delta"), ACCOUNTED)
+def test_gaussian_epsilon_equals_dp_accounting(
+    z: float, rounds: int, delta: float, accounted: dict[tuple[float, int, float], DpAccounting]
+) -> None:
+    answer = accounted[(z, rounds, delta)]
+
+    assert answer.orders == pytest.approx(list(RDP_ORDERS), rel=0, abs=0)
+    assert gaussian_epsilon(z, rounds, delta) == pytest.approx(answer.rdp_epsilon, rel=1e-9)
+    assert answer.rdp == pytest.approx([rounds * a / (2 * z**2) for a in RDP_ORDERS], rel=1e-12)
+    if answer.gaussian_exact is not None:  # RDP is an upper bound of the exact epsilon
+        assert answer.rdp_epsilon >= answer.gaussian_exact
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
+def test_the_reported_epsilon_is_dp_accountings(
+    adaptive: bool, accounted: dict[tuple[float, int, float], DpAccounting]
+) -> None:
+    """After 10 rounds at z = 1.1 the mechanism reports dp-accounting's epsilon for z = 1.1, with adaptive
+    clipping too: its raised aggregate multiplier z_a and the count's noise sigma_b compose to one Gaussian of
+    z ((z_a^-2 + (2 sigma_b)^-2)^-1/2 = z), which is what it costs, not the z_a of the aggregate alone."""
+    z, rounds, delta = 1.1, 10, 1e-6
+    mechanism = GaussianMechanism(
+        noise_multiplier=z,
+        clipping_norm=1.0,
+        adaptive=adaptive,
+        clipped_count_stddev=1.0,
+        delta=delta,
+        seed=2,
+    )
+    spec = ROUNDS_IN[0]
+    assert spec.global_model is not None
+    for _ in range(rounds):
+        aggregate(
+            mechanism, [as_model(c) for c in spec.clients], spec.num_examples, as_model(spec.global_model)
+        )
+
+    assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)
+    stddev, effective = adaptive_noise(z, CLIENTS, 1.0)
+    assert (effective**-2 + (2 * stddev) ** -2) ** -0.5 == pytest.approx(z, rel=1e-12)

@@ -1,0 +1,115 @@
+"""Driving an aggregator in memory, without a federation: contributions as numpy arrays, slot state in a dict.
+
+Used by the conformance suite (tests/unit/test_aggregation.py) and by the comparisons with the reference
+implementations (tests/oracles/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from fedagg.federation.aggregators import Aggregator, RoundInputs, TensorInputs
+from fedagg.protocol.codec import Float32Array, Shape
+
+Model = dict[str, Float32Array]
+
+
+class ArraySource:
+    """A contribution held in memory that records how much it is asked for at once."""
+
+    def __init__(self, values: Float32Array) -> None:
+        self._flat = np.asarray(values, np.float32).reshape(-1)
+        self.size = self._flat.size
+        self.widest = 0
+
+    def block(self, start: int, stop: int) -> Float32Array:
+        self.widest = max(self.widest, stop - start)
+        return self._flat[start:stop].copy()
+
+
+class MemoryState:
+    """Slot files kept in memory: what one round wrote is what the next reads."""
+
+    def __init__(self, previous: Mapping[tuple[str, str], Float32Array] | None = None) -> None:
+        self.previous_values = dict(previous or {})
+        self.written: dict[tuple[str, str], list[Float32Array]] = {}
+
+    def previous(self, slot: str, tensor: str) -> ArraySource | None:
+        values = self.previous_values.get((slot, tensor))
+        return None if values is None else ArraySource(values)
+
+    def write(self, slot: str, tensor: str, shape: Shape) -> Callable[[Float32Array], None]:
+        return self.written.setdefault((slot, tensor), []).append
+
+    def next_round(self) -> MemoryState:
+        return MemoryState({key: np.concatenate(parts) for key, parts in self.written.items()})
+
+
+def inputs_of(
+    contributions: Sequence[Model],
+    weights: Sequence[float],
+    model: Model | None = None,
+    round_number: int = 0,
+) -> tuple[RoundInputs, list[ArraySource]]:
+    """The round inputs of ``contributions`` (every one with every tensor), and every source made."""
+    names = list(contributions[0]) if contributions else list(model or {})
+    every: list[ArraySource] = []
+    tensors = []
+    for name in names:
+        sources = tuple(ArraySource(c[name]) for c in contributions)
+        every += sources
+        shape = (contributions[0][name] if contributions else (model or {})[name]).shape
+        base_values = None if model is None or name not in model else ArraySource(model[name])
+        tensors.append(
+            TensorInputs(name, shape, tuple(range(len(contributions))), sources, tuple(weights), base_values)
+        )
+    names_of = tuple(f"site-{i}" for i in range(len(contributions)))
+    return RoundInputs(round_number, "train", names_of, tuple(tensors)), every
+
+
+def aggregate(
+    aggregator: Aggregator,
+    contributions: Sequence[Model],
+    weights: Sequence[float],
+    model: Model | None = None,
+    state: MemoryState | None = None,
+    round_number: int = 0,
+) -> Model | None:
+    """The aggregate of every tensor, or None when the aggregator gives none."""
+    inputs, _ = inputs_of(contributions, weights, model, round_number)
+    aggregator.prepare(inputs)
+    if aggregator.slots:
+        aggregator.bind_state(state or MemoryState())
+    result: Model = {}
+    for tensor in inputs.tensors:
+        parts: list[Float32Array] = []
+        if not aggregator.combine(tensor, parts.append):
+            return None
+        result[tensor.name] = (
+            np.concatenate(parts).reshape(tensor.shape) if parts else np.empty(0, np.float32)
+        )
+    return result
+
+
+def run_rounds(
+    aggregator: Aggregator, initial: Model, rounds: Sequence[tuple[Sequence[Model], Sequence[float]]]
+) -> list[Model]:
+    """Each round's aggregate, as a federation would chain them: every round starts from the previous result
+    (tensors without an aggregate keep their value) and the slots of one round are the next one's state."""
+    model, state, models = dict(initial), MemoryState(), []
+    for number, (contributions, weights) in enumerate(rounds):
+        result = aggregate(aggregator, contributions, weights, model, state, number)
+        assert result is not None, f"round {number} has no aggregate"
+        model = {**model, **result}
+        state = state.next_round()
+        models.append(model)
+    return models
+
+
+def model_of(rng: np.random.Generator, shift: float = 0.0) -> Model:
+    return {
+        "w": (rng.standard_normal((3, 4)) + shift).astype(np.float32),
+        "b": (rng.standard_normal(5) + shift).astype(np.float32),
+    }
