@@ -243,6 +243,12 @@ class LimitsSettings:
         help="data of tensors that are not in the model (optimizer state) per upload (null: 2 x model size)",
         check=_optional_non_negative,
     )
+    aggregation_bytes: int = setting(
+        64 << 20,
+        help="memory a round end's aggregation holds for blocks of contributions: blocks shrink as "
+        "contributions grow (at least 4096 values each)",
+        check=positive,
+    )
 
 
 class AfterFinish(StrEnum):
@@ -402,6 +408,7 @@ class Config:
                 sleep_seconds=settings.sleep_seconds,
                 rounds_kept=settings.rounds_kept,
                 limits=UploadLimits(self.limits.upload_bytes, self.limits.extra_tensor_bytes),
+                aggregation_bytes=self.limits.aggregation_bytes,
                 evaluation=evaluation,
             )
             TaskAggregators(plan)  # every task's aggregation method and settings are usable

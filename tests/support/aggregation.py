@@ -52,8 +52,10 @@ def inputs_of(
     weights: Sequence[float],
     model: Model | None = None,
     round_number: int = 0,
+    block_elements: int | None = None,
 ) -> tuple[RoundInputs, list[ArraySource]]:
-    """The round inputs of ``contributions`` (every one with every tensor), and every source made."""
+    """The round inputs of ``contributions`` (every one with every tensor, read ``block_elements`` at a time), and
+    every source made."""
     names = list(contributions[0]) if contributions else list(model or {})
     every: list[ArraySource] = []
     tensors = []
@@ -63,7 +65,15 @@ def inputs_of(
         shape = (contributions[0][name] if contributions else (model or {})[name]).shape
         base_values = None if model is None or name not in model else ArraySource(model[name])
         tensors.append(
-            TensorInputs(name, shape, tuple(range(len(contributions))), sources, tuple(weights), base_values)
+            TensorInputs(
+                name,
+                shape,
+                tuple(range(len(contributions))),
+                sources,
+                tuple(weights),
+                base_values,
+                block_elements,
+            )
         )
     names_of = tuple(f"site-{i}" for i in range(len(contributions)))
     return RoundInputs(round_number, "train", names_of, tuple(tensors)), every
@@ -76,9 +86,10 @@ def aggregate(
     model: Model | None = None,
     state: MemoryState | None = None,
     round_number: int = 0,
+    block_elements: int | None = None,
 ) -> Model | None:
     """The aggregate of every tensor, or None when the aggregator gives none."""
-    inputs, _ = inputs_of(contributions, weights, model, round_number)
+    inputs, _ = inputs_of(contributions, weights, model, round_number, block_elements)
     aggregator.prepare(inputs)
     if aggregator.slots:
         aggregator.bind_state(state or MemoryState())

@@ -76,25 +76,23 @@ class AggregatorConformance:
         for name in first:
             np.testing.assert_array_equal(first[name], second[name])
 
-    def test_the_result_does_not_depend_on_the_block_size(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_result_does_not_depend_on_the_block_size(self) -> None:
         rng = np.random.default_rng(5)
         model = model_of(rng)
         contributions = [model_of(rng, shift=0.2) for _ in range(7)]
         whole = aggregate(self.make(), contributions, [3, 1, 4, 1, 5, 9, 2], model)
-        monkeypatch.setattr(base, "BLOCK_ELEMENTS", 5)
 
-        pieces = aggregate(self.make(), contributions, [3, 1, 4, 1, 5, 9, 2], model)
+        pieces = aggregate(self.make(), contributions, [3, 1, 4, 1, 5, 9, 2], model, block_elements=5)
 
         assert whole is not None
         assert pieces is not None
         for name in whole:
             np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-6, atol=1e-7)
 
-    def test_contributions_are_read_block_by_block(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(base, "BLOCK_ELEMENTS", 4)
+    def test_contributions_are_read_block_by_block(self) -> None:
         rng = np.random.default_rng(6)
         model = model_of(rng)
-        inputs, sources = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model)
+        inputs, sources = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=4)
         aggregator = self.make()
         aggregator.prepare(inputs)
         aggregator.bind_state(MemoryState())
@@ -453,6 +451,15 @@ class ScaledAverage(Aggregator):
 class TestPlugIn(AggregatorConformance):
     def make(self) -> Aggregator:
         return make_aggregator(AggregationSpec(f"{__name__}.ScaledAverage", {"factor": 1.0}), "tasks.train")
+
+
+def test_blocks_shrink_as_contributions_grow_within_bounds() -> None:
+    budget = 64 << 20
+
+    assert base.block_elements_for(budget, 16) == budget // (16 * base.BYTES_PER_BLOCK_VALUE)
+    assert base.block_elements_for(budget, 64) == base.block_elements_for(budget, 16) // 4
+    assert base.block_elements_for(budget, 1) == base.BLOCK_ELEMENTS
+    assert base.block_elements_for(1 << 10, 1000) == base.MIN_BLOCK_ELEMENTS
 
 
 def test_every_built_in_method_has_a_conformance_class() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fedagg.federation.aggregators import Aggregator, Emit, RoundInputs, TensorInputs
+from fedagg.federation.aggregators.base import block_elements_for, blocks
 from fedagg.federation.aggregators.registry import make_aggregator
 from fedagg.federation.checkpoint import Checkpoint, SlotDigest
 from fedagg.federation.contribution import UploadedTensor
@@ -97,6 +98,19 @@ class _SlotState:
         writer.begin(tensor, shape)
         return writer.write
 
+    def carry_forward(self) -> None:
+        """Copy the previous round's slot values of every tensor this round did not write (a tensor, or the whole
+        task, that was not aggregated keeps its optimizer state rather than starting over)."""
+        for slot, model in self._previous.items():
+            written = self._writers[slot][0].names if slot in self._writers else []
+            for tensor in model.tensors:
+                if tensor in written:
+                    continue
+                values = ModelValues(model, tensor)
+                emit = self.write(slot, tensor, model.tensors[tensor].shape)
+                for start, stop in blocks(values.size):
+                    emit(values.block(start, stop))
+
     def digests(self) -> list[SlotDigest]:
         return [SlotDigest(self._task, slot, writer.finish()) for slot, (writer, _) in self._writers.items()]
 
@@ -120,7 +134,8 @@ class ModelBuilder:
         inputs = self._task_inputs(round_, uploads)
         owners = {tensor.name: task for task, task_inputs in inputs.items() for tensor in task_inputs.tensors}
         with contextlib.ExitStack() as files:
-            states = {task: self._state(task, round_.number, committed, files) for task in inputs}
+            stateful = {*inputs, *(slot.task for slot in committed.slots)}
+            states = {task: self._state(task, round_.number, committed, files) for task in stateful}
             try:
                 prepared = self._prepare(inputs, states)
                 for name, values in round_.model.tensors.items():
@@ -130,6 +145,8 @@ class ModelBuilder:
                 for name, task in owners.items():
                     if task in prepared:
                         self._combine(inputs[task], name, writer)
+                for state in states.values():
+                    state.carry_forward()
                 slots = tuple(digest for state in states.values() for digest in state.digests())
             finally:
                 for state in states.values():
@@ -228,6 +245,7 @@ class ModelBuilder:
             tuple(_source(upload, tensor, model) for _, upload, tensor in kept),
             tuple(upload.contribution.weight for _, upload, _ in kept),
             None if base is None else ModelValues(model, name),
+            block_elements_for(self._plan.aggregation_bytes, len(kept)),
         )
 
 

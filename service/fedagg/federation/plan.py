@@ -143,6 +143,8 @@ class FederationPlan:
     sleep_seconds: int = 10
     rounds_kept: int = 2
     limits: UploadLimits = field(default_factory=UploadLimits)
+    aggregation_bytes: int = 64 << 20
+    """Memory for the blocks of contributions a round end's aggregation holds at once."""
     evaluation: bool = False
     """An evaluation run (OpenFL's ``evaluation`` task group): the model is validated, never trained further
     or published, and the initial model's round is not resumed."""

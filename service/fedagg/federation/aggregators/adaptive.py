@@ -30,7 +30,6 @@ from fedagg.federation.aggregators.base import (
     Emit,
     Float64Array,
     TensorInputs,
-    blocks,
 )
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.federation.sources import TensorSource
@@ -79,7 +78,7 @@ class AdaptiveAggregation(Aggregator, ABC):
         step = self._steps.get(tensor.name, 0) + 1
         previous = {slot: self._state.previous(slot, tensor.name) for slot in self.slots}
         writers = {slot: self._state.write(slot, tensor.name, tensor.shape) for slot in self.slots}
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             base = tensor.base.block(start, stop).astype(np.float64)
             gradient = np.zeros(stop - start, dtype=np.float64)
             for source, weight in zip(tensor.sources, weights, strict=True):

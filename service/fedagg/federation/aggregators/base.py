@@ -32,16 +32,27 @@ from fedagg.federation.sources import TensorSource
 from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
 
 BLOCK_ELEMENTS = 1 << 20
+"""The most values of one contribution an aggregator reads at once."""
+MIN_BLOCK_ELEMENTS = 4096
+BYTES_PER_BLOCK_VALUE = 16
+"""What one value of one contribution's block may cost while combined: float32 read, float64 copy, temporaries."""
 
 Emit = Callable[[Float32Array], None]
 """Receives an aggregate's consecutive blocks (float32)."""
 Float64Array = npt.NDArray[np.float64]
 
 
-def blocks(size: int) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` ranges of at most :data:`BLOCK_ELEMENTS` covering ``size`` values."""
-    for start in range(0, size, BLOCK_ELEMENTS):
-        yield start, min(start + BLOCK_ELEMENTS, size)
+def blocks(size: int, block_elements: int | None = None) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` ranges of at most ``block_elements`` (default :data:`BLOCK_ELEMENTS`) covering ``size``."""
+    step = block_elements or BLOCK_ELEMENTS
+    for start in range(0, size, step):
+        yield start, min(start + step, size)
+
+
+def block_elements_for(budget_bytes: int, contributions: int) -> int:
+    """The block size that keeps one block of every contribution within ``budget_bytes`` (bounded both ways)."""
+    fitting = budget_bytes // (BYTES_PER_BLOCK_VALUE * max(1, contributions))
+    return max(MIN_BLOCK_ELEMENTS, min(BLOCK_ELEMENTS, fitting))
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,18 @@ class TensorInputs:
     """Each contribution's weight: its collaborator's data size (``-1`` counts as 1)."""
     base: TensorSource | None
     """The round's global model values of this tensor (None for a tensor the model does not hold yet)."""
+    block_elements: int | None = None
+    """How many values of each contribution to read at once (None: :data:`BLOCK_ELEMENTS`); the round end sizes
+    it from ``limits.aggregation_bytes`` and the number of contributions."""
 
     @property
     def size(self) -> int:
         """Number of values."""
         return int(np.prod(self.shape, dtype=np.int64))
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        """``[start, stop)`` ranges covering the tensor, one block at a time."""
+        return blocks(self.size, self.block_elements)
 
     def only(self, contributors: tuple[int, ...]) -> TensorInputs:
         """These inputs restricted to some contributors (in the given order)."""

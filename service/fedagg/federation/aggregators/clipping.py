@@ -18,7 +18,6 @@ from fedagg.federation.aggregators.base import (
     Float64Array,
     RoundInputs,
     TensorInputs,
-    blocks,
 )
 from fedagg.federation.sources import TensorSource
 from fedagg.protocol.codec import FLOAT32, Float32Array
@@ -47,7 +46,7 @@ def update_norms(inputs: RoundInputs) -> Float64Array:
     for tensor in inputs.tensors:
         if tensor.base is None:
             continue
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             base = tensor.base.block(start, stop).astype(np.float64)
             for index, source in zip(tensor.contributors, tensor.sources, strict=True):
                 squared[index] += float(np.sum((source.block(start, stop) - base) ** 2))

@@ -12,7 +12,6 @@ from fedagg.federation.aggregators.base import (
     Float64Array,
     RoundInputs,
     TensorInputs,
-    blocks,
     stacked,
     weighted_sum,
 )
@@ -26,7 +25,7 @@ def squared_distances(tensors: tuple[TensorInputs, ...], count: int) -> Float64A
     if not count:
         return distances
     for tensor in tensors:
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             values = stacked(tensor.sources, start, stop).astype(np.float64)
             gram = values @ values.T
             norms = np.diag(gram)
@@ -82,7 +81,7 @@ class Krum(Aggregator):
             return WeightedAverage().combine(chosen, emit)
         if not chosen.sources:
             return False
-        for start, stop in blocks(tensor.size):  # the chosen update itself, whatever its weight
+        for start, stop in tensor.blocks():  # the chosen update itself, whatever its weight
             emit(chosen.sources[0].block(start, stop).astype(FLOAT32))
         return True
 
@@ -128,7 +127,7 @@ class Bulyan(Aggregator):
         if not chosen.sources:
             return False
         closest = max(1, len(chosen.sources) - 2 * self.malicious)
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             values = stacked(chosen.sources, start, stop)
             distance = np.abs(np.median(values, axis=0) - values)
             nearest = np.argpartition(distance, kth=closest - 1, axis=0)
@@ -165,7 +164,7 @@ class GeometricMedian(Aggregator):
             objective = float(weights @ distances)
             if abs(previous - objective) < self.ftol * objective:
                 break
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             emit(weighted_sum(tensor.sources, weights, start, stop).astype(FLOAT32))
         return True
 
@@ -173,7 +172,7 @@ class GeometricMedian(Aggregator):
     def _distances(tensor: TensorInputs, weights: Float64Array) -> Float64Array:
         """``||median - x_i||`` for the median these weights make, one pass over the values."""
         squared = np.zeros(len(tensor.sources), dtype=np.float64)
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             median = weighted_sum(tensor.sources, weights, start, stop)
             for index, source in enumerate(tensor.sources):
                 squared[index] += float(np.sum((median - source.block(start, stop)) ** 2))

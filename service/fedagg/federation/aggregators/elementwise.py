@@ -8,7 +8,6 @@ from fedagg.federation.aggregators.base import (
     Aggregator,
     Emit,
     TensorInputs,
-    blocks,
     stacked,
     weighted_sum,
 )
@@ -23,7 +22,7 @@ class WeightedAverage(Aggregator):
         if not tensor.sources or total <= 0:
             return False
         weights = np.asarray(tensor.weights, dtype=np.float64)
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             emit((weighted_sum(tensor.sources, weights, start, stop) / total).astype(FLOAT32))
         return True
 
@@ -34,7 +33,7 @@ class Median(Aggregator):
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         if not tensor.sources:
             return False
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             emit(np.median(stacked(tensor.sources, start, stop), axis=0).astype(FLOAT32))
         return True
 
@@ -57,7 +56,7 @@ class TrimmedMean(Aggregator):
             return False
         low = int(self.beta * count)
         high = count - low
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             values = np.partition(stacked(tensor.sources, start, stop), (low, high - 1), axis=0)
             emit(np.mean(values[low:high], axis=0).astype(FLOAT32))
         return True
@@ -75,6 +74,6 @@ class FedCurvWeightedAverage(WeightedAverage):
             return super().combine(tensor, emit)
         if not tensor.sources:
             return False
-        for start, stop in blocks(tensor.size):
+        for start, stop in tensor.blocks():
             emit(np.sum(stacked(tensor.sources, start, stop), axis=0).astype(FLOAT32))
         return True

@@ -5,8 +5,10 @@ to the round's global model, over all the task's tensors) is clipped to the clip
 contributions are combined by the wrapped aggregator (by default a weighted average, as Flower's FedAvg), and
 Gaussian noise of standard deviation ``noise_multiplier * C / n`` is added to every value of the aggregate, ``n``
 being the number of contributions (Flower: the number of clients sampled). That noise is calibrated to an
-aggregate that one contribution moves by at most C / n, an unweighted mean: a weighted average moves by up to
-``C * w_i / sum(w)``, so the stated guarantee holds with equal weights (data sizes).
+aggregate that one contribution moves by at most C / n, an unweighted mean; a weighted average moves by up to
+``C * w_i / sum(w)``, so by default fedagg calibrates the noise of a weighted average to the largest share,
+``noise_multiplier * C * max(w) / sum(w)`` (the same as Flower's with equal data sizes, more noise otherwise), and
+the guarantee holds whatever the data sizes. ``flower_compatible: true`` keeps Flower's ``C / n``.
 
 With adaptive clipping (Andrew et al., 2021) C follows a target quantile of the update norms, from a noised count
 of clipped updates; the aggregate's noise multiplier is raised to ``(z^-2 - (2 sigma_b)^-2)^-1/2`` so that the two
@@ -122,9 +124,20 @@ class GaussianMechanism(Aggregator):
                 direction * self.clip_norm_lr * (clipped_share - self.target_clipped_quantile)
             )
         noise_norm = self.clipping_norm if self.flower_compatible else used_norm
-        self._std = multiplier * noise_norm / max(1, count)
+        self._std = multiplier * noise_norm * self._largest_share(inputs)
         self._rounds += 1
         self.inner.prepare(replace(inputs, tensors=tuple(self._clipped[t.name] for t in inputs.tensors)))
+
+    def _largest_share(self, inputs: RoundInputs) -> float:
+        """How much of the aggregate one contribution can move (in units of its clipped update)."""
+        count = len(inputs.collaborators)
+        if self.flower_compatible or not isinstance(self.inner, WeightedAverage) or not count:
+            return 1.0 / max(1, count)
+        weights: dict[int, float] = {}
+        for tensor in inputs.tensors:
+            weights.update(zip(tensor.contributors, tensor.weights, strict=True))
+        total = sum(weights.values())
+        return max(weights.values()) / total if total > 0 else 1.0 / count
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         def noisy(block: Float32Array) -> None:
