@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fedagg.federation.aggregators.accountant import gaussian_epsilon
@@ -49,7 +50,7 @@ def test_privacy_spent_is_in_the_status_and_the_metrics_after_each_round(tmp_pat
     assert reported["epsilon"] == gaussian_epsilon(1.1, 2, 1e-6)
     assert reported["delta"] == 1e-6
     assert reported["clipping_norm"] == 0.5
-    assert reported["noise_stddev"] == 1.1 * 0.5 * 30 / 40  # calibrated to the largest data size share
+    assert reported["noise_stddev"] == pytest.approx(1.1 * 0.5 * 30 / 40)  # the largest data size share
     described = dict(federation.describe().tasks)["train"]
     assert f"epsilon {gaussian_epsilon(1.1, 2, 1e-6):.6g}" in described
     text = scrape(federation)
