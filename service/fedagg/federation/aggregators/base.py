@@ -14,8 +14,9 @@ block, into files committed with the round. Small state (step counts, a clipping
 :meth:`Aggregator.save` / :meth:`Aggregator.load` as JSON values.
 
 To plug in an aggregator of your own, subclass :class:`Aggregator` and name its class path in the configuration
-(``federation.tasks.<task>.aggregation.kind: mypackage.module.MyAggregator``); its ``settings`` are passed to the
-constructor as keyword arguments. tests/unit/test_aggregation.py holds the conformance suite every aggregator passes.
+(``federation.tasks.<task>.aggregation: mypackage.module.MyAggregator``); ``aggregation_settings`` are passed to the
+constructor as keyword arguments. Read contributions with :meth:`TensorInputs.blocks`: the round end sizes blocks
+so that one of every contribution fits ``limits.aggregation_bytes``. tests/unit/test_aggregation.py holds the conformance suite every aggregator passes.
 """
 
 from __future__ import annotations
