@@ -69,3 +69,22 @@ def test_the_privacy_spent_survives_a_restart(tmp_path: Path) -> None:
     run_round(restarted, 1, {"one": (1.0, 10), "two": (2.0, 30)}, SHAPES)
 
     assert figures(restarted, "train")["epsilon"] == gaussian_epsilon(1.1, 2, 1e-6)
+
+
+def test_contributions_a_robust_method_left_out_are_named_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tasks = default_tasks()
+    tasks["train"] = dataclasses.replace(
+        tasks["train"], aggregation=AggregationSpec("krum", {"malicious": 1})
+    )
+    collaborators = ("one", "two", "three", "rogue")
+    federation = make_federation(tmp_path, make_plan(collaborators, 2, tasks=tasks), zero_model())
+
+    run_round(
+        federation, 0, {"one": (1.0, 10), "two": (1.1, 10), "three": (0.9, 10), "rogue": (99.0, 10)}, SHAPES
+    )
+
+    assert figures(federation, "train")["left_out"] == 3
+    assert 'fedagg_contributions_left_out{task="train"} 3.0' in scrape(federation)
+    assert "round 0, task 'train': Krum left out two, three, rogue (kept one)" in caplog.text

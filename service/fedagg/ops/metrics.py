@@ -306,6 +306,10 @@ AGGREGATION_FIGURES = {
         "fedagg_update_clipping_norm",
         "The clipping norm of the task's next round (adaptive).",
     ),
+    "left_out": (
+        "fedagg_contributions_left_out",
+        "Contributions the task's robust aggregation (Krum, Multi-Krum, Bulyan) left out of the last aggregate.",
+    ),
     "clipped_share": (
         "fedagg_updates_clipped_ratio",
         "Share of the task's contributions whose update was clipped in the last round.",

@@ -4,6 +4,9 @@ OpenFL's). Distances are accumulated block by block in passes over the spool, ne
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import numpy as np
 
 from fedagg.federation.aggregators.base import (
@@ -17,6 +20,23 @@ from fedagg.federation.aggregators.base import (
 )
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.protocol.codec import FLOAT32
+
+log = logging.getLogger(__name__)
+
+
+def log_selection(method: str, inputs: RoundInputs, selected: tuple[int, ...]) -> int:
+    """Say which collaborators a selecting method left out of the aggregate; return how many."""
+    left_out = [name for index, name in enumerate(inputs.collaborators) if index not in selected]
+    if left_out:
+        log.warning(
+            "round %d, task %r: %s left out %s (kept %s)",
+            inputs.round_number,
+            inputs.task,
+            method,
+            ", ".join(left_out),
+            ", ".join(inputs.collaborators[index] for index in sorted(selected)),
+        )
+    return len(left_out)
 
 
 def squared_distances(tensors: tuple[TensorInputs, ...], count: int) -> Float64Array:
@@ -60,6 +80,7 @@ class Krum(Aggregator):
         self.malicious = malicious
         self.keep = keep
         self._selected: tuple[int, ...] = ()
+        self._left_out = 0
 
     @property
     def selected(self) -> tuple[int, ...]:
@@ -74,6 +95,10 @@ class Krum(Aggregator):
             self._selected = tuple(int(i) for i in np.argsort(scores)[::-1][count - keep :])
         else:
             self._selected = (int(np.argmin(scores)),) if scores else ()
+        self._left_out = log_selection("Multi-Krum" if self.keep else "Krum", inputs, self._selected)
+
+    def report(self) -> Mapping[str, float]:
+        return {"left_out": self._left_out}
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         chosen = tensor.only(self._selected)
@@ -99,6 +124,7 @@ class Bulyan(Aggregator):
             raise ValueError(f"malicious must be 0 or more, got {malicious}")
         self.malicious = malicious
         self._selected: tuple[int, ...] = ()
+        self._left_out = 0
 
     @property
     def selected(self) -> tuple[int, ...]:
@@ -108,6 +134,7 @@ class Bulyan(Aggregator):
     def prepare(self, inputs: RoundInputs) -> None:
         count, malicious = len(inputs.collaborators), self.malicious
         self._selected = ()
+        self._left_out = 0
         if not count:
             return
         if count < 4 * malicious + 3:
@@ -121,6 +148,10 @@ class Bulyan(Aggregator):
             scores = krum_scores(distances[np.ix_(remaining, remaining)], malicious)
             selected.append(remaining.pop(int(np.argmin(scores))))
         self._selected = tuple(selected)
+        self._left_out = log_selection("Bulyan", inputs, self._selected)
+
+    def report(self) -> Mapping[str, float]:
+        return {"left_out": self._left_out}
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         chosen = tensor.only(self._selected)
