@@ -230,3 +230,60 @@ def test_config_check_lists_the_ignored_keys_and_the_task_group(tmp_path: Path) 
         "ignored (no meaning for fedagg's aggregator): aggregator.settings.persist_checkpoint, "
         "aggregator.settings.persistent_db_path, network.settings.enable_atomic_connections"
     ) in result.stdout
+
+
+AGGREGATION_FUNCTIONS = "openfl.interface.aggregation_functions."
+PLAN_AGGREGATIONS = {
+    "WeightedAverage": ({}, "weighted_average", {}),
+    "Median": ({}, "median", {}),
+    "GeometricMedian": ({}, "geometric_median", {}),
+    "FedCurvWeightedAverage": ({}, "fedcurv_weighted_average", {}),
+    "AdagradAdaptiveAggregation": (
+        {"learning_rate": 0.05, "initial_accumulator_value": 0.1, "epsilon": 1e-6},
+        "adagrad",
+        {"learning_rate": 0.05, "initial_accumulator_value": 0.1, "epsilon": 1e-6},
+    ),
+    "AdamAdaptiveAggregation": (
+        {"learning_rate": 0.02, "betas": [0.8, 0.99], "params": {"w": [[0.0, 0.0]], "b": [0.0]}},
+        "adam",
+        {"learning_rate": 0.02, "betas": [0.8, 0.99], "params": ["b", "w"]},
+    ),
+    "YogiAdaptiveAggregation": ({"epsilon": 1e-3}, "yogi", {"epsilon": 1e-3}),
+}
+
+
+@pytest.mark.parametrize("function", list(PLAN_AGGREGATIONS))
+def test_every_openfl_aggregation_function_is_served_with_its_settings(tmp_path: Path, function: str) -> None:
+    settings, kind, expected = PLAN_AGGREGATIONS[function]
+    aggregation = {"template": AGGREGATION_FUNCTIONS + function, "settings": settings}
+    plan_path, cols_path = workspace(tmp_path, variant("tasks.train.aggregation_type", aggregation))
+
+    plan = load_config(None, environ={}, overlay=load_openfl_workspace(plan_path, cols_path).overlay).plan()
+
+    spec = plan.tasks["train"].aggregation
+    assert (spec.kind, dict(spec.settings)) == (kind, expected)
+    assert plan.tasks["aggregated_model_validation"].aggregation.kind == "weighted_average"
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [
+        (
+            {"template": AGGREGATION_FUNCTIONS + "FedBaggingAggregation"},
+            "expected one of ['AdagradAdaptiveAggregation'",
+        ),
+        (
+            {"template": AGGREGATION_FUNCTIONS + "AdamAdaptiveAggregation", "settings": {"learning_rte": 1}},
+            "expected settings of adam",
+        ),
+    ],
+    ids=["unknown function", "misspelt setting"],
+)
+def test_an_unusable_aggregation_type_names_the_plan_key(
+    tmp_path: Path, aggregation: dict[str, Any], expected: str
+) -> None:
+    plan_path, cols_path = workspace(tmp_path, variant("tasks.train.aggregation_type", aggregation))
+
+    with pytest.raises(ConfigError, match=r"tasks\.train\.aggregation") as raised:
+        load_config(None, environ={}, overlay=load_openfl_workspace(plan_path, cols_path).overlay).plan()
+    assert expected in str(raised.value)
