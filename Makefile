@@ -48,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .venv-openfl .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-openfl .venv-openfl-* .venv-flower .venv-dp-accounting .mypy_cache .ruff_cache .pytest_cache

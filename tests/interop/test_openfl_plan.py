@@ -132,7 +132,7 @@ def test_imported_workspace_becomes_a_valid_configuration(tmp_path: Path) -> Non
 
     assert plan.collaborators == ("site-a", "site-b")
     assert plan.rounds_to_train == 7
-    assert [task.aggregation.value for task in plan.tasks.values()] == ["weighted_average", "median"]
+    assert [task.aggregation.kind for task in plan.tasks.values()] == ["weighted_average", "median"]
     assert plan.assigner.groups[0].tasks == ("aggregated_model_validation", "train")
     assert config.server.port == 51234
     assert config.server.tls.files().certificate == tmp_path / "cert" / "server" / "agg_localhost.crt"

@@ -1,10 +1,14 @@
-"""Run one real OpenFL 1.7.1 collaborator (``Collaborator`` + ``AggregatorGRPCClient``) against an aggregator.
+"""Run one real OpenFL collaborator (``Collaborator`` + ``AggregatorGRPCClient``) against an aggregator.
 
-Runs only with the OpenFL venv's python (``scripts/openfl-venv``); fedagg never imports openfl.
+Runs only with an OpenFL venv's python (``scripts/openfl-venv [VERSION]``); fedagg never imports openfl.
+Works with OpenFL 1.7.1, 1.8 and 1.9: their constructors differ (1.8/1.9's client takes the collaborator's
+name, their Collaborator calls delta updates ``use_delta_updates``), which is all this script adapts to.
+Their clients differ on errors too: 1.7.1 exits on ``UNAUTHENTICATED`` and re-sends at once on most other
+codes; 1.8/1.9 sleep ``--reconnect-interval`` and retry every status forever (only ``--timeout`` ends them).
 
-The task runner is a tiny numpy model whose outputs are exact functions of the inputs, so a test can
-predict every value the aggregator should produce. With ``s`` = ``--step``, ``r`` = the round and
-``G`` = the global model received for round ``r``:
+The task runner (``numpy_task.py``) is a tiny numpy model whose outputs are exact functions of the
+inputs, so a test can predict every value the aggregator should produce. With ``s`` = ``--step``, ``r`` =
+the round and ``G`` = the global model received for round ``r``:
 
 * ``train`` (data_size = ``--train-size``): trained tensors ``T = G + s * (r + 1)`` (float32), metric
   ``loss = s / (r + 1)``.
@@ -18,22 +22,23 @@ apart from ``--delta-updates``.
 
 A deterministic straggler: ``--stall-before-task TASK --stall-seconds S`` makes the runner sleep ``S``
 seconds at the start of ``TASK``'s work (after its inputs were fetched, before its result exists), in
-every round it runs that task. The uploads of the tasks before it in that round have been sent by
-then: with ``locally_tuned_model_validation`` the collaborator has uploaded ``train`` and then goes
-quiet, so an aggregator whose straggler policy closes the round meanwhile holds partial work of it.
+every round it runs that task (``--stall-round R``: only in round ``R``). It logs ``round R: stalling``
+first. The uploads of the tasks before it in that round have been sent (and answered) by then: with
+``locally_tuned_model_validation`` the collaborator has uploaded ``train`` and then goes quiet, so an
+aggregator whose straggler policy closes the round meanwhile holds partial work of it.
 After the stall the task's results are sent as usual (for the round the tasks came with, which the
 aggregator may have left by then).
 
 TLS: ``--ca`` + ``--cert`` + ``--key`` → mTLS (the server's certificate must name ``--address``; the
 client certificate's CN must be ``--name``); ``--ca`` alone → TLS without a client certificate; none →
-plaintext. The process exits 0 once the aggregator sends the quit job; an ``UNAUTHENTICATED`` reply or a
-reply-header mismatch makes OpenFL raise (exit 1); ``--timeout`` makes it exit 3 instead of letting
-OpenFL's client retry forever.
+plaintext. The process exits 0 once the aggregator sends the quit job; an ``UNAUTHENTICATED`` reply (1.7.1
+only) or a reply-header mismatch makes OpenFL raise (exit 1); ``--timeout`` makes it exit 3 instead of
+letting OpenFL's client retry forever.
 
 ``--result FILE`` receives JSON::
 
     {"name", "step", "train_size", "valid_size", "delta_updates", "shapes",
-     "stall": {"task", "seconds"} or null,
+     "stall": {"task", "seconds"[, "round"]} or null,
      "rounds": [{"round", "global": {tensor: nested list}, "trained": {...},
                  "metrics": {task: {metric: value}},
                  "stalled": [task, ...]}, ...],   # "stalled" only in rounds it stalled in
@@ -49,136 +54,44 @@ aggregator's own output.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# numpy_task and watchdog are sibling modules: the script directory is on sys.path.
+from numpy_task import TASK_CONFIG, NumpyRunner, SizedLoader, Stall
 from openfl.component.collaborator.collaborator import Collaborator
-from openfl.federated.task.runner import TaskRunner
 from openfl.transport.grpc.aggregator_client import AggregatorGRPCClient
-from openfl.utilities import TensorKey, change_tags
-from watchdog import start_watchdog  # a sibling module: the script directory is on sys.path
+from watchdog import start_watchdog
 
 logger = logging.getLogger("openfl_side.collaborator")
 
-TASK_CONFIG: dict[str, dict[str, Any]] = {
-    "aggregated_model_validation": {"function": "validate_task", "kwargs": {"apply": "global"}},
-    "train": {"function": "train_task", "kwargs": {}},
-    "locally_tuned_model_validation": {"function": "validate_task", "kwargs": {"apply": "local"}},
-}
 
-TensorDict = dict[TensorKey, Any]
-
-
-class SizedLoader:
-    """The part of an OpenFL DataLoader that the collaborator and TaskRunner use."""
-
-    def __init__(self, train_size: int, valid_size: int) -> None:
-        self.train_size = train_size
-        self.valid_size = valid_size
-
-    def get_feature_shape(self) -> tuple[int, ...]:
-        return (1,)
-
-    def get_train_data_size(self) -> int:
-        return self.train_size
-
-    def get_valid_data_size(self) -> int:
-        return self.valid_size
+def make_client(args: argparse.Namespace) -> Any:
+    """OpenFL's gRPC client; 1.8 and 1.9 take the collaborator's name (and the uuids) in the constructor."""
+    common: dict[str, Any] = {
+        "root_certificate": args.ca,
+        "certificate": args.cert,
+        "private_key": args.key,
+        "use_tls": args.ca is not None,
+        "require_client_auth": args.cert is not None,
+        "aggregator_uuid": args.aggregator_uuid,
+        "federation_uuid": args.federation_uuid,
+        "single_col_cert_common_name": args.single_col_cert_common_name,
+        "client_reconnect_interval": args.reconnect_interval,
+    }
+    if "collaborator_name" in inspect.signature(AggregatorGRPCClient.__init__).parameters:
+        common["collaborator_name"] = args.name
+    return AggregatorGRPCClient(args.address, args.port, **common)
 
 
-@dataclass(frozen=True)
-class Stall:
-    """Sleep ``seconds`` at the start of ``task``'s work, every round."""
-
-    task: str
-    seconds: float
-
-
-class NumpyRunner(TaskRunner):
-    """Deterministic numpy task runner (see the module docstring for the formulas)."""
-
-    def __init__(
-        self,
-        data_loader: SizedLoader,
-        shapes: dict[str, tuple[int, ...]],
-        step: float,
-        stall: Stall | None = None,
-    ) -> None:
-        super().__init__(data_loader)
-        self.shapes = shapes
-        self.step = step
-        self.stall = stall
-        self.weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
-        self.rounds: dict[int, dict[str, Any]] = {}
-
-    def _maybe_stall(self, task: str, round_num: int) -> None:
-        if self.stall is None or self.stall.task != task:
-            return
-        logger.info("round %d: stalling %.3f s before %s", round_num, self.stall.seconds, task)
-        self._record(round_num).setdefault("stalled", []).append(task)
-        time.sleep(self.stall.seconds)
-        logger.info("round %d: resuming %s", round_num, task)
-
-    def get_required_tensorkeys_for_function(self, func_name: str, **kwargs: Any) -> list[TensorKey]:
-        if func_name == "validate_task" and kwargs["apply"] == "local":
-            return [TensorKey(name, "LOCAL", 0, False, ("trained",)) for name in self.shapes]
-        return [TensorKey(name, "GLOBAL", 0, False, ("model",)) for name in self.shapes]
-
-    def _inputs(self, input_tensor_dict: dict[str, Any]) -> dict[str, np.ndarray]:
-        arrays = {name: np.asarray(input_tensor_dict[name], np.float32) for name in self.shapes}
-        for name, array in arrays.items():
-            if array.shape != tuple(self.shapes[name]):
-                raise ValueError(f"tensor {name!r} has shape {array.shape}, expected {self.shapes[name]}")
-        return arrays
-
-    def _record(self, round_num: int, **fields: Any) -> dict[str, Any]:
-        entry = self.rounds.setdefault(round_num, {"round": round_num, "metrics": {}})
-        entry.update(fields)
-        return entry
-
-    @staticmethod
-    def _mean(arrays: dict[str, np.ndarray]) -> float:
-        return float(np.concatenate([a.ravel() for a in arrays.values()]).astype(np.float64).mean())
-
-    def train_task(
-        self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
-    ) -> tuple[TensorDict, TensorDict]:
-        self._maybe_stall("train", round_num)
-        increment = np.float32(self.step * (round_num + 1))
-        self.weights = {name: a + increment for name, a in self._inputs(input_tensor_dict).items()}
-        loss = np.float32(self.step / (round_num + 1))
-        entry = self._record(round_num, trained={k: v.tolist() for k, v in self.weights.items()})
-        entry["metrics"]["train"] = {"loss": float(loss)}
-        out: TensorDict = {TensorKey("loss", col_name, round_num, True, ("metric",)): loss}
-        out.update(
-            {
-                TensorKey(k, col_name, round_num, False, ("trained",)): v.copy()
-                for k, v in self.weights.items()
-            }
-        )
-        return out, {}
-
-    def validate_task(
-        self, col_name: str, round_num: int, input_tensor_dict: dict[str, Any], **kwargs: Any
-    ) -> tuple[TensorDict, TensorDict]:
-        local = kwargs["apply"] == "local"
-        task = "locally_tuned_model_validation" if local else "aggregated_model_validation"
-        self._maybe_stall(task, round_num)
-        self.weights = self._inputs(input_tensor_dict)
-        acc = np.float32(self._mean(self.weights) + self.step)
-        if local:
-            entry = self._record(round_num)
-        else:
-            entry = self._record(round_num, **{"global": {k: v.tolist() for k, v in self.weights.items()}})
-        entry["metrics"][task] = {"acc": float(acc)}
-        tags = change_tags(("metric",), add_field="validate_local" if local else "validate_agg")
-        return {TensorKey("acc", col_name, round_num, True, tags): acc}, {}
+def delta_argument() -> str:
+    """Collaborator's keyword for delta updates: 1.7.1's ``delta_updates``, 1.8/1.9's ``use_delta_updates``."""
+    parameters = inspect.signature(Collaborator.__init__).parameters
+    return "use_delta_updates" if "use_delta_updates" in parameters else "delta_updates"
 
 
 def parse_bool(text: str) -> bool:
@@ -218,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="make this collaborator a straggler: sleep --stall-seconds before this task's work, every round",
     )
     p.add_argument("--stall-seconds", type=float, default=0.0, help="length of that stall (default: 0)")
+    p.add_argument(
+        "--stall-round", type=int, default=None, help="stall only in this round (default: every round)"
+    )
     p.add_argument("--reconnect-interval", type=int, default=1, help="seconds between UNAVAILABLE retries")
     p.add_argument("--result", type=Path, help="write a JSON result here on success")
     p.add_argument("--timeout", type=float, default=0, help="exit 3 after this many seconds (0: never)")
@@ -237,21 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--cert and --key go together, and need --ca")
     if args.stall_seconds < 0 or (args.stall_seconds > 0 and args.stall_before_task is None):
         raise SystemExit("--stall-seconds must be >= 0 and needs --stall-before-task")
-    stall = Stall(args.stall_before_task, args.stall_seconds) if args.stall_before_task else None
-
-    client = AggregatorGRPCClient(
-        args.address,
-        args.port,
-        root_certificate=args.ca,
-        certificate=args.cert,
-        private_key=args.key,
-        use_tls=args.ca is not None,
-        require_client_auth=args.cert is not None,
-        aggregator_uuid=args.aggregator_uuid,
-        federation_uuid=args.federation_uuid,
-        single_col_cert_common_name=args.single_col_cert_common_name,
-        client_reconnect_interval=args.reconnect_interval,
+    if args.stall_round is not None and args.stall_before_task is None:
+        raise SystemExit("--stall-round needs --stall-before-task")
+    stall = (
+        Stall(args.stall_before_task, args.stall_seconds, args.stall_round)
+        if args.stall_before_task
+        else None
     )
+
+    client = make_client(args)
     runner = NumpyRunner(SizedLoader(args.train_size, args.valid_size), args.shapes, args.step, stall)
     collaborator = Collaborator(
         collaborator_name=args.name,
@@ -261,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         task_runner=runner,
         task_config=TASK_CONFIG,
         opt_treatment="RESET",
-        delta_updates=args.delta_updates,
+        **{delta_argument(): args.delta_updates},
         compression_pipeline=None,
         db_store_rounds=1,
     )
@@ -276,12 +186,19 @@ def main(argv: list[str] | None = None) -> int:
             "valid_size": args.valid_size,
             "delta_updates": args.delta_updates,
             "shapes": {k: list(v) for k, v in args.shapes.items()},
-            "stall": None if stall is None else {"task": stall.task, "seconds": stall.seconds},
+            "stall": None if stall is None else _stall_json(stall),
             "rounds": [runner.rounds[r] for r in sorted(runner.rounds)],
             "final_weights": {k: v.tolist() for k, v in runner.weights.items()},
         }
         args.result.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _stall_json(stall: Stall) -> dict[str, Any]:
+    described: dict[str, Any] = {"task": stall.task, "seconds": stall.seconds}
+    if stall.round is not None:
+        described["round"] = stall.round
+    return described
 
 
 if __name__ == "__main__":
