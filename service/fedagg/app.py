@@ -124,6 +124,7 @@ def build_aggregator(
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
         max_connection_age=server_settings.max_connection_age_seconds,
         tasks_hold_seconds=server_settings.tasks_hold_seconds,
+        quit_redelivery_seconds=server_settings.quit_redelivery_seconds,
         max_connection_age_grace=server_settings.max_connection_age_grace_seconds,
         receive_limits=ReceiveLimits(
             config.limits.header_bytes,

@@ -200,6 +200,12 @@ class ServerSettings:
         "(long poll: no idle wait between rounds); 0 answers 'sleep' at once, as OpenFL does",
         check=non_negative,
     )
+    quit_redelivery_seconds: float = setting(
+        120.0,
+        help="after a restart, answer quit again for this long to collaborators whose quit job was recorded "
+        "before it (a crash may have lost the reply) before stopping; 0 stops at once",
+        check=non_negative,
+    )
     max_connection_age_seconds: float = setting(
         900.0,
         help="close each collaborator connection after this long (it reconnects), so rotated or revoked "

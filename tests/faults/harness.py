@@ -58,6 +58,7 @@ FEDAGG_SPECS = {"one": (1.0, 10), "two": (2.0, 30)}
 OPENFL_SPECS = (CollaboratorSpec("one", 1.0, 10, 20), CollaboratorSpec("two", 2.0, 30, 5))
 """OpenFL collaborators: trained = global + step * (round + 1), weighted by train size (same closed form)."""
 BACKUP_POLL = "GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS"
+QUIT_REDELIVERY_SECONDS = 10
 RIDE_THROUGH = RetryPolicy(initial=0.05, maximum=0.5, give_up_after=180)
 """fedagg collaborators retry UNAVAILABLE long enough to ride through any restart of these tests."""
 
@@ -203,9 +204,13 @@ class Setup:
 def make_setup(
     directory: Path, pki: Pki, rounds: int, initial_model: Path, **sections: dict[str, Any]
 ) -> Setup:
-    """A config on one fixed free loopback port, so that a restarted aggregator listens where collaborators dial."""
+    """A config on one fixed free loopback port, so that a restarted aggregator listens where collaborators dial.
+
+    Quit jobs recorded before a restart are answered again for ``QUIT_REDELIVERY_SECONDS`` (the default of 120 s
+    leaves room for OpenFL 1.7.1's reconnect delay; fedagg's collaborators here retry within half a second).
+    """
     port = free_port()
-    server = {"port": port, **sections.pop("server", {})}
+    server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS, **sections.pop("server", {})}
     config = write_config(directory, pki, NAMES, rounds, initial_model, server=server, **sections)
     return Setup(directory, config, port, rounds)
 

@@ -32,14 +32,6 @@ from tests.support.pki import Pki
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
-LOST_QUIT_REPLY = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a quit job is recorded durably before its reply leaves; after a crash in between, the restarted "
-        "aggregator counts that collaborator as told, stops once the set is complete and the collaborator, "
-        "whose reply was lost, retries forever"
-    ),
-)
 FEDAGG_CRASHES = [
     pytest.param("upload.chunk=kill@8", id="mid-upload"),  # round 1's second upload, absorbed, not committed
     pytest.param("upload.committed=kill@3", id="upload-durable-not-acknowledged"),
@@ -47,7 +39,8 @@ FEDAGG_CRASHES = [
     pytest.param("round_end.outputs_published=kill@2", id="round-end-outputs-published"),
     pytest.param("round_end.committed=kill@1", id="round-end-committed"),
     pytest.param("quit.before_record=kill@1", id="quit-before-record"),
-    pytest.param("quit.recorded=kill@2", id="quit-recorded-last", marks=LOST_QUIT_REPLY),
+    pytest.param("quit.recorded=kill@1", id="quit-recorded-first"),  # its reply lost; the other then quits
+    pytest.param("quit.recorded=kill@2", id="quit-recorded-last"),  # every quit recorded, the last reply lost
 ]
 OPENFL_CRASH_CHAIN = (
     "upload.chunk=kill@3",  # round 0's third upload, mid-upload

@@ -213,35 +213,9 @@ def test_a_round_end_that_cannot_write_its_model_commits_by_itself_once_space_re
         assert_counted_once(setup, NAMES)
 
 
-# Defects found by this suite (strict xfails: each turns into a failure, to be un-marked, once it is fixed) ----------
-
-SPOOL_ERROR_UNREPORTED = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a write error while an upload's chunks are spooled (UploadIntake.absorb, outside "
-        "Federation._storage) reaches the client as UNAVAILABLE 'cannot read its state' but is not reported: "
-        "fedagg_storage_errors_total stays 0, fedagg_storage_failing 0, readiness SERVING"
-    ),
-)
-PARTIAL_SPOOL_FILE_LEAKS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: SpoolWriter.discard raises when close() cannot flush on a full disk (ENOSPC), before it "
-        "unlinks: the refused upload's spool/incoming/*.part stays (with whatever it held) until a restart, and "
-        "asyncio logs 'Future exception was never retrieved'"
-    ),
-)
-READINESS_FLAPS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: any storage operation that succeeds clears storage_failing (_StorageGuard calls storage_ok), "
-        "and opening an upload's spool file succeeds on a full disk: readiness turns SERVING and the probe "
-        "stops while the disk is still full"
-    ),
-)
+# Disk faults in the middle of an upload ------------------------------------------------------------------------
 
 
-@SPOOL_ERROR_UNREPORTED
 def test_a_disk_that_fills_up_during_an_upload_is_reported(tmp_path: Path, pki: Pki) -> None:
     with tmpfs(tmp_path / "state", "8m") as state:
         setup = make_setup(tmp_path, pki, ROUNDS, one_mib_model(tmp_path))
@@ -264,7 +238,6 @@ def test_a_disk_that_fills_up_during_an_upload_is_reported(tmp_path: Path, pki: 
     assert failing == 1, "the aggregator reports that its disk refuses writes"
 
 
-@PARTIAL_SPOOL_FILE_LEAKS
 def test_an_upload_refused_for_a_full_disk_leaves_nothing_in_the_spool(tmp_path: Path, pki: Pki) -> None:
     with tmpfs(tmp_path / "state", "8m") as state:
         setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
@@ -286,7 +259,6 @@ def test_an_upload_refused_for_a_full_disk_leaves_nothing_in_the_spool(tmp_path:
             stop(aggregator)
 
 
-@READINESS_FLAPS
 def test_readiness_stays_not_serving_while_an_upload_arrives_on_a_full_disk(tmp_path: Path, pki: Pki) -> None:
     with tmpfs(tmp_path / "state", "8m") as state:
         setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))

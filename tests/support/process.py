@@ -76,6 +76,7 @@ class FedaggProcess:
             env=environment,
         )
         self.lines: list[str] = []
+        self._log_ended = False
         self.ops_port = self.metrics_port = self.federation_port = 0
         self._new_line = threading.Condition()
         self._ops_ready = threading.Event()
@@ -98,7 +99,7 @@ class FedaggProcess:
         self._ops_ready.set()
         self._federation_ready.set()
         with self._new_line:
-            self.lines.append("")  # end of the log: wake whoever waits for a line
+            self._log_ended = True  # wake whoever waits for a line that will never come
             self._new_line.notify_all()
 
     def wait_for_line(self, pattern: str, timeout: float = 30) -> str:
@@ -106,7 +107,7 @@ class FedaggProcess:
         expression = re.compile(pattern)
         with self._new_line:
             self._new_line.wait_for(
-                lambda: any(expression.search(line) for line in self.lines) or self.lines[-1:] == [""],
+                lambda: any(expression.search(line) for line in self.lines) or self._log_ended,
                 timeout,
             )
             match = next((line for line in self.lines if expression.search(line)), None)

@@ -251,6 +251,12 @@ class Federation:
                 self.plan.collaborators
             )
 
+    @property
+    def quit_jobs_recorded(self) -> frozenset[str]:
+        """Collaborators whose quit job is recorded (sent, or about to be)."""
+        with self._state_lock:
+            return frozenset(self._committed.quit_sent) if self._committed is not None else frozenset()
+
     def seconds_to_deadline(self) -> float | None:
         """Seconds until the current round's straggler cutoff falls due (<= 0: due now), if it has one."""
         cutoff = self._policy.cutoff_seconds()
@@ -355,9 +361,18 @@ class Federation:
             round_ = self._round
         if round_ is None:
             return UploadIntake(admission, {}, self.plan.limits.resolve(0))
-        with self._storage("spool"):
+        with self._storage("spool", proves_writable=False):  # creating a file succeeds on a full disk
             spool = self._store.spool.open()
         return UploadIntake(admission, round_.model.tensors, round_.limits, spool)
+
+    def absorb(self, intake: UploadIntake, data: memoryview, offset: int) -> None:
+        """Check and spool an admitted upload's next bytes. Blocks on the disk."""
+        with self._storage("spool", proves_writable=False):  # buffered: only the seal's fsync proves the disk
+            intake.absorb(data, offset)
+
+    def discard(self, intake: UploadIntake) -> None:
+        """Drop an upload that will not be committed (refused, or its call ended); never raises."""
+        intake.discard()
 
     def seal(self, intake: UploadIntake) -> None:
         """Finish an upload's spool file (fsync) once it has arrived whole. Blocks on the disk."""
@@ -450,8 +465,9 @@ class Federation:
         self._listener.contribution_rejected(admission.collaborator, admission.task, str(rejection.reason))
         return Outcome(admission, rejection.reason, rejection.message)
 
-    def _storage(self, operation: str) -> _StorageGuard:
-        return _StorageGuard(self, operation)
+    def _storage(self, operation: str, *, proves_writable: bool = True) -> _StorageGuard:
+        """Report a disk error in ``operation``; its success clears a storage failure if it ``proves_writable``."""
+        return _StorageGuard(self, operation, proves_writable)
 
     # Round end (commit lock held) -------------------------------------------------------------------------------
 
@@ -624,9 +640,10 @@ class Federation:
 class _StorageGuard:
     """Turns a disk error into :class:`StorageUnavailable` (UNAVAILABLE for the client) and reports it."""
 
-    def __init__(self, federation: Federation, operation: str) -> None:
+    def __init__(self, federation: Federation, operation: str, proves_writable: bool) -> None:
         self._federation = federation
         self._operation = operation
+        self._proves_writable = proves_writable
 
     def __enter__(self) -> None:
         return None
@@ -637,5 +654,5 @@ class _StorageGuard:
             raise StorageUnavailable(
                 f"the aggregator cannot write its state: {describe_os_error(error)}; retry later"
             ) from None
-        if error is None:
+        if error is None and self._proves_writable:
             self._federation.health.storage_ok()

@@ -15,6 +15,7 @@ told was received.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -34,6 +35,9 @@ from fedagg.federation.integrity import (
 
 REJECTION_RECORD = "fedagg/rejection/v1"
 CLOSE_RECORD = "fedagg/round-close/v1"
+
+
+log = logging.getLogger(__name__)
 
 
 class EntryKind(StrEnum):
@@ -84,11 +88,21 @@ class SpoolWriter:
         return digest
 
     def discard(self) -> None:
-        """Close and delete the file (the upload was refused, ignored or abandoned)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.path.unlink(missing_ok=True)
+        """Close and delete the file (the upload was refused, ignored or abandoned); never raises: on a full or
+        failing disk the close may fail to flush, and the file goes all the same."""
+        try:
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close()
+        except OSError as error:
+            log.debug("%s: closing a discarded upload failed: %s", self.path.name, error)
+        finally:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning(
+                    "%s: cannot delete a discarded upload (%s); the next start will", self.path, error
+                )
 
 
 class Spool:

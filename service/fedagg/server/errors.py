@@ -66,7 +66,7 @@ async def abort_for(error: Exception, context: grpc.aio.ServicerContext[Any, Any
         log.error("%s failed on the disk: %s", method, describe_os_error(error))
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
-            f"the aggregator cannot read its state: {describe_os_error(error)}; retry later",
+            f"the aggregator cannot use its state directory: {describe_os_error(error)}; retry later",
         )
     code = status_for(error)
     if code is None:

@@ -42,6 +42,7 @@ from fedagg.server.auth import (
 from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.hold import TaskWaiters
+from fedagg.server.quit_delivery import QuitDelivery
 from fedagg.server.refusals import RefusalLog
 from fedagg.server.replies import (
     description_reply,
@@ -61,6 +62,7 @@ MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONNECTION_AGE = 900.0
 DEFAULT_TASKS_HOLD_SECONDS = 60.0
+DEFAULT_QUIT_REDELIVERY_SECONDS = 120.0
 HELD_SLEEP_SECONDS = 1
 DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
 
@@ -136,6 +138,8 @@ class AggregatorGRPCServer:
         max_connection_age_grace: seconds calls in flight on a closing connection get to finish.
         tasks_hold_seconds: how long a GetTasks that would answer "sleep" is held until there is work
             (long poll, :mod:`fedagg.server.hold`); 0 answers "sleep" at once, as OpenFL does.
+        quit_redelivery_seconds: how long quit jobs recorded before a restart are answered again before the
+            server may stop (:mod:`fedagg.server.quit_delivery`).
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class AggregatorGRPCServer:
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
         self._hold_seconds: float = kwargs.pop("tasks_hold_seconds", DEFAULT_TASKS_HOLD_SECONDS)
+        self._quits = QuitDelivery(kwargs.pop("quit_redelivery_seconds", DEFAULT_QUIT_REDELIVERY_SECONDS))
         self._max_connection_age: float = kwargs.pop("max_connection_age", DEFAULT_MAX_CONNECTION_AGE)
         self._max_connection_age_grace: float = kwargs.pop(
             "max_connection_age_grace", DEFAULT_MAX_CONNECTION_AGE_GRACE
@@ -201,7 +206,6 @@ class AggregatorGRPCServer:
         self._gate = CallGate()
         self._waiters = TaskWaiters()
         self._refusals = RefusalLog()
-        self._all_quit = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
     # OpenFL's helper methods ------------------------------------------------------------------------------
@@ -300,19 +304,19 @@ class AggregatorGRPCServer:
         await server.start()
         self._gate.accepting = True
         self.aggregator.on_progress(self._waiters.progress_from_thread(asyncio.get_running_loop()))
-        if self.aggregator.all_quit_jobs_sent:
-            self._all_quit.set()
+        self._quits.start(self.aggregator.quit_jobs_recorded, self.aggregator.all_quit_jobs_sent)
         clock = RoundClock(self.aggregator, self._commit_executor, self._observer.background_failed)
         self._background.append(asyncio.create_task(clock.run()))
         log.info("federation listening: federation=%s (%s)", self.uri, self.mode.value)
 
     async def wait_for_quit_jobs(self) -> None:
         """Return once every collaborator has received its quit job."""
-        await self._all_quit.wait()
+        await self._quits.wait()
 
     async def stop(self, grace: float | None) -> None:
         """Stop serving; in-flight calls get ``grace`` seconds to finish. Waits for commits under way."""
         self.stop_accepting()
+        await self._quits.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -396,8 +400,8 @@ class AggregatorGRPCServer:
             if reply.quit and not reply.quit_recorded:
                 record = in_current_context(self.aggregator.record_quit, collaborator)
                 await asyncio.get_running_loop().run_in_executor(self._commit_executor, record)
-            if reply.quit and self.aggregator.all_quit_jobs_sent:
-                self._all_quit.set()
+            if reply.quit:
+                self._quits.answered(collaborator, self.aggregator.all_quit_jobs_sent)
             return tasks_reply(self.get_header(collaborator), reply)
 
     async def _hold(self, collaborator: str, reply: TaskReply, token: asyncio.Event) -> TaskReply:

@@ -86,7 +86,7 @@ class UploadReceiver:
         finally:
             if self._intake is not None:
                 with contextlib.suppress(RuntimeError):  # the executor is gone: the restart clears the file
-                    loop.run_in_executor(self._io, self._intake.discard)
+                    loop.run_in_executor(self._io, self._federation.discard, self._intake)
 
     async def _take(self, data: memoryview) -> bool:
         """Process one chunk; True when the upload's fate is sealed and the rest need not be read."""
@@ -119,7 +119,9 @@ class UploadReceiver:
         intake = self._intake
         assert intake is not None
         offset, self._offset = self._offset, self._offset + len(piece)
-        await asyncio.get_running_loop().run_in_executor(self._io, intake.absorb, piece, offset)
+        await asyncio.get_running_loop().run_in_executor(
+            self._io, self._federation.absorb, intake, piece, offset
+        )
         failpoint("upload.chunk")
 
     async def _handle(self, events: list[ResultsEvent]) -> None:
