@@ -1,90 +1,97 @@
-"""Starting the two aggregators under comparison, and watching their memory."""
+"""Starting the two aggregators under comparison (fedagg serve, OpenFL 1.7.1's own aggregator) as processes."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from bench.procfs import ProcessWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE = ROOT / "tests" / "interop" / "openfl_side" / "oracle_aggregator.py"
 FEDERATION_UUID = "bench_0123abcd"
 AGGREGATOR_UUID = f"aggregator_{FEDERATION_UUID}"
 _FEDAGG_PORT = re.compile(r"federation listening: federation=\S+:(\d+)")
+_OPENFL_PORT = re.compile(r"PORT=(\d+)")
+SERVER_MEMORY_LIMIT_MIB = 12 * 1024
+"""A server whose resident memory passes this is killed and its run reported as infeasible: the machine
+(24 GiB) is shared with the collaborators and with other people's work."""
+_FEDAGG_ROUND = re.compile(r"round (\d+) finished: (\d+) contributor\(s\), aggregation ([\d.]+)s")
 
 
-@dataclass
-class MemoryWatch:
-    """Samples a process's resident memory until stopped; keeps the peaks (MiB)."""
+def openfl_python() -> Path | None:
+    """The OpenFL 1.7.1 venv's python (``scripts/openfl-venv`` builds it on first use), None if it cannot."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "openfl-venv")], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        return None
+    return Path(result.stdout.strip().splitlines()[-1])
 
-    pid: int
-    peak_rss: float = 0.0
-    peak_anonymous: float = 0.0
-    baseline_rss: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.baseline_rss = self._read().get("VmRSS", 0.0)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            status = self._read()
-            self.peak_rss = max(self.peak_rss, status.get("VmHWM", 0.0))
-            self.peak_anonymous = max(self.peak_anonymous, status.get("RssAnon", 0.0))
-
-    def _read(self) -> dict[str, float]:
-        try:
-            lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
-        except OSError:
-            return {}
-        values = {}
-        for line in lines:
-            name, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                values[name] = int(rest.split()[0]) / 1024
-        return values
+def clean_env() -> dict[str, str]:
+    """Environment for OpenFL's processes: without this venv's paths, so OpenFL never sees fedagg's packages."""
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 @dataclass
 class RunningServer:
-    """An aggregator process and the port it serves."""
+    """An aggregator process, the port it serves, its log file and a /proc watch started once it listened."""
 
     name: str
     process: subprocess.Popen[str]
     port: int
+    log: Path
+    watch: ProcessWatch
 
-    def wait(self, timeout: float = 120) -> int:
-        return self.process.wait(timeout)
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self.watch.stop()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.watch.stop()
+
+    def aggregation_seconds(self) -> list[float]:
+        """fedagg only: the aggregation time of each round end (from its log)."""
+        return [float(m[3]) for m in _FEDAGG_ROUND.finditer(self.log.read_text(errors="replace"))]
 
 
-def start_fedagg(workdir: Path, pki: Path, collaborators: list[str], init_model: Path) -> RunningServer:
-    config = {
+def fedagg_config(
+    workdir: Path,
+    pki: Path | None,
+    collaborators: list[str],
+    init_model: Path,
+    rounds: int,
+    **sections: dict[str, Any],
+) -> Path:
+    """A fedagg configuration with stock settings, except loopback, ephemeral ports and no Kubernetes hook."""
+    config: dict[str, Any] = {
         "federation": {
             "federation_uuid": FEDERATION_UUID,
             "collaborators": collaborators,
-            "rounds_to_train": 1,
+            "rounds_to_train": rounds,
             "initial_model": str(init_model),
-            "sleep_seconds": 1,
         },
         "server": {
             "bind_address": "127.0.0.1",
             "port": 0,
-            "auth_failure_max_delay": 0,
-            "tls": {"certificate_dir": str(pki / "aggregator")},
+            "tls": {"certificate_dir": str(pki / "aggregator")} if pki else {"mode": "insecure"},
         },
         "ops": {
             "bind_address": "127.0.0.1",
@@ -94,29 +101,65 @@ def start_fedagg(workdir: Path, pki: Path, collaborators: list[str], init_model:
         },
         "hooks": {"kubernetes": {"enabled": "false"}},
         "storage": {"state_dir": str(workdir / "state")},
-        "logging": {"level": "warning"},
+        "logging": {"level": "info"},
     }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
     path = workdir / "fedagg.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_fedagg(
+    workdir: Path,
+    pki: Path | None,
+    collaborators: list[str],
+    init_model: Path,
+    rounds: int = 1,
+    **sections: dict[str, Any],
+) -> RunningServer:
+    """``fedagg serve`` in a subprocess, listening."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = fedagg_config(workdir, pki, collaborators, init_model, rounds, **sections)
+    log = workdir / "fedagg.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedagg.cli", "serve", "--config", str(path)],
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "fedagg.cli", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    config["logging"] = {"level": "info"}
-    path.write_text(yaml.safe_dump(config))
-    assert process.stderr is not None
-    port = _read_port(process, _FEDAGG_PORT)
-    return RunningServer("fedagg", process, port)
+    port = _read_port(process, process.stderr, _FEDAGG_PORT, log)
+    return RunningServer(
+        "fedagg", process, port, log, ProcessWatch(process.pid, limit_mib=SERVER_MEMORY_LIMIT_MIB).start()
+    )
 
 
 def start_openfl(
-    python: Path, workdir: Path, pki: Path, collaborators: list[str], init_model: Path
+    python: Path, workdir: Path, pki: Path | None, collaborators: list[str], init_model: Path, rounds: int = 1
 ) -> RunningServer:
+    """OpenFL 1.7.1's own Aggregator and AggregatorGRPCServer (tests/interop/openfl_side), listening.
+
+    The default plan's aggregator: RandomGroupedAssigner, WeightedAverage, wait for every collaborator,
+    db_store_rounds 2, delta updates, OpenFL's sleep of 10 s; only the per-round model recording that the
+    interop tests need is off.
+    """
     output = workdir / "openfl"
     output.mkdir(parents=True, exist_ok=True)
+    tls = (
+        [
+            "--ca",
+            str(pki / "aggregator" / "ca.crt"),
+            "--cert",
+            str(pki / "aggregator" / "tls.crt"),
+            "--key",
+            str(pki / "aggregator" / "tls.key"),
+        ]
+        if pki
+        else []
+    )
+    log = workdir / "openfl.log"
     process = subprocess.Popen(
         [
             str(python),
@@ -126,19 +169,14 @@ def start_openfl(
             "--collaborators",
             ",".join(collaborators),
             "--rounds",
-            "1",
+            str(rounds),
             "--init-model",
             str(init_model),
             "--federation-uuid",
             FEDERATION_UUID,
             "--aggregator-uuid",
             AGGREGATOR_UUID,
-            "--ca",
-            str(pki / "aggregator" / "ca.crt"),
-            "--cert",
-            str(pki / "aggregator" / "tls.crt"),
-            "--key",
-            str(pki / "aggregator" / "tls.key"),
+            *tls,
             "--state-dir",
             str(output),
             "--output",
@@ -146,25 +184,48 @@ def start_openfl(
             "--record-models",
             "false",
             "--log-level",
-            "WARNING",
+            "INFO",
             "--timeout",
-            "600",
+            "1800",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
+        env=clean_env(),
     )
-    return RunningServer("openfl", process, _read_port(process, re.compile(r"PORT=(\d+)"), stdout=True))
+    port = _read_port(process, process.stdout, _OPENFL_PORT, None)
+    return RunningServer(
+        "openfl", process, port, log, ProcessWatch(process.pid, limit_mib=SERVER_MEMORY_LIMIT_MIB).start()
+    )
 
 
-def _read_port(process: subprocess.Popen[str], pattern: re.Pattern[str], stdout: bool = False) -> int:
-    stream = process.stdout if stdout else process.stderr
+def _read_port(
+    process: subprocess.Popen[str], stream: Any, pattern: re.Pattern[str], copy_to: Path | None
+) -> int:
+    """Read ``stream`` until ``pattern`` gives the port; keep draining it (into ``copy_to``) afterwards."""
     assert stream is not None
-    deadline = time.monotonic() + 60
+    sink = copy_to.open("w") if copy_to is not None else None
+    deadline = time.monotonic() + 120
     for line in stream:
+        if sink is not None:
+            sink.write(line)
+            sink.flush()
         if match := pattern.search(line):
-            threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()  # keep draining
+
+            def drain() -> None:
+                for rest in stream:
+                    if sink is not None:
+                        sink.write(rest)
+                        sink.flush()
+                if sink is not None:
+                    sink.close()
+
+            threading.Thread(target=drain, daemon=True).start()
             return int(match[1])
         if time.monotonic() > deadline:
             break
     raise RuntimeError(f"the aggregator exited with {process.wait()} before listening")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

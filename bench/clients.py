@@ -1,0 +1,100 @@
+"""fedagg's client library as benchmark load: collaborators on threads in a few worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.servers import ROOT, RunningServer
+
+
+def split(names: list[str], processes: int) -> list[list[str]]:
+    """``names`` dealt round-robin to at most ``processes`` groups."""
+    count = max(1, min(processes, len(names)))
+    return [names[index::count] for index in range(count)]
+
+
+def run_workers(
+    server: RunningServer,
+    names: list[str],
+    shapes: dict[str, list[int]],
+    pki: Path | None,
+    directory: Path,
+    processes: int,
+    mode: str = "train",
+    timeout: float = 900,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """Run ``names`` in ``processes`` worker processes (bench/fedagg_worker.py) against ``server``; their outputs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index, group in enumerate(split(names, processes)):
+        spec = {
+            "address": f"localhost:{server.port}",
+            "names": group,
+            "pki": str(pki) if pki else None,
+            "shapes": shapes,
+            "mode": mode,
+            "out": str(directory / f"worker-{index}.out.json"),
+            **extra,
+        }
+        path = directory / f"worker-{index}.json"
+        path.write_text(json.dumps(spec))
+        log = (directory / f"worker-{index}.log").open("wb")
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.fedagg_worker", str(path)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while any(worker.poll() is None for worker in workers):
+            if server.process.poll() not in (None, 0):  # 0: it has sent every quit job and exited
+                why = "killed over the memory limit" if server.watch.killed else "failed"
+                raise RuntimeError(f"{server.name} {why} before its collaborators finished")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name}: the collaborators did not finish within {timeout:.0f} s")
+            time.sleep(0.2)
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    outputs = []
+    for index, code in enumerate(codes):
+        out = directory / f"worker-{index}.out.json"
+        if code != 0 or not out.exists():
+            log_text = (directory / f"worker-{index}.log").read_text(errors="replace")[-3000:]
+            errors = json.loads(out.read_text())["errors"][:5] if out.exists() else []
+            raise RuntimeError(f"worker {index} exited with {code}: {errors}\n{log_text}")
+        outputs.append(json.loads(out.read_text()))
+    return outputs
+
+
+def run_federation(
+    server: RunningServer,
+    names: list[str],
+    shapes: dict[str, list[int]],
+    pki: Path | None,
+    directory: Path,
+    processes: int,
+    timeout: float = 900,
+) -> list[list[Any]]:
+    """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings."""
+    try:
+        server.watch.mark()
+        outputs = run_workers(server, names, shapes, pki, directory, processes, timeout=timeout)
+        code = server.wait(timeout=120)
+        if code != 0:
+            raise RuntimeError(f"{server.name} exited with {code}; see {server.log}")
+    finally:
+        server.kill()
+    return [calls for output in outputs for calls in output["calls"].values()]

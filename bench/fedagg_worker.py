@@ -1,0 +1,152 @@
+"""A benchmark client process: K collaborators on threads, fedagg's client library (``fedagg.collaborator``).
+
+``python -m bench.fedagg_worker SPEC.json`` where the JSON object holds:
+
+* ``address``, ``names`` (the collaborators this process runs), ``pki`` (the directory of
+  ``write_federation_pki``, or null for plaintext), ``shapes`` (``{name: [dims]}``), ``out`` (a JSON file);
+* ``mode``: ``train`` runs :class:`fedagg.collaborator.Collaborator` until the quit job, recording when each
+  call started and ended (wall clock); ``poll`` calls GetTasks in a loop from ``start_at`` (a wall-clock time,
+  so that every process starts together) for ``seconds`` and records how many calls each thread made.
+
+The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}}`` (``train``; ``call`` one of
+``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks) or
+``{"polls": {name: count}, "errors": [...]}`` (``poll``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
+from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, TaskOutput
+from fedagg.collaborator.client import TasksReply
+from fedagg.collaborator.runner import Weights
+from fedagg.protocol import base_pb2
+from fedagg.protocol.codec import Float32Array
+
+
+class TimedClient(AggregatorClient):
+    """fedagg's client; every call's start and end go to :attr:`calls`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[Any]] = []
+
+    def get_tasks(self) -> TasksReply:
+        started = time.time()
+        reply = super().get_tasks()
+        self.calls.append(["get_tasks", reply.round_number if reply.tasks else -1, started, time.time()])
+        return reply
+
+    def get_aggregated_tensor(
+        self, name: str, round_number: int, tags: Sequence[str], require_lossless: bool = True
+    ) -> Float32Array:
+        started = time.time()
+        values = super().get_aggregated_tensor(name, round_number, tags, require_lossless)
+        self.calls.append(["get_tensor", round_number, started, time.time()])
+        return values
+
+    def send_task_results(
+        self, round_number: int, task_name: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
+    ) -> None:
+        started = time.time()
+        super().send_task_results(round_number, task_name, data_size, tensors)
+        self.calls.append(["send_results", round_number, started, time.time()])
+
+
+class AddOne:
+    """A task runner with no data: training adds 1 to every weight, validation reports the first value."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def weight_names(self) -> tuple[str, ...]:
+        return self.names
+
+    def train(self, weights: Weights, round_number: int) -> TaskOutput:
+        return TaskOutput(
+            {"loss": 1.0 / (round_number + 1)}, 10, {n: w + np.float32(1) for n, w in weights.items()}
+        )
+
+    def validate(self, weights: Weights, round_number: int) -> TaskOutput:
+        first = next(iter(weights.values()), np.zeros(1, np.float32))
+        return TaskOutput({"acc": float(first.reshape(-1)[0])}, 5)
+
+
+def client(spec: dict[str, Any], name: str) -> TimedClient:
+    tls = None
+    if spec["pki"]:
+        directory = Path(spec["pki"]) / "collaborators" / name
+        tls = ClientTls(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    return TimedClient(spec["address"], name, AGGREGATOR_UUID, FEDERATION_UUID, tls=tls)
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    names = tuple(spec["shapes"])
+    calls: dict[str, list[list[Any]]] = {}
+    errors: list[str] = []
+
+    def run(name: str) -> None:
+        with client(spec, name) as connection:
+            try:
+                Collaborator(connection, AddOne(names)).run()
+            except Exception as error:
+                errors.append(f"{name}: {error!r}")
+            calls[name] = connection.calls
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in spec["names"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"calls": calls, "errors": errors}
+
+
+def poll(spec: dict[str, Any]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    errors: list[str] = []
+    connections = {name: client(spec, name) for name in spec["names"]}
+    for connection in connections.values():
+        connection.get_tasks()  # connected, TLS handshake done
+    ready_at = time.time()
+
+    def run(name: str) -> None:
+        connection = connections[name]
+        time.sleep(max(0.0, spec["start_at"] - time.time()))
+        deadline = spec["start_at"] + spec["seconds"]
+        count = 0
+        try:
+            while time.time() < deadline:
+                connection.get_tasks()
+                count += 1
+        except Exception as error:
+            errors.append(f"{name}: {error!r}")
+        counts[name] = count
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in spec["names"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for connection in connections.values():
+        connection.close()
+    return {"polls": counts, "errors": errors, "ready_at": ready_at}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    result = train(spec) if spec["mode"] == "train" else poll(spec)
+    Path(spec["out"]).write_text(json.dumps(result) + "\n")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
