@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench image system-deps clean dist
+.PHONY: demo test lint typecheck protos bench bench-aggregation image system-deps clean dist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Peak server memory with each aggregation method, 16 collaborators x 64 MiB (bench/aggregation.md).
+bench-aggregation: $(STAMP)
+	$(BIN)/python -m bench.aggregation
 
 clean:
 	rm -rf $(VENV) .venv-openfl .venv-openfl-* .venv-flower .venv-dp-accounting .mypy_cache .ruff_cache .pytest_cache

@@ -87,11 +87,14 @@ def run_federation(
     directory: Path,
     processes: int,
     timeout: float = 900,
+    **extra: Any,
 ) -> list[list[Any]]:
-    """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings."""
+    """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings.
+
+    ``extra`` goes into the workers' specs (e.g. ``spread``, see bench/fedagg_worker.py)."""
     try:
         server.watch.mark()
-        outputs = run_workers(server, names, shapes, pki, directory, processes, timeout=timeout)
+        outputs = run_workers(server, names, shapes, pki, directory, processes, timeout=timeout, **extra)
         code = server.wait(timeout=120)
         if code != 0:
             raise RuntimeError(f"{server.name} exited with {code}; see {server.log}")

@@ -7,9 +7,12 @@
 * ``mode``: ``train`` runs :class:`fedagg.collaborator.Collaborator` until the quit job, recording when each
   call started and ended (wall clock); ``poll`` calls GetTasks in a loop from ``start_at`` (a wall-clock time,
   so that every process starts together) for ``seconds`` and records how many calls each thread made.
+* ``spread`` (optional, ``train``): above 0, each collaborator's update is ``1 + spread * N(0, 1)`` per value,
+  seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
 The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}}`` (``train``; ``call`` one of
-``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks) or
+``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks; a
+``send_results`` entry has a fifth time, when its last chunk went to gRPC: the rest is the server's work) or
 ``{"polls": {name: count}, "errors": [...]}`` (``poll``).
 """
 
@@ -19,7 +22,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ class TimedClient(AggregatorClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[list[Any]] = []
+        self._sent = 0.0
 
     def get_tasks(self) -> TasksReply:
         started = time.time()
@@ -59,22 +64,33 @@ class TimedClient(AggregatorClient):
     ) -> None:
         started = time.time()
         super().send_task_results(round_number, task_name, data_size, tensors)
-        self.calls.append(["send_results", round_number, started, time.time()])
+        self.calls.append(["send_results", round_number, started, time.time(), self._sent])
+
+    def _counted_chunks(self, payload: bytes) -> Iterator[base_pb2.DataStream]:
+        yield from super()._counted_chunks(payload)
+        self._sent = time.time()  # gRPC asks for the next chunk once the last one is written
 
 
 class AddOne:
-    """A task runner with no data: training adds 1 to every weight, validation reports the first value."""
+    """A task runner with no data: training adds 1 to every weight (plus Gaussian noise of ``spread``, seeded by
+    ``seed`` and the round), validation reports the first value."""
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], spread: float = 0.0, seed: int = 0) -> None:
         self.names = names
+        self.spread = spread
+        self.seed = seed
 
     def weight_names(self) -> tuple[str, ...]:
         return self.names
 
     def train(self, weights: Weights, round_number: int) -> TaskOutput:
-        return TaskOutput(
-            {"loss": 1.0 / (round_number + 1)}, 10, {n: w + np.float32(1) for n, w in weights.items()}
-        )
+        rng = np.random.default_rng([self.seed, round_number])
+        trained = {}
+        for name, values in weights.items():
+            trained[name] = values + np.float32(1)
+            if self.spread:
+                trained[name] += np.float32(self.spread) * rng.standard_normal(values.shape, np.float32)
+        return TaskOutput({"loss": 1.0 / (round_number + 1)}, 10, trained)
 
     def validate(self, weights: Weights, round_number: int) -> TaskOutput:
         first = next(iter(weights.values()), np.zeros(1, np.float32))
@@ -97,7 +113,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     def run(name: str) -> None:
         with client(spec, name) as connection:
             try:
-                Collaborator(connection, AddOne(names)).run()
+                Collaborator(
+                    connection, AddOne(names, spec.get("spread", 0.0), zlib.crc32(name.encode()))
+                ).run()
             except Exception as error:
                 errors.append(f"{name}: {error!r}")
             calls[name] = connection.calls

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require
+from tests.support.bench import run_quick
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,19 +31,9 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     require(
         venv.returncode == 0, f"the OpenFL 1.7.1 venv is missing and cannot be built: {venv.stderr[-500:]}"
     )
-    report, measured = tmp_path / "results.md", tmp_path / "results.json"
 
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(report), "--json", str(measured)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=240,
-    )
+    text, data = run_quick("bench", tmp_path, timeout=240)
 
-    assert result.returncode == 0, result.stderr[-5000:]
-    data = json.loads(measured.read_text())
     assert data["skipped"] == []
     for server in ("fedagg", "openfl"):
         runs = data["cases"]["a"][server]
@@ -63,7 +52,6 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     assert all(positive(result["peak_hwm_mib"]) for result in data["scale"]["fedagg"])
     assert {"fedagg", "openfl"} <= data["polls"].keys()
     assert all(positive(poll["calls_per_second"]) for poll in data["polls"].values())
-    text = report.read_text()
     assert text.startswith("Benchmark of "), text[:200]
     for heading in ("### 1.", "### 2.", "### 3."):
         assert heading in text
