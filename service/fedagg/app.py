@@ -43,6 +43,7 @@ from fedagg.config import ENV_PREFIX, AfterFinish, Config, KubernetesHookMode
 from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
+from fedagg.federation.memory import MMAP_THRESHOLD_BYTES, map_large_buffers
 from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.federation.store import StateStore
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
@@ -122,6 +123,7 @@ def build_aggregator(
         auth_failure_max_delay=server_settings.auth_failure_max_delay,
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
+        stream_window_bytes=server_settings.stream_window_bytes,
         max_connection_age=server_settings.max_connection_age_seconds,
         tasks_hold_seconds=server_settings.tasks_hold_seconds,
         quit_redelivery_seconds=server_settings.quit_redelivery_seconds,
@@ -257,6 +259,10 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
     """Serve the experiment to its end or until SIGTERM/SIGINT (or ``stop``); return the exit status."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    if map_large_buffers():
+        log.debug(
+            "buffers of %d bytes or more get their own mappings (glibc mmap threshold)", MMAP_THRESHOLD_BYTES
+        )
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)

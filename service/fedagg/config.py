@@ -43,6 +43,12 @@ def _optional_positive(value: int | None) -> str | None:
     return None if value is None else positive(value)
 
 
+def _window(value: int) -> str | None:
+    if value == 0 or 65535 <= value <= 2**31 - 1:
+        return None
+    return "0 (automatic) or between 65535 and 2147483647 bytes"
+
+
 def _optional_non_negative(value: int | None) -> str | None:
     return None if value is None else non_negative(value)
 
@@ -220,6 +226,13 @@ class ServerSettings:
         help="largest incoming gRPC message (OpenFL sends uploads in 2 MiB chunks); "
         "bounds what is read before a caller is known",
         check=positive,
+    )
+    stream_window_bytes: int = setting(
+        4 << 20,
+        help="HTTP/2 flow-control window of each call, fixed: bounds what gRPC buffers per upload (memory with "
+        "many collaborators uploading at once); a stream moves at most this much per round trip (4 MiB: 40 MB/s "
+        "at 100 ms). 0 = gRPC sizes it from the measured bandwidth-delay product (unbounded per upload)",
+        check=_window,
     )
 
 

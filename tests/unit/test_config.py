@@ -58,6 +58,10 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
         (config_with(server={"port": "fifty"}), "server.port: got 'fifty', expected an integer"),
         (config_with(server={"port": 70000}), "server.port: got 70000, expected an integer from 0 to 65535"),
         (
+            config_with(server={"stream_window_bytes": 1024}),
+            "server.stream_window_bytes: got 1024, expected 0 (automatic) or between 65535 and 2147483647 bytes",
+        ),
+        (
             config_with(server={"tls": {"mode": "ssl"}}),
             "server.tls.mode: got 'ssl', expected one of ['mtls', 'tls', 'insecure']",
         ),

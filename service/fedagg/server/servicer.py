@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_STREAM_WINDOW_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONNECTION_AGE = 900.0
 DEFAULT_TASKS_HOLD_SECONDS = 60.0
 DEFAULT_QUIT_REDELIVERY_SECONDS = 120.0
@@ -133,6 +134,9 @@ class AggregatorGRPCServer:
         observer: a :class:`ServerObserver` told about refused callers and bytes on the wire.
         max_receive_message_bytes: largest incoming message (uploads arrive in chunks of 2 MiB).
         receive_limits: a :class:`ReceiveLimits`, what an upload may make the server hold in memory.
+        stream_window_bytes: HTTP/2 flow-control window of each stream, fixed: what gRPC buffers of one upload
+            (throughput per stream is at most this per round trip); 0 lets gRPC size it from the measured
+            bandwidth-delay product, which can grow to many MiB per upload on fast links.
         max_connection_age: seconds after which a connection is closed (GOAWAY) and its client reconnects,
             so certificate rotation and revocation reach long-lived clients; 0 keeps connections forever.
         max_connection_age_grace: seconds calls in flight on a closing connection get to finish.
@@ -172,6 +176,7 @@ class AggregatorGRPCServer:
         )
         self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
+        self._stream_window = int(kwargs.pop("stream_window_bytes", DEFAULT_STREAM_WINDOW_BYTES))
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
         self._hold_seconds: float = kwargs.pop("tasks_hold_seconds", DEFAULT_TASKS_HOLD_SECONDS)
         self._quits = QuitDelivery(kwargs.pop("quit_redelivery_seconds", DEFAULT_QUIT_REDELIVERY_SECONDS))
@@ -257,6 +262,13 @@ class AggregatorGRPCServer:
             ("grpc.max_metadata_size", 32 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
+        if (
+            self._stream_window > 0
+        ):  # a fixed window bounds what gRPC buffers per upload (BDP growth does not)
+            options += [
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", self._stream_window),
+            ]
         if (
             self._max_connection_age > 0
         ):  # OpenFL 1.8/1.9 keep one connection: rotations reach it on reconnect

@@ -48,6 +48,7 @@ def squared_distances(tensors: tuple[TensorInputs, ...], count: int) -> Float64A
         for start, stop in tensor.blocks():
             values = stacked(tensor.sources, start, stop).astype(np.float64)
             gram = values @ values.T
+            del values  # before the next block's copy is made: one block at a time stays within the budget
             norms = np.diag(gram)
             distances += norms[:, None] + norms[None, :] - 2 * gram
     np.maximum(distances, 0, out=distances)
