@@ -28,3 +28,8 @@ def test_configuration_reference_matches_the_settings() -> None:
 
 def test_benchmark_table_is_the_last_recorded_run() -> None:
     assert section((ROOT / "README.md").read_text(), "bench") == (ROOT / "bench" / "results.md").read_text()
+
+
+def test_aggregation_benchmark_table_is_the_last_recorded_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert section(readme, "aggregation-bench") == (ROOT / "bench" / "aggregation.md").read_text()
