@@ -501,3 +501,35 @@ def stop(*things: Aggregator | Collaborators | None) -> None:
             thing.log_file.write_text(f"{thing.log()}[exit status {code}]\n")  # kept for a post-mortem
         else:
             thing.close()
+
+
+def crash_and_restart(
+    setup: Setup,
+    failpoints: str,
+    start: Callable[[Setup], Collaborators],
+    while_down: Callable[[Path], T],
+    *,
+    watch_metrics: bool = False,
+) -> tuple[Aggregator, T]:
+    """Run until the aggregator kills itself at ``failpoints``, call ``while_down`` on the state directory, restart
+    on the same configuration and :func:`finish`; the restarted aggregator and what ``while_down`` returned.
+
+    ``watch_metrics`` scrapes the restarted aggregator until it exits (for counters of its start-up).
+    """
+    first = Aggregator(setup.config, failpoints, "aggregator-killed")
+    second: Aggregator | None = None
+    collaborators: Collaborators | None = None
+    try:
+        first.wait_for_federation()
+        collaborators = start(setup)
+        first.wait_killed()
+        done_while_down = while_down(setup.state)
+        second = Aggregator(setup.config, name="aggregator-restarted")
+        if watch_metrics:
+            second.watch_metrics()
+        else:
+            second.wait_for_federation()
+        finish(setup, second, collaborators)
+    finally:
+        stop(first, second, collaborators)
+    return second, done_while_down

@@ -24,12 +24,11 @@ from tests.faults.harness import (
     FedaggCollaborators,
     OpenflCollaborators,
     Setup,
-    finish,
+    crash_and_restart,
     flip_byte,
     make_setup,
     quarantined,
     spooled_uploads,
-    stop,
     upload_header,
 )
 from tests.support.models import write_zero_model
@@ -98,20 +97,8 @@ def corrupt_and_restart(
 ) -> tuple[Aggregator, list[str], list[Path]]:
     """Run until the crash point, damage the state, restart; return the restarted aggregator and what was damaged."""
     setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
-    first = Aggregator(setup.config, failpoints, "aggregator-killed")
-    second: Aggregator | None = None
-    collaborators: Collaborators | None = None
-    try:
-        first.wait_for_federation()
-        collaborators = start(setup)
-        first.wait_killed()
-        damaged = damage(setup.state)
-        second = Aggregator(setup.config, name="aggregator-restarted")
-        second.watch_metrics()
-        finish(setup, second, collaborators)
-    finally:
-        stop(first, second, collaborators)
-    return second, damaged, quarantined(setup.state)
+    restarted, damaged = crash_and_restart(setup, failpoints, start, damage, watch_metrics=True)
+    return restarted, damaged, quarantined(setup.state)
 
 
 def assert_quarantined(files: list[Path], damaged: list[str]) -> None:

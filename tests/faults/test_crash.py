@@ -11,7 +11,6 @@ round and one quit job per collaborator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from tests.faults.harness import (
     Collaborators,
     FedaggCollaborators,
     OpenflCollaborators,
-    Setup,
+    crash_and_restart,
     finish,
     make_setup,
     stop,
@@ -54,27 +53,10 @@ per process), the sixth runs clean. The OpenFL collaborators start once (their s
 ride through all of them."""
 
 
-def crash_and_restart(
-    tmp_path: Path, pki: Pki, failpoints: str, start: Callable[[Setup], Collaborators]
-) -> None:
-    setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
-    first = Aggregator(setup.config, failpoints, "aggregator-killed")
-    second: Aggregator | None = None
-    collaborators: Collaborators | None = None
-    try:
-        first.wait_for_federation()
-        collaborators = start(setup)
-        first.wait_killed()
-        second = Aggregator(setup.config, name="aggregator-restarted")
-        second.wait_for_federation()
-        finish(setup, second, collaborators)
-    finally:
-        stop(first, second, collaborators)
-
-
 @pytest.mark.parametrize("failpoints", FEDAGG_CRASHES)
 def test_fedagg_collaborators_ride_through_a_crash(tmp_path: Path, pki: Pki, failpoints: str) -> None:
-    crash_and_restart(tmp_path, pki, failpoints, lambda setup: FedaggCollaborators(setup, pki))
+    setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
+    crash_and_restart(setup, failpoints, lambda setup: FedaggCollaborators(setup, pki), lambda _state: None)
 
 
 @pytest.mark.interop

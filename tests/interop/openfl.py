@@ -199,18 +199,7 @@ def start_oracle(
         "--timeout",
         "300",
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=(output / "oracle.log").open("wb"),
-        text=True,
-        env=_clean_env(),
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("PORT="):
-            return process, int(line.removeprefix("PORT=").strip())
-    raise AssertionError(f"the OpenFL aggregator exited with {process.wait()} before listening")
+    return _listening_oracle(command, output)
 
 
 def _oracle_straggler_args(spec: StragglerPolicySpec | None) -> list[str]:
@@ -251,6 +240,28 @@ def _json_from(python: Path, script: str, *args: str) -> dict[str, object]:
     )
     summary: dict[str, object] = json.loads(result.stdout)
     return summary
+
+
+def _listening_oracle(
+    command: list[str], output: Path, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Start OpenFL's aggregator (oracle_aggregator.py, its log in ``output/oracle.log``) and read its port."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=(output / "oracle.log").open("wb"),
+        text=True,
+        env=_clean_env(),
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("PORT="):
+            return process, int(line.removeprefix("PORT=").strip())
+    raise AssertionError(
+        f"the OpenFL aggregator exited with {process.wait()} before listening:\n"
+        + (output / "oracle.log").read_text()[-3000:]
+    )
 
 
 def _clean_env() -> dict[str, str]:
@@ -549,22 +560,7 @@ def start_plan_oracle(
         "--timeout",
         str(timeout),
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=workspace.root,
-        stdout=subprocess.PIPE,
-        stderr=(output / "oracle.log").open("wb"),
-        text=True,
-        env=_clean_env(),
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("PORT="):
-            return process, int(line.removeprefix("PORT=").strip())
-    raise AssertionError(
-        f"the OpenFL aggregator exited with {process.wait()} before listening:\n"
-        + (output / "oracle.log").read_text()[-3000:]
-    )
+    return _listening_oracle(command, output, workspace.root)
 
 
 @contextmanager

@@ -370,10 +370,6 @@ class Federation:
         with self._storage("spool", proves_writable=False):  # buffered: only the seal's fsync proves the disk
             intake.absorb(data, offset)
 
-    def discard(self, intake: UploadIntake) -> None:
-        """Drop an upload that will not be committed (refused, or its call ended); never raises."""
-        intake.discard()
-
     def seal(self, intake: UploadIntake) -> None:
         """Finish an upload's spool file (fsync) once it has arrived whole. Blocks on the disk."""
         with self._storage("spool"):

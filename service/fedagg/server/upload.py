@@ -86,7 +86,7 @@ class UploadReceiver:
         finally:
             if self._intake is not None:
                 with contextlib.suppress(RuntimeError):  # the executor is gone: the restart clears the file
-                    loop.run_in_executor(self._io, self._federation.discard, self._intake)
+                    loop.run_in_executor(self._io, self._intake.discard)
 
     async def _take(self, data: memoryview) -> bool:
         """Process one chunk; True when the upload's fate is sealed and the rest need not be read."""
