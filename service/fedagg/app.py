@@ -124,6 +124,7 @@ def build_aggregator(
         executor_workers=server_settings.executor_workers,
         max_receive_message_bytes=server_settings.max_receive_message_bytes,
         stream_window_bytes=server_settings.stream_window_bytes,
+        reply_bytes_in_flight=server_settings.reply_bytes_in_flight,
         max_connection_age=server_settings.max_connection_age_seconds,
         tasks_hold_seconds=server_settings.tasks_hold_seconds,
         quit_redelivery_seconds=server_settings.quit_redelivery_seconds,

@@ -234,6 +234,13 @@ class ServerSettings:
         "at 100 ms). 0 = gRPC sizes it from the measured bandwidth-delay product (unbounded per upload)",
         check=_window,
     )
+    reply_bytes_in_flight: int = setting(
+        32 << 20,
+        help="tensor replies built and not yet delivered hold at most this many bytes together (gRPC keeps a "
+        "second copy of each): memory while many collaborators download a large model at once; further "
+        "downloads wait their turn (a larger tensor goes alone). 0 = unbounded",
+        check=non_negative,
+    )
 
 
 @dataclass(frozen=True)

@@ -382,6 +382,7 @@ class Federation:
                 outcome = self._commit(intake)
             finally:
                 intake.discard()
+            trim_heap()  # what receiving the upload freed: before the next uploads or the aggregation allocate
             with self._state_lock:
                 round_ = self._round
             if round_ is not None:

@@ -51,6 +51,7 @@ from fedagg.server.replies import (
     tensor_reply,
     trained_model_reply,
 )
+from fedagg.server.reply_budget import ReplyBudget
 from fedagg.server.round_clock import RoundClock
 from fedagg.server.tls import CertificateFiles, CertificateSource, TlsMode
 from fedagg.server.upload import UploadReceiver
@@ -61,6 +62,7 @@ SERVICE_NAME = "openfl.aggregator.Aggregator"
 MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_STREAM_WINDOW_BYTES = 4 * 1024 * 1024
+DEFAULT_REPLY_BYTES_IN_FLIGHT = 32 * 1024 * 1024
 DEFAULT_MAX_CONNECTION_AGE = 900.0
 DEFAULT_TASKS_HOLD_SECONDS = 60.0
 DEFAULT_QUIT_REDELIVERY_SECONDS = 120.0
@@ -137,6 +139,8 @@ class AggregatorGRPCServer:
         stream_window_bytes: HTTP/2 flow-control window of each stream, fixed: what gRPC buffers of one upload
             (throughput per stream is at most this per round trip); 0 lets gRPC size it from the measured
             bandwidth-delay product, which can grow to many MiB per upload on fast links.
+        reply_bytes_in_flight: bytes of tensor replies built and not yet delivered, at most (a
+            :class:`~fedagg.server.reply_budget.ReplyBudget`; gRPC holds a second copy of each); 0 = unbounded.
         max_connection_age: seconds after which a connection is closed (GOAWAY) and its client reconnects,
             so certificate rotation and revocation reach long-lived clients; 0 keeps connections forever.
         max_connection_age_grace: seconds calls in flight on a closing connection get to finish.
@@ -177,6 +181,9 @@ class AggregatorGRPCServer:
         self._observer: ServerObserver = kwargs.pop("observer", None) or ServerObserver()
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         self._stream_window = int(kwargs.pop("stream_window_bytes", DEFAULT_STREAM_WINDOW_BYTES))
+        self.reply_budget = ReplyBudget(
+            int(kwargs.pop("reply_bytes_in_flight", DEFAULT_REPLY_BYTES_IN_FLIGHT))
+        )
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
         self._hold_seconds: float = kwargs.pop("tasks_hold_seconds", DEFAULT_TASKS_HOLD_SECONDS)
         self._quits = QuitDelivery(kwargs.pop("quit_redelivery_seconds", DEFAULT_QUIT_REDELIVERY_SECONDS))
@@ -451,15 +458,33 @@ class AggregatorGRPCServer:
                 request.require_lossless,
             )
             header = self.get_header(collaborator)
+            loop = asyncio.get_running_loop()
+            served = await loop.run_in_executor(
+                self._io_executor, self.aggregator.served_tensor, tensor_request, collaborator
+            )
+            try:
+                await self.reply_budget.acquire(served.size)
+            except BaseException:
+                served.release()
+                raise
 
             def build() -> bytes:
-                served = self.aggregator.served_tensor(tensor_request, collaborator)
                 try:
                     return tensor_reply(header, request.round_number, served.parts)
                 finally:
                     served.release()
 
-            return await asyncio.get_running_loop().run_in_executor(self._io_executor, build)
+            try:
+                reply = await loop.run_in_executor(self._io_executor, build)
+            except BaseException:
+                self.reply_budget.release(served.size)
+                raise
+
+            def delivered(_context: ServerContext) -> None:
+                self.reply_budget.release(served.size)
+
+            context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", delivered))
+            return reply
 
     @unary_errors
     async def SendLocalTaskResults(
