@@ -57,6 +57,8 @@ FEDAGG_METRICS = {
     "fedagg_state_volume_available_bytes",
     "fedagg_get_tasks_held",
     "fedagg_get_tasks_hold_seconds",
+    "fedagg_reply_bytes_in_flight",
+    "fedagg_downloads_waiting",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_start_time_seconds",

@@ -53,6 +53,9 @@ def test_prometheus_scrapes_a_two_round_run(tmp_path: Path, pki: Pki) -> None:
             uploads = prometheus.wait_for(
                 'sum(grpc_server_msg_received_total{grpc_method="SendLocalTaskResults"})'
             )
+            replies_held = prometheus.wait_for(  # every delivered download gave its bytes back
+                "fedagg_reply_bytes_in_flight + fedagg_downloads_waiting == 0"
+            )
         with urllib.request.urlopen(f"http://127.0.0.1:{fedagg.metrics_port}/metrics", timeout=10) as reply:
             exposition = reply.read()
         fedagg.terminate()
@@ -69,4 +72,5 @@ def test_prometheus_scrapes_a_two_round_run(tmp_path: Path, pki: Pki) -> None:
     assert accuracy == pytest.approx(3.1, rel=1e-6)  # validation of round 1's model (closed form)
     assert state == 1
     assert uploads >= 2 * 3 * 3
+    assert replies_held == 0
     assert code == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedagg.protocol import aggregator_pb2
+from fedagg.server.servicer import ServerObserver
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.servers import (
@@ -22,6 +23,17 @@ from tests.support.servers import (
     serving,
 )
 
+
+class BudgetRecorder(ServerObserver):
+    """Every (bytes in flight, replies waiting) the server reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int]] = []
+
+    def replies_in_flight(self, size: int, waiting: int) -> None:
+        self.reports.append((size, waiting))
+
+
 TENSOR_VALUES = 1 << 19  # 2 MiB per tensor
 MODEL = {f"layer{index}": np.full(TENSOR_VALUES, index, np.float32) for index in range(4)}
 
@@ -29,29 +41,22 @@ MODEL = {f"layer{index}": np.full(TENSOR_VALUES, index, np.float32) for index in
 def test_downloads_wait_for_the_budget_and_every_one_is_served(tmp_path: Path, pki: Pki) -> None:
     federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), MODEL)
     budget_bytes = 3 << 20  # one tensor reply at a time (two would be 4 MiB)
-    with serving(federation, pki, reply_bytes_in_flight=budget_bytes) as thread:
-        budget = thread.server.reply_budget
-        admitted_in_flight: list[int] = []
-        acquire = budget.acquire
-
-        async def recording_acquire(size: int) -> None:
-            await acquire(size)
-            admitted_in_flight.append(budget.in_flight)
-
-        budget.acquire = recording_acquire  # type: ignore[method-assign]
+    observer = BudgetRecorder()
+    with serving(federation, pki, reply_bytes_in_flight=budget_bytes, observer=observer) as thread:
         clients = [client_for(thread, name, pki) for name in COLLABORATORS]
         jobs = [(client, name) for client in clients for name in MODEL]
         with ThreadPoolExecutor(len(jobs)) as pool:
             fetched = list(pool.map(lambda job: job[0].get_aggregated_tensor(job[1], 0, ["model"]), jobs))
         for client in clients:
             client.close()
-        in_flight_after = thread.run(lambda: budget.in_flight)
+        in_flight_after = thread.run(lambda: thread.server.reply_budget.in_flight)
 
     assert [float(values[0]) for values in fetched] == [float(MODEL[name][0]) for _, name in jobs]
     assert all(values.shape == (TENSOR_VALUES,) for values in fetched)
-    assert len(admitted_in_flight) == len(jobs)
-    assert max(admitted_in_flight) <= budget_bytes  # never two 2 MiB replies at once
-    assert in_flight_after == 0  # every delivered reply gave its bytes back
+    assert max(size for size, _ in observer.reports) <= budget_bytes  # never two 2 MiB replies at once
+    assert len(observer.reports) >= 2 * len(jobs)  # each reply's admission and delivery were reported
+    assert observer.reports[-1] == (0, 0)  # what the metrics show once every reply was delivered
+    assert in_flight_after == 0
 
 
 def test_a_download_the_client_abandons_gives_its_bytes_back(tmp_path: Path, pki: Pki) -> None:

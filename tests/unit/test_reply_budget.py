@@ -118,3 +118,18 @@ def test_zero_means_unbounded() -> None:
         assert budget.in_flight == 4 << 30
 
     run(scenario)
+
+
+def test_the_listener_hears_every_change_of_bytes_and_queue() -> None:
+    async def scenario() -> None:
+        reports: list[tuple[int, int]] = []
+        budget = ReplyBudget(10, lambda size, waiting: reports.append((size, waiting)))
+        await budget.acquire(6)
+        waiter = asyncio.create_task(budget.acquire(6))
+        await settled()
+        budget.release(6)
+        await waiter
+        budget.release(6)
+        assert reports == [(6, 0), (6, 1), (6, 0), (0, 0)]
+
+    run(scenario)

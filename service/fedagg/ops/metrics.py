@@ -97,6 +97,16 @@ class FederationMetrics(FederationListener):
             "GetTasks calls held until their collaborator has work (long poll).",
             registry=registry,
         )
+        self.reply_bytes = Gauge(
+            "fedagg_reply_bytes_in_flight",
+            "Bytes of tensor replies built and not yet delivered (at most server.reply_bytes_in_flight).",
+            registry=registry,
+        )
+        self.downloads_waiting = Gauge(
+            "fedagg_downloads_waiting",
+            "GetAggregatedTensor calls waiting for the reply byte budget (server.reply_bytes_in_flight).",
+            registry=registry,
+        )
         self.hold_duration = Histogram(
             "fedagg_get_tasks_hold_seconds",
             "How long held GetTasks calls waited before they were answered.",
@@ -257,6 +267,11 @@ class FederationMetrics(FederationListener):
     def tasks_hold_ended(self, seconds: float) -> None:
         """A held GetTasks call was answered."""
         self.hold_duration.observe(seconds)
+
+    def replies_in_flight(self, size: int, waiting: int) -> None:
+        """The reply budget's bytes in flight or queue changed."""
+        self.reply_bytes.set(size)
+        self.downloads_waiting.set(waiting)
 
 
 COLLABORATOR_STATES = (

@@ -12,16 +12,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
+
+BudgetListener = Callable[[int, int], None]
+"""Told ``(bytes in flight, replies waiting)`` after every change."""
 
 
 class ReplyBudget:
     """Bytes of replies in flight, at most ``limit`` (0: unbounded). Event-loop only: no lock, no threads."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, listener: BudgetListener | None = None) -> None:
         self.limit = limit
         self.in_flight = 0
         """Bytes of replies admitted and not yet released."""
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._listener = listener
+
+    @property
+    def waiting(self) -> int:
+        """Replies waiting for their turn."""
+        return len(self._waiting)
+
+    def _changed(self) -> None:
+        if self._listener is not None:
+            self._listener(self.in_flight, self.waiting)
 
     def _fits(self, size: int) -> bool:
         return self.limit == 0 or self.in_flight == 0 or self.in_flight + size <= self.limit
@@ -30,10 +44,12 @@ class ReplyBudget:
         """Wait until a reply of ``size`` bytes may be built; the caller then owes one :meth:`release`."""
         if not self._waiting and self._fits(size):
             self.in_flight += size
+            self._changed()
             return
         turn = asyncio.get_running_loop().create_future()
         entry = (size, turn)
         self._waiting.append(entry)
+        self._changed()
         try:
             await turn
         except asyncio.CancelledError:
@@ -43,12 +59,14 @@ class ReplyBudget:
                 with contextlib.suppress(ValueError):  # _admit may have dropped it already
                     self._waiting.remove(entry)
                 self._admit()
+                self._changed()
             raise
 
     def release(self, size: int) -> None:
         """A reply of ``size`` bytes was delivered (or abandoned): admit whoever now fits."""
         self.in_flight -= size
         self._admit()
+        self._changed()
 
     def _admit(self) -> None:
         while self._waiting:

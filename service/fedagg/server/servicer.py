@@ -114,6 +114,9 @@ class ServerObserver:
     def tasks_hold_ended(self, seconds: float) -> None:
         """A held GetTasks call was answered after ``seconds``."""
 
+    def replies_in_flight(self, size: int, waiting: int) -> None:
+        """Tensor replies now hold ``size`` bytes, and ``waiting`` more wait for the reply budget."""
+
 
 class AggregatorGRPCServer:
     """Serves a :class:`~fedagg.federation.federation.Federation` to OpenFL collaborators.
@@ -182,7 +185,8 @@ class AggregatorGRPCServer:
         self._max_receive = int(kwargs.pop("max_receive_message_bytes", DEFAULT_MAX_RECEIVE_MESSAGE_BYTES))
         self._stream_window = int(kwargs.pop("stream_window_bytes", DEFAULT_STREAM_WINDOW_BYTES))
         self.reply_budget = ReplyBudget(
-            int(kwargs.pop("reply_bytes_in_flight", DEFAULT_REPLY_BYTES_IN_FLIGHT))
+            int(kwargs.pop("reply_bytes_in_flight", DEFAULT_REPLY_BYTES_IN_FLIGHT)),
+            self._observer.replies_in_flight,
         )
         self._receive_limits: ReceiveLimits = kwargs.pop("receive_limits", None) or ReceiveLimits()
         self._hold_seconds: float = kwargs.pop("tasks_hold_seconds", DEFAULT_TASKS_HOLD_SECONDS)
