@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
 import subprocess
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from fedagg.config import load_config, parse_config
+from fedagg.config import Config, load_config, parse_config
 from fedagg.openfl_plan import load_openfl_workspace
 from tests.conftest import require
 from tests.deploy import chart
@@ -535,6 +538,61 @@ def test_every_object_in_the_schema_is_closed() -> None:
 
     walk(schema, "")
     assert open_objects == []
+
+
+#: fedagg settings the chart fills in itself (ports, listen addresses, mounted paths, the pod's identity).
+CHART_MANAGED_SETTINGS = {
+    "server.bind_address",
+    "server.port",
+    "server.tls.certificate_dir",
+    "server.tls.certificate",
+    "server.tls.private_key",
+    "server.tls.root_certificate",
+    "ops.bind_address",
+    "ops.port",
+    "ops.metrics_bind_address",
+    "ops.metrics_port",
+    "ops.after_finish",
+    "hooks.kubernetes.pod_name",
+    "hooks.kubernetes.namespace",
+    "storage.state_dir",
+}
+
+
+def fedagg_settings(settings: type[Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf setting of a fedagg config section, with its default."""
+    hints = typing.get_type_hints(settings)
+    for field in dataclasses.fields(settings):
+        path = f"{prefix}.{field.name}"
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from fedagg_settings(hints[field.name], path)
+        else:
+            yield path, field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+
+
+def test_every_fedagg_setting_is_a_chart_value_with_fedaggs_default() -> None:
+    """An operator can set every fedagg setting through the chart, and the chart's defaults are fedagg's."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    sections = typing.get_type_hints(Config)
+    missing, different = [], []
+    for section in ("server", "limits", "ops", "hooks", "storage", "logging"):
+        for path, default in fedagg_settings(sections[section], section):
+            if path in CHART_MANAGED_SETTINGS:
+                continue
+            node, value = schema, values
+            for key in path.split("."):
+                node = node["properties"].get(key, {"properties": {}})
+                value = (
+                    value.get(key, dataclasses.MISSING) if isinstance(value, dict) else dataclasses.MISSING
+                )
+            if not node.keys() & {"type", "enum"}:
+                missing.append(path)
+            elif value != (list(default) if isinstance(default, tuple) else default):
+                different.append((path, value, default))
+
+    assert missing == []
+    assert different == []
 
 
 # --- monitoring, network policy, docs ----------------------------------------------------------------------------
