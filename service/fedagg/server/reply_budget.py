@@ -33,7 +33,7 @@ class ReplyBudget:
         """Replies waiting for their turn."""
         return len(self._waiting)
 
-    def _changed(self) -> None:
+    def _report(self) -> None:
         if self._listener is not None:
             self._listener(self.in_flight, self.waiting)
 
@@ -44,12 +44,12 @@ class ReplyBudget:
         """Wait until a reply of ``size`` bytes may be built; the caller then owes one :meth:`release`."""
         if not self._waiting and self._fits(size):
             self.in_flight += size
-            self._changed()
+            self._report()
             return
         turn = asyncio.get_running_loop().create_future()
         entry = (size, turn)
         self._waiting.append(entry)
-        self._changed()
+        self._report()
         try:
             await turn
         except asyncio.CancelledError:
@@ -59,23 +59,23 @@ class ReplyBudget:
                 with contextlib.suppress(ValueError):  # _admit may have dropped it already
                     self._waiting.remove(entry)
                 self._admit()
-                self._changed()
             raise
 
     def release(self, size: int) -> None:
         """A reply of ``size`` bytes was delivered (or abandoned): admit whoever now fits."""
         self.in_flight -= size
         self._admit()
-        self._changed()
 
     def _admit(self) -> None:
+        """Admit the waiting replies that now fit, in order, then report."""
         while self._waiting:
             size, turn = self._waiting[0]
             if turn.cancelled():  # its caller is gone; it cleans up after itself
                 self._waiting.popleft()
                 continue
             if not self._fits(size):
-                return
+                break
             self._waiting.popleft()
             self.in_flight += size
             turn.set_result(None)
+        self._report()

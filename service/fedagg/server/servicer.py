@@ -88,6 +88,11 @@ class ReceiveLimits:
         return DecodeLimits(self.field_bytes, self.tags_per_tensor, 8, self.descriptor_bytes)
 
 
+def when_done(context: ServerContext, callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the event loop when the call ends (answered, cancelled or failed)."""
+    context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", lambda _context: callback()))
+
+
 def _serialize(reply: Message | bytes) -> bytes:
     """Replies are messages, or bytes already serialized (tensors encoded once and shared)."""
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
@@ -372,11 +377,7 @@ class AggregatorGRPCServer:
             raise
         set_log_context(collaborator=collaborator)
         self.aggregator.contact_started(collaborator)
-
-        def ended(_context: ServerContext) -> None:
-            self.aggregator.contact_ended(collaborator)
-
-        context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", ended))  # the stubs want a class
+        when_done(context, functools.partial(self.aggregator.contact_ended, collaborator))
         return collaborator
 
     async def _check_uploader(self, context: ServerContext) -> None:
@@ -466,8 +467,9 @@ class AggregatorGRPCServer:
             served = await loop.run_in_executor(
                 self._io_executor, self.aggregator.served_tensor, tensor_request, collaborator
             )
+            size = served.size
             try:
-                await self.reply_budget.acquire(served.size)
+                await self.reply_budget.acquire(size)
             except BaseException:
                 served.release()
                 raise
@@ -481,13 +483,9 @@ class AggregatorGRPCServer:
             try:
                 reply = await loop.run_in_executor(self._io_executor, build)
             except BaseException:
-                self.reply_budget.release(served.size)
+                self.reply_budget.release(size)
                 raise
-
-            def delivered(_context: ServerContext) -> None:
-                self.reply_budget.release(served.size)
-
-            context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", delivered))
+            when_done(context, functools.partial(self.reply_budget.release, size))  # once gRPC has sent it
             return reply
 
     @unary_errors
