@@ -52,9 +52,11 @@ from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
 from fedagg.ops.readiness import Readiness
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
+from fedagg.server.handlers import SERVICE_NAME
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
-from fedagg.server.servicer import SERVICE_NAME, AggregatorGRPCServer, ReceiveLimits
+from fedagg.server.options import ReceiveLimits
+from fedagg.server.servicer import AggregatorGRPCServer
 from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
 from fedagg.settings import ConfigError
 
@@ -134,7 +136,10 @@ def build_aggregator(
             config.limits.field_bytes,
             config.limits.tags_per_tensor,
             config.limits.descriptor_bytes,
+            config.limits.tensors_per_upload,
         ),
+        caller_limits=server_settings.caller_limits,
+        connection_limits=server_settings.connection_limits,
         interceptors=[MetricsInterceptor(grpc_metrics)],
         extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
         observer=metrics,

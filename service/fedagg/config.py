@@ -33,6 +33,7 @@ from fedagg.federation.plan import (
     default_tasks,
     select_task_group,
 )
+from fedagg.server.options import CallerLimits, ConnectionLimits
 from fedagg.server.tls import CertificateFiles, TlsMode
 from fedagg.settings import ConfigError, build, non_empty, non_negative, port_number, positive, setting
 
@@ -234,6 +235,12 @@ class ServerSettings:
         "at 100 ms). 0 = gRPC sizes it from the measured bandwidth-delay product (unbounded per upload)",
         check=_window,
     )
+    caller_limits: CallerLimits = setting(
+        factory=CallerLimits, help="what one caller may hold at once, and for how long"
+    )
+    connection_limits: ConnectionLimits = setting(
+        factory=ConnectionLimits, help="connections to the federation port"
+    )
     reply_bytes_in_flight: int = setting(
         32 << 20,
         help="tensor replies built and not yet delivered hold at most this many bytes together (gRPC keeps a "
@@ -258,6 +265,11 @@ class LimitsSettings:
     tags_per_tensor: int = setting(32, help="most tags one uploaded tensor may carry", check=positive)
     descriptor_bytes: int = setting(
         4 << 20, help="all names, tags and shapes of one upload together", check=positive
+    )
+    tensors_per_upload: int = setting(
+        16384,
+        help="tensors (weights and metrics) in one upload: bounds the decoding work one upload causes",
+        check=positive,
     )
     upload_bytes: int | None = setting(
         None,

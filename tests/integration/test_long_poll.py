@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from fedagg.protocol import aggregator_pb2
-from fedagg.server.servicer import ServerObserver
+from fedagg.server.observer import ServerObserver
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.runners import SHAPES, zero_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedagg.protocol import aggregator_pb2
-from fedagg.server.servicer import ServerObserver
+from fedagg.server.observer import ServerObserver
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.servers import (

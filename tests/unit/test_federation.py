@@ -355,7 +355,7 @@ def test_served_data_is_a_view_of_the_model_and_delta_files_not_a_copy(
     delta = federation.served_tensor(TensorRequest("w", 1, False, ("aggregated", "delta"), False))
 
     for served in (model, delta):
-        data = served.parts[-1]
+        data = served.parts()[-1]
         assert isinstance(data, memoryview)
         owner = data.obj
         while isinstance(owner, (np.ndarray, memoryview)):

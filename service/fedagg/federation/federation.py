@@ -578,7 +578,7 @@ class Federation:
         """:meth:`served_tensor` as one serialized NamedTensor (a copy: for tests and tools)."""
         served = self.served_tensor(request, requester)
         try:
-            return b"".join(served.parts)
+            return b"".join(served.parts())
         finally:
             served.release()
 

@@ -87,13 +87,17 @@ def resolve_form(request: TensorRequest) -> ServedForm:
 class ServedTensor:
     """A serialized NamedTensor as parts (the data part a view of a model file), and how to let go of its pages."""
 
-    parts: list[bytes | memoryview]
+    body: list[bytes | memoryview]
     release: Callable[[], None]
 
     @property
     def size(self) -> int:
         """Bytes of the serialized NamedTensor."""
-        return sum(len(part) for part in self.parts)
+        return sum(len(part) for part in self.body)
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The serialized NamedTensor's parts."""
+        return self.body
 
 
 class TensorServer:

@@ -103,6 +103,8 @@ class TaskResultsDecoder:
             )
         number, value = field.number, field.value
         if number == _HEADER:
+            if self._header.ByteSize():
+                raise MalformedMessage("TaskResults.header appears twice; a sender is named once")
             self._header = _parse_header(_expect_bytes(value, "TaskResults.header"))
         elif number == _ROUND:
             self._round_number = as_int32(_expect_int(value, "TaskResults.round_number"))

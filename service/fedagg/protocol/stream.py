@@ -26,6 +26,9 @@ from google.protobuf.message import DecodeError
 from fedagg.protocol import base_pb2
 from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, as_int32, decode_varint
 
+FIELD_COST = 32
+"""Bytes of the descriptor budget every decoded field costs, whatever its length (a 1-byte field is not free)."""
+
 # NamedTensor field numbers (base.proto).
 _NAME, _ROUND, _LOSSLESS, _REPORT, _TAGS, _METADATA, _DATA = 1, 2, 3, 4, 5, 6, 7
 
@@ -39,7 +42,10 @@ class DecodeLimits:
     tags_per_tensor: int = 64
     metadata_per_tensor: int = 8
     descriptor_bytes: int = 64 << 20
-    """All small fields of the stream together (every tensor's name, tags and metadata)."""
+    """All small fields of the stream together (every tensor's name, tags and metadata), each charged at least
+    :data:`FIELD_COST` bytes: the decoding work of a stream, not only what it holds, is bounded."""
+    tensors: int = 1 << 20
+    """Tensors in the stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +244,13 @@ class TensorStreamDecoder:
             number, wire_type = key >> 3, key & 7
             if number == 0:
                 raise MalformedMessage(f"invalid field number 0 at byte {self._position}")
+            self._charge(FIELD_COST)
             if number == self._tensor_field:
                 _expect_wire_type("tensor", number, wire_type, WireType.LEN)
                 length = yield _Varint()
                 assert isinstance(length, int)
+                if self._tensor_count >= self._limits.tensors:
+                    raise MalformedMessage(f"the message carries more than {self._limits.tensors} tensors")
                 self._events.append(TensorStart(self._tensor_count))
                 self._tensor_count += 1
                 yield from self._parse_tensor(length)
@@ -275,11 +284,7 @@ class TensorStreamDecoder:
                     f"field {number} is {length} bytes long; the limit for fields other than tensor data is "
                     f"{limits.field_bytes} bytes"
                 )
-            self._descriptor_bytes += length
-            if self._descriptor_bytes > limits.descriptor_bytes:
-                raise MalformedMessage(
-                    f"the names, tags and metadata of this message exceed {limits.descriptor_bytes} bytes"
-                )
+            self._charge(length)
             return (yield _Exact(length))
         if wire_type in (WireType.I64, WireType.I32):
             yield _Skip(8 if wire_type == WireType.I64 else 4)
@@ -287,6 +292,14 @@ class TensorStreamDecoder:
         raise MalformedMessage(
             f"field {number} has unsupported wire type {wire_type} at byte {self._position}"
         )
+
+    def _charge(self, cost: int) -> None:
+        self._descriptor_bytes += cost
+        if self._descriptor_bytes > self._limits.descriptor_bytes:
+            raise MalformedMessage(
+                f"the names, tags and metadata of this message exceed {self._limits.descriptor_bytes} bytes "
+                f"(each field counted as at least {FIELD_COST})"
+            )
 
     def _parse_tensor(self, length: int) -> _Parser:
         index = self._tensor_count - 1
@@ -297,6 +310,7 @@ class TensorStreamDecoder:
             key = yield _Varint()
             assert isinstance(key, int)
             number, wire_type = key >> 3, key & 7
+            self._charge(FIELD_COST)
             if number > _DATA:
                 yield from self._skip_field(number, wire_type)
                 continue

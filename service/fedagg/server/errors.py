@@ -42,6 +42,10 @@ class Unavailable(Exception):
     """The server cannot take the call now (starting, draining); clients should retry later."""
 
 
+class ResourceExhausted(Exception):
+    """The caller holds as much of a resource as it may (a named limit); it may ask again once it lets go."""
+
+
 class Unimplemented(Exception):
     """A part of the protocol fedagg does not serve (UNIMPLEMENTED)."""
 
@@ -52,6 +56,8 @@ def status_for(error: Exception) -> grpc.StatusCode | None:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, Unimplemented):
         return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(error, ResourceExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     for kind, code in _CODES:
         if isinstance(error, kind):
             return code

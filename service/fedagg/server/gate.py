@@ -55,15 +55,21 @@ class CallGate:
         """From now on, calls waiting in :meth:`until_cut` end with UNAVAILABLE."""
         self._cut.set()
 
-    async def until_cut(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` unless the gate cuts calls first (then raise UNAVAILABLE)."""
+    async def until_cut(self, awaitable: Awaitable[T], timeout: float | None = None) -> T:
+        """Await ``awaitable`` unless the gate cuts calls first (then raise UNAVAILABLE), or ``timeout`` passes
+        (then raise TimeoutError)."""
         work = asyncio.ensure_future(awaitable)
         cut = asyncio.ensure_future(self._cut.wait())
         try:
-            done, _ = await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({work, cut}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            work.cancel()  # the call was cancelled: nothing may be left pending behind it
+            raise
         finally:
             cut.cancel()
         if work in done:
             return work.result()
         work.cancel()
+        if not done:
+            raise TimeoutError
         raise Unavailable("the aggregator is shutting down; send again once it is back")

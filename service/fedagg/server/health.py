@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedagg.server.servicer import SERVICE_NAME
+from fedagg.server.handlers import SERVICE_NAME
 
 LIVENESS = "liveness"
 READINESS = SERVICE_NAME

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
+
+from fedagg.federation.federation import Federation, TaskReply
+from fedagg.server.gate import CallGate
+from fedagg.server.observer import ServerObserver
+
+HELD_SLEEP_SECONDS = 1
+"""The sleep a call held for the whole hold time is answered with: it asks again soon, and is held again."""
 
 
 class TaskWaiters:
@@ -42,3 +50,47 @@ class TaskWaiters:
             loop.call_soon_threadsafe(self.progress)
 
         return notify
+
+
+class LongPoll:
+    """Answers GetTasks, holding an idle collaborator's call until it has work (module docstring)."""
+
+    def __init__(
+        self,
+        federation: Federation,
+        gate: CallGate,
+        hold_seconds: float,
+        observer: ServerObserver,
+    ) -> None:
+        self.waiters = TaskWaiters()
+        self._federation = federation
+        self._gate = gate
+        self._hold_seconds = hold_seconds
+        self._observer = observer
+
+    async def tasks(self, collaborator: str) -> TaskReply:
+        """The collaborator's tasks, or a sleep once the hold time passed, or quit."""
+        token = self.waiters.token()
+        reply = self._federation.get_tasks(collaborator)
+        if reply.sleep_seconds and self._hold_seconds > 0:
+            reply = await self._hold(collaborator, reply, token)
+        return reply
+
+    async def _hold(self, collaborator: str, reply: TaskReply, token: asyncio.Event) -> TaskReply:
+        """Hold an idle collaborator's GetTasks until it has work, the hold time passes, or a drain begins."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._hold_seconds
+        self._observer.tasks_held(1)
+        try:
+            while reply.sleep_seconds and self._gate.accepting:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return replace(reply, sleep_seconds=HELD_SLEEP_SECONDS)  # ask again soon: held again
+                await self.waiters.wait(token, remaining)
+                token = self.waiters.token()
+                reply = self._federation.get_tasks(collaborator)
+            return reply
+        finally:
+            self._observer.tasks_held(-1)
+            self._observer.tasks_hold_ended(loop.time() - started)

@@ -47,9 +47,20 @@ def tensor_reply(
     return b"".join((head.SerializeToString(), length_delimited_prefix(_TENSOR_FIELD, size), *tensor))
 
 
-def trained_model_reply(model: bytes) -> bytes:
-    """A serialized TrainedModelResponse around a .pbuf file's bytes (copies them: run off the loop)."""
-    return length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)) + model
+def tensor_reply_size(header: aggregator_pb2.MessageHeader, round_number: int, tensor_size: int) -> int:
+    """Bytes of :func:`tensor_reply` for a NamedTensor of ``tensor_size`` bytes."""
+    head = aggregator_pb2.GetAggregatedTensorResponse(header=header, round_number=round_number)
+    return head.ByteSize() + len(length_delimited_prefix(_TENSOR_FIELD, tensor_size)) + tensor_size
+
+
+def trained_model_reply(model: bytes | memoryview) -> bytes:
+    """A serialized TrainedModelResponse around a .pbuf file's bytes (copies them once: run off the loop)."""
+    return b"".join((length_delimited_prefix(_MODEL_PROTO_FIELD, len(model)), model))
+
+
+def trained_model_reply_size(model_size: int) -> int:
+    """Bytes of :func:`trained_model_reply` for a model file of ``model_size`` bytes."""
+    return len(length_delimited_prefix(_MODEL_PROTO_FIELD, model_size)) + model_size
 
 
 def description_reply(status: ExperimentStatus) -> aggregator_pb2.GetExperimentDescriptionResponse:

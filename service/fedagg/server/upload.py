@@ -3,7 +3,11 @@
 The upload is decoded as its chunks arrive, and nothing is held that has not been bounded:
 
 * before the TaskResults header authenticates the sender, and until the first tensor begins (the header area),
-  at most ``header_bytes`` are buffered; a stream that needs more is refused;
+  at most ``header_bytes`` are decoded and buffered; a stream that needs more is refused;
+* decoding runs off the event loop, one chunk at a time, and its work is bounded by the decode limits (every field
+  costs descriptor budget, and the number of tensors is capped), so no upload stalls the calls of others;
+* one caller may have at most ``concurrent_uploads_per_task`` uploads of one task open at once
+  (:class:`UploadSlots`);
 * from admission on, bytes go straight to a spool file, each tensor is checked as soon as its data begins (name,
   shape, size budget) and its values as they pass (finite), so an unusable upload is refused before its bulk is
   spooled, and reading stops;
@@ -20,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 
 from fedagg.failpoints import failpoint
@@ -31,14 +36,47 @@ from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
 from fedagg.protocol.stream import DecodeLimits
+from fedagg.server.errors import Unavailable
+from fedagg.server.observer import Limit, ServerObserver
 
 log = logging.getLogger(__name__)
 
 Authenticate = Callable[[aggregator_pb2.MessageHeader], Awaitable[str]]
 
 
+class UploadSlots:
+    """Uploads open per (collaborator, task), at most ``per_task``. Event-loop only (no lock)."""
+
+    def __init__(self, per_task: int, observer: ServerObserver) -> None:
+        self._per_task = per_task
+        self._observer = observer
+        self._open: Counter[tuple[str, str]] = Counter()
+
+    @contextlib.contextmanager
+    def slot(self, collaborator: str, task: str) -> Iterator[None]:
+        """Hold one of ``collaborator``'s upload slots for ``task`` (UNAVAILABLE when all are taken)."""
+        key = (collaborator, task)
+        if self._open[key] >= self._per_task:
+            self._observer.limit_breached(Limit.CONCURRENT_UPLOADS)
+            raise Unavailable(
+                f"{collaborator!r} already has {self._open[key]} uploads of task {task[:64]!r} open "
+                "(server.caller_limits.concurrent_uploads_per_task); send again once they end"
+            )
+        self._open[key] += 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+            if not self._open[key]:
+                del self._open[key]
+
+
 class UploadReceiver:
-    """State of one upload. Use :meth:`receive` once."""
+    """State of one upload. Use :meth:`receive` once.
+
+    Single owner: the receiver owns its decoder (used by one executor call at a time, awaited in turn) and its
+    intake until it hands the intake to :meth:`Federation.commit`, which owns (and disposes of) it from then on.
+    """
 
     def __init__(
         self,
@@ -49,6 +87,7 @@ class UploadReceiver:
         *,
         header_bytes: int,
         decode_limits: DecodeLimits,
+        slots: UploadSlots,
     ) -> None:
         self._federation = federation
         self._authenticate = authenticate
@@ -61,52 +100,69 @@ class UploadReceiver:
         self._offset = 0
         self._intake: UploadIntake | None = None
         self._outcome: Outcome | None = None
+        self._slots = slots
+        self._slot = contextlib.ExitStack()
         self.collaborator = ""
 
     async def receive(self, chunks: AsyncIterator[memoryview]) -> Outcome:
         """Consume the stream (or as much of it as needed) and commit it; return what became of it."""
         loop = asyncio.get_running_loop()
-        try:
-            async for data in chunks:
-                if data and await self._take(data):
-                    break
-            else:
-                await self._handle(self._decoder.finish())
-                if self._outcome is None and self._intake is not None:
-                    await self._absorb(memoryview(b""))
-            if self._outcome is not None:
-                return self._outcome
-            intake = self._intake
-            assert intake is not None, "a complete upload has been admitted"
-            await loop.run_in_executor(self._io, self._federation.seal, intake)
-            commit = in_current_context(self._federation.commit, intake)
-            outcome = await loop.run_in_executor(self._commit, commit)
-            self._intake = None
-            return outcome
-        finally:
-            if self._intake is not None:
-                with contextlib.suppress(RuntimeError):  # the executor is gone: the restart clears the file
-                    loop.run_in_executor(self._io, self._intake.discard)
+        with self._slot:
+            try:
+                async for data in chunks:
+                    if data and await self._take(data):
+                        break
+                else:
+                    await self._handle(self._decoder.finish())
+                    if self._outcome is None and self._intake is not None:
+                        await self._absorb(memoryview(b""))
+                if self._outcome is not None:
+                    return self._outcome
+                intake = self._intake
+                assert intake is not None, "a complete upload has been admitted"
+                await loop.run_in_executor(self._io, self._federation.seal, intake)
+                self._intake = (
+                    None  # handed to the commit, which owns it (and discards it on failure) from here
+                )
+                commit = in_current_context(self._federation.commit, intake)
+                return await loop.run_in_executor(
+                    self._commit, commit
+                )  # runs to its end even if the call is cancelled
+            finally:
+                if self._intake is not None:
+                    with contextlib.suppress(
+                        RuntimeError
+                    ):  # the executor is gone: the restart clears the file
+                        loop.run_in_executor(self._io, self._intake.discard)
 
     async def _take(self, data: memoryview) -> bool:
-        """Process one chunk; True when the upload's fate is sealed and the rest need not be read."""
-        events = self._decoder.feed(data)
-        if self._intake is None:
-            self._header_area.append(data)
-            self._header_size += len(data)
-            if self._header_size > self._header_bytes and not any(
-                isinstance(event, ResultsHeader) for event in events
-            ):
-                raise InvalidRequest(
-                    f"the upload's header area (everything before its first tensor) exceeds "
-                    f"limits.header_bytes ({self._header_bytes} bytes)"
-                )
-        await self._handle(events)
-        if self._outcome is not None:
-            return True
-        if self._intake is not None:
-            await self._absorb(data)
-        return self._intake is not None and self._intake.rejection is not None
+        """Process one chunk; True when the upload's fate is sealed and the rest need not be read.
+
+        Before admission the chunk is decoded in pieces that keep the header area within ``header_bytes``, so at
+        most that much is decoded before the sender is known.
+        """
+        while data:
+            if self._intake is None:
+                room = self._header_bytes - self._header_size
+                if room <= 0:
+                    raise InvalidRequest(
+                        f"the upload's header area (everything before its first tensor) exceeds "
+                        f"limits.header_bytes ({self._header_bytes} bytes)"
+                    )
+                piece, data = data[:room], data[room:]
+                self._header_area.append(piece)
+                self._header_size += len(piece)
+            else:
+                piece, data = data, data[:0]
+            events = await asyncio.get_running_loop().run_in_executor(self._io, self._decoder.feed, piece)
+            await self._handle(events)
+            if self._outcome is not None:
+                return True
+            if self._intake is not None:
+                await self._absorb(piece)
+                if self._intake.rejection is not None:
+                    return True
+        return False
 
     async def _absorb(self, data: memoryview) -> None:
         """Pass the upload's next bytes to its intake (the chunks held before admission first)."""
@@ -125,7 +181,9 @@ class UploadReceiver:
         failpoint("upload.chunk")
 
     async def _handle(self, events: list[ResultsEvent]) -> None:
-        for event in events:
+        for count, event in enumerate(events, 1):
+            if count % 256 == 0:
+                await asyncio.sleep(0)  # many small tensors: let the others' calls run in between
             if isinstance(event, SenderHeader):
                 self.collaborator = await self._authenticate(event.header)
             elif isinstance(event, ResultsHeader):
@@ -137,6 +195,7 @@ class UploadReceiver:
         if not self.collaborator:
             self.collaborator = await self._authenticate(results.header)
         set_log_context(round_number=results.round_number, task=results.task_name[:64])
+        self._slot.enter_context(self._slots.slot(self.collaborator, results.task_name))
         admission = self._federation.admit(self.collaborator, results)
         if not admission.accepted:
             self._ignore(admission)
