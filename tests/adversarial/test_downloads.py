@@ -15,7 +15,14 @@ from fedagg.server.options import CallerLimits
 from tests.conftest import COLLABORATORS
 from tests.support.h2peer import H2Peer
 from tests.support.pki import Pki
-from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID, client_for, make_federation, make_plan, serving
+from tests.support.servers import (
+    AGGREGATOR_UUID,
+    FEDERATION_UUID,
+    client_for,
+    make_federation,
+    make_plan,
+    serving,
+)
 from tests.support.training import train
 
 TENSOR_VALUES = 1 << 19  # 2 MiB per tensor
@@ -47,7 +54,9 @@ class Recorder(ServerObserver):
 
 def tensor_request(sender: str, name: str) -> bytes:
     return aggregator_pb2.GetAggregatedTensorRequest(
-        header=aggregator_pb2.MessageHeader(sender=sender, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID),
+        header=aggregator_pb2.MessageHeader(
+            sender=sender, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
+        ),
         tensor_name=name,
         round_number=0,
         tags=["model"],
@@ -59,17 +68,25 @@ def test_a_collaborator_that_never_reads_cannot_starve_the_others(tmp_path: Path
     federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), MODEL)
     observer = Recorder()
     limits = CallerLimits(reply_send_seconds=1, reply_min_bytes_per_second=1 << 30)
-    with serving(federation, pki, reply_bytes_in_flight=3 << 20, caller_limits=limits, observer=observer) as thread:
+    with serving(
+        federation, pki, reply_bytes_in_flight=3 << 20, caller_limits=limits, observer=observer
+    ) as thread:
         hostile = COLLABORATORS[0]
         with H2Peer("127.0.0.1", thread.server.port, pki.client(hostile)) as peer:
-            streams = [peer.open_call("GetAggregatedTensor", [tensor_request(hostile, name)]) for name in MODEL]
-            observer.wait_until(lambda: observer.budget[0] > 0)  # the hostile caller holds a reply it never reads
+            streams = [
+                peer.open_call("GetAggregatedTensor", [tensor_request(hostile, name)]) for name in MODEL
+            ]
+            observer.wait_until(
+                lambda: observer.budget[0] > 0
+            )  # the hostile caller holds a reply it never reads
             honest = client_for(thread, COLLABORATORS[1], pki)
             fetched = {name: honest.get_aggregated_tensor(name, 0, ["model"]) for name in MODEL}
             honest.close()
             # its other downloads are refused once its first stalled; the stalled one is abandoned
             assert all(peer.wait_ended(stream, timeout=60) for stream in streams[1:])
-            assert {peer.status(stream) for stream in streams[1:]} == {"14"}  # UNAVAILABLE: it may retry later
+            assert {peer.status(stream) for stream in streams[1:]} == {
+                "14"
+            }  # UNAVAILABLE: it may retry later
             observer.wait_until(lambda: observer.budget == (0, 0))
 
     assert {name: float(values[0]) for name, values in fetched.items()} == {

@@ -5,6 +5,7 @@ honest client) and reads nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -61,10 +62,8 @@ class H2Peer:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._socket.close()
         self._reader.join(timeout=10)
 
@@ -124,7 +123,8 @@ class H2Peer:
         while frame:
             with self._lock:
                 room = min(
-                    self._connection.local_flow_control_window(stream), self._connection.max_outbound_frame_size
+                    self._connection.local_flow_control_window(stream),
+                    self._connection.max_outbound_frame_size,
                 )
                 if room > 0:
                     self._connection.send_data(stream, frame[:room])
@@ -144,11 +144,12 @@ class H2Peer:
         """The ``grpc-status`` the server ended ``stream`` with (None: not ended with a status)."""
         with self._lock:
             for event in self.events:
-                if isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)):
-                    if event.stream_id == stream:
-                        for name, value in event.headers:
-                            if name in (b"grpc-status", "grpc-status"):
-                                return value.decode() if isinstance(value, bytes) else value
+                headers = (
+                    getattr(event, "headers", None) if getattr(event, "stream_id", None) == stream else None
+                )
+                for name, value in headers or ():
+                    if name in (b"grpc-status", "grpc-status"):
+                        return value.decode() if isinstance(value, bytes) else str(value)
         return None
 
     def wait_ended(self, stream: int, timeout: float) -> bool:
