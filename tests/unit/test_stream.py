@@ -301,3 +301,27 @@ def test_model_proto_decoding() -> None:
 
     records = [event for event in events if isinstance(event, TensorRecord)]
     assert [(record.name, record.round_number) for record in records] == [("a", 3)]
+
+
+def test_more_tensors_than_the_limit_are_refused() -> None:
+    payload = task_results().SerializeToString()  # three tensors
+    decoder = TaskResultsDecoder(DecodeLimits(tensors=2))
+    with pytest.raises(MalformedMessage, match="more than 2 tensors"):
+        decoder.feed(payload)
+
+
+def test_every_field_costs_descriptor_budget_however_short() -> None:
+    tiny = base_pb2.NamedTensor(name="t", data_bytes=b"\0").SerializeToString()
+    payload = task_results().SerializeToString() + (length_delimited_prefix(5, len(tiny)) + tiny) * 1000
+    lengths_only = 1000 * 2  # what the names and data lengths alone would have counted
+    decoder = TaskResultsDecoder(DecodeLimits(descriptor_bytes=lengths_only * 4))
+    with pytest.raises(MalformedMessage, match="counted as at least"):
+        decoder.feed(payload)
+
+
+def test_a_second_header_field_is_refused() -> None:
+    results = task_results()
+    payload = results.SerializeToString()
+    second = length_delimited_prefix(1, results.header.ByteSize()) + results.header.SerializeToString()
+    with pytest.raises(MalformedMessage, match="header appears twice"):
+        TaskResultsDecoder().feed(second + payload)
