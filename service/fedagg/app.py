@@ -2,7 +2,8 @@
 
 Start-up: the Prometheus exporter and the plaintext ops port (health, reflection) come up first, so the kubelet's
 startup probe sees a live process while state is restored; readiness turns SERVING once the certificates are
-loaded, the state is restored and the federation port listens. The run ends in one of two ways:
+loaded, the state is restored and the federation port listens (also on a finished state directory: readiness means
+"route collaborators here", and a collaborator still owed its quit job must reach the pod). The run ends in one of two ways:
 
 * every collaborator has its quit job: readiness goes NOT_SERVING (or stays SERVING in ``after_finish: stay``
   mode, where models, metrics and status stay readable), the shutdown hooks run, and the process exits with
@@ -281,11 +282,21 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
         except (FederationError, ValueError, OSError) as error:
             log.error("cannot restore the federation state: %s", error)
             return 1
+        if stop.is_set():  # stopped while restoring: never routable, nothing to drain
+            log.info("stop signal received while restoring: exiting")
+            return 0
         aggregator.federation.health.subscribe(aggregator.readiness.refresh_from_thread(loop))
         server_settings = aggregator.config.server
         with _binding("server.port", server_settings.port, server_settings.bind_address):
             await aggregator.server.start()
-        await aggregator.readiness.set_ready(_ready_after_start(aggregator))
+        if aggregator.federation.finished:
+            log.info(
+                "the experiment already finished (round %d): answering quit jobs until every collaborator has "
+                "one (up to server.quit_redelivery_seconds for those recorded before this start)",
+                aggregator.federation.round_number,
+            )
+        # Routable even when finished: a collaborator still owed its quit job must reach this pod.
+        await aggregator.readiness.set_ready(True)
         return await _serve_until_done(aggregator, stop)
     finally:
         await _stop_ops(aggregator)
@@ -314,10 +325,6 @@ async def _lock_state_directory(aggregator: Aggregator, stop: asyncio.Event) -> 
             log.info("stop signal received while waiting for the state directory: exiting")
             return False
     return True
-
-
-def _ready_after_start(aggregator: Aggregator) -> bool:
-    return not aggregator.federation.finished or aggregator.config.ops.after_finish == AfterFinish.STAY
 
 
 async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedagg.protocol import aggregator_pb2, base_pb2
@@ -63,7 +62,9 @@ def test_tiny_tensor_uploads_never_stall_probes_or_honest_calls(tmp_path: Path, 
         fedagg.wait_for_federation()
         hostile = COLLABORATORS[0]
         channel, stub = raw_stub(fedagg.address, pki.client(hostile))
-        stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header(hostile)), timeout=30)  # its upload is read
+        stub.GetTasks(
+            aggregator_pb2.GetTasksRequest(header=header(hostile)), timeout=30
+        )  # its upload is read
         channel.close()
         uploads = [tiny_tensor_upload("intruder"), tiny_tensor_upload(hostile), tiny_tensor_upload(hostile)]
         outcomes: list[grpc.StatusCode] = []

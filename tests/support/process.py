@@ -17,6 +17,14 @@ from tests.support.pki import Pki
 from tests.support.servers import FEDERATION_UUID
 
 ROOT = Path(__file__).resolve().parents[2]
+LIMIT_OPEN_FILES = (
+    "-c",
+    "import os, resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])",
+)
+"""``python -c`` that sets the open-file limit (soft and hard) to its first argument, then runs the rest."""
+
 _OPS = re.compile(r"ops listening: ops=\S+:(\d+) metrics=\S+:(\d+)")
 _FEDERATION = re.compile(r"federation listening: federation=\S+:(\d+)")
 
@@ -65,10 +73,18 @@ def write_config(
 class FedaggProcess:
     """``fedagg serve`` in a subprocess; its log lines are collected and its ports parsed from them."""
 
-    def __init__(self, config: Path, *extra: str, environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        environment: dict[str, str] | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        """``open_files``: the process's soft and hard limit on open files (None: inherited)."""
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(environment or {})}
+        limited = [] if open_files is None else [*LIMIT_OPEN_FILES, str(open_files)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fedagg.cli", "serve", "--config", str(config), *extra],
+            [sys.executable, *limited, "-m", "fedagg.cli", "serve", "--config", str(config), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

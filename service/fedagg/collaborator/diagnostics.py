@@ -47,6 +47,7 @@ class Cause(StrEnum):
     NO_ANSWER = "no-answer"
     NETWORK = "network"
     UNAVAILABLE = "unavailable"
+    CLOSED = "closed"
     SERVER_NOT_TRUSTED = "tls-server-not-trusted"
     CLIENT_NOT_ACCEPTED = "tls-client-not-accepted"
     CLIENT_CERTIFICATE_REQUIRED = "tls-client-certificate-required"
@@ -59,7 +60,9 @@ class Cause(StrEnum):
     TLS = "tls"
 
 
-TRANSIENT = frozenset({Cause.DNS, Cause.REFUSED, Cause.NO_ANSWER, Cause.NETWORK, Cause.UNAVAILABLE})
+TRANSIENT = frozenset(
+    {Cause.DNS, Cause.REFUSED, Cause.NO_ANSWER, Cause.NETWORK, Cause.UNAVAILABLE, Cause.CLOSED}
+)
 
 
 class TlsFiles(Protocol):
@@ -348,7 +351,7 @@ def _check_tls(
             address, Cause.NO_ANSWER, f"no TLS answer from {address} within {timeout:g}s"
         )
     except (ConnectionResetError, BrokenPipeError):
-        return _client_not_accepted(address, tls, "it closed the connection during the TLS handshake")
+        return _closed_without_alert(address)
     except OSError as error:
         return ConnectionProblem(address, Cause.NETWORK, f"cannot connect to {address}: {_strerror(error)}")
 
@@ -374,6 +377,17 @@ def _after_handshake(address: str, wrapped: ssl.SSLSocket, tls: TlsFiles) -> Con
         Cause.NOT_GRPC,
         f"{address} accepted TLS but is not a gRPC server (it did not answer HTTP/2); "
         "dial the aggregator's federation port",
+    )
+
+
+def _closed_without_alert(address: str) -> ConnectionProblem:
+    """A bare close during the handshake: a refused certificate carries a TLS alert, this does not (transient)."""
+    return ConnectionProblem(
+        address,
+        Cause.CLOSED,
+        f"{address} closed the connection during the TLS handshake without a TLS alert: a balancer with no ready "
+        "aggregator behind it, an aggregator at its connection cap (server.connection_limits.max_connections), or "
+        "one restarting",
     )
 
 
@@ -455,7 +469,7 @@ def _handshake_failed(address: str, tls: TlsFiles, error: ssl.SSLError) -> Conne
     if reason.startswith("TLSV1_ALERT") or reason.startswith("SSLV3_ALERT") or "ALERT" in reason:
         return _client_not_accepted(address, tls, f"it ended the handshake with {error.reason!r}")
     if reason == "UNEXPECTED_EOF_WHILE_READING":
-        return _client_not_accepted(address, tls, "it closed the connection during the TLS handshake")
+        return _closed_without_alert(address)
     return ConnectionProblem(address, Cause.TLS, f"TLS handshake with {address} failed: {error}")
 
 

@@ -24,6 +24,7 @@ from fedagg.federation.contribution import RejectionReason
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
 from fedagg.federation.intake import IgnoreReason
 from fedagg.server.auth import REFUSAL_REASONS
+from fedagg.server.observer import Limit
 from fedagg.server.tls import CertificateBundle, CertificateError
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,15 @@ class FederationMetrics(FederationListener):
             "GetAggregatedTensor calls waiting for the reply byte budget (server.reply_bytes_in_flight).",
             registry=registry,
         )
+        self.limit_breaches = Counter(
+            "fedagg_limit_breaches",
+            "Times a caller ran into one of the server's named limits (its call refused, ended or trimmed), "
+            "by limit (README: Limits).",
+            ["limit"],
+            registry=registry,
+        )
+        for limit in Limit:
+            self.limit_breaches.labels(limit.value)  # every series exists from the start, at 0
         self.hold_duration = Histogram(
             "fedagg_get_tasks_hold_seconds",
             "How long held GetTasks calls waited before they were answered.",
@@ -272,6 +282,10 @@ class FederationMetrics(FederationListener):
         """The reply budget's bytes in flight or queue changed."""
         self.reply_bytes.set(size)
         self.downloads_waiting.set(waiting)
+
+    def limit_breached(self, limit: Limit) -> None:
+        """A caller ran into a named limit."""
+        self.limit_breaches.labels(limit.value).inc()
 
 
 COLLABORATOR_STATES = (
@@ -440,4 +454,5 @@ class FederationStateCollector(Collector):
         )
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())
+        """The families :meth:`collect` yields (their names are fixed), so the registry refuses duplicates."""
+        yield from self.collect()
