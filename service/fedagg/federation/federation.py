@@ -19,11 +19,11 @@ The commit rules:
 * a quit job is made durable before it is handed out, serialised with round ends, so checkpoints only move
   forward.
 
-Locks (order: ``_commit_lock``, then ``_state_lock``; the TensorServer's and MetricLog's own locks come after):
+Locks (order: ``_commit_lock``, then ``_round_lock``; the TensorServer's and MetricLog's own locks come after):
 
 * ``_commit_lock`` serialises every durable transition (restore, commits, round ends, quit records, ticks). It is
   held across disk I/O, so it is only ever taken off the event loop.
-* ``_state_lock`` guards ``_committed``, ``_round`` (and the Round's fields), ``_figures`` (the aggregators' reports
+* ``_round_lock`` guards ``_committed``, ``_round`` (and the Round's fields), ``_figures`` (the aggregators' reports
   as of ``_committed``), ``_restored`` and ``_contacts``. It is
   never held across I/O or a listener call.
 """
@@ -43,12 +43,12 @@ from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.contribution import ContributionRejected, RejectionReason
 from fedagg.federation.errors import FailedPrecondition, NotFound, PermissionDenied, StorageUnavailable
 from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
-from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
 from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
 from fedagg.federation.plan import FederationPlan, TaskSpec
+from fedagg.federation.progress_health import FederationHealth, describe_os_error
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.replay import SpoolReplay
 from fedagg.federation.round_close import ClosedRound, ModelOutputs, RoundCloser
@@ -125,7 +125,7 @@ class Federation:
         self._closer = RoundCloser(plan, store, outputs, self.health, self._listener, clock)
         self._serving = TensorServer()
         self._commit_lock = threading.Lock()
-        self._state_lock = threading.Lock()
+        self._round_lock = threading.Lock()
         self._committed: Checkpoint | None = None
         self._round: Round | None = None
         self._figures: dict[str, dict[str, float]] = {}
@@ -152,7 +152,7 @@ class Federation:
                 if not self._close_if_due(round_):
                     break
             self._initial_model = None  # its pages are not needed again
-            with self._state_lock:
+            with self._round_lock:
                 self._restored = True
 
     def _install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
@@ -161,7 +161,7 @@ class Federation:
         round_ = None if finished else self._new_round(models[checkpoint.round_number])
         self._closer.aggregators.load(checkpoint.aggregation)
         figures = self._closer.aggregators.reports()
-        with self._state_lock:
+        with self._round_lock:
             self._committed = checkpoint
             self._round = round_
             self._figures = figures
@@ -198,13 +198,13 @@ class Federation:
         replay = SpoolReplay(self._store, self.admit)
         replayed = 0
         for collaborator, task, receipt in replay.receipts(round_):
-            with self._state_lock:
+            with self._round_lock:
                 round_.record(collaborator, task, receipt)
             if isinstance(receipt, AcceptedUpload):
                 self.metrics.extend(receipt.metric_records())
             replayed += 1
         decision = replay.decision(round_)
-        with self._state_lock:
+        with self._round_lock:
             round_.decision = decision
         return replayed
 
@@ -222,31 +222,31 @@ class Federation:
     @property
     def restored(self) -> bool:
         """Whether :meth:`restore` has completed."""
-        with self._state_lock:
+        with self._round_lock:
             return self._restored
 
     @property
     def round_number(self) -> int:
         """The current round (equal to rounds_to_train once the experiment has finished)."""
-        with self._state_lock:
+        with self._round_lock:
             return self._checkpoint().round_number
 
     @property
     def best_score(self) -> float:
         """The best aggregated validate_agg metric so far (-inf before any)."""
-        with self._state_lock:
+        with self._round_lock:
             return self._checkpoint().best
 
     @property
     def finished(self) -> bool:
         """Whether every round has been aggregated."""
-        with self._state_lock:
+        with self._round_lock:
             return self._checkpoint().round_number >= self.plan.rounds_to_train
 
     @property
     def all_quit_jobs_sent(self) -> bool:
         """Whether every collaborator has received its quit job (OpenFL's condition for the server to stop)."""
-        with self._state_lock:
+        with self._round_lock:
             return self._committed is not None and set(self._committed.quit_sent) >= set(
                 self.plan.collaborators
             )
@@ -254,13 +254,13 @@ class Federation:
     @property
     def quit_jobs_recorded(self) -> frozenset[str]:
         """Collaborators whose quit job is recorded (sent, or about to be)."""
-        with self._state_lock:
+        with self._round_lock:
             return frozenset(self._committed.quit_sent) if self._committed is not None else frozenset()
 
     def seconds_to_deadline(self) -> float | None:
         """Seconds until the current round's straggler cutoff falls due (<= 0: due now), if it has one."""
         cutoff = self._policy.cutoff_seconds()
-        with self._state_lock:
+        with self._round_lock:
             round_ = self._round
             if cutoff is None or round_ is None or round_.started_at is None or round_.closing:
                 return None
@@ -272,18 +272,18 @@ class Federation:
         return self._committed
 
     def _current_round_or_none(self) -> Round | None:
-        with self._state_lock:
+        with self._round_lock:
             return self._round
 
     def contact_started(self, collaborator: str) -> None:
         """An authenticated call of ``collaborator`` began (what ``fedagg status`` shows as last contact)."""
-        with self._state_lock:
+        with self._round_lock:
             contact = self._contacts.setdefault(collaborator, Contact())
             contact.last, contact.calls = self._clock(), contact.calls + 1
 
     def contact_ended(self, collaborator: str) -> None:
         """That call ended."""
-        with self._state_lock:
+        with self._round_lock:
             contact = self._contacts.setdefault(collaborator, Contact())
             contact.last, contact.calls = self._clock(), max(0, contact.calls - 1)
 
@@ -292,7 +292,7 @@ class Federation:
     def get_tasks(self, collaborator: str) -> TaskReply:
         """OpenFL's get_tasks: quit once training is over, sleep when nothing is to do, else the tasks left."""
         started = False
-        with self._state_lock:
+        with self._round_lock:
             committed = self._checkpoint()
             round_ = self._round
             if round_ is None:
@@ -318,7 +318,7 @@ class Federation:
     def record_quit(self, collaborator: str) -> None:
         """Durably note that ``collaborator`` is being sent its quit job (before the reply leaves)."""
         with self._commit_lock:
-            with self._state_lock:
+            with self._round_lock:
                 committed = self._checkpoint()
             if collaborator in committed.quit_sent:
                 return
@@ -332,7 +332,7 @@ class Federation:
                 self._listener.checkpoint_failed()
                 raise
             failpoint("quit.recorded")
-            with self._state_lock:
+            with self._round_lock:
                 self._committed = updated
             self._listener.checkpoint_saved(updated.round_number, self._clock() - started)
             if set(updated.quit_sent) >= set(self.plan.collaborators):
@@ -343,7 +343,7 @@ class Federation:
     def admit(self, collaborator: str, results: ResultsHeader) -> Admission:
         """Decide from an upload's header whether it will be used (a refusal is an ignore, answered OK)."""
         admission = Admission(collaborator, results.task_name, results.round_number, results.data_size)
-        with self._state_lock:
+        with self._round_lock:
             reason, message = ignore_reason(self.plan.tasks, self._round, admission)
         if reason is None:
             return admission
@@ -357,7 +357,7 @@ class Federation:
 
     def open_intake(self, admission: Admission) -> UploadIntake:
         """The checks (and spool file) for an admitted upload that is arriving. Blocks on the disk."""
-        with self._state_lock:
+        with self._round_lock:
             round_ = self._round
         if round_ is None:
             return UploadIntake(admission, {}, self.plan.limits.resolve(0))
@@ -383,7 +383,7 @@ class Federation:
             finally:
                 intake.discard()
             trim_heap()  # what receiving the upload freed: before the next uploads or the aggregation allocate
-            with self._state_lock:
+            with self._round_lock:
                 round_ = self._round
             if round_ is not None:
                 round_.model.release()  # the pages a delta's checks touched
@@ -393,7 +393,7 @@ class Federation:
 
     def _commit(self, intake: UploadIntake) -> Outcome:
         admission = intake.admission
-        with self._state_lock:
+        with self._round_lock:
             round_ = self._round
             reason, message = ignore_reason(self.plan.tasks, self._round, admission)
             sequence = round_.next_sequence() if round_ is not None and reason is None else 0
@@ -426,7 +426,7 @@ class Federation:
             entry = self._store.spool.accept(spool, round_.number, sequence)
         failpoint("upload.committed")
         accepted = AcceptedUpload(contribution, entry, digest)
-        with self._state_lock:
+        with self._round_lock:
             round_.record(admission.collaborator, admission.task, accepted)
         self.metrics.extend(accepted.metric_records())
         self._listener.contribution_accepted(
@@ -449,7 +449,7 @@ class Federation:
         rejected = RejectedUpload(
             admission.collaborator, admission.task, rejection.reason, rejection.message, entry
         )
-        with self._state_lock:
+        with self._round_lock:
             round_.record(admission.collaborator, admission.task, rejected)
         log.warning(
             "REJECTED %s's results for %r in round %d (%s): %s; they are excluded from the round",
@@ -478,7 +478,7 @@ class Federation:
                     pass
                 else:
                     self.health.storage_ok()
-            with self._state_lock:
+            with self._round_lock:
                 round_ = self._round
             if round_ is not None and self._closer.retry_due():
                 self._close_if_due(round_)
@@ -487,14 +487,14 @@ class Federation:
         """Close ``round_`` if its decision is made or the straggler policy allows it now; True once committed."""
         closer = self._closer
         while True:
-            with self._state_lock:
+            with self._round_lock:
                 if round_ is not self._round:
                     return False
                 decision = round_.decision or round_.propose_decision(self._policy, self._clock())
             if decision is None:
                 return False
             lost = closer.verify(round_, decision)
-            with self._state_lock:
+            with self._round_lock:
                 for collaborator, task in lost:
                     round_.forget(collaborator, task)
                 round_.decision = None if lost else decision
@@ -584,7 +584,7 @@ class Federation:
 
     def _own_tensor(self, collaborator: str, request: TensorRequest) -> ServedTensor:
         wanted = set(request.tags) - {collaborator, COMPRESSED}
-        with self._state_lock:
+        with self._round_lock:
             round_ = self._round
             uploads = [] if round_ is None else round_.accepted([collaborator])
         if round_ is None or request.round_number != round_.number:
@@ -603,7 +603,7 @@ class Federation:
 
     def trained_model(self, best: bool) -> Path:
         """Path of the published best or last model; raise if none has been written yet."""
-        with self._state_lock:
+        with self._round_lock:
             committed = self._checkpoint()
         round_number = committed.best_round if best else committed.last_round
         path = self._outputs.best if best else self._outputs.last
@@ -617,7 +617,7 @@ class Federation:
     def describe(self) -> ExperimentStatus:
         """Status, progress and per-collaborator state, for GetExperimentDescription (``restoring`` at first)."""
         storage_failing, round_end_failing = self.health.storage_failing, self.health.round_end_failing
-        with self._state_lock:
+        with self._round_lock:
             committed, round_ = self._committed, self._round
             if committed is None:
                 return restoring_status(self.plan)

@@ -1,4 +1,5 @@
-"""Whether the federation can make progress: its state directory accepts writes and its round ends commit."""
+"""Whether the federation can make progress (not the gRPC health service, :mod:`fedagg.server.health`): its state
+directory accepts writes and its round ends commit."""
 
 from __future__ import annotations
 
