@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -59,6 +59,10 @@ class Admission:
     def accepted(self) -> bool:
         """Whether the upload goes on to be checked (otherwise it is answered OK and dropped)."""
         return self.ignored is None
+
+    def ignore(self, reason: IgnoreReason, message: str) -> Admission:
+        """This admission, decided as an ignore for ``reason``."""
+        return replace(self, ignored=reason, message=message)
 
 
 def ignore_reason(
