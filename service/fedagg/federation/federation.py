@@ -278,11 +278,11 @@ class Federation:
     # GetAggregatedTensor and observers ------------------------------------------------------------------------
 
     def served_tensor(self, request: TensorRequest, requester: str = "") -> ServedTensor:
-        """The NamedTensor answering ``requester``'s GetAggregatedTensor request. Reads the disk.
+        """The NamedTensor answering ``requester``'s GetAggregatedTensor request.
 
-        Model tensors (and the change since the last round) are views of their files; a request naming a
-        collaborator in its tags asks for that collaborator's own results of the current round, which only that
-        collaborator may fetch.
+        Cheap: the reply is measured, not built (:class:`~fedagg.federation.serving.ServedTensor`). Model tensors
+        (and the change since the last round) are views of their files; a request naming a collaborator in its tags
+        asks for that collaborator's own results of the current round, which only that collaborator may fetch.
         """
         owner = tensor_owner(request, self.plan.collaborators)
         if owner is None:
@@ -301,7 +301,7 @@ class Federation:
         """:meth:`served_tensor` as one serialized NamedTensor (a copy: for tests and tools)."""
         served = self.served_tensor(request, requester)
         try:
-            return b"".join(served.parts)
+            return b"".join(served.parts())
         finally:
             served.release()
 

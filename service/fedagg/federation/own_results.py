@@ -2,16 +2,20 @@
 
 OpenFL 1.8/1.9 collaborators restarted in the middle of a round ask for their own results of the round (tags
 ``[<own name>, "trained", ...]``); OpenFL 1.9's aggregator answers from its tensor database, fedagg from the
-spool. Only that collaborator may fetch them (:meth:`fedagg.federation.federation.Federation.served_tensor`).
+spool: the reply's data is a view of the spooled upload (a delta is added to its base when the reply is built).
+Only that collaborator may fetch them (:meth:`fedagg.federation.federation.Federation.served_tensor`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.errors import NotFound
 from fedagg.federation.rounds import AcceptedUpload, Round
 from fedagg.federation.serving import ServedTensor, TensorRequest, own_tensor
 from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues
-from fedagg.protocol.codec import COMPRESSED
+from fedagg.protocol.codec import COMPRESSED, Float32Array
 
 
 def own_results_tensor(
@@ -25,11 +29,17 @@ def own_results_tensor(
     for upload in uploads:
         for tensor in upload.contribution.weights:
             if tensor.name == request.name and set(tensor.tags) == wanted:
-                values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
-                delta = tensor.is_delta and tensor.name in round_.model.tensors
-                source = DeltaOnBase(ModelValues(round_.model, tensor.name), values) if delta else values
-                return own_tensor(request, source.block(0, tensor.size).reshape(tensor.shape))
+                return own_tensor(request, tensor.shape, _values(round_, upload, tensor))
     raise NotFound(
         f"no tensor {request.name!r} with tags {sorted(wanted)} in {collaborator}'s results of round "
         f"{round_.number}"
     )
+
+
+def _values(round_: Round, upload: AcceptedUpload, tensor: UploadedTensor) -> Callable[[], Float32Array]:
+    """How the reply's values are read: a view of the spooled upload, or for a delta, base + delta computed then."""
+    spooled = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
+    if not (tensor.is_delta and tensor.name in round_.model.tensors):
+        return lambda: spooled.mapped().reshape(tensor.shape)
+    on_base = DeltaOnBase(ModelValues(round_.model, tensor.name), spooled)
+    return lambda: on_base.block(0, tensor.size).reshape(tensor.shape)

@@ -476,7 +476,7 @@ class AggregatorGRPCServer:
 
             def build() -> bytes:
                 try:
-                    return tensor_reply(header, request.round_number, served.parts)
+                    return tensor_reply(header, request.round_number, served.parts())
                 finally:
                     served.release()
 
