@@ -86,7 +86,10 @@ def ignore_reason(
             f"results are for round {admission.round_number}, the current round is {round_.number}",
         )
     if round_.closing:
-        return IgnoreReason.ROUND_CLOSED, f"round {round_.number} has closed ({collaborator} is a straggler)"
+        return (
+            IgnoreReason.ROUND_CLOSED,
+            f"round {round_.number} has closed ({_standing(round_, collaborator)})",
+        )
     assigned = round_.assignment.get(collaborator, ())
     if task not in assigned:
         return (
@@ -99,6 +102,15 @@ def ignore_reason(
             f"{collaborator} already sent results for {task!r} in round {round_.number}",
         )
     return None, ""
+
+
+def _standing(round_: Round, collaborator: str) -> str:
+    """What a closing round's decision made of ``collaborator`` (only one it left out is called a straggler)."""
+    if collaborator in round_.stragglers:
+        return f"{collaborator} is a straggler"
+    if round_.decision is not None and collaborator in round_.decision.done:
+        return f"{collaborator}'s results are counted in it"
+    return f"{collaborator} has no task in it"
 
 
 class _ValueCheck:
