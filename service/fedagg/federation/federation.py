@@ -327,7 +327,7 @@ class Federation:
             if committed is None:
                 return restoring_status(self.plan)
             if round_ is None:
-                round_ = self._round_ends.new_round(LoadedModel(committed.round_number, {}))
+                round_ = self._round_ends.new_round(LoadedModel(committed.round_number, {}), None)
             return experiment_status(
                 self.plan,
                 committed,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.checkpoint import Checkpoint, ModelShape
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.metric_log import MetricRecord
@@ -121,6 +121,7 @@ class StateRecovery:
             first,
             models=((first, digest),),
             initial_model=self._initial_model_digest,
+            initial_shape=ModelShape.of(model.tensors),
         )
         self._store.save_checkpoint(checkpoint, new_round=True)
         return RecoveredState(checkpoint, {first: self._store.load_model(first, digest)}, [])

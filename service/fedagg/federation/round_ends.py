@@ -14,18 +14,19 @@ from collections.abc import Callable
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.assigner import Assigner
-from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.checkpoint import Checkpoint, ModelShape
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
 from fedagg.federation.integrity import CorruptFile
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
+from fedagg.federation.model_shape import model_growth
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth, StorageGuard, describe_os_error
 from fedagg.federation.round_close import ClosedRound, RoundCloser
 from fedagg.federation.rounds import CloseDecision, Round
-from fedagg.federation.serving import TensorServer
+from fedagg.federation.serving import TensorServer, bounded_names
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import StragglerPolicy
 from fedagg.protocol.model_file import LoadedModel
@@ -69,7 +70,9 @@ class RoundEnds:
     def install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
         """Make ``checkpoint`` the committed state, serving ``models``; opens its round unless finished."""
         finished = checkpoint.round_number >= self._plan.rounds_to_train
-        round_ = None if finished else self.new_round(models[checkpoint.round_number])
+        round_ = (
+            None if finished else self.new_round(models[checkpoint.round_number], checkpoint.initial_shape)
+        )
         self._closer.aggregators.load(checkpoint.aggregation)
         figures = self._closer.aggregators.reports()
         with self._ledger.round_lock:
@@ -81,18 +84,20 @@ class RoundEnds:
             self._metrics.close()
         self._made_progress()
 
-    def new_round(self, model: LoadedModel) -> Round:
-        """Round ``model.round_number``, starting from ``model``, with the plan's assignment and limits."""
+    def new_round(self, model: LoadedModel, initial_shape: ModelShape | None) -> Round:
+        """Round ``model.round_number``, starting from ``model``, with the plan's assignment, and limits derived from
+        the initial model's shape (``model``'s own stands in for an unrecorded one)."""
         number = model.round_number
         assignment = self._assigner.assignment(number)
         ordered = {name: assignment[name] for name in self._plan.collaborators if name in assignment}
-        model_bytes = sum(values.nbytes for values in model.tensors.values())
+        shape = initial_shape or ModelShape.of(model.tensors)
         return Round(
             number,
             ordered,
             self._assigner.tasks_in_round(number),
             model,
-            self._plan.limits.resolve(model_bytes),
+            self._plan.limits.resolve(shape.data_bytes),
+            shape.names,
         )
 
     def _deltas(self, number: int, models: dict[int, LoadedModel]) -> dict[int, LoadedModel]:
@@ -180,6 +185,18 @@ class RoundEnds:
         trim_heap()
         if decision.stragglers:
             log.warning("round %d closed without stragglers %s", round_.number, list(decision.stragglers))
+        left_out = model_growth(round_, round_.accepted(decision.done)).left_out
+        if left_out:
+            log.warning(
+                "round %d: %d tensor(s) not in the model were left out of the next one (a name joins only if it is "
+                "in the initial model or more than one collaborator sent it, within limits model size cap %d "
+                "bytes): %s",
+                round_.number,
+                len(left_out),
+                round_.limits.model_bytes,
+                bounded_names(left_out),
+            )
+            self._listener.tensors_left_out(round_.number, len(left_out))
         duration = 0.0 if round_.started_at is None else self._clock() - round_.started_at
         self._listener.checkpoint_saved(checkpoint.round_number, closed.checkpoint_seconds)
         self._listener.round_finished(

@@ -79,6 +79,8 @@ class Round:
     task_order: tuple[str, ...]
     model: LoadedModel
     limits: ResolvedLimits
+    initial_names: frozenset[str]
+    """The initial model's tensor names: a tensor not in :attr:`model` may join the next model under this name."""
     received: dict[str, dict[str, Receipt]] = field(default_factory=dict)
     started_at: float | None = None
     handed_out: set[str] = field(default_factory=set)
