@@ -16,23 +16,21 @@ Who calls what, and from where:
 
 A quit job is made durable before it is handed out, serialised with round ends, so checkpoints only move forward.
 
-Locks (order: ``_commit_lock``, then the ledger's round lock; the TensorServer's, MetricLog's and ContactBook's
-own locks come after):
+Locks (order: ``_commit_lock``, then the round lock; the TensorServer's, MetricLog's and ContactBook's come after):
 
-* ``_commit_lock`` serialises every durable transition (restore, commits, round ends, quit records, ticks): it is
-  what :class:`~fedagg.federation.startup.StartUp`, :class:`~fedagg.federation.upload_commits.UploadCommits` and
-  :class:`~fedagg.federation.round_ends.RoundEnds` run under. It is held across disk I/O, so it is only ever taken
-  off the event loop.
+* ``_commit_lock`` serialises every durable transition (restore, commits, round ends, quit records, ticks): what
+  :class:`~fedagg.federation.startup.StartUp`, :class:`~fedagg.federation.upload_commits.UploadCommits` and
+  :class:`~fedagg.federation.round_ends.RoundEnds` run under, and the owner of the single-owner
+  :class:`~fedagg.federation.metric_names.MetricNames`. Held across disk I/O: only ever taken off the event loop.
 * the round lock (:class:`~fedagg.federation.ledger.RoundLedger`) guards the committed checkpoint, the round in
   progress, the aggregators' figures and the restored flag; never held across I/O or a listener call.
 
-Single-owner objects: an :class:`~fedagg.federation.intake.UploadIntake` is owned by the upload's receiver until it
+An :class:`~fedagg.federation.intake.UploadIntake` is a single-owner object: owned by the upload's receiver until it
 is handed to :meth:`Federation.commit`, which owns it from then on (and always disposes of it).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedagg.federation.assigner import make_assigner
+from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.contacts import ContactBook
 from fedagg.federation.errors import FailedPrecondition, PermissionDenied
 from fedagg.federation.events import ExperimentStatus, FederationListener
@@ -47,6 +46,7 @@ from fedagg.federation.intake import Admission, UploadIntake, ignore_reason
 from fedagg.federation.integrity import FileDigest
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.metric_log import MetricLog
+from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.own_results import own_results_tensor
 from fedagg.federation.plan import FederationPlan, TaskSpec
 from fedagg.federation.progress_health import FederationHealth
@@ -62,8 +62,6 @@ from fedagg.protocol.model_file import LoadedModel
 from fedagg.protocol.results import ResultsHeader
 
 __all__ = ["Admission", "Federation", "ModelOutputs", "Outcome", "TaskReply"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,14 +122,15 @@ class Federation:
             clock=clock,
             made_progress=self._made_progress,
         )
-        self._commits = UploadCommits(
-            plan, store, self._ledger, self._round_ends, self.metrics, self.health, self._listener
-        )
+        self._metric_names = MetricNames(plan.limits.metric_names_per_task, self._listener)
+        self._commits = UploadCommits(plan, store, self._ledger, self._round_ends, self._metric_names)
 
     def restore(self) -> None:
         """Resume from the newest verified state (or start from the initial model) and replay the spool."""
         with self._commit_lock:
-            self._startup.restore(self._ledger, self._round_ends, self.metrics, self.admit)
+            self._startup.restore(
+                self._ledger, self._round_ends, self.metrics, self._metric_names, self.admit
+            )
 
     def on_progress(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` (from any thread) whenever collaborators may have new work: a round began, a task
@@ -153,20 +152,21 @@ class Federation:
     @property
     def round_number(self) -> int:
         """The current round (equal to rounds_to_train once the experiment has finished)."""
-        with self._ledger.round_lock:
-            return self._ledger.checkpoint().round_number
+        return self._checkpoint().round_number
 
     @property
     def best_score(self) -> float:
         """The best aggregated validate_agg metric so far (-inf before any)."""
-        with self._ledger.round_lock:
-            return self._ledger.checkpoint().best
+        return self._checkpoint().best
 
     @property
     def finished(self) -> bool:
         """Whether every round has been aggregated."""
+        return self._checkpoint().round_number >= self.plan.rounds_to_train
+
+    def _checkpoint(self) -> Checkpoint:
         with self._ledger.round_lock:
-            return self._ledger.checkpoint().round_number >= self.plan.rounds_to_train
+            return self._ledger.checkpoint()
 
     @property
     def all_quit_jobs_sent(self) -> bool:
@@ -307,8 +307,7 @@ class Federation:
 
     def trained_model(self, best: bool) -> Path:
         """Path of the published best or last model; raise if none has been written yet."""
-        with self._ledger.round_lock:
-            committed = self._ledger.checkpoint()
+        committed = self._checkpoint()
         round_number = committed.best_round if best else committed.last_round
         path = self._outputs.best if best else self._outputs.last
         if round_number is None or not path.is_file():

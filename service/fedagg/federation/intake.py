@@ -180,6 +180,7 @@ class UploadIntake:
         self._tensors: list[UploadedTensor] = []
         self._identities: set[object] = set()
         self._extra_bytes = 0
+        self._metric_count = 0
         self._pending: deque[_ValueCheck] = deque()
         self._metric_values: dict[int, float] = {}
         if admission.data_size < -1:
@@ -265,11 +266,23 @@ class UploadIntake:
         base = None
         if tensor.role == TensorRole.WEIGHTS:
             base = self._check_weights(tensor)
+        else:
+            self._count_metric(tensor)
         if tensor.data_offset + tensor.data_length > self._limits.upload_bytes:
             raise _too_large(self._limits)
         self._tensors.append(tensor)
         if tensor.data_length:
             self._pending.append(_ValueCheck(tensor, base))
+
+    def _count_metric(self, tensor: UploadedTensor) -> None:
+        """Refuse an upload as soon as its metrics exceed the limit (each costs decoding and aggregation)."""
+        self._metric_count += 1
+        if self._metric_count > self._limits.metrics_per_upload:
+            raise ContributionRejected(
+                RejectionReason.METRIC_COUNT,
+                f"the upload carries more than limits.metrics_per_upload ({self._limits.metrics_per_upload}) "
+                f"metrics (from '{tensor.name}' on)",
+            )
 
     def _check_weights(self, tensor: UploadedTensor) -> Float32Array | None:
         """Check a weight tensor against the model; return the base a delta applies to."""

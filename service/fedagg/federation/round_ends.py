@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 class RoundEnds:
     """Moves the federation from one committed state to the next. Called with the federation's commit lock held
-    (it takes the round lock only around the ledger's fields)."""
+    (it takes the round lock only around the ledger's fields).
+
+    :attr:`metrics`, :attr:`health` and :attr:`listener` are where the federation's outcomes go, shared with the
+    upload commits (read-only attributes).
+    """
 
     def __init__(
         self,
@@ -61,9 +65,9 @@ class RoundEnds:
         self._assigner = assigner
         self._policy = policy
         self._serving = serving
-        self._metrics = metrics
-        self._health = health
-        self._listener = listener
+        self.metrics = metrics
+        self.health = health
+        self.listener = listener
         self._clock = clock
         self._made_progress = made_progress
 
@@ -81,7 +85,7 @@ class RoundEnds:
             self._ledger.figures = figures
         self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         if finished:
-            self._metrics.close()
+            self.metrics.close()
         self._made_progress()
 
     def new_round(self, model: LoadedModel, initial_shape: ModelShape | None) -> Round:
@@ -121,27 +125,27 @@ class RoundEnds:
         failpoint("quit.before_record")
         started = self._clock()
         try:
-            with StorageGuard(self._health, "quit"):
+            with StorageGuard(self.health, "quit"):
                 self._store.save_checkpoint(updated, new_round=False)
         except StorageUnavailable:
-            self._listener.checkpoint_failed()
+            self.listener.checkpoint_failed()
             raise
         failpoint("quit.recorded")
         with self._ledger.round_lock:
             self._ledger.committed = updated
-        self._listener.checkpoint_saved(updated.round_number, self._clock() - started)
+        self.listener.checkpoint_saved(updated.round_number, self._clock() - started)
         if set(updated.quit_sent) >= set(self._plan.collaborators):
-            self._listener.all_quit_jobs_sent()
+            self.listener.all_quit_jobs_sent()
 
     def tick(self) -> None:
         """Probe a failing disk, retry a failed round end, close a round whose cutoff passed."""
-        if self._health.storage_failing:
+        if self.health.storage_failing:
             try:
                 self._store.probe()
             except OSError:
                 pass
             else:
-                self._health.storage_ok()
+                self.health.storage_ok()
         round_ = self._ledger.current_round()
         if round_ is not None and self._closer.retry_due():
             self.close_if_due(round_)
@@ -179,7 +183,7 @@ class RoundEnds:
             if (model := self._serving.model(number)) is not None
         }
         models[checkpoint.round_number] = closed.model
-        self._metrics.extend(list(closed.metrics))
+        self.metrics.extend(list(closed.metrics))
         self.install(checkpoint, models)
         self._clean_up(round_.number, checkpoint)
         trim_heap()
@@ -196,10 +200,10 @@ class RoundEnds:
                 round_.limits.model_bytes,
                 bounded_names(left_out),
             )
-            self._listener.tensors_left_out(round_.number, len(left_out))
+            self.listener.tensors_left_out(round_.number, len(left_out))
         duration = 0.0 if round_.started_at is None else self._clock() - round_.started_at
-        self._listener.checkpoint_saved(checkpoint.round_number, closed.checkpoint_seconds)
-        self._listener.round_finished(
+        self.listener.checkpoint_saved(checkpoint.round_number, closed.checkpoint_seconds)
+        self.listener.round_finished(
             RoundSummary(
                 round_.number,
                 duration,
@@ -216,7 +220,7 @@ class RoundEnds:
             closed.aggregation_seconds,
         )
         if checkpoint.round_number >= self._plan.rounds_to_train:
-            self._listener.experiment_finished(checkpoint.round_number)
+            self.listener.experiment_finished(checkpoint.round_number)
 
     def _clean_up(self, closed_round: int, checkpoint: Checkpoint) -> None:
         """After a commit: drop what no recovery needs (the spool of the closed round is kept one more round)."""

@@ -13,6 +13,7 @@ import logging
 from fedagg.federation.integrity import FileDigest
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.metric_log import MetricLog
+from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.replay import Admit, SpoolReplay
@@ -45,18 +46,22 @@ class StartUp:
         self._initial_model = initial_model
         self._initial_model_digest = initial_model_digest
 
-    def restore(self, ledger: RoundLedger, round_ends: RoundEnds, metrics: MetricLog, admit: Admit) -> None:
+    def restore(
+        self, ledger: RoundLedger, round_ends: RoundEnds, metrics: MetricLog, names: MetricNames, admit: Admit
+    ) -> None:
         """Resume from the newest verified state (or the initial model), replay the spool and mark ``ledger``
-        restored; ``admit`` decides on each replayed upload as if it arrived now."""
+        restored; ``admit`` decides on each replayed upload as if it arrived now, ``names`` bounds its metrics as
+        its commit did."""
         self._store.prepare()
         recovery = StateRecovery(
             self._plan, self._store, self._outputs, self._initial_model, self._initial_model_digest
         )
         state = recovery.recover()
         metrics.extend(state.history)
+        names.note(state.history)
         round_ends.install(state.checkpoint, state.models)
         while (round_ := ledger.current_round()) is not None:
-            replayed = self._replay(round_, ledger, metrics, admit)
+            replayed = self._replay(round_, ledger, metrics, names, admit)
             if replayed:
                 log.info("replayed %d acknowledged upload(s) of round %d", replayed, round_.number)
             if not round_ends.close_if_due(round_):
@@ -65,10 +70,17 @@ class StartUp:
         with ledger.round_lock:
             ledger.restored = True
 
-    def _replay(self, round_: Round, ledger: RoundLedger, metrics: MetricLog, admit: Admit) -> int:
+    def _replay(
+        self, round_: Round, ledger: RoundLedger, metrics: MetricLog, names: MetricNames, admit: Admit
+    ) -> int:
         replay = SpoolReplay(self._store, admit)
         replayed = 0
-        for collaborator, task, receipt in replay.receipts(round_):
+        for collaborator, task, replayed_receipt in replay.receipts(round_):
+            receipt = (
+                names.bounded(replayed_receipt)
+                if isinstance(replayed_receipt, AcceptedUpload)
+                else replayed_receipt
+            )
             with ledger.round_lock:
                 round_.record(collaborator, task, receipt)
             if isinstance(receipt, AcceptedUpload):

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.contribution import ContributionRejected, RejectionReason
-from fedagg.federation.events import FederationListener
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.memory import trim_heap
-from fedagg.federation.metric_log import MetricLog
+from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.plan import FederationPlan
-from fedagg.federation.progress_health import FederationHealth, StorageGuard
+from fedagg.federation.progress_health import StorageGuard
 from fedagg.federation.round_ends import RoundEnds
 from fedagg.federation.rounds import AcceptedUpload, RejectedUpload, Round
 from fedagg.federation.store import StateStore
@@ -56,17 +55,16 @@ class UploadCommits:
         store: StateStore,
         ledger: RoundLedger,
         round_ends: RoundEnds,
-        metrics: MetricLog,
-        health: FederationHealth,
-        listener: FederationListener,
+        names: MetricNames,
     ) -> None:
         self._plan = plan
         self._store = store
         self._ledger = ledger
         self._round_ends = round_ends
-        self._metrics = metrics
-        self._health = health
-        self._listener = listener
+        self._names = names
+        self._metrics = round_ends.metrics
+        self._health = round_ends.health
+        self._listener = round_ends.listener
 
     def open_intake(self, admission: Admission) -> UploadIntake:
         """The checks (and spool file) for an admitted upload; owned by the caller until :meth:`commit`."""
@@ -132,7 +130,7 @@ class UploadCommits:
         with StorageGuard(self._health, "spool"):
             entry = self._store.spool.accept(spool, round_.number, sequence)
         failpoint("upload.committed")
-        accepted = AcceptedUpload(contribution, entry, digest)
+        accepted = self._names.bounded(AcceptedUpload(contribution, entry, digest))
         with ledger.round_lock:
             round_.record(admission.collaborator, admission.task, accepted)
         self._metrics.extend(accepted.metric_records())
