@@ -12,7 +12,7 @@ from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
 from fedagg.protocol.stream import TensorRecord
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import make_federation, make_plan, restart_federation
-from tests.support.uploads import TASKS, metric, submit, task_results_bytes, weights
+from tests.support.uploads import TASKS, metric, submit, submit_training, task_results_bytes, validate_locally
 
 PAIR = ("one", "two")
 
@@ -32,16 +32,8 @@ def validation(federation: Federation, collaborator: str, round_number: int, nam
 
 def finish_round(federation: Federation, round_number: int) -> None:
     for collaborator in PAIR:
-        trained = [weights(name, 1.0, shape, round_number) for name, shape in SHAPES.items()]
-        submit(federation, collaborator, round_number, TASKS[1], 10, trained)
-        submit(
-            federation,
-            collaborator,
-            round_number,
-            TASKS[2],
-            5,
-            [metric("acc", 1, round_number, "validate_local")],
-        )
+        submit_training(federation, collaborator, round_number, 1.0, 10, SHAPES)
+        validate_locally(federation, collaborator, round_number)
 
 
 def logged_names(federation: Federation, origin: str) -> set[str]:

@@ -12,7 +12,7 @@ from fedagg.federation.federation import Federation
 from fedagg.protocol.model_file import read_model
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import make_federation, make_plan, restart_federation
-from tests.support.uploads import TASKS, metric, submit, weights
+from tests.support.uploads import TASKS, metric, submit, validate_locally, weights
 
 PAIR = ("one", "two")
 INITIAL_BYTES = 36  # w (2, 3) and b (3,) as float32
@@ -41,14 +41,7 @@ def train_round(federation: Federation, round_number: int, extras: dict[str, lis
         trained = [weights(name, 1.0, shape, round_number) for name, shape in SHAPES.items()]
         trained += [weights(name, 1.0, (9,), round_number) for name in extras.get(collaborator, [])]
         assert submit(federation, collaborator, round_number, TASKS[1], 10, trained).accepted
-        submit(
-            federation,
-            collaborator,
-            round_number,
-            TASKS[2],
-            5,
-            [metric("acc", 1, round_number, "validate_local")],
-        )
+        validate_locally(federation, collaborator, round_number)
     assert federation.round_number == round_number + 1
 
 

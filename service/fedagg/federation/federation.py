@@ -50,6 +50,7 @@ from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.own_results import own_results_tensor
 from fedagg.federation.plan import FederationPlan, TaskSpec
 from fedagg.federation.progress_health import FederationHealth
+from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.round_close import ModelOutputs, RoundCloser
 from fedagg.federation.round_ends import RoundEnds
 from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, tensor_owner
@@ -107,7 +108,9 @@ class Federation:
         self._ledger = RoundLedger()
         self._contacts = ContactBook(clock)
         self._progress: list[Callable[[], None]] = []
-        self._startup = StartUp(plan, store, outputs, initial_model, initial_model_digest)
+        self._startup = StartUp(
+            store, StateRecovery(plan, store, outputs, initial_model, initial_model_digest)
+        )
         self._round_ends = RoundEnds(
             plan,
             store,

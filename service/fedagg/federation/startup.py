@@ -10,41 +10,28 @@ from __future__ import annotations
 
 import logging
 
-from fedagg.federation.integrity import FileDigest
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.metric_log import MetricLog
 from fedagg.federation.metric_names import MetricNames
-from fedagg.federation.plan import FederationPlan
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.replay import Admit, SpoolReplay
-from fedagg.federation.round_close import ModelOutputs
 from fedagg.federation.round_ends import RoundEnds
 from fedagg.federation.rounds import AcceptedUpload, Round
 from fedagg.federation.store import StateStore
-from fedagg.protocol.model_file import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
 class StartUp:
-    """Restores a federation once (module docstring). Called with the federation's commit lock held.
+    """Restores a federation (module docstring). Called with the federation's commit lock held.
 
-    Holds the initial model only until :meth:`restore` has run: its pages are not needed again.
+    Holds ``recovery`` (and with it the initial model) only until :meth:`restore` has run: its pages are not needed
+    again.
     """
 
-    def __init__(
-        self,
-        plan: FederationPlan,
-        store: StateStore,
-        outputs: ModelOutputs,
-        initial_model: LoadedModel | None,
-        initial_model_digest: FileDigest | None,
-    ) -> None:
-        self._plan = plan
+    def __init__(self, store: StateStore, recovery: StateRecovery) -> None:
         self._store = store
-        self._outputs = outputs
-        self._initial_model = initial_model
-        self._initial_model_digest = initial_model_digest
+        self._recovery: StateRecovery | None = recovery
 
     def restore(
         self, ledger: RoundLedger, round_ends: RoundEnds, metrics: MetricLog, names: MetricNames, admit: Admit
@@ -52,11 +39,10 @@ class StartUp:
         """Resume from the newest verified state (or the initial model), replay the spool and mark ``ledger``
         restored; ``admit`` decides on each replayed upload as if it arrived now, ``names`` bounds its metrics as
         its commit did."""
+        assert self._recovery is not None, "a federation is restored once"
         self._store.prepare()
-        recovery = StateRecovery(
-            self._plan, self._store, self._outputs, self._initial_model, self._initial_model_digest
-        )
-        state = recovery.recover()
+        state = self._recovery.recover()
+        self._recovery = None
         metrics.extend(state.history)
         names.note(state.history)
         round_ends.install(state.checkpoint, state.models)
@@ -66,7 +52,6 @@ class StartUp:
                 log.info("replayed %d acknowledged upload(s) of round %d", replayed, round_.number)
             if not round_ends.close_if_due(round_):
                 break
-        self._initial_model = None
         with ledger.round_lock:
             ledger.restored = True
 
