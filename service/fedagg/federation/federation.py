@@ -1,9 +1,10 @@
 """The federation: OpenFL's aggregator semantics (spec §3) as a thread-safe, network-free state machine.
 
 :class:`Federation` is a facade; each job lives in its own module: start-up (:mod:`~fedagg.federation.startup`),
-upload commits (:mod:`~fedagg.federation.upload_commits`), round ends (:mod:`~fedagg.federation.round_ends`, around
-the transaction of :mod:`~fedagg.federation.round_close`), contact tracking (:mod:`~fedagg.federation.contacts`)
-and own-results serving (:mod:`~fedagg.federation.own_results`).
+task hand-out (:mod:`~fedagg.federation.task_handout`), upload commits (:mod:`~fedagg.federation.upload_commits`,
+with :mod:`~fedagg.federation.metric_names`), round ends (:mod:`~fedagg.federation.round_ends`, around the
+transaction of :mod:`~fedagg.federation.round_close`), contact tracking (:mod:`~fedagg.federation.contacts`) and
+own-results serving (:mod:`~fedagg.federation.own_results`).
 
 Who calls what, and from where:
 
@@ -34,13 +35,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from fedagg.federation.assigner import make_assigner
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.contacts import ContactBook
-from fedagg.federation.errors import FailedPrecondition, PermissionDenied
+from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.events import ExperimentStatus, FederationListener
 from fedagg.federation.intake import Admission, UploadIntake, ignore_reason
 from fedagg.federation.integrity import FileDigest
@@ -48,7 +48,7 @@ from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.metric_log import MetricLog
 from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.own_results import own_results_tensor
-from fedagg.federation.plan import FederationPlan, TaskSpec
+from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.round_close import ModelOutputs, RoundCloser
@@ -58,26 +58,12 @@ from fedagg.federation.startup import StartUp
 from fedagg.federation.status import experiment_status, restoring_status
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import make_straggler_policy
+from fedagg.federation.task_handout import TaskReply, hand_out_tasks
 from fedagg.federation.upload_commits import Outcome, UploadCommits
 from fedagg.protocol.model_file import LoadedModel
 from fedagg.protocol.results import ResultsHeader
 
 __all__ = ["Admission", "Federation", "ModelOutputs", "Outcome", "TaskReply"]
-
-
-@dataclass(frozen=True)
-class TaskReply:
-    """The answer to GetTasks: tasks, or a sleep, or quit (exclusive, in that priority: quit > sleep > tasks).
-
-    A quit job must be recorded (:meth:`Federation.record_quit`) before it is sent when ``quit_recorded`` is
-    False.
-    """
-
-    round_number: int
-    tasks: tuple[TaskSpec, ...] = ()
-    sleep_seconds: int = 0
-    quit: bool = False
-    quit_recorded: bool = True
 
 
 class Federation:
@@ -206,26 +192,7 @@ class Federation:
 
     def get_tasks(self, collaborator: str) -> TaskReply:
         """OpenFL's get_tasks: quit once training is over, sleep when nothing is to do, else the tasks left."""
-        started = False
-        with self._ledger.round_lock:
-            committed = self._ledger.checkpoint()
-            round_ = self._ledger.round
-            if round_ is None:
-                return TaskReply(
-                    committed.round_number, quit=True, quit_recorded=collaborator in committed.quit_sent
-                )
-            pending = (
-                ()
-                if round_.closing or collaborator in round_.stragglers
-                else round_.pending_tasks(collaborator)
-            )
-            if not pending:
-                return TaskReply(round_.number, sleep_seconds=self.plan.sleep_seconds)
-            if round_.started_at is None:
-                round_.started_at = self._clock()
-                started = True
-            round_.handed_out.add(collaborator)
-            reply = TaskReply(round_.number, tasks=tuple(self.plan.tasks[task] for task in pending))
+        reply, started = hand_out_tasks(self.plan, self._ledger, collaborator, self._clock)
         if started:
             self._listener.round_started(reply.round_number)
         return reply
@@ -290,15 +257,7 @@ class Federation:
         owner = tensor_owner(request, self.plan.collaborators)
         if owner is None:
             return self._serving.served(request)
-        if owner != requester:
-            raise PermissionDenied(
-                f"GetAggregatedTensorRequest.tags name collaborator {owner!r}: a collaborator may only fetch "
-                "its own results"
-            )
-        with self._ledger.round_lock:
-            round_ = self._ledger.round
-            uploads = [] if round_ is None else round_.accepted([owner])
-        return own_results_tensor(round_, uploads, owner, request)
+        return own_results_tensor(self._ledger, owner, requester, request)
 
     def encoded_tensor(self, request: TensorRequest, requester: str = "") -> bytes:
         """:meth:`served_tensor` as one serialized NamedTensor (a copy: for tests and tools)."""

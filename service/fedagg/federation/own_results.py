@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedagg.federation.contribution import UploadedTensor
-from fedagg.federation.errors import NotFound
+from fedagg.federation.errors import NotFound, PermissionDenied
+from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.rounds import AcceptedUpload, Round
 from fedagg.federation.serving import ServedTensor, TensorRequest, own_tensor
 from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues
@@ -19,10 +20,18 @@ from fedagg.protocol.codec import COMPRESSED, Float32Array
 
 
 def own_results_tensor(
-    round_: Round | None, uploads: list[AcceptedUpload], collaborator: str, request: TensorRequest
+    ledger: RoundLedger, collaborator: str, requester: str, request: TensorRequest
 ) -> ServedTensor:
-    """The tensor ``request`` names among ``uploads``, ``collaborator``'s accepted uploads of ``round_`` (the
-    current round, read with the round lock held)."""
+    """The tensor ``request`` names among ``collaborator``'s accepted uploads of the current round, measured (not
+    read); only ``collaborator`` itself may ask."""
+    if collaborator != requester:
+        raise PermissionDenied(
+            f"GetAggregatedTensorRequest.tags name collaborator {collaborator!r}: a collaborator may only fetch "
+            "its own results"
+        )
+    with ledger.round_lock:
+        round_ = ledger.round
+        uploads = [] if round_ is None else round_.accepted([collaborator])
     wanted = set(request.tags) - {collaborator, COMPRESSED}
     if round_ is None or request.round_number != round_.number:
         raise NotFound(f"{collaborator}'s results are served for the current round only")
