@@ -160,8 +160,10 @@ class _ValueCheck:
 class UploadIntake:
     """Checks one admitted upload against the round's model and the plan while it streams into the spool.
 
-    Not thread-safe: one upload, one caller at a time (the event loop calls :meth:`tensor`, an executor thread
-    :meth:`absorb`, never both at once).
+    A single-owner object, not thread-safe: owned by the upload's receiver until it is handed to
+    :meth:`~fedagg.federation.federation.Federation.commit`; the commit owns it from then on (and always disposes
+    of it: :meth:`discard`), and nobody else touches it again. While the receiver owns it, one caller at a time:
+    the event loop calls :meth:`tensor`, an executor thread :meth:`absorb`, never both at once.
     """
 
     def __init__(
