@@ -169,15 +169,11 @@ class TensorServer:
             source, values = self._delta(request, number, delta, model, previous)
         else:
             source, values = model, _view(model.tensors[request.name])
+        shape = model.tensors[request.name].shape
         header = tensor_header(
-            request.name,
-            model.tensors[request.name].shape,
-            round_number=number,
-            tags=served.tags,
-            lossless=served.lossless,
-            report=request.report,
+            request.name, shape, round_number=number, tags=served.tags, lossless=served.lossless, report=False
         )
-        return ServedTensor.of(header, model.tensors[request.name].shape, values, source.release)
+        return ServedTensor.of(header, shape, values, source.release)
 
     @staticmethod
     def _delta(
@@ -205,6 +201,8 @@ class TensorServer:
 
 
 class _Releasable(Protocol):
+    """What holds the mapped pages a reply touches."""
+
     def release(self) -> None: ...
 
 
