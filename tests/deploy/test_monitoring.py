@@ -92,6 +92,7 @@ LABELS = {
             "extra_tensor_budget",
             "upload_size",
             "non_finite",
+            "metric_count",
         }
     },
     "fedagg_contributions_ignored_total": {

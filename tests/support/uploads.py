@@ -95,6 +95,20 @@ def submit_training(
     )
 
 
+def validate_locally(
+    federation: Federation, collaborator: str, round_number: int, value: float = 1.0
+) -> Outcome:
+    """The locally tuned model's validation task: an ``acc`` metric of ``value``."""
+    return submit(
+        federation,
+        collaborator,
+        round_number,
+        TASKS[2],
+        5,
+        [metric("acc", value, round_number, "validate_local")],
+    )
+
+
 def run_round(
     federation: Federation,
     round_number: int,
@@ -113,14 +127,7 @@ def run_round(
             [metric("acc", value, round_number, "validate_agg")],
         )
         submit_training(federation, collaborator, round_number, value, size, shapes, delta)
-        submit(
-            federation,
-            collaborator,
-            round_number,
-            TASKS[2],
-            5,
-            [metric("acc", value, round_number, "validate_local")],
-        )
+        validate_locally(federation, collaborator, round_number, value)
 
 
 def hand_out(federation: Federation, collaborator: str) -> TaskReply:

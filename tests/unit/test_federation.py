@@ -21,14 +21,14 @@ from fedagg.federation.plan import (
     StragglerPolicySpec,
     TaskGroup,
 )
-from fedagg.federation.serving import TensorRequest
+from fedagg.federation.serving import TensorRequest, TensorServer
 from fedagg.federation.store import StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import ManualClock, make_federation, make_plan
-from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, weights
+from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training, weights
 
 PAIR = ("one", "two")
 
@@ -243,7 +243,8 @@ def test_uploads_are_checked_against_the_model_not_against_each_other(federation
     assert federation.round_number == 1
     np.testing.assert_array_equal(model_value(federation, "w", 1), np.full((2, 3), 2.0))
     np.testing.assert_array_equal(model_value(federation, "b", 1), np.full(3, 3.0))
-    np.testing.assert_array_equal(model_value(federation, "opt", 1), np.full(4, 9.0))
+    with pytest.raises(NotFound, match="'opt' is not in round 1's model"):  # one sender: it never joins
+        model_value(federation, "opt", 1)
     aggregated = {
         r.name: r.value
         for r in federation.metrics.history()
@@ -357,14 +358,56 @@ def test_served_data_is_a_view_of_the_model_and_delta_files_not_a_copy(
     for served in (model, delta):
         data = served.parts()[-1]
         assert isinstance(data, memoryview)
-        owner = data.obj
-        while isinstance(owner, (np.ndarray, memoryview)):
-            owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
-        assert isinstance(owner, mmap.mmap), "no copy is made before the reply is joined"
+        assert mapped_file_of(data), "no copy is made before the reply is joined"
         served.release()
     assert (tmp_path / "state" / "deltas" / "round-000001.pbuf").is_file(), (
         "the delta is written once a round"
     )
+
+
+def test_the_size_of_a_served_tensor_is_known_before_its_parts_are_built(
+    federation: Federation, tmp_path: Path
+) -> None:
+    run_round(federation, 0, {"one": (2.0, 10), "two": (2.0, 10)}, SHAPES)
+    submit_training(federation, "one", 1, 0.5, 10, SHAPES, delta=True)
+    submit_training(federation, "two", 1, 3.0, 10, SHAPES)
+    kept = {number: federation_model(tmp_path, number) for number in (0, 1)}
+    fallback = TensorServer()
+    fallback.install(kept, {}, 1)  # no delta file: the delta is computed when the reply is built
+    forms = {
+        "model": federation.served_tensor(TensorRequest("w", 1, False, ("model",), True)),
+        "delta": federation.served_tensor(TensorRequest("w", 1, False, ("aggregated", "delta"), False)),
+        "computed delta": fallback.served(TensorRequest("w", 1, False, ("aggregated", "delta"), False)),
+        "own delta": federation.served_tensor(TensorRequest("w", 1, False, ("one", "trained"), True), "one"),
+        "own results": federation.served_tensor(
+            TensorRequest("w", 1, False, ("two", "trained"), True), "two"
+        ),
+    }
+
+    for form, served in forms.items():
+        encoded = b"".join(served.parts())
+        served.release()
+        assert served.size == len(encoded), form
+        assert served.header.name == "w", form
+    values = {
+        form: decode_tensor(base_pb2.NamedTensor.FromString(b"".join(served.parts())))
+        for form, served in forms.items()
+    }
+    np.testing.assert_array_equal(values["computed delta"], values["delta"])
+    np.testing.assert_array_equal(values["own delta"], np.full((2, 3), 2.5))
+    np.testing.assert_array_equal(values["own results"], np.full((2, 3), 3.0))
+    assert mapped_file_of(forms["own results"].parts()[-1]), "own results are a view of the spooled upload"
+
+
+def federation_model(tmp_path: Path, round_number: int) -> LoadedModel:
+    return read_model(tmp_path / "state" / "models" / f"round-{round_number:06d}.pbuf")
+
+
+def mapped_file_of(data: bytes | memoryview) -> bool:
+    owner: object = data.obj if isinstance(data, memoryview) else data
+    while isinstance(owner, (np.ndarray, memoryview)):
+        owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
+    return isinstance(owner, mmap.mmap)
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,22 @@ def test_a_flipped_byte_in_an_acknowledged_upload_is_quarantined_and_the_task_ha
     np.testing.assert_array_equal(served(resumed, 1), served(reference, 1))
 
 
+def test_a_spool_entry_replaced_by_a_directory_is_quarantined_and_the_task_handed_out_again(
+    tmp_path: Path,
+) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
+    submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
+    entry = spooled(tmp_path, 0)[-1]
+    entry.unlink()
+    entry.mkdir()  # reading it fails with an OSError (EISDIR), as an unreadable disk block fails with EIO
+
+    resumed = restart(tmp_path)
+
+    assert [task.name for task in resumed.get_tasks("one").tasks] == list(TASKS)
+    assert len(quarantined(tmp_path)) == 1
+    assert not entry.exists()
+
+
 def test_a_garbage_spool_file_does_not_stop_a_restart(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])

@@ -197,6 +197,7 @@ def test_uploads_of_a_closing_round_are_answered_ok_and_ignored(tmp_path: Path) 
     late = submit(federation, "one", 0, TASKS[0], 5, [metric("acc", 1, 0, "validate_agg")])
 
     assert "has closed" in late.admission.message
+    assert "one's results are counted in it" in late.admission.message, "one is not called a straggler"
 
 
 def test_a_full_disk_at_upload_time_is_unavailable_and_changes_nothing(tmp_path: Path) -> None:

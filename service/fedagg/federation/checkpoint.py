@@ -36,6 +36,29 @@ class SlotDigest:
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """The initial model's tensor names and bytes of float32 data: what the model may grow from (the plan's shape,
+    :mod:`fedagg.federation.model_shape`)."""
+
+    names: frozenset[str]
+    data_bytes: int
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, Any]) -> ModelShape:
+        """The shape of a model's ``tensors`` (float32 arrays by name)."""
+        return cls(frozenset(tensors), sum(int(values.nbytes) for values in tensors.values()))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"names": sorted(self.names), "data_bytes": self.data_bytes}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelShape:
+        """Inverse of :meth:`to_json`."""
+        return cls(frozenset(str(name) for name in data["names"]), int(data["data_bytes"]))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """The federation state at a round boundary (plus the quit jobs sent since)."""
 
@@ -54,6 +77,9 @@ class Checkpoint:
     """The task aggregators' small state (canonical JSON), as of this round's start."""
     slots: tuple[SlotDigest, ...] = ()
     """The task aggregators' model-sized state files of this round."""
+    initial_shape: ModelShape | None = None
+    """The initial model's shape (None in a state directory written before it was recorded: the shape of the model
+    the federation resumes from stands in for it)."""
 
     @property
     def best(self) -> float:
@@ -82,6 +108,7 @@ class Checkpoint:
             "initial_model": None if self.initial_model is None else self.initial_model.to_json(),
             "aggregation": self.aggregation,
             "slots": [slot.to_json() for slot in self.slots],
+            "initial_shape": None if self.initial_shape is None else self.initial_shape.to_json(),
         }
 
     @classmethod
@@ -107,6 +134,9 @@ class Checkpoint:
                 else FileDigest.from_json(data["initial_model"]),
                 aggregation=str(data.get("aggregation", "")),
                 slots=tuple(SlotDigest.from_json(slot) for slot in data.get("slots", [])),
+                initial_shape=None
+                if data.get("initial_shape") is None
+                else ModelShape.from_json(data["initial_shape"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptFile(f"{source}: malformed checkpoint ({error!r})") from None

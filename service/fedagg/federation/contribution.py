@@ -49,6 +49,7 @@ class RejectionReason(StrEnum):
     EXTRA_TENSOR_BUDGET = "extra_tensor_budget"
     UPLOAD_SIZE = "upload_size"
     NON_FINITE = "non_finite"
+    METRIC_COUNT = "metric_count"
 
 
 class ContributionRejected(Exception):

@@ -38,6 +38,14 @@ class FederationListener:
     def contribution_rejected(self, collaborator: str, task: str, reason: str) -> None:
         """An upload was answered OK and excluded from the round because its content is unusable."""
 
+    def tensors_left_out(self, round_number: int, count: int) -> None:
+        """``count`` tensors of round ``round_number``'s results that are not in its model were left out of the next
+        model (:mod:`fedagg.federation.model_shape`); reported once per round."""
+
+    def metric_names_dropped(self, task: str, count: int) -> None:
+        """``count`` metric values of an upload for ``task`` were left out of the metric log: their names are beyond
+        ``limits.metric_names_per_task``."""
+
     def state_file_quarantined(self, kind: str) -> None:
         """A corrupt file of the state directory was moved to ``quarantine/``."""
 

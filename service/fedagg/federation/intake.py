@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -60,6 +60,10 @@ class Admission:
         """Whether the upload goes on to be checked (otherwise it is answered OK and dropped)."""
         return self.ignored is None
 
+    def ignore(self, reason: IgnoreReason, message: str) -> Admission:
+        """This admission, decided as an ignore for ``reason``."""
+        return replace(self, ignored=reason, message=message)
+
 
 def ignore_reason(
     tasks: Collection[str], round_: Round | None, admission: Admission
@@ -82,7 +86,10 @@ def ignore_reason(
             f"results are for round {admission.round_number}, the current round is {round_.number}",
         )
     if round_.closing:
-        return IgnoreReason.ROUND_CLOSED, f"round {round_.number} has closed ({collaborator} is a straggler)"
+        return (
+            IgnoreReason.ROUND_CLOSED,
+            f"round {round_.number} has closed ({_standing(round_, collaborator)})",
+        )
     assigned = round_.assignment.get(collaborator, ())
     if task not in assigned:
         return (
@@ -95,6 +102,15 @@ def ignore_reason(
             f"{collaborator} already sent results for {task!r} in round {round_.number}",
         )
     return None, ""
+
+
+def _standing(round_: Round, collaborator: str) -> str:
+    """What a closing round's decision made of ``collaborator`` (only one it left out is called a straggler)."""
+    if collaborator in round_.stragglers:
+        return f"{collaborator} is a straggler"
+    if round_.decision is not None and collaborator in round_.decision.done:
+        return f"{collaborator}'s results are counted in it"
+    return f"{collaborator} has no task in it"
 
 
 class _ValueCheck:
@@ -144,8 +160,10 @@ class _ValueCheck:
 class UploadIntake:
     """Checks one admitted upload against the round's model and the plan while it streams into the spool.
 
-    Not thread-safe: one upload, one caller at a time (the event loop calls :meth:`tensor`, an executor thread
-    :meth:`absorb`, never both at once).
+    A single-owner object, not thread-safe: owned by the upload's receiver until it is handed to
+    :meth:`~fedagg.federation.federation.Federation.commit`; the commit owns it from then on (and always disposes
+    of it: :meth:`discard`), and nobody else touches it again. While the receiver owns it, one caller at a time:
+    the event loop calls :meth:`tensor`, an executor thread :meth:`absorb`, never both at once.
     """
 
     def __init__(
@@ -164,6 +182,7 @@ class UploadIntake:
         self._tensors: list[UploadedTensor] = []
         self._identities: set[object] = set()
         self._extra_bytes = 0
+        self._metric_count = 0
         self._pending: deque[_ValueCheck] = deque()
         self._metric_values: dict[int, float] = {}
         if admission.data_size < -1:
@@ -249,11 +268,23 @@ class UploadIntake:
         base = None
         if tensor.role == TensorRole.WEIGHTS:
             base = self._check_weights(tensor)
+        else:
+            self._count_metric(tensor)
         if tensor.data_offset + tensor.data_length > self._limits.upload_bytes:
             raise _too_large(self._limits)
         self._tensors.append(tensor)
         if tensor.data_length:
             self._pending.append(_ValueCheck(tensor, base))
+
+    def _count_metric(self, tensor: UploadedTensor) -> None:
+        """Refuse an upload as soon as its metrics exceed the limit (each costs decoding and aggregation)."""
+        self._metric_count += 1
+        if self._metric_count > self._limits.metrics_per_upload:
+            raise ContributionRejected(
+                RejectionReason.METRIC_COUNT,
+                f"the upload carries more than limits.metrics_per_upload ({self._limits.metrics_per_upload}) "
+                f"metrics (from '{tensor.name}' on)",
+            )
 
     def _check_weights(self, tensor: UploadedTensor) -> Float32Array | None:
         """Check a weight tensor against the model; return the base a delta applies to."""

@@ -4,8 +4,8 @@ Each plan task has an :class:`~fedagg.federation.aggregators.Aggregator` (the pl
 clipping and differential privacy) kept for the whole experiment: its small state (step counts, an adaptive
 clipping norm) is committed with every checkpoint, its model-sized state (an optimizer's moments) in slot files
 written with the round. A tensor belongs to the first task, in plan order, whose results carry it; the next model
-holds every tensor of this round's model (aggregated where contributed, carried over otherwise) plus tensors that
-first appear in this round's results.
+holds every tensor of this round's model (aggregated where contributed, carried over otherwise) plus the tensors
+of this round's results that :mod:`fedagg.federation.model_shape` lets join it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fedagg.federation.aggregators.registry import make_aggregator
 from fedagg.federation.checkpoint import Checkpoint, SlotDigest
 from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.files import atomic_file
+from fedagg.federation.model_shape import model_growth
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.rounds import AcceptedUpload, Round
 from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues, TensorSource
@@ -133,6 +134,7 @@ class ModelBuilder:
         """Stream the next model into ``writer``; slot files are committed with it (same ``with`` block)."""
         inputs = self._task_inputs(round_, uploads)
         owners = {tensor.name: task for task, task_inputs in inputs.items() for tensor in task_inputs.tensors}
+        joining = model_growth(round_, uploads).joining
         with contextlib.ExitStack() as files:
             stateful = {*inputs, *(slot.task for slot in committed.slots)}
             states = {task: self._state(task, round_.number, committed, files) for task in stateful}
@@ -143,7 +145,7 @@ class ModelBuilder:
                     if task is None or task not in prepared or not self._combine(inputs[task], name, writer):
                         writer.add(name, values)
                 for name, task in owners.items():
-                    if task in prepared:
+                    if task in prepared and name in joining:
                         self._combine(inputs[task], name, writer)
                 for state in states.values():
                     state.carry_forward()

@@ -97,22 +97,34 @@ class StragglerPolicySpec:
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """How large an authenticated collaborator's upload may be; None derives the limit from the round's model.
+    """How much an authenticated collaborator's upload may carry; None derives a byte limit from the initial model.
 
     ``extra_tensor_bytes`` bounds the data of tensors that are not in the model (optimizer state that OpenFL's
-    runners send as ``trained``); ``upload_bytes`` bounds a whole upload.
+    runners send as ``trained``) in one upload, and how much such tensors may add to the model
+    (:attr:`ResolvedLimits.model_bytes`); ``upload_bytes`` bounds a whole upload. ``metrics_per_upload`` bounds the
+    metrics of one upload (more is rejected as content, decided when the metric beyond the limit is decoded);
+    ``metric_names_per_task`` bounds the distinct metric names (the metric series) a task may ever report: values
+    of names beyond it are left out of the metric log and the aggregated metrics, and counted.
     """
 
     upload_bytes: int | None = None
     extra_tensor_bytes: int | None = None
+    metrics_per_upload: int = 1024
+    metric_names_per_task: int = 256
 
-    def resolve(self, model_bytes: int) -> ResolvedLimits:
-        """The limits for a round whose model holds ``model_bytes`` bytes of float32 data."""
-        extra = 2 * model_bytes if self.extra_tensor_bytes is None else self.extra_tensor_bytes
+    def resolve(self, initial_model_bytes: int) -> ResolvedLimits:
+        """The limits of an experiment whose initial model holds ``initial_model_bytes`` bytes of float32 data.
+
+        The initial model, not the current one: a limit derived from the current model would let each round's
+        extra tensors raise the next round's allowance.
+        """
+        extra = 2 * initial_model_bytes if self.extra_tensor_bytes is None else self.extra_tensor_bytes
         upload = (
-            model_bytes + extra + UPLOAD_OVERHEAD_BYTES if self.upload_bytes is None else self.upload_bytes
+            initial_model_bytes + extra + UPLOAD_OVERHEAD_BYTES
+            if self.upload_bytes is None
+            else self.upload_bytes
         )
-        return ResolvedLimits(upload, extra)
+        return ResolvedLimits(upload, extra, initial_model_bytes + extra, self.metrics_per_upload)
 
 
 UPLOAD_OVERHEAD_BYTES = 16 << 20
@@ -121,10 +133,14 @@ UPLOAD_OVERHEAD_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class ResolvedLimits:
-    """Upload limits in bytes for one round."""
+    """Upload limits in bytes, and the model's size cap, for an experiment."""
 
     upload_bytes: int
     extra_tensor_bytes: int
+    model_bytes: int
+    """The model size cap: the initial model's bytes plus ``extra_tensor_bytes``. Tensors that would take the next
+    model past it are left out of it (:mod:`fedagg.federation.model_building`)."""
+    metrics_per_upload: int
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,9 @@ def _check_plan(plan: FederationPlan) -> None:
         value = getattr(plan.limits, key)
         if value is not None and value < 0:
             raise PlanError(f"limits.{key}", value, "a number of bytes (0 or more), or null for the default")
+    for key in ("metrics_per_upload", "metric_names_per_task"):
+        if getattr(plan.limits, key) < 1:
+            raise PlanError(f"limits.{key}", getattr(plan.limits, key), "a count of 1 or more")
 
 
 def _check_identity(plan: FederationPlan) -> None:

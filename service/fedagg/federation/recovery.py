@@ -4,7 +4,7 @@ A restart looks at the current checkpoint, then at the previous round boundary's
 its seal verifies and its round's model verifies against the digest it records; a kept model that is missing or
 corrupt is restored from a published copy with the same digest (``last.pbuf``, ``best.pbuf``) when one exists.
 Falling back to the previous checkpoint is safe because the spool of the round before the current one is kept:
-the federation then redoes that round from its spool (:mod:`fedagg.federation.federation` replays it), which
+the federation then redoes that round from its spool (:mod:`fedagg.federation.startup` replays it), which
 gives the same model bit for bit. What cannot be used is moved to ``quarantine/`` and reported; when nothing
 verifies, the start fails with one message that says what was found.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.checkpoint import Checkpoint, ModelShape
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.metric_log import MetricRecord
@@ -121,6 +121,7 @@ class StateRecovery:
             first,
             models=((first, digest),),
             initial_model=self._initial_model_digest,
+            initial_shape=ModelShape.of(model.tensors),
         )
         self._store.save_checkpoint(checkpoint, new_round=True)
         return RecoveredState(checkpoint, {first: self._store.load_model(first, digest)}, [])

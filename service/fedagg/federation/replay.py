@@ -1,7 +1,7 @@
 """Replaying a round's spool at start-up: every acknowledged upload is read back through the checks it passed.
 
-Each spooled upload's checksum is verified first; one that does not verify (or no longer parses) is moved to
-``quarantine/`` and its task is handed out again, so a flipped byte never reaches an aggregate and never stops a
+Each spooled upload's checksum is verified first; one that does not verify (or no longer parses, cannot be read
+from the disk, or is not a file) is moved to ``quarantine/`` and its task is handed out again, so a flipped byte never reaches an aggregate and never stops a
 restart. Rejection records are read back as such, so a collaborator is never asked again for work it was told had
 been received. The round's close decision, when one was recorded before a crash, is restored so that the round
 closes again with the very same collaborators.
@@ -16,6 +16,7 @@ from pathlib import Path
 from fedagg.federation.contribution import RejectionReason
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.integrity import READ_BLOCK_BYTES, CorruptFile, FileDigest, verify_footer
+from fedagg.federation.progress_health import describe_os_error
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Receipt, RejectedUpload, Round
 from fedagg.federation.spool import EntryKind, SpoolEntry
 from fedagg.federation.store import StateStore
@@ -36,6 +37,10 @@ def quarantine_entry(store: StateStore, entry: SpoolEntry, reason: str) -> None:
     store.quarantine(entry.path, f"{reason}; the task is handed out again", kind)
 
 
+def _problem(error: CorruptFile | OSError) -> str:
+    return f"unreadable ({describe_os_error(error)})" if isinstance(error, OSError) else str(error)
+
+
 class SpoolReplay:
     """Reads one round's spool back (module docstring). ``admit`` decides on each upload as if it arrived now."""
 
@@ -49,8 +54,8 @@ class SpoolReplay:
             round_.observe_sequence(entry.sequence)
             try:
                 replayed = self._read(round_, entry)
-            except CorruptFile as error:
-                quarantine_entry(self._store, entry, str(error))
+            except (CorruptFile, OSError) as error:  # a read error (EIO), or an entry that is not a file
+                quarantine_entry(self._store, entry, _problem(error))
                 continue
             if replayed is not None:
                 yield replayed
@@ -61,8 +66,8 @@ class SpoolReplay:
         path = spool.close_decision_path(round_.number)
         try:
             body = spool.read_close_decision(round_.number)
-        except CorruptFile as error:
-            self._store.quarantine(path, str(error), "close_decision")
+        except (CorruptFile, OSError) as error:
+            self._store.quarantine(path, _problem(error), "close_decision")
             return None
         if body is None:
             return None

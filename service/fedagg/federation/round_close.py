@@ -32,11 +32,11 @@ from pathlib import Path
 from fedagg.failpoints import failpoint
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.events import FederationListener
-from fedagg.federation.health import FederationHealth, describe_os_error
 from fedagg.federation.integrity import CorruptFile, FileDigest, verify_footer
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.model_building import BuiltModel, ModelBuilder, TaskAggregators
 from fedagg.federation.plan import FederationPlan
+from fedagg.federation.progress_health import FederationHealth, describe_os_error
 from fedagg.federation.replay import quarantine_entry
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
 from fedagg.federation.store import StateStore

@@ -4,7 +4,7 @@ Nothing here touches the disk or aggregates. A collaborator's uploads are only r
 arrive; they count once all its tasks of the round are in, and only those of the collaborators a
 :class:`CloseDecision` names as done enter the round's aggregates (OpenFL's straggler rule: a straggler's partial
 work never does). A :class:`Round` is mutated only by :class:`~fedagg.federation.federation.Federation`, which
-serialises writers with its commit lock and guards the fields request handlers read with its state lock.
+serialises writers with its commit lock and guards the fields request handlers read with its round lock.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ class Round:
     task_order: tuple[str, ...]
     model: LoadedModel
     limits: ResolvedLimits
+    initial_names: frozenset[str]
+    """The initial model's tensor names: a tensor not in :attr:`model` may join the next model under this name."""
     received: dict[str, dict[str, Receipt]] = field(default_factory=dict)
     started_at: float | None = None
     handed_out: set[str] = field(default_factory=set)

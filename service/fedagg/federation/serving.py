@@ -4,7 +4,8 @@ OpenFL collaborators ask for a tensor in one of two forms (spec §3.6): the mode
 or, from round 1 on, the change since the previous round (tags ``["aggregated", "delta", "compressed"]``).
 Kept models are memory-mapped model files, verified against their checksums when they were loaded; the change since
 the previous round is written once per round to a delta file (:meth:`fedagg.federation.store.StateStore.write_delta`).
-A reply's tensor data is a view of one of these files, copied once into the reply.
+A reply's tensor data is a view of one of these files, copied once into the reply. A reply is measured before it
+is built (:class:`ServedTensor`), so the server admits its bytes before anything is read or computed.
 
 OpenFL 1.8/1.9 collaborators restarted in the middle of a round also ask for their own results of the round
 (tags ``[<own name>, "trained", ...]``); :func:`own_tensor` answers that from the spooled upload, as
@@ -13,16 +14,19 @@ OpenFL 1.9's aggregator answers it from its tensor database.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 
 from fedagg.federation.errors import FailedPrecondition, InvalidRequest, NotFound
-from fedagg.protocol.codec import COMPRESSED, Float32Array, tensor_header, without_codec_tags
-from fedagg.protocol.model_file import LoadedModel, named_tensor_body
+from fedagg.protocol import base_pb2
+from fedagg.protocol.codec import COMPRESSED, FLOAT32, Float32Array, Shape, tensor_header, without_codec_tags
+from fedagg.protocol.model_file import LoadedModel, named_tensor_body, named_tensor_size
 
 AGGREGATED_TAG = "aggregated"
 DELTA_TAG = "delta"
@@ -85,19 +89,36 @@ def resolve_form(request: TensorRequest) -> ServedForm:
 
 @dataclass(frozen=True)
 class ServedTensor:
-    """A serialized NamedTensor as parts (the data part a view of a model file), and how to let go of its pages."""
+    """A NamedTensor reply, measured before it is built: nothing of the tensor's data is read or computed until
+    :meth:`parts` is called.
 
-    body: list[bytes | memoryview]
+    The server measures ``size`` (cheap, on any thread), waits until its reply budget admits that many bytes, then
+    calls :meth:`parts` once, off the event loop (it may map files, read the spool or compute a delta), and calls
+    ``release`` once the reply is built to let go of the touched pages.
+    """
+
+    header: base_pb2.NamedTensor
+    """Every field of the NamedTensor but its data."""
+    size: int
+    """Bytes of the serialized NamedTensor: the header, and the data's field prefix and float32 bytes."""
+    values: Callable[[], Float32Array]
+    """The tensor's values (a view of a mapped file where possible); called by :meth:`parts`."""
     release: Callable[[], None]
 
-    @property
-    def size(self) -> int:
-        """Bytes of the serialized NamedTensor."""
-        return sum(len(part) for part in self.body)
+    @classmethod
+    def of(
+        cls,
+        header: base_pb2.NamedTensor,
+        shape: Shape,
+        values: Callable[[], Float32Array],
+        release: Callable[[], None],
+    ) -> ServedTensor:
+        """The reply of ``header`` with the float32 ``values`` of ``shape`` (measured from the shape alone)."""
+        return cls(header, named_tensor_size(header, math.prod(shape) * FLOAT32.itemsize), values, release)
 
     def parts(self) -> list[bytes | memoryview]:
-        """The serialized NamedTensor's parts."""
-        return self.body
+        """The serialized NamedTensor as parts: the header's bytes, then the data's prefix and a view of the data."""
+        return named_tensor_body(self.header, self.values())
 
 
 class TensorServer:
@@ -144,20 +165,15 @@ class TensorServer:
                 f"tensor {request.name!r} is not in round {number}'s model "
                 f"(tensors: {bounded_names(model.tensors)})"
             )
-        source = model
         if served.form == TensorForm.DELTA:
             source, values = self._delta(request, number, delta, model, previous)
         else:
-            values = model.tensors[request.name]
+            source, values = model, _view(model.tensors[request.name])
+        shape = model.tensors[request.name].shape
         header = tensor_header(
-            request.name,
-            values.shape,
-            round_number=number,
-            tags=served.tags,
-            lossless=served.lossless,
-            report=request.report,
+            request.name, shape, round_number=number, tags=served.tags, lossless=served.lossless, report=False
         )
-        return ServedTensor(named_tensor_body(header, values), source.release)
+        return ServedTensor.of(header, shape, values, source.release)
 
     @staticmethod
     def _delta(
@@ -166,18 +182,45 @@ class TensorServer:
         delta: LoadedModel | None,
         model: LoadedModel,
         previous: LoadedModel | None,
-    ) -> tuple[LoadedModel, Float32Array]:
-        if delta is not None and request.name in delta.tensors:
-            return delta, delta.tensors[request.name]
-        if previous is None or request.name not in previous.tensors:
+    ) -> tuple[_Releasable, Callable[[], Float32Array]]:
+        """Where the change since the previous round comes from: the round's delta file, else computed (when the
+        reply is built) from the two models, whose touched pages the release drops."""
+        name = request.name
+        if delta is not None and name in delta.tensors:
+            return delta, _view(delta.tensors[name])
+        if previous is None or name not in previous.tensors:
             raise NotFound(
-                f"the delta of {request.name!r} for round {number} needs round {number - 1}'s model, "
+                f"the delta of {name!r} for round {number} needs round {number - 1}'s model, "
                 "which is no longer kept; ask with tags ['model']"
             )
-        values = np.subtract(model.tensors[request.name], previous.tensors[request.name], dtype=np.float32)
-        model.release()
-        previous.release()
-        return LoadedModel(number, {request.name: values}), values
+
+        def difference() -> Float32Array:
+            return np.subtract(model.tensors[name], previous.tensors[name], dtype=np.float32)
+
+        return _BothModels(model, previous), difference
+
+
+class _Releasable(Protocol):
+    """What holds the mapped pages a reply touches."""
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _BothModels:
+    """A model and the previous one, whose pages a computed delta touched."""
+
+    model: LoadedModel
+    previous: LoadedModel
+
+    def release(self) -> None:
+        self.model.release()
+        self.previous.release()
+
+
+def _view(values: Float32Array) -> Callable[[], Float32Array]:
+    """Values that are already there (a view of a mapped file)."""
+    return lambda: values
 
 
 def bounded_names(names: Iterable[str], limit: int = 8) -> str:
@@ -198,18 +241,18 @@ def tensor_owner(request: TensorRequest, collaborators: Iterable[str]) -> str | 
     return named.pop() if named else None
 
 
-def own_tensor(request: TensorRequest, values: Float32Array) -> ServedTensor:
+def own_tensor(request: TensorRequest, shape: Shape, values: Callable[[], Float32Array]) -> ServedTensor:
     """A collaborator's own uploaded tensor as OpenFL 1.9 returns it: the request's tags plus ``compressed``."""
     header = tensor_header(
         request.name,
-        values.shape,
+        shape,
         round_number=request.round_number,
         tags=sorted({*request.tags, COMPRESSED}),
         lossless=True,
         report=request.report,
     )
-    return ServedTensor(named_tensor_body(header, values), _nothing_to_release)
+    return ServedTensor.of(header, shape, values, _nothing_to_release)
 
 
 def _nothing_to_release() -> None:
-    """A reply built from memory holds no mapped pages."""
+    """A reply built from memory, or from a mapping of its own that goes with it, holds no pages to drop."""

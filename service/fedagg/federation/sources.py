@@ -8,6 +8,7 @@ block by block, in float32, as OpenFL adds it.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +51,17 @@ class SpooledValues:
         if len(data) != length:
             raise CorruptFile(f"{self.path}: ends inside a tensor (wanted {length} bytes at value {start})")
         return np.frombuffer(data, FLOAT32)
+
+    def mapped(self) -> Float32Array:
+        """All the values as a read-only view of the mapped spool file (no copy). The mapping is this array's
+        own: it is unmapped when the last view of it goes."""
+        if not self.size:
+            return np.empty(0, FLOAT32)
+        with self.path.open("rb") as file:
+            mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        if len(mapping) < self._offset + self.size * FLOAT32.itemsize:
+            raise CorruptFile(f"{self.path}: ends inside a tensor")
+        return np.frombuffer(mapping, FLOAT32, self.size, self._offset)
 
 
 class ModelValues:

@@ -57,7 +57,7 @@ def experiment_status(
     round_end_failing: bool = False,
     figures: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ExperimentStatus:
-    """Status, progress and per-collaborator state (call with the federation's state lock held)."""
+    """Status, progress and per-collaborator state (call with the federation's round lock held)."""
     finished = committed.round_number >= plan.rounds_to_train
     if finished:
         status = "finished"

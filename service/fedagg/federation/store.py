@@ -278,7 +278,7 @@ class StateStore:
                 continue
             try:
                 records.extend(read_sealed_json(path, METRICS_RECORD))
-            except CorruptFile as error:
+            except (CorruptFile, OSError) as error:  # OSError: a read error (EIO), or not a file
                 self.quarantine(path, f"{error}; that round's metric history is lost", "metrics")
         return records
 

@@ -69,6 +69,16 @@ class LoadedModel:
         self.mapping.madvise(mmap.MADV_DONTNEED, aligned, start - aligned + values.nbytes)
 
 
+def data_field_prefix(data_bytes: int) -> bytes:
+    """What precedes ``data_bytes`` bytes of tensor data in a serialized NamedTensor (nothing when there are none)."""
+    return length_delimited_prefix(_DATA_BYTES, data_bytes) if data_bytes else b""
+
+
+def named_tensor_size(header: base_pb2.NamedTensor, data_bytes: int) -> int:
+    """Bytes of the serialized NamedTensor :func:`named_tensor_body` makes of ``header`` and ``data_bytes`` bytes."""
+    return header.ByteSize() + len(data_field_prefix(data_bytes)) + data_bytes
+
+
 def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list[bytes | memoryview]:
     """A NamedTensor (``header`` plus ``array`` as data_bytes) as parts, without copying the data.
 
@@ -78,7 +88,7 @@ def named_tensor_body(header: base_pb2.NamedTensor, array: Float32Array) -> list
     data = np.asarray(array, dtype=FLOAT32, order="C")
     parts: list[bytes | memoryview] = [header.SerializeToString()]
     if data.nbytes:
-        parts += [length_delimited_prefix(_DATA_BYTES, data.nbytes), data.reshape(-1).view(np.uint8).data]
+        parts += [data_field_prefix(data.nbytes), data.reshape(-1).view(np.uint8).data]
     return parts
 
 
@@ -109,7 +119,7 @@ def model_tensor_prefix(name: str, shape: Shape, round_number: int) -> bytes:
     """
     header = tensor_header(name, shape, round_number=round_number, tags=[MODEL_TAG]).SerializeToString()
     data_bytes = math.prod(shape) * FLOAT32.itemsize
-    data_prefix = length_delimited_prefix(_DATA_BYTES, data_bytes) if data_bytes else b""
+    data_prefix = data_field_prefix(data_bytes)
     entry = len(header) + len(data_prefix) + data_bytes
     return length_delimited_prefix(_MODEL_TENSORS, entry) + header + data_prefix
 

@@ -18,7 +18,7 @@ from fedagg.federation.errors import (
     PermissionDenied,
     StorageUnavailable,
 )
-from fedagg.federation.health import describe_os_error
+from fedagg.federation.progress_health import describe_os_error
 from fedagg.protocol.wire import MalformedMessage
 from fedagg.server.auth import IdentityError, ObserverDenied
 

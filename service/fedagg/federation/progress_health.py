@@ -1,4 +1,5 @@
-"""Whether the federation can make progress: its state directory accepts writes and its round ends commit."""
+"""Whether the federation can make progress (not the gRPC health service, :mod:`fedagg.server.health`): its state
+directory accepts writes and its round ends commit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener
 
 log = logging.getLogger(__name__)
@@ -100,3 +102,25 @@ class FederationHealth:
             )
             for callback in subscribers:
                 callback(after)
+
+
+class StorageGuard:
+    """Turns a disk error in ``operation`` into :class:`StorageUnavailable` (UNAVAILABLE for the client) and reports
+    it to the federation's health; a success clears a storage failure when the operation ``proves_writable``."""
+
+    def __init__(self, health: FederationHealth, operation: str, *, proves_writable: bool = True) -> None:
+        self._health = health
+        self._operation = operation
+        self._proves_writable = proves_writable
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, OSError):
+            self._health.storage_failed(self._operation, error)
+            raise StorageUnavailable(
+                f"the aggregator cannot write its state: {describe_os_error(error)}; retry later"
+            ) from None
+        if error is None and self._proves_writable:
+            self._health.storage_ok()

@@ -1,0 +1,235 @@
+"""Round ends as the federation runs them: install a committed state, close a round when it is due, clean up;
+and quit records, which are serialised with round ends so checkpoints only move forward.
+
+A round end is a transaction (:mod:`fedagg.federation.round_close`): it commits with its checkpoint, or leaves the
+round closing and is retried with back-off while the federation reports itself unhealthy. A collaborator's
+uploads count once all its tasks of the round are in, and a round aggregates only the collaborators its close
+decision names as done: stragglers never enter the sums.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fedagg.failpoints import failpoint
+from fedagg.federation.assigner import Assigner
+from fedagg.federation.checkpoint import Checkpoint, ModelShape
+from fedagg.federation.errors import StorageUnavailable
+from fedagg.federation.events import FederationListener, RoundSummary
+from fedagg.federation.integrity import CorruptFile
+from fedagg.federation.ledger import RoundLedger
+from fedagg.federation.memory import trim_heap
+from fedagg.federation.metric_log import MetricLog
+from fedagg.federation.model_shape import model_growth
+from fedagg.federation.plan import FederationPlan
+from fedagg.federation.progress_health import FederationHealth, StorageGuard, describe_os_error
+from fedagg.federation.round_close import ClosedRound, RoundCloser
+from fedagg.federation.rounds import CloseDecision, Round
+from fedagg.federation.serving import TensorServer, bounded_names
+from fedagg.federation.store import StateStore
+from fedagg.federation.stragglers import StragglerPolicy
+from fedagg.protocol.model_file import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class RoundEnds:
+    """Moves the federation from one committed state to the next. Called with the federation's commit lock held
+    (it takes the round lock only around the ledger's fields).
+
+    :attr:`metrics`, :attr:`health` and :attr:`listener` are where the federation's outcomes go, shared with the
+    upload commits (read-only attributes).
+    """
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        store: StateStore,
+        ledger: RoundLedger,
+        closer: RoundCloser,
+        *,
+        assigner: Assigner,
+        policy: StragglerPolicy,
+        serving: TensorServer,
+        metrics: MetricLog,
+        health: FederationHealth,
+        listener: FederationListener,
+        clock: Callable[[], float],
+        made_progress: Callable[[], None],
+    ) -> None:
+        self._plan = plan
+        self._store = store
+        self._ledger = ledger
+        self._closer = closer
+        self._assigner = assigner
+        self._policy = policy
+        self._serving = serving
+        self.metrics = metrics
+        self.health = health
+        self.listener = listener
+        self._clock = clock
+        self._made_progress = made_progress
+
+    def install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
+        """Make ``checkpoint`` the committed state, serving ``models``; opens its round unless finished."""
+        finished = checkpoint.round_number >= self._plan.rounds_to_train
+        round_ = (
+            None if finished else self.new_round(models[checkpoint.round_number], checkpoint.initial_shape)
+        )
+        self._closer.aggregators.load(checkpoint.aggregation)
+        figures = self._closer.aggregators.reports()
+        with self._ledger.round_lock:
+            self._ledger.committed = checkpoint
+            self._ledger.round = round_
+            self._ledger.figures = figures
+        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
+        if finished:
+            self.metrics.close()
+        self._made_progress()
+
+    def new_round(self, model: LoadedModel, initial_shape: ModelShape | None) -> Round:
+        """Round ``model.round_number``, starting from ``model``, with the plan's assignment, and limits derived from
+        the initial model's shape (``model``'s own stands in for an unrecorded one)."""
+        number = model.round_number
+        assignment = self._assigner.assignment(number)
+        ordered = {name: assignment[name] for name in self._plan.collaborators if name in assignment}
+        shape = initial_shape or ModelShape.of(model.tensors)
+        return Round(
+            number,
+            ordered,
+            self._assigner.tasks_in_round(number),
+            model,
+            self._plan.limits.resolve(shape.data_bytes),
+            shape.names,
+        )
+
+    def _deltas(self, number: int, models: dict[int, LoadedModel]) -> dict[int, LoadedModel]:
+        """Round ``number``'s delta file (model minus the previous one), written once; none if it cannot be."""
+        model, previous = models.get(number), models.get(number - 1)
+        if model is None or previous is None:
+            return {}
+        try:
+            return {number: self._store.write_delta(model, previous)}
+        except (OSError, CorruptFile) as error:
+            log.warning("round %d's deltas will be computed per request: %s", number, error)
+            return {}
+
+    def record_quit(self, collaborator: str) -> None:
+        """Durably note that ``collaborator`` is being sent its quit job (before the reply leaves)."""
+        with self._ledger.round_lock:
+            committed = self._ledger.checkpoint()
+        if collaborator in committed.quit_sent:
+            return
+        updated = committed.with_quit(collaborator)
+        failpoint("quit.before_record")
+        started = self._clock()
+        try:
+            with StorageGuard(self.health, "quit"):
+                self._store.save_checkpoint(updated, new_round=False)
+        except StorageUnavailable:
+            self.listener.checkpoint_failed()
+            raise
+        failpoint("quit.recorded")
+        with self._ledger.round_lock:
+            self._ledger.committed = updated
+        self.listener.checkpoint_saved(updated.round_number, self._clock() - started)
+        if set(updated.quit_sent) >= set(self._plan.collaborators):
+            self.listener.all_quit_jobs_sent()
+
+    def tick(self) -> None:
+        """Probe a failing disk, retry a failed round end, close a round whose cutoff passed."""
+        if self.health.storage_failing:
+            try:
+                self._store.probe()
+            except OSError:
+                pass
+            else:
+                self.health.storage_ok()
+        round_ = self._ledger.current_round()
+        if round_ is not None and self._closer.retry_due():
+            self.close_if_due(round_)
+
+    def close_if_due(self, round_: Round) -> bool:
+        """Close ``round_`` if its decision is made or the straggler policy allows it now; True once committed."""
+        ledger = self._ledger
+        while True:
+            with ledger.round_lock:
+                if round_ is not ledger.round:
+                    return False
+                decision = round_.decision or round_.propose_decision(self._policy, self._clock())
+            if decision is None:
+                return False
+            lost = self._closer.verify(round_, decision)
+            with ledger.round_lock:
+                for collaborator, task in lost:
+                    round_.forget(collaborator, task)
+                round_.decision = None if lost else decision
+                committed = ledger.checkpoint()
+            if not lost:
+                break
+            self._made_progress()
+        closed = self._closer.attempt(round_, decision, committed)
+        if closed is None:
+            return False
+        self._committed_round(round_, decision, closed)
+        return True
+
+    def _committed_round(self, round_: Round, decision: CloseDecision, closed: ClosedRound) -> None:
+        checkpoint = closed.checkpoint
+        models = {
+            number: model
+            for number, _ in checkpoint.models
+            if (model := self._serving.model(number)) is not None
+        }
+        models[checkpoint.round_number] = closed.model
+        self.metrics.extend(list(closed.metrics))
+        self.install(checkpoint, models)
+        self._clean_up(round_.number, checkpoint)
+        trim_heap()
+        if decision.stragglers:
+            log.warning("round %d closed without stragglers %s", round_.number, list(decision.stragglers))
+        left_out = model_growth(round_, round_.accepted(decision.done)).left_out
+        if left_out:
+            log.warning(
+                "round %d: %d tensor(s) not in the model were left out of the next one (a name joins only if it is "
+                "in the initial model or more than one collaborator sent it, within limits model size cap %d "
+                "bytes): %s",
+                round_.number,
+                len(left_out),
+                round_.limits.model_bytes,
+                bounded_names(left_out),
+            )
+            self.listener.tensors_left_out(round_.number, len(left_out))
+        duration = 0.0 if round_.started_at is None else self._clock() - round_.started_at
+        self.listener.checkpoint_saved(checkpoint.round_number, closed.checkpoint_seconds)
+        self.listener.round_finished(
+            RoundSummary(
+                round_.number,
+                duration,
+                closed.aggregation_seconds,
+                len(decision.done),
+                decision.stragglers,
+                closed.metrics,
+            )
+        )
+        log.info(
+            "round %d finished: %d contributor(s), aggregation %.3fs",
+            round_.number,
+            len(decision.done),
+            closed.aggregation_seconds,
+        )
+        if checkpoint.round_number >= self._plan.rounds_to_train:
+            self.listener.experiment_finished(checkpoint.round_number)
+
+    def _clean_up(self, closed_round: int, checkpoint: Checkpoint) -> None:
+        """After a commit: drop what no recovery needs (the spool of the closed round is kept one more round)."""
+        try:
+            self._store.spool.drop_rounds_before(closed_round)
+            self._store.prune_models(keep_from_round=min(number for number, _ in checkpoint.models))
+        except OSError as error:
+            log.warning(
+                "clean-up after round %d failed (%s); retried after the next round",
+                closed_round,
+                describe_os_error(error),
+            )
