@@ -59,7 +59,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
         (config_with(server={"port": 70000}), "server.port: got 70000, expected an integer from 0 to 65535"),
         (
             config_with(server={"stream_window_bytes": 1024}),
-            "server.stream_window_bytes: got 1024, expected 0 (automatic) or between 65535 and 2147483647 bytes",
+            "server.stream_window_bytes: got 1024, expected 0 (automatic) or a number of bytes from 65535 to 2147483647",
         ),
         (
             config_with(server={"tls": {"mode": "ssl"}}),
@@ -79,7 +79,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
         ),
         (
             config_with(federation={"rounds_to_train": 0}),
-            "rounds_to_train: got 0, expected a positive number",
+            "federation.rounds_to_train: got 0, expected an integer from 1 to 2147483647",
         ),
         (
             config_with(
