@@ -15,8 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fedagg.bounded_yaml import parse_yaml, read_yaml
 from fedagg.federation.errors import PlanError
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import (
@@ -516,16 +515,7 @@ def load_config(
 
     ``overlay`` (an imported OpenFL workspace) supplies defaults that the file's own settings override.
     """
-    data: object = {}
-    if path is not None:
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise ConfigError("(config file)", str(path), f"a readable file ({error.strerror})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError("(config file)", str(path), f"valid YAML ({error})") from None
+    data = {} if path is None else read_yaml(path, "the configuration")
     if overlay:
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError("(top level)", data, "a mapping of sections")
@@ -558,7 +548,7 @@ def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> di
             if not isinstance(node, dict):
                 raise ConfigError(".".join(keys), raw, f"{key} to be a section (from environment {name})")
             target = node
-        target[keys[-1]] = yaml.safe_load(raw) if raw else raw
+        target[keys[-1]] = parse_yaml(raw, f"environment {name}", "a YAML value") if raw else raw
     return merged
 
 

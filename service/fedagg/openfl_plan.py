@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from fedagg.bounded_yaml import read_yaml
 from fedagg.federation.aggregators.registry import openfl_aggregation
 from fedagg.settings import ConfigError
 
@@ -86,7 +87,7 @@ def workspace_root(plan_path: Path) -> Path:
 
 def parse_plan(plan_path: Path, defaults_root: Path | None = None) -> dict[str, Any]:
     """The plan with ``settings`` in every section and ``defaults`` merged, as OpenFL's ``Plan.parse``."""
-    plan = _load(plan_path, "the OpenFL plan")
+    plan = read_yaml(plan_path, "the OpenFL plan")
     if not isinstance(plan, dict):
         raise ConfigError(str(plan_path), plan, "an OpenFL plan: a mapping of sections")
     for section, content in plan.items():
@@ -106,7 +107,7 @@ def parse_plan(plan_path: Path, defaults_root: Path | None = None) -> dict[str, 
                 path,
                 section,
             )
-        defaults = _load(path, "an OpenFL defaults file") if path.is_file() else {}
+        defaults = read_yaml(path, "an OpenFL defaults file") if path.is_file() else {}
         defaults = defaults or {}
         if SETTINGS in defaults:
             defaults[SETTINGS].update(plan[section][SETTINGS])
@@ -132,7 +133,7 @@ def load_openfl_workspace(
     plan = parse_plan(plan_path, defaults_root)
     digest = _plan_hash(copy.deepcopy(plan))
     identity = f"{plan_path.name}_{digest[:8]}"
-    cols = _load(cols_path, "the OpenFL collaborator list") or {}
+    cols = read_yaml(cols_path, "the OpenFL collaborator list") or {}
     collaborators = cols.get("collaborators") if isinstance(cols, dict) else None
     if not isinstance(collaborators, list) or not collaborators:
         raise ConfigError(
@@ -314,12 +315,3 @@ def _required(settings: dict[str, Any], key: str, where: str) -> Any:
     if key not in settings:
         raise ConfigError(f"{where}.{key}", None, "a value (OpenFL requires it)")
     return settings[key]
-
-
-def _load(path: Path, what: str) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(str(path), None, f"{what} (cannot read it: {error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(str(path), None, f"{what} in valid YAML ({error})") from None

@@ -134,9 +134,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("federation: [unclosed")
 
-    with pytest.raises(ConfigError, match="expected a readable file"):
+    with pytest.raises(
+        ConfigError, match=r"missing\.yaml: got None, expected the configuration in a readable file"
+    ):
         load_config(tmp_path / "missing.yaml", environ={})
-    with pytest.raises(ConfigError, match="expected valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"broken\.yaml: got None, expected the configuration in valid YAML"
+    ):
         load_config(broken, environ={})
 
 
