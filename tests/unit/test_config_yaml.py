@@ -11,14 +11,10 @@ from fedagg.bounded_yaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_VALU
 from fedagg.config import load_config, parse_config
 from fedagg.openfl_plan import load_openfl_workspace
 from fedagg.settings import ConfigError
+from tests.support.yaml_bombs import LAUGHS
 
 ROOT = Path(__file__).resolve().parents[2]
 FEDERATION = "federation: {federation_uuid: fed_1, collaborators: [one, two], rounds_to_train: 3}\n"
-LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
-    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
-)
-"""Billion laughs: 9 lines, 9^9 (387 million) strings once the aliases are expanded."""
 
 
 def refusal_of(path: Path) -> str:
