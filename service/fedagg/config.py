@@ -69,6 +69,13 @@ NON_NEGATIVE = Range(0)
 POSITIVE = Range(0, exclusive_minimum=True)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(value: str) -> str | None:
+    return None if value.lower() in LOG_LEVELS else f"one of {list(LOG_LEVELS)}"
+
+
 class LogFormat(StrEnum):
     """Log line format."""
 
@@ -413,7 +420,7 @@ class StorageSettings:
 class LoggingSettings:
     """Logs."""
 
-    level: str = setting("info", help="debug, info, warning or error")
+    level: str = setting("info", help="debug, info, warning or error", check=_log_level)
     format: LogFormat = setting(LogFormat.TEXT, help="text or json (one JSON object per line)")
 
 

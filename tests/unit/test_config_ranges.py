@@ -107,6 +107,11 @@ def test_every_default_is_in_its_range() -> None:
             {"upload_bytes": 0},
             "limits.upload_bytes: got 0, expected a number of bytes from 1 to 1099511627776",
         ),
+        case(
+            "logging",
+            {"level": "verbose"},
+            "logging.level: got 'verbose', expected one of ['debug', 'info', 'warning', 'error']",
+        ),
         case("ops", {"exit_code": 256}, "ops.exit_code: got 256, expected an exit status from 0 to 255"),
         case(
             "ops",
