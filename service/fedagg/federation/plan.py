@@ -37,8 +37,9 @@ PROTOCOL_TAGS = frozenset(
     }
 )
 """OpenFL's tensor tag vocabulary (wire spec §3.1). A collaborator's name is one more tag on its results, so a
-name from this list makes tensors of different meaning look alike (a collaborator named ``model`` turns every
-other collaborator's model download into a request for its own results)."""
+name from this list makes tensors of different meanings look alike: with a collaborator named ``model``, every
+other collaborator's model download (tags ``["model"]``) reads as a request for that collaborator's own results
+and is refused."""
 
 
 @dataclass(frozen=True)
