@@ -15,12 +15,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fedagg.bounded_yaml import parse_yaml, read_yaml
 from fedagg.federation.errors import PlanError
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import (
+    CUTOFF_SECONDS,
     EVALUATION_GROUP,
+    PERCENT_NEEDED,
+    ROUNDS_KEPT,
+    ROUNDS_TO_TRAIN,
+    SLEEP_SECONDS,
     AggregationSpec,
     AssignerKind,
     AssignerSpec,
@@ -35,23 +39,42 @@ from fedagg.federation.plan import (
 )
 from fedagg.server.options import CallerLimits, ConnectionLimits
 from fedagg.server.tls import CertificateFiles, TlsMode
-from fedagg.settings import ConfigError, build, non_empty, non_negative, port_number, positive, setting
+from fedagg.settings import (
+    INT32_MAX,
+    INT32_MAX_MILLISECONDS,
+    ONE_DAY,
+    ONE_TIB,
+    ConfigError,
+    Range,
+    build,
+    non_empty,
+    port_number,
+    setting,
+)
 
 ENV_PREFIX = "FEDAGG__"
 
 
-def _optional_positive(value: int | None) -> str | None:
-    return None if value is None else positive(value)
+SECONDS = "a number of seconds"
+BYTES = "a number of bytes"
+DURATION = Range(0, ONE_DAY, SECONDS)
+"""A delay, hold or budget that may be 0 (off or at once)."""
+TIMEOUT = Range(0, ONE_DAY, SECONDS, exclusive_minimum=True)
+"""A timeout: 0 would give nothing any time."""
+MESSAGE_BYTES = Range(1, INT32_MAX, BYTES)
+"""Bytes within one gRPC message (gRPC takes its sizes as int32)."""
+STORED_BYTES = Range(1, ONE_TIB, BYTES)
+"""Bytes of memory or disk: at least 1, at most 1 TiB."""
+SHARE = Range(0, 1, "a share")
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, exclusive_minimum=True)
 
 
-def _window(value: int) -> str | None:
-    if value == 0 or 65535 <= value <= 2**31 - 1:
-        return None
-    return "0 (automatic) or between 65535 and 2147483647 bytes"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _optional_non_negative(value: int | None) -> str | None:
-    return None if value is None else non_negative(value)
+def _log_level(value: str) -> str | None:
+    return None if value.lower() in LOG_LEVELS else f"one of {list(LOG_LEVELS)}"
 
 
 class LogFormat(StrEnum):
@@ -66,20 +89,22 @@ class PrivacySettings:
     """Server-side differential privacy of a task's aggregate (as Flower's DifferentialPrivacyServerSide*)."""
 
     noise_multiplier: float = setting(
-        help="z: the noise's standard deviation is z * clipping norm / contributors"
+        help="z: the noise's standard deviation is z * clipping norm / contributors", check=NON_NEGATIVE
     )
     clipping_norm: float = setting(
-        help="C: each update's norm is clipped to it (the initial C when adaptive)"
+        help="C: each update's norm is clipped to it (the initial C when adaptive)", check=POSITIVE
     )
     adaptive: bool = setting(False, help="adapt C to a quantile of the update norms (Andrew et al.)")
     target_clipped_quantile: float = setting(
-        0.5, help="adaptive: the share of updates that should be clipped"
+        0.5, help="adaptive: the share of updates that should be clipped", check=SHARE
     )
-    clip_norm_lr: float = setting(0.2, help="adaptive: how fast C moves")
+    clip_norm_lr: float = setting(0.2, help="adaptive: how fast C moves", check=NON_NEGATIVE)
     clipped_count_stddev: float | None = setting(
-        None, help="adaptive: noise of the clipped count (null: contributors / 20)"
+        None, help="adaptive: noise of the clipped count (null: contributors / 20)", check=NON_NEGATIVE
     )
-    delta: float = setting(1e-5, help="the delta of the reported epsilon")
+    delta: float = setting(
+        1e-5, help="the delta of the reported epsilon", check=Range(0, 1, exclusive_minimum=True)
+    )
     flower_compatible: bool = setting(
         False, help="reproduce Flower's adaptive clipping exactly (its update direction; see the README)"
     )
@@ -103,7 +128,9 @@ class TaskSettings:
         factory=dict, help="the method's settings (e.g. malicious: 1 for krum; learning_rate for adam)"
     )
     clipping_norm: float | None = setting(
-        None, help="clip each collaborator's update (relative to the global model) to this norm first"
+        None,
+        help="clip each collaborator's update (relative to the global model) to this norm first",
+        check=POSITIVE,
     )
     privacy: PrivacySettings | None = setting(None, help="server-side differential privacy (null: none)")
 
@@ -115,7 +142,7 @@ class TaskGroupSettings:
     name: str = setting(help="group name", check=non_empty)
     tasks: tuple[str, ...] = setting(help="tasks the group runs, in execution order")
     collaborators: tuple[str, ...] = setting((), help="members (static_grouped assigner)")
-    percentage: float = setting(0.0, help="share of collaborators (random_grouped assigner)")
+    percentage: float = setting(0.0, help="share of collaborators (random_grouped assigner)", check=SHARE)
 
 
 @dataclass(frozen=True)
@@ -123,7 +150,11 @@ class AssignerSettings:
     """Task assignment."""
 
     kind: AssignerKind = setting(AssignerKind.RANDOM_GROUPED, help="static_grouped or random_grouped")
-    seed: int = setting(0, help="seed of random grouping (the same round always gets the same groups)")
+    seed: int = setting(
+        0,
+        help="seed of random grouping (the same round always gets the same groups)",
+        check=Range(0, 2**64 - 1, "an integer"),
+    )
     task_groups: tuple[TaskGroupSettings, ...] = setting(
         (), help="groups; default: one group 'learning' (100%) running every task"
     )
@@ -135,10 +166,14 @@ class StragglerSettings:
 
     policy: StragglerPolicyKind = setting(StragglerPolicyKind.CUTOFF_TIME, help="cutoff_time or percentage")
     cutoff_seconds: float = setting(
-        math.inf, help="cutoff_time: seconds after a round starts", check=positive
+        math.inf, help="cutoff_time: seconds after a round starts", check=CUTOFF_SECONDS
     )
-    minimum_reporting: int = setting(1, help="never close a round with fewer collaborators done")
-    percent_needed: float = setting(1.0, help="percentage: share of collaborators that must be done")
+    minimum_reporting: int = setting(
+        1, help="never close a round with fewer collaborators done", check=Range(1, INT32_MAX, "an integer")
+    )
+    percent_needed: float = setting(
+        1.0, help="percentage: share of collaborators that must be done", check=PERCENT_NEEDED
+    )
 
 
 @dataclass(frozen=True)
@@ -147,13 +182,17 @@ class FederationSettings:
 
     federation_uuid: str = setting(help="federation identity every request header carries", check=non_empty)
     collaborators: tuple[str, ...] = setting(help="authorized collaborator names (their certificate CNs)")
-    rounds_to_train: int = setting(help="number of rounds")
+    rounds_to_train: int = setting(help="number of rounds", check=ROUNDS_TO_TRAIN)
     aggregator_uuid: str = setting("", help="aggregator identity; default 'aggregator_' + federation_uuid")
     experiment_name: str = setting("", help="name observers use; default the federation_uuid")
     initial_model: Path | None = setting(None, help="OpenFL .pbuf model to start from (not needed to resume)")
     single_col_cert_common_name: str = setting("", help="CN of a certificate shared by all collaborators")
-    sleep_seconds: int = setting(10, help="how long GetTasks tells idle collaborators to sleep")
-    rounds_kept: int = setting(2, help="global models kept for serving (>= 2 for delta requests)")
+    sleep_seconds: int = setting(
+        10, help="how long GetTasks tells idle collaborators to sleep", check=SLEEP_SECONDS
+    )
+    rounds_kept: int = setting(
+        2, help="global models kept for serving (>= 2 for delta requests)", check=ROUNDS_KEPT
+    )
     tasks: dict[str, TaskSettings] = setting(factory=dict, help="plan tasks; default OpenFL's three")
     task_group: str = setting(
         "",
@@ -198,42 +237,46 @@ class ServerSettings:
     tls: TlsSettings = setting(factory=TlsSettings, help="")
     observers: tuple[str, ...] = setting((), help="certificate CNs that may read metrics, models and status")
     auth_failure_max_delay: float = setting(
-        2.0, help="max random delay before refusing a caller", check=non_negative
+        2.0, help="max random delay before refusing a caller", check=Range(0, 60, SECONDS)
     )
-    executor_workers: int = setting(4, help="threads for disk and encoding work", check=positive)
+    executor_workers: int = setting(
+        4, help="threads for disk and encoding work", check=Range(1, 256, "an integer")
+    )
     tasks_hold_seconds: float = setting(
         60.0,
         help="hold a GetTasks that would answer 'sleep' until the collaborator has work, at most this long "
         "(long poll: no idle wait between rounds); 0 answers 'sleep' at once, as OpenFL does",
-        check=non_negative,
+        check=DURATION,
     )
     quit_redelivery_seconds: float = setting(
         120.0,
         help="after a restart, answer quit again for this long to collaborators whose quit job was recorded "
         "before it (a crash may have lost the reply) before stopping; 0 stops at once",
-        check=non_negative,
+        check=DURATION,
     )
     max_connection_age_seconds: float = setting(
         900.0,
         help="close each collaborator connection after this long (it reconnects), so rotated or revoked "
         "certificates reach OpenFL 1.8/1.9 clients, which keep one connection; 0 = never",
-        check=non_negative,
+        check=Range(1, INT32_MAX_MILLISECONDS, SECONDS, zero="never"),
     )
     max_connection_age_grace_seconds: float = setting(
-        600.0, help="calls in flight on a closing connection get this long to finish", check=non_negative
+        600.0,
+        help="calls in flight on a closing connection get this long to finish",
+        check=Range(0, INT32_MAX_MILLISECONDS, SECONDS),
     )
     max_receive_message_bytes: int = setting(
         4 << 20,
         help="largest incoming gRPC message (OpenFL sends uploads in 2 MiB chunks); "
         "bounds what is read before a caller is known",
-        check=positive,
+        check=MESSAGE_BYTES,
     )
     stream_window_bytes: int = setting(
         4 << 20,
         help="HTTP/2 flow-control window of each call, fixed: bounds what gRPC buffers per upload (memory with "
         "many collaborators uploading at once); a stream moves at most this much per round trip (4 MiB: 40 MB/s "
         "at 100 ms). 0 = gRPC sizes it from the measured bandwidth-delay product (unbounded per upload)",
-        check=_window,
+        check=Range(65535, INT32_MAX, BYTES, zero="automatic"),
     )
     caller_limits: CallerLimits = setting(
         factory=CallerLimits, help="what one caller may hold at once, and for how long"
@@ -246,7 +289,7 @@ class ServerSettings:
         help="tensor replies built and not yet delivered hold at most this many bytes together (gRPC keeps a "
         "second copy of each): memory while many collaborators download a large model at once; further "
         "downloads wait their turn (a larger tensor goes alone). 0 = unbounded",
-        check=non_negative,
+        check=Range(0, ONE_TIB, BYTES),
     )
 
 
@@ -257,14 +300,16 @@ class LimitsSettings:
     header_bytes: int = setting(
         64 << 10,
         help="bytes of an upload before its first tensor: all that is held before the sender is authenticated",
-        check=positive,
+        check=MESSAGE_BYTES,
     )
     field_bytes: int = setting(
-        16 << 10, help="longest name, tag or metadata entry of an uploaded tensor", check=positive
+        16 << 10, help="longest name, tag or metadata entry of an uploaded tensor", check=MESSAGE_BYTES
     )
-    tags_per_tensor: int = setting(32, help="most tags one uploaded tensor may carry", check=positive)
+    tags_per_tensor: int = setting(
+        32, help="most tags one uploaded tensor may carry", check=Range(1, 65535, "an integer")
+    )
     descriptor_bytes: int = setting(
-        4 << 20, help="all names, tags and shapes of one upload together", check=positive
+        4 << 20, help="all names, tags and shapes of one upload together", check=STORED_BYTES
     )
     tensors_per_upload: int = setting(
         16384,
@@ -274,18 +319,18 @@ class LimitsSettings:
     upload_bytes: int | None = setting(
         None,
         help="largest upload (null: model size + extra_tensor_bytes + 16 MiB); a larger one is rejected",
-        check=_optional_positive,
+        check=STORED_BYTES,
     )
     extra_tensor_bytes: int | None = setting(
         None,
         help="data of tensors that are not in the model (optimizer state) per upload (null: 2 x model size)",
-        check=_optional_non_negative,
+        check=Range(0, ONE_TIB, BYTES),
     )
     aggregation_bytes: int = setting(
         64 << 20,
         help="memory a round end's aggregation holds for blocks of contributions: blocks shrink as "
         "contributions grow (at least 4096 values each)",
-        check=positive,
+        check=STORED_BYTES,
     )
 
 
@@ -318,17 +363,19 @@ class OpsSettings:
         5.0,
         help="on SIGTERM: seconds readiness is NOT_SERVING before new calls are "
         "refused (endpoint propagation)",
-        check=non_negative,
+        check=DURATION,
     )
     grace_seconds: float = setting(
         25.0,
         help="on SIGTERM: the whole shutdown budget; keep it below the pod's terminationGracePeriodSeconds",
-        check=positive,
+        check=TIMEOUT,
     )
     after_finish: AfterFinish = setting(
         AfterFinish.EXIT, help="exit, or stay up read-only (models, metrics, status)"
     )
-    exit_code: int = setting(0, help="exit status after a completed experiment")
+    exit_code: int = setting(
+        0, help="exit status after a completed experiment", check=Range(0, 255, "an exit status")
+    )
 
 
 class KubernetesHookMode(StrEnum):
@@ -348,7 +395,7 @@ class KubernetesHookSettings:
     )
     pod_name: str = setting("", help="the aggregator's pod; default env POD_NAME (downward API)")
     namespace: str = setting("", help="its namespace; default env POD_NAMESPACE")
-    timeout_seconds: float = setting(10.0, help="budget for all API calls of the hook", check=positive)
+    timeout_seconds: float = setting(10.0, help="budget for all API calls of the hook", check=TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -361,7 +408,7 @@ class HooksSettings:
         help="argv run with FEDAGG_BEST_MODEL, FEDAGG_LAST_MODEL, "
         "FEDAGG_FINAL_ROUND, FEDAGG_STATE in its environment",
     )
-    command_timeout_seconds: float = setting(60.0, help="the command is killed after this", check=positive)
+    command_timeout_seconds: float = setting(60.0, help="the command is killed after this", check=TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -377,7 +424,7 @@ class StorageSettings:
         900.0,
         help="exit (status 75) when the state directory has refused writes this long, so Kubernetes "
         "restarts the pod; 0 = keep retrying",
-        check=non_negative,
+        check=DURATION,
     )
 
 
@@ -385,7 +432,7 @@ class StorageSettings:
 class LoggingSettings:
     """Logs."""
 
-    level: str = setting("info", help="debug, info, warning or error")
+    level: str = setting("info", help="debug, info, warning or error", check=_log_level)
     format: LogFormat = setting(LogFormat.TEXT, help="text or json (one JSON object per line)")
 
 
@@ -487,16 +534,7 @@ def load_config(
 
     ``overlay`` (an imported OpenFL workspace) supplies defaults that the file's own settings override.
     """
-    data: object = {}
-    if path is not None:
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise ConfigError("(config file)", str(path), f"a readable file ({error.strerror})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError("(config file)", str(path), f"valid YAML ({error})") from None
+    data = {} if path is None else read_yaml(path, "the configuration")
     if overlay:
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError("(top level)", data, "a mapping of sections")
@@ -529,7 +567,7 @@ def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> di
             if not isinstance(node, dict):
                 raise ConfigError(".".join(keys), raw, f"{key} to be a section (from environment {name})")
             target = node
-        target[keys[-1]] = yaml.safe_load(raw) if raw else raw
+        target[keys[-1]] = parse_yaml(raw, f"environment {name}", "a YAML value") if raw else raw
     return merged
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from fedagg.bounded_yaml import read_yaml
 from fedagg.federation.aggregators.registry import openfl_aggregation
 from fedagg.settings import ConfigError
 
@@ -86,19 +87,20 @@ def workspace_root(plan_path: Path) -> Path:
 
 def parse_plan(plan_path: Path, defaults_root: Path | None = None) -> dict[str, Any]:
     """The plan with ``settings`` in every section and ``defaults`` merged, as OpenFL's ``Plan.parse``."""
-    plan = _load(plan_path, "the OpenFL plan")
+    plan = read_yaml(plan_path, "the OpenFL plan")
     if not isinstance(plan, dict):
         raise ConfigError(str(plan_path), plan, "an OpenFL plan: a mapping of sections")
     for section, content in plan.items():
-        if not isinstance(content, dict):
-            raise ConfigError(f"{plan_path}: {section}", content, "a mapping")
-        if content.get(SETTINGS) is None:
-            content[SETTINGS] = {}
+        if not isinstance(section, str):
+            raise ConfigError(f"{plan_path}: {section!r}", section, "a section name (a string)")
+        _section(content, f"{plan_path}: {section}")
     root = defaults_root or workspace_root(plan_path)
     for section in sorted(plan):
         reference = plan[section].pop(DEFAULTS, None)
         if reference is None:
             continue
+        if not isinstance(reference, str):
+            raise ConfigError(f"{plan_path}: {section}.{DEFAULTS}", reference, "a file path")
         path = Path(reference) if Path(reference).is_absolute() else root / reference
         if not path.is_file():
             log.warning(
@@ -106,14 +108,25 @@ def parse_plan(plan_path: Path, defaults_root: Path | None = None) -> dict[str, 
                 path,
                 section,
             )
-        defaults = _load(path, "an OpenFL defaults file") if path.is_file() else {}
-        defaults = defaults or {}
-        if SETTINGS in defaults:
-            defaults[SETTINGS].update(plan[section][SETTINGS])
-            plan[section][SETTINGS] = defaults[SETTINGS]
+        defaults = _section(
+            (read_yaml(path, "an OpenFL defaults file") if path.is_file() else None) or {}, str(path)
+        )
+        defaults[SETTINGS].update(plan[section][SETTINGS])
+        plan[section][SETTINGS] = defaults[SETTINGS]
         defaults.update(plan[section])
         plan[section] = defaults
     return plan
+
+
+def _section(content: Any, where: str) -> dict[str, Any]:
+    """A plan section (or a defaults file): a mapping whose ``settings`` (null: none) is a mapping."""
+    if not isinstance(content, dict):
+        raise ConfigError(where, content, "a mapping")
+    if content.get(SETTINGS) is None:
+        content[SETTINGS] = {}
+    if not isinstance(content[SETTINGS], dict):
+        raise ConfigError(f"{where}.{SETTINGS}", content[SETTINGS], "a mapping")
+    return content
 
 
 def federation_uuid(plan_path: Path, plan: dict[str, Any]) -> str:
@@ -132,11 +145,15 @@ def load_openfl_workspace(
     plan = parse_plan(plan_path, defaults_root)
     digest = _plan_hash(copy.deepcopy(plan))
     identity = f"{plan_path.name}_{digest[:8]}"
-    cols = _load(cols_path, "the OpenFL collaborator list") or {}
+    cols = read_yaml(cols_path, "the OpenFL collaborator list") or {}
     collaborators = cols.get("collaborators") if isinstance(cols, dict) else None
-    if not isinstance(collaborators, list) or not collaborators:
+    if (
+        not isinstance(collaborators, list)
+        or not collaborators
+        or not all(isinstance(name, str) for name in collaborators)
+    ):
         raise ConfigError(
-            f"{cols_path}: collaborators", collaborators, "a non-empty list of collaborator names"
+            f"{cols_path}: collaborators", collaborators, "a non-empty list of collaborator names (strings)"
         )
     root = workspace_root(plan_path)
     aggregator = _settings(plan, "aggregator", plan_path)
@@ -146,24 +163,25 @@ def load_openfl_workspace(
     federation: dict[str, Any] = {
         "federation_uuid": identity,
         "aggregator_uuid": f"aggregator_{identity}",
-        "collaborators": [str(name) for name in collaborators],
+        "collaborators": collaborators,
         "rounds_to_train": _required(aggregator, "rounds_to_train", f"{plan_path}: aggregator.settings"),
-        "rounds_kept": max(2, int(aggregator.get("db_store_rounds", 2))),
+        "rounds_kept": max(2, _rounds_kept(aggregator, plan_path)),
         "tasks": _tasks(plan, plan_path),
         "assigner": _assigner(plan, plan_path),
         "stragglers": _stragglers(plan, plan_path),
     }
-    if aggregator.get("init_state_path"):
-        federation["initial_model"] = str(root / aggregator["init_state_path"])
+    paths = _model_paths(aggregator, plan_path)
+    if "init_state_path" in paths:
+        federation["initial_model"] = str(root / paths["init_state_path"])
     if aggregator.get("single_col_cert_common_name"):
         federation["single_col_cert_common_name"] = str(aggregator["single_col_cert_common_name"])
     selected = plan.get("assigner", {}).get(SETTINGS, {}).get("selected_task_group")
     if selected:
         federation["task_group"] = str(selected)
     storage = {
-        key: str(root / aggregator[source])
+        key: str(root / paths[source])
         for key, source in (("best_model", "best_state_path"), ("last_model", "last_state_path"))
-        if aggregator.get(source)
+        if source in paths
     }
     storage["state_dir"] = str(root / WORKSPACE_STATE)
     overlay = {
@@ -177,6 +195,25 @@ def load_openfl_workspace(
         if key in plan.get(section, {}).get(SETTINGS, {})
     )
     return OpenflWorkspace(overlay, ignored)
+
+
+def _rounds_kept(aggregator: dict[str, Any], plan_path: Path) -> int:
+    rounds = aggregator.get("db_store_rounds", 2)
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise ConfigError(f"{plan_path}: aggregator.settings.db_store_rounds", rounds, "an integer")
+    return rounds
+
+
+def _model_paths(aggregator: dict[str, Any], plan_path: Path) -> dict[str, str]:
+    """The model files the plan names (``init_state_path``, ``best_state_path``, ``last_state_path``)."""
+    paths = {}
+    for key in ("init_state_path", "best_state_path", "last_state_path"):
+        value = aggregator.get(key)
+        if value and not isinstance(value, str):
+            raise ConfigError(f"{plan_path}: aggregator.settings.{key}", value, "a file path")
+        if value:
+            paths[key] = value
+    return paths
 
 
 def _refuse_unsupported(plan: dict[str, Any], plan_path: Path) -> None:
@@ -265,11 +302,16 @@ def _tasks(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
 def _assigner(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
     section = plan.get("assigner", {})
     template = section.get(TEMPLATE, "openfl.component.RandomGroupedAssigner")
-    if template not in ASSIGNERS:
+    if not isinstance(template, str) or template not in ASSIGNERS:
         raise ConfigError(f"{plan_path}: assigner.template", template, f"one of {sorted(ASSIGNERS)}")
+    groups = section.get(SETTINGS, {}).get("task_groups", [])
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ConfigError(
+            f"{plan_path}: assigner.settings.task_groups", groups, "a list of task groups (mappings)"
+        )
     groups = [
         {key: group[key] for key in ("name", "tasks", "collaborators", "percentage") if key in group}
-        for group in section.get(SETTINGS, {}).get("task_groups", [])
+        for group in groups
     ]
     return {"kind": ASSIGNERS[template], "task_groups": groups}
 
@@ -279,7 +321,7 @@ def _stragglers(plan: dict[str, Any], plan_path: Path) -> dict[str, Any]:
     if not section:
         return {}
     template = section.get(TEMPLATE)
-    if template not in STRAGGLER_POLICIES:
+    if not isinstance(template, str) or template not in STRAGGLER_POLICIES:
         raise ConfigError(
             f"{plan_path}: straggler_handling_policy.template",
             template,
@@ -314,12 +356,3 @@ def _required(settings: dict[str, Any], key: str, where: str) -> Any:
     if key not in settings:
         raise ConfigError(f"{where}.{key}", None, "a value (OpenFL requires it)")
     return settings[key]
-
-
-def _load(path: Path, what: str) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(str(path), None, f"{what} (cannot read it: {error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(str(path), None, f"{what} in valid YAML ({error})") from None

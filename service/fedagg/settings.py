@@ -37,7 +37,10 @@ def setting(
     help: str = "",
     check: Any = None,
 ) -> Any:
-    """A dataclass field with a help text and an optional ``check(value) -> str | None`` (the expectation)."""
+    """A dataclass field with a help text and an optional ``check(value) -> str | None`` (the expectation).
+
+    The check judges values only: null, for a setting that may be null, is its default and never checked.
+    """
     return dataclasses.field(
         default=default, default_factory=factory, metadata={"help": help, "check": check}
     )
@@ -64,7 +67,7 @@ def build(cls: type[T], data: object, path: str = "") -> T:
         if name in data:
             value = convert(hints[name], data[name], key)
             check = field.metadata.get("check")
-            if check is not None and (expected := check(value)):
+            if check is not None and value is not None and (expected := check(value)):
                 raise ConfigError(key, data[name], expected)
             values[name] = value
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
@@ -131,19 +134,65 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def port_number(value: int) -> str | None:
-    """Check: a TCP port (0 = pick a free one)."""
-    return None if 0 <= value <= 65535 else "an integer from 0 to 65535"
+INT32_MAX = 2**31 - 1
+"""The largest protobuf int32, and the largest integer gRPC takes as a channel argument."""
+INT32_MAX_MILLISECONDS = INT32_MAX / 1000
+"""The most seconds a gRPC channel argument in milliseconds can hold (about 24.8 days)."""
+ONE_DAY = 86400
+"""The longest sane duration for a timeout, a delay or a hold."""
+ONE_TIB = 1 << 40
+"""The largest sane amount of memory or disk for one bound."""
 
 
-def positive(value: float) -> str | None:
-    """Check: a number above zero."""
-    return None if value > 0 else "a number above 0"
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Check: a number from ``minimum`` to ``maximum`` (above ``minimum`` if ``exclusive_minimum``), never NaN.
+
+    Infinity passes only when ``maximum`` is infinite and ``infinite`` says what it means; ``zero``, when set,
+    admits 0 besides the range and says what it means. ``what`` names the kind of number in the expectation.
+    The bounds are data: the Helm chart's values schema mirrors them (a test holds the two together).
+    """
+
+    minimum: float
+    maximum: float = math.inf
+    what: str = "a number"
+    exclusive_minimum: bool = False
+    infinite: str = ""
+    zero: str = ""
+
+    def __call__(self, value: float) -> str | None:
+        """None when ``value`` is in range, else the expectation."""
+        if value == 0 and self.zero:
+            return None
+        if math.isinf(value) and not self.infinite:
+            return self.expected
+        above = value > self.minimum if self.exclusive_minimum else value >= self.minimum
+        return None if above and value <= self.maximum else self.expected
+
+    @property
+    def expected(self) -> str:
+        """The range in words, e.g. ``an integer from 0 to 65535``."""
+        lower = (
+            f"above {_number(self.minimum)}" if self.exclusive_minimum else f"from {_number(self.minimum)}"
+        )
+        if math.isinf(self.maximum):
+            upper = f" (or .inf: {self.infinite})" if self.infinite else " (finite)"
+        else:
+            upper = (
+                f" and at most {_number(self.maximum)}"
+                if self.exclusive_minimum
+                else f" to {_number(self.maximum)}"
+            )
+        zero = f"0 ({self.zero}) or " if self.zero else ""
+        return f"{zero}{self.what} {lower}{upper}"
 
 
-def non_negative(value: float) -> str | None:
-    """Check: zero or more."""
-    return None if value >= 0 and not math.isnan(value) else "a number of 0 or more"
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+port_number = Range(0, 65535, "an integer")
+"""Check: a TCP port (0 = pick a free one)."""
 
 
 def non_empty(value: str) -> str | None:

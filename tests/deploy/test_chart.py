@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import shutil
 import subprocess
 import typing
@@ -17,9 +18,11 @@ import yaml
 
 from fedagg.config import Config, load_config, parse_config
 from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.settings import Range
 from tests.conftest import require
 from tests.deploy import chart
 from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, RELEASE, ROOT, SCENARIOS, rendered, scenario_values
+from tests.support.settings import leaf_settings, numeric_settings
 
 HOOK_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
@@ -561,13 +564,8 @@ CHART_MANAGED_SETTINGS = {
 
 def fedagg_settings(settings: type[Any], prefix: str) -> Iterator[tuple[str, Any]]:
     """Every leaf setting of a fedagg config section, with its default."""
-    hints = typing.get_type_hints(settings)
-    for field in dataclasses.fields(settings):
-        path = f"{prefix}.{field.name}"
-        if dataclasses.is_dataclass(hints[field.name]):
-            yield from fedagg_settings(hints[field.name], path)
-        else:
-            yield path, field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    for path, field, _ in leaf_settings(settings, f"{prefix}."):
+        yield path, field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
 
 
 def test_every_fedagg_setting_is_a_chart_value_with_fedaggs_default() -> None:
@@ -593,6 +591,48 @@ def test_every_fedagg_setting_is_a_chart_value_with_fedaggs_default() -> None:
 
     assert missing == []
     assert different == []
+
+
+def schema_node(schema: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The schema of fedagg setting ``key`` (as :func:`leaf_settings` names it) under ``config``, if the chart has it."""
+    node: dict[str, Any] | None = schema["properties"]["config"]
+    for part in key.split("."):
+        if node is None:
+            return None
+        if part == "<name>":
+            extra = node.get("additionalProperties")
+            node = extra if isinstance(extra, dict) else None
+            continue
+        node = node.get("properties", {}).get(part.removesuffix("[]"))
+        if node is not None and part.endswith("[]"):
+            node = node.get("items")
+    return node
+
+
+def test_the_schema_bounds_every_number_as_fedagg_does() -> None:
+    """The schema refuses at install what fedagg would refuse at start: its bounds are the settings' ranges."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    compared, different = [], []
+    for key, field in numeric_settings(Config):
+        node = schema_node(schema, key)
+        if node is None:
+            continue
+        bounds: Range = field.metadata["check"]
+        expected: dict[str, Any] = {
+            "exclusiveMinimum" if bounds.exclusive_minimum else "minimum": bounds.minimum,
+            **({} if math.isinf(bounds.maximum) else {"maximum": bounds.maximum}),
+        }
+        if bounds.zero:
+            expected = {"anyOf": [{"const": 0}, expected]}
+        found = {
+            name: node[name] for name in ("minimum", "exclusiveMinimum", "maximum", "anyOf") if name in node
+        }
+        compared.append(key)
+        if found != expected:
+            different.append((key, found, expected))
+
+    assert different == []
+    assert {"federation.sleep_seconds", "server.max_connection_age_seconds", "ops.exit_code"} <= set(compared)
 
 
 # --- monitoring, network policy, docs ----------------------------------------------------------------------------

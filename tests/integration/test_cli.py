@@ -195,6 +195,31 @@ def test_config_check(tmp_path: Path, pki_dir: Path) -> None:
     assert "federation.rounds_to_train: got 'two', expected an integer" in refused.stderr
 
 
+def test_serve_refuses_a_connection_age_grpc_cannot_take_in_one_line(tmp_path: Path) -> None:
+    """3e6 s is more milliseconds than gRPC's int32 holds: refused by name before anything starts."""
+    path = tmp_path / "fedagg.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "federation": {
+                    "federation_uuid": FEDERATION,
+                    "collaborators": ["site-a"],
+                    "rounds_to_train": 1,
+                },
+                "server": {"max_connection_age_seconds": 3e6},
+            }
+        )
+    )
+
+    refused = fedagg("serve", "--config", str(path), check=False)
+
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "fedagg: configuration error: server.max_connection_age_seconds: got 3000000.0, expected 0 (never) or a "
+        "number of seconds from 1 to 2147483.647\n"
+    )
+
+
 def client_options(pki_dir: Path, name: str) -> list[str]:
     directory = pki_dir / "collaborators" / name
     return [

@@ -59,7 +59,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
         (config_with(server={"port": 70000}), "server.port: got 70000, expected an integer from 0 to 65535"),
         (
             config_with(server={"stream_window_bytes": 1024}),
-            "server.stream_window_bytes: got 1024, expected 0 (automatic) or between 65535 and 2147483647 bytes",
+            "server.stream_window_bytes: got 1024, expected 0 (automatic) or a number of bytes from 65535 to 2147483647",
         ),
         (
             config_with(server={"tls": {"mode": "ssl"}}),
@@ -79,7 +79,7 @@ def test_minimal_configuration_gets_documented_defaults() -> None:
         ),
         (
             config_with(federation={"rounds_to_train": 0}),
-            "rounds_to_train: got 0, expected a positive number",
+            "federation.rounds_to_train: got 0, expected an integer from 1 to 2147483647",
         ),
         (
             config_with(
@@ -134,9 +134,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("federation: [unclosed")
 
-    with pytest.raises(ConfigError, match="expected a readable file"):
+    with pytest.raises(
+        ConfigError, match=r"missing\.yaml: got None, expected the configuration in a readable file"
+    ):
         load_config(tmp_path / "missing.yaml", environ={})
-    with pytest.raises(ConfigError, match="expected valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"broken\.yaml: got None, expected the configuration in valid YAML"
+    ):
         load_config(broken, environ={})
 
 

@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fedagg.federation.contribution import TRAINED_TAG, TensorRole
 from fedagg.federation.errors import PlanError
+from fedagg.federation.serving import AGGREGATED_TAG, DELTA_TAG, MODEL_TAG
+from fedagg.protocol.codec import CODEC_TAGS
+from fedagg.settings import INT32_MAX, ONE_DAY, Range
+
+ROUNDS_TO_TRAIN = Range(1, INT32_MAX, "an integer")
+"""Round numbers travel in protobuf int32 fields."""
+SLEEP_SECONDS = Range(1, ONE_DAY, "an integer number of seconds")
+"""GetTasks' sleep_time is a protobuf int32; a collaborator asked to sleep longer than a day looks lost."""
+ROUNDS_KEPT = Range(2, INT32_MAX, "an integer")
+"""Deltas need the previous round's model."""
+CUTOFF_SECONDS = Range(0, math.inf, "a number of seconds", exclusive_minimum=True, infinite="no cutoff")
+PERCENT_NEEDED = Range(0, 1, "a share", exclusive_minimum=True)
+PROTOCOL_TAGS = frozenset(
+    {
+        MODEL_TAG,
+        TRAINED_TAG,
+        AGGREGATED_TAG,
+        DELTA_TAG,
+        TensorRole.METRIC.value,
+        *CODEC_TAGS,
+        "lossy_decompressed",
+        "validate_agg",
+        "validate_local",
+    }
+)
+"""OpenFL's tensor tag vocabulary (wire spec §3.1). A collaborator's name is one more tag on its results, so a
+name from this list makes tensors of different meanings look alike: with a collaborator named ``model``, every
+other collaborator's model download (tags ``["model"]``) reads as a request for that collaborator's own results
+and is refused."""
 
 
 @dataclass(frozen=True)
@@ -214,17 +245,14 @@ def _check_plan(plan: FederationPlan) -> None:
         raise PlanError("collaborators", list(plan.collaborators), "at least one collaborator name")
     if len(set(plan.collaborators)) != len(plan.collaborators):
         raise PlanError("collaborators", list(plan.collaborators), "unique names")
-    for name in plan.collaborators:
-        if not name or name != name.strip():
-            raise PlanError("collaborators", name, "a non-empty name without surrounding spaces")
-    if plan.rounds_to_train < 1:
-        raise PlanError("rounds_to_train", plan.rounds_to_train, "a positive number of rounds")
-    if plan.sleep_seconds < 1:
-        raise PlanError("sleep_seconds", plan.sleep_seconds, "at least 1 second")
-    if plan.rounds_kept < 2:
-        raise PlanError(
-            "rounds_kept", plan.rounds_kept, "at least 2 (deltas need the previous round's model)"
-        )
+    for index, name in enumerate(plan.collaborators):
+        if problem := _name_problem(name) or _clash(name, plan.aggregator_uuid):
+            raise PlanError(f"collaborators[{index}]", name, problem)
+    _check_ranges(
+        plan,
+        "",
+        {"rounds_to_train": ROUNDS_TO_TRAIN, "sleep_seconds": SLEEP_SECONDS, "rounds_kept": ROUNDS_KEPT},
+    )
     for key, task in plan.tasks.items():
         if key != task.name or not task.function:
             raise PlanError(f"tasks.{key}", task.function, "a task with a function name")
@@ -240,10 +268,30 @@ def _check_plan(plan: FederationPlan) -> None:
 
 
 def _check_identity(plan: FederationPlan) -> None:
-    if not plan.federation_uuid:
-        raise PlanError("federation_uuid", plan.federation_uuid, "a non-empty string")
-    if not plan.aggregator_uuid:
-        raise PlanError("aggregator_uuid", plan.aggregator_uuid, "a non-empty string")
+    for key in ("federation_uuid", "aggregator_uuid"):
+        if problem := _name_problem(getattr(plan, key)):
+            raise PlanError(key, getattr(plan, key), problem)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot identify a party in message headers and certificates, or None."""
+    if not name or name != name.strip():
+        return "a non-empty name without surrounding spaces"
+    if any(unicodedata.category(character) in ("Cc", "Cf", "Cs", "Zl", "Zp") for character in name):
+        return "a name without control or format characters (NUL, newlines, escapes, bidi marks)"
+    return None
+
+
+def _clash(name: str, aggregator_uuid: str) -> str | None:
+    """Why collaborator ``name`` would be mistaken for something else on the wire, or None."""
+    if name in PROTOCOL_TAGS:
+        return (
+            f"a name that is not one of OpenFL's tensor tags {sorted(PROTOCOL_TAGS)}: a collaborator's name "
+            "tags its results, so this one would be confused with other tensors"
+        )
+    if name == aggregator_uuid:
+        return "a name other than the aggregator's own (aggregator_uuid)"
+    return None
 
 
 def _check_assigner(plan: FederationPlan) -> None:
@@ -283,7 +331,11 @@ def _check_stragglers(spec: StragglerPolicySpec, collaborators: int) -> None:
             spec.minimum_reporting,
             f"between 1 and the number of collaborators ({collaborators})",
         )
-    if spec.cutoff_seconds <= 0:
-        raise PlanError("stragglers.cutoff_seconds", spec.cutoff_seconds, "a positive time")
-    if not 0 < spec.percent_needed <= 1:
-        raise PlanError("stragglers.percent_needed", spec.percent_needed, "a share in (0, 1]")
+    _check_ranges(spec, "stragglers.", {"cutoff_seconds": CUTOFF_SECONDS, "percent_needed": PERCENT_NEEDED})
+
+
+def _check_ranges(spec: object, prefix: str, ranges: Mapping[str, Range]) -> None:
+    for key, bounds in ranges.items():
+        value = getattr(spec, key)
+        if expected := bounds(value):
+            raise PlanError(f"{prefix}{key}", value, expected)
