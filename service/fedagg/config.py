@@ -40,10 +40,18 @@ from fedagg.federation.plan import (
 from fedagg.server.options import CallerLimits, ConnectionLimits
 from fedagg.server.tls import CertificateFiles, TlsMode
 from fedagg.settings import (
+    BYTES,
+    DURATION,
     INT32_MAX,
     INT32_MAX_MILLISECONDS,
-    ONE_DAY,
+    MESSAGE_BYTES,
+    NON_NEGATIVE,
     ONE_TIB,
+    POSITIVE,
+    SECONDS,
+    SHARE,
+    STORED_BYTES,
+    TIMEOUT,
     ConfigError,
     Range,
     build,
@@ -53,21 +61,6 @@ from fedagg.settings import (
 )
 
 ENV_PREFIX = "FEDAGG__"
-
-
-SECONDS = "a number of seconds"
-BYTES = "a number of bytes"
-DURATION = Range(0, ONE_DAY, SECONDS)
-"""A delay, hold or budget that may be 0 (off or at once)."""
-TIMEOUT = Range(0, ONE_DAY, SECONDS, exclusive_minimum=True)
-"""A timeout: 0 would give nothing any time."""
-MESSAGE_BYTES = Range(1, INT32_MAX, BYTES)
-"""Bytes within one gRPC message (gRPC takes its sizes as int32)."""
-STORED_BYTES = Range(1, ONE_TIB, BYTES)
-"""Bytes of memory or disk: at least 1, at most 1 TiB."""
-SHARE = Range(0, 1, "a share")
-NON_NEGATIVE = Range(0)
-POSITIVE = Range(0, exclusive_minimum=True)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -314,7 +307,18 @@ class LimitsSettings:
     tensors_per_upload: int = setting(
         16384,
         help="tensors (weights and metrics) in one upload: bounds the decoding work one upload causes",
-        check=positive,
+        check=Range(1, INT32_MAX, "an integer"),
+    )
+    metrics_per_upload: int = setting(
+        1024,
+        help="metrics in one upload; an upload with more is rejected as content (metric_count)",
+        check=Range(1, INT32_MAX, "an integer"),
+    )
+    metric_names_per_task: int = setting(
+        256,
+        help="distinct metric names (metric series) a task may report over the experiment, first come first "
+        "served; values of other names are left out of the metric stream and aggregated metrics, and counted",
+        check=Range(1, INT32_MAX, "an integer"),
     )
     upload_bytes: int | None = setting(
         None,
@@ -323,7 +327,8 @@ class LimitsSettings:
     )
     extra_tensor_bytes: int | None = setting(
         None,
-        help="data of tensors that are not in the model (optimizer state) per upload (null: 2 x model size)",
+        help="data of tensors that are not in the model (optimizer state) per upload, and what they may add to the "
+        "model over the experiment (null: 2 x the initial model's size)",
         check=Range(0, ONE_TIB, BYTES),
     )
     aggregation_bytes: int = setting(
@@ -492,7 +497,12 @@ class Config:
                 single_col_cert_common_name=settings.single_col_cert_common_name,
                 sleep_seconds=settings.sleep_seconds,
                 rounds_kept=settings.rounds_kept,
-                limits=UploadLimits(self.limits.upload_bytes, self.limits.extra_tensor_bytes),
+                limits=UploadLimits(
+                    self.limits.upload_bytes,
+                    self.limits.extra_tensor_bytes,
+                    self.limits.metrics_per_upload,
+                    self.limits.metric_names_per_task,
+                ),
                 aggregation_bytes=self.limits.aggregation_bytes,
                 evaluation=evaluation,
             )

@@ -187,6 +187,21 @@ class Range:
         return f"{zero}{self.what} {lower}{upper}"
 
 
+SECONDS = "a number of seconds"
+BYTES = "a number of bytes"
+DURATION = Range(0, ONE_DAY, SECONDS)
+"""A delay, hold or budget that may be 0 (off or at once)."""
+TIMEOUT = Range(0, ONE_DAY, SECONDS, exclusive_minimum=True)
+"""A timeout: 0 would give nothing any time."""
+MESSAGE_BYTES = Range(1, INT32_MAX, BYTES)
+"""Bytes within one gRPC message (gRPC takes its sizes as int32)."""
+STORED_BYTES = Range(1, ONE_TIB, BYTES)
+"""Bytes of memory or disk: at least 1, at most 1 TiB."""
+SHARE = Range(0, 1, "a share")
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, exclusive_minimum=True)
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 

@@ -108,6 +108,19 @@ class FederationMetrics(FederationListener):
             "GetAggregatedTensor calls waiting for the reply byte budget (server.reply_bytes_in_flight).",
             registry=registry,
         )
+        self.left_out_tensors = Counter(
+            "fedagg_tensors_left_out",
+            "Tensors outside the model that were left out of the next model (sent by one collaborator only, or "
+            "beyond the model size cap).",
+            registry=registry,
+        )
+        self.dropped_metric_values = Counter(
+            "fedagg_metric_values_dropped",
+            "Metric values left out of the metric log because their task reports limits.metric_names_per_task "
+            "names already, by task.",
+            ["task"],
+            registry=registry,
+        )
         self.limit_breaches = Counter(
             "fedagg_limit_breaches",
             "Times a caller ran into one of the server's named limits (its call refused, ended or trimmed), "
@@ -282,6 +295,14 @@ class FederationMetrics(FederationListener):
         """The reply budget's bytes in flight or queue changed."""
         self.reply_bytes.set(size)
         self.downloads_waiting.set(waiting)
+
+    def tensors_left_out(self, round_number: int, count: int) -> None:
+        """Tensors outside the model were left out of the next model."""
+        self.left_out_tensors.inc(count)
+
+    def metric_names_dropped(self, task: str, count: int) -> None:
+        """Metric values beyond the task's metric names were left out."""
+        self.dropped_metric_values.labels(self._task(task)).inc(count)
 
     def limit_breached(self, limit: Limit) -> None:
         """A caller ran into a named limit."""

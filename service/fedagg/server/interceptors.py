@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -199,15 +200,35 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             writes_through_context = (
                 grpc_type.endswith("stream") and grpc_type != "client_stream" and not generator
             )
-            observed = _ObservedMethod(
-                self._metrics, (grpc_type, service, method), streaming_request, writes_through_context
-            )
+            labels = (_wire_type(service, method, grpc_type), service, method)
+            observed = _ObservedMethod(self._metrics, labels, streaming_request, writes_through_context)
             observe = _observe_stream if generator else _observe_unary
             wrapped: grpc.RpcMethodHandler[Any, Any] = make_handler(
                 observe(observed, behavior), handler.request_deserializer, handler.response_serializer
             )
             return wrapped
         return handler
+
+
+def _wire_type(service: str, method: str, handler_type: str) -> str:
+    """The method's type as its .proto declares it (what clients see), else the handler's.
+
+    They differ where a unary reply is written by the handler (registered as unary-stream, see
+    :mod:`fedagg.server.handlers`): the label stays ``unary``, as on the wire.
+    """
+    try:
+        declared = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
+    except KeyError:
+        return handler_type
+    return _WIRE_TYPES[(declared.client_streaming, declared.server_streaming)]
+
+
+_WIRE_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
 
 
 async def _counted(messages: AsyncIterator[Any], on_message: Callable[[], None]) -> AsyncIterator[Any]:

@@ -19,7 +19,7 @@ import grpc
 from fedagg.protocol.stream import DecodeLimits
 from fedagg.server.observer import ServerObserver
 from fedagg.server.tls import CertificateSource
-from fedagg.settings import non_negative, positive, setting
+from fedagg.settings import INT32_MAX, SECONDS, TIMEOUT, Range, setting
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ OPENFL_NETWORK_KEYS = frozenset(
     }
 )
 """Keys of OpenFL's ``network.settings`` that fedagg's server does not use (it takes its own settings)."""
+
+
+COUNT = Range(1, INT32_MAX, "an integer")
+HANDSHAKE = Range(0, 3600, SECONDS, exclusive_minimum=True)
+FDS = Range(0, 1 << 20, "a number of file descriptors")
 
 
 @dataclass(frozen=True)
@@ -74,35 +79,35 @@ class CallerLimits:
         1,
         help="tensor and model replies one caller may have built and not yet read (OpenFL downloads one at a "
         "time); its further downloads wait, the others' do not",
-        check=positive,
+        check=COUNT,
     )
     reply_send_seconds: float = setting(
         60.0,
         help="a reply not read within this many seconds (plus its size at reply_min_bytes_per_second) ends the "
         "call and returns its bytes to the reply budget; the caller's downloads are refused (UNAVAILABLE) until "
         "its connection has been recycled (max_connection_age + grace)",
-        check=positive,
+        check=TIMEOUT,
     )
     reply_min_bytes_per_second: int = setting(
-        1 << 20, help="the slowest reading speed a reply's send deadline allows for", check=positive
+        1 << 20, help="the slowest reading speed a reply's send deadline allows for", check=COUNT
     )
     concurrent_uploads_per_task: int = setting(
         2,
         help="uploads of one task one collaborator may have open at once (a retry may overlap a dying stream); "
         "more are refused with UNAVAILABLE",
-        check=positive,
+        check=COUNT,
     )
     upload_idle_seconds: float = setting(
         60.0,
         help="an upload that sends nothing for this many seconds ends with UNAVAILABLE (nothing is kept; the "
         "client sends again)",
-        check=positive,
+        check=TIMEOUT,
     )
-    metric_streams: int = setting(2, help="open GetMetricStream calls per caller", check=positive)
+    metric_streams: int = setting(2, help="open GetMetricStream calls per caller", check=COUNT)
     metric_stream_queue: int = setting(
         1024,
         help="live metric records queued for one slow stream; the oldest are dropped beyond it",
-        check=positive,
+        check=COUNT,
     )
 
     def send_deadline(self, size: int) -> float:
@@ -118,20 +123,20 @@ class ConnectionLimits:
         1024,
         help="open connections to the federation port (handshaking or not) at most; more are closed at accept. "
         "Lowered at start (with a warning) until reserved_fds stay free under the open-file limit",
-        check=positive,
+        check=COUNT,
     )
     handshake_seconds: float = setting(
-        10.0, help="a connection that has not completed its TLS handshake by then is closed", check=positive
+        10.0, help="a connection that has not completed its TLS handshake by then is closed", check=HANDSHAKE
     )
     max_concurrent_streams: int = setting(
         16,
         help="calls in flight on one connection (OpenFL makes one at a time; a long poll plus an upload is two)",
-        check=positive,
+        check=COUNT,
     )
     reserved_fds: int = setting(
         256,
         help="file descriptors kept free at the connection cap for the state directory, models and the ops port",
-        check=non_negative,
+        check=FDS,
     )
 
 
