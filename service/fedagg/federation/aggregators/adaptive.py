@@ -39,6 +39,11 @@ from fedagg.protocol.codec import FLOAT32
 class AdaptiveAggregation(Aggregator, ABC):
     """The shared machinery; subclasses define the moments (``slots``) and the update rule (:meth:`_update`)."""
 
+    privacy_refusal = (
+        "its step divides the mean update by its own moments, so the noise added to the new model is not sized "
+        "to one contribution's share of C"
+    )
+
     def __init__(
         self,
         learning_rate: float,

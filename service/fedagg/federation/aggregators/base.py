@@ -7,8 +7,9 @@ collaborators: an aggregator may keep a block per contributor and per-contributo
 scores), never a whole tensor per contributor.
 
 The round end calls :meth:`Aggregator.prepare` once with every tensor of the task (for methods that look at whole
-updates: Krum, Bulyan, clipping), then :meth:`Aggregator.combine` for each tensor in the model's order. An aggregator
-that keeps model-sized state between rounds (an adaptive optimizer's moments) declares ``slots``; the round end
+updates: Krum, Bulyan, clipping), then :meth:`Aggregator.combine` for each tensor in the model's order. Each
+method's docstring states its contract in MUST sentences (tests/unit/test_contracts_aggregators.py checks each by
+name). An aggregator that keeps model-sized state between rounds (an adaptive optimizer's moments) declares ``slots``; the round end
 then gives it an :class:`AggregatorState` that reads the previous round's slots and writes the new ones, block by
 block, into files committed with the round. Small state (step counts, a clipping norm) goes through
 :meth:`Aggregator.save` / :meth:`Aggregator.load` as JSON values.
@@ -120,31 +121,85 @@ class AggregatorState(Protocol):
 
 
 class Aggregator(ABC):
-    """Combines one task's contributions, tensor by tensor, block by block. Used by one round end at a time."""
+    """Combines one task's contributions, tensor by tensor, block by block. Used by one round end at a time.
+
+    The round end calls, for one task of one round: :meth:`load` (after a restart or an undone attempt),
+    :meth:`prepare`, :meth:`bind_state` (when ``slots`` is not empty), :meth:`combine` per tensor, then
+    :meth:`save` and :meth:`report`. A round end that does not commit is undone with :meth:`load` and redone.
+    """
 
     slots: tuple[str, ...] = ()
     """Names of model-sized state kept between rounds (see :class:`AggregatorState`)."""
+    privacy_refusal = "it declares no sensitivity share (it is not a BoundedAggregator)"
+    """Why server-side differential privacy cannot wrap this method (what the configuration check says)."""
 
     def prepare(self, inputs: RoundInputs) -> None:  # noqa: B027 (an optional hook)
-        """Look at the whole task before any tensor is combined (default: nothing to do)."""
+        """Look at the whole task before any tensor is combined (default: nothing to do).
+
+        It MUST read contributions only through their sources, a block at a time (never a whole tensor per
+        contributor). It MUST raise ValueError, and only ValueError, when the task cannot be aggregated this
+        round (too few contributions): the task's tensors then keep their values.
+        """
 
     @abstractmethod
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
-        """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value)."""
+        """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value).
+
+        It MUST emit float32 blocks whose sizes sum to ``tensor.size`` exactly when it returns True, and emit
+        nothing when it returns False; it MUST return False when ``tensor`` has no contribution. Contributions
+        equal to the model MUST give the model (to float32 rounding). The result MUST depend only on the
+        contributions, their weights, the model, the state and what :meth:`load` took back: never on the block
+        size, on the time or on an unseeded generator, so a round redone after a crash gives the same bits.
+        """
 
     def bind_state(self, state: AggregatorState) -> None:  # noqa: B027 (an optional hook)
-        """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty)."""
+        """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty).
+
+        Slot values written through ``state`` MUST be finite whatever finite contributions came in (they are
+        kept as float32).
+        """
 
     def save(self) -> Mapping[str, Any]:
-        """Small state to keep between rounds, as JSON values (default: none)."""
+        """Small state to keep between rounds, as JSON values (default: none).
+
+        It MUST be JSON-serialisable, and ``load(save())`` on a fresh instance MUST give an aggregator that
+        aggregates and reports as this one does.
+        """
         return {}
 
     def load(self, saved: Mapping[str, Any]) -> None:  # noqa: B027 (an optional hook)
-        """Take back what :meth:`save` returned after a previous round (also after a restart)."""
+        """Take back what :meth:`save` returned after a previous round (also after a restart).
+
+        It MUST accept ``{}`` (nothing saved yet) and MUST undo everything a :meth:`prepare` and :meth:`combine`
+        since that :meth:`save` changed (a round end that did not commit is redone from it).
+        """
 
     def report(self) -> Mapping[str, float]:
-        """Figures to publish as metrics and in the status after a round (default: none)."""
+        """Figures to publish as metrics and in the status after a round (default: none).
+
+        It MUST NOT raise and MUST NOT change the aggregator.
+        """
         return {}
+
+
+class BoundedAggregator(Aggregator):
+    """An aggregator whose aggregate one contribution can move only so far: what differential privacy wraps.
+
+    Server-side differential privacy clips every contribution's update to a norm C (the clip ball around the
+    round's model), combines with a :class:`BoundedAggregator` and adds Gaussian noise of standard deviation
+    ``z * share * C``. The guarantee holds only if ``share`` is a true bound, hence this contract.
+    """
+
+    @abstractmethod
+    def sensitivity_share(self, inputs: RoundInputs) -> float:
+        """The share of C by which one contribution can move the aggregate of ``inputs``.
+
+        When one contribution's update moves by at most C within the clip ball (every update, over all the task's
+        tensors together, of norm at most C, the other contributions unchanged), the aggregates of every tensor
+        of the task together (one L2 norm) MUST move by at most ``share * C``, for any such contributions with
+        the weights, contributors and collaborators of ``inputs``. It MUST be a finite positive number and MUST
+        NOT read the contributions' values (the share may not depend on the data it protects).
+        """
 
 
 def weighted_sum(

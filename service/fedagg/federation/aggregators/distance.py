@@ -75,6 +75,11 @@ class Krum(Aggregator):
         keep: m; 0 picks one contribution (Krum).
     """
 
+    privacy_refusal = (
+        "it selects contributions by their distances, so one contribution can change the selection and move the "
+        "aggregate by up to 2C whatever the number of collaborators"
+    )
+
     def __init__(self, malicious: int = 0, keep: int = 0) -> None:
         if malicious < 0 or keep < 0:
             raise ValueError(f"malicious and keep must be 0 or more, got {malicious} and {keep}")
@@ -119,6 +124,11 @@ class Bulyan(Aggregator):
     Args:
         malicious: f, the number of attackers to tolerate.
     """
+
+    privacy_refusal = (
+        "it selects contributions by their distances, so one contribution can change the selection and move the "
+        "aggregate by up to 2C whatever the number of collaborators"
+    )
 
     def __init__(self, malicious: int = 0) -> None:
         if malicious < 0:
@@ -175,6 +185,11 @@ class GeometricMedian(Aggregator):
         eps: the smallest distance a weight divides by.
         ftol: stop when the objective changes by less than this share.
     """
+
+    privacy_refusal = (
+        "its weights are recomputed from the distances to the contributions, so one contribution can move the "
+        "median by more than its own share of C"
+    )
 
     def __init__(self, maxiter: int = 4, eps: float = 1e-5, ftol: float = 1e-6) -> None:
         self.maxiter = maxiter
