@@ -8,6 +8,7 @@ mean (Krum) got the noise of a mean; ``clipping_norm`` with ``privacy`` fell bac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -73,10 +74,13 @@ def distance(first: Model, second: Model) -> float:
 def test_sensitivity_share_must_bound_how_far_one_contribution_moves_the_aggregate(
     wrapper: str, method: str, count: int
 ) -> None:
-    """BoundedAggregator.sensitivity_share MUST: moving one contribution by at most C within the clip ball moves
-    the pre-noise aggregate (every tensor, one L2 norm) by at most share x C. Updates of every size (some far
-    outside the ball), uneven weights, a tensor without a base; the moved contribution either moves by at most
-    C, or jumps from the model (the worst case of a mean) to anywhere, up to 1000 C away (clipped, at most C)."""
+    """BoundedAggregator.sensitivity_share: Moving one contribution by at most C within the clip ball MUST move
+    the aggregates of the task's tensors (one L2 norm over all of them) by at most ``share * C``, the other
+    contributions, the weights and the contributors being those of ``inputs``.
+
+    Updates of every size (some far outside the ball), uneven weights, a tensor without a base; the moved
+    contribution either moves by at most C, or jumps from the model (the worst case of a mean) to anywhere, up
+    to 1000 C away (clipped, at most C)."""
     rng = np.random.default_rng(count)
     weights = [float(w) for w in rng.integers(1, 100, count)]
     weights[0] = 97.0 * count  # one collaborator holds most of the data
@@ -105,6 +109,27 @@ def test_sensitivity_share_must_bound_how_far_one_contribution_moves_the_aggrega
         assert moved_by <= share * CLIP * (1 + 1e-5) + 1e-5, f"trial {trial}: {moved_by} > {share} x {CLIP}"
         worst = max(worst, moved_by / (share * CLIP))
     assert worst > 0.05, "the moves were not all negligible: the bound was put to the test"
+
+
+class Unreadable:
+    """A contribution whose values may not be read."""
+
+    size = 4
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        raise AssertionError("the share was computed from the data")
+
+
+@pytest.mark.parametrize("method", sorted(INNER_METHODS))
+def test_the_share_never_reads_the_contributions(method: str) -> None:
+    """BoundedAggregator.sensitivity_share: It MUST NOT read the contributions' values (the share may not
+    depend on the data it protects)."""
+    inputs, _ = inputs_of([{"w_u": np.zeros(4, np.float32)}] * 3, [1.0, 2.0, 3.0])
+    tensors = tuple(dataclasses.replace(t, sources=(Unreadable(),) * 3) for t in inputs.tensors)
+
+    share = INNER_METHODS[method]().sensitivity_share(dataclasses.replace(inputs, tensors=tensors))
+
+    assert 0 < share <= 1
 
 
 def noise_case(mechanism: GaussianMechanism, weights: list[float], extra: bool) -> np.ndarray:

@@ -136,48 +136,47 @@ class Aggregator(ABC):
     def prepare(self, inputs: RoundInputs) -> None:  # noqa: B027 (an optional hook)
         """Look at the whole task before any tensor is combined (default: nothing to do).
 
-        It MUST read contributions only through their sources, a block at a time (never a whole tensor per
-        contributor). It MUST raise ValueError, and only ValueError, when the task cannot be aggregated this
-        round (too few contributions): the task's tensors then keep their values.
+        It MUST read contributions only through their sources, at most one block of ``tensor.blocks()`` at a
+        time. It raises ValueError when the task cannot be aggregated this round (too few contributions): the
+        task's tensors then keep their values.
         """
 
     @abstractmethod
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value).
 
-        It MUST emit float32 blocks whose sizes sum to ``tensor.size`` exactly when it returns True, and emit
-        nothing when it returns False; it MUST return False when ``tensor`` has no contribution. Contributions
-        equal to the model MUST give the model (to float32 rounding). The result MUST depend only on the
-        contributions, their weights, the model, the state and what :meth:`load` took back: never on the block
-        size, on the time or on an unseeded generator, so a round redone after a crash gives the same bits.
+        It MUST return False, emitting nothing, when ``tensor`` has no contribution. When it returns True it MUST
+        have emitted float32 blocks of ``tensor.size`` values in all. Contributions equal to the model MUST give
+        the model (to float32 rounding). The aggregate MUST NOT depend on the block size. The same inputs, state
+        and loaded state MUST give the same bits (no clock, no unseeded generator), so a redone round gives the
+        same model.
         """
 
     def bind_state(self, state: AggregatorState) -> None:  # noqa: B027 (an optional hook)
         """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty).
 
-        Slot values written through ``state`` MUST be finite whatever finite contributions came in (they are
-        kept as float32).
+        Slot values written through ``state`` MUST be finite whenever the contributions are finite.
         """
 
     def save(self) -> Mapping[str, Any]:
         """Small state to keep between rounds, as JSON values (default: none).
 
-        It MUST be JSON-serialisable, and ``load(save())`` on a fresh instance MUST give an aggregator that
-        aggregates and reports as this one does.
+        The result MUST be JSON values.
         """
         return {}
 
     def load(self, saved: Mapping[str, Any]) -> None:  # noqa: B027 (an optional hook)
-        """Take back what :meth:`save` returned after a previous round (also after a restart).
+        """Take back what :meth:`save` returned after a previous round (also after a restart, or to undo a round
+        end that did not commit).
 
-        It MUST accept ``{}`` (nothing saved yet) and MUST undo everything a :meth:`prepare` and :meth:`combine`
-        since that :meth:`save` changed (a round end that did not commit is redone from it).
+        It MUST accept ``{}`` (nothing saved yet). ``load(save())`` on a fresh instance MUST aggregate the next
+        round as the saved one would.
         """
 
     def report(self) -> Mapping[str, float]:
         """Figures to publish as metrics and in the status after a round (default: none).
 
-        It MUST NOT raise and MUST NOT change the aggregator.
+        It MUST NOT raise, before any round too.
         """
         return {}
 
@@ -194,11 +193,10 @@ class BoundedAggregator(Aggregator):
     def sensitivity_share(self, inputs: RoundInputs) -> float:
         """The share of C by which one contribution can move the aggregate of ``inputs``.
 
-        When one contribution's update moves by at most C within the clip ball (every update, over all the task's
-        tensors together, of norm at most C, the other contributions unchanged), the aggregates of every tensor
-        of the task together (one L2 norm) MUST move by at most ``share * C``, for any such contributions with
-        the weights, contributors and collaborators of ``inputs``. It MUST be a finite positive number and MUST
-        NOT read the contributions' values (the share may not depend on the data it protects).
+        Moving one contribution by at most C within the clip ball MUST move the aggregates of the task's tensors
+        (one L2 norm over all of them) by at most ``share * C``, the other contributions, the weights and the
+        contributors being those of ``inputs``. It MUST NOT read the contributions' values (the share may not
+        depend on the data it protects).
         """
 
 
@@ -216,3 +214,25 @@ def weighted_sum(
 def stacked(sources: tuple[TensorSource, ...], start: int, stop: int) -> Float32Array:
     """One block of every contribution, one row each."""
     return np.stack([source.block(start, stop) for source in sources]).astype(FLOAT32, copy=False)
+
+
+def without_overflow(
+    reduce: Callable[[npt.NDArray[Any]], npt.NDArray[Any]], rows: Float32Array
+) -> Float32Array:
+    """``reduce(rows)`` (over axis 0) in float32, as the reference implementations compute it; where float32
+    overflows (finite values, an infinite result), the float64 result, which a mean or median keeps finite."""
+    with np.errstate(over="ignore"):
+        result = np.asarray(reduce(rows), dtype=FLOAT32)
+        overflowed = ~np.isfinite(result)
+        if overflowed.any():
+            result[overflowed] = reduce(rows[:, overflowed].astype(np.float64))
+    return result
+
+
+FLOAT32_LIMIT = float(np.finfo(FLOAT32).max)
+
+
+def finite_float32(values: npt.NDArray[np.floating[Any]]) -> Float32Array:
+    """``values`` as float32, held within float32's finite range (a finite sum never becomes inf)."""
+    clipped: Float32Array = np.clip(values, -FLOAT32_LIMIT, FLOAT32_LIMIT).astype(FLOAT32)
+    return clipped

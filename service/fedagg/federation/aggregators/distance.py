@@ -17,6 +17,7 @@ from fedagg.federation.aggregators.base import (
     TensorInputs,
     stacked,
     weighted_sum,
+    without_overflow,
 )
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.protocol.codec import FLOAT32
@@ -171,9 +172,13 @@ class Bulyan(Aggregator):
         closest = max(1, len(chosen.sources) - 2 * self.malicious)
         for start, stop in tensor.blocks():
             values = stacked(chosen.sources, start, stop)
-            distance = np.abs(np.median(values, axis=0) - values)
+            with np.errstate(
+                over="ignore"
+            ):  # extreme finite values: their distance is inf, still the farthest
+                distance = np.abs(np.median(values, axis=0) - values)
             nearest = np.argpartition(distance, kth=closest - 1, axis=0)
-            emit(np.mean(np.take_along_axis(values, nearest, axis=0)[:closest], axis=0).astype(FLOAT32))
+            closest_values = np.take_along_axis(values, nearest, axis=0)[:closest]
+            emit(without_overflow(lambda rows: np.mean(rows, axis=0), closest_values))
         return True
 
 

@@ -9,8 +9,10 @@ from fedagg.federation.aggregators.base import (
     Emit,
     RoundInputs,
     TensorInputs,
+    finite_float32,
     stacked,
     weighted_sum,
+    without_overflow,
 )
 from fedagg.protocol.codec import FLOAT32
 
@@ -74,7 +76,7 @@ class Median(BoundedAggregator):
         if not tensor.sources:
             return False
         for start, stop in tensor.blocks():
-            emit(np.median(stacked(tensor.sources, start, stop), axis=0).astype(FLOAT32))
+            emit(without_overflow(lambda rows: np.median(rows, axis=0), stacked(tensor.sources, start, stop)))
         return True
 
 
@@ -100,7 +102,7 @@ class TrimmedMean(BoundedAggregator):
         high = count - low
         for start, stop in tensor.blocks():
             values = np.partition(stacked(tensor.sources, start, stop), (low, high - 1), axis=0)
-            emit(np.mean(values[low:high], axis=0).astype(FLOAT32))
+            emit(without_overflow(lambda rows: np.mean(rows, axis=0), values[low:high]))
         return True
 
     def sensitivity_share(self, inputs: RoundInputs) -> float:
@@ -127,5 +129,9 @@ class FedCurvWeightedAverage(WeightedAverage):
         if not tensor.sources:
             return False
         for start, stop in tensor.blocks():
-            emit(np.sum(stacked(tensor.sources, start, stop), axis=0).astype(FLOAT32))
+            emit(
+                finite_float32(
+                    without_overflow(lambda rows: np.sum(rows, axis=0), stacked(tensor.sources, start, stop))
+                )
+            )
         return True
