@@ -165,12 +165,30 @@ class GaussianMechanism(Aggregator):
         self._clipped = {tensor.name: tensor for tensor in clipped_inputs.tensors}
         multiplier = self.noise_multiplier
         if self.adaptive and count:
-            count_stddev, multiplier = adaptive_noise(self.noise_multiplier, count, self.clipped_count_stddev)
-            noised_count = self._generator("clipped_count").normal(float(np.sum(scales < 1.0)), count_stddev)
-            direction = -1.0 if self.flower_compatible else 1.0
-            self.clipping_norm *= math.exp(
-                direction * self.clip_norm_lr * (float(noised_count) / count - self.target_clipped_quantile)
-            )
+            try:
+                count_stddev, multiplier = adaptive_noise(
+                    self.noise_multiplier, count, self.clipped_count_stddev
+                )
+            except (
+                ValueError
+            ) as error:  # fewer contributions than planned: no count query, C stays this round
+                log.warning(
+                    "round %d, task %r: the clipping norm stays %g this round: %s",
+                    inputs.round_number,
+                    inputs.task,
+                    used_norm,
+                    error,
+                )
+            else:
+                noised_count = self._generator("clipped_count").normal(
+                    float(np.sum(scales < 1.0)), count_stddev
+                )
+                direction = -1.0 if self.flower_compatible else 1.0
+                self.clipping_norm *= math.exp(
+                    direction
+                    * self.clip_norm_lr
+                    * (float(noised_count) / count - self.target_clipped_quantile)
+                )
         noise_norm = self.clipping_norm if self.flower_compatible else used_norm
         self._std = multiplier * noise_norm * self.sensitivity_share(clipped_inputs)
         self._rounds += 1
