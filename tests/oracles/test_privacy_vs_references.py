@@ -17,7 +17,7 @@ epsilon for the same noise multiplier, rounds and delta, over the same orders.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +27,9 @@ import pytest
 
 from fedagg.federation.aggregators import Emit, TensorInputs
 from fedagg.federation.aggregators.accountant import RDP_ORDERS, gaussian_epsilon
-from fedagg.federation.aggregators.clipping import update_norms
-from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.federation.aggregators.base import BoundedAggregator
+from fedagg.federation.aggregators.clipping import clipped_updates, update_norms
+from fedagg.federation.aggregators.elementwise import Median, TrimmedMean, WeightedAverage
 from fedagg.federation.aggregators.privacy import GaussianMechanism, adaptive_noise
 from tests.oracles.oracles import (
     DpAccounting,
@@ -475,3 +476,36 @@ def test_the_reported_epsilon_is_dp_accountings(
     assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)
     stddev, effective = adaptive_noise(z, CLIENTS, 1.0)
     assert (effective**-2 + (2 * stddev) ** -2) ** -0.5 == pytest.approx(z, rel=1e-12)
+
+
+INNER: dict[str, Callable[[], BoundedAggregator]] = {
+    "weighted_average": WeightedAverage,
+    "clipping_then_weighted_average": lambda: clipped_updates(WeightedAverage(), 0.7),
+    "median": Median,
+    "trimmed_mean": lambda: TrimmedMean(0.2),
+}
+
+
+@pytest.mark.parametrize("inner", sorted(INNER))
+def test_the_epsilon_is_dp_accountings_for_the_noise_actually_added(
+    inner: str, accounted: dict[tuple[float, int, float], DpAccounting]
+) -> None:
+    """Whatever the method behind the mechanism (accepted ones: a declared sensitivity share), the noise added is
+    ``z * share * C`` and the reported epsilon is dp-accounting's for that z: the noise's multiplier relative to
+    how far one collaborator can move the aggregate."""
+    z, rounds, delta, clipping_norm = 1.1, 10, 1e-6, 1.0
+    mechanism = GaussianMechanism(
+        INNER[inner](), noise_multiplier=z, clipping_norm=clipping_norm, delta=delta, seed=3
+    )
+    spec = ROUNDS_IN[1]
+    assert spec.global_model is not None
+    contributions = [as_model(c) for c in spec.clients]
+    inputs, _ = inputs_of(contributions, spec.num_examples, as_model(spec.global_model))
+    for number in range(rounds):
+        aggregate(
+            mechanism, contributions, spec.num_examples, as_model(spec.global_model), round_number=number
+        )
+
+    share = mechanism.sensitivity_share(inputs)
+    assert mechanism.report()["noise_stddev"] / (share * clipping_norm) == pytest.approx(z, rel=1e-12)
+    assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)

@@ -33,11 +33,16 @@ def must_sentences(interface: type[Any]) -> list[str]:
 
 def untested_musts(interfaces: Iterable[type[Any]], suites: Iterable[object]) -> list[str]:
     """The MUST sentences of ``interfaces`` that no test of ``suites`` (classes or modules) quotes in its
-    docstring (whitespace aside)."""
-    quoted = " | ".join(
+    docstring (whitespace aside) together with the ``Interface.method`` it belongs to."""
+    quoted = [
         " ".join(test.__doc__.split())
         for suite in suites
         for name, test in vars(suite).items()
         if name.startswith("test_") and callable(test) and test.__doc__
-    )
-    return [must for interface in interfaces for must in must_sentences(interface) if must not in quoted]
+    ]
+    return [
+        must
+        for interface in interfaces
+        for must in must_sentences(interface)
+        if not any(all(part in doc for part in must.split(": ", 1)) for doc in quoted)
+    ]

@@ -9,13 +9,15 @@ mean (Krum) got the noise of a mean; ``clipping_norm`` with ``privacy`` fell bac
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from fedagg.federation.aggregators.accountant import gaussian_epsilon
 from fedagg.federation.aggregators.base import Aggregator, BoundedAggregator, Emit, TensorInputs
-from fedagg.federation.aggregators.clipping import clipped_updates
+from fedagg.federation.aggregators.clipping import ClippedUpdates, clipped_updates
 from fedagg.federation.aggregators.elementwise import (
     FedCurvWeightedAverage,
     Median,
@@ -27,6 +29,7 @@ from fedagg.federation.aggregators.registry import BUILT_IN, make_aggregator
 from fedagg.federation.errors import PlanError
 from fedagg.federation.plan import AggregationSpec
 from tests.support.aggregation import Model, aggregate, assert_gaussian, inputs_of
+from tests.support.conformance import untested_musts
 
 CLIP = 1.5
 INNER_METHODS: dict[str, Callable[[], BoundedAggregator]] = {
@@ -173,7 +176,10 @@ def test_case_2_a_method_that_is_not_a_mean_gets_its_own_share() -> None:
 
 
 def test_case_3_clipping_with_privacy_gets_the_weighted_mean_share() -> None:
-    """Reproduced case 3: ``clipping_norm`` with ``privacy`` (the weighted average behind ClippedUpdates) fell
+    """GaussianMechanism.prepare: The noise's standard deviation MUST be ``z * share * C``, ``share`` the inner
+    method's declared share (``z`` raised by adaptive clipping's count query, ``C`` the norm it clipped with).
+
+    Reproduced case 3: ``clipping_norm`` with ``privacy`` (the weighted average behind ClippedUpdates) fell
     back to ``C / n`` = 0.25 for data sizes 97/1/1/1; the share is computed through the wrapper: 0.97."""
     spec = AggregationSpec(
         "weighted_average", {}, 2.0, {"noise_multiplier": 1.0, "clipping_norm": 1.0, "seed": 3}
@@ -229,3 +235,89 @@ def test_every_built_in_method_is_bounded_or_says_why_not() -> None:
         bounded = isinstance(aggregator, BoundedAggregator)
         assert bounded == (kind not in UNBOUNDED), kind
         assert bounded or aggregator.privacy_refusal != Aggregator.privacy_refusal, kind
+
+
+class Recording(WeightedAverage):
+    """A weighted average that keeps the contributions it receives."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, list[np.ndarray]] = {}
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        self.received[tensor.name] = [
+            source.block(0, tensor.size).astype(np.float64) for source in tensor.sources
+        ]
+        return super().combine(tensor, emit)
+
+
+@pytest.mark.parametrize("wrapper", ["clipping", "privacy"])
+def test_what_the_inner_method_receives_is_clipped(wrapper: str) -> None:
+    """ClippedUpdates.prepare: Every contribution ``inner`` receives MUST have an update of norm at most
+    ``norm`` over all the task's tensors (base 0 where the model has none), in the update's own direction.
+    (The mechanism clips the same way.)"""
+    rng = np.random.default_rng(12)
+    model = global_model(rng)
+    updates = [update_of(rng, norm) for norm in (0.2, 1.4, 3.0, 900.0)]
+    recorder = Recording()
+    aggregator = (
+        clipped_updates(recorder, CLIP)
+        if wrapper == "clipping"
+        else GaussianMechanism(recorder, noise_multiplier=0.0, clipping_norm=CLIP)
+    )
+
+    aggregate(aggregator, [contribution(model, u) for u in updates], [1.0] * 4, model)
+
+    for index, update in enumerate(updates):
+        before = np.concatenate([update[name].reshape(-1) for name in SHAPES])
+        after = np.concatenate(
+            [
+                recorder.received[name][index] - model.get(name, np.zeros(shape)).reshape(-1)
+                for name, shape in SHAPES.items()
+            ]
+        )
+        length = float(np.linalg.norm(before))
+        assert float(np.linalg.norm(after)) == pytest.approx(min(length, CLIP), rel=1e-5)
+        assert float(before @ after) / (length * float(np.linalg.norm(after))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_noise_comes_from_the_seed_the_task_and_the_round_alone() -> None:
+    """GaussianMechanism.combine: Its noise MUST come from (experiment seed, task, round, tensor) alone: the same
+    round aggregated again gives the same bits, another round, tensor or experiment seed independent noise."""
+    model: Model = {"a": np.zeros(500, np.float32), "b": np.zeros(500, np.float32)}
+    contributions = [dict(model) for _ in range(3)]
+
+    def noise(seed: int, round_number: int) -> Model:
+        mechanism = GaussianMechanism(noise_multiplier=1.0, clipping_norm=1.0, seed=seed)
+        result = aggregate(mechanism, contributions, [1.0] * 3, model, round_number=round_number)
+        assert result is not None
+        return result
+
+    first = noise(1, 4)
+
+    np.testing.assert_array_equal(noise(1, 4)["a"], first["a"])
+    for other in (noise(1, 5)["a"], noise(2, 4)["a"], first["b"]):
+        assert abs(float(np.corrcoef(first["a"], other)[0, 1])) < 5 / np.sqrt(500)
+
+
+def test_epsilon_counts_each_committed_round_once() -> None:
+    """GaussianMechanism.report: ``epsilon`` MUST be the accountant's (equal to dp-accounting's) for
+    ``noise_multiplier`` and ``delta`` over the rounds aggregated, a round undone by :meth:`load` not counted.
+    (tests/oracles/test_privacy_vs_references.py holds the accountant to dp-accounting.)"""
+    model: Model = {"w": np.zeros(4, np.float32)}
+    contributions = [{"w": np.full(4, float(i), np.float32)} for i in range(4)]
+    mechanism = GaussianMechanism(noise_multiplier=1.3, clipping_norm=1.0, delta=1e-6, seed=1)
+    aggregate(mechanism, contributions, [1.0] * 4, model, round_number=0)
+    saved = dict(mechanism.save())
+
+    aggregate(mechanism, contributions, [1.0] * 4, model, round_number=1)  # a round end that did not commit
+    mechanism.load(saved)
+    aggregate(mechanism, contributions, [1.0] * 4, model, round_number=1)  # redone
+
+    assert mechanism.report()["epsilon"] == gaussian_epsilon(1.3, 2, 1e-6)
+    assert mechanism.report()["delta"] == 1e-6
+
+
+def test_every_must_of_the_wrappers_has_a_test() -> None:
+    missing = untested_musts([ClippedUpdates, GaussianMechanism], [sys.modules[__name__]])
+
+    assert not missing, "\n".join(missing)

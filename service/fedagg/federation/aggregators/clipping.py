@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import overload
 
 import numpy as np
 
@@ -101,6 +102,11 @@ class ClippedUpdates(Aggregator):
         self._clipped_share = 0.0
 
     def prepare(self, inputs: RoundInputs) -> None:
+        """Clip every contribution's update, then let ``inner`` prepare.
+
+        Every contribution ``inner`` receives MUST have an update of norm at most ``norm`` over all the task's
+        tensors (base 0 where the model has none), in the update's own direction.
+        """
         scales = clip_scales(update_norms(inputs), self.norm)
         self._clipped_share = float(np.mean(scales < 1.0)) if len(scales) else 0.0
         clipped_inputs = clipped(inputs, scales)
@@ -133,6 +139,14 @@ class BoundedClippedUpdates(ClippedUpdates, BoundedAggregator):
 
     def sensitivity_share(self, inputs: RoundInputs) -> float:
         return self.bounded.sensitivity_share(inputs)
+
+
+@overload
+def clipped_updates(inner: BoundedAggregator, norm: float) -> BoundedClippedUpdates: ...
+
+
+@overload
+def clipped_updates(inner: Aggregator, norm: float) -> ClippedUpdates: ...
 
 
 def clipped_updates(inner: Aggregator, norm: float) -> ClippedUpdates:

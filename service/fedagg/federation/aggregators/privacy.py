@@ -157,6 +157,11 @@ class GaussianMechanism(Aggregator):
         self._clipped: dict[str, TensorInputs] = {}
 
     def prepare(self, inputs: RoundInputs) -> None:
+        """Clip every update, size this round's noise, move an adaptive clipping norm; then ``inner`` prepares.
+
+        The noise's standard deviation MUST be ``z * share * C``, ``share`` the inner method's declared share
+        (``z`` raised by adaptive clipping's count query, ``C`` the norm it clipped with).
+        """
         self._round = (inputs.round_number, inputs.task)
         count = len(inputs.collaborators)
         used_norm = self.clipping_norm
@@ -207,6 +212,11 @@ class GaussianMechanism(Aggregator):
         return noise_generator(self.experiment_seed, task, round_number, draw)
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        """The inner method's aggregate of the clipped contributions, plus Gaussian noise.
+
+        Its noise MUST come from (experiment seed, task, round, tensor) alone: the same round aggregated again
+        gives the same bits, another round, tensor or experiment seed independent noise.
+        """
         generator = self._generator(f"tensor:{tensor.name}")
 
         def noisy(block: Float32Array) -> None:
@@ -233,6 +243,11 @@ class GaussianMechanism(Aggregator):
         self._std = float(saved.get("noise_stddev", 0.0))
 
     def report(self) -> Mapping[str, float]:
+        """The privacy spent, the clipping norm and the last round's noise.
+
+        ``epsilon`` MUST be the accountant's (equal to dp-accounting's) for ``noise_multiplier`` and ``delta``
+        over the rounds aggregated, a round undone by :meth:`load` not counted.
+        """
         epsilon = gaussian_epsilon(self.noise_multiplier, self._rounds, self.delta)
         return {
             **self.inner.report(),
