@@ -127,3 +127,41 @@ def test_the_redo_after_a_crash_draws_the_same_noise(tmp_path: Path) -> None:
 
     assert redone.round_number == 1
     assert last_model(tmp_path / "crashed") == last_model(tmp_path / "reference")
+
+
+class FailingPublication(StateStore):
+    """A real store whose next ``failures`` publications fail with ENOSPC."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.failures = 0
+
+    def publish(self, round_number: int, target: Path) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().publish(round_number, target)
+
+
+def test_a_publication_that_fails_after_the_commit_leaves_the_previous_model_served_until_retried(
+    tmp_path: Path,
+) -> None:
+    store = FailingPublication(tmp_path / "state")
+    federation = Federation(
+        private_plan(rounds=3),
+        store,
+        ModelOutputs(tmp_path / "best.pbuf", tmp_path / "last.pbuf"),
+        initial_model=LoadedModel(0, zero_model()),
+    )
+    federation.restore()
+    run_round(federation, 0, CONTRIBUTIONS, SHAPES)
+    round_1 = last_model(tmp_path)
+    store.failures = 1
+
+    run_round(federation, 1, CONTRIBUTIONS, SHAPES, delta=True)
+
+    assert federation.round_number == 2, "the round committed"
+    assert last_model(tmp_path) == round_1, "the previous round's file is still served"
+    assert not federation.describe().round_end_failing
+    run_round(federation, 2, CONTRIBUTIONS, SHAPES, delta=True)
+    assert read_model(tmp_path / "last.pbuf").round_number == 3

@@ -29,18 +29,23 @@ class ModelOutputs:
 
 class PublishedModels:
     """Publishes the best and last models a committed checkpoint names (after the commit point only), and
-    remembers what it published, so a publication that failed is tried again at the next round end."""
+    remembers the publications that failed, so they are tried again at the next round end."""
 
     def __init__(self, store: StateStore, outputs: ModelOutputs) -> None:
         self._store = store
         self._outputs = outputs
-        self._published: dict[Path, int] = {}
+        self._failed: dict[Path, int] = {}
 
-    def publish(self, checkpoint: Checkpoint) -> None:
-        """Publish what ``checkpoint`` names and is not published yet; a disk error is logged, not raised (the
-        round has committed; the previous files stay served until a later attempt or a restart publishes)."""
+    def publish(self, checkpoint: Checkpoint, before: Checkpoint) -> None:
+        """Publish what ``checkpoint`` names that ``before`` did not (or whose publication failed); a disk error
+        is logged, not raised (the round has committed; the previous files stay served until a later attempt or a
+        restart publishes)."""
+        published = {path: round_number for round_number, path in self._named(before)}
         for round_number, path in self._named(checkpoint):
-            if self._published.get(path) != round_number:
+            retry = (
+                self._failed.get(path) == round_number and checkpoint.model_digest(round_number) is not None
+            )
+            if published.get(path) != round_number or retry:
                 self._publish(round_number, path)
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -71,5 +76,6 @@ class PublishedModels:
                 path.name,
                 describe_os_error(error),
             )
+            self._failed[path] = round_number
         else:
-            self._published[path] = round_number
+            self._failed.pop(path, None)

@@ -251,7 +251,7 @@ class RoundCloser:
         store.save_checkpoint(checkpoint, new_round=True)
         checkpoint_seconds = time.monotonic() - started
         self._failpoint("round_end.committed")
-        self._published.publish(checkpoint)
+        self._published.publish(checkpoint, committed)
         self._failpoint("round_end.outputs_published")
         model = store.load_model(next_round, digest)
         return ClosedRound(
