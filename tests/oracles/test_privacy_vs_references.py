@@ -17,7 +17,7 @@ epsilon for the same noise multiplier, rounds and delta, over the same orders.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregators import Aggregator, Emit, TensorInputs
+from fedagg.federation.aggregators import Emit, TensorInputs
 from fedagg.federation.aggregators.accountant import RDP_ORDERS, gaussian_epsilon
-from fedagg.federation.aggregators.clipping import update_norms
-from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.federation.aggregators.base import BoundedAggregator
+from fedagg.federation.aggregators.clipping import clipped_updates, update_norms
+from fedagg.federation.aggregators.elementwise import Median, TrimmedMean, WeightedAverage
 from fedagg.federation.aggregators.privacy import GaussianMechanism, adaptive_noise
 from tests.oracles.oracles import (
     DpAccounting,
@@ -39,7 +40,7 @@ from tests.oracles.oracles import (
     flower_dp_adaptive,
     flower_dp_fixed,
 )
-from tests.support.aggregation import Model, aggregate, inputs_of
+from tests.support.aggregation import Model, aggregate, assert_gaussian, inputs_of
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -93,18 +94,17 @@ def as_layers(model: Model) -> list[np.ndarray]:
     return [model[f"layer{j}"] for j in range(len(LAYERS))]
 
 
-class RecordingAverage(Aggregator):
+class RecordingAverage(WeightedAverage):
     """The weighted average, recording the contributions it receives (the clipped ones) in the last round."""
 
     def __init__(self) -> None:
-        self.average = WeightedAverage()
         self.received: dict[str, list[np.ndarray]] = {}
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         self.received[tensor.name] = [
             source.block(0, tensor.size).reshape(tensor.shape) for source in tensor.sources
         ]
-        return self.average.combine(tensor, emit)
+        return super().combine(tensor, emit)
 
 
 class ReplayedDraws:
@@ -114,6 +114,10 @@ class ReplayedDraws:
     def __init__(self, counts: Sequence[float] = ()) -> None:
         self.counts = list(counts)
         self.stddevs: list[float] = []
+
+    def generator(self, draw: str) -> Any:
+        """What the mechanism's ``_generator`` returns for every draw: these replayed draws."""
+        return self
 
     def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None) -> Any:
         if size is None:
@@ -177,7 +181,9 @@ def assert_same_round(ours: FedaggRound, theirs: FlowerDpRound, spec: FlowerRoun
 
 @pytest.mark.parametrize("flower_compatible", [True, False], ids=["flower_compatible", "default"])
 def test_fixed_clipping_equals_flower(flower_compatible: bool) -> None:
-    """Fixed clipping has no Flower difference: both settings must give Flower's clipping and noise std."""
+    """Fixed clipping: both settings must give Flower's clipping; the noise std is Flower's ``z C / n`` with
+    ``flower_compatible``, and by default ``z C max(w) / sum(w)``, the weighted average's declared share (the
+    data sizes differ, so one client moves the aggregate by more than ``C / n``)."""
     z, clipping_norm = 1.3, 1.0
     theirs = flower_dp_fixed(ROUNDS_IN, noise_multiplier=z, clipping_norm=clipping_norm, seed=1)
     recorder = RecordingAverage()
@@ -185,7 +191,7 @@ def test_fixed_clipping_equals_flower(flower_compatible: bool) -> None:
         recorder, noise_multiplier=z, clipping_norm=clipping_norm, flower_compatible=flower_compatible
     )
     draws = ReplayedDraws()
-    mechanism._rng = draws  # type: ignore[assignment]  # noiseless: compare the aggregate itself
+    mechanism._generator = draws.generator  # type: ignore[method-assign]  # noiseless: compare the aggregate
 
     ours, used, norms = run_fedagg(mechanism, recorder, ROUNDS_IN)
 
@@ -195,11 +201,13 @@ def test_fixed_clipping_equals_flower(flower_compatible: bool) -> None:
         assert norms[r] == pytest.approx(flower.update_norms, rel=1e-6), where
         assert norms[r] == pytest.approx(NORMS[r], rel=1e-5), where
         assert flower.noise_stddev is not None
-        assert mine.report["noise_stddev"] == pytest.approx(flower.noise_stddev, rel=1e-12), where
         assert flower.noise_stddev == pytest.approx(z * clipping_norm / CLIENTS, rel=1e-12)
+        share = 1 / CLIENTS if flower_compatible else max(NUM_EXAMPLES[r]) / sum(NUM_EXAMPLES[r])
+        assert mine.report["noise_stddev"] == pytest.approx(z * clipping_norm * share, rel=1e-12), where
         assert_same_round(mine, flower, spec, where)
     assert draws.stddevs
-    assert draws.stddevs == pytest.approx([z * clipping_norm / CLIENTS] * len(draws.stddevs), rel=1e-12)
+    if flower_compatible:
+        assert draws.stddevs == pytest.approx([z * clipping_norm / CLIENTS] * len(draws.stddevs), rel=1e-12)
 
 
 def test_clipping_scales_every_update_to_at_most_the_norm() -> None:
@@ -270,7 +278,7 @@ def test_flower_compatible_adaptive_clipping_equals_flower(z: float, count_stdde
     mechanism = adaptive_mechanism(recorder, z, flower_compatible=True, count_stddev=count_stddev)
     counts = [flower.noised_clipped_count for flower in theirs]
     assert None not in counts
-    mechanism._rng = ReplayedDraws(counts)  # type: ignore[assignment,arg-type]  # Flower's count draws
+    mechanism._generator = ReplayedDraws(counts).generator  # type: ignore[method-assign,arg-type]  # Flower's
 
     ours, used, norms = run_fedagg(mechanism, recorder, ROUNDS_IN)
 
@@ -323,12 +331,13 @@ def test_default_adaptive_clipping_moves_the_norm_towards_the_target_quantile() 
 def test_default_adaptive_noise_uses_the_norm_that_clipped() -> None:
     recorder = RecordingAverage()
     mechanism = adaptive_mechanism(recorder, 0.8, flower_compatible=False, count_stddev=1.0)
-    mechanism._rng = ReplayedDraws([2.0])  # type: ignore[assignment]
+    mechanism._generator = ReplayedDraws([2.0]).generator  # type: ignore[method-assign]
     _, effective = adaptive_noise(0.8, CLIENTS, 1.0)
 
     ours, used, _ = run_fedagg(mechanism, recorder, ROUNDS_IN[:1])
 
-    assert ours[0].report["noise_stddev"] == pytest.approx(effective * used[0] / CLIENTS, rel=1e-12)
+    share = max(NUM_EXAMPLES[0]) / sum(NUM_EXAMPLES[0])  # the weighted average's declared share
+    assert ours[0].report["noise_stddev"] == pytest.approx(effective * used[0] * share, rel=1e-12)
     assert ours[0].report["clipping_norm"] != used[0]
 
 
@@ -350,18 +359,6 @@ def noise_rounds() -> list[FlowerRound]:
         for _ in range(4)
     ]
     return [FlowerRound(clients, [3, 1, 4, 1], global_model)]
-
-
-def assert_gaussian(noise: np.ndarray, stddev: float) -> None:
-    """Mean, variance (chi-square) and the share within one and two standard deviations, each at about five of
-    its own standard errors: a wrong std by 5 % or a non-Gaussian shape fails, a correct one passes by far."""
-    n = noise.size
-    assert abs(float(noise.mean())) < 5 * stddev / math.sqrt(n)
-    chi_square = float(np.sum((noise - noise.mean()) ** 2)) / stddev**2
-    assert abs(chi_square - (n - 1)) < 5 * math.sqrt(2 * (n - 1)), f"std {noise.std()} vs {stddev}"
-    for k, share in ((1, 0.682689), (2, 0.954500)):
-        observed = float(np.mean(np.abs(noise) < k * stddev))
-        assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / n), (k, observed)
 
 
 def test_the_noise_has_flowers_distribution() -> None:
@@ -398,9 +395,13 @@ def test_the_noise_is_fresh_in_every_round_and_value() -> None:
     assert spec.global_model is not None
     mechanism = GaussianMechanism(noise_multiplier=1.5, clipping_norm=2.0, seed=4)
     draws = []
-    for _ in range(3):
+    for number in range(3):
         result = aggregate(
-            mechanism, [as_model(c) for c in spec.clients], spec.num_examples, as_model(spec.global_model)
+            mechanism,
+            [as_model(c) for c in spec.clients],
+            spec.num_examples,
+            as_model(spec.global_model),
+            round_number=number,
         )
         assert result is not None
         draws.append(result["layer1"].astype(np.float64))
@@ -475,3 +476,36 @@ def test_the_reported_epsilon_is_dp_accountings(
     assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)
     stddev, effective = adaptive_noise(z, CLIENTS, 1.0)
     assert (effective**-2 + (2 * stddev) ** -2) ** -0.5 == pytest.approx(z, rel=1e-12)
+
+
+INNER: dict[str, Callable[[], BoundedAggregator]] = {
+    "weighted_average": WeightedAverage,
+    "clipping_then_weighted_average": lambda: clipped_updates(WeightedAverage(), 0.7),
+    "median": Median,
+    "trimmed_mean": lambda: TrimmedMean(0.2),
+}
+
+
+@pytest.mark.parametrize("inner", sorted(INNER))
+def test_the_epsilon_is_dp_accountings_for_the_noise_actually_added(
+    inner: str, accounted: dict[tuple[float, int, float], DpAccounting]
+) -> None:
+    """Whatever the method behind the mechanism (accepted ones: a declared sensitivity share), the noise added is
+    ``z * share * C`` and the reported epsilon is dp-accounting's for that z: the noise's multiplier relative to
+    how far one collaborator can move the aggregate."""
+    z, rounds, delta, clipping_norm = 1.1, 10, 1e-6, 1.0
+    mechanism = GaussianMechanism(
+        INNER[inner](), noise_multiplier=z, clipping_norm=clipping_norm, delta=delta, seed=3
+    )
+    spec = ROUNDS_IN[1]
+    assert spec.global_model is not None
+    contributions = [as_model(c) for c in spec.clients]
+    inputs, _ = inputs_of(contributions, spec.num_examples, as_model(spec.global_model))
+    for number in range(rounds):
+        aggregate(
+            mechanism, contributions, spec.num_examples, as_model(spec.global_model), round_number=number
+        )
+
+    share = mechanism.sensitivity_share(inputs)
+    assert mechanism.report()["noise_stddev"] / (share * clipping_norm) == pytest.approx(z, rel=1e-12)
+    assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)

@@ -6,6 +6,7 @@ implementations (tests/oracles/).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -124,3 +125,15 @@ def model_of(rng: np.random.Generator, shift: float = 0.0) -> Model:
         "w": (rng.standard_normal((3, 4)) + shift).astype(np.float32),
         "b": (rng.standard_normal(5) + shift).astype(np.float32),
     }
+
+
+def assert_gaussian(noise: np.ndarray, stddev: float) -> None:
+    """Mean, variance (chi-square) and the share within one and two standard deviations, each at about five of
+    its own standard errors: a wrong std by 5 % or a non-Gaussian shape fails, a correct one passes by far."""
+    n = noise.size
+    assert abs(float(noise.mean())) < 5 * stddev / math.sqrt(n)
+    chi_square = float(np.sum((noise - noise.mean()) ** 2)) / stddev**2
+    assert abs(chi_square - (n - 1)) < 5 * math.sqrt(2 * (n - 1)), f"std {noise.std()} vs {stddev}"
+    for k, share in ((1, 0.682689), (2, 0.954500)):
+        observed = float(np.mean(np.abs(noise) < k * stddev))
+        assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / n), (k, observed)

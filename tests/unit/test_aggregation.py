@@ -6,6 +6,7 @@ Comparisons with OpenFL's and Flower's own implementations run in tests/oracles 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ class AggregatorConformance:
         raise NotImplementedError
 
     def test_contributions_equal_to_the_model_give_the_model(self) -> None:
+        """Aggregator.combine: Contributions equal to the model MUST give the model (to float32 rounding)."""
         model = model_of(np.random.default_rng(0))
 
         result = aggregate(self.make(), [model] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], model)
@@ -55,15 +57,69 @@ class AggregatorConformance:
             np.testing.assert_allclose(result[name], values, rtol=1e-6, atol=1e-6)
 
     def test_no_contribution_gives_no_aggregate(self) -> None:
+        """Aggregator.combine: It MUST return False, emitting nothing, when ``tensor`` has no contribution."""
         model = model_of(np.random.default_rng(0))
         inputs, _ = inputs_of([], [], model)
         aggregator = self.make()
         aggregator.prepare(inputs)
         aggregator.bind_state(MemoryState())
+        emitted: list[Float32Array] = []
 
-        assert not aggregator.combine(inputs.tensors[0], ignore)
+        assert not aggregator.combine(inputs.tensors[0], emitted.append)
+        assert not emitted
+
+    def test_an_aggregate_is_float32_blocks_of_the_tensors_size(self) -> None:
+        """Aggregator.combine: When it returns True it MUST have emitted float32 blocks of ``tensor.size``
+        values in all."""
+        rng = np.random.default_rng(8)
+        model = model_of(rng)
+        inputs, _ = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=5)
+        aggregator = self.make()
+        aggregator.prepare(inputs)
+        aggregator.bind_state(MemoryState())
+        for tensor in inputs.tensors:
+            emitted: list[Float32Array] = []
+
+            assert aggregator.combine(tensor, emitted.append)
+            assert all(block.dtype == np.float32 for block in emitted)
+            assert sum(block.size for block in emitted) == tensor.size
+
+    def test_slot_values_stay_finite_under_finite_extremes(self) -> None:
+        """Aggregator.bind_state: Slot values written through ``state`` MUST be finite whenever the
+        contributions are finite."""
+        model = {"w": np.zeros(6, np.float32)}
+        extremes = [{"w": np.full(6, value, np.float32)} for value in (3e38, -3e38, 3e38, 0.5)]
+        aggregator, state = self.make(), MemoryState()
+        for number in range(3):
+            result = aggregate(aggregator, extremes, [1, 1, 1, 1], model, state, number)
+            assert result is not None
+            assert np.isfinite(result["w"]).all()
+            model, state = result, state.next_round()
+            assert all(np.isfinite(values).all() for values in state.previous_values.values())
+
+    def test_saved_state_is_json_and_nothing_saved_is_accepted(self) -> None:
+        """Aggregator.save: The result MUST be JSON values. Aggregator.load: It MUST accept ``{}`` (nothing saved
+        yet)."""
+        rng = np.random.default_rng(9)
+        model = model_of(rng)
+        aggregator = self.make()
+        aggregator.load({})
+        aggregate(aggregator, [model_of(rng, 0.1) for _ in range(7)], [1] * 7, model)
+
+        assert json.loads(json.dumps(aggregator.save())) == aggregator.save()
+
+    def test_report_never_raises(self) -> None:
+        """Aggregator.report: It MUST NOT raise, before any round too."""
+        rng = np.random.default_rng(10)
+        model = model_of(rng)
+        aggregator = self.make()
+        assert all(isinstance(value, float | int) for value in aggregator.report().values())
+        aggregate(aggregator, [model_of(rng, 0.1) for _ in range(7)], [1] * 7, model)
+        assert all(isinstance(value, float | int) for value in aggregator.report().values())
 
     def test_deterministic(self) -> None:
+        """Aggregator.combine: The same inputs, state and loaded state MUST give the same bits (no clock, no
+        unseeded generator), so a redone round gives the same model."""
         rng = np.random.default_rng(4)
         model = model_of(rng)
         contributions = [model_of(rng, shift=0.1) for _ in range(7)]
@@ -77,6 +133,7 @@ class AggregatorConformance:
             np.testing.assert_array_equal(first[name], second[name])
 
     def test_the_result_does_not_depend_on_the_block_size(self) -> None:
+        """Aggregator.combine: The aggregate MUST NOT depend on the block size."""
         rng = np.random.default_rng(5)
         model = model_of(rng)
         contributions = [model_of(rng, shift=0.2) for _ in range(7)]
@@ -90,6 +147,8 @@ class AggregatorConformance:
             np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-6, atol=1e-7)
 
     def test_contributions_are_read_block_by_block(self) -> None:
+        """Aggregator.prepare: It MUST read contributions only through their sources, at most one block of
+        ``tensor.blocks()`` at a time."""
         rng = np.random.default_rng(6)
         model = model_of(rng)
         inputs, sources = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=4)
@@ -104,6 +163,8 @@ class AggregatorConformance:
         )
 
     def test_its_state_survives_a_restart(self) -> None:
+        """Aggregator.load: ``load(save())`` on a fresh instance MUST aggregate the next round as the saved one
+        would."""
         rng = np.random.default_rng(7)
         model = model_of(rng)
         rounds = [[model_of(rng, 0.3) for _ in range(7)] for _ in range(2)]

@@ -53,6 +53,7 @@ class AssignerConformance(ABC):
 
     @pytest.mark.parametrize("count", SIZES)
     def test_every_collaborator_runs_one_groups_tasks_in_order_every_round(self, count: int) -> None:
+        """Assigner.assignment: Every plan collaborator MUST have one group's tasks, in the group's order."""
         collaborators = names(count)
         assigner = self.make(collaborators)
         group_tasks = {tasks for _, tasks, _ in LAYOUT}
@@ -66,6 +67,7 @@ class AssignerConformance(ABC):
 
     @pytest.mark.parametrize("count", SIZES)
     def test_tasks_in_round_are_the_union_in_plan_order(self, count: int) -> None:
+        """Assigner.tasks_in_round: It MUST return the tasks of the assignment, each once, in plan order."""
         assigner = self.make(names(count))
         plan_order = tuple(dict.fromkeys(task for _, tasks, _ in LAYOUT for task in tasks))
 
@@ -80,6 +82,7 @@ class AssignerConformance(ABC):
 
     @pytest.mark.parametrize("count", SIZES)
     def test_collaborators_for_agrees_with_the_assignment(self, count: int) -> None:
+        """Assigner.collaborators_for: It MUST agree with :meth:`assignment`, each collaborator once."""
         assigner = self.make(names(count))
 
         for round_number in ROUNDS:
@@ -92,6 +95,8 @@ class AssignerConformance(ABC):
 
     @pytest.mark.parametrize("count", SIZES)
     def test_a_round_always_gets_the_same_assignment_even_after_a_restart(self, count: int) -> None:
+        """Assigner.assignment: The same round MUST always get the same assignment, also from a new assigner (a
+        restart)."""
         collaborators = names(count)
         assigner = self.make(collaborators)
         first = [dict(assigner.assignment(r)) for r in ROUNDS]
@@ -103,6 +108,7 @@ class AssignerConformance(ABC):
         assert [backwards[r] for r in ROUNDS] == first
 
     def test_an_unknown_collaborator_has_no_tasks(self) -> None:
+        """Assigner.tasks_for: It MUST return ``()`` for a collaborator the plan does not name."""
         assigner = self.make(COLLABORATORS)
 
         for round_number in ROUNDS:
@@ -111,6 +117,7 @@ class AssignerConformance(ABC):
             assert all("mallory" not in assigner.collaborators_for(t, round_number) for t in PLAN_TASKS)
 
     def test_callers_cannot_change_an_assignment(self) -> None:
+        """Assigner.assignment: Callers MUST NOT be able to change it."""
         assigner = self.make(COLLABORATORS)
         assignment = assigner.assignment(0)
 

@@ -44,12 +44,16 @@ class StragglerPolicyConformance:
             assert type(policy) is self.policy_class, spec
 
     def test_a_round_with_everyone_done_may_always_end(self) -> None:
+        """StragglerPolicy.round_may_end: It MUST return True when every assigned collaborator is done, whatever
+        the time."""
         for spec, policy in self.policies():
             for expected in EXPECTED:
                 for elapsed in self.elapsed(policy):
                     assert policy.round_may_end(expected, expected, elapsed), (spec, expected, elapsed)
 
     def test_never_ends_with_fewer_than_minimum_reporting_done(self) -> None:
+        """StragglerPolicy.round_may_end: It MUST return False while fewer than ``minimum_reporting`` are done,
+        unless everyone is."""
         for spec, policy in self.policies():
             for expected in EXPECTED:
                 for done in range(min(spec.minimum_reporting, expected)):
@@ -69,6 +73,7 @@ class StragglerPolicyConformance:
                     assert not policy.round_may_end(0, expected, elapsed), (spec, expected, elapsed)
 
     def test_one_more_collaborator_done_never_keeps_a_round_open(self) -> None:
+        """StragglerPolicy.round_may_end: One more collaborator done MUST NOT turn True into False."""
         for spec, policy in self.policies():
             for expected in EXPECTED:
                 for elapsed in self.elapsed(policy):
@@ -76,6 +81,7 @@ class StragglerPolicyConformance:
                     assert answers == sorted(answers), (spec, expected, elapsed, answers)
 
     def test_more_time_never_keeps_a_round_open(self) -> None:
+        """StragglerPolicy.round_may_end: More time MUST NOT turn True into False."""
         for spec, policy in self.policies():
             for expected in EXPECTED:
                 for done in range(expected + 1):
@@ -83,8 +89,11 @@ class StragglerPolicyConformance:
                     assert answers == sorted(answers), (spec, done, expected, answers)
 
     def test_the_answer_changes_only_at_the_announced_cutoff(self) -> None:
-        """Nothing asks again unless a collaborator finishes or the cutoff falls due: a policy whose answer
-        changed at any other time would leave the round open."""
+        """StragglerPolicy.cutoff_seconds: The answer of :meth:`round_may_end` MUST change with time only at
+        this cutoff (nothing else asks again).
+
+        Nothing asks again unless a collaborator finishes or the cutoff falls due: a policy whose answer changed
+        at any other time would leave the round open."""
         for spec, policy in self.policies():
             cutoff = policy.cutoff_seconds()
             for expected in EXPECTED:
@@ -103,6 +112,7 @@ class StragglerPolicyConformance:
                     assert len(after) <= 1, (spec, done, expected)
 
     def test_the_cutoff_is_none_or_a_positive_time(self) -> None:
+        """StragglerPolicy.cutoff_seconds: It MUST be None or a positive finite number of seconds."""
         for spec, policy in self.policies():
             cutoff = policy.cutoff_seconds()
             assert cutoff is None or 0 < cutoff < math.inf, (spec, cutoff)

@@ -20,7 +20,11 @@ Assignment = Mapping[str, tuple[str, ...]]
 
 
 class Assigner(ABC):
-    """Maps (collaborator, round) to the tasks it runs, in execution order."""
+    """Maps (collaborator, round) to the tasks it runs, in execution order.
+
+    Each method states its contract in MUST sentences (tests/unit/test_assigner.py's AssignerConformance quotes
+    each; tests/unit/test_contracts_plugins.py checks that none is left untested).
+    """
 
     def __init__(self, groups: tuple[TaskGroup, ...], collaborators: tuple[str, ...]) -> None:
         self._groups = groups
@@ -28,19 +32,32 @@ class Assigner(ABC):
         self._round_assignment = lru_cache(maxsize=8)(self._assign)
 
     def assignment(self, round_number: int) -> Assignment:
-        """Every collaborator's tasks in ``round_number``."""
+        """Every collaborator's tasks in ``round_number``.
+
+        Every plan collaborator MUST have one group's tasks, in the group's order. The same round MUST always get
+        the same assignment, also from a new assigner (a restart). Callers MUST NOT be able to change it.
+        """
         return self._round_assignment(round_number)
 
     def tasks_for(self, collaborator: str, round_number: int) -> tuple[str, ...]:
-        """The tasks ``collaborator`` runs in ``round_number`` (empty for an unknown collaborator)."""
+        """The tasks ``collaborator`` runs in ``round_number``.
+
+        It MUST return ``()`` for a collaborator the plan does not name.
+        """
         return self.assignment(round_number).get(collaborator, ())
 
     def collaborators_for(self, task: str, round_number: int) -> tuple[str, ...]:
-        """The collaborators that run ``task`` in ``round_number``."""
+        """The collaborators that run ``task`` in ``round_number``.
+
+        It MUST agree with :meth:`assignment`, each collaborator once.
+        """
         return tuple(name for name, tasks in self.assignment(round_number).items() if task in tasks)
 
     def tasks_in_round(self, round_number: int) -> tuple[str, ...]:
-        """Every task that runs in ``round_number``, each once, in plan order."""
+        """Every task that runs in ``round_number``.
+
+        It MUST return the tasks of the assignment, each once, in plan order.
+        """
         assigned = {task for tasks in self.assignment(round_number).values() for task in tasks}
         ordered = (task for group in self._groups for task in group.tasks)
         return tuple(dict.fromkeys(task for task in ordered if task in assigned))
@@ -53,7 +70,8 @@ class Assigner(ABC):
 
     @abstractmethod
     def _members(self, round_number: int) -> list[tuple[str, ...]]:
-        """The collaborators of each group (in group order) in ``round_number``."""
+        """The collaborators of each group (in group order) in ``round_number``: a function of the round only
+        (:meth:`assignment`'s contract holds through it)."""
 
 
 class StaticGroupedAssigner(Assigner):

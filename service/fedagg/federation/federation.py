@@ -50,8 +50,9 @@ from fedagg.federation.metric_names import MetricNames
 from fedagg.federation.own_results import own_results_tensor
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth
+from fedagg.federation.published import ModelOutputs
 from fedagg.federation.recovery import StateRecovery
-from fedagg.federation.round_close import ModelOutputs, RoundCloser
+from fedagg.federation.round_close import RoundCloser
 from fedagg.federation.round_ends import RoundEnds
 from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, tensor_owner
 from fedagg.federation.startup import StartUp

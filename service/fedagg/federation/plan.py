@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fedagg.federation.aggregators.privacy import signal_to_noise
 from fedagg.federation.contribution import TRAINED_TAG, TensorRole
 from fedagg.federation.errors import PlanError
 from fedagg.federation.serving import AGGREGATED_TAG, DELTA_TAG, MODEL_TAG
@@ -256,6 +257,8 @@ def _check_plan(plan: FederationPlan) -> None:
     for key, task in plan.tasks.items():
         if key != task.name or not task.function:
             raise PlanError(f"tasks.{key}", task.function, "a task with a function name")
+    _check_trained_tensor_owners(plan.tasks)
+    _check_privacy_signal(plan)
     _check_assigner(plan)
     _check_stragglers(plan.stragglers, len(plan.collaborators))
     for key in ("upload_bytes", "extra_tensor_bytes"):
@@ -265,6 +268,35 @@ def _check_plan(plan: FederationPlan) -> None:
     for key in ("metrics_per_upload", "metric_names_per_task"):
         if getattr(plan.limits, key) < 1:
             raise PlanError(f"limits.{key}", getattr(plan.limits, key), "a count of 1 or more")
+
+
+def _check_trained_tensor_owners(tasks: Mapping[str, TaskSpec]) -> None:
+    """Two training tasks both upload the model's tensors as ``trained`` results, under the same names: a tensor
+    belongs to the first task that carries it, so the second task's aggregate would be discarded. Refused."""
+    training = [name for name, task in tasks.items() if task.task_type == "train"]
+    if len(training) > 1:
+        first, second = training[:2]
+        raise PlanError(
+            f"tasks.{second}",
+            tasks[second].function,
+            f"one training task: tasks {first!r} and {second!r} both upload trained tensors of the model's "
+            f"names, and only {first!r}'s would be aggregated (the first task in plan order owns a tensor name)",
+        )
+
+
+def _check_privacy_signal(plan: FederationPlan) -> None:
+    """Differential privacy whose noise swamps what the collaborators can contribute is refused (and a weak
+    signal-to-noise ratio is warned about): :func:`~fedagg.federation.aggregators.privacy.signal_to_noise`."""
+    for name, task in plan.tasks.items():
+        privacy = task.aggregation.privacy
+        if privacy is None:
+            continue
+        try:
+            signal_to_noise(privacy, len(plan.collaborators))
+        except ValueError as error:
+            raise PlanError(
+                f"tasks.{name}.privacy", dict(privacy), f"settings under which it trains: {error}"
+            ) from None
 
 
 def _check_identity(plan: FederationPlan) -> None:

@@ -4,8 +4,11 @@ A restart looks at the current checkpoint, then at the previous round boundary's
 its seal verifies and its round's model verifies against the digest it records; a kept model that is missing or
 corrupt is restored from a published copy with the same digest (``last.pbuf``, ``best.pbuf``) when one exists.
 Falling back to the previous checkpoint is safe because the spool of the round before the current one is kept:
-the federation then redoes that round from its spool (:mod:`fedagg.federation.startup` replays it), which
-gives the same model bit for bit. What cannot be used is moved to ``quarantine/`` and reported; when nothing
+the federation then redoes that round from its spool (:mod:`fedagg.federation.startup` replays it), with the
+same close decision, the same aggregators' state and, under differential privacy, the same noise (drawn from the
+experiment seed kept in the state directory, the task and the round: :mod:`fedagg.federation.aggregators.noise`),
+which gives the same model bit for bit. The best and last models the checkpoint names are published again when
+the published files are not those models (a crash between a round's commit and its publication). What cannot be used is moved to ``quarantine/`` and reported; when nothing
 verifies, the start fails with one message that says what was found.
 """
 
@@ -19,7 +22,7 @@ from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.metric_log import MetricRecord
 from fedagg.federation.plan import FederationPlan
-from fedagg.federation.round_close import ModelOutputs
+from fedagg.federation.published import ModelOutputs, PublishedModels
 from fedagg.federation.store import ModelWriter, StateStore
 from fedagg.protocol.model_file import LoadedModel
 
@@ -79,6 +82,7 @@ class StateRecovery:
             ]
             log.info("restored checkpoint %s: round %d", candidate.path.name, checkpoint.round_number)
             self._compare_initial_model(checkpoint)
+            PublishedModels(self._store, self._outputs).restore(checkpoint)
             return RecoveredState(checkpoint, models, history)
         if found_any:
             raise FailedPrecondition(

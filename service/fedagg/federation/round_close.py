@@ -7,9 +7,13 @@ The steps, in the order a crash must respect:
 2. the aggregates are computed block by block from the spooled uploads of the done collaborators and streamed
    into the next round's model file (written atomically, its digest kept);
 3. the round's metrics are written;
-4. the best model (when a validate_agg metric improved) and the last model are published;
-5. the new checkpoint is written: **the commit point**. Before it, a restart redoes the round from the spool
-   (every earlier step is idempotent); after it, the next round has begun.
+4. the new checkpoint is written: **the commit point**. Before it, a restart redoes the round from the spool
+   (every earlier step is idempotent); after it, the next round has begun;
+5. the best model (when a validate_agg metric improved) and the last model are published: only now, so what
+   GetTrainedModel serves is always a committed round's model. A failure or crash before this step leaves the
+   previous round's files served; a restart publishes what the checkpoint names
+   (:mod:`fedagg.federation.recovery`), and a failure to publish after the commit is logged and tried again at
+   the next round end, never undone.
 
 Before the transaction, the uploads it will aggregate are verified against their checksums: a corrupt one is
 quarantined and its task handed out again (the round is then decided anew). A transaction that fails (a full or
@@ -27,9 +31,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from fedagg.failpoints import failpoint
+from fedagg.federation.aggregators.noise import experiment_seed
+from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.events import FederationListener
 from fedagg.federation.integrity import CorruptFile, FileDigest, verify_footer
@@ -37,22 +42,18 @@ from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.model_building import BuiltModel, ModelBuilder, TaskAggregators
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth, describe_os_error
+from fedagg.federation.published import ModelOutputs, PublishedModels
 from fedagg.federation.replay import quarantine_entry
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
 from fedagg.federation.store import StateStore
 from fedagg.protocol.model_file import LoadedModel
 
+__all__ = ["VALIDATE_AGG_TAG", "ClosedRound", "MetricAverage", "ModelOutputs", "RetrySchedule", "RoundCloser"]
+"""ModelOutputs (where the models are published) lives in :mod:`.published`; it is exported here too."""
+
 log = logging.getLogger(__name__)
 
 VALIDATE_AGG_TAG = "validate_agg"
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    """Where the OpenFL-format best and last models are published."""
-
-    best: Path
-    last: Path
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,14 @@ class RoundCloser:
     ) -> None:
         self._plan = plan
         self._store = store
-        self._outputs = outputs
         self._health = health
         self._listener = listener
         self._retries = RetrySchedule(clock)
+        self._published = PublishedModels(store, outputs)
         self._failpoint = failpoint
         self.aggregators = TaskAggregators(plan)
         self._builder = ModelBuilder(plan, store, self.aggregators)
+        self._noise_seeded = not any(task.aggregation.privacy is not None for task in plan.tasks.values())
 
     def retry_due(self) -> bool:
         """Whether a round end may be attempted now (always, unless the last one failed recently)."""
@@ -187,6 +189,7 @@ class RoundCloser:
     def close(self, round_: Round, decision: CloseDecision, committed: Checkpoint) -> ClosedRound:
         """Write the round's outputs and the next checkpoint; raises OSError (nothing committed) on disk errors."""
         store = self._store
+        self._seed_noise()
         store.spool.record_close_decision(round_.number, decision.to_json())
         uploads = round_.accepted(decision.done)
         started = time.monotonic()
@@ -209,6 +212,17 @@ class RoundCloser:
         except BaseException:
             self.aggregators.load(saved)
             raise
+
+    def _seed_noise(self) -> None:
+        """Give every task's differential privacy the experiment seed of the state directory (made once)."""
+        if self._noise_seeded:
+            return
+        seed = experiment_seed(self._store.root)
+        for task in self._plan.tasks:
+            mechanism = self.aggregators[task]
+            if isinstance(mechanism, GaussianMechanism):
+                mechanism.experiment_seed = seed
+        self._noise_seeded = True
 
     def _commit(
         self,
@@ -233,15 +247,12 @@ class RoundCloser:
             aggregation=self.aggregators.saved(),
             slots=built.slots,
         )
-        if checkpoint.best_round != committed.best_round:
-            store.publish(round_.number, self._outputs.best)
-        if checkpoint.last_round == next_round:
-            store.publish(next_round, self._outputs.last)
-        self._failpoint("round_end.outputs_published")
         started = time.monotonic()
         store.save_checkpoint(checkpoint, new_round=True)
         checkpoint_seconds = time.monotonic() - started
         self._failpoint("round_end.committed")
+        self._published.publish(checkpoint, committed)
+        self._failpoint("round_end.outputs_published")
         model = store.load_model(next_round, digest)
         return ClosedRound(
             checkpoint,

@@ -21,15 +21,26 @@ from fedagg.protocol.model_file import LoadedModel
 
 
 class TensorSource(Protocol):
-    """One contribution's values of one tensor, readable in blocks of the flattened array."""
+    """One contribution's values of one tensor, readable in blocks of the flattened array.
+
+    Each member states its contract in MUST sentences (tests/unit/test_contracts_plugins.py quotes each).
+    """
 
     @property
     def size(self) -> int:
-        """Number of values."""
+        """Number of values.
+
+        It MUST stay the same for the source's life.
+        """
         ...
 
     def block(self, start: int, stop: int) -> Float32Array:
-        """The flattened values ``[start, stop)`` as float32."""
+        """The flattened values ``[start, stop)`` as float32.
+
+        It MUST return a float32 array of ``stop - start`` values, which later reads never change. Reading the
+        same range again MUST give the same values. Blocks read in any order MUST
+        together be the tensor's values.
+        """
         ...
 
 

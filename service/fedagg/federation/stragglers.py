@@ -15,17 +15,29 @@ class StragglerPolicy(ABC):
         self._minimum_reporting = minimum_reporting
 
     def round_may_end(self, done: int, expected: int, elapsed: float | None) -> bool:
-        """``elapsed`` is seconds since the round's first task was handed out (None before that)."""
+        """Whether a round whose ``expected`` collaborators include ``done`` finished ones may end now;
+        ``elapsed`` is seconds since the round's first task was handed out (None before that).
+
+        It MUST return True when every assigned collaborator is done, whatever the time. It MUST return False
+        while fewer than ``minimum_reporting`` are done, unless everyone is. One more collaborator done MUST NOT
+        turn True into False. More time MUST NOT turn True into False.
+        """
         if done >= expected:
             return True
         return done >= self._minimum_reporting and self._enough(done, expected, elapsed)
 
     def cutoff_seconds(self) -> float | None:
-        """Seconds after the round starts at which :meth:`round_may_end` must be asked again, if any."""
+        """Seconds after the round starts at which :meth:`round_may_end` must be asked again, if any.
+
+        The answer of :meth:`round_may_end` MUST change with time only at this cutoff (nothing else asks again).
+        It MUST be None or a positive finite number of seconds.
+        """
         return None
 
     @abstractmethod
-    def _enough(self, done: int, expected: int, elapsed: float | None) -> bool: ...
+    def _enough(self, done: int, expected: int, elapsed: float | None) -> bool:
+        """The policy's own rule, asked with at least ``minimum_reporting`` and fewer than ``expected`` done
+        (:meth:`round_may_end`'s contract holds through it)."""
 
 
 class CutoffTimePolicy(StragglerPolicy):

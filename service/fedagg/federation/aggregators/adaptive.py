@@ -7,6 +7,10 @@ block, never held whole in memory. Tensors the optimizer does not cover (``param
 default) are averaged by weight, as OpenFL's default ``agg_func``.
 
 The optimizer steps from the round's global model as served (float32), with float32 moments in the state files.
+Finite updates never make them overflow: the step is computed in float64 and the moments (and the model) are
+kept within float32's finite range. One enormous update still dominates the moments for many rounds (Adagrad's
+for good): ``max_update`` leaves out of the round, as content, every contribution with an update value (relative
+to the model, over the task's tensors) beyond it, and says so.
 OpenFL's optimizer keeps its own float64 copy, started from its ``params`` values (in OpenFL's use the initial
 model's tensors: fedagg takes only their names and starts from the initial model it has), and takes the gradient
 against the unrounded previous aggregate; the models agree to float32 rounding
@@ -18,6 +22,7 @@ one works and follows OpenFL's Yogi optimizer otherwise.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -29,15 +34,23 @@ from fedagg.federation.aggregators.base import (
     AggregatorState,
     Emit,
     Float64Array,
+    RoundInputs,
     TensorInputs,
+    finite_float32,
 )
+from fedagg.federation.aggregators.clipping import base_block
+from fedagg.federation.aggregators.distance import log_selection
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.federation.sources import TensorSource
-from fedagg.protocol.codec import FLOAT32
 
 
 class AdaptiveAggregation(Aggregator, ABC):
     """The shared machinery; subclasses define the moments (``slots``) and the update rule (:meth:`_update`)."""
+
+    privacy_refusal = (
+        "its step divides the mean update by its own moments, so the noise added to the new model is not sized "
+        "to one contribution's share of C"
+    )
 
     def __init__(
         self,
@@ -45,7 +58,10 @@ class AdaptiveAggregation(Aggregator, ABC):
         epsilon: float,
         initial_accumulator_value: float,
         params: Mapping[str, Any] | Collection[str] | None = None,
+        max_update: float | None = None,
     ) -> None:
+        if max_update is not None and not 0 < max_update < math.inf:
+            raise ValueError(f"max_update must be a positive number or null, got {max_update}")
         if learning_rate < 0:
             raise ValueError(f"learning_rate must be 0 or more, got {learning_rate}")
         if epsilon <= 0:
@@ -56,8 +72,29 @@ class AdaptiveAggregation(Aggregator, ABC):
         self.epsilon = epsilon
         self.initial_accumulator_value = initial_accumulator_value
         self.optimized = None if params is None else frozenset(params)
+        self.max_update = max_update
         self._steps: dict[str, int] = {}
         self._state: AggregatorState | None = None
+        self._counted: tuple[int, ...] | None = None
+        self._left_out = 0
+
+    def prepare(self, inputs: RoundInputs) -> None:
+        """With ``max_update``: leave out every contribution with an update value beyond it (one pass)."""
+        self._counted, self._left_out = None, 0
+        if self.max_update is None:
+            return
+        largest = np.zeros(len(inputs.collaborators), dtype=np.float64)
+        for tensor in inputs.tensors:
+            for start, stop in tensor.blocks():
+                base = base_block(tensor.base, start, stop)
+                for index, source in zip(tensor.contributors, tensor.sources, strict=True):
+                    update = float(np.max(np.abs(source.block(start, stop) - base), initial=0.0))
+                    largest[index] = max(largest[index], update)
+        self._counted = tuple(int(index) for index in np.flatnonzero(largest <= self.max_update))
+        self._left_out = log_selection(f"max_update {self.max_update:g}", inputs, self._counted)
+
+    def report(self) -> Mapping[str, float]:
+        return {"left_out": self._left_out} if self.max_update is not None else {}
 
     def bind_state(self, state: AggregatorState) -> None:
         self._state = state
@@ -69,6 +106,8 @@ class AdaptiveAggregation(Aggregator, ABC):
         self._steps = {str(name): int(step) for name, step in saved.get("steps", {}).items()}
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        if self._counted is not None:
+            tensor = tensor.only(self._counted)
         covered = self.optimized is None or tensor.name in self.optimized
         if not covered or tensor.base is None or not tensor.sources or sum(tensor.weights) <= 0:
             return WeightedAverage().combine(tensor, emit)
@@ -86,8 +125,8 @@ class AdaptiveAggregation(Aggregator, ABC):
             moments = {slot: self._moment(previous[slot], start, stop) for slot in self.slots}
             change = self._update(gradient, moments, step)
             for slot in self.slots:
-                writers[slot](moments[slot].astype(FLOAT32))
-            emit((base - self.learning_rate * change).astype(FLOAT32))
+                writers[slot](finite_float32(moments[slot]))
+            emit(finite_float32(base - self.learning_rate * change))
         self._steps[tensor.name] = step
         return True
 
@@ -112,8 +151,9 @@ class AdagradAdaptiveAggregation(AdaptiveAggregation):
         initial_accumulator_value: float = 0.1,
         epsilon: float = 1e-10,
         params: Mapping[str, Any] | Collection[str] | None = None,
+        max_update: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, epsilon, initial_accumulator_value, params)
+        super().__init__(learning_rate, epsilon, initial_accumulator_value, params, max_update)
 
     def _update(self, gradient: Float64Array, moments: dict[str, Float64Array], step: int) -> Float64Array:
         accumulator = moments["accumulator"]
@@ -133,8 +173,9 @@ class AdamAdaptiveAggregation(AdaptiveAggregation):
         initial_accumulator_value: float = 0.0,
         epsilon: float = 1e-8,
         params: Mapping[str, Any] | Collection[str] | None = None,
+        max_update: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, epsilon, initial_accumulator_value, params)
+        super().__init__(learning_rate, epsilon, initial_accumulator_value, params, max_update)
         beta_1, beta_2 = betas
         for index, beta in enumerate((beta_1, beta_2)):
             if not 0 <= beta < 1:

@@ -7,8 +7,9 @@ collaborators: an aggregator may keep a block per contributor and per-contributo
 scores), never a whole tensor per contributor.
 
 The round end calls :meth:`Aggregator.prepare` once with every tensor of the task (for methods that look at whole
-updates: Krum, Bulyan, clipping), then :meth:`Aggregator.combine` for each tensor in the model's order. An aggregator
-that keeps model-sized state between rounds (an adaptive optimizer's moments) declares ``slots``; the round end
+updates: Krum, Bulyan, clipping), then :meth:`Aggregator.combine` for each tensor in the model's order. Each
+method's docstring states its contract in MUST sentences (tests/unit/test_contracts_aggregators.py checks each by
+name). An aggregator that keeps model-sized state between rounds (an adaptive optimizer's moments) declares ``slots``; the round end
 then gives it an :class:`AggregatorState` that reads the previous round's slots and writes the new ones, block by
 block, into files committed with the round. Small state (step counts, a clipping norm) goes through
 :meth:`Aggregator.save` / :meth:`Aggregator.load` as JSON values.
@@ -120,31 +121,83 @@ class AggregatorState(Protocol):
 
 
 class Aggregator(ABC):
-    """Combines one task's contributions, tensor by tensor, block by block. Used by one round end at a time."""
+    """Combines one task's contributions, tensor by tensor, block by block. Used by one round end at a time.
+
+    The round end calls, for one task of one round: :meth:`load` (after a restart or an undone attempt),
+    :meth:`prepare`, :meth:`bind_state` (when ``slots`` is not empty), :meth:`combine` per tensor, then
+    :meth:`save` and :meth:`report`. A round end that does not commit is undone with :meth:`load` and redone.
+    """
 
     slots: tuple[str, ...] = ()
     """Names of model-sized state kept between rounds (see :class:`AggregatorState`)."""
+    privacy_refusal = "it declares no sensitivity share (it is not a BoundedAggregator)"
+    """Why server-side differential privacy cannot wrap this method (what the configuration check says)."""
 
     def prepare(self, inputs: RoundInputs) -> None:  # noqa: B027 (an optional hook)
-        """Look at the whole task before any tensor is combined (default: nothing to do)."""
+        """Look at the whole task before any tensor is combined (default: nothing to do).
+
+        It MUST read contributions only through their sources, at most one block of ``tensor.blocks()`` at a
+        time. It raises ValueError when the task cannot be aggregated this round (too few contributions): the
+        task's tensors then keep their values.
+        """
 
     @abstractmethod
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
-        """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value)."""
+        """Pass the aggregate of ``tensor`` to ``emit``; return False when it has none (the model keeps its value).
+
+        It MUST return False, emitting nothing, when ``tensor`` has no contribution. When it returns True it MUST
+        have emitted float32 blocks of ``tensor.size`` values in all. Contributions equal to the model MUST give
+        the model (to float32 rounding). The aggregate MUST NOT depend on the block size. The same inputs, state
+        and loaded state MUST give the same bits (no clock, no unseeded generator), so a redone round gives the
+        same model.
+        """
 
     def bind_state(self, state: AggregatorState) -> None:  # noqa: B027 (an optional hook)
-        """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty)."""
+        """Receive the state of this round (called before :meth:`combine` when ``slots`` is not empty).
+
+        Slot values written through ``state`` MUST be finite whenever the contributions are finite.
+        """
 
     def save(self) -> Mapping[str, Any]:
-        """Small state to keep between rounds, as JSON values (default: none)."""
+        """Small state to keep between rounds, as JSON values (default: none).
+
+        The result MUST be JSON values.
+        """
         return {}
 
     def load(self, saved: Mapping[str, Any]) -> None:  # noqa: B027 (an optional hook)
-        """Take back what :meth:`save` returned after a previous round (also after a restart)."""
+        """Take back what :meth:`save` returned after a previous round (also after a restart, or to undo a round
+        end that did not commit).
+
+        It MUST accept ``{}`` (nothing saved yet). ``load(save())`` on a fresh instance MUST aggregate the next
+        round as the saved one would.
+        """
 
     def report(self) -> Mapping[str, float]:
-        """Figures to publish as metrics and in the status after a round (default: none)."""
+        """Figures to publish as metrics and in the status after a round (default: none).
+
+        It MUST NOT raise, before any round too.
+        """
         return {}
+
+
+class BoundedAggregator(Aggregator):
+    """An aggregator whose aggregate one contribution can move only so far: what differential privacy wraps.
+
+    Server-side differential privacy clips every contribution's update to a norm C (the clip ball around the
+    round's model), combines with a :class:`BoundedAggregator` and adds Gaussian noise of standard deviation
+    ``z * share * C``. The guarantee holds only if ``share`` is a true bound, hence this contract.
+    """
+
+    @abstractmethod
+    def sensitivity_share(self, inputs: RoundInputs) -> float:
+        """The share of C by which one contribution can move the aggregate of ``inputs``.
+
+        Moving one contribution by at most C within the clip ball MUST move the aggregates of the task's tensors
+        (one L2 norm over all of them) by at most ``share * C``, the other contributions, the weights and the
+        contributors being those of ``inputs``. It MUST NOT read the contributions' values (the share may not
+        depend on the data it protects).
+        """
 
 
 def weighted_sum(
@@ -161,3 +214,25 @@ def weighted_sum(
 def stacked(sources: tuple[TensorSource, ...], start: int, stop: int) -> Float32Array:
     """One block of every contribution, one row each."""
     return np.stack([source.block(start, stop) for source in sources]).astype(FLOAT32, copy=False)
+
+
+def without_overflow(
+    reduce: Callable[[npt.NDArray[Any]], npt.NDArray[Any]], rows: Float32Array
+) -> Float32Array:
+    """``reduce(rows)`` (over axis 0) in float32, as the reference implementations compute it; where float32
+    overflows (finite values, an infinite result), the float64 result, which a mean or median keeps finite."""
+    with np.errstate(over="ignore"):
+        result = np.asarray(reduce(rows), dtype=FLOAT32)
+        overflowed = ~np.isfinite(result)
+        if overflowed.any():
+            result[overflowed] = reduce(rows[:, overflowed].astype(np.float64))
+    return result
+
+
+FLOAT32_LIMIT = float(np.finfo(FLOAT32).max)
+
+
+def finite_float32(values: npt.NDArray[np.floating[Any]]) -> Float32Array:
+    """``values`` as float32, held within float32's finite range (a finite sum never becomes inf)."""
+    clipped: Float32Array = np.clip(values, -FLOAT32_LIMIT, FLOAT32_LIMIT).astype(FLOAT32)
+    return clipped

@@ -1,19 +1,26 @@
 """Update clipping: each collaborator's update (its tensors minus the round's global model) is scaled down to at
 most a norm, over every tensor of the task together, before another aggregator combines the results.
 
+A tensor the global model does not hold (optimizer state a runner sends as ``trained``, a new layer) has base 0:
+its values are its update, counted in the norm and scaled with the rest, so no tensor escapes the clip.
+
 The norms take one pass over the spool; the clipped values are computed block by block as they are read.
+Clipping is a projection onto the ball of radius C around the model, which never moves two updates further
+apart: a wrapped :class:`BoundedAggregator` keeps its sensitivity share (:class:`BoundedClippedUpdates`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import overload
 
 import numpy as np
 
 from fedagg.federation.aggregators.base import (
     Aggregator,
     AggregatorState,
+    BoundedAggregator,
     Emit,
     Float64Array,
     RoundInputs,
@@ -24,9 +31,9 @@ from fedagg.protocol.codec import FLOAT32, Float32Array
 
 
 class ClippedSource:
-    """``base + scale * (x - base)``: a contribution whose update is scaled (block by block)."""
+    """``base + scale * (x - base)`` (``scale * x`` without a base): a contribution whose update is scaled."""
 
-    def __init__(self, base: TensorSource, source: TensorSource, scale: float) -> None:
+    def __init__(self, base: TensorSource | None, source: TensorSource, scale: float) -> None:
         self._base = base
         self._source = source
         self._scale = scale
@@ -35,38 +42,42 @@ class ClippedSource:
     def block(self, start: int, stop: int) -> Float32Array:
         if self._scale >= 1.0:
             return self._source.block(start, stop)
-        base = self._base.block(start, stop).astype(np.float64)
+        base = base_block(self._base, start, stop)
         update = self._source.block(start, stop) - base
         return (base + self._scale * update).astype(FLOAT32)
 
 
+def base_block(base: TensorSource | None, start: int, stop: int) -> Float64Array:
+    """One block of a tensor's base in float64: the global model's values, or zeros for a tensor it lacks."""
+    if base is None:
+        return np.zeros(stop - start, dtype=np.float64)
+    return base.block(start, stop).astype(np.float64)
+
+
 def update_norms(inputs: RoundInputs) -> Float64Array:
-    """Each collaborator's update norm over the task's tensors that the global model holds (one pass)."""
+    """Each collaborator's update norm over every tensor of the task (base 0 where the model has none)."""
     squared = np.zeros(len(inputs.collaborators), dtype=np.float64)
     for tensor in inputs.tensors:
-        if tensor.base is None:
-            continue
         for start, stop in tensor.blocks():
-            base = tensor.base.block(start, stop).astype(np.float64)
+            base = base_block(tensor.base, start, stop)
             for index, source in zip(tensor.contributors, tensor.sources, strict=True):
                 squared[index] += float(np.sum((source.block(start, stop) - base) ** 2))
     return np.sqrt(squared)
 
 
-def clipped(inputs: RoundInputs, scales: Float64Array) -> dict[str, TensorInputs]:
-    """The task's tensors with every contribution's update scaled by its collaborator's factor."""
-    result = {}
-    for tensor in inputs.tensors:
-        base = tensor.base
-        if base is None:
-            result[tensor.name] = tensor
-            continue
-        sources = tuple(
-            ClippedSource(base, source, float(scales[index]))
-            for index, source in zip(tensor.contributors, tensor.sources, strict=True)
+def clipped(inputs: RoundInputs, scales: Float64Array) -> RoundInputs:
+    """The task with every contribution's update scaled by its collaborator's factor."""
+    tensors = tuple(
+        replace(
+            tensor,
+            sources=tuple(
+                ClippedSource(tensor.base, source, float(scales[index]))
+                for index, source in zip(tensor.contributors, tensor.sources, strict=True)
+            ),
         )
-        result[tensor.name] = replace(tensor, sources=sources)
-    return result
+        for tensor in inputs.tensors
+    )
+    return replace(inputs, tensors=tensors)
 
 
 def clip_scales(norms: Float64Array, clipping_norm: float) -> Float64Array:
@@ -76,7 +87,10 @@ def clip_scales(norms: Float64Array, clipping_norm: float) -> Float64Array:
 
 
 class ClippedUpdates(Aggregator):
-    """Clips every collaborator's update to ``norm``, then lets ``inner`` combine the clipped contributions."""
+    """Clips every collaborator's update to ``norm``, then lets ``inner`` combine the clipped contributions.
+
+    Use :func:`clipped_updates` to build one: it keeps a bounded inner method's sensitivity share.
+    """
 
     def __init__(self, inner: Aggregator, norm: float) -> None:
         if norm <= 0:
@@ -88,11 +102,16 @@ class ClippedUpdates(Aggregator):
         self._clipped_share = 0.0
 
     def prepare(self, inputs: RoundInputs) -> None:
-        norms = update_norms(inputs)
-        scales = clip_scales(norms, self.norm)
+        """Clip every contribution's update, then let ``inner`` prepare.
+
+        Every contribution ``inner`` receives MUST have an update of norm at most ``norm`` over all the task's
+        tensors (base 0 where the model has none), in the update's own direction.
+        """
+        scales = clip_scales(update_norms(inputs), self.norm)
         self._clipped_share = float(np.mean(scales < 1.0)) if len(scales) else 0.0
-        self._clipped = clipped(inputs, scales)
-        self.inner.prepare(replace(inputs, tensors=tuple(self._clipped[t.name] for t in inputs.tensors)))
+        clipped_inputs = clipped(inputs, scales)
+        self._clipped = {tensor.name: tensor for tensor in clipped_inputs.tensors}
+        self.inner.prepare(clipped_inputs)
 
     def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
         return self.inner.combine(self._clipped.get(tensor.name, tensor), emit)
@@ -108,3 +127,30 @@ class ClippedUpdates(Aggregator):
 
     def report(self) -> Mapping[str, float]:
         return {**self.inner.report(), "clipped_share": self._clipped_share}
+
+
+class BoundedClippedUpdates(ClippedUpdates, BoundedAggregator):
+    """:class:`ClippedUpdates` around a :class:`BoundedAggregator`: clipping moves no two updates further apart,
+    so the share is the inner method's (its weights and contributors are the same)."""
+
+    def __init__(self, inner: BoundedAggregator, norm: float) -> None:
+        super().__init__(inner, norm)
+        self.bounded = inner
+
+    def sensitivity_share(self, inputs: RoundInputs) -> float:
+        return self.bounded.sensitivity_share(inputs)
+
+
+@overload
+def clipped_updates(inner: BoundedAggregator, norm: float) -> BoundedClippedUpdates: ...
+
+
+@overload
+def clipped_updates(inner: Aggregator, norm: float) -> ClippedUpdates: ...
+
+
+def clipped_updates(inner: Aggregator, norm: float) -> ClippedUpdates:
+    """``inner`` behind update clipping; bounded if ``inner`` is."""
+    if isinstance(inner, BoundedAggregator):
+        return BoundedClippedUpdates(inner, norm)
+    return ClippedUpdates(inner, norm)

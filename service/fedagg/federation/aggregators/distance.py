@@ -17,6 +17,7 @@ from fedagg.federation.aggregators.base import (
     TensorInputs,
     stacked,
     weighted_sum,
+    without_overflow,
 )
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.protocol.codec import FLOAT32
@@ -75,6 +76,11 @@ class Krum(Aggregator):
         keep: m; 0 picks one contribution (Krum).
     """
 
+    privacy_refusal = (
+        "it selects contributions by their distances, so one contribution can change the selection and move the "
+        "aggregate by up to 2C whatever the number of collaborators"
+    )
+
     def __init__(self, malicious: int = 0, keep: int = 0) -> None:
         if malicious < 0 or keep < 0:
             raise ValueError(f"malicious and keep must be 0 or more, got {malicious} and {keep}")
@@ -120,6 +126,11 @@ class Bulyan(Aggregator):
         malicious: f, the number of attackers to tolerate.
     """
 
+    privacy_refusal = (
+        "it selects contributions by their distances, so one contribution can change the selection and move the "
+        "aggregate by up to 2C whatever the number of collaborators"
+    )
+
     def __init__(self, malicious: int = 0) -> None:
         if malicious < 0:
             raise ValueError(f"malicious must be 0 or more, got {malicious}")
@@ -161,9 +172,13 @@ class Bulyan(Aggregator):
         closest = max(1, len(chosen.sources) - 2 * self.malicious)
         for start, stop in tensor.blocks():
             values = stacked(chosen.sources, start, stop)
-            distance = np.abs(np.median(values, axis=0) - values)
+            with np.errstate(
+                over="ignore"
+            ):  # extreme finite values: their distance is inf, still the farthest
+                distance = np.abs(np.median(values, axis=0) - values)
             nearest = np.argpartition(distance, kth=closest - 1, axis=0)
-            emit(np.mean(np.take_along_axis(values, nearest, axis=0)[:closest], axis=0).astype(FLOAT32))
+            closest_values = np.take_along_axis(values, nearest, axis=0)[:closest]
+            emit(without_overflow(lambda rows: np.mean(rows, axis=0), closest_values))
         return True
 
 
@@ -175,6 +190,11 @@ class GeometricMedian(Aggregator):
         eps: the smallest distance a weight divides by.
         ftol: stop when the objective changes by less than this share.
     """
+
+    privacy_refusal = (
+        "its weights are recomputed from the distances to the contributions, so one contribution can move the "
+        "median by more than its own share of C"
+    )
 
     def __init__(self, maxiter: int = 4, eps: float = 1e-5, ftol: float = 1e-6) -> None:
         self.maxiter = maxiter

@@ -12,8 +12,8 @@ from fedagg.federation.aggregators.adaptive import (
     AdamAdaptiveAggregation,
     YogiAdaptiveAggregation,
 )
-from fedagg.federation.aggregators.base import Aggregator
-from fedagg.federation.aggregators.clipping import ClippedUpdates
+from fedagg.federation.aggregators.base import Aggregator, BoundedAggregator
+from fedagg.federation.aggregators.clipping import clipped_updates
 from fedagg.federation.aggregators.distance import Bulyan, GeometricMedian, Krum
 from fedagg.federation.aggregators.elementwise import (
     FedCurvWeightedAverage,
@@ -50,22 +50,41 @@ BUILT_IN: dict[str, Callable[..., Aggregator]] = {
 
 
 def make_aggregator(spec: AggregationSpec, key: str) -> Aggregator:
-    """The aggregator ``spec`` describes; errors are :class:`PlanError` naming ``key`` (the plan's task key)."""
+    """The aggregator ``spec`` describes; errors are :class:`PlanError` naming ``key`` (the plan's task key).
+
+    Under ``privacy`` the method (behind its clipping) must be a :class:`BoundedAggregator`: noise is sized from
+    the share it declares, and a method that declares none is refused with its reason.
+    """
     factory = _factory(spec.kind, f"{key}.aggregation")
     try:
         aggregator = factory(**dict(spec.settings))
         if spec.clipping_norm is not None:
-            aggregator = ClippedUpdates(aggregator, spec.clipping_norm)
-        if spec.privacy is not None:
-            aggregator = GaussianMechanism(aggregator, **dict(spec.privacy))
+            aggregator = clipped_updates(aggregator, spec.clipping_norm)
     except (TypeError, ValueError) as error:
-        accepted = ", ".join(inspect.signature(factory).parameters) or "none"
+        raise _settings_error(spec, key, factory, error) from None
+    if spec.privacy is None:
+        return aggregator
+    if not isinstance(aggregator, BoundedAggregator):
         raise PlanError(
-            f"{key}.aggregation_settings",
-            dict(spec.settings),
-            f"settings of {spec.kind} ({accepted}): {error}",
-        ) from None
-    return aggregator
+            f"{key}.privacy",
+            dict(spec.privacy),
+            f"no privacy with aggregation {spec.kind}: {aggregator.privacy_refusal}, so no noise sized from "
+            "the clipping norm bounds what one collaborator reveals (use weighted_average, "
+            "fedcurv_weighted_average, median or trimmed_mean)",
+        )
+    try:
+        return GaussianMechanism(aggregator, **dict(spec.privacy))
+    except (TypeError, ValueError) as error:
+        raise PlanError(f"{key}.privacy", dict(spec.privacy), f"privacy settings: {error}") from None
+
+
+def _settings_error(
+    spec: AggregationSpec, key: str, factory: Callable[..., Aggregator], error: Exception
+) -> PlanError:
+    accepted = ", ".join(inspect.signature(factory).parameters) or "none"
+    return PlanError(
+        f"{key}.aggregation_settings", dict(spec.settings), f"settings of {spec.kind} ({accepted}): {error}"
+    )
 
 
 def _factory(kind: str, key: str) -> Callable[..., Aggregator]:
