@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fedagg.server import servicer
+from fedagg.server import downloads
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.runners import zero_model
@@ -37,7 +37,7 @@ def test_no_fsync_and_no_tensor_reply_is_made_on_the_event_loop(
     fsyncs: list[str] = []
     replies: list[str] = []
     monkeypatch.setattr(os, "fsync", recording(fsyncs, os.fsync))
-    monkeypatch.setattr(servicer, "tensor_reply", recording(replies, servicer.tensor_reply))
+    monkeypatch.setattr(downloads, "tensor_reply", recording(replies, downloads.tensor_reply))
 
     with serving(federation, pki) as thread:
         train(thread.address, pki)

@@ -7,13 +7,15 @@ died on its first exception.
 from __future__ import annotations
 
 import asyncio
+import errno
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fedagg.federation.events import ExperimentStatus
+from fedagg.federation.events import ExperimentStatus, FederationListener
+from fedagg.federation.progress_health import FederationHealth
 from fedagg.ops.metrics import FederationStateCollector
 from fedagg.server import round_clock
 from fedagg.server.round_clock import RoundClock
@@ -72,3 +74,16 @@ def test_the_round_clock_keeps_ticking_after_an_error(
 
     assert errors == ["round_clock"]
     assert len(ticks) >= 3
+
+
+def test_a_success_elsewhere_does_not_clear_a_failing_spool() -> None:
+    """Issue 16, item 12: readiness came back while the spool still refused writes (a checkpoint succeeded)."""
+    health = FederationHealth(FederationListener())
+    health.storage_failed("spool", OSError(errno.EROFS, "Read-only file system"))
+    health.storage_ok("quit")
+    assert not health.healthy
+    health.storage_ok("spool")
+    assert health.healthy
+    health.storage_failed("spool", OSError(errno.EROFS, "Read-only file system"))
+    health.storage_ok()  # the disk probe, which writes in every directory of the state
+    assert health.healthy

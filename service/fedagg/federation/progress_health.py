@@ -26,8 +26,12 @@ def describe_os_error(error: OSError) -> str:
 class FederationHealth:
     """Tracks storage failures and failed round ends; tells subscribers when progress stops or resumes.
 
-    ``_lock`` guards ``_storage_failing_since``, ``_round_end_failing`` and ``_subscribers``; subscribers and the
-    listener are called with it released. Never held across I/O.
+    Storage fails per operation (``spool``, ``round_end``, ``quit``...): a success of one operation clears only its
+    own failure, so a spool that refuses writes keeps the federation unhealthy while checkpoints still succeed; the
+    disk probe (which writes in every directory of the state) clears them all.
+
+    ``_lock`` guards ``_storage_failing_since``, ``_failing_operations``, ``_round_end_failing`` and
+    ``_subscribers``; subscribers and the listener are called with it released. Never held across I/O.
     """
 
     def __init__(self, listener: FederationListener, clock: Callable[[], float] = time.monotonic) -> None:
@@ -35,6 +39,7 @@ class FederationHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._storage_failing_since: float | None = None
+        self._failing_operations: set[str] = set()
         self._round_end_failing = False
         self._subscribers: list[HealthCallback] = []
 
@@ -71,11 +76,19 @@ class FederationHealth:
         """A storage operation failed with ``error``."""
         log.error("storage error during %s: %s", operation, describe_os_error(error))
         self._listener.storage_failed(operation)
+        with self._lock:
+            self._failing_operations.add(operation)
         self._update(storage_failing=True)
 
-    def storage_ok(self) -> None:
-        """A storage operation succeeded."""
-        self._update(storage_failing=False)
+    def storage_ok(self, operation: str | None = None) -> None:
+        """``operation`` succeeded (None: the disk probe, which wrote everywhere the state is written)."""
+        with self._lock:
+            if operation is None:
+                self._failing_operations.clear()
+            else:
+                self._failing_operations.discard(operation)
+            still_failing = bool(self._failing_operations)
+        self._update(storage_failing=still_failing)
 
     def round_end_failed(self) -> None:
         """A round end was not committed."""
@@ -123,4 +136,4 @@ class StorageGuard:
                 f"the aggregator cannot write its state: {describe_os_error(error)}; retry later"
             ) from None
         if error is None and self._proves_writable:
-            self._health.storage_ok()
+            self._health.storage_ok(self._operation)

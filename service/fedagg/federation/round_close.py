@@ -178,7 +178,7 @@ class RoundCloser:
         else:
             self._retries.succeeded()
             self._health.round_end_ok()
-            self._health.storage_ok()
+            self._health.storage_ok("round_end")
             return closed
         delay = self._retries.failed()
         log.error("round %d could not end (%s); retrying in %.0fs", round_.number, problem, delay)

@@ -149,14 +149,18 @@ class StateStore:
         return moved
 
     def probe(self) -> None:
-        """Write, fsync and delete a small file: raises OSError while the disk refuses writes."""
-        probe = self.root / ".probe"
-        with probe.open("wb") as file:
-            file.write(b"fedagg storage probe\n")
-            file.flush()
-            os.fsync(file.fileno())
-        probe.unlink()
-        fsync_directory(self.root)
+        """Write, fsync and delete a small file in every directory the state is written to (the root and two
+        levels below it, the quarantine aside): raises OSError while any of them refuses writes."""
+        directories = [self.root, *(path for path in self.root.glob("*/") if path != self.quarantine_dir)]
+        directories += [path for parent in directories[1:] for path in parent.glob("*/")]
+        for directory in directories:
+            probe = directory / ".probe"
+            with probe.open("wb") as file:
+                file.write(b"fedagg storage probe\n")
+                file.flush()
+                os.fsync(file.fileno())
+            probe.unlink()
+            fsync_directory(directory)
 
     # Models -------------------------------------------------------------------------------------------------
 

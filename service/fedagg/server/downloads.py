@@ -24,10 +24,17 @@ from typing import Any
 
 import grpc
 
+from fedagg.federation.serving import ServedTensor
+from fedagg.protocol import aggregator_pb2
 from fedagg.server.errors import Unavailable
 from fedagg.server.observer import Limit, ServerObserver
-from fedagg.server.options import CallerLimits
-from fedagg.server.replies import trained_model_reply, trained_model_reply_size
+from fedagg.server.options import CallerLimits, ServerOptions
+from fedagg.server.replies import (
+    tensor_reply,
+    tensor_reply_size,
+    trained_model_reply,
+    trained_model_reply_size,
+)
 from fedagg.server.reply_budget import ReplyBudget
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,20 @@ class Downloads:
         self._stalled_seconds = stalled_seconds
         self._stalled_until: dict[str, float] = {}
         """Callers whose last reply was not read in time, and until when they are refused (loop time)."""
+
+    @classmethod
+    def for_options(cls, options: ServerOptions, executor: Executor) -> Downloads:
+        """Downloads under ``options``' reply budget and caller limits; stalled callers wait out their connection."""
+        limits, observer = options.caller_limits, options.observer
+        recycled = (
+            options.max_connection_age + options.max_connection_age_grace if options.max_connection_age else 0
+        )
+        budget = ReplyBudget(
+            options.reply_bytes_in_flight, observer.replies_in_flight, per_caller=limits.replies_in_flight
+        )
+        return cls(
+            budget, limits, executor, observer, stalled_seconds=max(recycled, limits.reply_send_seconds)
+        )
 
     async def send(self, context: ServerContext, caller: str, size: int, build: Callable[[], bytes]) -> None:
         """Build a reply of ``size`` bytes with ``build`` (off the loop) under the budget, and write it in time."""
@@ -81,6 +102,31 @@ class Downloads:
                 raise asyncio.CancelledError from None
         finally:
             self.budget.release(size, caller)
+
+    async def send_tensor(
+        self,
+        context: ServerContext,
+        caller: str,
+        header: aggregator_pb2.MessageHeader,
+        round_number: int,
+        served: ServedTensor,
+    ) -> None:
+        """Send a served tensor under the budget; its mapped pages are let go whether or not it was sent."""
+        built = False
+
+        def build() -> bytes:
+            nonlocal built
+            built = True
+            try:
+                return tensor_reply(header, round_number, served.parts())
+            finally:
+                served.release()
+
+        try:
+            await self.send(context, caller, tensor_reply_size(header, round_number, served.size), build)
+        finally:
+            if not built:
+                served.release()
 
     async def send_file(self, context: ServerContext, caller: str, path: Path) -> None:
         """Send a trained model from its file, mapped, under the budget."""

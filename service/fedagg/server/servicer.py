@@ -27,30 +27,26 @@ from fedagg.federation.serving import TensorRequest
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.extensions import CONTRIBUTION_METADATA
-from fedagg.protocol.wire import datastream_payload
 from fedagg.server.auth import Authenticator, FederationIdentity, peer_common_name
 from fedagg.server.caller_checks import CallerChecks
 from fedagg.server.connections import connection_cap
 from fedagg.server.downloads import Downloads
-from fedagg.server.errors import Unavailable, Unimplemented, stream_errors, unary_errors
+from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.handlers import aggregator_handlers
 from fedagg.server.hold import LongPoll
 from fedagg.server.metric_stream import MetricStreams
-from fedagg.server.observer import Limit
 from fedagg.server.options import ServerOptions
 from fedagg.server.quit_delivery import QuitDelivery
 from fedagg.server.replies import (
     description_reply,
     metric_reply,
     tasks_reply,
-    tensor_reply,
-    tensor_reply_size,
 )
 from fedagg.server.reply_budget import ReplyBudget
 from fedagg.server.round_clock import RoundClock
-from fedagg.server.tls import CertificateFiles, CertificateSource, TlsMode
-from fedagg.server.upload import UploadReceiver, UploadSlots
+from fedagg.server.tls import CertificateSource, TlsMode
+from fedagg.server.upload import UploadReceiver, UploadSlots, upload_payloads
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +92,7 @@ class AggregatorGRPCServer:
         self.server_credentials: grpc.ServerCredentials | None = None
         self.certificate_source: CertificateSource | None = options.certificate_source
         plan = aggregator.plan
-        self.mode = (
-            TlsMode.INSECURE
-            if not use_tls
-            else TlsMode.MUTUAL
-            if require_client_auth
-            else TlsMode.SERVER_ONLY
-        )
+        self.mode = TlsMode.of(use_tls, require_client_auth)
         self.authenticator = Authenticator(
             FederationIdentity(
                 plan.federation_uuid,
@@ -120,21 +110,9 @@ class AggregatorGRPCServer:
         self._callers = CallerChecks(self.authenticator, aggregator, observer, options.auth_failure_max_delay)
         self._long_poll = LongPoll(aggregator, self._gate, options.tasks_hold_seconds, observer)
         self._quits = QuitDelivery(options.quit_redelivery_seconds)
-        limits = options.caller_limits
-        stalled = (
-            options.max_connection_age + options.max_connection_age_grace if options.max_connection_age else 0
-        )
-        self._downloads = Downloads(
-            ReplyBudget(
-                options.reply_bytes_in_flight, observer.replies_in_flight, per_caller=limits.replies_in_flight
-            ),
-            limits,
-            self._io_executor,
-            observer,
-            stalled_seconds=max(stalled, limits.reply_send_seconds),
-        )
-        self._metric_streams = MetricStreams(limits, self._gate, observer)
-        self._upload_slots = UploadSlots(limits.concurrent_uploads_per_task, observer)
+        self._downloads = Downloads.for_options(options, self._io_executor)
+        self._metric_streams = MetricStreams(options.caller_limits, self._gate, observer)
+        self._upload_slots = UploadSlots(options.caller_limits.concurrent_uploads_per_task, observer)
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -143,7 +121,6 @@ class AggregatorGRPCServer:
         return self._downloads.budget
 
     # OpenFL's helper methods ------------------------------------------------------------------------------
-
     def validate_collaborator(self, request: Any, context: ServerContext) -> None:
         """Check that the caller's certificate vouches for ``request.header.sender`` (TLS only)."""
         if self.use_tls:
@@ -164,7 +141,6 @@ class AggregatorGRPCServer:
         self.authenticator.check_request(request.header)
 
     # Lifecycle ------------------------------------------------------------------------------------------------
-
     @property
     def accepting(self) -> bool:
         """Whether federation calls are served (False before start and while draining)."""
@@ -206,18 +182,9 @@ class AggregatorGRPCServer:
 
     def _credentials(self) -> grpc.ServerCredentials:
         if self.certificate_source is None:
-            if self.certificate is None or self.private_key is None:
-                raise ValueError("TLS needs certificate and private_key (or use_tls=False)")
-            if self.require_client_auth and self.root_certificate is None:
-                raise ValueError(
-                    "mutual TLS needs root_certificate, the CA that signs collaborator certificates"
-                )
-            files = CertificateFiles(
-                Path(self.certificate),
-                Path(self.private_key),
-                Path(self.root_certificate) if self.root_certificate else None,
+            self.certificate_source = CertificateSource.from_paths(
+                self.certificate, self.private_key, self.root_certificate, self.require_client_auth
             )
-            self.certificate_source = CertificateSource(files, self.require_client_auth)
         return self.certificate_source.credentials()
 
     async def start(self) -> None:
@@ -262,7 +229,6 @@ class AggregatorGRPCServer:
         asyncio.run(run())
 
     # The six RPCs ---------------------------------------------------------------------------------------------
-
     @unary_errors
     async def GetTasks(self, request: aggregator_pb2.GetTasksRequest, context: ServerContext) -> Message:
         """Hand out the collaborator's tasks for the current round, or a sleep, or quit."""
@@ -280,7 +246,7 @@ class AggregatorGRPCServer:
     async def GetAggregatedTensor(
         self, request: aggregator_pb2.GetAggregatedTensorRequest, context: ServerContext
     ) -> None:
-        """Serve a global model tensor (``model`` form) or its change since the last round (``delta`` form)."""
+        """A global model tensor (``model`` form), its change since the last round (``delta``), or own results."""
         async with self._gate.call():
             collaborator = await self._callers.collaborator(request.header, context)
             set_log_context(round_number=request.round_number)
@@ -291,19 +257,11 @@ class AggregatorGRPCServer:
                 tuple(request.tags),
                 request.require_lossless,
             )
-            header = self.get_header(collaborator)
             served = await asyncio.get_running_loop().run_in_executor(
                 self._io_executor, self.aggregator.served_tensor, tensor_request, collaborator
             )
-
-            def build() -> bytes:
-                try:
-                    return tensor_reply(header, request.round_number, served.parts())
-                finally:
-                    served.release()
-
-            size = tensor_reply_size(header, request.round_number, served.size)
-            await self._downloads.send(context, collaborator, size, build)
+            header = self.get_header(collaborator)
+            await self._downloads.send_tensor(context, collaborator, header, request.round_number, served)
 
     @unary_errors
     async def SendLocalTaskResults(
@@ -326,7 +284,11 @@ class AggregatorGRPCServer:
                 decode_limits=limits.decode_limits(),
                 slots=self._upload_slots,
             )
-            outcome = await receiver.receive(self._payloads(request_iterator))
+            outcome = await receiver.receive(
+                upload_payloads(
+                    request_iterator, self._gate, self.options.caller_limits, self.options.observer
+                )
+            )
             if outcome.rejected is not None:
                 context.set_trailing_metadata(((CONTRIBUTION_METADATA, f"rejected:{outcome.rejected}"),))
             elif not outcome.admission.accepted:
@@ -334,23 +296,6 @@ class AggregatorGRPCServer:
                     ((CONTRIBUTION_METADATA, f"ignored:{outcome.admission.ignored}"),)
                 )
             return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
-
-    async def _payloads(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[memoryview]:
-        """The upload's payloads until it ends, the gate cuts it, or it sends nothing for the idle time."""
-        iterator = aiter(chunks)
-        idle = self.options.caller_limits.upload_idle_seconds
-        while True:
-            try:
-                message = await self._gate.until_cut(anext(iterator), idle)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                self.options.observer.limit_breached(Limit.UPLOAD_IDLE)
-                raise Unavailable(
-                    f"the upload sent nothing for {idle:.0f} s (server.caller_limits.upload_idle_seconds); "
-                    "send it again"
-                ) from None
-            yield datastream_payload(message)
 
     @stream_errors
     async def GetMetricStream(

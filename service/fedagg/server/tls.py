@@ -33,6 +33,13 @@ class TlsMode(StrEnum):
     SERVER_ONLY = "tls"
     INSECURE = "insecure"
 
+    @classmethod
+    def of(cls, use_tls: bool, require_client_auth: bool) -> TlsMode:
+        """The mode OpenFL's two flags select."""
+        if not use_tls:
+            return cls.INSECURE
+        return cls.MUTUAL if require_client_auth else cls.SERVER_ONLY
+
 
 class CertificateError(ValueError):
     """Certificate files that cannot serve: unreadable, mismatched, expired or malformed."""
@@ -142,6 +149,24 @@ class CertificateSource:
         self._signature = _signature(files)
         self.bundle = load_bundle(files)
         self._on_loaded(self.bundle)
+
+    @classmethod
+    def from_paths(
+        cls,
+        certificate: str | Path | None,
+        private_key: str | Path | None,
+        root_certificate: str | Path | None,
+        require_client_auth: bool,
+    ) -> CertificateSource:
+        """A source from OpenFL's constructor arguments (PEM paths); ValueError when one it needs is missing."""
+        if certificate is None or private_key is None:
+            raise ValueError("TLS needs certificate and private_key (or use_tls=False)")
+        if require_client_auth and root_certificate is None:
+            raise ValueError("mutual TLS needs root_certificate, the CA that signs collaborator certificates")
+        files = CertificateFiles(
+            Path(certificate), Path(private_key), Path(root_certificate) if root_certificate else None
+        )
+        return cls(files, require_client_auth)
 
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials that follow the files."""

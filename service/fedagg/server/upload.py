@@ -36,12 +36,40 @@ from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
 from fedagg.protocol.stream import DecodeLimits
+from fedagg.protocol.wire import datastream_payload
 from fedagg.server.errors import Unavailable
+from fedagg.server.gate import CallGate
 from fedagg.server.observer import Limit, ServerObserver
+from fedagg.server.options import CallerLimits
 
 log = logging.getLogger(__name__)
 
 Authenticate = Callable[[aggregator_pb2.MessageHeader], Awaitable[str]]
+
+
+async def upload_payloads(
+    chunks: AsyncIterator[bytes], gate: CallGate, limits: CallerLimits, observer: ServerObserver
+) -> AsyncIterator[memoryview]:
+    """An upload's DataStream payloads until it ends, the gate cuts it, or it sends nothing for the idle time."""
+    iterator = aiter(chunks)
+    idle = limits.upload_idle_seconds
+    while True:
+        try:
+            message = await gate.until_cut(anext(iterator), idle)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            observer.limit_breached(Limit.UPLOAD_IDLE)
+            raise Unavailable(
+                f"the upload sent nothing for {idle:.0f} s (server.caller_limits.upload_idle_seconds); send it again"
+            ) from None
+        yield datastream_payload(message)
+
+
+def _retrieve(future: asyncio.Future[Outcome]) -> None:
+    """Take a finished commit's exception (the federation logged it) so asyncio does not report it again."""
+    if not future.cancelled():
+        future.exception()
 
 
 class UploadSlots:
@@ -121,13 +149,11 @@ class UploadReceiver:
                 intake = self._intake
                 assert intake is not None, "a complete upload has been admitted"
                 await loop.run_in_executor(self._io, self._federation.seal, intake)
-                self._intake = (
-                    None  # handed to the commit, which owns it (and discards it on failure) from here
-                )
+                self._intake = None  # handed to the commit, which owns (and disposes of) it from here
                 commit = in_current_context(self._federation.commit, intake)
-                return await loop.run_in_executor(
-                    self._commit, commit
-                )  # runs to its end even if the call is cancelled
+                committed = loop.run_in_executor(self._commit, commit)
+                committed.add_done_callback(_retrieve)  # a commit whose call went away still ends, quietly
+                return await asyncio.shield(committed)  # never cancelled before it starts: it owns the intake
             finally:
                 if self._intake is not None:
                     with contextlib.suppress(
