@@ -13,16 +13,9 @@ from fedagg.protocol import aggregator_pb2
 from fedagg.server.observer import Limit, ServerObserver
 from fedagg.server.options import CallerLimits
 from tests.conftest import COLLABORATORS
+from tests.support import servers
 from tests.support.h2peer import H2Peer
 from tests.support.pki import Pki
-from tests.support.servers import (
-    AGGREGATOR_UUID,
-    FEDERATION_UUID,
-    client_for,
-    make_federation,
-    make_plan,
-    serving,
-)
 from tests.support.training import train
 
 TENSOR_VALUES = 1 << 19  # 2 MiB per tensor
@@ -55,7 +48,7 @@ class Recorder(ServerObserver):
 def tensor_request(sender: str, name: str) -> bytes:
     return aggregator_pb2.GetAggregatedTensorRequest(
         header=aggregator_pb2.MessageHeader(
-            sender=sender, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
+            sender=sender, receiver=servers.AGGREGATOR_UUID, federation_uuid=servers.FEDERATION_UUID
         ),
         tensor_name=name,
         round_number=0,
@@ -65,12 +58,12 @@ def tensor_request(sender: str, name: str) -> bytes:
 
 
 def test_a_collaborator_that_never_reads_cannot_starve_the_others(tmp_path: Path, pki: Pki) -> None:
-    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), MODEL)
+    federation = servers.make_federation(tmp_path, servers.make_plan(COLLABORATORS, 1), MODEL)
     observer = Recorder()
     limits = CallerLimits(
         reply_send_seconds=10, reply_min_bytes_per_second=1 << 30
     )  # honest reads: well within
-    with serving(
+    with servers.serving(
         federation, pki, reply_bytes_in_flight=3 << 20, caller_limits=limits, observer=observer
     ) as thread:
         hostile = COLLABORATORS[0]
@@ -81,7 +74,7 @@ def test_a_collaborator_that_never_reads_cannot_starve_the_others(tmp_path: Path
             observer.wait_until(
                 lambda: observer.budget[0] > 0
             )  # the hostile caller holds a reply it never reads
-            honest = client_for(thread, COLLABORATORS[1], pki)
+            honest = servers.client_for(thread, COLLABORATORS[1], pki)
             fetched = {name: honest.get_aggregated_tensor(name, 0, ["model"]) for name in MODEL}
             honest.close()
             # its other downloads are refused once its first stalled; the stalled one is abandoned
@@ -99,9 +92,9 @@ def test_a_collaborator_that_never_reads_cannot_starve_the_others(tmp_path: Path
 
 def test_unread_trained_model_calls_hold_one_reply_per_caller(tmp_path: Path, pki: Pki) -> None:
     model = {"w": np.zeros((2, 1 << 20), np.float32), "b": np.zeros(3, np.float32)}  # an 8 MiB model
-    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), model)
+    federation = servers.make_federation(tmp_path, servers.make_plan(COLLABORATORS, 1), model)
     observer = Recorder()
-    with serving(federation, pki, observers=("observer",), observer=observer) as thread:
+    with servers.serving(federation, pki, observers=("observer",), observer=observer) as thread:
         train(thread.address, pki)
         request = aggregator_pb2.GetTrainedModelRequest(model_type=1).SerializeToString()
         with H2Peer("127.0.0.1", thread.server.port, pki.client("observer")) as peer:

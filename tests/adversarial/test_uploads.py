@@ -15,19 +15,12 @@ from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.wire import length_delimited_prefix
 from fedagg.server.options import CallerLimits
 from tests.conftest import COLLABORATORS
+from tests.support import servers
 from tests.support.h2peer import H2Peer
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config
 from tests.support.runners import zero_model
-from tests.support.servers import (
-    AGGREGATOR_UUID,
-    FEDERATION_UUID,
-    make_federation,
-    make_plan,
-    raw_stub,
-    serving,
-)
 from tests.support.training import train
 from tests.support.uploads import TASKS, hand_out, task_results_bytes, weights
 
@@ -36,7 +29,7 @@ CHUNK = 2 << 20
 
 def header(sender: str) -> aggregator_pb2.MessageHeader:
     return aggregator_pb2.MessageHeader(
-        sender=sender, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
+        sender=sender, receiver=servers.AGGREGATOR_UUID, federation_uuid=servers.FEDERATION_UUID
     )
 
 
@@ -61,7 +54,7 @@ def test_tiny_tensor_uploads_never_stall_probes_or_honest_calls(tmp_path: Path, 
     with FedaggProcess(config) as fedagg:
         fedagg.wait_for_federation()
         hostile = COLLABORATORS[0]
-        channel, stub = raw_stub(fedagg.address, pki.client(hostile))
+        channel, stub = servers.raw_stub(fedagg.address, pki.client(hostile))
         stub.GetTasks(
             aggregator_pb2.GetTasksRequest(header=header(hostile)), timeout=30
         )  # its upload is read
@@ -70,7 +63,7 @@ def test_tiny_tensor_uploads_never_stall_probes_or_honest_calls(tmp_path: Path, 
         outcomes: list[grpc.StatusCode] = []
 
         def upload(payload: bytes) -> None:
-            channel, stub = raw_stub(fedagg.address, pki.client(hostile))
+            channel, stub = servers.raw_stub(fedagg.address, pki.client(hostile))
             try:
                 stub.SendLocalTaskResults(chunks(payload), timeout=120)
                 outcomes.append(grpc.StatusCode.OK)
@@ -81,7 +74,7 @@ def test_tiny_tensor_uploads_never_stall_probes_or_honest_calls(tmp_path: Path, 
 
         senders = [threading.Thread(target=upload, args=(payload,)) for payload in uploads]
         ops = grpc.insecure_channel(f"127.0.0.1:{fedagg.ops_port}")
-        honest_channel, honest = raw_stub(fedagg.address, pki.client(COLLABORATORS[1]))
+        honest_channel, honest = servers.raw_stub(fedagg.address, pki.client(COLLABORATORS[1]))
         probes = 0
         for sender in senders:
             sender.start()
@@ -98,14 +91,14 @@ def test_tiny_tensor_uploads_never_stall_probes_or_honest_calls(tmp_path: Path, 
 
 
 def test_half_open_uploads_of_one_task_are_capped_and_end_when_idle(tmp_path: Path, pki: Pki) -> None:
-    federation = make_federation(tmp_path, make_plan(COLLABORATORS, 1), zero_model())
+    federation = servers.make_federation(tmp_path, servers.make_plan(COLLABORATORS, 1), zero_model())
     collaborator = COLLABORATORS[0]
     hand_out(federation, collaborator)
     trained = [weights(name, 1.0, values.shape, 0) for name, values in zero_model().items()]
     payload = task_results_bytes(collaborator, 0, TASKS[1], 10, trained)
     first_half = base_pb2.DataStream(size=len(payload) // 2, npbytes=payload[: len(payload) // 2])
     limits = CallerLimits(concurrent_uploads_per_task=2, upload_idle_seconds=2)
-    with serving(federation, pki, caller_limits=limits) as thread:
+    with servers.serving(federation, pki, caller_limits=limits) as thread:
         with H2Peer("127.0.0.1", thread.server.port, pki.client(collaborator), window=1 << 20) as peer:
             held = [
                 peer.open_call("SendLocalTaskResults", [first_half.SerializeToString()], end=False)

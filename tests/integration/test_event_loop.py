@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fedagg.server import downloads
+from fedagg.server import replies
 from tests.conftest import COLLABORATORS
 from tests.support.pki import Pki
 from tests.support.runners import zero_model
@@ -35,9 +35,9 @@ def test_no_fsync_and_no_tensor_reply_is_made_on_the_event_loop(
 ) -> None:
     federation = make_federation(tmp_path, make_plan(COLLABORATORS, 2), zero_model())
     fsyncs: list[str] = []
-    replies: list[str] = []
+    made: list[str] = []
     monkeypatch.setattr(os, "fsync", recording(fsyncs, os.fsync))
-    monkeypatch.setattr(downloads, "tensor_reply", recording(replies, downloads.tensor_reply))
+    monkeypatch.setattr(replies, "tensor_reply", recording(made, replies.tensor_reply))
 
     with serving(federation, pki) as thread:
         train(thread.address, pki)
@@ -47,5 +47,5 @@ def test_no_fsync_and_no_tensor_reply_is_made_on_the_event_loop(
     assert federation.all_quit_jobs_sent
     assert len(fsyncs) > 20, "uploads, round ends and quit jobs were synced"
     assert loop_name not in fsyncs
-    assert replies, "tensors were served"
-    assert loop_name not in replies
+    assert made, "tensors were served"
+    assert loop_name not in made

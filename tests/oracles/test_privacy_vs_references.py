@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregators import Emit, TensorInputs
 from fedagg.federation.aggregators.accountant import RDP_ORDERS, gaussian_epsilon
 from fedagg.federation.aggregators.base import BoundedAggregator
 from fedagg.federation.aggregators.clipping import clipped_updates, update_norms
@@ -40,7 +39,7 @@ from tests.oracles.oracles import (
     flower_dp_adaptive,
     flower_dp_fixed,
 )
-from tests.support.aggregation import Model, aggregate, assert_gaussian, inputs_of
+from tests.support.aggregation import Model, RecordingAverage, aggregate, assert_gaussian, inputs_of
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -92,19 +91,6 @@ def as_model(layers: Sequence[np.ndarray]) -> Model:
 
 def as_layers(model: Model) -> list[np.ndarray]:
     return [model[f"layer{j}"] for j in range(len(LAYERS))]
-
-
-class RecordingAverage(WeightedAverage):
-    """The weighted average, recording the contributions it receives (the clipped ones) in the last round."""
-
-    def __init__(self) -> None:
-        self.received: dict[str, list[np.ndarray]] = {}
-
-    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
-        self.received[tensor.name] = [
-            source.block(0, tensor.size).reshape(tensor.shape) for source in tensor.sources
-        ]
-        return super().combine(tensor, emit)
 
 
 class ReplayedDraws:

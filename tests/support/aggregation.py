@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from fedagg.federation.aggregators import Aggregator, RoundInputs, TensorInputs
+from fedagg.federation.aggregators import Aggregator, Emit, RoundInputs, TensorInputs
+from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.protocol.codec import Float32Array, Shape
 
 Model = dict[str, Float32Array]
@@ -137,3 +138,16 @@ def assert_gaussian(noise: np.ndarray, stddev: float) -> None:
     for k, share in ((1, 0.682689), (2, 0.954500)):
         observed = float(np.mean(np.abs(noise) < k * stddev))
         assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / n), (k, observed)
+
+
+class RecordingAverage(WeightedAverage):
+    """The weighted average, recording the contributions it receives (the clipped ones) in the last round."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, list[np.ndarray]] = {}
+
+    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
+        self.received[tensor.name] = [
+            source.block(0, tensor.size).reshape(tensor.shape) for source in tensor.sources
+        ]
+        return super().combine(tensor, emit)

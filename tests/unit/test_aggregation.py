@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregators import Aggregator, TensorInputs, base
+from fedagg.federation.aggregators import Aggregator, RoundInputs, TensorInputs, base
 from fedagg.federation.aggregators.accountant import gaussian_epsilon
 from fedagg.federation.aggregators.adaptive import (
     AdagradAdaptiveAggregation,
@@ -31,7 +31,7 @@ from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.aggregators.registry import BUILT_IN, make_aggregator
 from fedagg.federation.plan import AggregationSpec
 from fedagg.protocol.codec import Float32Array
-from tests.support.aggregation import MemoryState, aggregate, inputs_of, model_of
+from tests.support.aggregation import ArraySource, MemoryState, aggregate, inputs_of, model_of
 from tests.support.conformance import subclasses
 
 
@@ -44,6 +44,20 @@ class AggregatorConformance:
 
     def make(self) -> Aggregator:
         raise NotImplementedError
+
+    def prepared(
+        self, *, seed: int, block_elements: int
+    ) -> tuple[RoundInputs, list[ArraySource], Aggregator]:
+        """Seven contributions near a random model, and a prepared aggregator bound to fresh state."""
+        rng = np.random.default_rng(seed)
+        model = model_of(rng)
+        inputs, sources = inputs_of(
+            [model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=block_elements
+        )
+        aggregator = self.make()
+        aggregator.prepare(inputs)
+        aggregator.bind_state(MemoryState())
+        return inputs, sources, aggregator
 
     def test_contributions_equal_to_the_model_give_the_model(self) -> None:
         """Aggregator.combine: Contributions equal to the model MUST give the model (to float32 rounding)."""
@@ -71,12 +85,7 @@ class AggregatorConformance:
     def test_an_aggregate_is_float32_blocks_of_the_tensors_size(self) -> None:
         """Aggregator.combine: When it returns True it MUST have emitted float32 blocks of ``tensor.size``
         values in all."""
-        rng = np.random.default_rng(8)
-        model = model_of(rng)
-        inputs, _ = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=5)
-        aggregator = self.make()
-        aggregator.prepare(inputs)
-        aggregator.bind_state(MemoryState())
+        inputs, _, aggregator = self.prepared(seed=8, block_elements=5)
         for tensor in inputs.tensors:
             emitted: list[Float32Array] = []
 
@@ -149,12 +158,7 @@ class AggregatorConformance:
     def test_contributions_are_read_block_by_block(self) -> None:
         """Aggregator.prepare: It MUST read contributions only through their sources, at most one block of
         ``tensor.blocks()`` at a time."""
-        rng = np.random.default_rng(6)
-        model = model_of(rng)
-        inputs, sources = inputs_of([model_of(rng, 0.1) for _ in range(7)], [1] * 7, model, block_elements=4)
-        aggregator = self.make()
-        aggregator.prepare(inputs)
-        aggregator.bind_state(MemoryState())
+        inputs, sources, aggregator = self.prepared(seed=6, block_elements=4)
         for tensor in inputs.tensors:
             aggregator.combine(tensor, ignore)
 

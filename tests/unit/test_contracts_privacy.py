@@ -28,7 +28,7 @@ from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.aggregators.registry import BUILT_IN, make_aggregator
 from fedagg.federation.errors import PlanError
 from fedagg.federation.plan import AggregationSpec
-from tests.support.aggregation import Model, aggregate, assert_gaussian, inputs_of
+from tests.support.aggregation import Model, RecordingAverage, aggregate, assert_gaussian, inputs_of
 from tests.support.conformance import untested_musts
 
 CLIP = 1.5
@@ -237,19 +237,6 @@ def test_every_built_in_method_is_bounded_or_says_why_not() -> None:
         assert bounded or aggregator.privacy_refusal != Aggregator.privacy_refusal, kind
 
 
-class Recording(WeightedAverage):
-    """A weighted average that keeps the contributions it receives."""
-
-    def __init__(self) -> None:
-        self.received: dict[str, list[np.ndarray]] = {}
-
-    def combine(self, tensor: TensorInputs, emit: Emit) -> bool:
-        self.received[tensor.name] = [
-            source.block(0, tensor.size).astype(np.float64) for source in tensor.sources
-        ]
-        return super().combine(tensor, emit)
-
-
 @pytest.mark.parametrize("wrapper", ["clipping", "privacy"])
 def test_what_the_inner_method_receives_is_clipped(wrapper: str) -> None:
     """ClippedUpdates.prepare: Every contribution ``inner`` receives MUST have an update of norm at most
@@ -258,7 +245,7 @@ def test_what_the_inner_method_receives_is_clipped(wrapper: str) -> None:
     rng = np.random.default_rng(12)
     model = global_model(rng)
     updates = [update_of(rng, norm) for norm in (0.2, 1.4, 3.0, 900.0)]
-    recorder = Recording()
+    recorder = RecordingAverage()
     aggregator = (
         clipped_updates(recorder, CLIP)
         if wrapper == "clipping"
@@ -271,7 +258,8 @@ def test_what_the_inner_method_receives_is_clipped(wrapper: str) -> None:
         before = np.concatenate([update[name].reshape(-1) for name in SHAPES])
         after = np.concatenate(
             [
-                recorder.received[name][index] - model.get(name, np.zeros(shape)).reshape(-1)
+                recorder.received[name][index].reshape(-1).astype(np.float64)
+                - model.get(name, np.zeros(shape)).reshape(-1)
                 for name, shape in SHAPES.items()
             ]
         )

@@ -26,15 +26,10 @@ import grpc
 
 from fedagg.federation.serving import ServedTensor
 from fedagg.protocol import aggregator_pb2
+from fedagg.server import replies
 from fedagg.server.errors import Unavailable
 from fedagg.server.observer import Limit, ServerObserver
 from fedagg.server.options import CallerLimits, ServerOptions
-from fedagg.server.replies import (
-    tensor_reply,
-    tensor_reply_size,
-    trained_model_reply,
-    trained_model_reply_size,
-)
 from fedagg.server.reply_budget import ReplyBudget
 
 log = logging.getLogger(__name__)
@@ -118,23 +113,25 @@ class Downloads:
             nonlocal built
             built = True
             try:
-                return tensor_reply(header, round_number, served.parts())
+                return replies.tensor_reply(header, round_number, served.parts())
             finally:
                 served.release()
 
         try:
-            await self.send(context, caller, tensor_reply_size(header, round_number, served.size), build)
+            await self.send(
+                context, caller, replies.tensor_reply_size(header, round_number, served.size), build
+            )
         finally:
             if not built:
                 served.release()
 
     async def send_file(self, context: ServerContext, caller: str, path: Path) -> None:
         """Send a trained model from its file, mapped, under the budget."""
-        size = trained_model_reply_size(path.stat().st_size)
+        size = replies.trained_model_reply_size(path.stat().st_size)
 
         def build() -> bytes:
             with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return trained_model_reply(memoryview(mapped))
+                return replies.trained_model_reply(memoryview(mapped))
 
         await self.send(context, caller, size, build)
 
