@@ -9,7 +9,7 @@ import pytest
 
 from fedagg.config import parse_config
 from fedagg.federation.errors import PlanError
-from fedagg.federation.plan import PROTOCOL_TAGS
+from fedagg.federation.names import PROTOCOL_TAGS
 from fedagg.federation.serving import MODEL_TAG
 from fedagg.settings import ConfigError
 from tests.support.servers import make_plan

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from fedagg.federation.aggregators.privacy import signal_to_noise
-from fedagg.federation.contribution import TRAINED_TAG, TensorRole
 from fedagg.federation.errors import PlanError
-from fedagg.federation.serving import AGGREGATED_TAG, DELTA_TAG, MODEL_TAG
-from fedagg.protocol.codec import CODEC_TAGS
+from fedagg.federation.names import collaborator_name_problem, name_problem
 from fedagg.settings import INT32_MAX, ONE_DAY, Range
 
 ROUNDS_TO_TRAIN = Range(1, INT32_MAX, "an integer")
@@ -24,23 +21,6 @@ ROUNDS_KEPT = Range(2, INT32_MAX, "an integer")
 """Deltas need the previous round's model."""
 CUTOFF_SECONDS = Range(0, math.inf, "a number of seconds", exclusive_minimum=True, infinite="no cutoff")
 PERCENT_NEEDED = Range(0, 1, "a share", exclusive_minimum=True)
-PROTOCOL_TAGS = frozenset(
-    {
-        MODEL_TAG,
-        TRAINED_TAG,
-        AGGREGATED_TAG,
-        DELTA_TAG,
-        TensorRole.METRIC.value,
-        *CODEC_TAGS,
-        "lossy_decompressed",
-        "validate_agg",
-        "validate_local",
-    }
-)
-"""OpenFL's tensor tag vocabulary (wire spec §3.1). A collaborator's name is one more tag on its results, so a
-name from this list makes tensors of different meanings look alike: with a collaborator named ``model``, every
-other collaborator's model download (tags ``["model"]``) reads as a request for that collaborator's own results
-and is refused."""
 
 
 @dataclass(frozen=True)
@@ -241,13 +221,15 @@ def select_task_group(spec: AssignerSpec, name: str, collaborators: tuple[str, .
 
 
 def _check_plan(plan: FederationPlan) -> None:
-    _check_identity(plan)
+    for key in ("federation_uuid", "aggregator_uuid"):
+        if problem := name_problem(getattr(plan, key)):
+            raise PlanError(key, getattr(plan, key), problem)
     if not plan.collaborators:
         raise PlanError("collaborators", list(plan.collaborators), "at least one collaborator name")
     if len(set(plan.collaborators)) != len(plan.collaborators):
         raise PlanError("collaborators", list(plan.collaborators), "unique names")
     for index, name in enumerate(plan.collaborators):
-        if problem := _name_problem(name) or _clash(name, plan.aggregator_uuid):
+        if problem := collaborator_name_problem(name, plan.aggregator_uuid):
             raise PlanError(f"collaborators[{index}]", name, problem)
     _check_ranges(
         plan,
@@ -297,33 +279,6 @@ def _check_privacy_signal(plan: FederationPlan) -> None:
             raise PlanError(
                 f"tasks.{name}.privacy", dict(privacy), f"settings under which it trains: {error}"
             ) from None
-
-
-def _check_identity(plan: FederationPlan) -> None:
-    for key in ("federation_uuid", "aggregator_uuid"):
-        if problem := _name_problem(getattr(plan, key)):
-            raise PlanError(key, getattr(plan, key), problem)
-
-
-def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot identify a party in message headers and certificates, or None."""
-    if not name or name != name.strip():
-        return "a non-empty name without surrounding spaces"
-    if any(unicodedata.category(character) in ("Cc", "Cf", "Cs", "Zl", "Zp") for character in name):
-        return "a name without control or format characters (NUL, newlines, escapes, bidi marks)"
-    return None
-
-
-def _clash(name: str, aggregator_uuid: str) -> str | None:
-    """Why collaborator ``name`` would be mistaken for something else on the wire, or None."""
-    if name in PROTOCOL_TAGS:
-        return (
-            f"a name that is not one of OpenFL's tensor tags {sorted(PROTOCOL_TAGS)}: a collaborator's name "
-            "tags its results, so this one would be confused with other tensors"
-        )
-    if name == aggregator_uuid:
-        return "a name other than the aggregator's own (aggregator_uuid)"
-    return None
 
 
 def _check_assigner(plan: FederationPlan) -> None:
