@@ -71,8 +71,8 @@ STATE_LOCK_LOG_SECONDS = 30.0
 
 
 @dataclass
-class Aggregator:
-    """Everything a configured aggregator is made of."""
+class AggregatorProcess:
+    """The aggregator process: everything a configured `fedagg serve` is made of (not an aggregation method)."""
 
     config: Config
     federation: Federation
@@ -93,7 +93,7 @@ class Aggregator:
 
 def build_aggregator(
     config: Config, kubernetes: Callable[[], k8s.Configuration] = in_cluster_configuration
-) -> Aggregator:
+) -> AggregatorProcess:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for nothing
     registry = CollectorRegistry()
@@ -149,7 +149,7 @@ def build_aggregator(
     for hook in hooks:
         metrics.hook_configured(hook.name)
     readiness = Readiness(health, lambda: federation.health.healthy)
-    aggregator = Aggregator(
+    aggregator = AggregatorProcess(
         config,
         federation,
         server,
@@ -262,7 +262,7 @@ def _hooks(config: Config, kubernetes: Callable[[], k8s.Configuration]) -> list[
     return hooks
 
 
-async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = None) -> int:
+async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | None = None) -> int:
     """Serve the experiment to its end or until SIGTERM/SIGINT (or ``stop``); return the exit status."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -304,7 +304,7 @@ async def run_aggregator(aggregator: Aggregator, stop: asyncio.Event | None = No
             aggregator.state_lock.release()
 
 
-async def _lock_state_directory(aggregator: Aggregator, stop: asyncio.Event) -> bool:
+async def _lock_state_directory(aggregator: AggregatorProcess, stop: asyncio.Event) -> bool:
     """Wait until this process alone uses the state directory, saying who holds it meanwhile; False when stopped."""
     lock = aggregator.state_lock
     if lock is None:
@@ -327,7 +327,7 @@ async def _lock_state_directory(aggregator: Aggregator, stop: asyncio.Event) -> 
     return True
 
 
-async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:
+async def _serve_until_done(aggregator: AggregatorProcess, stop: asyncio.Event) -> int:
     finished = asyncio.create_task(aggregator.server.wait_for_quit_jobs())
     stopped = asyncio.create_task(stop.wait())
     disk = asyncio.create_task(_watch_storage(aggregator))
@@ -361,7 +361,7 @@ async def _serve_until_done(aggregator: Aggregator, stop: asyncio.Event) -> int:
     return 0
 
 
-async def _watch_storage(aggregator: Aggregator) -> None:
+async def _watch_storage(aggregator: AggregatorProcess) -> None:
     """Return once the state directory has refused writes for ``storage.failure_exit_seconds`` (0: never)."""
     limit = aggregator.config.storage.failure_exit_seconds
     health = aggregator.federation.health
@@ -375,7 +375,7 @@ async def _watch_storage(aggregator: Aggregator) -> None:
     )
 
 
-async def _finish(aggregator: Aggregator) -> None:
+async def _finish(aggregator: AggregatorProcess) -> None:
     """The end of the experiment: readiness, then the hooks (the models are already written)."""
     if aggregator.config.ops.after_finish == AfterFinish.EXIT:
         await aggregator.readiness.set_ready(False)
@@ -424,7 +424,7 @@ def _try_listen(host: str, port: int) -> None:
         probe.listen(1)
 
 
-async def _start_ops(aggregator: Aggregator) -> None:
+async def _start_ops(aggregator: AggregatorProcess) -> None:
     ops = aggregator.config.ops
     with _binding("ops.metrics_port", ops.metrics_port, ops.metrics_bind_address):
         http_server, thread = start_http_server(
@@ -450,7 +450,7 @@ async def _start_ops(aggregator: Aggregator) -> None:
     )
 
 
-async def _stop_ops(aggregator: Aggregator) -> None:
+async def _stop_ops(aggregator: AggregatorProcess) -> None:
     await aggregator.health.shut_down()
     if aggregator.ops_server is not None:
         await aggregator.ops_server.stop(0.5)

@@ -23,7 +23,7 @@ from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.store import publish_model
 
 if TYPE_CHECKING:
-    from fedagg.app import Aggregator
+    from fedagg.app import AggregatorProcess
     from fedagg.config import Config
     from fedagg.pki import FederationPki
 
@@ -171,7 +171,7 @@ def _config(workdir: Path, names: list[str], rounds: int) -> Config:
 
 
 def _run(
-    aggregator: Aggregator,
+    aggregator: AggregatorProcess,
     display: Display,
     pki: FederationPki,
     names: list[str],
@@ -210,7 +210,7 @@ def _run(
 class AggregatorThread(threading.Thread):
     """Runs the aggregator's event loop in the background; :meth:`stop` drains it and waits."""
 
-    def __init__(self, aggregator: Aggregator) -> None:
+    def __init__(self, aggregator: AggregatorProcess) -> None:
         super().__init__(name="fedagg-demo-aggregator")
         self._aggregator = aggregator
         self._loop = asyncio.new_event_loop()
@@ -245,7 +245,7 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def _wait_until_serving(aggregator: Aggregator, runner: threading.Thread) -> None:
+def _wait_until_serving(aggregator: AggregatorProcess, runner: threading.Thread) -> None:
     deadline = time.monotonic() + 60
     while not aggregator.server.accepting:
         if not runner.is_alive() or time.monotonic() > deadline:
@@ -285,7 +285,7 @@ def _start_collaborator(
     )
 
 
-def _summary(aggregator: Aggregator, display: Display, workdir: Path, seconds: float) -> int:
+def _summary(aggregator: AggregatorProcess, display: Display, workdir: Path, seconds: float) -> int:
     rounds = sorted(display.aggregated)
     rows = []
     accuracy = []
