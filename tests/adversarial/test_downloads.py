@@ -45,6 +45,14 @@ class Recorder(ServerObserver):
             assert self.changed.wait_for(condition, timeout), "the server never reported it"  # type: ignore[arg-type]
 
 
+def resident_bytes() -> int:
+    """This process's resident set (the server runs in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 def tensor_request(sender: str, name: str) -> bytes:
     return aggregator_pb2.GetAggregatedTensorRequest(
         header=aggregator_pb2.MessageHeader(
@@ -97,10 +105,13 @@ def test_unread_trained_model_calls_hold_one_reply_per_caller(tmp_path: Path, pk
     with servers.serving(federation, pki, observers=("observer",), observer=observer) as thread:
         train(thread.address, pki)
         request = aggregator_pb2.GetTrainedModelRequest(model_type=1).SerializeToString()
+        before = resident_bytes()
         with H2Peer("127.0.0.1", thread.server.port, pki.client("observer")) as peer:
             for _ in range(12):
                 peer.open_call("GetTrainedModel", [request])
             observer.wait_until(lambda: observer.budget[1] == 11)  # one reply built, eleven wait their turn
             held = observer.budget[0]
+            grown = resident_bytes() - before
 
     assert 8 << 20 <= held < 9 << 20  # the one reply in flight: the model, not twelve copies of it
+    assert grown < (32 << 20) + (20 << 20)  # less than the reply budget + 20 MiB (was 12 x 2 copies)
