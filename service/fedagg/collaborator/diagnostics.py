@@ -385,9 +385,9 @@ def _closed_without_alert(address: str) -> ConnectionProblem:
     return ConnectionProblem(
         address,
         Cause.CLOSED,
-        f"{address} closed the connection during the TLS handshake without a TLS alert: a balancer with no ready "
-        "aggregator behind it, an aggregator at its connection cap (server.connection_limits.max_connections), or "
-        "one restarting",
+        f"no aggregator ready behind {address}: the connection was closed during the TLS handshake without a TLS "
+        "alert (a balancer with no ready aggregator behind it, a failover or restart under way, or an aggregator at "
+        "its connection cap, server.connection_limits.max_connections); retrying",
     )
 
 
