@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from threading import Thread
@@ -66,8 +67,6 @@ log = logging.getLogger(__name__)
 FINISH_STOP_GRACE_SECONDS = 2.0
 STORAGE_FAILURE_EXIT_CODE = 75  # EX_TEMPFAIL
 STORAGE_WATCH_SECONDS = 5.0
-STATE_LOCK_POLL_SECONDS = 1.0
-STATE_LOCK_LOG_SECONDS = 30.0
 
 
 @dataclass
@@ -305,26 +304,40 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
 
 
 async def _lock_state_directory(aggregator: AggregatorProcess, stop: asyncio.Event) -> bool:
-    """Wait until this process alone uses the state directory, saying who holds it meanwhile; False when stopped."""
+    """Wait until this process alone uses the state directory (a standby: blocked in the kernel's lock, so it
+    takes over the moment the holder exits); False when stopped first."""
     lock = aggregator.state_lock
-    if lock is None:
-        return True
     loop = asyncio.get_running_loop()
-    logged = -math.inf
-    while not await loop.run_in_executor(None, lock.try_acquire):
-        if loop.time() - logged >= STATE_LOCK_LOG_SECONDS:
-            logged = loop.time()
-            log.warning(
-                "the state directory %s is in use by another fedagg process (%s); waiting for it to exit "
-                "(two aggregators must not share storage.state_dir)",
-                aggregator.config.storage.state_dir,
-                await loop.run_in_executor(None, lock.holder),
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), STATE_LOCK_POLL_SECONDS)
-            log.info("stop signal received while waiting for the state directory: exiting")
-            return False
-    return True
+    if lock is None or await loop.run_in_executor(None, lock.try_acquire):
+        return True
+    log.warning(
+        "the state directory %s is in use by another fedagg process (%s); waiting for it to exit "
+        "(two aggregators must not share storage.state_dir; a standby takes over when the holder exits)",
+        aggregator.config.storage.state_dir,
+        await loop.run_in_executor(None, lock.holder),
+    )
+    acquired = asyncio.Event()
+    abandoned = threading.Event()
+
+    def wait_for_lock() -> None:
+        lock.acquire()
+        if abandoned.is_set():  # the process stopped waiting: let go at once
+            lock.release()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            loop.call_soon_threadsafe(acquired.set)
+
+    threading.Thread(target=wait_for_lock, name="fedagg-state-lock", daemon=True).start()
+    waits = [asyncio.ensure_future(event.wait()) for event in (acquired, stop)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if acquired.is_set():
+        log.info("the state directory is ours now: restoring")
+        return True
+    abandoned.set()
+    log.info("stop signal received while waiting for the state directory: exiting")
+    return False
 
 
 async def _serve_until_done(aggregator: AggregatorProcess, stop: asyncio.Event) -> int:

@@ -19,7 +19,8 @@ LOCK_FILE = "lock"
 
 
 class StateDirectoryLock:
-    """The exclusive lock on a state directory (module docstring). Not thread-safe: used by start-up only."""
+    """The exclusive lock on a state directory (module docstring). Not thread-safe: used by start-up only (one
+    waiting thread at a time, whose owner releases after it has given up waiting)."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOCK_FILE
@@ -32,11 +33,18 @@ class StateDirectoryLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if no other process holds it (never blocks); then record this process as its holder."""
+        return self._acquire(fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def acquire(self) -> None:
+        """Take the lock, waiting (in the kernel, without polling) until its holder lets go or exits."""
+        self._acquire(fcntl.LOCK_EX)
+
+    def _acquire(self, operation: int) -> bool:
         if self._descriptor is not None:
             return True
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, operation)
         except BlockingIOError:
             os.close(descriptor)
             return False
