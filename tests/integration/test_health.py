@@ -162,3 +162,44 @@ def test_ipv6_listeners(tmp_path: Path, pki: Pki) -> None:
 
     assert statuses == [SERVING, SERVING]
     assert code == 0
+
+
+def test_a_stop_during_restore_never_turns_readiness_serving(tmp_path: Path, pki: Pki) -> None:
+    """Issue 16, item 13: a stop signal while the state is restored used to flip readiness to SERVING for a moment."""
+    config = load_config(write_config(tmp_path, pki, COLLABORATORS, 2, write_zero_model(tmp_path)))
+    aggregator = build_aggregator(config)
+    restoring, proceed = threading.Event(), threading.Event()
+    real_restore = aggregator.federation.restore
+
+    def held_restore() -> None:
+        restoring.set()
+        assert proceed.wait(30)
+        real_restore()
+
+    aggregator.federation.restore = held_restore  # type: ignore[method-assign]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    codes: list[int] = []
+    runner = threading.Thread(
+        target=lambda: codes.append(loop.run_until_complete(run_aggregator(aggregator, stop)))
+    )
+    runner.start()
+    try:
+        assert restoring.wait(30)
+        with grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=READINESS), timeout=30
+            )
+            seen = [next(watch).status]
+            loop.call_soon_threadsafe(stop.set)
+            proceed.set()
+            seen += [update.status for update in watch]  # until the ops port goes away with the process
+    except grpc.RpcError:
+        pass
+    finally:
+        proceed.set()
+        runner.join(30)
+        loop.close()
+
+    assert SERVING not in seen
+    assert codes == [0]
