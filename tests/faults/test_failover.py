@@ -1,0 +1,91 @@
+"""A hot standby takes over: two ``fedagg serve`` replicas on one state directory behind a real L4 balancer
+(HAProxy, TCP checks on the federation ports); the serving one is killed at a crash point mid-round, the standby,
+blocked on the state-directory lock, restores and serves; the collaborators ride through the gap (the balancer
+closes their connections without a TLS alert meanwhile), the federation finishes, the final model is the closed
+form of an undisturbed run and every contribution counts once (issue 21; outside Kubernetes the lock alone elects).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import (
+    NAMES,
+    QUIT_REDELIVERY_SECONDS,
+    Aggregator,
+    FedaggCollaborators,
+    finish,
+    make_setup,
+    stop,
+)
+from tests.support.haproxy import balancing
+from tests.support.models import write_zero_model
+from tests.support.pki import Pki
+from tests.support.process import write_config
+from tests.support.prometheus import free_port
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 2
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+def logged_at(log: str, fragment: str) -> datetime:
+    """When the first log line holding ``fragment`` was written."""
+    line = next(line for line in log.splitlines() if fragment in line)
+    match = TIMESTAMP.match(line)
+    assert match, line
+    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
+
+
+@pytest.mark.parametrize(
+    "failpoints",
+    [
+        pytest.param("upload.chunk=kill@8", id="mid-upload"),
+        pytest.param("round_end.model_written=kill@1", id="mid-round-end"),
+        pytest.param("quit.before_record=kill@1", id="after-the-rounds"),
+    ],
+)
+def test_the_standby_takes_over_and_the_federation_finishes(
+    tmp_path: Path, pki: Pki, failpoints: str
+) -> None:
+    setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
+    replica_ports = [free_port(), free_port()]
+    configs = []
+    for index, port in enumerate(replica_ports):
+        directory = tmp_path / f"replica{index}"
+        directory.mkdir()
+        server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
+        configs.append(
+            write_config(
+                directory,
+                pki,
+                NAMES,
+                ROUNDS,
+                tmp_path / "model.pbuf"
+                if (tmp_path / "model.pbuf").exists()
+                else write_zero_model(directory),
+                server=server,
+                storage={"state_dir": str(setup.state)},
+            )
+        )
+    leader = standby = None
+    collaborators = None
+    with balancing(tmp_path, setup.port, replica_ports):
+        try:
+            leader = Aggregator(configs[0], failpoints, "leader")
+            leader.wait_for_federation()
+            standby = Aggregator(configs[1], name="standby")
+            standby.wait_for_line("in use by another fedagg process")
+            collaborators = FedaggCollaborators(setup, pki)
+            leader.wait_killed()
+            standby.wait_for_federation()
+            finish(setup, standby, collaborators)
+        finally:
+            stop(leader, standby, collaborators)
+    takeover = logged_at(standby.log(), "federation listening") - logged_at(standby.log(), "is ours now")
+    print(f"takeover ({failpoints}): lock to listening {takeover.total_seconds():.3f} s")
