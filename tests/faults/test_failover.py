@@ -8,6 +8,7 @@ form of an undisturbed run and every contribution counts once (issue 21; outside
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from tests.faults.harness import (
     NAMES,
     QUIT_REDELIVERY_SECONDS,
     Aggregator,
+    Collaborators,
     FedaggCollaborators,
+    OpenflCollaborators,
+    Setup,
     finish,
     make_setup,
     stop,
@@ -42,6 +46,46 @@ def logged_at(log: str, fragment: str) -> datetime:
     return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
 
 
+def replicas(tmp_path: Path, pki: Pki, setup: Setup, model: Path) -> tuple[list[int], list[Path]]:
+    """Two replicas' configurations: their own federation ports, one shared state directory."""
+    ports = [free_port(), free_port()]
+    configs = []
+    for index, port in enumerate(ports):
+        directory = tmp_path / f"replica{index}"
+        directory.mkdir()
+        server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
+        state = {"state_dir": str(setup.state)}  # one state directory for both
+        configs.append(write_config(directory, pki, NAMES, ROUNDS, model, server=server, storage=state))
+    return ports, configs
+
+
+def fail_over(
+    tmp_path: Path, pki: Pki, failpoints: str, start: Callable[[Setup, Pki], Collaborators]
+) -> float:
+    """Run a federation on a leader armed with ``failpoints``, with a standby, both behind the balancer the
+    collaborators dial, to its end (:func:`finish` checks the model and the counts); seconds from the standby's
+    lock to its listening."""
+    model = write_zero_model(tmp_path)
+    setup = make_setup(tmp_path, pki, ROUNDS, model)  # its port is the balancer's
+    ports, configs = replicas(tmp_path, pki, setup, model)
+    leader = standby = None
+    collaborators = None
+    with balancing(tmp_path, setup.port, ports):
+        try:
+            leader = Aggregator(configs[0], failpoints, "leader")
+            leader.wait_for_federation()
+            standby = Aggregator(configs[1], name="standby")
+            standby.wait_for_line("in use by another fedagg process")
+            collaborators = start(setup, pki)
+            leader.wait_killed()
+            standby.wait_for_federation()
+            finish(setup, standby, collaborators)
+        finally:
+            stop(leader, standby, collaborators)
+    takeover = logged_at(standby.log(), "federation listening") - logged_at(standby.log(), "is ours now")
+    return takeover.total_seconds()
+
+
 @pytest.mark.parametrize(
     "failpoints",
     [
@@ -53,39 +97,13 @@ def logged_at(log: str, fragment: str) -> datetime:
 def test_the_standby_takes_over_and_the_federation_finishes(
     tmp_path: Path, pki: Pki, failpoints: str
 ) -> None:
-    setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
-    replica_ports = [free_port(), free_port()]
-    configs = []
-    for index, port in enumerate(replica_ports):
-        directory = tmp_path / f"replica{index}"
-        directory.mkdir()
-        server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
-        configs.append(
-            write_config(
-                directory,
-                pki,
-                NAMES,
-                ROUNDS,
-                tmp_path / "model.pbuf"
-                if (tmp_path / "model.pbuf").exists()
-                else write_zero_model(directory),
-                server=server,
-                storage={"state_dir": str(setup.state)},
-            )
-        )
-    leader = standby = None
-    collaborators = None
-    with balancing(tmp_path, setup.port, replica_ports):
-        try:
-            leader = Aggregator(configs[0], failpoints, "leader")
-            leader.wait_for_federation()
-            standby = Aggregator(configs[1], name="standby")
-            standby.wait_for_line("in use by another fedagg process")
-            collaborators = FedaggCollaborators(setup, pki)
-            leader.wait_killed()
-            standby.wait_for_federation()
-            finish(setup, standby, collaborators)
-        finally:
-            stop(leader, standby, collaborators)
-    takeover = logged_at(standby.log(), "federation listening") - logged_at(standby.log(), "is ours now")
-    print(f"takeover ({failpoints}): lock to listening {takeover.total_seconds():.3f} s")
+    seconds = fail_over(tmp_path, pki, failpoints, FedaggCollaborators)
+    print(f"takeover ({failpoints}): lock to listening {seconds:.3f} s")
+
+
+@pytest.mark.interop
+def test_openfl_collaborators_ride_through_a_failover(tmp_path: Path, pki: Pki, openfl: Path) -> None:
+    seconds = fail_over(
+        tmp_path, pki, "upload.chunk=kill@3", lambda setup, pki: OpenflCollaborators(setup, pki, openfl)
+    )
+    print(f"takeover (OpenFL 1.7.1 collaborators, mid-upload): lock to listening {seconds:.3f} s")
