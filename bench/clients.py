@@ -1,8 +1,15 @@
-"""fedagg's client library as benchmark load: collaborators on threads in a few worker processes."""
+"""fedagg's client library as benchmark load: collaborators on threads in a few worker processes.
+
+The workers start on a barrier, not a clock: each one writes a byte to a shared pipe once its collaborators are
+ready (connected, for ``poll``), then waits for the end of file on a second pipe, which this process closes once
+every worker is ready, so every worker starts together however loaded the machine is.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -32,29 +39,45 @@ def run_workers(
     """Run ``names`` in ``processes`` worker processes (bench/fedagg_worker.py) against ``server``; their outputs."""
     directory.mkdir(parents=True, exist_ok=True)
     workers = []
-    for index, group in enumerate(split(names, processes)):
-        spec = {
-            "address": f"localhost:{server.port}",
-            "names": group,
-            "pki": str(pki) if pki else None,
-            "shapes": shapes,
-            "mode": mode,
-            "out": str(directory / f"worker-{index}.out.json"),
-            **extra,
-        }
-        path = directory / f"worker-{index}.json"
-        path.write_text(json.dumps(spec))
-        log = (directory / f"worker-{index}.log").open("wb")
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.fedagg_worker", str(path)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    open_ends = {ready_read, ready_write, go_read, go_write}
+
+    def close(descriptor: int) -> None:
+        if descriptor in open_ends:
+            open_ends.remove(descriptor)
+            os.close(descriptor)
+
     deadline = time.monotonic() + timeout
     try:
+        for index, group in enumerate(split(names, processes)):
+            spec = {
+                "address": f"localhost:{server.port}",
+                "names": group,
+                "pki": str(pki) if pki else None,
+                "shapes": shapes,
+                "mode": mode,
+                "out": str(directory / f"worker-{index}.out.json"),
+                "ready_fd": ready_write,
+                "go_fd": go_read,
+                **extra,
+            }
+            path = directory / f"worker-{index}.json"
+            path.write_text(json.dumps(spec))
+            log = (directory / f"worker-{index}.log").open("wb")
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.fedagg_worker", str(path)],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(ready_write, go_read),
+                )
+            )
+        close(ready_write)
+        close(go_read)
+        _wait_ready(ready_read, workers, server, deadline)
+        close(go_write)  # the barrier opens: every worker reads the end of file at once
         while any(worker.poll() is None for worker in workers):
             if server.process.poll() not in (None, 0):  # 0: it has sent every quit job and exited
                 why = "killed over the memory limit" if server.watch.killed else "failed"
@@ -64,6 +87,8 @@ def run_workers(
             time.sleep(0.2)
         codes = [worker.wait() for worker in workers]
     finally:
+        for descriptor in list(open_ends):
+            close(descriptor)
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
@@ -77,6 +102,26 @@ def run_workers(
             raise RuntimeError(f"worker {index} exited with {code}: {errors}\n{log_text}")
         outputs.append(json.loads(out.read_text()))
     return outputs
+
+
+def _wait_ready(
+    ready: int, workers: list[subprocess.Popen[bytes]], server: RunningServer, deadline: float
+) -> None:
+    """Read one byte per worker from ``ready``; fail if a worker or the server exits, or at ``deadline``."""
+    missing = len(workers)
+    while missing:
+        readable, _, _ = select.select(
+            [ready], [], [], 1.0
+        )  # a timeout only to notice exits and the deadline
+        if readable:
+            got = os.read(ready, missing)
+            if not got:
+                raise RuntimeError(f"{missing} worker(s) exited before they were ready")
+            missing -= len(got)
+        elif any(worker.poll() is not None for worker in workers) or server.process.poll() is not None:
+            raise RuntimeError(f"{server.name}: a worker or the server exited before every worker was ready")
+        elif time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name}: {missing} worker(s) not ready in time")
 
 
 def run_federation(

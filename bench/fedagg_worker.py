@@ -5,8 +5,10 @@
 * ``address``, ``names`` (the collaborators this process runs), ``pki`` (the directory of
   ``write_federation_pki``, or null for plaintext), ``shapes`` (``{name: [dims]}``), ``out`` (a JSON file);
 * ``mode``: ``train`` runs :class:`fedagg.collaborator.Collaborator` until the quit job, recording when each
-  call started and ended (wall clock); ``poll`` calls GetTasks in a loop from ``start_at`` (a wall-clock time,
-  so that every process starts together) for ``seconds`` and records how many calls each thread made.
+  call started and ended (wall clock); ``poll`` connects every collaborator, then calls GetTasks in a loop for
+  ``seconds`` and records how many calls each thread made.
+* ``ready_fd``, ``go_fd``: the barrier (bench/clients.py): once its collaborators are ready the process writes a
+  byte to ``ready_fd``, then starts when ``go_fd`` reaches its end, so that every process starts together.
 * ``spread`` (optional, ``train``): above 0, each collaborator's update is ``1 + spread * N(0, 1)`` per value,
   seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
@@ -19,6 +21,7 @@ The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}}`` (
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -105,6 +108,15 @@ def client(spec: dict[str, Any], name: str) -> TimedClient:
     return TimedClient(spec["address"], name, AGGREGATOR_UUID, FEDERATION_UUID, tls=tls)
 
 
+def barrier(spec: dict[str, Any]) -> None:
+    """Tell the benchmark this process is ready, and return once every worker is (bench/clients.py)."""
+    os.write(spec["ready_fd"], b"r")
+    os.close(spec["ready_fd"])
+    while os.read(spec["go_fd"], 1):
+        pass
+    os.close(spec["go_fd"])
+
+
 def train(spec: dict[str, Any]) -> dict[str, Any]:
     names = tuple(spec["shapes"])
     calls: dict[str, list[list[Any]]] = {}
@@ -120,6 +132,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
                 errors.append(f"{name}: {error!r}")
             calls[name] = connection.calls
 
+    barrier(spec)
     threads = [threading.Thread(target=run, args=(name,)) for name in spec["names"]]
     for thread in threads:
         thread.start()
@@ -134,15 +147,15 @@ def poll(spec: dict[str, Any]) -> dict[str, Any]:
     connections = {name: client(spec, name) for name in spec["names"]}
     for connection in connections.values():
         connection.get_tasks()  # connected, TLS handshake done
-    ready_at = time.time()
+    go = threading.Event()
 
     def run(name: str) -> None:
         connection = connections[name]
-        time.sleep(max(0.0, spec["start_at"] - time.time()))
-        deadline = spec["start_at"] + spec["seconds"]
+        go.wait()
+        deadline = time.monotonic() + spec["seconds"]
         count = 0
         try:
-            while time.time() < deadline:
+            while time.monotonic() < deadline:
                 connection.get_tasks()
                 count += 1
         except Exception as error:
@@ -152,11 +165,13 @@ def poll(spec: dict[str, Any]) -> dict[str, Any]:
     threads = [threading.Thread(target=run, args=(name,)) for name in spec["names"]]
     for thread in threads:
         thread.start()
+    barrier(spec)
+    go.set()
     for thread in threads:
         thread.join()
     for connection in connections.values():
         connection.close()
-    return {"polls": counts, "errors": errors, "ready_at": ready_at}
+    return {"polls": counts, "errors": errors}
 
 
 def main(argv: list[str]) -> int:

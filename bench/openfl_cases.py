@@ -1,4 +1,4 @@
-"""Real OpenFL 1.7.1 collaborator processes against OpenFL 1.7.1's own aggregator and against fedagg.
+"""Real OpenFL 1.7.1 collaborator processes against OpenFL 1.7.1's own aggregator, fedagg and the null server.
 
 Each run trains ``rounds`` rounds of the default plan (three tasks, delta updates, mTLS) with a deterministic
 numpy runner (bench/openfl_collaborator.py) on a model of 8 float32 tensors. A round's wall time is taken from
@@ -27,6 +27,7 @@ from bench.servers import (
     RunningServer,
     clean_env,
     start_fedagg,
+    start_null,
     start_openfl,
 )
 
@@ -100,6 +101,8 @@ def run_case(server_kind: str, case: Case, work: Path, pki: Path, python: Path) 
     tls_dir = pki if case.tls else None
     if server_kind == "fedagg":
         server = start_fedagg(directory, tls_dir, case.names, init, case.rounds)
+    elif server_kind == "null":
+        server = start_null(directory, tls_dir, case.names, init, case.rounds)
     else:
         server = start_openfl(python, directory, tls_dir, case.names, init, case.rounds)
     try:

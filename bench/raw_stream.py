@@ -31,6 +31,15 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def server_credentials(pki: Path) -> grpc.ServerCredentials:
+    """The aggregator's certificate of a ``write_federation_pki`` directory, requiring client certificates."""
+    return grpc.ssl_server_credentials(
+        [((pki / "aggregator" / "tls.key").read_bytes(), (pki / "aggregator" / "tls.crt").read_bytes())],
+        root_certificates=(pki / "aggregator" / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+
+
 def serve(pki: Path | None) -> None:
     def upload(chunks: Iterator[bytes], _context: grpc.ServicerContext) -> bytes:
         total = 0
@@ -51,12 +60,7 @@ def serve(pki: Path | None) -> None:
     if pki is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:
-        credentials = grpc.ssl_server_credentials(
-            [((pki / "aggregator" / "tls.key").read_bytes(), (pki / "aggregator" / "tls.crt").read_bytes())],
-            root_certificates=(pki / "aggregator" / "ca.crt").read_bytes(),
-            require_client_auth=True,
-        )
-        port = server.add_secure_port("127.0.0.1:0", credentials)
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(pki))
     server.start()
     print(f"PORT={port}", flush=True)
     server.wait_for_termination()

@@ -1,4 +1,5 @@
-"""Starting the two aggregators under comparison (fedagg serve, OpenFL 1.7.1's own aggregator) as processes."""
+"""Starting the aggregators under comparison as processes: fedagg serve, OpenFL 1.7.1's own aggregator, and the
+null server (bench/null_server.py, the floor)."""
 
 from __future__ import annotations
 
@@ -196,6 +197,40 @@ def start_openfl(
     port = _read_port(process, process.stdout, _OPENFL_PORT, None)
     return RunningServer(
         "openfl", process, port, log, ProcessWatch(process.pid, limit_mib=SERVER_MEMORY_LIMIT_MIB).start()
+    )
+
+
+def start_null(
+    workdir: Path, pki: Path | None, collaborators: list[str], init_model: Path, rounds: int = 1
+) -> RunningServer:
+    """The null server (bench/null_server.py), listening."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "null.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.null_server",
+            "--init-model",
+            str(init_model),
+            "--collaborators",
+            ",".join(collaborators),
+            "--rounds",
+            str(rounds),
+            "--federation-uuid",
+            FEDERATION_UUID,
+            "--aggregator-uuid",
+            AGGREGATOR_UUID,
+            *(["--pki", str(pki)] if pki else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        cwd=ROOT,
+    )
+    port = _read_port(process, process.stdout, _OPENFL_PORT, None)
+    return RunningServer(
+        "null", process, port, log, ProcessWatch(process.pid, limit_mib=SERVER_MEMORY_LIMIT_MIB).start()
     )
 
 

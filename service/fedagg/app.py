@@ -53,11 +53,12 @@ from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identi
 from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
 from fedagg.ops.readiness import Readiness
+from fedagg.protocol.message_size import TensorTooLarge, check_tensors_fit
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
 from fedagg.server.handlers import SERVICE_NAME
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
-from fedagg.server.options import ReceiveLimits
+from fedagg.server.options import MAX_SEND_MESSAGE_BYTES, ReceiveLimits
 from fedagg.server.servicer import AggregatorGRPCServer
 from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
 from fedagg.settings import ConfigError
@@ -217,11 +218,20 @@ def _initial_model(config: Config) -> LoadedModel | None:
             "federation.initial_model", None, "an OpenFL .pbuf model (the state directory is empty)"
         )
     try:
-        return read_model(path)
+        model = read_model(path)
     except ModelFileError as error:
         raise ConfigError(
             "federation.initial_model", str(path), f"a readable OpenFL model file ({error})"
         ) from None
+    try:
+        check_tensors_fit(
+            {name: values.shape for name, values in model.tensors.items()}, MAX_SEND_MESSAGE_BYTES, "gRPC"
+        )
+    except TensorTooLarge as error:
+        raise ConfigError(
+            "federation.initial_model", str(path), f"a model whose every tensor fits in one reply ({error})"
+        ) from None
+    return model
 
 
 def _certificate_source(config: Config, metrics: FederationMetrics) -> CertificateSource | None:

@@ -35,7 +35,7 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     text, data = run_quick("bench", tmp_path, timeout=240)
 
     assert data["skipped"] == []
-    for server in ("fedagg", "openfl"):
+    for server in ("fedagg", "null", "openfl"):
         runs = data["cases"]["a"][server]
         assert runs, server
         for run in runs:
@@ -53,6 +53,7 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     assert {"fedagg", "openfl"} <= data["polls"].keys()
     assert all(positive(poll["calls_per_second"]) for poll in data["polls"].values())
     assert text.startswith("Benchmark of "), text[:200]
+    assert "| fedagg / null round time |" in text
     for heading in ("### 1.", "### 2.", "### 3."):
         assert heading in text
     assert not re.search(r"\bnan\b", text, re.IGNORECASE), "a measurement is missing"

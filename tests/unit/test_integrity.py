@@ -183,6 +183,24 @@ def test_a_corrupt_kept_model_is_restored_from_its_published_copy(tmp_path: Path
     assert len(quarantined(tmp_path)) == 1
 
 
+def test_a_new_best_model_is_a_link_to_the_last_one_and_never_to_the_kept_model(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, make_plan(PAIR, 3), zero_model())
+    best, last = tmp_path / "best.pbuf", tmp_path / "last.pbuf"
+    run_round(federation, 0, ROUND_0, SHAPES)
+    round_1 = last.stat()
+
+    run_round(
+        federation, 1, {"one": (5.0, 10), "two": (7.0, 30)}, SHAPES, delta=True
+    )  # model 1 validates best
+
+    assert (best.stat().st_ino, best.stat().st_dev) == (round_1.st_ino, round_1.st_dev), "linked, not copied"
+    assert best.stat().st_nlink == 1, "last.pbuf now holds round 2's model; the kept model is another inode"
+    kept = tmp_path / "state" / "models"
+    assert best.read_bytes() == (kept / "round-000001.pbuf").read_bytes()
+    assert last.read_bytes() == (kept / "round-000002.pbuf").read_bytes()
+    assert not list(tmp_path.glob(".*.link-*"))
+
+
 def test_when_the_model_and_its_copy_are_corrupt_the_round_is_redone_from_the_kept_spool(
     tmp_path: Path,
 ) -> None:

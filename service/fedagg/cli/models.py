@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from fedagg.cli.common import (
     CONNECTION_EPILOG,
@@ -23,8 +25,10 @@ from fedagg.cli.common import (
 )
 from fedagg.collaborator.reference import BIAS, WEIGHTS, DatasetSpec, initial_weights
 from fedagg.federation.store import publish_model
-from fedagg.protocol.codec import Float32Array
+from fedagg.protocol.codec import Float32Array, Shape
+from fedagg.protocol.message_size import TensorTooLarge, check_tensors_fit
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
+from fedagg.server.options import MAX_SEND_MESSAGE_BYTES
 
 SHOW_JSON = """
 
@@ -116,6 +120,7 @@ def _init(args: argparse.Namespace) -> int:
         if args.features < 1 or args.classes < 1:
             raise SystemExit("fedagg: --features and --classes must be positive")
         tensors = initial_weights(DatasetSpec(classes=args.classes, features=args.features))
+        _check_fits({name: values.shape for name, values in tensors.items()})
     else:
         tensors = _read_npz(args.source)
     publish_model(args.out, tensors, args.round)
@@ -124,11 +129,35 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_npz(path: Path) -> dict[str, Float32Array]:
+def _check_fits(shapes: dict[str, Shape]) -> None:
+    """Refuse a tensor that no reply could carry (before anything is written)."""
     try:
+        check_tensors_fit(shapes, MAX_SEND_MESSAGE_BYTES, "gRPC")
+    except TensorTooLarge as error:
+        raise SystemExit(f"fedagg: {error}") from None
+
+
+def _npz_shapes(path: Path) -> dict[str, Shape]:
+    """The shapes the .npy headers of a .npz declare, without reading any array's data."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for member_name in archive.namelist():
+            with archive.open(member_name) as member:
+                major, _minor = npy_format.read_magic(member)
+                read_header = (
+                    npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+                )
+                shapes[member_name.removesuffix(".npy")] = tuple(read_header(member)[0])
+    return shapes
+
+
+def _read_npz(path: Path) -> dict[str, Float32Array]:
+    """The arrays of a .npz as float32, once their shapes are known to fit in replies."""
+    try:
+        _check_fits(_npz_shapes(path))
         with np.load(path) as arrays:
             tensors = {name: np.asarray(arrays[name], np.float32) for name in arrays.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise SystemExit(f"fedagg: cannot read {path} as a numpy .npz: {error}") from None
     if not tensors:
         raise SystemExit(f"fedagg: {path} holds no arrays")

@@ -3,15 +3,24 @@
 A published file is always a committed round's model: the round end publishes after its checkpoint is durable
 (:mod:`fedagg.federation.round_close`), and a start-up publishes what the restored checkpoint names wherever the
 published file is not that model (a crash or a disk error came between a commit and its publication).
+
+A model already published under the other name is linked, not copied again: the best model is usually the round
+the last model was until now (validation of a model comes in the round after it is made), so publishing it is a
+hard link to the current last file before that is replaced. A published file never shares its inode with the kept
+model (``models/round-*.pbuf``), so a corrupt kept model can still be restored from its published copy
+(:mod:`fedagg.federation.recovery`). Where a link cannot be made (the two paths on different filesystems) the
+model is copied.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.files import fsync_directory
 from fedagg.federation.integrity import CorruptFile, verify_file
 from fedagg.federation.progress_health import describe_os_error
 from fedagg.federation.store import StateStore
@@ -41,16 +50,22 @@ class PublishedModels:
         is logged, not raised (the round has committed; the previous files stay served until a later attempt or a
         restart publishes)."""
         published = {path: round_number for round_number, path in self._named(before)}
+        done = {
+            round_number: path
+            for round_number, path in self._named(before)
+            if self._failed.get(path) != round_number and path.exists()
+        }
         for round_number, path in self._named(checkpoint):
             retry = (
                 self._failed.get(path) == round_number and checkpoint.model_digest(round_number) is not None
             )
             if published.get(path) != round_number or retry:
-                self._publish(round_number, path)
+                self._publish(round_number, path, done)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """At start-up: publish what ``checkpoint`` names wherever the published file is not that model (a crash
         or a disk error came between the commit and the publication)."""
+        done: dict[int, Path] = {}
         for round_number, path in self._named(checkpoint):
             digest = checkpoint.model_digest(round_number)
             if digest is None:
@@ -59,15 +74,19 @@ class PublishedModels:
                 verify_file(path, digest)
             except (CorruptFile, OSError):
                 log.info("publishing round %d's committed model as %s", round_number, path.name)
-                self._publish(round_number, path)
+                self._publish(round_number, path, done)
 
     def _named(self, checkpoint: Checkpoint) -> list[tuple[int, Path]]:
         named = ((checkpoint.best_round, self._outputs.best), (checkpoint.last_round, self._outputs.last))
         return [(round_number, path) for round_number, path in named if round_number is not None]
 
-    def _publish(self, round_number: int, path: Path) -> None:
+    def _publish(self, round_number: int, path: Path, done: dict[int, Path]) -> None:
+        """Publish round ``round_number``'s model as ``path``: a link to ``done[round_number]`` (that model,
+        published under another name) when there is one, else a copy; record it in ``done``."""
         try:
-            self._store.publish(round_number, path)
+            twin = done.get(round_number)
+            if twin is None or twin == path or not _linked(twin, path):
+                self._store.publish(round_number, path)
         except OSError as error:
             log.warning(
                 "round %d's model is committed but %s could not be published (%s); the previous one is served "
@@ -79,3 +98,23 @@ class PublishedModels:
             self._failed[path] = round_number
         else:
             self._failed.pop(path, None)
+            for other in [number for number, published in done.items() if published == path]:
+                del done[other]  # path no longer holds that round's model
+            done[round_number] = path
+
+
+def _linked(source: Path, target: Path) -> bool:
+    """Atomically replace ``target`` with a hard link to ``source``; False where no link can be made."""
+    temporary = target.with_name(f".{target.name}.link-{os.getpid()}")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+    except OSError:
+        return False  # another filesystem, or no hard links there: the caller copies
+    try:
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(target.parent)
+    return True
