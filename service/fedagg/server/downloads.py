@@ -95,7 +95,7 @@ class Downloads:
                 # No status can follow a write gRPC has not finished; the call is abandoned (the connection's
                 # age ends it) and the handler ends as a cancelled call does.
                 raise asyncio.CancelledError from None
-            except Exception as error:  # the call is gone (its client left, or the server stops): nobody to answer
+            except Exception as error:  # the call is gone (its client left, the server stops): none to answer
                 log.debug("the reply to %s could not be written: %r", caller, error)
                 raise asyncio.CancelledError from None
         finally:
