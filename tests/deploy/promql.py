@@ -46,6 +46,7 @@ EVENT_SELECTORS = {
 _METRIC = re.compile(
     r"\b(?P<name>(?:fedagg|grpc_server|process)_[a-zA-Z0-9_]+|up)\b(?P<matchers>\{[^}]*\})?(?!\s*\()"
 )
+_SILENCING = re.compile(r"^\s*unless on \([^)]*\)\s*$.*", re.MULTILINE | re.DOTALL)
 _COMPARISON = re.compile(r"\s*(?:==|!=|>=|<=|>|<)\s*-?\d[\d.]*(?:\s*\*\s*\d[\d.]*)*")
 
 
@@ -96,8 +97,10 @@ def rules(path: Path = RULES) -> list[dict[str, Any]]:
 
 
 def signal(expression: str) -> str:
-    """An alert's expression without its threshold comparisons (``x > 0`` -> ``x``): the data the alert looks at."""
-    return " ".join(_COMPARISON.sub("", expression).split())
+    """An alert's expression (as written, over lines) without its threshold comparisons (``x > 0`` -> ``x``) and
+    its silencing clause (a line ``unless on (...)`` and what follows, as FedaggAggregatorDown's after a finished
+    experiment): the data the alert looks at."""
+    return " ".join(_COMPARISON.sub("", _SILENCING.sub("", expression)).split())
 
 
 def selectors(expression: str) -> list[str]:
@@ -131,7 +134,7 @@ def expressions(dashboard: Path = DASHBOARD, rules_file: Path = RULES) -> list[E
             )
         )
         if "alert" in rule:
-            quiet = signal(query)
+            quiet = signal(rule["expr"])
             found.append(Expression("rules", f"{name} signal", quiet, _events(quiet)))
     seen = {expression.query for expression in found}
     for expression in list(found):
