@@ -33,7 +33,16 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "fedagg-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "fedagg-rules.yaml"
 
 #: Grafana variables and what they become for evaluation.
-VARIABLES = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$job": ".+", "${job}": ".+"}
+VARIABLES = {
+    "$__rate_interval": "1m",
+    "${__rate_interval}": "1m",
+    "$job": ".+",
+    "${job}": ".+",
+    "$namespace": ".*",
+    "${namespace}": ".*",
+    "$instance": ".+",
+    "${instance}": ".+",
+}
 
 #: Series that exist only after something happened (fedagg creates a labelled counter at its first increment).
 #: Each key names the event; a run that provokes it (e.g. one collaborator with a rogue certificate, a hook
@@ -85,7 +94,7 @@ def dashboard_targets(path: Path = DASHBOARD) -> list[tuple[str, str]]:
     targets = list(walk(dashboard["panels"]))
     for variable in dashboard.get("templating", {}).get("list", []):
         definition = variable.get("definition") or ""
-        if match := re.fullmatch(r"label_values\((?P<selector>[^,]+),\s*\w+\)", definition.strip()):
+        if match := re.fullmatch(r"label_values\((?P<selector>.+),\s*\w+\)", definition.strip()):
             targets.append((f"variable {variable['name']}", match["selector"]))
     return targets
 
