@@ -55,12 +55,51 @@ app.kubernetes.io/component: aggregator
 {{- end }}
 {{- end }}
 
-{{/* The image reference: repository:tag or repository@digest. */}}
+{{/*
+The image reference: [registry/]repository:tag or [registry/]repository@digest. The registry is
+global.imageRegistry (an umbrella chart's mirror, for every subchart), else image.registry, else none (the
+repository names its own).
+*/}}
 {{- define "fedagg.image" -}}
+{{- $registry := (.Values.global).imageRegistry | default .Values.image.registry }}
+{{- $repository := .Values.image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace of every namespaced resource: namespaceOverride, else the release's. */}}
+{{- define "fedagg.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 }}
+{{- end }}
+
+{{/*
+An `annotations:` block (nothing when empty): commonAnnotations merged under the resource's own, which win.
+Called with (list $ <the resource's annotations>...).
+*/}}
+{{- define "fedagg.annotations" -}}
+{{- $merged := dict }}
+{{- range rest . }}
+{{- $merged = merge $merged (. | default dict) }}
+{{- end }}
+{{- $merged = merge $merged ((index . 0).Values.commonAnnotations | default dict) }}
+{{- with $merged }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The state volume's storage class: global.storageClass, else persistence.storageClassName; "-" is "" (no
+dynamic provisioning); none (null) leaves the cluster's default class. */}}
+{{- define "fedagg.storageClass" -}}
+{{- $class := (.Values.global).storageClass | default .Values.persistence.storageClassName }}
+{{- if not (kindIs "invalid" $class) }}
+{{- if eq (toString $class) "-" }}{{ "" | quote }}{{- else }}{{ $class | quote }}{{- end }}
 {{- end }}
 {{- end }}
 
@@ -86,7 +125,7 @@ app.kubernetes.io/component: aggregator
 
 {{/* In-cluster DNS name of the federation Service. */}}
 {{- define "fedagg.serviceHost" -}}
-{{- printf "%s.%s.svc" (include "fedagg.fullname" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "fedagg.fullname" .) (include "fedagg.namespace" .) }}
 {{- end }}
 
 {{/* The ClusterIP Service of the ops and metrics ports, and its in-cluster DNS name. */}}
@@ -94,7 +133,7 @@ app.kubernetes.io/component: aggregator
 {{- printf "%s-ops" (include "fedagg.fullname" .) }}
 {{- end }}
 {{- define "fedagg.opsServiceHost" -}}
-{{- printf "%s.%s.svc" (include "fedagg.opsServiceName" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "fedagg.opsServiceName" .) (include "fedagg.namespace" .) }}
 {{- end }}
 
 {{/*
