@@ -4,13 +4,14 @@ registry (image.registry, global.imageRegistry) and the storage class (global.st
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Any
 
 import pytest
 
 from tests.conftest import require
 from tests.deploy import chart
-from tests.deploy.chart import FULLNAME, NAMESPACE, rendered, scenario_values
+from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, rendered, scenario_values
 
 #: Objects every resource of a Helm release has, whichever options are on (the ci/conventions scenario turns on
 #: every optional resource but the TLSRoute and extra manifests, which have their own scenario).
@@ -123,3 +124,25 @@ def test_the_storage_class_is_global_then_persistence(
     claim = render(**values).one("PersistentVolumeClaim")
 
     assert claim["spec"].get("storageClassName") == expected
+
+
+def schema_properties(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(dotted path, schema) of every value an operator sets: the properties of the schema, depth first."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for key, child in node.get("properties", {}).items():
+        found.append((f"{path}{key}", child))
+        found.extend(schema_properties(child, f"{path}{key}."))
+    return found
+
+
+def test_every_value_in_the_schema_has_a_description() -> None:
+    properties = schema_properties(json.loads((CHART / "values.schema.json").read_text()))
+    undescribed = [path for path, node in properties if len(node.get("description", "")) < 10]
+    unfinished = [path for path, node in properties if not node.get("description", ".").endswith((".", ".)"))]
+
+    assert len(properties) > 280
+    assert undescribed == []
+    assert unfinished == []
+    described = {path: node["description"] for path, node in properties}
+    assert described["image.registry"].startswith("Registry host (and port) prefixed to the repository")
+    assert described["config.federation.rounds_kept"].startswith("Global models kept for serving")
