@@ -146,3 +146,31 @@ def test_every_value_in_the_schema_has_a_description() -> None:
     described = {path: node["description"] for path, node in properties}
     assert described["image.registry"].startswith("Registry host (and port) prefixed to the repository")
     assert described["config.federation.rounds_kept"].startswith("Global models kept for serving")
+
+
+# --- results out of a finished Job --------------------------------------------------------------------------------
+
+
+def test_a_job_keeps_serving_its_models_after_the_experiment_when_asked() -> None:
+    """fedagg's side, that a finished aggregator with ops.after_finish: stay keeps answering GetTrainedModel to an
+    observer, is tests/integration/test_cli_outputs.py (model pull after the experiment) and test_shutdown.py."""
+    exits = render()
+    stays = render(results={"keepServing": True})
+    notes = chart.render_manifests({**scenario_values("default"), "results": {"keepServing": True}})[
+        "templates/NOTES.txt"
+    ]
+    default_notes = chart.render_manifests(scenario_values("default"))["templates/NOTES.txt"]
+
+    assert exits.config()["ops"]["after_finish"] == "exit"
+    assert stays.config()["ops"]["after_finish"] == "stay"
+    assert stays.workload["kind"] == "Job"
+    assert (
+        f"fedagg model pull --best --out best.pbuf --address localhost:50051 --server-name {FULLNAME}."
+        in notes
+    )
+    assert f"delete job/{FULLNAME}" in notes
+    assert "annotations.fedagg\\.io/state}'=finished" in notes
+    assert "--for=condition=complete" not in notes
+    assert "--for=condition=complete" in default_notes
+    assert "results.keepServing=true" in default_notes
+    assert render(workload="Deployment").config()["ops"]["after_finish"] == "stay"

@@ -169,9 +169,12 @@ command reads /etc/fedagg/fedagg.yaml; the chart passes --config explicitly).
 {{- define "fedagg.modelDir" -}}/etc/fedagg/model{{- end }}
 {{- define "fedagg.stateDir" -}}/var/lib/fedagg{{- end }}
 
-{{/* What fedagg does after the experiment: a Job exits (and completes), a Deployment stays up read-only. */}}
+{{/*
+What fedagg does after the experiment: a Job exits (and completes), unless results.keepServing keeps it up
+read-only until its pod is deleted; a Deployment stays up read-only.
+*/}}
 {{- define "fedagg.afterFinish" -}}
-{{- if eq .Values.workload "Deployment" }}stay{{- else }}exit{{- end }}
+{{- if or (eq .Values.workload "Deployment") .Values.results.keepServing }}stay{{- else }}exit{{- end }}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: larger than fedagg's own shutdown budget (ops.grace_seconds). */}}
