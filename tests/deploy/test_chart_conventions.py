@@ -174,3 +174,13 @@ def test_a_job_keeps_serving_its_models_after_the_experiment_when_asked() -> Non
     assert "--for=condition=complete" in default_notes
     assert "results.keepServing=true" in default_notes
     assert render(workload="Deployment").config()["ops"]["after_finish"] == "stay"
+
+
+@pytest.mark.parametrize("uuid", [12345, 1e3])
+def test_a_numeric_federation_uuid_is_refused_with_the_way_to_quote_it(uuid: float) -> None:
+    """``--set config.federation.federation_uuid=12345`` gives Helm a number (values files too, unquoted)."""
+    values = scenario_values("default")
+    values["config"]["federation"]["federation_uuid"] = uuid
+
+    with pytest.raises(chart.helm().HelmError, match=r"--set-string config\.federation\.federation_uuid="):
+        chart.render_manifests(values)

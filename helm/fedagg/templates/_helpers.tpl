@@ -198,6 +198,10 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $config := deepCopy .Values.config }}
 {{- /* With an OpenFL plan, the plan supplies the federation; only the initial model's path is given here. */}}
 {{- $federation := $config.federation }}
+{{- $uuid := $federation.federation_uuid }}
+{{- if or (kindIs "int64" $uuid) (kindIs "float64" $uuid) }}
+{{- fail (printf "config.federation.federation_uuid: got the number %v, expected a string: quote it in a values file (federation_uuid: \"%v\"), or set it with --set-string config.federation.federation_uuid=%v (--set reads digits as a number)" $uuid $uuid $uuid) }}
+{{- end }}
 {{- if .Values.initialModel.existingConfigMap }}
 {{- $_ := set $federation "initial_model" (printf "%s/%s" (include "fedagg.modelDir" .) .Values.initialModel.key) }}
 {{- else if .Values.initialModel.path }}
