@@ -36,7 +36,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY service/ service/
 # A throwaway venv provides pip (the stand-in base has ensurepip only). fedagg's wheel is built from the sources
 # (setuptools comes from the index, build isolation); every runtime dependency is downloaded as a binary wheel at

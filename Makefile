@@ -3,16 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo needs the aggregator (the server extra) only, not the dev tools: its own stamp in the same venv.
+DEMO_STAMP := $(VENV)/.installed-server
 
 .PHONY: demo test lint typecheck protos bench bench-aggregation image system-deps clean dist
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	@echo "creating the virtual environment $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[server,dev]'
 	touch $@
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing fedagg and its server extra (what the demo needs, pinned by constraints.txt) into $(VENV)"
+	$(BIN)/python -m pip install --progress-bar off -c constraints.txt -e '.[server]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/fedagg demo
 
 # The wheel to install fedagg from until a release is published (built with the venv's setuptools, offline):

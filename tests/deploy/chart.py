@@ -64,6 +64,11 @@ def _render_scenario(scenario: str) -> tuple[dict[str, str], str]:
     return manifests, yaml.safe_dump_all(objects_of(manifests))
 
 
+def scenario_namespace(scenario: str) -> str:
+    """Where a ci/ scenario's resources go: its namespaceOverride, or the release's namespace."""
+    return str(scenario_values(scenario).get("namespaceOverride", NAMESPACE))
+
+
 def scenario_manifests(scenario: str) -> dict[str, str]:
     return dict(_render_scenario(scenario)[0])
 

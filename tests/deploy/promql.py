@@ -33,7 +33,16 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "fedagg-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "fedagg-rules.yaml"
 
 #: Grafana variables and what they become for evaluation.
-VARIABLES = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$job": ".+", "${job}": ".+"}
+VARIABLES = {
+    "$__rate_interval": "1m",
+    "${__rate_interval}": "1m",
+    "$job": ".+",
+    "${job}": ".+",
+    "$namespace": ".*",
+    "${namespace}": ".*",
+    "$instance": ".+",
+    "${instance}": ".+",
+}
 
 #: Series that exist only after something happened (fedagg creates a labelled counter at its first increment).
 #: Each key names the event; a run that provokes it (e.g. one collaborator with a rogue certificate, a hook
@@ -46,6 +55,7 @@ EVENT_SELECTORS = {
 _METRIC = re.compile(
     r"\b(?P<name>(?:fedagg|grpc_server|process)_[a-zA-Z0-9_]+|up)\b(?P<matchers>\{[^}]*\})?(?!\s*\()"
 )
+_SILENCING = re.compile(r"^\s*unless on \([^)]*\)\s*$.*", re.MULTILINE | re.DOTALL)
 _COMPARISON = re.compile(r"\s*(?:==|!=|>=|<=|>|<)\s*-?\d[\d.]*(?:\s*\*\s*\d[\d.]*)*")
 
 
@@ -84,7 +94,7 @@ def dashboard_targets(path: Path = DASHBOARD) -> list[tuple[str, str]]:
     targets = list(walk(dashboard["panels"]))
     for variable in dashboard.get("templating", {}).get("list", []):
         definition = variable.get("definition") or ""
-        if match := re.fullmatch(r"label_values\((?P<selector>[^,]+),\s*\w+\)", definition.strip()):
+        if match := re.fullmatch(r"label_values\((?P<selector>.+),\s*\w+\)", definition.strip()):
             targets.append((f"variable {variable['name']}", match["selector"]))
     return targets
 
@@ -96,8 +106,10 @@ def rules(path: Path = RULES) -> list[dict[str, Any]]:
 
 
 def signal(expression: str) -> str:
-    """An alert's expression without its threshold comparisons (``x > 0`` -> ``x``): the data the alert looks at."""
-    return " ".join(_COMPARISON.sub("", expression).split())
+    """An alert's expression (as written, over lines) without its threshold comparisons (``x > 0`` -> ``x``) and
+    its silencing clause (a line ``unless on (...)`` and what follows, as FedaggAggregatorDown's after a finished
+    experiment): the data the alert looks at."""
+    return " ".join(_COMPARISON.sub("", _SILENCING.sub("", expression)).split())
 
 
 def selectors(expression: str) -> list[str]:
@@ -131,7 +143,7 @@ def expressions(dashboard: Path = DASHBOARD, rules_file: Path = RULES) -> list[E
             )
         )
         if "alert" in rule:
-            quiet = signal(query)
+            quiet = signal(rule["expr"])
             found.append(Expression("rules", f"{name} signal", quiet, _events(quiet)))
     seen = {expression.query for expression in found}
     for expression in list(found):

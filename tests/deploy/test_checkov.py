@@ -13,8 +13,9 @@ import yaml
 from tests.deploy import tools
 from tests.deploy.chart import FULLNAME, SCENARIOS, scenario_objects
 
-AGGREGATOR = rf"(Job|Deployment)\.federation\.{FULLNAME}(-[0-9a-f]{{10}})?"  # a Job may carry its hash
-TEST_POD = rf"Pod\.federation\.{FULLNAME}-test-health"
+NAMESPACE = r"(federation|fl-aggregators)"  # the release's, or ci/conventions' namespaceOverride
+AGGREGATOR = rf"(Job|Deployment)\.{NAMESPACE}\.{FULLNAME}(-[0-9a-f]{{10}})?"  # a Job may carry its hash
+TEST_POD = rf"Pod\.{NAMESPACE}\.{FULLNAME}-test-health"
 
 #: (check, resource pattern) -> why the finding is accepted. Anything else fails the test.
 JUSTIFIED = {

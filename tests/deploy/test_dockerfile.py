@@ -206,7 +206,7 @@ def test_a_plain_build_takes_the_network_path() -> None:
 def test_the_network_path_needs_only_files_of_a_fresh_clone() -> None:
     sources = [source for name in needed_stages({}) for source in context_sources(stages()[name])]
 
-    assert sources == ["pyproject.toml", "README.md", "constraints.txt", "service/"]
+    assert sources == ["pyproject.toml", "README.md", "LICENSE", "constraints.txt", "service/"]
     for source in sources:
         path = ROOT / source
         assert path.exists(), source
@@ -279,6 +279,7 @@ def test_the_build_context_is_the_sources_and_the_wheels() -> None:
         "*",
         "!pyproject.toml",
         "!README.md",
+        "!LICENSE",
         "!constraints.txt",
         "!service/",
         "service/**/__pycache__",

@@ -118,7 +118,8 @@ DASHBOARD_TOPICS = [
     "State health",
     "Quarantined state files",
     "Storage errors by operation",
-    "Collaborator state and last contact",
+    "Whom are we waiting for",
+    "Health",
     "Time since last contact",
     "Current round running for",
     "State volume usage",
@@ -231,6 +232,33 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
     titles = {title for title, _ in promql.dashboard_targets()}
 
     assert set(DASHBOARD_TOPICS) <= titles
+
+
+def test_the_top_row_says_whom_the_round_waits_for_and_whether_it_is_healthy() -> None:
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    first_row = dashboard["panels"][1:]
+    first_row = first_row[: next(i for i, panel in enumerate(first_row) if panel["type"] == "row")]
+    titles = [panel["title"] for panel in first_row]
+    health = next(panel for panel in first_row if panel["title"] == "Health")
+
+    assert titles[0] == "Health"
+    assert "Whom are we waiting for" in titles
+    assert [target["legendFormat"] for target in health["targets"]] == ["alerts firing", "failing", "down"]
+    assert all(target["expr"].endswith(" or vector(0)") for target in health["targets"])
+    assert promql.DASHBOARD.read_text() == (ROOT / "helm/fedagg/files/fedagg-dashboard.json").read_text()
+
+
+def test_every_expression_selects_by_job_namespace_and_instance() -> None:
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    selection = 'job=~"$job", namespace=~"$namespace", instance=~"$instance"'
+
+    assert list(variables) == ["datasource", "job", "namespace", "instance"]
+    assert variables["namespace"]["allValue"] == ".*", "a static scrape config has no namespace label"
+    assert variables["instance"]["allValue"] == ".+"
+    for title, expression in promql.dashboard_targets():
+        if not title.startswith("variable "):
+            assert expression.count("{") == expression.count(selection), title
 
 
 def test_every_panel_expression_is_extracted() -> None:
@@ -391,7 +419,7 @@ def test_the_dashboard_shows_collaborators_and_the_state_volume() -> None:
     for title, expression in promql.dashboard_targets():
         targets.setdefault(title, []).append(expression)
 
-    table = " ".join(targets["Collaborator state and last contact"])
+    table = " ".join(targets["Whom are we waiting for"])
     assert "fedagg_collaborator_state" in table
     assert "time() - max by (collaborator) (fedagg_collaborator_last_contact_timestamp_seconds" in table
     usage = " ".join(targets["State volume usage"])

@@ -30,7 +30,7 @@ def test_make_dist_builds_a_wheel_that_installs_and_runs(tmp_path: Path) -> None
     assert make is not None
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "Makefile", "constraints.txt"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "Makefile", "constraints.txt"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(
         ROOT / "service", source / "service", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -57,6 +57,9 @@ def test_make_dist_builds_a_wheel_that_installs_and_runs(tmp_path: Path) -> None
         "fedagg/collaborator/diagnostics.py",
     } <= names
     assert not any(name.startswith("tests/") for name in names)
+    assert f"fedagg-{__version__}.dist-info/licenses/LICENSE" in names
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Project-URL: " in metadata
     assert "Requires-Dist: grpcio" in metadata
     assert "Provides-Extra: server" in metadata
 

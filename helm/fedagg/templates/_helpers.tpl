@@ -55,12 +55,51 @@ app.kubernetes.io/component: aggregator
 {{- end }}
 {{- end }}
 
-{{/* The image reference: repository:tag or repository@digest. */}}
+{{/*
+The image reference: [registry/]repository:tag or [registry/]repository@digest. The registry is
+global.imageRegistry (an umbrella chart's mirror, for every subchart), else image.registry, else none (the
+repository names its own).
+*/}}
 {{- define "fedagg.image" -}}
+{{- $registry := (.Values.global).imageRegistry | default .Values.image.registry }}
+{{- $repository := .Values.image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace of every namespaced resource: namespaceOverride, else the release's. */}}
+{{- define "fedagg.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 }}
+{{- end }}
+
+{{/*
+An `annotations:` block (nothing when empty): commonAnnotations merged under the resource's own, which win.
+Called with (list $ <the resource's annotations>...).
+*/}}
+{{- define "fedagg.annotations" -}}
+{{- $merged := dict }}
+{{- range rest . }}
+{{- $merged = merge $merged (. | default dict) }}
+{{- end }}
+{{- $merged = merge $merged ((index . 0).Values.commonAnnotations | default dict) }}
+{{- with $merged }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The state volume's storage class: global.storageClass, else persistence.storageClassName; "-" is "" (no
+dynamic provisioning); none (null) leaves the cluster's default class. */}}
+{{- define "fedagg.storageClass" -}}
+{{- $class := (.Values.global).storageClass | default .Values.persistence.storageClassName }}
+{{- if not (kindIs "invalid" $class) }}
+{{- if eq (toString $class) "-" }}{{ "" | quote }}{{- else }}{{ $class | quote }}{{- end }}
 {{- end }}
 {{- end }}
 
@@ -86,7 +125,7 @@ app.kubernetes.io/component: aggregator
 
 {{/* In-cluster DNS name of the federation Service. */}}
 {{- define "fedagg.serviceHost" -}}
-{{- printf "%s.%s.svc" (include "fedagg.fullname" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "fedagg.fullname" .) (include "fedagg.namespace" .) }}
 {{- end }}
 
 {{/* The ClusterIP Service of the ops and metrics ports, and its in-cluster DNS name. */}}
@@ -94,7 +133,7 @@ app.kubernetes.io/component: aggregator
 {{- printf "%s-ops" (include "fedagg.fullname" .) }}
 {{- end }}
 {{- define "fedagg.opsServiceHost" -}}
-{{- printf "%s.%s.svc" (include "fedagg.opsServiceName" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "fedagg.opsServiceName" .) (include "fedagg.namespace" .) }}
 {{- end }}
 
 {{/*
@@ -130,9 +169,12 @@ command reads /etc/fedagg/fedagg.yaml; the chart passes --config explicitly).
 {{- define "fedagg.modelDir" -}}/etc/fedagg/model{{- end }}
 {{- define "fedagg.stateDir" -}}/var/lib/fedagg{{- end }}
 
-{{/* What fedagg does after the experiment: a Job exits (and completes), a Deployment stays up read-only. */}}
+{{/*
+What fedagg does after the experiment: a Job exits (and completes), unless results.keepServing keeps it up
+read-only until its pod is deleted; a Deployment stays up read-only.
+*/}}
 {{- define "fedagg.afterFinish" -}}
-{{- if eq .Values.workload "Deployment" }}stay{{- else }}exit{{- end }}
+{{- if or (eq .Values.workload "Deployment") .Values.results.keepServing }}stay{{- else }}exit{{- end }}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: larger than fedagg's own shutdown budget (ops.grace_seconds). */}}
@@ -156,6 +198,10 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $config := deepCopy .Values.config }}
 {{- /* With an OpenFL plan, the plan supplies the federation; only the initial model's path is given here. */}}
 {{- $federation := $config.federation }}
+{{- $uuid := $federation.federation_uuid }}
+{{- if or (kindIs "int64" $uuid) (kindIs "float64" $uuid) }}
+{{- fail (printf "config.federation.federation_uuid: got the number %v, expected a string: quote it in a values file (federation_uuid: \"%v\"), or set it with --set-string config.federation.federation_uuid=%v (--set reads digits as a number)" $uuid $uuid $uuid) }}
+{{- end }}
 {{- if .Values.initialModel.existingConfigMap }}
 {{- $_ := set $federation "initial_model" (printf "%s/%s" (include "fedagg.modelDir" .) .Values.initialModel.key) }}
 {{- else if .Values.initialModel.path }}

@@ -293,6 +293,7 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
 
     from fedagg.collaborator.diagnostics import certificate_facts
     from fedagg.server.tls import TlsMode
+    from fedagg.sizing import plan_sizing
 
     server, ops, tls = config.server, config.ops, config.server.tls
     files = tls.files()
@@ -343,6 +344,7 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
             "and does not start from federation.initial_model; to start over, empty the state directory"
         )
     initial_model = config.federation.initial_model
+    sizing = None if initial_model is None else plan_sizing(plan, initial_model)
     return {
         "ok": True,
         "federation_uuid": plan.federation_uuid,
@@ -353,6 +355,7 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
         "state_dir": str(config.storage.state_dir),
         "resumes": resumes,
         "initial_model": str(initial_model) if initial_model else None,
+        "sizing": None if sizing is None else sizing.to_json(),
         "listeners": listeners,
         "certificate": certificate,
         "warnings": warnings,

@@ -45,7 +45,8 @@ def register(commands: Commands) -> None:
 Checks every setting and every file the configuration names (state directory, initial model, certificates),
 then prints the federation, each listener (the federation port with its TLS mode; the ops and metrics ports,
 which are always plaintext), the server certificate's names (SANs: collaborators must dial one of them) and
-expiry, and warnings (insecure mode, a certificate expiring within 30 days, a state directory that will be
+expiry, what the state volume and the memory need for the initial model and the collaborators (the sizing rule
+of helm/fedagg/README.md), and warnings (insecure mode, a certificate expiring within 30 days, a state directory that will be
 resumed). Exit status 0 when serve would start with it, 2 naming the key, the value and what was expected
 when not.
 
@@ -53,6 +54,8 @@ when not.
   ok (true; on an error: {ok: false, error}), federation_uuid, aggregator_uuid, collaborators (names),
   rounds, task_group (null: every group), state_dir, resumes (the state directory holds a checkpoint),
   initial_model (path or null),
+  sizing: {summary (the text output's line), model_bytes, model_sized_files, disk_bytes (the state volume's
+           peak, before headroom), memory_request_bytes, memory_limit_bytes} (null without an initial model),
   listeners: [{name (federation, ops, metrics), address, port (0: any free port), protocol (grpc, http),
                tls (mtls, tls, insecure; null for the always-plaintext ops and metrics ports),
                plaintext (true or false), security and serves (the text output's words)}],
@@ -179,6 +182,8 @@ def _config_check(args: argparse.Namespace) -> int:
             f"subject {certificate['subject']}; expires {certificate['not_after'][:16].replace('T', ' ')} UTC "
             f"(in {certificate['days_left']:.0f} days)"
         )
+    if document["sizing"] is not None:
+        print(document["sizing"]["summary"])
     for warning in document["warnings"]:
         print(f"WARNING: {warning}")
     return 0
