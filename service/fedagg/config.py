@@ -82,7 +82,9 @@ class PrivacySettings:
     """Server-side differential privacy of a task's aggregate (as Flower's DifferentialPrivacyServerSide*)."""
 
     noise_multiplier: float = setting(
-        help="z: the noise's standard deviation is z * clipping norm / contributors", check=NON_NEGATIVE
+        help="z: the noise's standard deviation is z x the method's sensitivity share x clipping norm (README, "
+        "Differential privacy)",
+        check=NON_NEGATIVE,
     )
     clipping_norm: float = setting(
         help="C: each update's norm is clipped to it (the initial C when adaptive)", check=POSITIVE
