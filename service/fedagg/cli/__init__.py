@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as error:
-        print(f"fedagg: configuration error: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"fedagg: configuration error: {problem}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in SERVER_EXTRA_MODULES:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedagg.cli.common import Commands, add_command
 
@@ -110,14 +110,20 @@ def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     ignored: tuple[str, ...] = ()
     if args.openfl_plan or args.openfl_cols:
         if not (args.openfl_plan and args.openfl_cols):
-            raise SystemExit("fedagg: --openfl-plan and --openfl-cols go together")
+            _usage("fedagg: --openfl-plan and --openfl-cols go together")
         workspace = load_openfl_workspace(args.openfl_plan, args.openfl_cols, args.openfl_defaults)
         overlay, ignored = workspace.overlay, workspace.ignored
     if path is None and not overlay:
-        raise SystemExit("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
+        _usage("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
     if args.task_group:
         overlay.setdefault("federation", {})["task_group"] = args.task_group
     return load_config(path, overlay=overlay), ignored
+
+
+def _usage(message: str) -> NoReturn:
+    """Exit with status 2 (a usage error, like argparse's) and one line."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -152,7 +158,8 @@ def _config_check(args: argparse.Namespace) -> int:
         plan = config.plan()
     except ConfigError as error:
         if args.output == "json":
-            print(json.dumps({"ok": False, "error": str(error)}))
+            problems = [str(problem) for problem in error.problems]
+            print(json.dumps({"ok": False, "error": problems[0], "errors": problems}))
         raise
     document = config_document(config, plan, ignored)
     if args.output == "json":
