@@ -251,9 +251,11 @@ def test_config_check_json_and_text(finished: tuple[FedaggProcess, Path], pki: P
     assert "metrics    127.0.0.1:0 (any free port)  http, plaintext" in text
     assert "names DNS:localhost, IP:127.0.0.1, IP:::1" in text
     assert refused.returncode == 2
+    error = f"{bad}: federation.rounds_to_train: got 'two', expected an integer"
     assert json.loads(refused.stdout) == {
         "ok": False,
-        "error": "federation.rounds_to_train: got 'two', expected an integer",
+        "error": error,
+        "errors": [error],
     }
 
 
