@@ -71,6 +71,22 @@ class FederationListener:
         """Every collaborator has received its quit job."""
 
 
+COLLABORATOR_STATES = ("waiting", "training", "held", "done", "rejected", "straggler", "silent", "quit")
+"""A collaborator's state in the current round; every collaborator is in exactly one:
+
+- ``waiting``: its tasks of the round are not handed out yet (it has not asked since they became due, or it never
+  called since the aggregator started: a collaborator training across a restart shows here until it uploads);
+- ``training``: its tasks are handed out and not all uploaded: it trains (``current_task``) since its last call
+  ended (``last_contact``), or downloads or uploads;
+- ``held``: in a call that waits (a long-poll GetTasks held until there is work): a live contact;
+- ``done``: every task of the round uploaded (or the experiment is over and its quit job is due);
+- ``rejected``: every task in, some of them unusable (left out of the aggregate);
+- ``straggler``: left out of the round by the straggler policy;
+- ``silent``: not training and no call for 3 sleep periods (one waiting for work asks every sleep period);
+- ``quit``: its quit job was sent (recorded in the checkpoint: kept across restarts).
+"""
+
+
 @dataclass(frozen=True)
 class CollaboratorStatus:
     """One collaborator's progress, for GetExperimentDescription."""
@@ -83,7 +99,8 @@ class CollaboratorStatus:
     next_task: str
     rejected_tasks: tuple[str, ...] = ()
     last_contact: float | None = None
-    """When the collaborator last called (Unix time), None if never since the aggregator started."""
+    """When the collaborator last called (Unix time; now while a call is in progress), None if never since the
+    aggregator started. For a ``training`` collaborator: since when it trains."""
 
 
 @dataclass(frozen=True)
