@@ -231,7 +231,11 @@ def _certificate_source(config: Config, metrics: FederationMetrics) -> Certifica
         return None
     try:
         return CertificateSource(
-            tls.files(), tls.mode == TlsMode.MUTUAL, metrics.certificate_loaded, metrics.certificate_rejected
+            tls.files(),
+            tls.mode == TlsMode.MUTUAL,
+            metrics.certificate_loaded,
+            metrics.certificate_rejected,
+            metrics.tls_handshake_started,
         )
     except CertificateError as error:
         raise ConfigError(

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+if sys.argv[1:2] != ["serve"]:
+    # Before grpc is imported (below): grpc-core's own stderr lines ("I1207 ... Handshake failed ...") would
+    # precede the client commands' one-line messages. serve keeps them: they are the only trace of a failed
+    # TLS handshake on the server (gRPC has no hook for one).
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from fedagg import __version__
 from fedagg.cli import certs, collaborate, demo, models, observe, serve

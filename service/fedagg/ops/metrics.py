@@ -182,6 +182,12 @@ class FederationMetrics(FederationListener):
         self.certificate_reloads = Counter(
             "fedagg_certificate_reloads", "Certificate rotations, by outcome.", ["outcome"], registry=registry
         )
+        self.tls_handshakes = Counter(
+            "fedagg_tls_handshakes",
+            "TLS handshakes started on the federation port (each new connection; gRPC reports no outcome: a "
+            "failed one is a handshake without a call after it, see grpc_server_started_total).",
+            registry=registry,
+        )
         self.hook_failures = Counter(
             "fedagg_hook_failures", "Shutdown hooks that failed.", ["hook"], registry=registry
         )
@@ -275,6 +281,10 @@ class FederationMetrics(FederationListener):
     def certificate_rejected(self, error: CertificateError) -> None:
         """A rotation was refused."""
         self.certificate_reloads.labels("rejected").inc()
+
+    def tls_handshake_started(self) -> None:
+        """A TLS handshake began on the federation port."""
+        self.tls_handshakes.inc()
 
     def hook_configured(self, hook: str) -> None:
         """Create a hook's failure series at zero, so that increase() sees its first failure."""
