@@ -151,10 +151,10 @@ def _state(
         return "straggler"
     if pending and name in round_.handed_out:
         return "training"
+    if not pending and round_.rejected_tasks(name):
+        return "rejected"
     if contacts.in_call(name):
         return "held"
     if (silent := contacts.silent_for(name)) is not None and silent > silent_after:
         return "silent"
-    if not pending:
-        return "rejected" if round_.rejected_tasks(name) else "done"
-    return "waiting"
+    return "waiting" if pending else "done"
