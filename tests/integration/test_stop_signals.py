@@ -4,10 +4,9 @@ the last line is a summary."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.models import write_zero_model
 from tests.support.process import FedaggProcess, write_config
 
 LONG_DRAIN = {"drain_seconds": 120, "grace_seconds": 180}
@@ -15,21 +14,7 @@ LONG_DRAIN = {"drain_seconds": 120, "grace_seconds": 180}
 
 
 def config(tmp_path: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedagg.cli",
-            "model",
-            "init",
-            "--reference",
-            "--out",
-            str(tmp_path / "init.pbuf"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return write_config(tmp_path, None, ("one",), 2, tmp_path / "init.pbuf", ops=LONG_DRAIN)
+    return write_config(tmp_path, None, ("one",), 2, write_zero_model(tmp_path), ops=LONG_DRAIN)
 
 
 def test_ctrl_c_skips_the_endpoint_wait_and_ends_with_a_summary(tmp_path: Path) -> None:

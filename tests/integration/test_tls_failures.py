@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedagg.pki import CertificateAuthority
+from tests.support.models import write_zero_model
 from tests.support.pki import SERVER_HOSTS, Pki, make_pki, write_issued
 from tests.support.process import FedaggProcess, write_config
 from tests.support.servers import FEDERATION_UUID
@@ -43,21 +44,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, Path]:
 def aggregator(files: tuple[Pki, Path], tmp_path_factory: pytest.TempPathFactory) -> FedaggProcess:
     pki, _ = files
     directory = tmp_path_factory.mktemp("aggregator")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedagg.cli",
-            "model",
-            "init",
-            "--reference",
-            "--out",
-            str(directory / "init.pbuf"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    with FedaggProcess(write_config(directory, pki, ("one",), 1, directory / "init.pbuf")) as process:
+    with FedaggProcess(write_config(directory, pki, ("one",), 1, write_zero_model(directory))) as process:
         yield process.wait_for_federation()
 
 
@@ -75,7 +62,7 @@ def handshakes(process: FedaggProcess) -> float:
 def status(process: FedaggProcess, *options: str) -> subprocess.CompletedProcess[str]:
     """``fedagg status`` against the aggregator, as a user runs it (no GRPC_VERBOSITY set)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("GRPC_")}
-    command = [sys.executable, "-m", "fedagg.cli", "status", "--address", process.address, "--timeout", "5"]
+    command = [sys.executable, "-m", "fedagg.cli", "status", "--address", process.address, "--timeout", "30"]
     return subprocess.run(
         [*command, "--federation-uuid", FEDERATION_UUID, *options],
         capture_output=True,

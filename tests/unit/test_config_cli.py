@@ -150,16 +150,32 @@ def runnable_config(tmp_path: Path, text: str, server_port: int = 50051) -> list
     )
 
 
-def test_strings_stay_as_written_and_yaml_booleans_fit_a_mode(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    arguments = runnable_config(tmp_path, "hooks: {kubernetes: {enabled: false}}\n")
-    monkeypatch.setenv("FEDAGG__FEDERATION__AGGREGATOR_UUID", "00017")
+def check_with_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, environment: dict[str, str], *options: str
+) -> tuple[int, str, pytest.CaptureResult[str]]:
+    """``fedagg config check`` of :func:`runnable_config` with ``text``, with ``environment`` set: status, file, output."""
+    arguments = runnable_config(tmp_path, text)
     capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        status = main(["config", "check", *options, *arguments])
+    return status, arguments[0], capsys.readouterr()
 
-    status = main(["config", "check", "-o", "json", *arguments])
 
-    document = json.loads(capsys.readouterr().out)
+def test_strings_stay_as_written_and_yaml_booleans_fit_a_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, output = check_with_environment(
+        tmp_path,
+        capsys,
+        "hooks: {kubernetes: {enabled: false}}\n",
+        {"FEDAGG__FEDERATION__AGGREGATOR_UUID": "00017"},
+        "-o",
+        "json",
+    )
+
+    document = json.loads(output.out)
     assert status == 0
     assert document["federation_uuid"] == "0123"
     assert document["collaborators"] == ["one", "0007"]
@@ -167,17 +183,15 @@ def test_strings_stay_as_written_and_yaml_booleans_fit_a_mode(
 
 
 def test_an_environment_value_is_named_in_its_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    arguments = runnable_config(tmp_path, "")
-    monkeypatch.setenv("FEDAGG__FEDERATION__SLEEP_SECONDS", "often")
-    capsys.readouterr()
-
-    status = main(["config", "check", *arguments])
+    status, file, output = check_with_environment(
+        tmp_path, capsys, "", {"FEDAGG__FEDERATION__SLEEP_SECONDS": "often"}
+    )
 
     assert status == 2
-    assert capsys.readouterr().err == (
-        f"fedagg: configuration error: {arguments[0]}: federation.sleep_seconds: got 'often', expected an integer "
+    assert output.err == (
+        f"fedagg: configuration error: {file}: federation.sleep_seconds: got 'often', expected an integer "
         "(from FEDAGG__FEDERATION__SLEEP_SECONDS)\n"
     )
 
