@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import pytest
 
+from fedagg.cli import main
 from fedagg.cli.observe import status_document
 from fedagg.collaborator.client import TasksReply
 from fedagg.federation.federation import Federation
 from tests.support.pki import Pki
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import (
+    AGGREGATOR_UUID,
+    FEDERATION_UUID,
     ManualClock,
     ServerThread,
     client_for,
@@ -43,7 +47,32 @@ def held_until(federation: Federation, name: str) -> None:
     raise AssertionError(f"{name}'s call never reached the aggregator")
 
 
-def test_training_held_waiting_then_quit_and_done_across_a_restart(tmp_path: Path, pki: Pki) -> None:
+def status_table(thread: ServerThread, pki: Pki, capsys: pytest.CaptureFixture[str]) -> str:
+    """``fedagg status``'s text, as an operator reads it."""
+    capsys.readouterr()
+    identity = [
+        "--ca",
+        str(pki.ca),
+        "--cert",
+        f"{pki.root}/observer.crt",
+        "--key",
+        f"{pki.root}/observer.key",
+    ]
+    options = [
+        "--federation-uuid",
+        FEDERATION_UUID,
+        "--aggregator-uuid",
+        AGGREGATOR_UUID,
+        "--name",
+        "observer",
+    ]
+    assert main(["status", "--address", thread.address, *identity, *options]) == 0
+    return capsys.readouterr().out
+
+
+def test_training_held_waiting_then_quit_and_done_across_a_restart(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
     clock = ManualClock()
     plan = make_plan(("one", "two", "three"), 1, sleep_seconds=10)
     federation = make_federation(tmp_path, plan, zero_model(), clock=clock)
@@ -59,6 +88,7 @@ def test_training_held_waiting_then_quit_and_done_across_a_restart(tmp_path: Pat
         clock.now += TRAINING_SECONDS
 
         during = states(thread, pki)
+        table = status_table(thread, pki, capsys)
 
         run_round(federation, 0, {"one": (1.0, 10), "three": (2.0, 10)}, SHAPES)
         waiter.join(timeout=30)
@@ -78,6 +108,10 @@ def test_training_held_waiting_then_quit_and_done_across_a_restart(tmp_path: Pat
         TRAINING_SECONDS, abs=5
     )
     assert during["three"]["last_contact"] is None
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
+    assert re.fullmatch(r"training for 4\ds", " ".join(rows["one"][:3])), table
+    assert (rows["two"][0], rows["two"][-2:]) == ("held", ["just", "now"]), table
+    assert (rows["three"][0], rows["three"][-1]) == ("waiting", "never"), table
 
     restarted = restart_federation(tmp_path, plan)
     with serving(restarted, pki, observers=("observer",)) as thread:
