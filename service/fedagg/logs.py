@@ -87,6 +87,7 @@ class JsonFormatter(logging.Formatter):
 
 
 NATIVE_LOGGER = "grpc.core"
+HANDSHAKE_FAILED = "Handshake failed"
 _native_reader: subprocess.Popen[bytes] | None = None
 _native_routed = threading.Event()  # routed at most once per process
 _NATIVE_LEVELS = {
@@ -124,18 +125,31 @@ def route_native_stderr(level: str) -> None:
     sys.stderr = open(original, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
 
 
-def forward_native_lines(lines: Iterable[str], level: str) -> None:
-    """Log each native line (``E1202 ...``) as a JSON record of ``grpc.core`` at the level its first letter says."""
+def native_logger(level: str) -> logging.Logger:
+    """The ``grpc.core`` logger of the reader process: JSON lines on its standard output."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     native = logging.getLogger(NATIVE_LOGGER)
     native.handlers[:] = [handler]
     native.setLevel(level.upper())
+    return native
+
+
+def forward_native_lines(lines: Iterable[str], native: logging.Logger) -> None:
+    """Log each native line (``E1202 ...``) to ``native`` (see :func:`_native_level`), each as soon as it arrives."""
     for line in lines:
         text = line.rstrip()
         if text:
-            native.log(_NATIVE_LEVELS.get(text[0], logging.ERROR), "%s", text)
-            handler.flush()
+            native.log(_native_level(text), "%s", text)
+            for handler in native.handlers:
+                handler.flush()
+
+
+def _native_level(text: str) -> int:
+    """The level of a native line: its first letter's, but at least WARNING for a failed TLS handshake (grpc-core
+    says INFO; it is the only trace of a refused client certificate, and operators run at ``warning``)."""
+    level = _NATIVE_LEVELS.get(text[0], logging.ERROR)
+    return max(level, logging.WARNING) if HANDSHAKE_FAILED in text else level
 
 
 def configure_logging(level: str, json_lines: bool) -> None:
@@ -152,4 +166,6 @@ def configure_logging(level: str, json_lines: bool) -> None:
 
 
 if __name__ == "__main__":  # the reader of route_native_stderr's pipe
-    forward_native_lines(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"), sys.argv[1])
+    forward_native_lines(
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"), native_logger(sys.argv[1])
+    )

@@ -10,7 +10,15 @@ import signal
 import subprocess
 import sys
 
-from fedagg.logs import REDACTED, ContextFilter, JsonFormatter, in_current_context, redact, set_log_context
+from fedagg.logs import (
+    REDACTED,
+    ContextFilter,
+    JsonFormatter,
+    forward_native_lines,
+    in_current_context,
+    redact,
+    set_log_context,
+)
 from fedagg.pki import CertificateAuthority
 
 
@@ -85,3 +93,19 @@ def test_a_native_line_written_just_before_an_abort_reaches_the_json_log() -> No
     assert [(r["level"], r["logger"], r["message"]) for r in records] == [
         ("critical", "grpc.core", "F1207 12:00:00.000000 1 crash.cc:1] the native line before the abort")
     ]
+
+
+def test_a_failed_tls_handshake_is_a_warning_though_grpc_core_says_info() -> None:
+    logger, stream = capture(json_lines=True)
+    logger.setLevel(logging.WARNING)
+    lines = [
+        "I1207 12:24:24.028427 1 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: "
+        "error:100000c0:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE\n",
+        "I1207 12:24:24.030000 1 chttp2_server.cc:1] an ordinary info line\n",
+    ]
+
+    forward_native_lines(lines, logger)
+
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [record["level"] for record in records] == ["warning"]
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in records[0]["message"]
