@@ -170,7 +170,10 @@ def convert(kind: Any, value: object, key: str) -> Any:
 
 
 def _convert_written(kind: Any, value: Written, key: str) -> Any:
-    if isinstance(kind, type) and issubclass(kind, str) and value.value is not None:
+    textual = kind is Path or (isinstance(kind, type) and issubclass(kind, str))
+    if (
+        textual and value.value is not None
+    ):  # a string, a string enum, a path: the text (a directory named 2024)
         return _convert_scalar(kind, value.text, key)
     try:
         return convert(kind, value.value, key)

@@ -169,7 +169,7 @@ def test_strings_stay_as_written_and_yaml_booleans_fit_a_mode(
     status, _, output = check_with_environment(
         tmp_path,
         capsys,
-        "hooks: {kubernetes: {enabled: false}}\n",
+        "hooks: {kubernetes: {enabled: false}}\nstorage: {state_dir: 2024}\n",
         {"FEDAGG__FEDERATION__AGGREGATOR_UUID": "00017"},
         "-o",
         "json",
@@ -180,6 +180,7 @@ def test_strings_stay_as_written_and_yaml_booleans_fit_a_mode(
     assert document["federation_uuid"] == "0123"
     assert document["collaborators"] == ["one", "0007"]
     assert document["aggregator_uuid"] == "00017"
+    assert document["state_dir"] == str(tmp_path / "2024")
 
 
 def test_an_environment_value_is_named_in_its_error(
