@@ -9,10 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-if sys.argv[1:2] != ["serve"]:
-    # Before grpc is imported (below): grpc-core's own stderr lines ("I1207 ... Handshake failed ...") would
-    # precede the client commands' one-line messages. serve keeps them: they are the only trace of a failed
-    # TLS handshake on the server (gRPC has no hook for one).
+# The fedagg command itself (the console script, or "python -m fedagg.cli", whose argv[0] is "-m" while this
+# package is imported), not a program that imports it: set before grpc is imported (below), or grpc-core's own
+# stderr lines ("I1207 ... Handshake failed ...") precede a client command's one-line message. serve keeps them:
+# they are the only trace of a failed TLS handshake on the server (gRPC has no hook for one).
+if sys.argv[1:2] != ["serve"] and (
+    sys.argv[0] == "-m" or os.path.basename(sys.argv[0]).removesuffix(".exe") == "fedagg"
+):
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from fedagg import __version__
