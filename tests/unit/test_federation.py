@@ -26,7 +26,7 @@ from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
 from tests.support.runners import SHAPES, zero_model
-from tests.support.servers import ManualClock, make_federation, make_plan
+from tests.support.servers import ManualClock, make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training, weights
 
 PAIR = ("one", "two")
@@ -525,3 +525,16 @@ def test_training_held_and_silent_collaborators(tmp_path: Path) -> None:
     assert [c.status for c in federation.describe().collaborators] == ["training", "silent"]
     federation.contact_started("two")
     assert federation.describe().collaborators[1].status == "held"
+
+
+def test_done_and_quit_are_kept_across_a_restart(tmp_path: Path) -> None:
+    plan = make_plan(PAIR, 2)
+    federation = make_federation(tmp_path, plan, zero_model())
+    run_round(federation, 0, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+    run_round(federation, 1, {"two": (1.0, 10)}, SHAPES)
+
+    restarted = restart_federation(tmp_path, plan)
+
+    one, two = restarted.describe().collaborators
+    assert (one.status, one.last_contact) == ("waiting", None), "one may train across the restart: not silent"
+    assert (two.status, two.progress) == ("done", 1.0), "its uploads of round 1 are in the spool"
