@@ -278,3 +278,16 @@ def test_config_check_without_a_file_exits_2_with_one_line(
     stderr = capsys.readouterr().err
     assert status == 2
     assert stderr.count("\n") == 1
+
+
+def test_a_missing_model_is_named_with_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = runnable_config(tmp_path, "")
+    (tmp_path / "init.pbuf").unlink()
+    capsys.readouterr()
+
+    status = main(["config", "check", *arguments])
+
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        f"fedagg: configuration error: {arguments[0]}: federation.initial_model: got "
+    )

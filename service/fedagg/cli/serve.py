@@ -100,12 +100,18 @@ def _add_config_options(parser: argparse.ArgumentParser, positional: bool = Fals
     )
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """The configuration file: serve's --config or config check's argument."""
+    path: Path | None = getattr(args, "config", None) or getattr(args, "file", None)
+    return path
+
+
 def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
     from fedagg.config import load_config
     from fedagg.openfl_plan import load_openfl_workspace
 
-    path = getattr(args, "config", None) or getattr(args, "file", None)
+    path = _config_path(args)
     overlay: dict[str, Any] = {}
     ignored: tuple[str, ...] = ()
     if args.openfl_plan or args.openfl_cols:
@@ -154,7 +160,11 @@ def _config_check(args: argparse.Namespace) -> int:
 
     try:
         config, ignored = load(args)
-        check_files(config)
+        try:
+            check_files(config)
+        except ConfigError as error:
+            path = _config_path(args)
+            raise (error if path is None else error.located(str(path))) from None
         plan = config.plan()
     except ConfigError as error:
         if args.output == "json":
