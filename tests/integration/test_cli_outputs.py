@@ -130,10 +130,12 @@ def test_status_json(finished: tuple[FedaggProcess, Path], pki: Pki) -> None:
             "next_task",
             "last_contact",
             "seconds_since_contact",
+            "training_since",
         }
         assert collaborator["status"] == "quit"
         assert before - 300 < collaborator["last_contact"] <= document["time"]
         assert 0 <= collaborator["seconds_since_contact"] < 300
+        assert collaborator["training_since"] is None
     assert {"name", "description"} <= set(document["tasks"][0])
 
 
