@@ -8,7 +8,11 @@ loaded, the state is restored and the federation port listens (also on a finishe
 * every collaborator has its quit job: readiness goes NOT_SERVING (or stays SERVING in ``after_finish: stay``
   mode, where models, metrics and status stay readable), the shutdown hooks run, and the process exits with
   ``ops.exit_code``;
-* SIGTERM/SIGINT: the server drains (:mod:`fedagg.ops.lifecycle`) and the process exits 0.
+* SIGTERM/SIGINT: the server drains (:mod:`fedagg.ops.lifecycle`) and the process exits 0. SIGINT (Ctrl-C on a
+  terminal; Kubernetes sends SIGTERM) skips ``ops.drain_seconds``, the wait for endpoints to notice. A second signal
+  exits at once, saying so: every acknowledged upload is already on disk.
+
+Either way the last line is a summary: rounds, the best metric, where the models are.
 
 While the federation cannot make progress (its state directory refuses writes, or a round end waits for a retry)
 readiness is NOT_SERVING; when the disk keeps refusing writes for ``storage.failure_exit_seconds`` the process
@@ -240,7 +244,11 @@ def _certificate_source(config: Config, metrics: FederationMetrics) -> Certifica
         return None
     try:
         return CertificateSource(
-            tls.files(), tls.mode == TlsMode.MUTUAL, metrics.certificate_loaded, metrics.certificate_rejected
+            tls.files(),
+            tls.mode == TlsMode.MUTUAL,
+            metrics.certificate_loaded,
+            metrics.certificate_rejected,
+            metrics.tls_handshake_started,
         )
     except CertificateError as error:
         raise ConfigError(
@@ -279,9 +287,10 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
         log.debug(
             "buffers of %d bytes or more get their own mappings (glibc mmap threshold)", MMAP_THRESHOLD_BYTES
         )
+    signals = StopSignals(stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, signals.received, signum)
     await _start_ops(aggregator)
     try:
         try:
@@ -306,7 +315,9 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
             )
         # Routable even when finished: a collaborator still owed its quit job must reach this pod.
         await aggregator.readiness.set_ready(True)
-        return await _serve_until_done(aggregator, stop)
+        status = await _serve_until_done(aggregator, signals)
+        log.info("%s", summary(aggregator))
+        return status
     finally:
         await _stop_ops(aggregator)
         if aggregator.state_lock is not None:
@@ -350,9 +361,50 @@ async def _lock_state_directory(aggregator: AggregatorProcess, stop: asyncio.Eve
     return False
 
 
-async def _serve_until_done(aggregator: AggregatorProcess, stop: asyncio.Event) -> int:
+@dataclass
+class StopSignals:
+    """SIGTERM and SIGINT as they arrive: the first sets ``stop`` (a drain), a second exits the process at once."""
+
+    stop: asyncio.Event
+    received_signals: list[int] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the first was SIGINT (Ctrl-C on a terminal: no endpoints to wait for)."""
+        return self.received_signals[:1] == [signal.SIGINT]
+
+    def received(self, signum: int) -> None:
+        """Handle one signal (on the event loop)."""
+        self.received_signals.append(signum)
+        if len(self.received_signals) == 1:
+            self.stop.set()
+            return
+        log.warning(
+            "%s again: exiting at once without draining (every acknowledged upload is on disk)",
+            signal.Signals(signum).name,
+        )
+        logging.shutdown()
+        os._exit(128 + signum)
+
+
+def summary(aggregator: AggregatorProcess) -> str:
+    """One line: rounds trained, the best aggregated metric, the model files."""
+    federation, config = aggregator.federation, aggregator.config
+    best = federation.best_score
+    models = ", ".join(
+        f"{name} {path}" if path.is_file() else f"{name} none yet"
+        for name, path in (("best", config.best_model_path), ("last", config.last_model_path))
+    )
+    return (
+        f"summary: {federation.round_number} of {federation.plan.rounds_to_train} rounds trained"
+        f"{' (experiment complete)' if federation.finished else ''}; best validate_agg metric "
+        f"{'none yet' if math.isinf(best) else f'{best:.6g}'}; models: {models}"
+    )
+
+
+async def _serve_until_done(aggregator: AggregatorProcess, signals: StopSignals) -> int:
     finished = asyncio.create_task(aggregator.server.wait_for_quit_jobs())
-    stopped = asyncio.create_task(stop.wait())
+    stopped = asyncio.create_task(signals.stop.wait())
     disk = asyncio.create_task(_watch_storage(aggregator))
     await asyncio.wait({finished, stopped, disk}, return_when=asyncio.FIRST_COMPLETED)
     finished.cancel()
@@ -378,7 +430,7 @@ async def _serve_until_done(aggregator: AggregatorProcess, stop: asyncio.Event) 
     await drain(
         aggregator.server,
         aggregator.readiness,
-        drain_seconds=ops.drain_seconds,
+        drain_seconds=0.0 if signals.interrupted else ops.drain_seconds,
         grace_seconds=ops.grace_seconds,
     )
     return 0

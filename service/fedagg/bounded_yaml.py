@@ -17,8 +17,9 @@ the bound. libyaml's parser is used when PyYAML has it (the bounds are checked o
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import yaml
 from yaml.composer import Composer
@@ -27,7 +28,7 @@ from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from fedagg.settings import ConfigError
+from fedagg.settings import ConfigError, Written
 
 try:
     from yaml._yaml import CParser as Parser
@@ -72,13 +73,21 @@ class YamlBound(yaml.YAMLError):
 class BoundedLoader(Composer, Parser, SafeConstructor, Resolver):
     """``yaml.SafeLoader`` with bounds (see the module docstring). Not thread-safe: one per document."""
 
-    def __init__(self, stream: str | bytes) -> None:
+    def __init__(self, stream: str | bytes | BinaryIO, keep_text: bool = False) -> None:
         Parser.__init__(self, stream)
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
         self._depth = 0
         self._aliases = 0
+        self._keep_text = keep_text
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """The value of ``node``; with ``keep_text``, a scalar that is not a string is :class:`Written`."""
+        value = super().construct_object(node, deep)
+        if self._keep_text and isinstance(node, ScalarNode) and not isinstance(value, str):
+            return Written(value, node.value)
+        return value
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         """A node of the document, counting aliases and nesting on the way."""
@@ -156,9 +165,22 @@ def _expanded_size(node: Node, depth: int, sizes: dict[int, tuple[int, int]]) ->
     return known
 
 
-def parse_yaml(text: str | bytes, source: str, what: str) -> Any:
-    """The document in ``text`` (from ``source``, e.g. a file name), within the bounds."""
-    loader = BoundedLoader(text)
+class _Named(io.BytesIO):
+    """Bytes with a name: the parser's errors name ``name`` (not ``<byte string>``)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+
+def parse_yaml(text: str | bytes, source: str, what: str, keep_text: bool = False) -> Any:
+    """The document in ``text`` (from ``source``, e.g. a file name), within the bounds.
+
+    With ``keep_text``, scalars that YAML reads as something else than a string (numbers, booleans, null,
+    dates) come as :class:`~fedagg.settings.Written`, which keeps their text as written.
+    """
+    data = text.encode() if isinstance(text, str) else text
+    loader = BoundedLoader(_Named(data, source), keep_text)
     try:
         return loader.get_single_data()
     except YamlBound as error:
@@ -166,12 +188,12 @@ def parse_yaml(text: str | bytes, source: str, what: str) -> Any:
             source, error.found, f"{what} in YAML within fedagg's bounds: {error.bound}"
         ) from None
     except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer too long, a date out of range
-        raise ConfigError(source, None, f"{what} in valid YAML ({error})") from None
+        raise ConfigError(source, None, f"{what} in valid YAML ({' '.join(str(error).split())})") from None
     finally:
         loader.dispose()
 
 
-def read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: Path, what: str, keep_text: bool = False) -> Any:
     """The YAML document in file ``path`` (``what`` it should be, for errors), within the bounds."""
     try:
         with path.open("rb") as file:
@@ -184,4 +206,4 @@ def read_yaml(path: Path, what: str) -> Any:
             f"more than {MAX_FILE_BYTES} bytes",
             f"{what} of at most {MAX_FILE_BYTES} bytes (1 MiB)",
         )
-    return parse_yaml(text, str(path), what)
+    return parse_yaml(text, str(path), what, keep_text)

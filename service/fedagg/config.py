@@ -54,8 +54,11 @@ from fedagg.settings import (
     TIMEOUT,
     ConfigError,
     Range,
+    Written,
     build,
+    gathered,
     non_empty,
+    plain,
     port_number,
     setting,
 )
@@ -529,14 +532,44 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         )
     merged = _with_environment(data or {}, environ or {})
     config: Config = _resolve_paths(build(Config, merged), base_dir)
-    config.plan()
-    if config.ops.drain_seconds >= config.ops.grace_seconds:
-        raise ConfigError(
-            "ops.drain_seconds",
-            config.ops.drain_seconds,
-            f"less than ops.grace_seconds ({config.ops.grace_seconds})",
-        )
+    errors = [error for error in (_plan_error(config), _grace_error(config)) if error is not None]
+    gathered([*errors, *_port_clashes(config)])
     return config
+
+
+def _plan_error(config: Config) -> ConfigError | None:
+    try:
+        config.plan()
+    except ConfigError as error:
+        return error
+    return None
+
+
+def _grace_error(config: Config) -> ConfigError | None:
+    if config.ops.drain_seconds < config.ops.grace_seconds:
+        return None
+    return ConfigError(
+        "ops.drain_seconds",
+        config.ops.drain_seconds,
+        f"less than ops.grace_seconds ({config.ops.grace_seconds})",
+    )
+
+
+def _port_clashes(config: Config) -> list[ConfigError]:
+    """Two listeners on one port (0, any free port, never clashes)."""
+    ports = {
+        "server.port": config.server.port,
+        "ops.port": config.ops.port,
+        "ops.metrics_port": config.ops.metrics_port,
+    }
+    errors: list[ConfigError] = []
+    for index, (key, port) in enumerate(ports.items()):
+        taken = [other for other, used in list(ports.items())[:index] if used == port and port]
+        if taken:
+            errors.append(
+                ConfigError(key, port, f"a port other than {taken[0]}'s (two listeners cannot share it)")
+            )
+    return errors
 
 
 def load_config(
@@ -546,13 +579,16 @@ def load_config(
 
     ``overlay`` (an imported OpenFL workspace) supplies defaults that the file's own settings override.
     """
-    data = {} if path is None else read_yaml(path, "the configuration")
+    data = {} if path is None else read_yaml(path, "the configuration", keep_text=True)
     if overlay:
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError("(top level)", data, "a mapping of sections")
         data = _deep_merge(overlay, data or {})
     base_dir = path.parent if path is not None else Path.cwd()
-    return parse_config(data, base_dir, os.environ if environ is None else environ)
+    try:
+        return parse_config(data, base_dir, os.environ if environ is None else environ)
+    except ConfigError as error:
+        raise (error if path is None else error.located(str(path))) from None
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -579,8 +615,16 @@ def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> di
             if not isinstance(node, dict):
                 raise ConfigError(".".join(keys), raw, f"{key} to be a section (from environment {name})")
             target = node
-        target[keys[-1]] = parse_yaml(raw, f"environment {name}", "a YAML value") if raw else raw
+        target[keys[-1]] = _from_environment(name, raw)
     return merged
+
+
+def _from_environment(name: str, raw: str) -> object:
+    """The YAML value of environment variable ``name``; a scalar remembers its text and the variable."""
+    value = parse_yaml(raw, f"environment {name}", "a YAML value", keep_text=True) if raw else raw
+    if isinstance(value, list | Mapping):
+        return value
+    return Written(plain(value), value.text if isinstance(value, Written) else str(value), name)
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -683,6 +682,8 @@ def _secret_manifest(name: str, server: Issued, ca_pem: bytes) -> str:
             ("ca.crt", ca_pem),
         )
     }
+    import yaml  # noqa: PLC0415 (the CA holder's side only: a site needs cryptography alone, fedagg[site])
+
     manifest = {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -12,7 +12,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,14 +20,71 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """A YAML scalar as written: its ``value`` as YAML reads it, its ``text`` and where it came from.
+
+    A setting typed ``str`` takes the text (``federation_uuid: 0123`` stays ``'0123'``, not octal 83; ``enabled:
+    false`` stays ``'false'``); every other type takes the value. ``origin`` names the environment variable the
+    scalar came from, for errors.
+    """
+
+    value: object
+    text: str
+    origin: str = ""
+
+    def __repr__(self) -> str:
+        return repr(self.value) if isinstance(self.value, str) else self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class ConfigError(ValueError):
     """A setting that cannot be used: its key, its value and what was expected."""
 
     def __init__(self, key: str, value: object, expected: str) -> None:
-        super().__init__(f"{key}: got {value!r}, expected {expected}")
+        origin = f" (from {value.origin})" if isinstance(value, Written) and value.origin else ""
+        super().__init__(f"{key}: got {value!r}, expected {expected}{origin}")
         self.key = key
         self.value = value
         self.expected = expected
+
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        """Every error this one stands for (itself alone, unless it gathers several)."""
+        return (self,)
+
+    def located(self, source: str) -> ConfigError:
+        """The same error with its key prefixed by the file ``source``."""
+        return ConfigError(f"{source}: {self.key}", self.value, self.expected)
+
+
+class ConfigErrors(ConfigError):
+    """Several settings that cannot be used, reported together."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = tuple(problem for error in errors for problem in error.problems)
+        first = self.errors[0]
+        super().__init__(first.key, first.value, first.expected)
+        self.args = ("; ".join(str(error) for error in self.errors),)
+
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        """Every error gathered."""
+        return self.errors
+
+    def located(self, source: str) -> ConfigError:
+        """Every error, each prefixed by the file ``source``."""
+        return ConfigErrors([error.located(source) for error in self.errors])
+
+
+def gathered(errors: Sequence[ConfigError]) -> None:
+    """Raise the errors in ``errors`` together (nothing when it is empty)."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def setting(
@@ -47,43 +104,56 @@ def setting(
 
 
 def build(cls: type[T], data: object, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
-    if data is None:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`.
+
+    Every error in the mapping is reported at once (a :class:`ConfigErrors` when there are several).
+    """
+    if data is None or (isinstance(data, Written) and data.value is None):
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(path or "(top level)", data, "a mapping of settings")
     fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
+    errors: list[ConfigError] = []
     for key in data:
-        if key not in fields:
+        if str(key) not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                _join(path, str(key)), data[key], f"one of the known keys {sorted(fields)}{hint}"
+            errors.append(
+                ConfigError(_join(path, str(key)), data[key], f"one of the known keys {sorted(fields)}{hint}")
             )
     values: dict[str, Any] = {}
     for name, field in fields.items():
         key = _join(path, name)
         if name in data:
-            value = convert(hints[name], data[name], key)
-            check = field.metadata.get("check")
-            if check is not None and value is not None and (expected := check(value)):
-                raise ConfigError(key, data[name], expected)
-            values[name] = value
+            try:
+                values[name] = _checked(field, convert(hints[name], data[name], key), data[name], key)
+            except ConfigError as error:
+                errors.append(error)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(key, None, "a value (this setting is required)")
+            errors.append(ConfigError(key, None, "a value (this setting is required)"))
+    gathered(errors)
     return cls(**values)
 
 
+def _checked(field: dataclasses.Field[Any], value: Any, written: object, key: str) -> Any:
+    check = field.metadata.get("check")
+    if check is not None and value is not None and (expected := check(value)):
+        raise ConfigError(key, written, expected)
+    return value
+
+
 def convert(kind: Any, value: object, key: str) -> Any:
-    """Convert one value to the annotated type."""
+    """Convert one value to the annotated type; a :class:`Written` scalar gives a string type its text."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if (value.value if isinstance(value, Written) else value) is None and type(None) in args:
             return None
         options = [arg for arg in args if arg is not type(None)]
         return convert(options[0], value, key)
+    if isinstance(value, Written):
+        return _convert_written(kind, value, key)
     if dataclasses.is_dataclass(kind):
         return build(kind, value, key)  # type: ignore[arg-type]
     if origin in (tuple, list):
@@ -99,9 +169,32 @@ def convert(kind: Any, value: object, key: str) -> Any:
     return _convert_scalar(kind, value, key)
 
 
+def _convert_written(kind: Any, value: Written, key: str) -> Any:
+    textual = kind is Path or (isinstance(kind, type) and issubclass(kind, str))
+    if (
+        textual and value.value is not None
+    ):  # a string, a string enum, a path: the text (a directory named 2024)
+        return _convert_scalar(kind, value.text, key)
+    try:
+        return convert(kind, value.value, key)
+    except ConfigError as error:
+        raise ConfigError(error.key, value, error.expected) from None
+
+
+def plain(value: object) -> Any:
+    """``value`` with every :class:`Written` scalar in it replaced by its value."""
+    if isinstance(value, Written):
+        return plain(value.value)
+    if isinstance(value, list):
+        return [plain(element) for element in value]
+    if isinstance(value, Mapping):
+        return {plain(name): plain(element) for name, element in value.items()}
+    return value
+
+
 def _convert_scalar(kind: Any, value: object, key: str) -> Any:
     if kind is Any:
-        return value
+        return plain(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")

@@ -312,7 +312,7 @@ def test_two_rounds_over_mtls_through_the_container(aggregator: Aggregator, pki:
     assert value(metrics, "fedagg_rounds_to_train") == ROUNDS
     assert value(metrics, "fedagg_rounds_completed_total") == ROUNDS
     assert value(metrics, "fedagg_experiment_state", state="finished") == 1
-    assert value(metrics, "fedagg_collaborators", state="authorized") == len(SPECS)
+    assert value(metrics, "fedagg_collaborators_authorized") == len(SPECS)
     assert value(metrics, "fedagg_task_results_total", outcome="accepted") == ROUNDS * len(SPECS) * 3
     assert value(metrics, "grpc_server_handled_total", grpc_method="GetTasks", grpc_code="OK") > 0
     assert value(

@@ -28,6 +28,7 @@ FEDAGG_METRICS = {
     "fedagg_rounds_completed_total",
     "fedagg_round_duration_seconds",
     "fedagg_collaborators",
+    "fedagg_collaborators_authorized",
     "fedagg_task_results_total",
     "fedagg_contributions_rejected_total",
     "fedagg_contributions_ignored_total",
@@ -72,10 +73,12 @@ HISTOGRAMS = {
     "fedagg_get_tasks_hold_seconds",
 }
 LABELS = {
-    "fedagg_collaborators": {"state": {"authorized", "active", "done"}},
+    "fedagg_collaborators": {
+        "state": {"waiting", "training", "held", "done", "rejected", "straggler", "silent", "quit"}
+    },
     "fedagg_experiment_state": {"state": {"restoring", "pending", "in_progress", "finished", "draining"}},
     "fedagg_collaborator_state": {
-        "state": {"waiting", "training", "done", "rejected", "straggler", "stalled", "finishing", "quit"}
+        "state": {"waiting", "training", "held", "done", "rejected", "straggler", "silent", "quit"}
     },
     "fedagg_certificate_reloads_total": {"outcome": {"loaded", "rejected"}},
     "fedagg_task_results_total": {"outcome": {"accepted", "ignored", "rejected"}},

@@ -215,7 +215,7 @@ def test_serve_refuses_a_connection_age_grpc_cannot_take_in_one_line(tmp_path: P
 
     assert refused.returncode == 2
     assert refused.stderr == (
-        "fedagg: configuration error: server.max_connection_age_seconds: got 3000000.0, expected 0 (never) or a "
+        f"fedagg: configuration error: {path}: server.max_connection_age_seconds: got 3000000.0, expected 0 (never) or a "
         "number of seconds from 1 to 2147483.647\n"
     )
 

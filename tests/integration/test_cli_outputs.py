@@ -130,10 +130,12 @@ def test_status_json(finished: tuple[FedaggProcess, Path], pki: Pki) -> None:
             "next_task",
             "last_contact",
             "seconds_since_contact",
+            "training_since",
         }
         assert collaborator["status"] == "quit"
         assert before - 300 < collaborator["last_contact"] <= document["time"]
         assert 0 <= collaborator["seconds_since_contact"] < 300
+        assert collaborator["training_since"] is None
     assert {"name", "description"} <= set(document["tasks"][0])
 
 
@@ -251,9 +253,11 @@ def test_config_check_json_and_text(finished: tuple[FedaggProcess, Path], pki: P
     assert "metrics    127.0.0.1:0 (any free port)  http, plaintext" in text
     assert "names DNS:localhost, IP:127.0.0.1, IP:::1" in text
     assert refused.returncode == 2
+    error = f"{bad}: federation.rounds_to_train: got 'two', expected an integer"
     assert json.loads(refused.stdout) == {
         "ok": False,
-        "error": "federation.rounds_to_train: got 'two', expected an integer",
+        "error": error,
+        "errors": [error],
     }
 
 

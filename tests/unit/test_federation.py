@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
 from tests.support.runners import SHAPES, zero_model
-from tests.support.servers import ManualClock, make_federation, make_plan
+from tests.support.servers import ManualClock, make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, hand_out, metric, run_round, submit, submit_training, weights
 
 PAIR = ("one", "two")
@@ -505,21 +504,37 @@ def test_describe_reports_real_progress(federation: Federation) -> None:
     assert dict(status.models) == {"best": "pending", "last": "pending", "init": "ready"}
 
 
-def test_last_contact_and_a_stalled_collaborator(tmp_path: Path) -> None:
+def test_training_held_and_silent_collaborators(tmp_path: Path) -> None:
     clock = ManualClock()
     federation = make_federation(tmp_path, make_plan(PAIR, 2, sleep_seconds=10), zero_model(), clock=clock)
     federation.contact_started("one")
     federation.get_tasks("one")
     federation.contact_ended("one")
-    federation.contact_started("two")  # a long call in progress (a held GetTasks, an upload)
+    run_round(federation, 0, {"two": (1.0, 10)}, SHAPES)
+    federation.contact_started("two")  # a long call in progress: a held GetTasks
     clock.now += 31
 
     one, two = federation.describe().collaborators
 
-    assert (one.status, two.status) == ("stalled", "waiting"), "silent for 3 sleep periods; in a call"
+    assert (one.status, two.status) == ("training", "held"), "training makes no call; a held call is contact"
     assert one.last_contact is not None
-    assert time.time() - one.last_contact == pytest.approx(31, abs=2)
+    assert two.last_contact is not None
+    assert two.last_contact - one.last_contact == pytest.approx(31, abs=2), "one trains since its call ended"
     federation.contact_ended("two")
-    assert federation.describe().collaborators[0].status == "stalled"
-    federation.contact_started("one")
-    assert federation.describe().collaborators[0].status == "training"
+    clock.now += 31
+    assert [c.status for c in federation.describe().collaborators] == ["training", "silent"]
+    federation.contact_started("two")
+    assert federation.describe().collaborators[1].status == "held"
+
+
+def test_done_and_quit_are_kept_across_a_restart(tmp_path: Path) -> None:
+    plan = make_plan(PAIR, 2)
+    federation = make_federation(tmp_path, plan, zero_model())
+    run_round(federation, 0, {"one": (1.0, 10), "two": (1.0, 10)}, SHAPES)
+    run_round(federation, 1, {"two": (1.0, 10)}, SHAPES)
+
+    restarted = restart_federation(tmp_path, plan)
+
+    one, two = restarted.describe().collaborators
+    assert (one.status, one.last_contact) == ("waiting", None), "one may train across the restart: not silent"
+    assert (two.status, two.progress) == ("done", 1.0), "its uploads of round 1 are in the spool"

@@ -6,8 +6,19 @@ import asyncio
 import io
 import json
 import logging
+import signal
+import subprocess
+import sys
 
-from fedagg.logs import REDACTED, ContextFilter, JsonFormatter, in_current_context, redact, set_log_context
+from fedagg.logs import (
+    REDACTED,
+    ContextFilter,
+    JsonFormatter,
+    forward_native_lines,
+    in_current_context,
+    redact,
+    set_log_context,
+)
 from fedagg.pki import CertificateAuthority
 
 
@@ -62,3 +73,39 @@ def test_json_lines_carry_the_context_set_by_a_handler() -> None:
     assert (second["level"], second["collaborator"]) == ("debug", "one")
     assert (third["collaborator"], third["round"], third["task"]) == (None, None, None)
     assert set(first) == {"time", "level", "logger", "message", "collaborator", "round", "task"}
+
+
+def test_a_native_line_written_just_before_an_abort_reaches_the_json_log() -> None:
+    crash = (
+        "import os\n"
+        "from fedagg.logs import configure_logging\n"
+        "configure_logging('info', json_lines=True)\n"
+        "os.write(2, b'F1207 12:00:00.000000 1 crash.cc:1] the native line before the abort\\n')\n"
+        "os.abort()\n"
+    )
+
+    crashed = subprocess.run(
+        [sys.executable, "-c", crash], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert crashed.returncode == -signal.SIGABRT
+    records = [json.loads(line) for line in crashed.stderr.splitlines()]
+    assert [(r["level"], r["logger"], r["message"]) for r in records] == [
+        ("critical", "grpc.core", "F1207 12:00:00.000000 1 crash.cc:1] the native line before the abort")
+    ]
+
+
+def test_a_failed_tls_handshake_is_a_warning_though_grpc_core_says_info() -> None:
+    logger, stream = capture(json_lines=True)
+    logger.setLevel(logging.WARNING)
+    lines = [
+        "I1207 12:24:24.028427 1 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: "
+        "error:100000c0:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE\n",
+        "I1207 12:24:24.030000 1 chttp2_server.cc:1] an ordinary info line\n",
+    ]
+
+    forward_native_lines(lines, logger)
+
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [record["level"] for record in records] == ["warning"]
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in records[0]["message"]

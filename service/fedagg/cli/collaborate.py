@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fedagg.cli.common import (
     CONNECTION_EPILOG,
+    EXIT_USAGE,
     Commands,
     add_command,
     add_connection_options,
@@ -16,7 +18,7 @@ from fedagg.cli.common import (
 )
 from fedagg.collaborator import Collaborator
 from fedagg.collaborator.participant import TaskEvent
-from fedagg.collaborator.reference import DatasetSpec, SoftmaxRegressionRunner, site_seed
+from fedagg.collaborator.reference import DatasetSpec, ModelMismatch, SoftmaxRegressionRunner, site_seed
 
 
 def register(commands: Commands) -> None:
@@ -66,7 +68,11 @@ def _collaborate(args: argparse.Namespace) -> int:
 
     with reported_errors(args.name), connect(args, args.name) as client:
         collaborator = Collaborator(client, runner, delta_updates=args.delta_updates, on_task_done=report)
-        collaborator.run()
+        try:
+            collaborator.run()
+        except ModelMismatch as error:
+            print(f"fedagg: {args.name}: {error}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
     if not args.quiet:
         print(f"{args.name}: quit after {collaborator.rounds_completed} rounds", flush=True)
     return 0

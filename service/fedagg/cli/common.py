@@ -193,6 +193,12 @@ def print_json(document: Any) -> None:
     print(json.dumps(document, separators=(",", ":")), flush=True)
 
 
+CERTIFICATE_PEM = b"-----BEGIN CERTIFICATE-----"
+PRIVATE_KEY_PEM = b"PRIVATE KEY-----"
+MAX_PEM_BYTES = 1 << 20
+"""How much of a certificate or key file is read to check it (a chain of certificates is a few KiB)."""
+
+
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
     """TLS material from the options, with every file checked; None for ``--insecure``."""
     if args.insecure:
@@ -201,14 +207,23 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
         raise _usage("--ca is required (or --insecure for a plaintext aggregator; env FEDAGG_CA)")
     if (args.cert is None) != (args.key is None):
         raise _usage("--cert and --key go together")
-    for option, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+    for option, path, marker, kind in (
+        ("--ca", args.ca, CERTIFICATE_PEM, "a PEM certificate"),
+        ("--cert", args.cert, CERTIFICATE_PEM, "a PEM certificate"),
+        ("--key", args.key, PRIVATE_KEY_PEM, "a PEM private key"),
+    ):
         if path is None:
             continue
         try:
             with open(path, "rb") as readable:
-                readable.read(1)
+                text = readable.read(MAX_PEM_BYTES)
         except OSError as error:
             raise _usage(f"{option} {path}: {error.strerror}") from None
+        if marker not in text:
+            swapped = (
+                " (are --cert and --key swapped?)" if option != "--ca" and args.cert and args.key else ""
+            )
+            raise _usage(f"{option} {path}: not {kind}{swapped}")
     return ClientTls(args.ca, args.cert, args.key, args.server_name)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -154,10 +154,20 @@ def _npz_shapes(path: Path) -> dict[str, Shape]:
 def _read_npz(path: Path) -> dict[str, Float32Array]:
     """The arrays of a .npz as float32, once their shapes are known to fit in replies."""
     try:
-        _check_fits(_npz_shapes(path))
-        with np.load(path) as arrays:
-            tensors = {name: np.asarray(arrays[name], np.float32) for name in arrays.files}
+        if zipfile.is_zipfile(path):
+            _check_fits(_npz_shapes(path))
+        loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise SystemExit(f"fedagg: cannot read {path} as a numpy .npz: {error}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise SystemExit(
+            f"fedagg: {path} is a .npy (one array without a name); give a .npz of named arrays "
+            "(numpy.savez('init.npz', weights=..., bias=...))"
+        )
+    try:
+        with loaded as arrays:
+            tensors = {name: np.asarray(arrays[name], np.float32) for name in arrays.files}
+    except (OSError, ValueError) as error:
         raise SystemExit(f"fedagg: cannot read {path} as a numpy .npz: {error}") from None
     if not tensors:
         raise SystemExit(f"fedagg: {path} holds no arrays")
@@ -209,10 +219,21 @@ def _show(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     model = _read(args.file)
-    arrays: dict[str, Any] = {name: np.array(values) for name, values in model.tensors.items()}
-    np.savez(args.out, **arrays)
+    try:
+        _write_npz(args.out, model.tensors)
+    except OSError as error:
+        raise SystemExit(f"fedagg: cannot write {args.out}: {error.strerror}") from None
     print(f"{args.out}: {len(model.tensors)} tensors from round {model.round_number}")
     return 0
+
+
+def _write_npz(path: Path, tensors: Mapping[str, Float32Array]) -> None:
+    """What ``numpy.savez(path, **tensors)`` writes, for any tensor names (savez's own ``file`` and
+    ``allow_pickle`` included): a zip of ``<name>.npy`` members."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, values in tensors.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(values), allow_pickle=False)
 
 
 def _pull(args: argparse.Namespace) -> int:

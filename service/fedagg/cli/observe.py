@@ -31,11 +31,15 @@ STATUS_JSON = """
   models: [{name (best, last, init), status (ready, pending)}],
   collaborators: [{name, status, round, progress (share of its tasks of the round done, 0 to 1),
                    current_task, next_task ("" when none),
-                   last_contact (Unix seconds of its last call; null: never since the aggregator started),
-                   seconds_since_contact (null: never)}],
+                   last_contact (Unix seconds of its last call, now while it is in one; null: never since the
+                   aggregator started), seconds_since_contact (null: never),
+                   training_since (Unix seconds; null unless training)}],
   tasks: [{name, description}]
-a collaborator's status: waiting (for its tasks), training (tasks handed out), done, rejected (its results
-were unusable), straggler (left out of the round), stalled (no call for 3 sleep periods), finishing, quit
+a collaborator's status: waiting (for its tasks; never called since the aggregator started, or not yet asked),
+training (its tasks handed out: it trains current_task since its last call ended), held (in a long-poll GetTasks
+that waits for work: a live contact), done (every task of the round in), rejected (its results were unusable),
+straggler (left out of the round), silent (not training and no call for 3 sleep periods), quit (kept across
+restarts)
 """
 METRICS_JSON = """
 -o json prints one object per line and metric: round, origin (a collaborator's name, or "aggregator" for
@@ -85,7 +89,9 @@ def _status(args: argparse.Namespace) -> int:
     rows = [
         [
             c.name,
-            c.status,
+            f"training for {ago(now - c.last_contact).removesuffix(' ago')}"
+            if _training_since(c)
+            else c.status,
             str(c.round),
             f"{c.progress:.0%}",
             c.current_task or "-",
@@ -123,11 +129,17 @@ def status_document(experiment: base_pb2.ExperimentDescription, now: float) -> d
                 "next_task": c.next_task,
                 "last_contact": c.last_contact or None,
                 "seconds_since_contact": round(max(now - c.last_contact, 0.0), 3) if c.last_contact else None,
+                "training_since": _training_since(c),
             }
             for c in experiment.collaborators
         ],
         "tasks": [{"name": t.name, "description": t.description} for t in experiment.tasks],
     }
+
+
+def _training_since(collaborator: base_pb2.CollaboratorDescription) -> float | None:
+    """Since when a training collaborator trains (its last call ended then: it calls again to upload)."""
+    return collaborator.last_contact or None if collaborator.status == "training" else None
 
 
 def _metrics(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedagg.cli.common import Commands, add_command
 
@@ -103,24 +103,36 @@ def _add_config_options(parser: argparse.ArgumentParser, positional: bool = Fals
     )
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """The configuration file: serve's --config or config check's argument."""
+    path: Path | None = getattr(args, "config", None) or getattr(args, "file", None)
+    return path
+
+
 def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
     from fedagg.config import load_config
     from fedagg.openfl_plan import load_openfl_workspace
 
-    path = getattr(args, "config", None) or getattr(args, "file", None)
+    path = _config_path(args)
     overlay: dict[str, Any] = {}
     ignored: tuple[str, ...] = ()
     if args.openfl_plan or args.openfl_cols:
         if not (args.openfl_plan and args.openfl_cols):
-            raise SystemExit("fedagg: --openfl-plan and --openfl-cols go together")
+            _usage("fedagg: --openfl-plan and --openfl-cols go together")
         workspace = load_openfl_workspace(args.openfl_plan, args.openfl_cols, args.openfl_defaults)
         overlay, ignored = workspace.overlay, workspace.ignored
     if path is None and not overlay:
-        raise SystemExit("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
+        _usage("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
     if args.task_group:
         overlay.setdefault("federation", {})["task_group"] = args.task_group
     return load_config(path, overlay=overlay), ignored
+
+
+def _usage(message: str) -> NoReturn:
+    """Exit with status 2 (a usage error, like argparse's) and one line."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -151,11 +163,16 @@ def _config_check(args: argparse.Namespace) -> int:
 
     try:
         config, ignored = load(args)
-        check_files(config)
+        try:
+            check_files(config)
+        except ConfigError as error:
+            path = _config_path(args)
+            raise (error if path is None else error.located(str(path))) from None
         plan = config.plan()
     except ConfigError as error:
         if args.output == "json":
-            print(json.dumps({"ok": False, "error": str(error)}))
+            problems = [str(problem) for problem in error.problems]
+            print(json.dumps({"ok": False, "error": problems[0], "errors": problems}))
         raise
     document = config_document(config, plan, ignored)
     if args.output == "json":

@@ -77,6 +77,10 @@ def _probabilities(weights: Weights, x: Float32Array) -> Float32Array:
     return probabilities
 
 
+class ModelMismatch(ValueError):
+    """The aggregator's model is not the one this runner trains (other features or classes)."""
+
+
 class SoftmaxRegressionRunner:
     """A :class:`~fedagg.collaborator.runner.TaskRunner` for the synthetic task."""
 
@@ -93,7 +97,24 @@ class SoftmaxRegressionRunner:
     def weight_names(self) -> tuple[str, ...]:
         return (WEIGHTS, BIAS)
 
+    def _checked(self, weights: Weights) -> Weights:
+        """``weights`` if they have the shapes of :attr:`spec`, else :class:`ModelMismatch` saying what to change."""
+        expected = {WEIGHTS: (self.spec.features, self.spec.classes), BIAS: (self.spec.classes,)}
+        shapes = {name: tuple(np.shape(weights[name])) for name in expected if name in weights}
+        if shapes != expected:
+            got = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in shapes.items()) or "none"
+            hint = ""
+            if len(shapes.get(WEIGHTS, ())) == 2:
+                features, classes = shapes[WEIGHTS]
+                hint = f" (--features {features} --classes {classes} match it)"
+            raise ModelMismatch(
+                f"the aggregator's model has {got}; this collaborator trains {self.spec.features} features x "
+                f"{self.spec.classes} classes{hint}"
+            )
+        return weights
+
     def train(self, weights: Weights, round_number: int) -> TaskOutput:
+        weights = self._checked(weights)
         w = np.array(weights[WEIGHTS], np.float32)
         b = np.array(weights[BIAS], np.float32)
         x, y = self.data.train_x, self.data.train_y
@@ -111,6 +132,6 @@ class SoftmaxRegressionRunner:
         return TaskOutput({"loss": float(np.mean(losses))}, len(x), {WEIGHTS: w, BIAS: b})
 
     def validate(self, weights: Weights, round_number: int) -> TaskOutput:
-        predicted = _probabilities(weights, self.data.valid_x).argmax(axis=1)
+        predicted = _probabilities(self._checked(weights), self.data.valid_x).argmax(axis=1)
         accuracy = float((predicted == self.data.valid_y).mean())
         return TaskOutput({"acc": accuracy}, len(self.data.valid_y))

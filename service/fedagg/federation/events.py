@@ -71,6 +71,23 @@ class FederationListener:
         """Every collaborator has received its quit job."""
 
 
+COLLABORATOR_STATES = ("waiting", "training", "rejected", "held", "done", "straggler", "silent", "quit")
+"""A collaborator's state in the current round; every collaborator is in exactly one:
+
+- ``waiting``: its tasks of the round are not handed out yet (it has not asked since they became due, or it never
+  called since the aggregator started: a collaborator training across a restart shows here until it uploads);
+- ``training``: its tasks are handed out and not all uploaded: it trains (``current_task``) since its last call
+  ended (``last_contact``), or downloads or uploads;
+- ``rejected``: every task in, some of them unusable (left out of the aggregate);
+- ``held``: nothing to train now and in a call: a long-poll GetTasks held until there is work (its results for
+  the round are in, or it has no task in it); a live contact;
+- ``done``: every task of the round uploaded (or the experiment is over and its quit job is due);
+- ``straggler``: left out of the round by the straggler policy;
+- ``silent``: not training and no call for 3 sleep periods (one waiting for work asks every sleep period);
+- ``quit``: its quit job was sent (recorded in the checkpoint: kept across restarts).
+"""
+
+
 @dataclass(frozen=True)
 class CollaboratorStatus:
     """One collaborator's progress, for GetExperimentDescription."""
@@ -83,7 +100,8 @@ class CollaboratorStatus:
     next_task: str
     rejected_tasks: tuple[str, ...] = ()
     last_contact: float | None = None
-    """When the collaborator last called (Unix time), None if never since the aggregator started."""
+    """When the collaborator last called (Unix time; now while a call is in progress), None if never since the
+    aggregator started. For a ``training`` collaborator: since when it trains."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from fedagg.federation.events import CollaboratorStatus, ExperimentStatus
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.rounds import Round
 
-STALL_PERIODS = 3
-"""A collaborator that has not called for this many sleep periods (and is not in a call) is ``stalled``."""
+SILENT_PERIODS = 3
+"""A collaborator that is not training, not in a call and has not called for this many sleep periods is ``silent``:
+one that waits for work asks for it every sleep period (OpenFL's clients sleep ``sleep_seconds`` between GetTasks);
+one that trains makes no call until it uploads, so it is never silent."""
 
 
 @dataclass
@@ -34,12 +36,24 @@ class Contacts:
         """A monotonic instant as Unix time."""
         return self.wall_now - (self.now - monotonic)
 
+    def in_call(self, name: str) -> bool:
+        """Whether a call of the collaborator is in progress (a held GetTasks, a download, an upload)."""
+        contact = self.by_collaborator.get(name)
+        return contact is not None and contact.calls > 0
+
     def silent_for(self, name: str) -> float | None:
         """Seconds since the collaborator's last call ended (0 while one is in progress), None if it never called."""
         contact = self.by_collaborator.get(name)
         if contact is None:
             return None
         return 0.0 if contact.calls else self.now - contact.last
+
+    def last_contact(self, name: str) -> float | None:
+        """When the collaborator last called (Unix time; now while a call is in progress), None if it never did."""
+        contact = self.by_collaborator.get(name)
+        if contact is None:
+            return None
+        return self.wall_now if contact.calls else self.wall_time(contact.last)
 
 
 def restoring_status(plan: FederationPlan) -> ExperimentStatus:
@@ -65,9 +79,9 @@ def experiment_status(
         status = "pending"
     else:
         status = "in_progress"
-    stall_after = STALL_PERIODS * plan.sleep_seconds
+    silent_after = SILENT_PERIODS * plan.sleep_seconds
     collaborators = tuple(
-        _collaborator_status(round_, committed, name, finished, contacts, stall_after)
+        _collaborator_status(round_, committed, name, finished, contacts, silent_after)
         for name in plan.collaborators
     )
     models = (
@@ -109,30 +123,38 @@ def _tasks(
 
 
 def _collaborator_status(
-    round_: Round, committed: Checkpoint, name: str, finished: bool, contacts: Contacts, stall_after: float
+    round_: Round, committed: Checkpoint, name: str, finished: bool, contacts: Contacts, silent_after: float
 ) -> CollaboratorStatus:
     assigned = round_.assignment.get(name, ())
     pending = round_.pending_tasks(name)
     rejected = round_.rejected_tasks(name)
-    progress = 1.0 if not assigned else (len(assigned) - len(pending)) / len(assigned)
-    if name in committed.quit_sent:
-        status = "quit"
-    elif finished:
-        status = "finishing"
-    elif name in round_.stragglers:
-        status = "straggler"
-    elif (silent := contacts.silent_for(name)) is not None and silent > stall_after:
-        status = "stalled"
-    elif not pending:
-        status = "rejected" if rejected else "done"
-    elif name in round_.handed_out:
-        status = "training"
-    else:
-        status = "waiting"
+    over = name in committed.quit_sent or finished
+    progress = 1.0 if over or not assigned else (len(assigned) - len(pending)) / len(assigned)
+    status = _state(round_, committed, name, finished, contacts, silent_after)
     current = pending[0] if pending and not finished else ""
     following = pending[1] if len(pending) > 1 and not finished else ""
-    contact = contacts.by_collaborator.get(name)
-    last_contact = None if contact is None else contacts.wall_time(contact.last)
     return CollaboratorStatus(
-        name, status, progress, round_.number, current, following, rejected, last_contact
+        name, status, progress, round_.number, current, following, rejected, contacts.last_contact(name)
     )
+
+
+def _state(
+    round_: Round, committed: Checkpoint, name: str, finished: bool, contacts: Contacts, silent_after: float
+) -> str:
+    """One of :data:`~fedagg.federation.events.COLLABORATOR_STATES` (see there), first that applies."""
+    pending = round_.pending_tasks(name)
+    if name in committed.quit_sent:
+        return "quit"
+    if finished:
+        return "done"
+    if name in round_.stragglers:
+        return "straggler"
+    if pending and name in round_.handed_out:
+        return "training"
+    if not pending and round_.rejected_tasks(name):
+        return "rejected"
+    if contacts.in_call(name):
+        return "held"
+    if (silent := contacts.silent_for(name)) is not None and silent > silent_after:
+        return "silent"
+    return "waiting" if pending else "done"

@@ -21,7 +21,12 @@ from prometheus_client.registry import Collector
 
 from fedagg import __version__
 from fedagg.federation.contribution import RejectionReason
-from fedagg.federation.events import ExperimentStatus, FederationListener, RoundSummary
+from fedagg.federation.events import (
+    COLLABORATOR_STATES,
+    ExperimentStatus,
+    FederationListener,
+    RoundSummary,
+)
 from fedagg.federation.intake import IgnoreReason
 from fedagg.server.auth import REFUSAL_REASONS
 from fedagg.server.observer import Limit
@@ -177,6 +182,12 @@ class FederationMetrics(FederationListener):
         self.certificate_reloads = Counter(
             "fedagg_certificate_reloads", "Certificate rotations, by outcome.", ["outcome"], registry=registry
         )
+        self.tls_handshakes = Counter(
+            "fedagg_tls_handshakes",
+            "TLS handshakes started on the federation port (each new connection; gRPC reports no outcome: a "
+            "failed one is a handshake without a call after it, see grpc_server_started_total).",
+            registry=registry,
+        )
         self.hook_failures = Counter(
             "fedagg_hook_failures", "Shutdown hooks that failed.", ["hook"], registry=registry
         )
@@ -271,6 +282,10 @@ class FederationMetrics(FederationListener):
         """A rotation was refused."""
         self.certificate_reloads.labels("rejected").inc()
 
+    def tls_handshake_started(self) -> None:
+        """A TLS handshake began on the federation port."""
+        self.tls_handshakes.inc()
+
     def hook_configured(self, hook: str) -> None:
         """Create a hook's failure series at zero, so that increase() sees its first failure."""
         self.hook_failures.labels(hook)
@@ -309,23 +324,11 @@ class FederationMetrics(FederationListener):
         self.limit_breaches.labels(limit.value).inc()
 
 
-COLLABORATOR_STATES = (
-    "waiting",
-    "training",
-    "done",
-    "rejected",
-    "straggler",
-    "stalled",
-    "finishing",
-    "quit",
-)
-
-
 def _collaborator_families(status: ExperimentStatus) -> Iterator[Metric]:
     """Per-collaborator series, bounded by the plan's collaborator list."""
     states = GaugeMetricFamily(
         "fedagg_collaborator_state",
-        "1 for each collaborator's state in the current round (stalled: silent for 3 sleep periods).",
+        "1 for each collaborator's state in the current round (silent: not training, no call for 3 sleep periods).",
         labels=["collaborator", "state"],
     )
     contacts = GaugeMetricFamily(
@@ -421,15 +424,18 @@ class FederationStateCollector(Collector):
             "fedagg_rounds_to_train", "Rounds the experiment trains.", value=status.total_rounds
         )
         collaborators = GaugeMetricFamily(
-            "fedagg_collaborators", "Collaborators by state in the current round.", labels=["state"]
+            "fedagg_collaborators",
+            "Collaborators by state in the current round (a partition: the states add up to the authorized).",
+            labels=["state"],
         )
-        entries = status.collaborators
-        collaborators.add_metric(["authorized"], len(entries))
-        collaborators.add_metric(["active"], sum(1 for c in entries if c.status == "training"))
-        collaborators.add_metric(
-            ["done"], sum(1 for c in entries if c.status in ("done", "rejected", "quit"))
-        )
+        for state in COLLABORATOR_STATES:
+            collaborators.add_metric([state], sum(1 for c in status.collaborators if c.status == state))
         yield collaborators
+        yield GaugeMetricFamily(
+            "fedagg_collaborators_authorized",
+            "Collaborators the plan authorizes.",
+            value=len(status.collaborators),
+        )
         yield GaugeMetricFamily(
             "fedagg_storage_failing",
             "1 while the state directory refuses writes (readiness is NOT_SERVING meanwhile).",

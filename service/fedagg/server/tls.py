@@ -129,7 +129,9 @@ class CertificateSource:
     """The live server certificate, reloaded from its files when they change. Thread-safe.
 
     ``on_loaded(bundle)`` is called with every bundle that goes live and ``on_rejected(error)`` with every
-    rotation that is refused; both run on whichever thread noticed the change.
+    rotation that is refused; both run on whichever thread noticed the change. ``on_handshake()`` is called at the
+    start of every TLS handshake (gRPC asks the fetcher of dynamic credentials for the configuration then, on its
+    handshake thread): gRPC has no hook for a handshake's outcome, so this is what fedagg can count of them.
     """
 
     def __init__(
@@ -138,11 +140,13 @@ class CertificateSource:
         require_client_auth: bool,
         on_loaded: Callable[[CertificateBundle], None] | None = None,
         on_rejected: Callable[[CertificateError], None] | None = None,
+        on_handshake: Callable[[], None] | None = None,
     ) -> None:
         self.files = files
         self.require_client_auth = require_client_auth
         self._on_loaded = on_loaded or (lambda _bundle: None)
         self._on_rejected = on_rejected or (lambda _error: None)
+        self._on_handshake = on_handshake or (lambda: None)
         # Guards _signature and bundle. Held while a changed pair is read (a few KiB), which happens on gRPC's
         # handshake thread, never on the event loop; no other lock is taken under it (lock order: leaf).
         self._lock = threading.Lock()
@@ -199,6 +203,7 @@ class CertificateSource:
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         try:
+            self._on_handshake()
             if self.refresh():
                 return self._configuration(self.bundle)
         except Exception:  # a fetcher that raises breaks the handshake; keep serving the old pair
