@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,14 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging() -> Iterator[None]:
+    """Commands run in-process (``fedagg.cli.main``) configure the root logger for a whole process: put pytest's
+    handlers and level back after each test, so the next test's ``caplog`` sees its records."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -57,12 +57,12 @@ from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identi
 from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
 from fedagg.ops.readiness import Readiness
-from fedagg.protocol.message_size import TensorTooLarge, check_tensors_fit
+from fedagg.protocol.message_size import MAX_SEND_MESSAGE_BYTES, TensorTooLarge, check_tensors_fit
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
 from fedagg.server.handlers import SERVICE_NAME
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
-from fedagg.server.options import MAX_SEND_MESSAGE_BYTES, ReceiveLimits
+from fedagg.server.options import ReceiveLimits
 from fedagg.server.servicer import AggregatorGRPCServer
 from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
 from fedagg.settings import ConfigError

@@ -1,11 +1,15 @@
 """A hostile gRPC peer on raw HTTP/2 (the ``h2`` library): it never opens its flow-control window, holds streams
 open, and sends exactly the bytes a test chooses. It answers pings and settings (so keepalive cannot tell it from an
 honest client) and reads nothing else.
+
+One thread (the peer's reader) owns the socket: a TLS connection must not be read and written from two threads at
+once. The test's thread changes the HTTP/2 state under the lock and wakes the reader, which sends what is due.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -39,8 +43,10 @@ class H2Peer:
             raw = context.wrap_socket(raw, server_hostname="localhost")
         raw.settimeout(None)
         self._socket = raw
+        """Used by the reader thread only (after the connection preface)."""
+        self._wakeup, self._waker = socket.socketpair()
         self._lock = threading.Lock()
-        """Guards ``_connection`` and writes to ``_socket`` (the test thread and the reader thread share them)."""
+        """Guards ``_connection``, ``events`` and ``ended`` (the test thread and the reader thread share them)."""
         self._connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self._connection.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
@@ -64,36 +70,46 @@ class H2Peer:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
-        self._socket.close()
         self._reader.join(timeout=10)
+        self._socket.close()
+        self._wakeup.close()
+        self._waker.close()
 
     def _flush(self) -> None:
-        data = self._connection.data_to_send()
+        """Send what the HTTP/2 state has due (before the reader starts, and from the reader only)."""
+        with self._lock:
+            data = self._connection.data_to_send()
         if data:
             self._socket.sendall(data)
 
+    def _wake(self) -> None:
+        """Have the reader send what is due."""
+        self._waker.send(b"!")
+
     def _read(self) -> None:
         while True:
+            pending = getattr(self._socket, "pending", lambda: 0)()
+            readable = [self._socket] if pending else select.select([self._socket, self._wakeup], [], [])[0]
+            if self._wakeup in readable:
+                self._wakeup.recv(4096)
             try:
-                data = self._socket.recv(65536)
-            except OSError:
+                if self._socket in readable:
+                    data = self._socket.recv(65536)
+                    if not data:
+                        return
+                    self._receive(data)
+                self._flush()  # what the test asked for, ping and settings acknowledgements; never a window update
+            except (OSError, h2.exceptions.ProtocolError):
                 return
-            if not data:
-                return
-            with self._lock:
-                try:
-                    events = self._connection.receive_data(data)
-                except h2.exceptions.ProtocolError:
-                    return
-                self.events.extend(events)
-                for event in events:
-                    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
-                        self.ended.add(event.stream_id)
-                self.changed.notify_all()
-                try:
-                    self._flush()  # ping and settings acknowledgements; never a window update
-                except OSError:
-                    return
+
+    def _receive(self, data: bytes) -> None:
+        with self._lock:
+            events = self._connection.receive_data(data)
+            self.events.extend(events)
+            for event in events:
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    self.ended.add(event.stream_id)
+            self.changed.notify_all()
 
     def open_call(self, method: str, messages: Iterable[bytes] = (), *, end: bool = True) -> int:
         """Start a call of ``/openfl.aggregator.Aggregator/<method>``, send ``messages``; return its stream id."""
@@ -110,7 +126,7 @@ class H2Peer:
                     ("te", "trailers"),
                 ],
             )
-            self._flush()
+        self._wake()
         for message in messages:
             self.send(stream, message)
         if end:
@@ -129,7 +145,7 @@ class H2Peer:
                 if room > 0:
                     self._connection.send_data(stream, frame[:room])
                     frame = frame[room:]
-                    self._flush()
+                    self._wake()
                     continue
                 if not self.changed.wait(timeout=30):
                     raise TimeoutError(f"the server opened no window on stream {stream} for 30 s")
@@ -138,7 +154,7 @@ class H2Peer:
         """Half-close ``stream`` (the request is complete)."""
         with self._lock:
             self._connection.end_stream(stream)
-            self._flush()
+        self._wake()
 
     def status(self, stream: int) -> str | None:
         """The ``grpc-status`` the server ended ``stream`` with (None: not ended with a status)."""

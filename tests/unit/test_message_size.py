@@ -22,13 +22,13 @@ from fedagg.app import build_aggregator, check_files
 from fedagg.config import load_config
 from fedagg.protocol.codec import FLOAT32
 from fedagg.protocol.message_size import (
+    MAX_SEND_MESSAGE_BYTES,
     REPLY_HEADER_ALLOWANCE,
     TensorTooLarge,
     check_tensors_fit,
     served_tensor_bytes,
 )
 from fedagg.protocol.model_file import model_tensor_prefix
-from fedagg.server.options import MAX_SEND_MESSAGE_BYTES
 from fedagg.settings import ConfigError
 from tests.support.process import write_config
 

@@ -26,9 +26,8 @@ from fedagg.cli.common import (
 from fedagg.collaborator.reference import BIAS, WEIGHTS, DatasetSpec, initial_weights
 from fedagg.federation.store import publish_model
 from fedagg.protocol.codec import Float32Array, Shape
-from fedagg.protocol.message_size import TensorTooLarge, check_tensors_fit
+from fedagg.protocol.message_size import MAX_SEND_MESSAGE_BYTES, TensorTooLarge, check_tensors_fit
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
-from fedagg.server.options import MAX_SEND_MESSAGE_BYTES
 
 SHOW_JSON = """
 

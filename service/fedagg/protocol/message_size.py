@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from fedagg.protocol.codec import COMPRESSED, FLOAT32, Shape, tensor_header
 from fedagg.protocol.model_file import named_tensor_size
 
+MAX_SEND_MESSAGE_BYTES = 2**31 - 1
+"""The largest message gRPC sends (its lengths are int32)."""
+
 REPLY_HEADER_ALLOWANCE = 64 * 1024
 """Bytes a GetAggregatedTensor reply may need around its NamedTensor: the message header (party names) and the
 tensor field's prefix. Generous, so that no configuration of names makes a reply that passed the check too big."""

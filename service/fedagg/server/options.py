@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from fedagg.protocol.message_size import MAX_SEND_MESSAGE_BYTES
 from fedagg.protocol.stream import DecodeLimits
 from fedagg.server.observer import ServerObserver
 from fedagg.server.tls import CertificateSource
@@ -23,7 +24,6 @@ from fedagg.settings import INT32_MAX, SECONDS, TIMEOUT, Range, setting
 
 log = logging.getLogger(__name__)
 
-MAX_SEND_MESSAGE_BYTES = 2**31 - 1
 
 OPENFL_NETWORK_KEYS = frozenset(
     {
