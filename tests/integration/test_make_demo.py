@@ -3,6 +3,7 @@ progress, and not the dev tools that ``make test`` installs (``make -n``: the co
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +17,12 @@ def planned(target: str, directory: Path) -> list[str]:
     make = shutil.which("make")
     require(make is not None, "make is not installed")
     assert make is not None
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")  # set when the suite itself runs under make
+    environment = {key: value for key, value in os.environ.items() if key not in outer}
     result = subprocess.run(
-        [make, "-n", target, "PYTHON=python3"],
+        [make, "-n", "--no-print-directory", target, "PYTHON=python3"],
         cwd=directory,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
