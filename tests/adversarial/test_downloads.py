@@ -96,6 +96,7 @@ def test_a_collaborator_that_never_reads_cannot_starve_the_others(tmp_path: Path
         name: float(values[0]) for name, values in MODEL.items()
     }
     assert Limit.REPLY_SEND in observer.breaches
+    assert Limit.REPLIES_PER_CALLER in observer.breaches  # its other downloads waited for its own first
 
 
 def test_unread_trained_model_calls_hold_one_reply_per_caller(tmp_path: Path, pki: Pki) -> None:

@@ -19,22 +19,15 @@ from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.server import AggregatorGRPCServer
 from fedagg.server.gate import CallGate
 from fedagg.server.metric_stream import MetricStreams
-from fedagg.server.observer import Limit, ServerObserver
+from fedagg.server.observer import Limit
 from fedagg.server.options import CallerLimits
 from tests.conftest import COLLABORATORS
 from tests.support.h2peer import H2Peer
+from tests.support.observers import Breaches
 from tests.support.pki import Pki
 from tests.support.runners import zero_model
 from tests.support.servers import make_federation, make_plan, raw_stub, serving
 from tests.support.uploads import TASKS, hand_out, task_results_bytes, weights
-
-
-class Breaches(ServerObserver):
-    def __init__(self) -> None:
-        self.breaches: list[Limit] = []
-
-    def limit_breached(self, limit: Limit) -> None:
-        self.breaches.append(limit)
 
 
 def test_a_caller_may_keep_only_its_share_of_metric_streams(tmp_path: Path, pki: Pki) -> None:

@@ -13,11 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.wire import length_delimited_prefix
-from fedagg.server.options import CallerLimits
+from fedagg.server.observer import Limit
+from fedagg.server.options import CallerLimits, ReceiveLimits
 from tests.conftest import COLLABORATORS
 from tests.support import servers
 from tests.support.h2peer import H2Peer
 from tests.support.models import write_zero_model
+from tests.support.observers import Breaches
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config
 from tests.support.runners import zero_model
@@ -111,3 +113,21 @@ def test_half_open_uploads_of_one_task_are_capped_and_end_when_idle(tmp_path: Pa
             assert {peer.status(stream) for stream in held} == {"14"}
         train(thread.address, pki)  # the round still completes with every collaborator's upload
         assert federation.finished
+
+
+def test_decode_limits_refuse_the_upload_and_are_counted_by_name(tmp_path: Path, pki: Pki) -> None:
+    federation = servers.make_federation(tmp_path, servers.make_plan(COLLABORATORS, 1), zero_model())
+    collaborator = COLLABORATORS[0]
+    hand_out(federation, collaborator)
+    observer = Breaches()
+    payload = tiny_tensor_upload(collaborator, total=40 << 10)  # about 900 tensors, within the header area
+    with servers.serving(
+        federation, pki, receive_limits=ReceiveLimits(tensors_per_upload=100), observer=observer
+    ) as thread:
+        channel, stub = servers.raw_stub(thread.address, pki.client(collaborator))
+        code, details = servers.refusal(lambda: stub.SendLocalTaskResults(chunks(payload), timeout=30))
+        channel.close()
+
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more than 100 tensors" in details
+    assert observer.breaches == [Limit.TENSORS_PER_UPLOAD]

@@ -26,6 +26,15 @@ from google.protobuf.message import DecodeError
 from fedagg.protocol import base_pb2
 from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, as_int32, decode_varint
 
+
+class LimitExceeded(MalformedMessage):
+    """A stream over one of its :class:`DecodeLimits`; ``limit`` names the field of the limit."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 FIELD_COST = 32
 """Bytes of the descriptor budget every decoded field costs, whatever its length (a 1-byte field is not free)."""
 
@@ -250,7 +259,9 @@ class TensorStreamDecoder:
                 length = yield _Varint()
                 assert isinstance(length, int)
                 if self._tensor_count >= self._limits.tensors:
-                    raise MalformedMessage(f"the message carries more than {self._limits.tensors} tensors")
+                    raise LimitExceeded(
+                        "tensors", f"the message carries more than {self._limits.tensors} tensors"
+                    )
                 self._events.append(TensorStart(self._tensor_count))
                 self._tensor_count += 1
                 yield from self._parse_tensor(length)
@@ -280,9 +291,10 @@ class TensorStreamDecoder:
             assert isinstance(length, int)
             limits = self._limits
             if length > limits.field_bytes:
-                raise MalformedMessage(
+                raise LimitExceeded(
+                    "field_bytes",
                     f"field {number} is {length} bytes long; the limit for fields other than tensor data is "
-                    f"{limits.field_bytes} bytes"
+                    f"{limits.field_bytes} bytes",
                 )
             self._charge(length)
             return (yield _Exact(length))
@@ -296,9 +308,10 @@ class TensorStreamDecoder:
     def _charge(self, cost: int) -> None:
         self._descriptor_bytes += cost
         if self._descriptor_bytes > self._limits.descriptor_bytes:
-            raise MalformedMessage(
+            raise LimitExceeded(
+                "descriptor_bytes",
                 f"the names, tags and metadata of this message exceed {self._limits.descriptor_bytes} bytes "
-                f"(each field counted as at least {FIELD_COST})"
+                f"(each field counted as at least {FIELD_COST})",
             )
 
     def _parse_tensor(self, length: int) -> _Parser:
@@ -344,13 +357,15 @@ class TensorStreamDecoder:
         _store_tensor_field(current, number, wire_type, value)
         limits = self._limits
         if len(current.tags) > limits.tags_per_tensor:
-            raise MalformedMessage(
-                f"tensor #{index} '{current.name}' has more than {limits.tags_per_tensor} tags"
+            raise LimitExceeded(
+                "tags_per_tensor",
+                f"tensor #{index} '{current.name}' has more than {limits.tags_per_tensor} tags",
             )
         if len(current.metadata) > limits.metadata_per_tensor:
-            raise MalformedMessage(
+            raise LimitExceeded(
+                "metadata_per_tensor",
                 f"tensor #{index} '{current.name}' has more than {limits.metadata_per_tensor} "
-                "transformer_metadata entries"
+                "transformer_metadata entries",
             )
 
 

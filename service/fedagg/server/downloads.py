@@ -64,7 +64,10 @@ class Downloads:
             options.max_connection_age + options.max_connection_age_grace if options.max_connection_age else 0
         )
         budget = ReplyBudget(
-            options.reply_bytes_in_flight, observer.replies_in_flight, per_caller=limits.replies_in_flight
+            options.reply_bytes_in_flight,
+            observer.replies_in_flight,
+            per_caller=limits.replies_in_flight,
+            on_share_reached=lambda: observer.limit_breached(Limit.REPLIES_PER_CALLER),
         )
         return cls(
             budget, limits, executor, observer, stalled_seconds=max(recycled, limits.reply_send_seconds)

@@ -9,7 +9,10 @@ class Limit(StrEnum):
     """The named limits a caller can run into (the ``limit`` label of ``fedagg_limit_breaches_total``)."""
 
     HEADER_BYTES = "header_bytes"
-    DESCRIPTOR = "descriptor"
+    DESCRIPTOR_BYTES = "descriptor_bytes"
+    FIELD_BYTES = "field_bytes"
+    TAGS_PER_TENSOR = "tags_per_tensor"
+    METADATA_PER_TENSOR = "metadata_per_tensor"
     TENSORS_PER_UPLOAD = "tensors_per_upload"
     CONCURRENT_UPLOADS = "concurrent_uploads_per_task"
     UPLOAD_IDLE = "upload_idle_seconds"

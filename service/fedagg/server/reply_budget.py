@@ -34,7 +34,14 @@ class ReplyBudget:
     Event-loop only: no lock, no threads. Every successful :meth:`acquire` owes exactly one :meth:`release`.
     """
 
-    def __init__(self, limit: int, listener: BudgetListener | None = None, *, per_caller: int = 0) -> None:
+    def __init__(
+        self,
+        limit: int,
+        listener: BudgetListener | None = None,
+        *,
+        per_caller: int = 0,
+        on_share_reached: Callable[[], None] | None = None,
+    ) -> None:
         self.limit = limit
         self.per_caller = per_caller
         """Replies one caller may hold at once (0: unbounded)."""
@@ -43,6 +50,8 @@ class ReplyBudget:
         self._held: Counter[str] = Counter()
         self._waiting: deque[_Turn] = deque()
         self._listener = listener
+        self._on_share_reached = on_share_reached
+        """Told when a caller asks for a reply while it holds its whole share (it waits for its own)."""
 
     @property
     def waiting(self) -> int:
@@ -73,6 +82,8 @@ class ReplyBudget:
             self._take(caller, size)
             self._report()
             return
+        if not self._under_share(caller) and self._on_share_reached is not None:
+            self._on_share_reached()
         turn = _Turn(caller, size, asyncio.get_running_loop().create_future())
         self._waiting.append(turn)
         self._report()

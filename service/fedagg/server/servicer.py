@@ -283,6 +283,7 @@ class AggregatorGRPCServer:
                 header_bytes=limits.header_bytes,
                 decode_limits=limits.decode_limits(),
                 slots=self._upload_slots,
+                observer=self.options.observer,
             )
             outcome = await receiver.receive(
                 upload_payloads(

@@ -35,7 +35,7 @@ from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
-from fedagg.protocol.stream import DecodeLimits
+from fedagg.protocol.stream import DecodeLimits, LimitExceeded
 from fedagg.protocol.wire import datastream_payload
 from fedagg.server.errors import Unavailable
 from fedagg.server.gate import CallGate
@@ -43,6 +43,15 @@ from fedagg.server.observer import Limit, ServerObserver
 from fedagg.server.options import CallerLimits
 
 log = logging.getLogger(__name__)
+
+DECODE_LIMITS = {
+    "tensors": Limit.TENSORS_PER_UPLOAD,
+    "field_bytes": Limit.FIELD_BYTES,
+    "descriptor_bytes": Limit.DESCRIPTOR_BYTES,
+    "tags_per_tensor": Limit.TAGS_PER_TENSOR,
+    "metadata_per_tensor": Limit.METADATA_PER_TENSOR,
+}
+"""The decoder's limits by the name it reports, as breaches are counted."""
 
 Authenticate = Callable[[aggregator_pb2.MessageHeader], Awaitable[str]]
 
@@ -116,6 +125,7 @@ class UploadReceiver:
         header_bytes: int,
         decode_limits: DecodeLimits,
         slots: UploadSlots,
+        observer: ServerObserver,
     ) -> None:
         self._federation = federation
         self._authenticate = authenticate
@@ -129,6 +139,7 @@ class UploadReceiver:
         self._intake: UploadIntake | None = None
         self._outcome: Outcome | None = None
         self._slots = slots
+        self._observer = observer
         self._slot = contextlib.ExitStack()
         self.collaborator = ""
 
@@ -171,6 +182,7 @@ class UploadReceiver:
             if self._intake is None:
                 room = self._header_bytes - self._header_size
                 if room <= 0:
+                    self._observer.limit_breached(Limit.HEADER_BYTES)
                     raise InvalidRequest(
                         f"the upload's header area (everything before its first tensor) exceeds "
                         f"limits.header_bytes ({self._header_bytes} bytes)"
@@ -180,7 +192,11 @@ class UploadReceiver:
                 self._header_size += len(piece)
             else:
                 piece, data = data, data[:0]
-            events = await asyncio.get_running_loop().run_in_executor(self._io, self._decoder.feed, piece)
+            try:
+                events = await asyncio.get_running_loop().run_in_executor(self._io, self._decoder.feed, piece)
+            except LimitExceeded as error:
+                self._observer.limit_breached(DECODE_LIMITS[error.limit])
+                raise
             await self._handle(events)
             if self._outcome is not None:
                 return True
