@@ -9,13 +9,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedagg.app import build_aggregator, run_aggregator
+from fedagg.app import AggregatorProcess, build_aggregator, run_aggregator
 from fedagg.config import load_config
 from tests.conftest import COLLABORATORS, require
 from tests.support.models import write_zero_model
@@ -102,37 +104,60 @@ def test_watch_sees_serving_then_not_serving_on_sigterm(aggregator: FedaggProces
     assert aggregator.wait() == 0
 
 
-def test_readiness_is_not_serving_until_state_is_restored(tmp_path: Path, pki: Pki) -> None:
+@dataclass
+class HeldRestore:
+    """An in-process aggregator whose state restore waits for ``proceed`` (``restoring`` is set meanwhile)."""
+
+    aggregator: AggregatorProcess
+    loop: asyncio.AbstractEventLoop
+    stop: asyncio.Event
+    restoring: threading.Event
+    proceed: threading.Event
+    codes: list[int]
+
+
+@contextmanager
+def held_restore(tmp_path: Path, pki: Pki) -> Iterator[HeldRestore]:
+    """Run the aggregator with its restore held; on exit release it, stop the aggregator and wait for its end."""
     config = load_config(write_config(tmp_path, pki, COLLABORATORS, 2, write_zero_model(tmp_path)))
     aggregator = build_aggregator(config)
-    restoring, proceed = threading.Event(), threading.Event()
+    held = HeldRestore(
+        aggregator, asyncio.new_event_loop(), asyncio.Event(), threading.Event(), threading.Event(), []
+    )
     real_restore = aggregator.federation.restore
 
-    def slow_restore() -> None:
-        restoring.set()
-        assert proceed.wait(30)
+    def restore() -> None:
+        held.restoring.set()
+        assert held.proceed.wait(30)
         real_restore()
 
-    aggregator.federation.restore = slow_restore  # type: ignore[method-assign]
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    runner = threading.Thread(target=lambda: loop.run_until_complete(run_aggregator(aggregator, stop)))
+    aggregator.federation.restore = restore  # type: ignore[method-assign]
+    runner = threading.Thread(
+        target=lambda: held.codes.append(held.loop.run_until_complete(run_aggregator(aggregator, held.stop)))
+    )
     runner.start()
     try:
-        assert restoring.wait(30)
-        with grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as channel:
-            during = (check(channel, "liveness"), check(channel, READINESS))
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service=READINESS), timeout=30
-            )
-            assert next(watch).status == NOT_SERVING
-            proceed.set()
-            after = next(watch).status
+        assert held.restoring.wait(30)
+        yield held
     finally:
-        proceed.set()
-        loop.call_soon_threadsafe(stop.set)
+        held.proceed.set()
+        held.loop.call_soon_threadsafe(held.stop.set)
         runner.join(30)
-        loop.close()
+        held.loop.close()
+
+
+def test_readiness_is_not_serving_until_state_is_restored(tmp_path: Path, pki: Pki) -> None:
+    with (
+        held_restore(tmp_path, pki) as held,
+        grpc.insecure_channel(f"localhost:{held.aggregator.ops_port}") as channel,
+    ):
+        during = (check(channel, "liveness"), check(channel, READINESS))
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=READINESS), timeout=30
+        )
+        assert next(watch).status == NOT_SERVING
+        held.proceed.set()
+        after = next(watch).status
 
     assert during == (SERVING, NOT_SERVING)
     assert after == SERVING
@@ -166,40 +191,19 @@ def test_ipv6_listeners(tmp_path: Path, pki: Pki) -> None:
 
 def test_a_stop_during_restore_never_turns_readiness_serving(tmp_path: Path, pki: Pki) -> None:
     """Issue 16, item 13: a stop signal while the state is restored used to flip readiness to SERVING for a moment."""
-    config = load_config(write_config(tmp_path, pki, COLLABORATORS, 2, write_zero_model(tmp_path)))
-    aggregator = build_aggregator(config)
-    restoring, proceed = threading.Event(), threading.Event()
-    real_restore = aggregator.federation.restore
-
-    def held_restore() -> None:
-        restoring.set()
-        assert proceed.wait(30)
-        real_restore()
-
-    aggregator.federation.restore = held_restore  # type: ignore[method-assign]
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    codes: list[int] = []
-    runner = threading.Thread(
-        target=lambda: codes.append(loop.run_until_complete(run_aggregator(aggregator, stop)))
-    )
-    runner.start()
-    try:
-        assert restoring.wait(30)
-        with grpc.insecure_channel(f"localhost:{aggregator.ops_port}") as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service=READINESS), timeout=30
-            )
-            seen = [next(watch).status]
-            loop.call_soon_threadsafe(stop.set)
-            proceed.set()
-            seen += [update.status for update in watch]  # until the ops port goes away with the process
-    except grpc.RpcError:
-        pass
-    finally:
-        proceed.set()
-        runner.join(30)
-        loop.close()
+    seen: list[int] = []
+    with held_restore(tmp_path, pki) as held:
+        try:
+            with grpc.insecure_channel(f"localhost:{held.aggregator.ops_port}") as channel:
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(service=READINESS), timeout=30
+                )
+                seen.append(next(watch).status)
+                held.loop.call_soon_threadsafe(held.stop.set)
+                held.proceed.set()
+                seen += [update.status for update in watch]  # until the ops port goes away with the process
+        except grpc.RpcError:
+            pass
 
     assert SERVING not in seen
-    assert codes == [0]
+    assert held.codes == [0]
