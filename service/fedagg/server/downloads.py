@@ -133,7 +133,10 @@ class Downloads:
 
     async def send_file(self, context: ServerContext, caller: str, path: Path) -> None:
         """Send a trained model from its file, mapped, under the budget."""
-        size = replies.trained_model_reply_size(path.stat().st_size)
+        file_size = await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: path.stat().st_size
+        )
+        size = replies.trained_model_reply_size(file_size)
 
         def build() -> bytes:
             with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:

@@ -167,9 +167,8 @@ class UploadReceiver:
                 return await asyncio.shield(committed)  # never cancelled before it starts: it owns the intake
             finally:
                 if self._intake is not None:
-                    with contextlib.suppress(
-                        RuntimeError
-                    ):  # the executor is gone: the restart clears the file
+                    # Not handed to the commit: discard it (when the executor is gone, the restart clears it).
+                    with contextlib.suppress(RuntimeError):
                         loop.run_in_executor(self._io, self._intake.discard)
 
     async def _take(self, data: memoryview) -> bool:
