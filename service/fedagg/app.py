@@ -54,6 +54,7 @@ from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.federation.store import StateStore
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identity, running_in_cluster
+from fedagg.ops.leadership import LEADERSHIP_LOST_EXIT_CODE, Leadership, leadership_from_config
 from fedagg.ops.lifecycle import drain
 from fedagg.ops.metrics import FederationMetrics, FederationStateCollector
 from fedagg.ops.readiness import Readiness
@@ -91,6 +92,7 @@ class AggregatorProcess:
     metrics_port: int = 0
     draining: bool = False
     state_lock: StateDirectoryLock | None = field(default=None, repr=False)
+    leadership: Leadership | None = field(default=None, repr=False)
     ops_server: grpc.aio.Server | None = field(default=None, repr=False)
     metrics_http: tuple[WSGIServer, Thread] | None = field(default=None, repr=False)
 
@@ -152,7 +154,10 @@ def build_aggregator(
     hooks = _hooks(config, kubernetes)
     for hook in hooks:
         metrics.hook_configured(hook.name)
-    readiness = Readiness(health, lambda: federation.health.healthy)
+    leadership = leadership_from_config(config.ha, registry, kubernetes)
+    readiness = Readiness(
+        health, lambda: federation.health.healthy and not (leadership is not None and leadership.lost)
+    )
     aggregator = AggregatorProcess(
         config,
         federation,
@@ -164,6 +169,7 @@ def build_aggregator(
         grpc_metrics,
         readiness,
         state_lock=StateDirectoryLock(config.storage.state_dir),
+        leadership=leadership,
     )
     registry.register(
         FederationStateCollector(federation.describe, lambda: aggregator.draining, config.storage.state_dir)
@@ -296,8 +302,12 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
         try:
             if not await _lock_state_directory(aggregator, stop):
                 return 0
+            if aggregator.leadership is not None and not await aggregator.leadership.wait_elected(stop):
+                return LEADERSHIP_LOST_EXIT_CODE if aggregator.leadership.lost else 0
             await loop.run_in_executor(None, aggregator.federation.restore)
         except (FederationError, ValueError, OSError) as error:
+            if aggregator.leadership is not None and aggregator.leadership.lost:
+                return await _step_down(aggregator)
             log.error("cannot restore the federation state: %s", error)
             return 1
         if stop.is_set():  # stopped while restoring: never routable, nothing to drain
@@ -320,6 +330,8 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
         return status
     finally:
         await _stop_ops(aggregator)
+        if aggregator.leadership is not None:
+            await aggregator.leadership.stop()
         if aggregator.state_lock is not None:
             aggregator.state_lock.release()
 
@@ -406,8 +418,14 @@ async def _serve_until_done(aggregator: AggregatorProcess, signals: StopSignals)
     finished = asyncio.create_task(aggregator.server.wait_for_quit_jobs())
     stopped = asyncio.create_task(signals.stop.wait())
     disk = asyncio.create_task(_watch_storage(aggregator))
-    await asyncio.wait({finished, stopped, disk}, return_when=asyncio.FIRST_COMPLETED)
+    lost = asyncio.create_task(_leadership_lost(aggregator))
+    await asyncio.wait({finished, stopped, disk, lost}, return_when=asyncio.FIRST_COMPLETED)
     finished.cancel()
+    if lost.done():
+        for task in (stopped, disk):
+            task.cancel()
+        return await _step_down(aggregator)
+    lost.cancel()
     if disk.done():
         stopped.cancel()
         await aggregator.readiness.set_ready(False)
@@ -434,6 +452,29 @@ async def _serve_until_done(aggregator: AggregatorProcess, signals: StopSignals)
         grace_seconds=ops.grace_seconds,
     )
     return 0
+
+
+async def _leadership_lost(aggregator: AggregatorProcess) -> None:
+    """Return once this process lost its lease (never without ``ha.enabled``)."""
+    if aggregator.leadership is None:
+        await asyncio.Event().wait()
+    else:
+        await aggregator.leadership.wait_lost()
+
+
+async def _step_down(aggregator: AggregatorProcess) -> int:
+    """The lease is lost and writes are fenced: stop routing and serving at once, then exit to restart."""
+    await aggregator.readiness.set_ready(False)
+    aggregator.server.stop_accepting()
+    aggregator.server.cut()
+    log.error(
+        "not the leader any more (%s): readiness NOT_SERVING, calls refused, exiting with status %d to come back "
+        "as a standby",
+        aggregator.leadership.lost_because if aggregator.leadership else "",
+        LEADERSHIP_LOST_EXIT_CODE,
+    )
+    await aggregator.server.stop(0)
+    return LEADERSHIP_LOST_EXIT_CODE
 
 
 async def _watch_storage(aggregator: AggregatorProcess) -> None:

@@ -37,6 +37,7 @@ from fedagg.federation.plan import (
     default_tasks,
     select_task_group,
 )
+from fedagg.ha_settings import HaSettings, ha_errors
 from fedagg.server.options import CallerLimits, ConnectionLimits
 from fedagg.server.tls import CertificateFiles, TlsMode
 from fedagg.settings import (
@@ -457,6 +458,7 @@ class Config:
     hooks: HooksSettings = setting(factory=HooksSettings, help="")
     storage: StorageSettings = setting(factory=StorageSettings, help="")
     logging: LoggingSettings = setting(factory=LoggingSettings, help="")
+    ha: HaSettings = setting(factory=HaSettings, help="")  # fedagg.ha_settings
 
     @property
     def best_model_path(self) -> Path:
@@ -528,12 +530,12 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         raise ConfigError(
             "(top level)",
             data,
-            "a mapping of sections (federation, server, limits, ops, hooks, storage, logging)",
+            "a mapping of sections (federation, server, limits, ops, hooks, storage, logging, ha)",
         )
     merged = _with_environment(data or {}, environ or {})
     config: Config = _resolve_paths(build(Config, merged), base_dir)
     errors = [error for error in (_plan_error(config), _grace_error(config)) if error is not None]
-    gathered([*errors, *_port_clashes(config)])
+    gathered([*errors, *_port_clashes(config), *ha_errors(config.ha)])
     return config
 
 
