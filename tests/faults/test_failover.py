@@ -7,16 +7,12 @@ form of an undisturbed run and every contribution counts once (issue 21; outside
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import (
-    NAMES,
-    QUIT_REDELIVERY_SECONDS,
     Aggregator,
     Collaborators,
     FedaggCollaborators,
@@ -26,37 +22,14 @@ from tests.faults.harness import (
     make_setup,
     stop,
 )
+from tests.faults.replicas import logged_at, replicas
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
-from tests.support.process import write_config
-from tests.support.prometheus import free_port
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
-TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
-
-
-def logged_at(log: str, fragment: str) -> datetime:
-    """When the first log line holding ``fragment`` was written."""
-    line = next(line for line in log.splitlines() if fragment in line)
-    match = TIMESTAMP.match(line)
-    assert match, line
-    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
-
-
-def replicas(tmp_path: Path, pki: Pki, setup: Setup, model: Path) -> tuple[list[int], list[Path]]:
-    """Two replicas' configurations: their own federation ports, one shared state directory."""
-    ports = [free_port(), free_port()]
-    configs = []
-    for index, port in enumerate(ports):
-        directory = tmp_path / f"replica{index}"
-        directory.mkdir()
-        server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
-        state = {"state_dir": str(setup.state)}  # one state directory for both
-        configs.append(write_config(directory, pki, NAMES, ROUNDS, model, server=server, storage=state))
-    return ports, configs
 
 
 def fail_over(

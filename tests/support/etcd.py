@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,22 @@ READY_LINE = "ready to serve client requests"
 START_SECONDS = 30.0
 
 
+@dataclass
+class RunningEtcd:
+    """A started etcd server: its client URL; :meth:`stop` ends it early (a store that became unreachable)."""
+
+    url: str
+    process: subprocess.Popen[str]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
 @contextmanager
-def etcd_server(directory: Path) -> Iterator[str]:
-    """Start etcd with its data in ``directory`` on ephemeral loopback ports; yield its client URL."""
+def etcd_server(directory: Path) -> Iterator[RunningEtcd]:
+    """Start etcd with its data in ``directory`` on ephemeral loopback ports."""
     binary = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None)
     require(
         binary is not None,
@@ -57,14 +71,13 @@ def etcd_server(directory: Path) -> Iterator[str]:
                 seen.append(lines.get(timeout=START_SECONDS))
             except queue.Empty:
                 raise AssertionError("etcd did not start:\n" + "".join(seen[-20:])) from None
-        yield client
+        yield RunningEtcd(client, process)
     finally:
-        process.terminate()
-        process.wait(10)
+        RunningEtcd(client, process).stop()
 
 
 @pytest.fixture(scope="module", name="etcd")
 def etcd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One etcd server for a test module (import this fixture into the module); tests use keys of their own."""
-    with etcd_server(tmp_path_factory.mktemp("etcd")) as url:
-        yield url
+    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
+        yield server.url

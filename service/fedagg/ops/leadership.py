@@ -108,8 +108,10 @@ class Leadership:
 
     def _on_lost(self, reason: str) -> None:  # election thread: fence first, then tell the loop
         self.lost_because = reason
-        if not close_fence(reason, FENCE_WAIT_SECONDS):
-            log.error("a state write is stuck in the kernel after losing the lease (%s)", reason)
+        if close_fence(reason, FENCE_WAIT_SECONDS):
+            log.error("state writes fenced: no state file is committed by this process any more")
+        else:
+            log.error("state writes fenced, but a rename is stuck in the kernel (an unreachable file system?)")
         self.metrics.leading(False)
         self._notify(self._lost)
         self._notify(self._elected)  # a campaign that never finished must end too

@@ -1,0 +1,116 @@
+"""Fencing (issue 21): two ``fedagg serve`` replicas with ``ha.enabled`` on one state directory and a real etcd
+server as the election's store (kmock 0.8 enforces no resourceVersion conflicts, so the Kubernetes Lease cannot be
+exercised this way; etcd refuses stale writes as the API server does). Mid-federation the lease is taken away
+from the leader by writing another holder into it through the store; the leader must fence (no state file
+committed after its "state writes fenced" line), go NOT_SERVING and exit 75 before the standby is elected, and the
+standby must take over only after the lease expired, restore and finish the federation with the right model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fedagg.ops.etcd_lease import EtcdLeaseRecords
+from fedagg.ops.lease import LeaseRecord, utc_now
+from tests.faults.harness import (
+    Aggregator,
+    FedaggCollaborators,
+    finish,
+    make_setup,
+    poll,
+    spooled_uploads,
+    stop,
+)
+from tests.faults.replicas import logged_at, replicas
+from tests.support.etcd import etcd_server
+from tests.support.haproxy import balancing
+from tests.support.models import write_zero_model
+from tests.support.pki import Pki
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+LEASE = "fencing"
+LEASE_SECONDS = 3
+FENCED_LINE = "state writes fenced"
+ELECTED_LINE = "elected:"
+LOG_PRECISION_SECONDS = 0.001  # log timestamps are truncated to the millisecond
+
+
+def state_files(state: Path) -> dict[Path, int]:
+    """Every state file's modification time (ns): not the lock (the holder record) nor an upload still arriving
+    (``*.part``, never a state file: deleted at every start)."""
+    return {
+        path: path.stat().st_mtime_ns
+        for path in state.rglob("*")
+        if path.is_file() and path.name != "lock" and not path.name.endswith(".part")
+    }
+
+
+def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_starts(
+    tmp_path: Path, pki: Pki
+) -> None:
+    model = write_zero_model(tmp_path)
+    setup = make_setup(tmp_path, pki, ROUNDS, model)
+    with etcd_server(tmp_path) as etcd:
+        election = {
+            "enabled": True,
+            "backend": "etcd",
+            "etcd_endpoint": etcd.url,
+            "lease_name": LEASE,
+            "lease_seconds": LEASE_SECONDS,
+            "renew_deadline_seconds": 2,
+            "retry_seconds": 0.2,
+        }
+        ports, configs = replicas(
+            tmp_path, pki, setup, model, lambda index: {"ha": {**election, "identity": f"replica{index}"}}
+        )
+        store = EtcdLeaseRecords(LEASE, etcd.url)
+        leader = standby = collaborators = None
+        with balancing(tmp_path, setup.port, ports):
+            try:
+                leader = Aggregator(configs[0], name="leader")
+                leader.wait_for_federation()
+                standby = Aggregator(configs[1], name="standby")
+                standby.wait_for_line("in use by another fedagg process")
+                collaborators = FedaggCollaborators(setup, pki)
+                poll(lambda: spooled_uploads(setup.state), 60, "a first acknowledged upload")
+
+                found = store.read(5)  # take the lease away: another holder, just renewed
+                assert found is not None
+                assert found[0].holder == "replica0"
+                now = utc_now()
+                store.replace(
+                    LeaseRecord("intruder", LEASE_SECONDS, now, now, found[0].transitions + 1), found[1], 5
+                )
+
+                assert leader.wait(30) == 75, leader.log()
+                left_behind = state_files(
+                    setup.state
+                )  # everything the old leader wrote, before anyone else can
+                standby.wait_for_federation(60)
+                leads = standby.metric("fedagg_leader", identity="replica1")
+                transitions = standby.metric("fedagg_leader_transitions_total")
+                new_holder = json.loads((setup.state / "lock").read_text())
+                finish(setup, standby, collaborators)
+            finally:
+                stop(leader, standby, collaborators)
+
+    old_log, new_log = leader.log(), standby.log()
+    assert "leadership lost: the lease is held by intruder" in old_log
+    assert "readiness NOT_SERVING, calls refused" in old_log
+    fenced = logged_at(old_log, FENCED_LINE).timestamp() + LOG_PRECISION_SECONDS
+    elected = logged_at(new_log, ELECTED_LINE).timestamp()
+    assert fenced < new_holder["since"] < elected
+    assert new_holder["pid"] == standby.process.pid
+    # The old leader committed nothing after its fence closed ...
+    assert max(left_behind.values()) / 1e9 <= fenced
+    # ... and every file changed since was written by the new leader, after it held the lock.
+    changed = {path for path, mtime in state_files(setup.state).items() if left_behind.get(path) != mtime}
+    assert changed
+    assert all(os.stat(path).st_mtime_ns / 1e9 >= new_holder["since"] for path in changed)
+    assert (leads, transitions) == (1, 1)  # replica1 leads; it saw the lease go from intruder to itself
