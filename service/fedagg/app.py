@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 FINISH_STOP_GRACE_SECONDS = 2.0
 STORAGE_FAILURE_EXIT_CODE = 75  # EX_TEMPFAIL
 STORAGE_WATCH_SECONDS = 5.0
+STEP_DOWN_GRACE_SECONDS = 1.0
+NOT_THE_LEADER = "not the leader: retry, the Service routes to the new leader"
 
 
 @dataclass
@@ -465,7 +467,7 @@ async def _leadership_lost(aggregator: AggregatorProcess) -> None:
 async def _step_down(aggregator: AggregatorProcess) -> int:
     """The lease is lost and writes are fenced: stop routing and serving at once, then exit to restart."""
     await aggregator.readiness.set_ready(False)
-    aggregator.server.stop_accepting()
+    aggregator.server.stop_accepting(NOT_THE_LEADER)
     aggregator.server.cut()
     log.error(
         "not the leader any more (%s): readiness NOT_SERVING, calls refused, exiting with status %d to come back "
@@ -473,7 +475,7 @@ async def _step_down(aggregator: AggregatorProcess) -> int:
         aggregator.leadership.lost_because if aggregator.leadership else "",
         LEADERSHIP_LOST_EXIT_CODE,
     )
-    await aggregator.server.stop(0)
+    await aggregator.server.stop(STEP_DOWN_GRACE_SECONDS)  # writes are fenced: calls only get their refusals
     return LEADERSHIP_LOST_EXIT_CODE
 
 

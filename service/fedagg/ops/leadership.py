@@ -111,7 +111,9 @@ class Leadership:
         if close_fence(reason, FENCE_WAIT_SECONDS):
             log.error("state writes fenced: no state file is committed by this process any more")
         else:
-            log.error("state writes fenced, but a rename is stuck in the kernel (an unreachable file system?)")
+            log.error(
+                "state writes fenced, but a rename is stuck in the kernel (an unreachable file system?)"
+            )
         self.metrics.leading(False)
         self._notify(self._lost)
         self._notify(self._elected)  # a campaign that never finished must end too
