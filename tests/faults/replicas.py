@@ -29,10 +29,10 @@ def replicas(
     pki: Pki,
     setup: Setup,
     model: Path,
-    sections: Callable[[int], dict[str, dict[str, Any]]] = lambda _index: {},
+    sections: Callable[[int], dict[str, dict[str, Any]]] | None = None,
 ) -> tuple[list[int], list[Path]]:
     """Two replicas' configurations: their own federation ports, one shared state directory, and each replica's
-    extra ``sections(index)`` (its election settings)."""
+    extra ``sections(index)`` (its election settings), if any."""
     ports = [free_port(), free_port()]
     configs = []
     for index, port in enumerate(ports):
@@ -42,7 +42,37 @@ def replicas(
         state = {"state_dir": str(setup.state)}  # one state directory for both
         configs.append(
             write_config(
-                directory, pki, NAMES, setup.rounds, model, server=server, storage=state, **sections(index)
+                directory,
+                pki,
+                NAMES,
+                setup.rounds,
+                model,
+                server=server,
+                storage=state,
+                **(sections(index) if sections else {}),
             )
         )
     return ports, configs
+
+
+def elected_on(
+    etcd_url: str, lease: str, lease_seconds: int = 3
+) -> Callable[[int], dict[str, dict[str, Any]]]:
+    """Each replica's ``ha`` section: an election on the etcd server at ``etcd_url`` with short timings, replica
+    ``i`` named ``replica<i>``."""
+
+    def sections(index: int) -> dict[str, dict[str, Any]]:
+        return {
+            "ha": {
+                "enabled": True,
+                "backend": "etcd",
+                "etcd_endpoint": etcd_url,
+                "lease_name": lease,
+                "identity": f"replica{index}",
+                "lease_seconds": lease_seconds,
+                "renew_deadline_seconds": lease_seconds * 2 / 3,
+                "retry_seconds": 0.2,
+            }
+        }
+
+    return sections

@@ -25,7 +25,7 @@ from tests.faults.harness import (
     spooled_uploads,
     stop,
 )
-from tests.faults.replicas import logged_at, replicas
+from tests.faults.replicas import elected_on, logged_at, replicas
 from tests.support.etcd import etcd_server
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
@@ -57,18 +57,7 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
     model = write_zero_model(tmp_path)
     setup = make_setup(tmp_path, pki, ROUNDS, model)
     with etcd_server(tmp_path) as etcd:
-        election = {
-            "enabled": True,
-            "backend": "etcd",
-            "etcd_endpoint": etcd.url,
-            "lease_name": LEASE,
-            "lease_seconds": LEASE_SECONDS,
-            "renew_deadline_seconds": 2,
-            "retry_seconds": 0.2,
-        }
-        ports, configs = replicas(
-            tmp_path, pki, setup, model, lambda index: {"ha": {**election, "identity": f"replica{index}"}}
-        )
+        ports, configs = replicas(tmp_path, pki, setup, model, elected_on(etcd.url, LEASE, LEASE_SECONDS))
         store = EtcdLeaseRecords(LEASE, etcd.url)
         leader = standby = collaborators = None
         with balancing(tmp_path, setup.port, ports):
