@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from fedagg.app import _hooks
+from fedagg.assembly import _hooks
 from fedagg.config import parse_config
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook
