@@ -45,7 +45,9 @@ from prometheus_client import (
     start_http_server,
 )
 
-from fedagg.config import ENV_PREFIX, AfterFinish, Config, KubernetesHookMode
+from fedagg.config.loading import ENV_PREFIX
+from fedagg.config.operations import AfterFinish, KubernetesHookMode
+from fedagg.config.schema import Config
 from fedagg.federation.errors import FederationError
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fedagg.config import Config, load_config, parse_config
+from fedagg.config.loading import load_config, parse_config
+from fedagg.config.schema import Config
 from fedagg.openfl_plan import load_openfl_workspace
 from fedagg.settings import Range
 from tests.conftest import require

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedagg.config import load_config
+from fedagg.config.loading import load_config
 from fedagg.openfl_plan import load_openfl_workspace
 from tests.interop.openfl import openfl_python, plan_uuid
 

@@ -22,7 +22,7 @@ from fedagg.collaborator import (
 )
 
 if TYPE_CHECKING:
-    from fedagg.config import Config
+    from fedagg.config.schema import Config
     from fedagg.federation.plan import FederationPlan
 
 HelpFormatter = argparse.RawDescriptionHelpFormatter

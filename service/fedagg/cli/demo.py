@@ -24,7 +24,7 @@ from fedagg.federation.store import publish_model
 
 if TYPE_CHECKING:
     from fedagg.app import AggregatorProcess
-    from fedagg.config import Config
+    from fedagg.config.schema import Config
     from fedagg.pki import FederationPki
 
 FEDERATION_UUID = "demo_0123abcd"
@@ -145,7 +145,7 @@ def _prepare(workdir: Path) -> None:
 
 
 def _config(workdir: Path, names: list[str], rounds: int) -> Config:
-    from fedagg.config import parse_config
+    from fedagg.config.loading import parse_config
 
     data = {
         "federation": {

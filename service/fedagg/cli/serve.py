@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from fedagg.cli.common import Commands, add_command
 
 if TYPE_CHECKING:
-    from fedagg.config import Config
+    from fedagg.config.schema import Config
 
 LOG_FORMATS = ("text", "json")
 
@@ -111,7 +111,7 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
-    from fedagg.config import load_config
+    from fedagg.config.loading import load_config
     from fedagg.openfl_plan import load_openfl_workspace
 
     path = _config_path(args)
@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fedagg.app import build_aggregator, run_aggregator
-    from fedagg.config import LogFormat
+    from fedagg.config.operations import LogFormat
     from fedagg.logs import configure_logging
 
     config, ignored = load(args)
