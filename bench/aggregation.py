@@ -42,7 +42,7 @@ from bench.procfs import ProcessWatch
 from bench.servers import ROOT, start_fedagg
 from fedagg.config.limits import LimitsSettings
 from fedagg.federation.plan import default_tasks
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 
 COLLABORATORS = 16
 PROCESSES = 4

@@ -25,7 +25,7 @@ from fedagg.federation.store import publish_model
 if TYPE_CHECKING:
     from fedagg.app import AggregatorProcess
     from fedagg.config.schema import Config
-    from fedagg.pki import FederationPki
+    from fedagg.pki.federation import FederationPki
 
 FEDERATION_UUID = "demo_0123abcd"
 VALIDATE_GLOBAL = "aggregated_model_validation"
@@ -88,7 +88,7 @@ class Display:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedagg.app import build_aggregator
-    from fedagg.pki import write_federation_pki
+    from fedagg.pki.federation import write_federation_pki
 
     if args.collaborators < 1 or args.rounds < 1 or args.features < 1:
         raise SystemExit("fedagg: --collaborators, --rounds and --features must be positive")
