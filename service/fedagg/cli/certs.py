@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fedagg.cli.common import Commands, add_command
+from fedagg.cli.commands import Commands, add_command
 
 USAGE_ERROR = 2
 IO_ERROR = 1

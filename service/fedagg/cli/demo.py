@@ -17,7 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedagg.cli.common import Commands, add_command, table
+from fedagg.cli.commands import Commands, add_command
+from fedagg.cli.formatting import table
 from fedagg.collaborator.reference import DatasetSpec, initial_weights
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.store import publish_model
