@@ -18,7 +18,7 @@ import yaml
 
 from fedagg.config.loading import load_config, parse_config
 from fedagg.config.schema import Config
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.openfl_workspace import load_openfl_workspace
 from fedagg.settings import Range
 from tests.conftest import require
 from tests.deploy import chart

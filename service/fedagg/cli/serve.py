@@ -113,7 +113,7 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
     from fedagg.config.loading import load_config
-    from fedagg.openfl_plan import load_openfl_workspace
+    from fedagg.openfl_workspace import load_openfl_workspace
 
     path = _config_path(args)
     overlay: dict[str, Any] = {}
