@@ -1,6 +1,8 @@
 """The whole configuration: its sections, and the federation plan they describe.
 
-A new section is one field of :class:`Config`, its dataclass declared in the module of its group.
+A new section is a dataclass of its keys in a module of this package (its own, or its group's) and one field
+of :class:`Config`; the configuration reference and the top-level error list it from there, and rules it
+shares with other sections go to :mod:`fedagg.config.checks`.
 """
 
 from __future__ import annotations
