@@ -108,6 +108,71 @@ dynamic provisioning); none (null) leaves the cluster's default class. */}}
 {{- if ne (toString .Values.config.hooks.kubernetes.enabled) "false" }}true{{- end }}
 {{- end }}
 
+{{/*
+Whether the replicas elect a leader (ha.enabled): "true" or "". Refuses, naming the values, what cannot work: a
+Job (its pods complete; standbys would never end), state that is not one volume shared across nodes (each pod's
+emptyDir; a ReadWriteOnce claim attaches to one node only), no readiness probe (standbys would receive
+collaborators) and Lease timings that cannot fence (a leader must give up before its Lease expires).
+*/}}
+{{- define "fedagg.ha" -}}
+{{- $ha := .Values.ha }}
+{{- if $ha.enabled }}
+{{- if ne .Values.workload "Deployment" }}
+{{- fail (printf "ha.enabled needs workload: Deployment (got %s): standbys never complete, a Job would not either" .Values.workload) }}
+{{- end }}
+{{- if not .Values.persistence.enabled }}
+{{- fail "ha.enabled needs persistence.enabled: true: the replicas share one state volume (ReadWriteMany), each pod's emptyDir would be its own" }}
+{{- end }}
+{{- if and (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
+{{- fail (printf "ha.enabled needs persistence.accessModes: [ReadWriteMany] (got %v): the replicas run on different nodes and share the state volume; a ReadWriteOnce volume attaches to one node only (README.md, High availability: NFSv4, CephFS, EFS, Filestore)" .Values.persistence.accessModes) }}
+{{- end }}
+{{- if not .Values.probes.readiness.enabled }}
+{{- fail "ha.enabled needs probes.readiness.enabled: true: readiness keeps the standbys (NOT_SERVING) out of the federation Service" }}
+{{- end }}
+{{- if not (and (gt (int $ha.leaseSeconds) (int $ha.renewDeadlineSeconds)) (gt (int $ha.renewDeadlineSeconds) (int $ha.retrySeconds))) }}
+{{- fail (printf "ha.leaseSeconds (%v) > ha.renewDeadlineSeconds (%v) > ha.retrySeconds (%v) is needed: a leader must stop serving before its Lease expires, and retry before its deadline" $ha.leaseSeconds $ha.renewDeadlineSeconds $ha.retrySeconds) }}
+{{- end }}
+true
+{{- end }}
+{{- end }}
+
+{{/* The leader election's Lease. */}}
+{{- define "fedagg.leaseName" -}}
+{{- default (printf "%s-leader" (include "fedagg.fullname" .)) .Values.ha.leaseName }}
+{{- end }}
+
+{{/* Whether fedagg calls the Kubernetes API (the hook, the leader election): a token is mounted. */}}
+{{- define "fedagg.kubeApi" -}}
+{{- if or (include "fedagg.kubeHook" .) (include "fedagg.ha" .) }}true{{- end }}
+{{- end }}
+
+{{/* Whether the PodDisruptionBudget is rendered: podDisruptionBudget.enabled, or when null, ha.enabled. */}}
+{{- define "fedagg.disruptionBudget" -}}
+{{- $enabled := .Values.podDisruptionBudget.enabled }}
+{{- if kindIs "invalid" $enabled }}{{- $enabled = .Values.ha.enabled }}{{- end }}
+{{- if $enabled }}true{{- end }}
+{{- end }}
+
+{{/*
+The pod's affinity: `affinity`, plus with ha.enabled an anti-affinity that spreads the replicas over
+ha.topologyKey (unless `affinity` has its own podAntiAffinity, or ha.podAntiAffinity is none).
+*/}}
+{{- define "fedagg.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- $mode := .Values.ha.podAntiAffinity }}
+{{- if and (include "fedagg.ha" .) (ne $mode "none") (not (hasKey $affinity "podAntiAffinity")) }}
+{{- $term := dict "topologyKey" .Values.ha.topologyKey "labelSelector" (dict "matchLabels" (include "fedagg.selectorLabels" . | fromYaml)) }}
+{{- if eq $mode "required" }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) }}
+{{- else }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+{{- end }}
+{{- end }}
+{{- with $affinity }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Whether certificates are mounted (any TLS mode but insecure). */}}
 {{- define "fedagg.tlsEnabled" -}}
 {{- if ne .Values.config.server.tls.mode "insecure" }}true{{- end }}
@@ -230,6 +295,11 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $_ := set $kubeHook "enabled" (toString $kubeHook.enabled) }}
 {{- $storage := $config.storage }}
 {{- $_ := set $storage "state_dir" (include "fedagg.stateDir" .) }}
+{{- /* The leader election; ha.identity is the pod's name, from the environment (FEDAGG__HA__IDENTITY). */}}
+{{- if include "fedagg.ha" . }}
+{{- $ha := .Values.ha }}
+{{- $_ := set $config "ha" (dict "enabled" true "backend" "kubernetes" "lease_name" (include "fedagg.leaseName" .) "namespace" (include "fedagg.namespace" .) "lease_seconds" (int $ha.leaseSeconds) "renew_deadline_seconds" (int $ha.renewDeadlineSeconds) "retry_seconds" (int $ha.retrySeconds)) }}
+{{- end }}
 {{- /* Explicit model paths: an OpenFL plan's best/last_state_path would point into the read-only plan mount. */}}
 {{- range $key, $file := dict "best_model" "best.pbuf" "last_model" "last.pbuf" }}
 {{- if not (get $storage $key) }}
@@ -275,7 +345,7 @@ spec:
   restartPolicy: Always
   {{- end }}
   serviceAccountName: {{ include "fedagg.serviceAccountName" . }}
-  automountServiceAccountToken: {{ include "fedagg.kubeHook" . | eq "true" }}
+  automountServiceAccountToken: {{ include "fedagg.kubeApi" . | eq "true" }}
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ include "fedagg.terminationGracePeriodSeconds" . }}
   {{- with .Values.priorityClassName }}
@@ -306,6 +376,13 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.namespace
+        {{- if include "fedagg.ha" . }}
+        # The leader election's identity (the Lease's holderIdentity): this pod.
+        - name: FEDAGG__HA__IDENTITY
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -439,9 +516,9 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- with include "fedagg.affinity" . }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- . | nindent 4 }}
   {{- end }}
   {{- with .Values.tolerations }}
   tolerations:
@@ -471,4 +548,6 @@ FedaggStateVolumeLow:
 FedaggStateVolumeFillingUp:
   trendWindow: {default: "fedagg_state_volume_available_bytes[6h]", format: "fedagg_state_volume_available_bytes[%s]"}
   fullWithinHours: {default: ", 24 * 3600)", format: ", %d * 3600)"}
+FedaggLeaderFlapping:
+  transitions: {default: "fedagg_leader_transitions_total[1h])) > 3", format: "fedagg_leader_transitions_total[1h])) > %d"}
 {{- end }}
