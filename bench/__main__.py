@@ -43,7 +43,7 @@ from bench import openfl_cases, phases, scale, wire
 from bench.models import MIB
 from bench.openfl_cases import Case, RunResult
 from bench.servers import ROOT, openfl_python
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 
 SECTIONS = ("openfl", "wire", "scale", "phases")
 NULL_SERVERS = ("fedagg", "null", "openfl")

@@ -40,9 +40,9 @@ from bench.models import MIB, shapes_for, write_init_model
 from bench.openfl_cases import phase_at, round_times
 from bench.procfs import ProcessWatch
 from bench.servers import ROOT, start_fedagg
-from fedagg.config import LimitsSettings
+from fedagg.config.limits import LimitsSettings
 from fedagg.federation.plan import default_tasks
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 
 COLLABORATORS = 16
 PROCESSES = 4

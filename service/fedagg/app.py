@@ -32,7 +32,7 @@ import signal
 from dataclasses import dataclass, field
 
 from fedagg.assembly import AggregatorProcess, build_aggregator, check_files
-from fedagg.config import AfterFinish
+from fedagg.config.operations import AfterFinish
 from fedagg.federation.errors import FederationError
 from fedagg.federation.memory import MMAP_THRESHOLD_BYTES, map_large_buffers
 from fedagg.listeners import binding, start_ops, stop_ops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Thread
@@ -20,14 +21,27 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from fedagg.config import Config, KubernetesHookMode
+from fedagg.config.ha import ElectionBackend, HaSettings
+from fedagg.config.operations import KubernetesHookMode
+from fedagg.config.schema import Config
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
 from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.federation.store import StateStore
+from fedagg.ops.election import ElectionTiming
+from fedagg.ops.etcd_lease import EtcdLeaseRecords
 from fedagg.ops.hooks import CommandHook, ShutdownHook
-from fedagg.ops.kube import KubernetesHook, in_cluster_configuration, pod_identity, running_in_cluster
-from fedagg.ops.leadership import Leadership, leadership_from_config
+from fedagg.ops.kube import (
+    KubernetesHook,
+    in_cluster_configuration,
+    pod_identity,
+    record_pod_event,
+    running_in_cluster,
+)
+from fedagg.ops.kube_lease import KubernetesLeaseRecords
+from fedagg.ops.leader_metrics import LeaderMetrics
+from fedagg.ops.leadership import EVENT_TIMEOUT_SECONDS, Leadership
+from fedagg.ops.lease import LeaseRecord, LeaseRecords
 from fedagg.ops.metrics import FederationMetrics
 from fedagg.ops.readiness import Readiness
 from fedagg.ops.state_metrics import FederationStateCollector
@@ -252,3 +266,44 @@ def _hooks(config: Config, kubernetes: Callable[[], k8s.Configuration]) -> list[
     if config.hooks.command:
         hooks.append(CommandHook(config.hooks.command, config.hooks.command_timeout_seconds))
     return hooks
+
+
+def leadership_from_config(
+    settings: HaSettings, registry: CollectorRegistry, kubernetes: Callable[[], k8s.Configuration]
+) -> Leadership | None:
+    """The configured leadership, or None when ``ha.enabled`` is false. Raises ConfigError naming the key."""
+    if not settings.enabled:
+        return None
+    pod, namespace = pod_identity("", settings.namespace)
+    identity = settings.identity or pod or f"{socket.gethostname()}-{os.getpid()}"
+    records: LeaseRecords
+    if settings.backend == ElectionBackend.KUBERNETES:
+        if not namespace:
+            raise ConfigError(
+                "ha.namespace",
+                settings.namespace,
+                "the Lease's namespace (or env POD_NAMESPACE, or run in a pod)",
+            )
+        records = KubernetesLeaseRecords(settings.lease_name, namespace, kubernetes)
+    else:
+        records = EtcdLeaseRecords(settings.lease_name, settings.etcd_endpoint)
+    timing = ElectionTiming(settings.lease_seconds, settings.renew_deadline_seconds, settings.retry_seconds)
+    leadership = Leadership(records, identity, timing, LeaderMetrics(registry, identity))
+    if pod and namespace and running_in_cluster():
+        leadership.announce = _takeover_event(kubernetes, pod, namespace, records.description)
+    return leadership
+
+
+def _takeover_event(
+    kubernetes: Callable[[], k8s.Configuration], pod: str, namespace: str, lease: str
+) -> Callable[[LeaseRecord], None]:
+    def announce(record: LeaseRecord) -> None:
+        message = (
+            f"{record.holder} leads (took {lease}, transition {record.transitions}); restoring the state"
+        )
+        try:
+            record_pod_event(kubernetes, pod, namespace, "LeaderElected", message, EVENT_TIMEOUT_SECONDS)
+        except Exception as error:
+            log.warning("could not record the takeover Event on %s/%s: %s", namespace, pod, error)
+
+    return announce

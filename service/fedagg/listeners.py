@@ -14,7 +14,7 @@ from prometheus_client import (
 )
 
 from fedagg.assembly import AggregatorProcess
-from fedagg.config import ENV_PREFIX
+from fedagg.config.loading import ENV_PREFIX
 from fedagg.server.interceptors import MetricsInterceptor
 from fedagg.settings import ConfigError
 

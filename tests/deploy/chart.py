@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "fedagg"
@@ -28,6 +31,10 @@ CRD_KINDS = {
 }
 
 
+#: The smallest federation the chart accepts.
+FEDERATION = {"federation_uuid": "mnist_0123abcd", "collaborators": ["one", "two"], "rounds_to_train": 3}
+
+
 def helm() -> Any:
     """The helm_python module (imported lazily, so that collection works where it is not installed)."""
     import helm_python  # noqa: PLC0415
@@ -35,9 +42,50 @@ def helm() -> Any:
     return helm_python
 
 
+def require_helm_sdk() -> None:
+    """Skip (fail in CI) where helm-python-sdk is not installed."""
+    require(
+        importlib.util.find_spec("helm_python") is not None,
+        "helm-python-sdk is not installed (pip install helm-python-sdk; make test installs the dev extras)",
+    )
+
+
+def kubernetes_validator() -> Any:
+    """kubernetes-validate's utils (skipped, failed in CI, where it is not installed)."""
+    require(
+        importlib.util.find_spec("kubernetes_validate") is not None,
+        "kubernetes-validate is not installed (pip install kubernetes-validate; a dev extra)",
+    )
+    require_helm_sdk()
+    from kubernetes_validate import utils  # noqa: PLC0415
+
+    return utils
+
+
+def invalid_object(document: dict[str, Any], version: str, validator: Any) -> str | None:
+    """Why a built-in object is not valid Kubernetes ``version`` (strict: unknown fields too), or None."""
+    try:
+        validator.validate(document, version, strict=True)
+    except validator.ValidationError as error:
+        location = "/".join(str(p) for p in error.path)
+        return f"{document['kind']}/{document['metadata']['name']} at {location}: {error.message}"
+    return None
+
+
 def scenario_values(scenario: str) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text()) or {}
     return values
+
+
+def with_federation(**values: Any) -> dict[str, Any]:
+    """Values with a minimal federation, plus ``values``."""
+    merged: dict[str, Any] = {"config": {"federation": dict(FEDERATION)}}
+    for key, value in values.items():
+        if key == "config":
+            merged["config"].update(value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def render_manifests(values: dict[str, Any] | None) -> dict[str, str]:
@@ -128,6 +176,11 @@ class Rendered:
 
 def rendered(scenario: str) -> Rendered:
     return Rendered(scenario_objects(scenario))
+
+
+def render(values: dict[str, Any]) -> Rendered:
+    """The objects of a rendering with these values."""
+    return Rendered(objects_of(render_manifests(values)))
 
 
 def leaf_paths(values: Any, prefix: str = "") -> Iterator[str]:

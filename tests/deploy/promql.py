@@ -50,6 +50,8 @@ VARIABLES = {
 EVENT_SELECTORS = {
     "auth_failure": ("fedagg_auth_failures_total", "unauthenticated"),
     "hook_failure": ("fedagg_hook_failures_total",),
+    # Replicas that elect a leader (ha; issue 21) export the leadership series; a single aggregator may not.
+    "leader_election": ("fedagg_leader",),
 }
 
 _METRIC = re.compile(

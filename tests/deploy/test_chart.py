@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import shutil
@@ -16,42 +15,35 @@ from typing import Any
 import pytest
 import yaml
 
-from fedagg.config import Config, load_config, parse_config
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.config.loading import load_config, parse_config
+from fedagg.config.schema import Config
+from fedagg.openfl_workspace import load_openfl_workspace
 from fedagg.settings import Range
-from tests.conftest import require
 from tests.deploy import chart
-from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, RELEASE, ROOT, SCENARIOS, rendered, scenario_values
+from tests.deploy.chart import (
+    CHART,
+    FEDERATION,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    SCENARIOS,
+    render,
+    rendered,
+    scenario_values,
+    with_federation,
+)
 from tests.support.settings import leaf_settings, numeric_settings
 
 HOOK_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
-FEDERATION = {"federation_uuid": "mnist_0123abcd", "collaborators": ["one", "two"], "rounds_to_train": 3}
 
 
 @pytest.fixture(autouse=True)
 def _helm_sdk() -> None:
-    require(
-        importlib.util.find_spec("helm_python") is not None,
-        "helm-python-sdk is not installed (pip install helm-python-sdk; make test installs the dev extras)",
-    )
-
-
-def with_federation(**values: Any) -> dict[str, Any]:
-    """Values with a minimal federation, plus ``values``."""
-    merged: dict[str, Any] = {"config": {"federation": dict(FEDERATION)}}
-    for key, value in values.items():
-        if key == "config":
-            merged["config"].update(value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def render(values: dict[str, Any]) -> chart.Rendered:
-    return chart.Rendered(chart.objects_of(chart.render_manifests(values)))
+    chart.require_helm_sdk()
 
 
 # --- lint and render ------------------------------------------------------------------------------------------
@@ -109,7 +101,8 @@ def test_values_without_a_federation_are_refused_naming_the_keys() -> None:
     assert "rounds_to_train" in errors
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "openfl"])
+# openfl: with its plan (below); ha: with the pod's identity, in test_chart_ha.py.
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in ("openfl", "ha")])
 def test_the_rendered_config_is_a_valid_fedagg_config(scenario: str) -> None:
     config = rendered(scenario).config()
 

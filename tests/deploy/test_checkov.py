@@ -41,8 +41,9 @@ JUSTIFIED = {
     ),
     ("CKV_K8S_38", AGGREGATOR): (
         "Service account token mounted: the Kubernetes shutdown hook calls the API (pods get/patch, events "
-        "create, nothing else: see test_rbac_grants_exactly_the_hook_verbs). With "
-        "config.hooks.kubernetes.enabled=false the token is not mounted (persistence-off scenario)."
+        "create, nothing else: see test_rbac_grants_exactly_the_hook_verbs), and so does the leader election "
+        "with ha.enabled (its one Lease: test_chart_ha.py). With config.hooks.kubernetes.enabled=false and no "
+        "HA the token is not mounted (persistence-off scenario)."
     ),
 }
 

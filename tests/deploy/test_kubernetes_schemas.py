@@ -9,15 +9,20 @@ API's TLSRoute against its CRD's openAPIV3Schema (a vendored fixture, see tests/
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import require
 from tests.deploy import gateway_api
-from tests.deploy.chart import CRD_KINDS, ROOT, SCENARIOS, scenario_objects
+from tests.deploy.chart import (
+    CRD_KINDS,
+    ROOT,
+    SCENARIOS,
+    invalid_object,
+    kubernetes_validator,
+    scenario_objects,
+)
 
 KUBERNETES_VERSIONS = ("1.27", "1.37")
 
@@ -206,16 +211,7 @@ CRD_SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def kubernetes_validate() -> Any:
-    require(
-        importlib.util.find_spec("kubernetes_validate") is not None,
-        "kubernetes-validate is not installed (pip install kubernetes-validate; a dev extra)",
-    )
-    require(
-        importlib.util.find_spec("helm_python") is not None, "helm-python-sdk is not installed (a dev extra)"
-    )
-    from kubernetes_validate import utils  # noqa: PLC0415
-
-    return utils
+    return kubernetes_validator()
 
 
 def test_the_installed_schemas_cover_both_versions(kubernetes_validate: Any) -> None:
@@ -248,11 +244,9 @@ def test_every_rendered_object_is_valid_kubernetes(
         if (document["apiVersion"], document["kind"]) in CRD_KINDS:
             _validate_crd(document)
             continue
-        try:
-            kubernetes_validate.validate(document, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            location = "/".join(str(p) for p in error.path)
-            pytest.fail(f"{document['kind']}/{document['metadata']['name']} at {location}: {error.message}")
+        problem = invalid_object(document, version, kubernetes_validate)
+        if problem:
+            pytest.fail(problem)
         checked += 1
 
     assert checked >= 5

@@ -60,6 +60,8 @@ FEDAGG_METRICS = {
     "fedagg_get_tasks_hold_seconds",
     "fedagg_reply_bytes_in_flight",
     "fedagg_downloads_waiting",
+    "fedagg_leader",
+    "fedagg_leader_transitions_total",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_start_time_seconds",
@@ -128,6 +130,7 @@ DASHBOARD_TOPICS = [
     "State volume usage",
     "State volume",
     "GetTasks long poll",
+    "Leadership",
 ]
 
 
@@ -149,7 +152,7 @@ def test_promtool_checks_the_rules() -> None:
     result = run(promtool(), "check", "rules", str(RULES_DIR / "fedagg-rules.yaml"))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 18 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
@@ -193,6 +196,8 @@ def test_the_alerts_cover_what_operators_need() -> None:
         "FedaggCollaboratorSilent",
         "FedaggStateVolumeLow",
         "FedaggStateVolumeFillingUp",
+        "FedaggNoLeader",
+        "FedaggLeaderFlapping",
     } <= alerts
 
 
@@ -428,3 +433,37 @@ def test_the_dashboard_shows_collaborators_and_the_state_volume() -> None:
     usage = " ".join(targets["State volume usage"])
     assert "fedagg_state_volume_available_bytes" in usage
     assert "fedagg_state_volume_size_bytes" in usage
+
+
+# --- high availability (issue 21) ---------------------------------------------------------------------------------
+
+
+def test_the_leadership_alerts_judge_a_federation_not_a_replica() -> None:
+    """One replica at 0 is a standby, not a problem: the no-leader alert looks at every replica of the scrape job
+    (and namespace), including the ones that are down, and so does the flapping alert."""
+    rules = {rule["alert"]: rule for rule in promql.rules() if "alert" in rule}
+    no_leader = " ".join(rules["FedaggNoLeader"]["expr"].split())
+    flapping = " ".join(rules["FedaggLeaderFlapping"]["expr"].split())
+
+    assert no_leader.startswith("max by (namespace, job) (fedagg_leader) == 0 or ")
+    assert "max by (namespace, job) (up) == 0" in no_leader
+    assert flapping.startswith("sum by (namespace, job) (increase(fedagg_leader_transitions_total[1h]))")
+    assert "instance" not in no_leader + flapping
+    assert rules["FedaggNoLeader"]["labels"]["severity"] == "critical"
+
+
+def test_leadership_expressions_need_a_run_with_the_election() -> None:
+    """fedagg exports fedagg_leader only where replicas elect a leader; a run without it (the live test's) cannot
+    fill these expressions, one with it must."""
+    leadership = [e for e in promql.expressions() if "fedagg_leader" in e.query]
+
+    assert {e.name for e in leadership} >= {
+        "FedaggNoLeader signal",
+        "FedaggLeaderFlapping signal",
+        "Leadership",
+    }
+    for expression in leadership:
+        assert "leader_election" in expression.events, expression.name
+        assert expression.must_return_data({"leader_election"}) == (
+            "alert_condition" not in expression.events
+        )

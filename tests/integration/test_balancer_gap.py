@@ -8,7 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
-from fedagg.cli.common import EXIT_CONNECTION
+from fedagg.cli.exits import EXIT_CONNECTION
 from tests.integration.test_cli_connections import Run, client_options, run
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedagg.collaborator import ClientTls, TaskOutput
 from fedagg.collaborator.runner import Weights
-from fedagg.pki import CertificateAuthority
+from fedagg.pki.authority import CertificateAuthority
 from fedagg.protocol.model_file import read_model
 from tests.conftest import COLLABORATORS
 from tests.support import training

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fedagg.cli.common import EXIT_CONNECTION, EXIT_TIMEOUT
+from fedagg.cli.exits import EXIT_CONNECTION, EXIT_TIMEOUT
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config

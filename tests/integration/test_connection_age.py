@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from fedagg.pki import CertificateAuthority
+from fedagg.pki.authority import CertificateAuthority
 from fedagg.protocol import aggregator_pb2
 from fedagg.server.tls import CertificateFiles, CertificateSource
 from tests.conftest import COLLABORATORS

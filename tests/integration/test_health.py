@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedagg.app import AggregatorProcess, build_aggregator, run_aggregator
-from fedagg.config import load_config
+from fedagg.config.loading import load_config
 from tests.conftest import COLLABORATORS, require
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki

@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client as k8s
 
 from fedagg.assembly import _hooks
-from fedagg.config import parse_config
+from fedagg.config.loading import parse_config
 from fedagg.ops.hooks import CommandHook, Completion, ShutdownHook, run_hooks
 from fedagg.ops.kube import KubernetesHook
 from tests.support.conformance import subclasses

@@ -18,7 +18,7 @@ from bench.servers import (
     start_fedagg,
     start_null,
 )
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 from fedagg.protocol import aggregator_pb2
 from tests.conftest import require
 

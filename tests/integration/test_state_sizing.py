@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedagg.config import load_config
+from fedagg.config.loading import load_config
 from fedagg.federation.store import publish_model
 from fedagg.sizing import Sizing, plan_sizing
 from tests.support.process import FedaggProcess, write_config

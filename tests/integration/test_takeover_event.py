@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from fedagg.config import parse_config
-from fedagg.ops.leadership import leadership_from_config
+from fedagg.assembly import leadership_from_config
+from fedagg.config.loading import parse_config
 from fedagg.ops.lease import LeaseRecord
 from tests.support.kube import NAMESPACE, POD, POD_UID, kubernetes_api
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedagg.pki import CertificateAuthority
+from fedagg.pki.authority import CertificateAuthority
 from tests.support.models import write_zero_model
 from tests.support.pki import SERVER_HOSTS, Pki, make_pki, write_issued
 from tests.support.process import FedaggProcess, write_config

@@ -24,7 +24,7 @@ import yaml
 from fedagg.collaborator import ClientTls
 from fedagg.federation.plan import StragglerPolicyKind, StragglerPolicySpec
 from fedagg.federation.store import StateStore
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.openfl_workspace import load_openfl_workspace
 from fedagg.protocol.model_file import read_model
 from tests.conftest import require
 from tests.support.pki import Pki

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 from tests.interop.openfl import (
     TASKS,
     CollaboratorSpec,

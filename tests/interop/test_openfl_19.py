@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedagg.pki import write_federation_pki
+from fedagg.pki.federation import write_federation_pki
 from tests.interop.openfl import (
     TASKS,
     CollaboratorSpec,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedagg.config import load_config
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.config.loading import load_config
+from fedagg.openfl_workspace import load_openfl_workspace
 from tests.interop.openfl import openfl_python, plan_uuid
 
 pytestmark = pytest.mark.interop

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedagg.collaborator import ClientTls
-from fedagg.pki import CertificateAuthority
+from fedagg.pki.authority import CertificateAuthority
 
 SERVER_HOSTS = ("localhost", "127.0.0.1", "::1")
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from fedagg.app import check_files
-from fedagg.config import AfterFinish, load_config, parse_config
+from fedagg.config.loading import load_config, parse_config
+from fedagg.config.operations import AfterFinish
 from fedagg.federation.plan import AssignerKind
 from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError

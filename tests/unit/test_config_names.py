@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fedagg.config import parse_config
+from fedagg.config.loading import parse_config
 from fedagg.federation.errors import PlanError
 from fedagg.federation.names import PROTOCOL_TAGS
 from fedagg.federation.serving import MODEL_TAG

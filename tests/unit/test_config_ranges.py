@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedagg.config import Config, parse_config
+from fedagg.config.loading import parse_config
+from fedagg.config.schema import Config
 from fedagg.settings import INT32_MAX, ConfigError, Range
 from tests.support.servers import FEDERATION_UUID, client_for, make_federation, serving
 from tests.support.settings import numeric_settings

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from fedagg.bounded_yaml import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, read_yaml
-from fedagg.config import load_config, parse_config
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.config.loading import load_config, parse_config
+from fedagg.openfl_workspace import load_openfl_workspace
 from fedagg.settings import ConfigError
 from tests.support.yaml_bombs import LAUGHS
 

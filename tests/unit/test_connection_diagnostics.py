@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from fedagg.cli import build_parser
-from fedagg.cli.common import ago
+from fedagg.cli.formatting import ago
 from fedagg.collaborator import (
     AggregatorClient,
     AggregatorUnreachable,

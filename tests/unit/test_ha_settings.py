@@ -10,9 +10,9 @@ import pytest
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from fedagg.config import parse_config
-from fedagg.ha_settings import ElectionBackend
-from fedagg.ops.leadership import leadership_from_config
+from fedagg.assembly import leadership_from_config
+from fedagg.config.ha import ElectionBackend
+from fedagg.config.loading import parse_config
 from fedagg.settings import ConfigError
 
 FEDERATION = {"federation_uuid": "fed_1", "collaborators": ["one", "two"], "rounds_to_train": 3}

@@ -19,7 +19,7 @@ from fedagg.logs import (
     redact,
     set_log_context,
 )
-from fedagg.pki import CertificateAuthority
+from fedagg.pki.authority import CertificateAuthority
 
 
 def capture(json_lines: bool) -> tuple[logging.Logger, io.StringIO]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fedagg.app import build_aggregator, check_files
-from fedagg.config import load_config
+from fedagg.config.loading import load_config
 from fedagg.protocol.codec import FLOAT32
 from fedagg.protocol.message_size import (
     MAX_SEND_MESSAGE_BYTES,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fedagg.config import load_config
+from fedagg.config.loading import load_config
 from fedagg.federation.plan import AssignerKind, StragglerPolicyKind
-from fedagg.openfl_plan import load_openfl_workspace
+from fedagg.openfl_workspace import load_openfl_workspace
 from fedagg.settings import ConfigError
 from tests.support.models import write_zero_model
 

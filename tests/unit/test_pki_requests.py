@@ -16,24 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedagg.cli import main
-from fedagg.pki import (
-    CaError,
-    CertificateAuthority,
-    InvalidName,
-    OutputExists,
-    PkiError,
-    add_to_federation_pki,
-    check_host,
-    check_name,
-    check_names,
-    check_secret_name,
-    find_ca,
-    make_request,
-    read_request,
-    sign_request_file,
-    write_federation_pki,
-    write_request,
-)
+from fedagg.pki.authority import CertificateAuthority, find_ca
+from fedagg.pki.errors import CaError, InvalidName, OutputExists, PkiError
+from fedagg.pki.federation import add_to_federation_pki, write_federation_pki
+from fedagg.pki.names import check_host, check_name, check_names, check_secret_name
+from fedagg.pki.requests import make_request, read_request, sign_request_file, write_request
 
 TRAVERSAL = "../../x"
 

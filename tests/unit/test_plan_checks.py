@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedagg.config import parse_config
+from fedagg.config.loading import parse_config
 from fedagg.federation.aggregators.privacy import GaussianMechanism, signal_to_noise
 from fedagg.settings import ConfigError
 from tests.support.aggregation import aggregate

@@ -230,6 +230,11 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $_ := set $kubeHook "enabled" (toString $kubeHook.enabled) }}
 {{- $storage := $config.storage }}
 {{- $_ := set $storage "state_dir" (include "fedagg.stateDir" .) }}
+{{- /* The leader election; ha.identity is the pod's name, from the environment (FEDAGG__HA__IDENTITY). */}}
+{{- if include "fedagg.ha" . }}
+{{- $ha := .Values.ha }}
+{{- $_ := set $config "ha" (dict "enabled" true "backend" "kubernetes" "lease_name" (include "fedagg.leaseName" .) "namespace" (include "fedagg.namespace" .) "lease_seconds" (int $ha.leaseSeconds) "renew_deadline_seconds" (int $ha.renewDeadlineSeconds) "retry_seconds" (int $ha.retrySeconds)) }}
+{{- end }}
 {{- /* Explicit model paths: an OpenFL plan's best/last_state_path would point into the read-only plan mount. */}}
 {{- range $key, $file := dict "best_model" "best.pbuf" "last_model" "last.pbuf" }}
 {{- if not (get $storage $key) }}
@@ -275,7 +280,7 @@ spec:
   restartPolicy: Always
   {{- end }}
   serviceAccountName: {{ include "fedagg.serviceAccountName" . }}
-  automountServiceAccountToken: {{ include "fedagg.kubeHook" . | eq "true" }}
+  automountServiceAccountToken: {{ include "fedagg.kubeApi" . | eq "true" }}
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ include "fedagg.terminationGracePeriodSeconds" . }}
   {{- with .Values.priorityClassName }}
@@ -306,6 +311,13 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.namespace
+        {{- if include "fedagg.ha" . }}
+        # The leader election's identity (the Lease's holderIdentity): this pod.
+        - name: FEDAGG__HA__IDENTITY
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -439,9 +451,9 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- with include "fedagg.affinity" . }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- . | nindent 4 }}
   {{- end }}
   {{- with .Values.tolerations }}
   tolerations:
@@ -471,4 +483,6 @@ FedaggStateVolumeLow:
 FedaggStateVolumeFillingUp:
   trendWindow: {default: "fedagg_state_volume_available_bytes[6h]", format: "fedagg_state_volume_available_bytes[%s]"}
   fullWithinHours: {default: ", 24 * 3600)", format: ", %d * 3600)"}
+FedaggLeaderFlapping:
+  transitions: {default: "fedagg_leader_transitions_total[1h])) > 3", format: "fedagg_leader_transitions_total[1h])) > %d"}
 {{- end }}

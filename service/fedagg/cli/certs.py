@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fedagg.cli.common import Commands, add_command
+from fedagg.cli.commands import Commands, add_command
 
 USAGE_ERROR = 2
 IO_ERROR = 1
@@ -205,7 +205,8 @@ def _split(text: str, option: str) -> list[str]:
 
 
 def _checked_names(text: str, option: str, kind: str) -> list[str]:
-    from fedagg.pki import PkiError, check_names
+    from fedagg.pki.errors import PkiError
+    from fedagg.pki.names import check_names
 
     names = _split(text, option)
     try:
@@ -225,7 +226,9 @@ def _distinct(collaborators: list[str], observers: list[str]) -> None:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from fedagg.pki import InvalidName, check_host, check_secret_name, write_federation_pki
+    from fedagg.pki.errors import InvalidName
+    from fedagg.pki.federation import write_federation_pki
+    from fedagg.pki.names import check_host, check_secret_name
 
     if args.out is None or args.collaborators is None:
         raise CertsError(
@@ -263,7 +266,9 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from fedagg.pki import PkiError, check_name, write_request
+    from fedagg.pki.errors import PkiError
+    from fedagg.pki.names import check_name
+    from fedagg.pki.requests import write_request
 
     try:
         check_name(args.name)
@@ -284,7 +289,9 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from fedagg.pki import CaError, OutputExists, PkiError, check_name, sign_request_file
+    from fedagg.pki.errors import CaError, OutputExists, PkiError
+    from fedagg.pki.names import check_name
+    from fedagg.pki.requests import sign_request_file
 
     if args.name is not None:
         try:
@@ -318,7 +325,8 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from fedagg.pki import InvalidName, PkiError, add_to_federation_pki
+    from fedagg.pki.errors import InvalidName, PkiError
+    from fedagg.pki.federation import add_to_federation_pki
 
     collaborators = _checked_names(args.collaborators, "--collaborators", "collaborator")
     observers = _checked_names(args.observers, "--observers", "observer")

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedagg.cli.common import (
+from fedagg.cli.commands import Commands, add_command
+from fedagg.cli.connection import (
     CONNECTION_EPILOG,
-    EXIT_USAGE,
-    Commands,
-    add_command,
     add_connection_options,
     add_name_option,
     configure_client_logging,
     connect,
-    reported_errors,
 )
+from fedagg.cli.exits import EXIT_USAGE, reported_errors
 from fedagg.collaborator import Collaborator
 from fedagg.collaborator.participant import TaskEvent
 from fedagg.collaborator.reference import DatasetSpec, ModelMismatch, SoftmaxRegressionRunner, site_seed

@@ -17,15 +17,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedagg.cli.common import Commands, add_command, table
+from fedagg.cli.commands import Commands, add_command
+from fedagg.cli.formatting import table
 from fedagg.collaborator.reference import DatasetSpec, initial_weights
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
 from fedagg.federation.store import publish_model
 
 if TYPE_CHECKING:
     from fedagg.app import AggregatorProcess
-    from fedagg.config import Config
-    from fedagg.pki import FederationPki
+    from fedagg.config.schema import Config
+    from fedagg.pki.federation import FederationPki
 
 FEDERATION_UUID = "demo_0123abcd"
 VALIDATE_GLOBAL = "aggregated_model_validation"
@@ -88,7 +89,7 @@ class Display:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedagg.app import build_aggregator
-    from fedagg.pki import write_federation_pki
+    from fedagg.pki.federation import write_federation_pki
 
     if args.collaborators < 1 or args.rounds < 1 or args.features < 1:
         raise SystemExit("fedagg: --collaborators, --rounds and --features must be positive")
@@ -145,7 +146,7 @@ def _prepare(workdir: Path) -> None:
 
 
 def _config(workdir: Path, names: list[str], rounds: int) -> Config:
-    from fedagg.config import parse_config
+    from fedagg.config.loading import parse_config
 
     data = {
         "federation": {

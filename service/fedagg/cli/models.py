@@ -10,19 +10,16 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from fedagg.cli.common import (
+from fedagg.cli.commands import Commands, add_command, add_output_option
+from fedagg.cli.connection import (
     CONNECTION_EPILOG,
-    Commands,
-    add_command,
     add_connection_options,
     add_name_option,
-    add_output_option,
     configure_client_logging,
     connect,
-    print_json,
-    reported_errors,
-    table,
 )
+from fedagg.cli.exits import reported_errors
+from fedagg.cli.formatting import print_json, table
 from fedagg.collaborator.reference import BIAS, WEIGHTS, DatasetSpec, initial_weights
 from fedagg.federation.store import publish_model
 from fedagg.protocol.codec import Float32Array, Shape

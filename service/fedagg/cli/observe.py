@@ -7,20 +7,16 @@ import sys
 import time
 from typing import Any
 
-from fedagg.cli.common import (
+from fedagg.cli.commands import Commands, add_command, add_output_option
+from fedagg.cli.connection import (
     CONNECTION_EPILOG,
-    Commands,
-    add_command,
     add_connection_options,
     add_name_option,
-    add_output_option,
-    ago,
     configure_client_logging,
     connect,
-    print_json,
-    reported_errors,
-    table,
 )
+from fedagg.cli.exits import reported_errors
+from fedagg.cli.formatting import ago, print_json, table
 from fedagg.protocol import base_pb2
 
 CONNECT_EXAMPLE = "--address agg.example.org:50051 --ca ca.crt --cert observer.crt --key observer.key"

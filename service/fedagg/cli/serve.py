@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from fedagg.cli.common import Commands, add_command
+from fedagg.cli.commands import Commands, add_command
+from fedagg.cli.exits import usage_error
 
 if TYPE_CHECKING:
-    from fedagg.config import Config
+    from fedagg.config.schema import Config
 
 LOG_FORMATS = ("text", "json")
 
@@ -111,28 +112,22 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def load(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
     """The configuration the options describe (a file, an OpenFL workspace, or both) and the plan keys ignored."""
-    from fedagg.config import load_config
-    from fedagg.openfl_plan import load_openfl_workspace
+    from fedagg.config.loading import load_config
+    from fedagg.openfl_workspace import load_openfl_workspace
 
     path = _config_path(args)
     overlay: dict[str, Any] = {}
     ignored: tuple[str, ...] = ()
     if args.openfl_plan or args.openfl_cols:
         if not (args.openfl_plan and args.openfl_cols):
-            _usage("fedagg: --openfl-plan and --openfl-cols go together")
+            raise usage_error("--openfl-plan and --openfl-cols go together")
         workspace = load_openfl_workspace(args.openfl_plan, args.openfl_cols, args.openfl_defaults)
         overlay, ignored = workspace.overlay, workspace.ignored
     if path is None and not overlay:
-        _usage("fedagg: give --config FILE, or --openfl-plan and --openfl-cols")
+        raise usage_error("give --config FILE, or --openfl-plan and --openfl-cols")
     if args.task_group:
         overlay.setdefault("federation", {})["task_group"] = args.task_group
     return load_config(path, overlay=overlay), ignored
-
-
-def _usage(message: str) -> NoReturn:
-    """Exit with status 2 (a usage error, like argparse's) and one line."""
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -140,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fedagg.app import build_aggregator, run_aggregator
-    from fedagg.config import LogFormat
+    from fedagg.config.operations import LogFormat
     from fedagg.logs import configure_logging
 
     config, ignored = load(args)
@@ -158,7 +153,7 @@ def _config_check(args: argparse.Namespace) -> int:
     import json
 
     from fedagg.app import check_files
-    from fedagg.cli.common import config_document
+    from fedagg.cli.config_report import config_document
     from fedagg.settings import ConfigError
 
     try:

@@ -17,23 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 
-from kubernetes import client as k8s
-from prometheus_client import CollectorRegistry
-
 from fedagg.federation.write_fence import close_fence
-from fedagg.ha_settings import ElectionBackend, HaSettings
 from fedagg.ops.election import ElectionTiming, LeaderElector
-from fedagg.ops.etcd_lease import EtcdLeaseRecords
-from fedagg.ops.kube import pod_identity, record_pod_event, running_in_cluster
-from fedagg.ops.kube_lease import KubernetesLeaseRecords
 from fedagg.ops.leader_metrics import LeaderMetrics
 from fedagg.ops.lease import LeaseRecord, LeaseRecords
-from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -122,44 +112,3 @@ class Leadership:
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process is exiting anyway
                 self._loop.call_soon_threadsafe(event.set)
-
-
-def leadership_from_config(
-    settings: HaSettings, registry: CollectorRegistry, kubernetes: Callable[[], k8s.Configuration]
-) -> Leadership | None:
-    """The configured leadership, or None when ``ha.enabled`` is false. Raises ConfigError naming the key."""
-    if not settings.enabled:
-        return None
-    pod, namespace = pod_identity("", settings.namespace)
-    identity = settings.identity or pod or f"{socket.gethostname()}-{os.getpid()}"
-    records: LeaseRecords
-    if settings.backend == ElectionBackend.KUBERNETES:
-        if not namespace:
-            raise ConfigError(
-                "ha.namespace",
-                settings.namespace,
-                "the Lease's namespace (or env POD_NAMESPACE, or run in a pod)",
-            )
-        records = KubernetesLeaseRecords(settings.lease_name, namespace, kubernetes)
-    else:
-        records = EtcdLeaseRecords(settings.lease_name, settings.etcd_endpoint)
-    timing = ElectionTiming(settings.lease_seconds, settings.renew_deadline_seconds, settings.retry_seconds)
-    leadership = Leadership(records, identity, timing, LeaderMetrics(registry, identity))
-    if pod and namespace and running_in_cluster():
-        leadership.announce = _takeover_event(kubernetes, pod, namespace, records.description)
-    return leadership
-
-
-def _takeover_event(
-    kubernetes: Callable[[], k8s.Configuration], pod: str, namespace: str, lease: str
-) -> Callable[[LeaseRecord], None]:
-    def announce(record: LeaseRecord) -> None:
-        message = (
-            f"{record.holder} leads (took {lease}, transition {record.transitions}); restoring the state"
-        )
-        try:
-            record_pod_event(kubernetes, pod, namespace, "LeaderElected", message, EVENT_TIMEOUT_SECONDS)
-        except Exception as error:
-            log.warning("could not record the takeover Event on %s/%s: %s", namespace, pod, error)
-
-    return announce

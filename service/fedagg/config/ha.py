@@ -1,8 +1,8 @@
 """The ``ha`` section: leader election between replicas that share one state directory.
 
-Kept apart from :mod:`fedagg.config` (which only mounts it as ``Config.ha`` and calls :func:`ha_errors`), so the
-election's settings, their defaults and their cross-checks live in one place. Environment overrides work as for
-every section: ``FEDAGG__HA__ENABLED=true``, ``FEDAGG__HA__IDENTITY=...``.
+The section's rules between its own keys (:func:`ha_errors`) are checked with the other cross-setting rules
+(:mod:`fedagg.config.checks`). Environment overrides work as for every section: ``FEDAGG__HA__ENABLED=true``,
+``FEDAGG__HA__IDENTITY=...``.
 """
 
 from __future__ import annotations
