@@ -94,12 +94,15 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
     assert "readiness NOT_SERVING, calls refused" in old_log
     fenced = logged_at(old_log, FENCED_LINE).timestamp() + LOG_PRECISION_SECONDS
     elected = logged_at(new_log, ELECTED_LINE).timestamp()
-    assert fenced < new_holder["since"] < elected
+    assert fenced < new_holder["since"] < elected, (fenced, new_holder, elected)
     assert new_holder["pid"] == standby.process.pid
     # The old leader committed nothing after its fence closed ...
-    assert max(left_behind.values()) / 1e9 <= fenced
+    late = {str(path): mtime / 1e9 for path, mtime in left_behind.items() if mtime / 1e9 > fenced}
+    assert late == {}, f"written after the fence ({fenced}): {late}\n{old_log}"
     # ... and every file changed since was written by the new leader, after it held the lock.
     changed = {path for path, mtime in state_files(setup.state).items() if left_behind.get(path) != mtime}
     assert changed
-    assert all(os.stat(path).st_mtime_ns / 1e9 >= new_holder["since"] for path in changed)
+    early = {str(path): os.stat(path).st_mtime_ns / 1e9 for path in changed}
+    early = {path: mtime for path, mtime in early.items() if mtime < new_holder["since"]}
+    assert early == {}, f"changed before the new leader held the lock ({new_holder}): {early}"
     assert (leads, transitions) == (1, 1)  # replica1 leads; it saw the lease go from intruder to itself

@@ -1,7 +1,8 @@
 """The write fence: once closed, no file of the state directory is committed by this process any more.
 
 Every commit of a state file is a rename into place (:func:`fedagg.federation.files.atomic_file`, the spool's
-accept, the published models, quarantine), and every one goes through :func:`fenced_replace`. A leader that loses
+accept, the published models, quarantine), and every one goes through :func:`fenced_replace`; the storage probe,
+which writes and deletes a scratch file, asks :func:`refuse_if_fenced` first. A leader that loses
 its lease closes the fence (:func:`close_fence`) before anything else: from then on each commit raises
 :class:`Fenced` (an OSError, so the federation treats it as storage refusing writes: nothing is acknowledged,
 readiness drops) and the process exits, to come back as a standby. The fence is process-wide because a process
@@ -30,9 +31,14 @@ _closed_because = ""
 def fenced_replace(source: Path, target: Path) -> None:
     """``os.replace(source, target)`` unless the fence is closed (then raise :class:`Fenced`)."""
     with _commit_lock:
-        if _closed_because:
-            raise Fenced(errno.EROFS, f"not the leader any more ({_closed_because}): state writes refused")
+        refuse_if_fenced()
         os.replace(source, target)
+
+
+def refuse_if_fenced() -> None:
+    """Raise :class:`Fenced` once the fence is closed (for writes that are not commits: the storage probe)."""
+    if _closed_because:
+        raise Fenced(errno.EROFS, f"not the leader any more ({_closed_because}): state writes refused")
 
 
 def close_fence(reason: str, timeout: float) -> bool:
