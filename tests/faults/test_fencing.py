@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,10 @@ import pytest
 from fedagg.ops.etcd_lease import EtcdLeaseRecords
 from fedagg.ops.lease import LeaseRecord, utc_now
 from tests.faults.harness import (
+    NOT_SERVING,
     Aggregator,
     FedaggCollaborators,
+    Setup,
     finish,
     make_setup,
     poll,
@@ -51,14 +57,23 @@ def state_files(state: Path) -> dict[Path, int]:
     }
 
 
-def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_starts(
-    tmp_path: Path, pki: Pki
-) -> None:
+@dataclass
+class Pair:
+    """A leader and its standby (electing on ``store``) serving collaborators that have begun uploading."""
+
+    setup: Setup
+    store: EtcdLeaseRecords
+    leader: Aggregator
+    standby: Aggregator
+    collaborators: FedaggCollaborators
+
+
+@contextmanager
+def running_pair(tmp_path: Path, pki: Pki) -> Iterator[Pair]:
     model = write_zero_model(tmp_path)
     setup = make_setup(tmp_path, pki, ROUNDS, model)
     with etcd_server(tmp_path) as etcd:
         ports, configs = replicas(tmp_path, pki, setup, model, elected_on(etcd.url, LEASE, LEASE_SECONDS))
-        store = EtcdLeaseRecords(LEASE, etcd.url)
         leader = standby = collaborators = None
         with balancing(tmp_path, setup.port, ports):
             try:
@@ -66,28 +81,34 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
                 leader.wait_for_federation()
                 standby = Aggregator(configs[1], name="standby")
                 standby.wait_for_line("in use by another fedagg process")
+                assert standby.readiness() == NOT_SERVING  # a standby is never routed to
                 collaborators = FedaggCollaborators(setup, pki)
                 poll(lambda: spooled_uploads(setup.state), 60, "a first acknowledged upload")
-
-                found = store.read(5)  # take the lease away: another holder, just renewed
-                assert found is not None
-                assert found[0].holder == "replica0"
-                now = utc_now()
-                store.replace(
-                    LeaseRecord("intruder", LEASE_SECONDS, now, now, found[0].transitions + 1), found[1], 5
-                )
-
-                assert leader.wait(30) == 75, leader.log()
-                left_behind = state_files(
-                    setup.state
-                )  # everything the old leader wrote, before anyone else can
-                standby.wait_for_federation(60)
-                leads = standby.metric("fedagg_leader", identity="replica1")
-                transitions = standby.metric("fedagg_leader_transitions_total")
-                new_holder = json.loads((setup.state / "lock").read_text())
-                finish(setup, standby, collaborators)
+                yield Pair(setup, EtcdLeaseRecords(LEASE, etcd.url), leader, standby, collaborators)
             finally:
                 stop(leader, standby, collaborators)
+
+
+def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_starts(
+    tmp_path: Path, pki: Pki
+) -> None:
+    with running_pair(tmp_path, pki) as pair:
+        setup, leader, standby = pair.setup, pair.leader, pair.standby
+        found = pair.store.read(5)  # take the lease away: another holder, just renewed
+        assert found is not None
+        assert found[0].holder == "replica0"
+        now = utc_now()
+        pair.store.replace(
+            LeaseRecord("intruder", LEASE_SECONDS, now, now, found[0].transitions + 1), found[1], 5
+        )
+
+        assert leader.wait(30) == 75, leader.log()
+        left_behind = state_files(setup.state)  # everything the old leader wrote, before anyone else can
+        standby.wait_for_federation(60)
+        leads = standby.metric("fedagg_leader", identity="replica1")
+        transitions = standby.metric("fedagg_leader_transitions_total")
+        new_holder = json.loads((setup.state / "lock").read_text())
+        finish(setup, standby, pair.collaborators)
 
     old_log, new_log = leader.log(), standby.log()
     assert "leadership lost: the lease is held by intruder" in old_log
@@ -106,3 +127,22 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
     early = {path: mtime for path, mtime in early.items() if mtime < new_holder["since"]}
     assert early == {}, f"changed before the new leader held the lock ({new_holder}): {early}"
     assert (leads, transitions) == (1, 1)  # replica1 leads; it saw the lease go from intruder to itself
+
+
+def test_a_leader_stopped_by_sigterm_hands_the_lease_over(tmp_path: Path, pki: Pki) -> None:
+    with running_pair(tmp_path, pki) as pair:
+        before = pair.store.read(5)
+        pair.leader.process.send_signal(signal.SIGTERM)
+
+        assert pair.leader.wait(30) == 0, pair.leader.log()
+        pair.standby.wait_for_federation(60)
+        transitions = pair.standby.metric("fedagg_leader_transitions_total")
+        after = pair.store.read(5)
+        finish(pair.setup, pair.standby, pair.collaborators)
+
+    assert "released etcd key /fedagg/leases/fencing" in pair.leader.log()  # vacant: no expiry to wait for
+    assert before is not None
+    assert after is not None
+    assert (before[0].holder, after[0].holder) == ("replica0", "replica1")
+    assert after[0].transitions == before[0].transitions + 1
+    assert transitions == 1

@@ -1,9 +1,9 @@
 """Leader-election metrics: which replica leads, and how often the lead changed hands.
 
 ``fedagg_leader{identity}`` is one series per process (its own identity), 1 while it leads; the sum over replicas
-is the number of leaders (alert when it stays 0). ``fedagg_leader_transitions_total`` counts the changes of holder
-this replica saw on the lease (its own takeover included); ``fedagg_lease_transitions`` is the lease's own
-``leaseTransitions`` (the term) as last read. Thread-safe (prometheus-client metrics are).
+is the number of leaders (alert when it stays 0). ``fedagg_leader_transitions_total`` counts the takeovers this
+replica saw happen on the lease (its own included: increases of the lease's ``leaseTransitions`` since it first
+read it); ``fedagg_lease_transitions`` is ``leaseTransitions`` itself (the term) as last read. Thread-safe (prometheus-client metrics are).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class LeaderMetrics:
         self._leader.set(0)
         self._transitions = Counter(
             "fedagg_leader_transitions",
-            "Changes of the lease's holder seen by this replica.",
+            "Takeovers of the lease seen by this replica (its own included).",
             registry=registry,
         )
         self._term = Gauge(
@@ -34,7 +34,7 @@ class LeaderMetrics:
             "The lease's leaseTransitions (the term) as last read.",
             registry=registry,
         )
-        self._holder = ""
+        self._seen_term: int | None = None
 
     def leading(self, leads: bool) -> None:
         """This replica started or stopped leading."""
@@ -42,8 +42,7 @@ class LeaderMetrics:
 
     def observed(self, record: LeaseRecord) -> None:
         """A new version of the lease was read or written."""
+        if self._seen_term is not None and record.transitions > self._seen_term:
+            self._transitions.inc(record.transitions - self._seen_term)
+        self._seen_term = record.transitions
         self._term.set(record.transitions)
-        if record.holder and record.holder != self._holder:
-            if self._holder:
-                self._transitions.inc()
-            self._holder = record.holder
