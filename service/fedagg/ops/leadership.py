@@ -85,7 +85,7 @@ class Leadership:
         close_fence("shutting down", FENCE_WAIT_SECONDS)
         elector = self._elector
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: elector.stop(release=not self.lost, timeout=elector.timing.retry_seconds)
+            None, lambda: elector.stop(release=not self.lost, timeout=2 * elector.timing.retry_seconds)
         )
         self.metrics.leading(False)
 
