@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 FINISH_STOP_GRACE_SECONDS = 2.0
 STORAGE_FAILURE_EXIT_CODE = 75  # EX_TEMPFAIL
 STORAGE_WATCH_SECONDS = 5.0
-STEP_DOWN_GRACE_SECONDS = 1.0
 NOT_THE_LEADER = "not the leader: retry, the Service routes to the new leader"
 
 
@@ -193,7 +192,9 @@ async def _leadership_lost(aggregator: AggregatorProcess) -> None:
 
 
 async def _step_down(aggregator: AggregatorProcess) -> int:
-    """The lease is lost and writes are fenced: stop routing and serving at once, then exit to restart."""
+    """The lease is lost and writes are fenced: stop routing and serving at once, then exit to restart.
+
+    Calls in flight can only end in refusals now (a commit raises); the drain gives them their answers."""
     await aggregator.readiness.set_ready(False)
     aggregator.server.stop_accepting(NOT_THE_LEADER)
     aggregator.server.cut()
@@ -203,7 +204,8 @@ async def _step_down(aggregator: AggregatorProcess) -> int:
         aggregator.leadership.lost_because if aggregator.leadership else "",
         LEADERSHIP_LOST_EXIT_CODE,
     )
-    await aggregator.server.stop(STEP_DOWN_GRACE_SECONDS)  # writes are fenced: calls only get their refusals
+    ops = aggregator.config.ops
+    await drain(aggregator.server, aggregator.readiness, drain_seconds=0.0, grace_seconds=ops.grace_seconds)
     return LEADERSHIP_LOST_EXIT_CODE
 
 

@@ -23,7 +23,7 @@ from fedagg.ops.lease import LeaseRecord, utc_now
 from tests.faults.harness import (
     NOT_SERVING,
     Aggregator,
-    FedaggCollaborators,
+    OpenflCollaborators,
     Setup,
     finish,
     make_setup,
@@ -32,7 +32,7 @@ from tests.faults.harness import (
     stop,
 )
 from tests.faults.replicas import elected_on, logged_at, replicas
-from tests.support.etcd import etcd_server
+from tests.support.etcd import RunningEtcd, etcd_server
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
@@ -62,14 +62,21 @@ class Pair:
     """A leader and its standby (electing on ``store``) serving collaborators that have begun uploading."""
 
     setup: Setup
+    etcd: RunningEtcd
     store: EtcdLeaseRecords
     leader: Aggregator
     standby: Aggregator
-    collaborators: FedaggCollaborators
+    collaborators: OpenflCollaborators | None
 
 
 @contextmanager
-def running_pair(tmp_path: Path, pki: Pki) -> Iterator[Pair]:
+def running_pair(tmp_path: Path, pki: Pki, openfl: Path | None) -> Iterator[Pair]:
+    """A leader and a standby electing on a fresh etcd; with ``openfl`` (its python), OpenFL 1.7.1 collaborators
+    that have made a first acknowledged upload.
+
+    OpenFL's collaborators, not fedagg's: fedagg's client gives up on a CANCELLED that a draining server sometimes
+    answers a call arriving as it stops (a drain's issue, seen with SIGTERM as well), which is not what these tests
+    are about."""
     model = write_zero_model(tmp_path)
     setup = make_setup(tmp_path, pki, ROUNDS, model)
     with etcd_server(tmp_path) as etcd:
@@ -82,17 +89,19 @@ def running_pair(tmp_path: Path, pki: Pki) -> Iterator[Pair]:
                 standby = Aggregator(configs[1], name="standby")
                 standby.wait_for_line("in use by another fedagg process")
                 assert standby.readiness() == NOT_SERVING  # a standby is never routed to
-                collaborators = FedaggCollaborators(setup, pki)
-                poll(lambda: spooled_uploads(setup.state), 60, "a first acknowledged upload")
-                yield Pair(setup, EtcdLeaseRecords(LEASE, etcd.url), leader, standby, collaborators)
+                if openfl is not None:
+                    collaborators = OpenflCollaborators(setup, pki, openfl)
+                    poll(lambda: spooled_uploads(setup.state), 60, "a first acknowledged upload")
+                yield Pair(setup, etcd, EtcdLeaseRecords(LEASE, etcd.url), leader, standby, collaborators)
             finally:
                 stop(leader, standby, collaborators)
 
 
+@pytest.mark.interop
 def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_starts(
-    tmp_path: Path, pki: Pki
+    tmp_path: Path, pki: Pki, openfl: Path
 ) -> None:
-    with running_pair(tmp_path, pki) as pair:
+    with running_pair(tmp_path, pki, openfl) as pair:
         setup, leader, standby = pair.setup, pair.leader, pair.standby
         found = pair.store.read(5)  # take the lease away: another holder, just renewed
         assert found is not None
@@ -108,6 +117,7 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
         leads = standby.metric("fedagg_leader", identity="replica1")
         transitions = standby.metric("fedagg_leader_transitions_total")
         new_holder = json.loads((setup.state / "lock").read_text())
+        assert pair.collaborators is not None
         finish(setup, standby, pair.collaborators)
 
     old_log, new_log = leader.log(), standby.log()
@@ -129,8 +139,9 @@ def test_a_leader_whose_lease_is_taken_away_stops_writing_before_the_new_leader_
     assert (leads, transitions) == (1, 1)  # replica1 leads; it saw the lease go from intruder to itself
 
 
-def test_a_leader_stopped_by_sigterm_hands_the_lease_over(tmp_path: Path, pki: Pki) -> None:
-    with running_pair(tmp_path, pki) as pair:
+@pytest.mark.interop
+def test_a_leader_stopped_by_sigterm_hands_the_lease_over(tmp_path: Path, pki: Pki, openfl: Path) -> None:
+    with running_pair(tmp_path, pki, openfl) as pair:
         before = pair.store.read(5)
         pair.leader.process.send_signal(signal.SIGTERM)
 
@@ -138,6 +149,7 @@ def test_a_leader_stopped_by_sigterm_hands_the_lease_over(tmp_path: Path, pki: P
         pair.standby.wait_for_federation(60)
         transitions = pair.standby.metric("fedagg_leader_transitions_total")
         after = pair.store.read(5)
+        assert pair.collaborators is not None
         finish(pair.setup, pair.standby, pair.collaborators)
 
     assert "released etcd key /fedagg/leases/fencing" in pair.leader.log()  # vacant: no expiry to wait for
@@ -146,3 +158,17 @@ def test_a_leader_stopped_by_sigterm_hands_the_lease_over(tmp_path: Path, pki: P
     assert (before[0].holder, after[0].holder) == ("replica0", "replica1")
     assert after[0].transitions == before[0].transitions + 1
     assert transitions == 1
+
+
+def test_a_leader_cut_off_from_the_lease_stops_and_nobody_serves_without_it(tmp_path: Path, pki: Pki) -> None:
+    with running_pair(tmp_path, pki, None) as pair:
+        pair.etcd.stop()  # neither replica can reach the lease any more
+
+        assert pair.leader.wait(30) == 75, pair.leader.log()
+        pair.standby.wait_for_line("waiting to lead")  # it has the state lock now, not the lease
+        readiness = pair.standby.readiness()
+
+    assert "leadership lost: no renewal for 2s (ha.renew_deadline_seconds)" in pair.leader.log()
+    assert FENCED_LINE in pair.leader.log()
+    assert readiness == NOT_SERVING
+    assert ELECTED_LINE not in pair.standby.log()

@@ -90,7 +90,9 @@ class LeaderElector:
                 log.info("released %s", self.records.description)
             except (LeaseConflict, LeaseStoreError) as error:
                 log.warning(
-                    "could not release %s (a standby takes it when it expires): %s", self.records, error
+                    "could not release %s (a standby takes it when it expires): %s",
+                    self.records.description,
+                    error,
                 )
             self.leading = False
 
