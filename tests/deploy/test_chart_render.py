@@ -1,5 +1,6 @@
 """The Helm chart, linted and rendered by the real Helm SDK: the core objects, ports, probes, the config, the
-test hook and the notes."""
+test hook and the notes.
+"""
 
 from __future__ import annotations
 

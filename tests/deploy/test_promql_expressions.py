@@ -1,5 +1,6 @@
 """Every PromQL expression of the rules and the dashboard: valid, naming only exported metrics and labels, and
-filled by a short run."""
+filled by a short run.
+"""
 
 from __future__ import annotations
 
