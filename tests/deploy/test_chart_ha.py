@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fedagg.config import Config, parse_config
+from fedagg.config.loading import parse_config
+from fedagg.config.schema import Config
 from tests.conftest import require
 from tests.deploy import chart
 from tests.deploy.chart import (
