@@ -39,29 +39,28 @@ import pytest
 import yaml
 
 from fedagg.pki.federation import write_federation_pki
-from tests.interop.openfl import (
-    TASKS,
-    CollaboratorSpec,
+from tests.interop.fx_workspace import (
     FxWorkspace,
+    copy_fx_workspace,
+    free_port,
+    make_fx_workspace,
+    processes,
+    serve_workspace,
+    start_plan_oracle,
+    wait_until,
+)
+from tests.interop.openfl import TASKS, CollaboratorSpec, openfl_python, start_collaborator
+from tests.interop.openfl_results import (
     assert_fedagg_closed_form,
     assert_last_model,
     assert_metrics_equal,
     assert_models_closed_form,
     assert_models_equal,
     closed_form,
-    copy_fx_workspace,
     fedagg_metrics,
     fedagg_models,
-    free_port,
-    make_fx_workspace,
-    openfl_python,
     oracle_metrics,
     oracle_models,
-    processes,
-    serve_workspace,
-    start_collaborator,
-    start_plan_oracle,
-    wait_until,
 )
 from tests.support.process import FedaggProcess
 
