@@ -30,15 +30,9 @@ from fedagg.federation.aggregators.base import BoundedAggregator
 from fedagg.federation.aggregators.clipping import clipped_updates, update_norms
 from fedagg.federation.aggregators.elementwise import Median, TrimmedMean, WeightedAverage
 from fedagg.federation.aggregators.privacy import GaussianMechanism, adaptive_noise
-from tests.oracles.oracles import (
-    DpAccounting,
-    FlowerDpRound,
-    FlowerRound,
-    dp_accounting_python,
-    dp_epsilon,
-    flower_dp_adaptive,
-    flower_dp_fixed,
-)
+from tests.oracles.dp_accounting_oracle import DpAccounting, dp_epsilon
+from tests.oracles.flower_oracle import FlowerDpRound, FlowerRound, flower_dp_adaptive, flower_dp_fixed
+from tests.oracles.oracles import dp_accounting_python
 from tests.support.aggregation import Model, RecordingAverage, aggregate, assert_gaussian, inputs_of
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
