@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.integrity import CorruptFile
 from fedagg.protocol.codec import FLOAT32, Float32Array
 from fedagg.protocol.model_file import LoadedModel
@@ -103,3 +104,12 @@ class DeltaOnBase:
         values = self._base.block(start, stop)
         values += self._delta.block(start, stop)
         return values
+
+
+def uploaded_values(path: Path, tensor: UploadedTensor, model: LoadedModel) -> TensorSource:
+    """The absolute values of an uploaded weight tensor spooled at ``path`` (a delta is added to ``model``'s)."""
+    values = SpooledValues(path, tensor.data_offset, tensor.size)
+    if tensor.is_delta:
+        assert tensor.name in model.tensors, "a delta's base was checked at upload time"
+        return DeltaOnBase(ModelValues(model, tensor.name), values)
+    return values

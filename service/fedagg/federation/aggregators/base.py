@@ -57,6 +57,20 @@ def block_elements_for(budget_bytes: int, contributions: int) -> int:
     return max(MIN_BLOCK_ELEMENTS, min(BLOCK_ELEMENTS, fitting))
 
 
+class FoldedPrefix(Protocol):
+    """``sum(w_i * x_i)`` (float64, :func:`add_weighted` in contribution order) over a tensor's first
+    :attr:`count` contributions, kept while they arrived so the round end need not read them again."""
+
+    @property
+    def count(self) -> int:
+        """How many of the first contributions the sum holds."""
+        ...
+
+    def block(self, start: int, stop: int) -> Float64Array:
+        """The sum's flattened values ``[start, stop)``, a fresh array the caller may add to."""
+        ...
+
+
 @dataclass(frozen=True)
 class TensorInputs:
     """One tensor of the task: its contributions (``contributors`` index into :attr:`RoundInputs.collaborators`)."""
@@ -72,6 +86,9 @@ class TensorInputs:
     block_elements: int | None = None
     """How many values of each contribution to read at once (None: :data:`BLOCK_ELEMENTS`); the round end sizes
     it from ``limits.aggregation_bytes`` and the number of contributions."""
+    folded: FoldedPrefix | None = None
+    """The weighted sum of the first contributions, folded as they arrived (set by the round end only for the
+    plain weighted average: :func:`weighted_sum` starts from it; any other method reads every source)."""
 
     @property
     def size(self) -> int:
@@ -90,6 +107,7 @@ class TensorInputs:
             contributors=tuple(self.contributors[i] for i in keep),
             sources=tuple(self.sources[i] for i in keep),
             weights=tuple(self.weights[i] for i in keep),
+            folded=None,
         )
 
 
@@ -200,14 +218,25 @@ class BoundedAggregator(Aggregator):
         """
 
 
+def add_weighted(summed: Float64Array, values: Float32Array, weight: float) -> None:
+    """``summed += w * x`` in float64: one step of :func:`weighted_sum` (a zero weight adds nothing)."""
+    if weight:
+        summed += values * np.float64(weight)
+
+
 def weighted_sum(
-    sources: tuple[TensorSource, ...], weights: Float64Array, start: int, stop: int
+    sources: tuple[TensorSource, ...],
+    weights: Float64Array,
+    start: int,
+    stop: int,
+    folded: FoldedPrefix | None = None,
 ) -> Float64Array:
-    """``sum(w_i * x_i)`` over one block, in float64, summed in contribution order."""
-    summed = np.zeros(stop - start, dtype=np.float64)
-    for source, weight in zip(sources, weights, strict=True):
-        if weight:
-            summed += source.block(start, stop) * np.float64(weight)
+    """``sum(w_i * x_i)`` over one block, in float64, summed in contribution order; from ``folded`` (the sum of
+    the first contributions) when given, so the result has the same bits either way."""
+    skip = 0 if folded is None else folded.count
+    summed = np.zeros(stop - start, dtype=np.float64) if folded is None else folded.block(start, stop)
+    for source, weight in zip(sources[skip:], weights[skip:], strict=True):
+        add_weighted(summed, source.block(start, stop), float(weight))
     return summed
 
 

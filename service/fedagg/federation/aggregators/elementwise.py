@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedagg.federation.aggregators.base import (
+    Aggregator,
     BoundedAggregator,
     Emit,
     RoundInputs,
@@ -40,7 +41,7 @@ class WeightedAverage(BoundedAggregator):
             return False
         weights = np.asarray(tensor.weights, dtype=np.float64)
         for start, stop in tensor.blocks():
-            emit((weighted_sum(tensor.sources, weights, start, stop) / total).astype(FLOAT32))
+            emit((weighted_sum(tensor.sources, weights, start, stop, tensor.folded) / total).astype(FLOAT32))
         return True
 
 
@@ -135,3 +136,15 @@ class FedCurvWeightedAverage(WeightedAverage):
                 )
             )
         return True
+
+
+def sums_by_weight(aggregator: Aggregator, tensor: str) -> bool:
+    """Whether ``aggregator`` aggregates ``tensor`` as the plain weighted average, so that a running weighted sum
+    of its contributions (in plan order) may stand in for them (a subclass that overrides ``combine`` or
+    ``prepare``, a clipping or privacy wrapper: no)."""
+    kind = type(aggregator)
+    if kind.prepare is not Aggregator.prepare:
+        return False
+    if kind.combine is WeightedAverage.combine:
+        return True
+    return kind.combine is FedCurvWeightedAverage.combine and not tensor.endswith(FISHER_SUFFIXES)
