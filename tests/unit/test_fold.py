@@ -62,15 +62,18 @@ class Spooled:
         self.fold = RoundFold(self.round, self.aggregators, self.lock, self.store.spool.root)
         self.uploads: dict[str, AcceptedUpload] = {}
 
-    def arrive(self, collaborator: str, tasks: tuple[str, ...] = TASKS, delta: bool = False) -> None:
-        """``collaborator``'s uploads of ``tasks`` are committed; the fold worker then runs."""
+    def arrive(
+        self, collaborator: str, tasks: tuple[str, ...] = TASKS, delta: bool = False, fold: bool = True
+    ) -> None:
+        """``collaborator``'s uploads of ``tasks`` are committed; the fold worker then runs (if ``fold``)."""
         for task in tasks:
             upload = self._spool(collaborator, task, delta)
             with self.lock:
                 self.round.record(collaborator, task, upload)
             if task == TASKS[1]:
                 self.uploads[collaborator] = upload
-        self.fold.advance()
+        if fold:
+            self.fold.advance()
 
     def _spool(self, collaborator: str, task: str, delta: bool) -> AcceptedUpload:
         tensors = [metric("acc", 0.5, 0)]
@@ -127,20 +130,37 @@ def test_uploads_are_folded_in_plan_order_whatever_order_they_arrive_in(tmp_path
     assert spooled.fold.folded(TASKS[1]) == TRIO
 
 
-def test_a_collaborator_is_folded_only_once_done_and_a_straggler_is_never(tmp_path: Path) -> None:
+def test_a_straggler_in_the_middle_leaves_the_round_end_to_the_spool_with_the_same_bits(
+    tmp_path: Path,
+) -> None:
     spooled = Spooled(tmp_path)
 
     spooled.arrive("one")
     spooled.arrive("two", TASKS[:2])  # trained, but its last task never comes: a straggler
     spooled.arrive("three")
 
+    assert spooled.fold.folded(TASKS[1]) == TRIO, "folded as committed, before anyone knew"
+    assert spooled.fold.stop() >= {spooled.uploads[name].entry.path for name in TRIO}
+    for name in SHAPES:
+        assert spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)]) is None
+        np.testing.assert_array_equal(
+            spooled.aggregate(name, ("one", "three"), folded=True),
+            spooled.aggregate(name, ("one", "three"), folded=False),
+        )
+
+
+def test_a_collaborator_missing_from_the_round_ends_the_prefix_before_it(tmp_path: Path) -> None:
+    spooled = Spooled(tmp_path)
+
+    spooled.arrive("one")
+    spooled.arrive("three")  # "two" never sends anything: the frontier waits at it
+
     assert spooled.fold.folded(TASKS[1]) == ("one",)
-    assert spooled.fold.stop() == frozenset({spooled.uploads["one"].entry.path})
+    spooled.fold.stop()
     for name in SHAPES:
         prefix = spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)])
         assert prefix is not None
         assert prefix.count == 1
-        assert spooled.fold.prefix(TASKS[1], name, [("three", 11.0)]) is None, "not a prefix of that order"
         np.testing.assert_array_equal(
             spooled.aggregate(name, ("one", "three"), folded=True),
             spooled.aggregate(name, ("one", "three"), folded=False),
@@ -177,23 +197,24 @@ def test_only_the_weighted_average_is_folded(tmp_path: Path, method: str) -> Non
 
     aggregator = spooled.aggregators[TASKS[1]]
     assert isinstance(aggregator, Median | FedCurvWeightedAverage)
-    expected = TRIO if method == "fedcurv_weighted_average" else ()
+    expected = TRIO if method == "fedcurv_weighted_average" else ()  # no Fisher term among SHAPES
     assert spooled.fold.folded(TASKS[1]) == expected
 
 
 def test_a_corrupt_upload_is_not_folded_and_the_frontier_waits_before_it(tmp_path: Path) -> None:
     spooled = Spooled(tmp_path)
-    spooled.arrive("one", TASKS[:2])
+    spooled.arrive("one", fold=False)
     path = spooled.uploads["one"].entry.path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
 
-    spooled.arrive("one", TASKS[2:])
     spooled.arrive("two")
 
     assert spooled.fold.folded(TASKS[1]) == ()
-    assert spooled.fold.stop() == frozenset(), "the round end checks (and quarantines) it"
+    assert path not in spooled.fold.stop(), "the round end checks it (and quarantines it)"
+    for name in SHAPES:
+        assert spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("two", 7.0)]) is None
 
 
 class FoldWatcher(FederationListener):
@@ -215,14 +236,16 @@ class FoldWatcher(FederationListener):
 
 
 def test_a_round_redone_after_a_crash_has_the_bits_of_the_folded_one(tmp_path: Path) -> None:
-    """One federation folds the first two uploads before the last arrives; another vanishes before its last
-    upload and resumes from its spool: their next models are byte for byte the same."""
+    """One federation folds the first two uploads before the last arrives; another vanishes before the last
+    collaborator is done and resumes from its spool: their next models are byte for byte the same."""
     models = []
     for run, crash in (("folded", False), ("redone", True)):
         plan = make_plan(TRIO, 2)
         watcher = FoldWatcher()
         federation = make_federation(tmp_path / run, plan, MODEL, listener=watcher)
         for collaborator in TRIO:
+            if collaborator == TRIO[-1] and not crash:
+                watcher.wait_for(*TRIO[:-1])  # the last one's sum then starts from the folded ones
             submit(federation, collaborator, 0, TASKS[0], 5, [metric("acc", 0.5, 0, "validate_agg")])
             trained = model_values(ord(collaborator[0]))
             tensors = [
@@ -230,11 +253,8 @@ def test_a_round_redone_after_a_crash_has_the_bits_of_the_folded_one(tmp_path: P
                 for name, values in trained.items()
             ]
             submit(federation, collaborator, 0, TASKS[1], SIZES[collaborator], tensors)
-            if collaborator == TRIO[-1]:
-                if crash:
-                    federation = restart_federation(tmp_path / run, plan)
-                else:
-                    watcher.wait_for(*TRIO[:-1])
+            if collaborator == TRIO[-1] and crash:
+                federation = restart_federation(tmp_path / run, plan)
             validate_locally(federation, collaborator, 0)
         assert federation.round_number == 1
         models.append((tmp_path / run / "last.pbuf").read_bytes())

@@ -5,12 +5,13 @@ computes ``sum(w_i * x_i) / sum(w_i)`` in float64, summing in the plan's collabo
 ahead of time, in the same order with the same operations (:func:`~fedagg.federation.aggregators.base.add_weighted`),
 so the round end starts from it and gets the same bits as if it had read every contribution from the spool.
 
-Per task, a frontier walks the collaborators in plan order. A collaborator's upload is folded only once the
-collaborator is done (every task of its round in), because OpenFL's straggler rule leaves a straggler's partial
-work out; a done collaborator never becomes a straggler. The frontier passes a done collaborator whose upload of
-the task was rejected; it stops at one that is not done yet, and an upload that arrives ahead of the frontier
-waits in the spool (still in the page cache) until the gap closes. Folding runs on the federation's fold worker,
-after the commit and its acknowledgement, off the event loop and off the commit lock.
+Per task, a frontier walks the collaborators in plan order: the uploads next in that order are folded as soon as
+they are committed (several at once, in one pass over the sums, when several are ready), an upload that was
+rejected is passed over, and one that arrives ahead of the frontier waits in the spool (still in the page cache)
+until the gap closes. Folding runs on the federation's fold worker, after the commit and its acknowledgement, off
+the event loop and off the commit lock. Folding does not wait for the collaborator to be done: if OpenFL's
+straggler rule leaves out a collaborator that was folded, the folded sums are no longer a prefix of what the round
+aggregates and the round end sums from the spool instead (slower, same result).
 
 Each upload is verified against its acknowledged checksum just before it is folded (a corrupt one is not folded
 and the frontier stays before it: the round end's own check finds it, quarantines it and has the task done again).
@@ -28,11 +29,10 @@ from pathlib import Path
 
 from fedagg.federation.aggregators.elementwise import sums_by_weight
 from fedagg.federation.events import FederationListener
-from fedagg.federation.fold_sums import FoldedPrefix, FoldedSum, SumFile
+from fedagg.federation.fold_sums import Contribution, FoldedPrefix, FoldedSum, SumFile
 from fedagg.federation.integrity import CorruptFile, verify_footer
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.rounds import AcceptedUpload, Round
-from fedagg.federation.sources import uploaded_values
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def verify_upload(upload: AcceptedUpload) -> None:
 class RoundFold:
     """The running sums of one round (module docstring).
 
-    ``_lock`` guards the sums, the frontiers, the folded set and the stopped flag. It is held by the fold worker
-    while it folds (one upload at a time) and by the round end while it stops the fold and reads the sums. Lock
+    ``_lock`` guards the sums, the frontiers and the checked set. It is held by the fold worker while it folds and
+    by the round end while it stops the fold and reads the sums. ``_stopped`` is set under it, or first without it
+    by :meth:`stop` (a flag the worker reads between tensors, so a round end waits for one tensor at most). Lock
     order: this lock, then the round lock (taken briefly to read the round's receipts); never the commit lock.
     """
 
@@ -72,7 +73,7 @@ class RoundFold:
         self._next = dict.fromkeys(round_.task_order, 0)
         self._blocked: set[str] = set()
         self._sums: dict[tuple[str, str], FoldedSum] = {}
-        self._folded: set[Path] = set()
+        self._checked: set[Path] = set()
         self._folded_by_task: dict[str, list[str]] = {}
         self._file: SumFile | None = None
         self._stopped = False
@@ -80,19 +81,27 @@ class RoundFold:
     def advance(self) -> None:
         """Fold every upload whose turn has come (the fold worker calls this after each commit)."""
         with self._lock:
-            while not self._stopped and (turn := self._next_turn()) is not None:
-                task, upload = turn
-                if upload is not None and not self._fold(task, upload):
-                    self._blocked.add(task)
-                    continue
-                self._next[task] += 1
+            while not self._stopped and (turn := self._next_turns()) is not None:
+                task, receipts = turn
+                uploads = []
+                for receipt in receipts:
+                    if self._stopped:
+                        return
+                    if receipt is not None:
+                        if not self._check(receipt):
+                            self._blocked.add(task)
+                            break
+                        uploads.append(receipt)
+                    self._next[task] += 1
+                if uploads:
+                    self._fold(task, uploads)
 
     def stop(self) -> frozenset[Path]:
-        """Fold nothing more (the round is closing); return the spool files of the uploads folded, which the round
-        end need not check again."""
+        """Fold nothing more (the round is closing; a fold in progress ends after its current tensor); return the
+        spool files of the uploads the fold checked, which the round end need not check again."""
+        self._stopped = True
         with self._lock:
-            self._stopped = True
-            return frozenset(self._folded)
+            return frozenset(self._checked)
 
     def folded(self, task: str) -> tuple[str, ...]:
         """The collaborators whose upload of ``task`` is in its sums, in the order they were folded."""
@@ -115,47 +124,69 @@ class RoundFold:
                 self._file.close()
                 self._file = None
 
-    def _next_turn(self) -> tuple[str, AcceptedUpload | None] | None:
-        """The next (task, upload) to fold, with None for an upload to pass over; None when nothing is due."""
+    def _next_turns(self) -> tuple[str, list[AcceptedUpload | None]] | None:
+        """A task's uploads that are next in plan order (None for one that was rejected); None when none is."""
         with self._round_lock:
-            done = self._round.done()
             for task, order in self._orders.items():
-                position = self._next[task]
-                if task in self._blocked or position >= len(order) or order[position] not in done:
+                if task in self._blocked:
                     continue
-                receipt = self._round.received.get(order[position], {}).get(task)
-                return task, receipt if isinstance(receipt, AcceptedUpload) else None
+                receipts = []
+                for name in order[self._next[task] :]:
+                    receipt = self._round.received.get(name, {}).get(task)
+                    if receipt is None:
+                        break
+                    receipts.append(receipt if isinstance(receipt, AcceptedUpload) else None)
+                if receipts:
+                    return task, receipts
         return None
 
-    def _fold(self, task: str, upload: AcceptedUpload) -> bool:
-        """Fold ``upload`` into the task's sums; False (and nothing folded) when it cannot be."""
-        aggregator = self._aggregators[task]
-        model = self._round.model
-        contribution = upload.contribution
-        tensors = [
-            tensor
-            for tensor in contribution.weights
-            if tensor.name in model.tensors
-            and tensor.shape == model.tensors[tensor.name].shape
-            and sums_by_weight(aggregator, tensor.name)
-        ]
-        if not tensors:
-            return True
-        started = time.monotonic()
+    def _check(self, upload: AcceptedUpload) -> bool:
+        """Verify ``upload`` against its acknowledged checksum; False (and a warning) when it does not hold."""
         try:
             verify_upload(upload)
         except (CorruptFile, OSError) as error:
             log.warning("round %d: not folding %s: %s", self._round.number, upload.entry.path.name, error)
             return False
+        self._checked.add(upload.entry.path)
+        return True
+
+    def _fold(self, task: str, uploads: list[AcceptedUpload]) -> None:
+        """Fold ``uploads`` (in order) into the task's sums, tensor by tensor, each tensor in one pass."""
+        started = time.monotonic()
+        aggregator = self._aggregators[task]
+        model = self._round.model
+        names = [
+            name
+            for name, values in model.tensors.items()
+            if sums_by_weight(aggregator, name)
+            and any(
+                t.name == name and t.shape == values.shape for u in uploads for t in u.contribution.weights
+            )
+        ]
+        if not names:
+            return
         try:
-            if self._file is None:
-                self._file = SumFile(self._directory)
-            for tensor in tensors:
-                summed = self._sums.get((task, tensor.name))
+            for name in names:
+                if self._stopped:
+                    return
+                parts = [
+                    Contribution(
+                        u.contribution.collaborator, u.contribution.weight, u.entry.path, tensor, model
+                    )
+                    for u in uploads
+                    for tensor in u.contribution.weights
+                    if tensor.name == name and tensor.shape == model.tensors[name].shape
+                ]
+                if self._file is None:
+                    self._file = SumFile(self._directory)
+                summed = self._sums.get((task, name))
                 if summed is None:
-                    summed = self._sums[(task, tensor.name)] = FoldedSum(self._file, tensor.size)
-                values = uploaded_values(upload.entry.path, tensor, model)
-                summed.add(contribution.collaborator, contribution.weight, values)
+                    summed = self._sums[(task, name)] = FoldedSum(self._file, parts[0].size)
+                try:
+                    summed.add(parts)
+                finally:
+                    for part in parts:
+                        part.close()
         except (CorruptFile, OSError) as error:  # a sum may be half-written: use none of them
             log.warning(
                 "round %d: folding contributions as they arrive failed (%s); the round end sums them from the spool",
@@ -165,10 +196,10 @@ class RoundFold:
             self._stopped = True
             self._sums.clear()
             self._folded_by_task.clear()
-            return False
-        self._folded.add(upload.entry.path)
-        self._folded_by_task.setdefault(task, []).append(contribution.collaborator)
-        self._listener.contribution_folded(
-            contribution.collaborator, task, self._round.number, time.monotonic() - started
-        )
-        return True
+            return
+        seconds = time.monotonic() - started
+        collaborators = [upload.contribution.collaborator for upload in uploads]
+        log.debug("round %d: folded %s's %r in %.2fs", self._round.number, collaborators, task, seconds)
+        self._folded_by_task.setdefault(task, []).extend(collaborators)
+        for collaborator in collaborators:
+            self._listener.contribution_folded(collaborator, task, self._round.number, seconds)

@@ -2,8 +2,9 @@
 
 One float64 sum per (task, tensor) costs 8 bytes per model value: more than the model itself, so it lives in an
 unlinked scratch file under the spool directory (page cache, which the kernel may write out or drop; never the
-process's resident memory) and is read and written a block at a time. Nothing in it needs to survive a crash: a
-round redone after a restart sums its contributions from the spool, with the same bits.
+process's resident memory) and is read and written a block at a time, through buffers reused from block to block
+(fresh memory costs a page fault per 4 KiB). Nothing in it needs to survive a crash: a round redone after a
+restart sums its contributions from the spool, with the same bits.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fedagg.federation.aggregators.base import Float64Array, add_weighted, blocks
-from fedagg.federation.sources import TensorSource
+from fedagg.federation.aggregators.base import BLOCK_ELEMENTS, Float64Array, add_weighted, blocks
+from fedagg.federation.contribution import UploadedTensor
+from fedagg.federation.integrity import CorruptFile
+from fedagg.protocol.codec import FLOAT32, Float32Array
+from fedagg.protocol.model_file import LoadedModel
 
 FLOAT64 = np.dtype(np.float64)
+
+
+def _read_exactly(descriptor: int, target: memoryview, position: int, what: str) -> None:
+    done = os.preadv(descriptor, [target], position)
+    if done != len(target):
+        raise CorruptFile(f"{what}: ends early ({done} of {len(target)} bytes at {position})")
 
 
 class SumFile:
@@ -34,14 +44,11 @@ class SumFile:
         offset, self._end = self._end, self._end + size
         return offset
 
-    def read(self, offset: int, count: int) -> Float64Array:
-        """``count`` values from ``offset`` (a fresh array)."""
-        values = np.empty(count, FLOAT64)
-        wanted = values.nbytes
-        done = os.preadv(self._descriptor, [values.data.cast("B")], offset * FLOAT64.itemsize)
-        if done != wanted:
-            raise OSError(f"the fold's scratch file gave {done} of {wanted} bytes")
-        return values
+    def read(self, offset: int, into: Float64Array) -> None:
+        """Fill ``into`` with the values from ``offset``."""
+        _read_exactly(
+            self._descriptor, into.data.cast("B"), offset * FLOAT64.itemsize, "the fold's scratch file"
+        )
 
     def write(self, offset: int, values: Float64Array) -> None:
         """Store ``values`` from ``offset``."""
@@ -56,6 +63,41 @@ class SumFile:
         self._file.close()
 
 
+class Contribution:
+    """One upload's values of one tensor, read from its spool file into a caller's buffer (a delta is added to
+    the model's values in float32, as :class:`~fedagg.federation.sources.DeltaOnBase` does)."""
+
+    def __init__(
+        self, collaborator: str, weight: float, path: Path, tensor: UploadedTensor, model: LoadedModel
+    ):
+        self.collaborator = collaborator
+        self.weight = weight
+        self._path = path
+        self._offset = tensor.data_offset
+        self.size = tensor.size
+        self._base = model.tensors[tensor.name].reshape(-1) if tensor.is_delta else None
+        self._model = model
+        self._descriptor: int | None = None
+
+    def read(self, start: int, into: Float32Array) -> Float32Array:
+        """The values from ``start`` on, as many as ``into`` holds, in ``into``."""
+        if self._descriptor is None:
+            self._descriptor = os.open(self._path, os.O_RDONLY)
+        position = self._offset + start * FLOAT32.itemsize
+        _read_exactly(self._descriptor, into.data.cast("B"), position, str(self._path))
+        if self._base is not None:
+            base = self._base[start : start + into.size]
+            np.add(into, base, out=into)
+            self._model.release_values(base)
+        return into
+
+    def close(self) -> None:
+        """Close the spool file."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
 class FoldedSum:
     """``sum(w_i * x_i)`` of one tensor over the contributions folded so far, in the order they were folded
     (:class:`~fedagg.federation.aggregators.base.FoldedPrefix`). Used under its fold's lock."""
@@ -67,17 +109,27 @@ class FoldedSum:
         self.contributors: list[tuple[str, float]] = []
         """(collaborator, weight) of each contribution in the sum, in order."""
 
-    def add(self, collaborator: str, weight: float, values: TensorSource) -> None:
-        """Fold one contribution in (block by block; the sum is written back as it goes)."""
+    def add(self, contributions: list[Contribution]) -> None:
+        """Fold ``contributions`` in, in order, in one pass over the sum (read and written a block at a time)."""
+        step = min(self.size, BLOCK_ELEMENTS)
+        summed, product, values = np.empty(step, FLOAT64), np.empty(step, FLOAT64), np.empty(step, FLOAT32)
         for start, stop in blocks(self.size):
-            summed = self.block(start, stop) if self.contributors else np.zeros(stop - start, FLOAT64)
-            add_weighted(summed, values.block(start, stop), weight)
-            self._file.write(self._offset + start, summed)
-        self.contributors.append((collaborator, weight))
+            count = stop - start
+            block = summed[:count]
+            if self.contributors:
+                self._file.read(self._offset + start, block)
+            else:
+                block.fill(0.0)
+            for contribution in contributions:
+                add_weighted(block, contribution.read(start, values[:count]), contribution.weight, product)
+            self._file.write(self._offset + start, block)
+        self.contributors.extend((c.collaborator, c.weight) for c in contributions)
 
     def block(self, start: int, stop: int) -> Float64Array:
-        """The sum's values ``[start, stop)``."""
-        return self._file.read(self._offset + start, stop - start)
+        """The sum's values ``[start, stop)`` (a fresh array)."""
+        values = np.empty(stop - start, FLOAT64)
+        self._file.read(self._offset + start, values)
+        return values
 
     def prefix(self, expected: list[tuple[str, float]]) -> FoldedPrefix | None:
         """This sum as the prefix of a round end's ``expected`` contributions, if it is one (and not empty)."""

@@ -183,8 +183,11 @@ class RoundEnds:
                 decision = round_.decision or round_.propose_decision(self._policy, self._clock())
             if decision is None:
                 return False
+            started = self._clock()
             checked = self._fold.stop() if self._fold is not None else frozenset()
+            log.debug("round %d: the fold stopped after %.2fs", round_.number, self._clock() - started)
             lost = self._closer.verify(round_, decision, checked)
+            log.debug("round %d: verified after %.2fs", round_.number, self._clock() - started)
             with ledger.round_lock:
                 for collaborator, task in lost:
                     round_.forget(collaborator, task)

@@ -218,10 +218,19 @@ class BoundedAggregator(Aggregator):
         """
 
 
-def add_weighted(summed: Float64Array, values: Float32Array, weight: float) -> None:
-    """``summed += w * x`` in float64: one step of :func:`weighted_sum` (a zero weight adds nothing)."""
-    if weight:
+def add_weighted(
+    summed: Float64Array, values: Float32Array, weight: float, scratch: Float64Array | None = None
+) -> None:
+    """``summed += w * x`` in float64: one step of :func:`weighted_sum` (a zero weight adds nothing). ``scratch``
+    (at least as long as ``values``) holds the product instead of fresh memory; the bits are the same."""
+    if not weight:
+        return
+    if scratch is None:
         summed += values * np.float64(weight)
+    else:
+        product = scratch[: values.size]
+        np.multiply(values, np.float64(weight), out=product)
+        summed += product
 
 
 def weighted_sum(
