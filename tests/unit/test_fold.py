@@ -18,7 +18,7 @@ from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import AggregationSpec, default_tasks
 from fedagg.federation.replay import read_spooled_upload
-from fedagg.federation.rounds import AcceptedUpload, Round
+from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
 from fedagg.federation.sources import ModelValues, uploaded_values
 from fedagg.federation.store import StateStore
 from fedagg.protocol.codec import FLOAT32, encode_tensor
@@ -140,7 +140,8 @@ def test_a_straggler_in_the_middle_leaves_the_round_end_to_the_spool_with_the_sa
     spooled.arrive("three")
 
     assert spooled.fold.folded(TASKS[1]) == TRIO, "folded as committed, before anyone knew"
-    assert spooled.fold.stop() >= {spooled.uploads[name].entry.path for name in TRIO}
+    unread = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
+    assert not unread & {upload.entry.path for upload in spooled.uploads.values()}, "the round end reads them"
     for name in SHAPES:
         assert spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)]) is None
         np.testing.assert_array_equal(
@@ -156,7 +157,9 @@ def test_a_collaborator_missing_from_the_round_ends_the_prefix_before_it(tmp_pat
     spooled.arrive("three")  # "two" never sends anything: the frontier waits at it
 
     assert spooled.fold.folded(TASKS[1]) == ("one",)
-    spooled.fold.stop()
+    unread = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
+    assert spooled.uploads["one"].entry.path in unread
+    assert spooled.uploads["three"].entry.path not in unread
     for name in SHAPES:
         prefix = spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)])
         assert prefix is not None
@@ -172,7 +175,8 @@ def test_the_folded_average_has_the_bits_of_the_spooled_one(tmp_path: Path, delt
     spooled = Spooled(tmp_path)
     for collaborator in ("two", "one", "three"):
         spooled.arrive(collaborator, delta=delta)
-    spooled.fold.stop()
+    unread = spooled.fold.stop(CloseDecision(TRIO, ()))
+    assert unread >= {upload.entry.path for upload in spooled.uploads.values()}
 
     for name, values in SHAPES.items():
         folded = spooled.aggregate(name, TRIO, folded=True)
@@ -212,7 +216,9 @@ def test_a_corrupt_upload_is_not_folded_and_the_frontier_waits_before_it(tmp_pat
     spooled.arrive("two")
 
     assert spooled.fold.folded(TASKS[1]) == ()
-    assert path not in spooled.fold.stop(), "the round end checks it (and quarantines it)"
+    assert path not in spooled.fold.stop(CloseDecision(TRIO, ())), (
+        "the round end checks it (and quarantines it)"
+    )
     for name in SHAPES:
         assert spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("two", 7.0)]) is None
 

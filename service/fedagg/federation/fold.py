@@ -15,9 +15,10 @@ aggregates and the round end sums from the spool instead (slower, same result).
 
 Each upload is verified against its acknowledged checksum just before it is folded (a corrupt one is not folded
 and the frontier stays before it: the round end's own check finds it, quarantines it and has the task done again).
-The round end stops the fold, does not check again what was folded, and sums only the rest from the spool: the
-collaborators past the frontier, those whose turn came while the round closed, or all of them after a restart or
-a failure of the scratch file (:mod:`fedagg.federation.fold_sums`), which only makes the round end slower.
+The round end stops the fold, does not check again an upload it will not read (every weight tensor of it folded:
+it was checked when it was read), and sums only the rest from the spool, checked first: the collaborators past
+the frontier, those whose turn came while the round closed, or all of them after a restart or a failure of the
+scratch file (:mod:`fedagg.federation.fold_sums`), which only makes the round end slower.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fedagg.federation.events import FederationListener
 from fedagg.federation.fold_sums import Contribution, FoldedPrefix, FoldedSum, SumFile
 from fedagg.federation.integrity import CorruptFile, verify_footer
 from fedagg.federation.model_building import TaskAggregators
-from fedagg.federation.rounds import AcceptedUpload, Round
+from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RoundFold:
         self._next = dict.fromkeys(round_.task_order, 0)
         self._blocked: set[str] = set()
         self._sums: dict[tuple[str, str], FoldedSum] = {}
-        self._checked: set[Path] = set()
+        self._checked: dict[Path, AcceptedUpload] = {}
         self._folded_by_task: dict[str, list[str]] = {}
         self._file: SumFile | None = None
         self._stopped = False
@@ -96,12 +97,28 @@ class RoundFold:
                 if uploads:
                     self._fold(task, uploads)
 
-    def stop(self) -> frozenset[Path]:
-        """Fold nothing more (the round is closing; a fold in progress ends after its current tensor); return the
-        spool files of the uploads the fold checked, which the round end need not check again."""
+    def stop(self, decision: CloseDecision) -> frozenset[Path]:
+        """Fold nothing more: the round closes with ``decision`` (a fold in progress ends after its current tensor).
+
+        Sums that hold a collaborator the decision leaves out are dropped (the round end reads those tensors from
+        the spool). Returns the spool files of the uploads the round end will not read (every weight tensor of
+        theirs is in a sum kept, or they have none) and that the fold checked: they need no second check.
+        """
         self._stopped = True
         with self._lock:
-            return frozenset(self._checked)
+            done = set(decision.done)
+            for key, summed in list(self._sums.items()):
+                if any(collaborator not in done for collaborator, _ in summed.contributors):
+                    del self._sums[key]
+            return frozenset(path for path, upload in self._checked.items() if self._consumed(upload))
+
+    def _consumed(self, upload: AcceptedUpload) -> bool:
+        contribution = upload.contribution
+        for tensor in contribution.weights:
+            summed = self._sums.get((contribution.task, tensor.name))
+            if summed is None or all(name != contribution.collaborator for name, _ in summed.contributors):
+                return False
+        return True
 
     def folded(self, task: str) -> tuple[str, ...]:
         """The collaborators whose upload of ``task`` is in its sums, in the order they were folded."""
@@ -147,7 +164,7 @@ class RoundFold:
         except (CorruptFile, OSError) as error:
             log.warning("round %d: not folding %s: %s", self._round.number, upload.entry.path.name, error)
             return False
-        self._checked.add(upload.entry.path)
+        self._checked[upload.entry.path] = upload
         return True
 
     def _fold(self, task: str, uploads: list[AcceptedUpload]) -> None:

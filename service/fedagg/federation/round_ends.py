@@ -184,7 +184,7 @@ class RoundEnds:
             if decision is None:
                 return False
             started = self._clock()
-            checked = self._fold.stop() if self._fold is not None else frozenset()
+            checked = self._fold.stop(decision) if self._fold is not None else frozenset()
             log.debug("round %d: the fold stopped after %.2fs", round_.number, self._clock() - started)
             lost = self._closer.verify(round_, decision, checked)
             log.debug("round %d: verified after %.2fs", round_.number, self._clock() - started)
