@@ -40,7 +40,8 @@ class TensorSource(Protocol):
 
         It MUST return a float32 array of ``stop - start`` values, which later reads never change. Reading the
         same range again MUST give the same values. Blocks read in any order MUST
-        together be the tensor's values.
+        together be the tensor's values. Blocks read from several threads at once MUST be the same values (the
+        round end reads a tensor's blocks side by side).
         """
         ...
 

@@ -23,9 +23,11 @@ so that one of every contribution fits ``limits.aggregation_bytes``. tests/unit/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,7 @@ MIN_BLOCK_ELEMENTS = 4096
 BYTES_PER_BLOCK_VALUE = 16
 """What one value of one contribution's block may cost while combined: float32 read, float64 copy, temporaries."""
 
+T = TypeVar("T")
 Emit = Callable[[Float32Array], None]
 """Receives an aggregate's consecutive blocks (float32)."""
 Float64Array = npt.NDArray[np.float64]
@@ -247,6 +250,31 @@ def weighted_sum(
     for source, weight in zip(sources[skip:], weights[skip:], strict=True):
         add_weighted(summed, source.block(start, stop), float(weight))
     return summed
+
+
+_BLOCK_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedagg-blocks")
+"""Computes blocks of element-wise aggregates side by side (numpy and file reads release the GIL)."""
+
+
+def in_order(
+    compute: Callable[[int, int], T], ranges: Iterable[tuple[int, int]], ahead: int = 2
+) -> Iterator[T]:
+    """``compute(start, stop)`` of each range, in order, at most ``ahead`` computed at once on worker threads.
+
+    Only for element-wise work, whose values do not depend on which thread computes a block or when; memory is
+    that of ``ahead + 1`` blocks.
+    """
+    pending: deque[Future[T]] = deque()
+    try:
+        for start, stop in ranges:
+            pending.append(_BLOCK_WORKERS.submit(compute, start, stop))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def stacked(sources: tuple[TensorSource, ...], start: int, stop: int) -> Float32Array:

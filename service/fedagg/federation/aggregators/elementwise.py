@@ -11,11 +11,12 @@ from fedagg.federation.aggregators.base import (
     RoundInputs,
     TensorInputs,
     finite_float32,
+    in_order,
     stacked,
     weighted_sum,
     without_overflow,
 )
-from fedagg.protocol.codec import FLOAT32
+from fedagg.protocol.codec import FLOAT32, Float32Array
 
 
 class WeightedAverage(BoundedAggregator):
@@ -40,8 +41,12 @@ class WeightedAverage(BoundedAggregator):
         if not tensor.sources or total <= 0:
             return False
         weights = np.asarray(tensor.weights, dtype=np.float64)
-        for start, stop in tensor.blocks():
-            emit((weighted_sum(tensor.sources, weights, start, stop, tensor.folded) / total).astype(FLOAT32))
+
+        def average(start: int, stop: int) -> Float32Array:
+            return (weighted_sum(tensor.sources, weights, start, stop, tensor.folded) / total).astype(FLOAT32)
+
+        for block in in_order(average, tensor.blocks()):
+            emit(block)
         return True
 
 
