@@ -67,11 +67,12 @@ class RoundFold:
         self._directory = directory
         self._lock = threading.Lock()
         self._aggregators = {task: aggregators[task] for task in round_.task_order}
-        self._orders = {
+        self._orders = {  # the tasks with something to fold (others are checked and read at the round end)
             task: [name for name, tasks in round_.assignment.items() if task in tasks]
             for task in round_.task_order
+            if any(sums_by_weight(self._aggregators[task], name) for name in round_.model.tensors)
         }
-        self._next = dict.fromkeys(round_.task_order, 0)
+        self._next = dict.fromkeys(self._orders, 0)
         self._blocked: set[str] = set()
         self._sums: dict[tuple[str, str], FoldedSum] = {}
         self._checked: dict[Path, AcceptedUpload] = {}
