@@ -266,7 +266,7 @@ class RoundCloser:
         self._failpoint("round_end.committed")
         self._published.publish(checkpoint, committed)
         self._failpoint("round_end.outputs_published")
-        model = store.load_model(next_round, digest)
+        model = store.map_model(next_round)  # written just now, its digest taken as it was written
         return ClosedRound(
             checkpoint,
             model,
