@@ -4,6 +4,7 @@ left out, and a round end that starts from the folded sums gives the very bits o
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from pathlib import Path
 
@@ -13,18 +14,21 @@ import pytest
 from fedagg.federation.aggregators.base import TensorInputs
 from fedagg.federation.aggregators.elementwise import FedCurvWeightedAverage, Median, WeightedAverage
 from fedagg.federation.events import FederationListener
+from fedagg.federation.federation import Federation
 from fedagg.federation.fold import RoundFold
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import AggregationSpec, default_tasks
+from fedagg.federation.published import ModelOutputs
 from fedagg.federation.replay import read_spooled_upload
 from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Round
 from fedagg.federation.sources import ModelValues, uploaded_values
 from fedagg.federation.store import StateStore
 from fedagg.protocol.codec import FLOAT32, encode_tensor
 from fedagg.protocol.model_file import LoadedModel, read_model
-from tests.support.servers import make_federation, make_plan, restart_federation
+from tests.support.servers import ManualClock, make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, metric, submit, task_results_bytes, validate_locally
+from tests.unit.test_round_engine import FailingStore
 
 TRIO = ("one", "two", "three")
 SIZES = {"one": 3, "two": 7, "three": 11}
@@ -266,3 +270,50 @@ def test_a_round_redone_after_a_crash_has_the_bits_of_the_folded_one(tmp_path: P
         models.append((tmp_path / run / "last.pbuf").read_bytes())
     assert models[0] == models[1]
     assert set(read_model(tmp_path / "folded" / "last.pbuf").tensors) == set(SHAPES)
+
+
+def scratch_files(state: Path) -> list[str]:
+    """This process's open files under the spool directory that are deleted (the fold's scratch files)."""
+    spool = str(state / "spool")
+    targets = [os.readlink(link) for link in Path("/proc/self/fd").iterdir() if link.is_symlink()]
+    return [target for target in targets if target.startswith(spool) and target.endswith("(deleted)")]
+
+
+def test_a_failed_round_end_frees_the_fold_and_its_retry_reads_the_spool(tmp_path: Path) -> None:
+    clock = ManualClock()
+    watcher = FoldWatcher()
+    federation = Federation(
+        make_plan(TRIO, 1),
+        FailingStore(tmp_path / "state", 1),
+        ModelOutputs(tmp_path / "best.pbuf", tmp_path / "last.pbuf"),
+        initial_model=LoadedModel(0, MODEL),
+        listener=watcher,
+        clock=clock,
+    )
+    federation.restore()
+    for collaborator in TRIO:
+        trained = model_values(ord(collaborator[0]))
+        tensors = [
+            encode_tensor(name, values, round_number=0, tags=("trained",)) for name, values in trained.items()
+        ]
+        submit(federation, collaborator, 0, TASKS[0], 5, [metric("acc", 0.5, 0, "validate_agg")])
+        submit(federation, collaborator, 0, TASKS[1], SIZES[collaborator], tensors)
+    watcher.wait_for(*TRIO)
+    assert scratch_files(tmp_path / "state"), "the sums are in a scratch file"
+    for collaborator in TRIO:
+        validate_locally(federation, collaborator, 0)
+
+    assert federation.round_number == 0, "the model could not be written"
+    assert not scratch_files(tmp_path / "state"), "the scratch file is freed for the retry"
+    clock.now += 1.0
+    federation.tick()
+    assert federation.round_number == 1
+    expected = {
+        name: (
+            sum(SIZES[c] * model_values(ord(c[0]))[name].astype(np.float64) for c in TRIO)
+            / sum(SIZES.values())
+        )
+        for name in SHAPES
+    }
+    for name, values in read_model(tmp_path / "last.pbuf").tensors.items():
+        np.testing.assert_array_equal(values, expected[name].astype(FLOAT32))

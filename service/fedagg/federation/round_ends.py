@@ -200,6 +200,8 @@ class RoundEnds:
             round_, decision, committed, None if self._fold is None else self._fold.prefix
         )
         if closed is None:
+            if self._fold is not None:  # its scratch file may be what filled the disk: retries read the spool
+                self._fold.close()
             return False
         self._committed_round(round_, decision, closed)
         return True
