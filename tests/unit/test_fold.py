@@ -144,8 +144,8 @@ def test_a_straggler_in_the_middle_leaves_the_round_end_to_the_spool_with_the_sa
     spooled.arrive("three")
 
     assert spooled.fold.folded(TASKS[1]) == TRIO, "folded as committed, before anyone knew"
-    unread = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
-    assert not unread & {upload.entry.path for upload in spooled.uploads.values()}, "the round end reads them"
+    checked = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
+    assert checked >= {upload.entry.path for upload in spooled.uploads.values()}, "checked once, by the fold"
     for name in SHAPES:
         assert spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)]) is None
         np.testing.assert_array_equal(
@@ -161,9 +161,9 @@ def test_a_collaborator_missing_from_the_round_ends_the_prefix_before_it(tmp_pat
     spooled.arrive("three")  # "two" never sends anything: the frontier waits at it
 
     assert spooled.fold.folded(TASKS[1]) == ("one",)
-    unread = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
-    assert spooled.uploads["one"].entry.path in unread
-    assert spooled.uploads["three"].entry.path not in unread
+    checked = spooled.fold.stop(CloseDecision(("one", "three"), ("two",)))
+    assert spooled.uploads["one"].entry.path in checked
+    assert spooled.uploads["three"].entry.path not in checked, "past the frontier: the round end checks it"
     for name in SHAPES:
         prefix = spooled.fold.prefix(TASKS[1], name, [("one", 3.0), ("three", 11.0)])
         assert prefix is not None
@@ -179,8 +179,8 @@ def test_the_folded_average_has_the_bits_of_the_spooled_one(tmp_path: Path, delt
     spooled = Spooled(tmp_path)
     for collaborator in ("two", "one", "three"):
         spooled.arrive(collaborator, delta=delta)
-    unread = spooled.fold.stop(CloseDecision(TRIO, ()))
-    assert unread >= {upload.entry.path for upload in spooled.uploads.values()}
+    checked = spooled.fold.stop(CloseDecision(TRIO, ()))
+    assert checked >= {upload.entry.path for upload in spooled.uploads.values()}
 
     for name, values in SHAPES.items():
         folded = spooled.aggregate(name, TRIO, folded=True)

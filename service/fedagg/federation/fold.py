@@ -15,10 +15,10 @@ aggregates and the round end sums from the spool instead (slower, same result).
 
 Each upload is verified against its acknowledged checksum just before it is folded (a corrupt one is not folded
 and the frontier stays before it: the round end's own check finds it, quarantines it and has the task done again).
-The round end stops the fold, does not check again an upload it will not read (every weight tensor of it folded:
-it was checked when it was read), and sums only the rest from the spool, checked first: the collaborators past
-the frontier, those whose turn came while the round closed, or all of them after a restart or a failure of the
-scratch file (:mod:`fedagg.federation.fold_sums`), which only makes the round end slower.
+The round end stops the fold, does not check again what the fold checked, and sums only the rest from the spool
+(checked first when the fold did not): the collaborators past the frontier, those whose turn came while the round
+closed, or all of them after a restart or a failure of the scratch file (:mod:`fedagg.federation.fold_sums`),
+which only makes the round end slower.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class RoundFold:
         self._next = dict.fromkeys(self._orders, 0)
         self._blocked: set[str] = set()
         self._sums: dict[tuple[str, str], FoldedSum] = {}
-        self._checked: dict[Path, AcceptedUpload] = {}
+        self._checked: set[Path] = set()
         self._folded_by_task: dict[str, list[str]] = {}
         self._file: SumFile | None = None
         self._stopped = False
@@ -102,8 +102,8 @@ class RoundFold:
         """Fold nothing more: the round closes with ``decision`` (a fold in progress ends after its current tensor).
 
         Sums that hold a collaborator the decision leaves out are dropped (the round end reads those tensors from
-        the spool). Returns the spool files of the uploads the round end will not read (every weight tensor of
-        theirs is in a sum kept, or they have none) and that the fold checked: they need no second check.
+        the spool). Returns the spool files the fold checked against their checksums (just before folding them):
+        the round end does not check them again.
         """
         self._stopped = True
         with self._lock:
@@ -111,15 +111,7 @@ class RoundFold:
             for key, summed in list(self._sums.items()):
                 if any(collaborator not in done for collaborator, _ in summed.contributors):
                     del self._sums[key]
-            return frozenset(path for path, upload in self._checked.items() if self._consumed(upload))
-
-    def _consumed(self, upload: AcceptedUpload) -> bool:
-        contribution = upload.contribution
-        for tensor in contribution.weights:
-            summed = self._sums.get((contribution.task, tensor.name))
-            if summed is None or all(name != contribution.collaborator for name, _ in summed.contributors):
-                return False
-        return True
+            return frozenset(self._checked)
 
     def folded(self, task: str) -> tuple[str, ...]:
         """The collaborators whose upload of ``task`` is in its sums, in the order they were folded."""
@@ -165,7 +157,7 @@ class RoundFold:
         except (CorruptFile, OSError) as error:
             log.warning("round %d: not folding %s: %s", self._round.number, upload.entry.path.name, error)
             return False
-        self._checked[upload.entry.path] = upload
+        self._checked.add(upload.entry.path)
         return True
 
     def _fold(self, task: str, uploads: list[AcceptedUpload]) -> None:

@@ -149,8 +149,8 @@ class RoundCloser:
     def verify(
         self, round_: Round, decision: CloseDecision, checked: frozenset[Path] = frozenset()
     ) -> list[tuple[str, str]]:
-        """Check the uploads ``decision`` aggregates, but those whose spool file is in ``checked`` (verified when
-        they were folded); quarantine corrupt ones and return their (collaborator, task)."""
+        """Check the uploads ``decision`` aggregates, but those whose spool file is in ``checked`` (the fold checked
+        them just before folding them); quarantine corrupt ones and return their (collaborator, task)."""
         lost = []
         for upload in round_.accepted(decision.done):
             contribution = upload.contribution
