@@ -126,7 +126,7 @@ class RoundFold:
             return None if summed is None else summed.prefix(expected)
 
     def close(self) -> None:
-        """Stop and delete the sums (after the round committed, or when it is replaced at a restart)."""
+        """Stop and delete the sums (after the round committed, or after a round end failed)."""
         with self._lock:
             self._stopped = True
             self._sums.clear()
