@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
-from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, TaskOutput
+from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, OutgoingTensor, TaskOutput
 from fedagg.collaborator.client import TasksReply
 from fedagg.collaborator.runner import Weights
-from fedagg.protocol import base_pb2
+from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import Float32Array
 
 
@@ -63,20 +63,26 @@ class TimedClient(AggregatorClient):
         return values
 
     def send_task_results(
-        self, round_number: int, task_name: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
+        self,
+        round_number: int,
+        task_name: str,
+        data_size: int,
+        tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor],
     ) -> None:
         started = time.time()
         super().send_task_results(round_number, task_name, data_size, tensors)
         self.calls.append(["send_results", round_number, started, time.time(), self._sent])
 
-    def _counted_chunks(self, payload: bytes) -> Iterator[base_pb2.DataStream]:
-        yield from super()._counted_chunks(payload)
-        self._sent = time.time()  # gRPC asks for the next chunk once the last one is written
+    def _upload_messages(
+        self, results: aggregator_pb2.TaskResults, tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor]
+    ) -> Iterator[bytes]:
+        yield from super()._upload_messages(results, tensors)
+        self._sent = time.time()  # gRPC asks for the next message once the last one is written
 
 
 class AddOne:
     """A task runner with no data: training adds 1 to every weight (plus Gaussian noise of ``spread``, seeded by
-    ``seed`` and the round), validation reports the first value."""
+    ``seed`` and the round) in the collaborator's own buffers, validation reports the first value."""
 
     def __init__(self, names: tuple[str, ...], spread: float = 0.0, seed: int = 0) -> None:
         self.names = names
@@ -90,7 +96,8 @@ class AddOne:
         rng = np.random.default_rng([self.seed, round_number])
         trained = {}
         for name, values in weights.items():
-            trained[name] = values + np.float32(1)
+            trained[name] = values if values.flags.writeable else values.copy()  # in place: one model held
+            trained[name] += np.float32(1)
             if self.spread:
                 trained[name] += np.float32(self.spread) * rng.standard_normal(values.shape, np.float32)
         return TaskOutput({"loss": 1.0 / (round_number + 1)}, 10, trained)

@@ -28,7 +28,12 @@ class TaskRunner(Protocol):
         ...
 
     def train(self, weights: Weights, round_number: int) -> TaskOutput:
-        """Train from the global ``weights``; return the new weights and training metrics."""
+        """Train from the global ``weights``; return the new weights and training metrics.
+
+        ``weights`` are the collaborator's own buffers (read-only views with ``delta_updates``). A runner may
+        train in them and return them: the model is then held once (they are overwritten by the next round's
+        download, after the round's tasks). Returned arrays are float32 (others are converted while uploading).
+        """
         ...
 
     def validate(self, weights: Weights, round_number: int) -> TaskOutput:
