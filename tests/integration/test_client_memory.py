@@ -43,7 +43,7 @@ class InPlace:
 
     def train(self, weights: Weights, round_number: int) -> TaskOutput:
         for values in weights.values():
-            values += np.float32(1)
+            np.add(values, np.float32(1), out=values)
         return TaskOutput({"loss": 1.0}, 10, weights)
 
     def validate(self, weights: Weights, round_number: int) -> TaskOutput:
