@@ -13,6 +13,7 @@ import select
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,29 @@ def run_federation(
     """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings.
 
     ``extra`` goes into the workers' specs (e.g. ``spread``, see bench/fedagg_worker.py)."""
+    return federation_run(server, names, shapes, pki, directory, processes, timeout, **extra).calls
+
+
+@dataclass(frozen=True)
+class FederationRun:
+    """What the client side of a run measured: every call's timings, and each worker process's peak RSS."""
+
+    calls: list[list[Any]]
+    worker_peak_mib: list[float]
+    """VmHWM of each worker process (one collaborator each when ``processes`` = collaborators)."""
+
+
+def federation_run(
+    server: RunningServer,
+    names: list[str],
+    shapes: dict[str, list[int]],
+    pki: Path | None,
+    directory: Path,
+    processes: int,
+    timeout: float = 900,
+    **extra: Any,
+) -> FederationRun:
+    """:func:`run_federation`, with the workers' peak memory."""
     try:
         server.watch.mark()
         outputs = run_workers(server, names, shapes, pki, directory, processes, timeout=timeout, **extra)
@@ -145,4 +169,7 @@ def run_federation(
             raise RuntimeError(f"{server.name} exited with {code}; see {server.log}")
     finally:
         server.kill()
-    return [calls for output in outputs for calls in output["calls"].values()]
+    return FederationRun(
+        [calls for output in outputs for calls in output["calls"].values()],
+        [output["peak_rss_mib"] for output in outputs],
+    )

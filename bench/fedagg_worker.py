@@ -12,7 +12,7 @@
 * ``spread`` (optional, ``train``): above 0, each collaborator's update is ``1 + spread * N(0, 1)`` per value,
   seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
-The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}}`` (``train``; ``call`` one of
+The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}, "peak_rss_mib": VmHWM}`` (``train``; ``call`` one of
 ``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks; a
 ``send_results`` entry has a fifth time, when its last chunk went to gRPC: the rest is the server's work) or
 ``{"polls": {name: count}, "errors": [...]}`` (``poll``).
@@ -145,7 +145,13 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"calls": calls, "errors": errors}
+    return {"calls": calls, "errors": errors, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM, the kernel's exact high-water mark)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def poll(spec: dict[str, Any]) -> dict[str, Any]:
