@@ -125,6 +125,17 @@ def _wait_ready(
             raise RuntimeError(f"{server.name}: {missing} worker(s) not ready in time")
 
 
+@dataclass(frozen=True)
+class FederationRun:
+    """What the client side of a run measured: every call's timings, and each worker process's peak RSS."""
+
+    calls: list[list[Any]]
+    worker_peak_mib: list[float]
+    """VmHWM of each worker process (one collaborator each when ``processes`` = collaborators)."""
+    worker_cpu_seconds: list[float]
+    """User + system CPU of each worker process, start to end."""
+
+
 def run_federation(
     server: RunningServer,
     names: list[str],
@@ -134,33 +145,11 @@ def run_federation(
     processes: int,
     timeout: float = 900,
     **extra: Any,
-) -> list[list[Any]]:
-    """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings.
+) -> FederationRun:
+    """Train ``names`` against ``server`` until it exits after the last quit job: every call's timings, and the
+    workers' peak memory and CPU.
 
     ``extra`` goes into the workers' specs (e.g. ``spread``, see bench/fedagg_worker.py)."""
-    return federation_run(server, names, shapes, pki, directory, processes, timeout, **extra).calls
-
-
-@dataclass(frozen=True)
-class FederationRun:
-    """What the client side of a run measured: every call's timings, and each worker process's peak RSS."""
-
-    calls: list[list[Any]]
-    worker_peak_mib: list[float]
-    """VmHWM of each worker process (one collaborator each when ``processes`` = collaborators)."""
-
-
-def federation_run(
-    server: RunningServer,
-    names: list[str],
-    shapes: dict[str, list[int]],
-    pki: Path | None,
-    directory: Path,
-    processes: int,
-    timeout: float = 900,
-    **extra: Any,
-) -> FederationRun:
-    """:func:`run_federation`, with the workers' peak memory."""
     try:
         server.watch.mark()
         outputs = run_workers(server, names, shapes, pki, directory, processes, timeout=timeout, **extra)
@@ -172,4 +161,5 @@ def federation_run(
     return FederationRun(
         [calls for output in outputs for calls in output["calls"].values()],
         [output["peak_rss_mib"] for output in outputs],
+        [output["cpu_seconds"] for output in outputs],
     )

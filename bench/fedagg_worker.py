@@ -12,7 +12,8 @@
 * ``spread`` (optional, ``train``): above 0, each collaborator's update is ``1 + spread * N(0, 1)`` per value,
   seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
-The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}, "peak_rss_mib": VmHWM}`` (``train``; ``call`` one of
+The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}, "peak_rss_mib": VmHWM,
+"cpu_seconds": user + system}`` (``train``; ``call`` one of
 ``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks; a
 ``send_results`` entry has a fifth time, when its last chunk went to gRPC: the rest is the server's work) or
 ``{"polls": {name: count}, "errors": [...]}`` (``poll``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -145,7 +147,13 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"calls": calls, "errors": errors, "peak_rss_mib": peak_rss_mib()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "calls": calls,
+        "errors": errors,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def peak_rss_mib() -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.clients import federation_run
+from bench.clients import run_federation
 from bench.models import shapes_for, write_init_model
 from bench.openfl_cases import peak_phases, round_times
 from bench.servers import ROOT, start_fedagg
@@ -73,7 +73,7 @@ def fedagg_rounds(
     directory = work / f"wire-{collaborators}-{params}-{time.monotonic_ns()}"
     server = start_fedagg(directory, pki, names, init, rounds)
     try:
-        run = federation_run(server, names, shapes, pki, directory / "clients", collaborators)
+        run = run_federation(server, names, shapes, pki, directory / "clients", collaborators)
     finally:
         shutil.rmtree(directory / "state", ignore_errors=True)  # spool and models: 3+ models of disk
     periods, actives, downloads, uploads = round_times(run.calls, rounds)
@@ -93,6 +93,7 @@ def fedagg_rounds(
         "peak_hwm_mib": server.watch.peak_hwm,
         "peak_anon_mib": server.watch.peak_anon,
         "client_peak_hwm_mib": max(run.worker_peak_mib),
+        "client_cpu_seconds_per_round": max(run.worker_cpu_seconds) / rounds,
         "cpu_seconds": server.watch.cpu,
         "aggregation_seconds": server.aggregation_seconds(),
         "peak_phases": peak_phases(server.watch, run.calls),

@@ -31,8 +31,9 @@ class TaskRunner(Protocol):
         """Train from the global ``weights``; return the new weights and training metrics.
 
         ``weights`` are the collaborator's own buffers (read-only views with ``delta_updates``). A runner may
-        train in them and return them: the model is then held once (they are overwritten by the next round's
-        download, after the round's tasks). Returned arrays are float32 (others are converted while uploading).
+        train in them, and then MUST return them: the model is then held once, and the collaborator knows the
+        buffers no longer hold the global model (they are replaced by the next round's download). Returned
+        arrays should be float32 (others are converted while uploading, a copy each).
         """
         ...
 
