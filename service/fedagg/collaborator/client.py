@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from fedagg.collaborator.diagnostics import ConnectionProblem, diagnose
 from fedagg.collaborator.errors import AggregatorError, AggregatorUnreachable, ConnectionFailed
+from fedagg.collaborator.memory import release_freed_memory
 from fedagg.collaborator.retry import Outage, Retrier, RetryPolicy
 from fedagg.collaborator.transfer import (
     CHUNK_BYTES,
@@ -160,7 +161,8 @@ class AggregatorClient:
         """One tensor of the global model (``tags=["model"]``) or its delta (``aggregated, delta``).
 
         The result is a read-only view into the reply's bytes (the only copy of the data on this side): copy or
-        add it into the collaborator's own array, then drop it.
+        add it into the collaborator's own array, then drop it. The pages gRPC freed while receiving it are
+        returned to the system first (see :mod:`fedagg.collaborator.memory`).
         """
         request = aggregator_pb2.GetAggregatedTensorRequest(
             header=self.header(),
@@ -170,6 +172,7 @@ class AggregatorClient:
             require_lossless=require_lossless,
         )
         raw: bytes = self._call(lambda: self._get_tensor_raw(self._counted(request)))
+        release_freed_memory(len(raw))  # gRPC's own copies of the reply, before the caller copies it again
         try:
             reply = parse_tensor_reply(raw)
         except CodecError as error:
