@@ -24,27 +24,10 @@ import socket
 from contextlib import closing
 from typing import Any
 
-from fedagg.collaborator.problems import (
-    Cause,
-    CertificateFacts,
-    ConnectionProblem,
-    TlsFiles,
-    certificate_facts,
-    checked_name,
-    split_address,
-)
+from fedagg.collaborator.problems import Cause, ConnectionProblem, TlsFiles, certificate_facts, split_address
 from fedagg.collaborator.tls_probe import HTTP2_PREFACE, check_tls, connect, is_settings, strerror
 
-__all__ = [
-    "Cause",
-    "CertificateFacts",
-    "ConnectionProblem",
-    "TlsFiles",
-    "certificate_facts",
-    "checked_name",
-    "diagnose",
-    "split_address",
-]
+__all__ = ["Cause", "ConnectionProblem", "TlsFiles", "certificate_facts", "diagnose", "split_address"]
 
 
 def diagnose(

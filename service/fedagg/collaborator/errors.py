@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from fedagg.collaborator.diagnostics import ConnectionProblem
+from fedagg.collaborator.problems import ConnectionProblem
 
 
 class AggregatorError(Exception):

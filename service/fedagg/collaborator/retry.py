@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import grpc
 
-from fedagg.collaborator.diagnostics import ConnectionProblem
 from fedagg.collaborator.errors import AggregatorError, AggregatorUnreachable, ConnectionFailed
+from fedagg.collaborator.problems import ConnectionProblem
 
 connection_log = logging.getLogger("fedagg.collaborator.connection")
 """Connection problems (warnings, one per retry) and recoveries (info)."""
