@@ -97,11 +97,13 @@ class RoundEnds:
                 self.listener,
             )
         )
+        # Serve the new round's model before the ledger names the round: a GetTasks answered from the ledger sends
+        # the collaborator straight to GetAggregatedTensor for it.
+        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         with self._ledger.round_lock:
             self._ledger.committed = checkpoint
             self._ledger.round = round_
             self._ledger.figures = figures
-        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         if finished:
             self.metrics.close()
         self._made_progress()
