@@ -1,11 +1,12 @@
 """Retrying a collaborator's calls through outages: back-off with jitter, a probe of the cause, a budget.
 
-UNAVAILABLE is diagnosed (:mod:`fedagg.collaborator.diagnostics`): a transient cause (nothing listens yet, the
-name does not resolve yet, the aggregator restarting or draining) is logged as a warning naming the address and
-the cause, and retried with exponential back-off and jitter until ``RetryPolicy.give_up_after`` seconds have
-passed (then :class:`AggregatorUnreachable`). A cause retrying cannot fix (TLS verification failing on either
-side, a name the aggregator's certificate does not carry, TLS against plaintext) raises
-:class:`ConnectionFailed` at once. Any other status raises :class:`AggregatorError` with the server's message.
+UNAVAILABLE and CANCELLED (:data:`RETRIED_CODES`) are diagnosed (:mod:`fedagg.collaborator.diagnostics`): a
+transient cause (nothing listens yet, the name does not resolve yet, the aggregator restarting or draining) is
+logged as a warning naming the address and the cause, and retried with exponential back-off and jitter until
+``RetryPolicy.give_up_after`` seconds have passed (then :class:`AggregatorUnreachable`). A cause retrying cannot
+fix (TLS verification failing on either side, a name the aggregator's certificate does not carry, TLS against
+plaintext) raises :class:`ConnectionFailed` at once. Any other status raises :class:`AggregatorError` with the
+server's message.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ connection_log = logging.getLogger("fedagg.collaborator.connection")
 
 CONFIRM_SECONDS = 0.2
 """Seconds between the two probes that must agree before a connection problem is called permanent."""
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+"""Statuses an outage produces. CANCELLED reaches this client only from the other side (it never cancels its own
+calls): a server stopping cuts the calls still in flight (RST_STREAM CANCEL), as a drain or a replica that lost its
+lease does; every call is safe to repeat (an upload counts once)."""
 _Reply = TypeVar("_Reply")
 
 
@@ -102,7 +107,7 @@ class Retrier:
     def retry_or_raise(self, error: grpc.RpcError, outage: Outage | None) -> Outage:
         """Sleep before the next attempt when retrying can help; otherwise raise the right error."""
         code, details = error.code(), error.details() or ""
-        if code != grpc.StatusCode.UNAVAILABLE:
+        if code not in RETRIED_CODES:
             raise AggregatorError(code, details) from None
         outage = outage or Outage(self.policy)
         if outage.needs_probe(details):
