@@ -86,12 +86,14 @@ def start_collaborator(
     *,
     tls: ClientTls | None = None,
     timeout: float = 240,
+    reconnect_seconds: int = 1,
 ) -> subprocess.Popen[bytes]:
     """Start a real OpenFL Collaborator process against localhost:port over mTLS.
 
     ``python`` picks the OpenFL version (``openfl_python(version)``). ``tls`` overrides the client
     certificate (default: ``pki``'s certificate of ``spec.name``), e.g. for an impostor or an fx
-    workspace's ``cert/client/col_<name>.*``.
+    workspace's ``cert/client/col_<name>.*``. ``reconnect_seconds`` is the client's ``client_reconnect_interval``
+    (1.8/1.9 wait that long before each retry; their default is 5).
     """
     if tls is None:
         assert pki is not None, "give pki or tls"
@@ -129,6 +131,8 @@ def start_collaborator(
             else []
         ),
         *(["--stall-round", str(spec.stall_round)] if spec.stall_round is not None else []),
+        "--reconnect-interval",
+        str(reconnect_seconds),
         "--result",
         str(result),
         "--timeout",
