@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,14 +90,20 @@ def fail_over(
     return Takeover(waited, logged_at(log, "is ours now"), logged_at(log, "federation listening"))
 
 
-@pytest.mark.parametrize(
-    "failpoints",
-    [
-        pytest.param("upload.chunk=kill@8", id="mid-upload"),
-        pytest.param("round_end.model_written=kill@1", id="mid-round-end"),
-        pytest.param("quit.before_record=kill@1", id="after-the-rounds"),
-    ],
-)
+def kill_points(upload_chunk: int, last: str, last_id: str) -> Any:
+    """The ``failpoints`` parameter: the leader killed at its ``upload_chunk``-th upload chunk, while writing round
+    0's model, and at ``last`` (named ``last_id``)."""
+    return pytest.mark.parametrize(
+        "failpoints",
+        [
+            pytest.param(f"upload.chunk=kill@{upload_chunk}", id="mid-upload"),
+            pytest.param("round_end.model_written=kill@1", id="mid-round-end"),
+            pytest.param(last, id=last_id),
+        ],
+    )
+
+
+@kill_points(8, "quit.before_record=kill@1", "after-the-rounds")
 def test_the_standby_takes_over_and_the_federation_finishes(
     tmp_path: Path, pki: Pki, failpoints: str
 ) -> None:
@@ -134,14 +141,7 @@ OPENFL_19_RECONNECT_SECONDS = 5
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize(
-    "failpoints",
-    [
-        pytest.param("upload.chunk=kill@3", id="mid-upload"),
-        pytest.param("round_end.model_written=kill@1", id="mid-round-end"),
-        pytest.param("round_end.committed=kill@1", id="between-rounds"),
-    ],
-)
+@kill_points(3, "round_end.committed=kill@1", "between-rounds")
 def test_openfl_19_collaborators_ride_through_a_failover(
     tmp_path: Path, pki: Pki, openfl_19: Path, failpoints: str
 ) -> None:

@@ -37,7 +37,7 @@ from tests.faults.replicas import elected_on, logged_at, replicas
 from tests.support.etcd import RunningEtcd, etcd_server
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
-from tests.support.pki import Pki
+from tests.support.pki import Pki, tls_options
 
 pytestmark = pytest.mark.slow
 
@@ -178,17 +178,8 @@ def test_a_leader_cut_off_from_the_lease_stops_and_nobody_serves_without_it(tmp_
 
 def status(setup: Setup, pki: Pki, ops_port: int, *output: str) -> str:
     """``fedagg status`` through the balancer, with leadership asked of the replica whose ops port is given."""
-    tls = pki.client("one")
     command = [sys.executable, "-m", "fedagg.cli", "status", "--address", setup.address, "--name", "one"]
-    command += [
-        "--ca",
-        str(tls.root_certificate),
-        "--cert",
-        str(tls.certificate),
-        "--key",
-        str(tls.private_key),
-    ]
-    command += ["--ops", f"127.0.0.1:{ops_port}", "--timeout", "30", *output]
+    command += [*tls_options(pki.client("one")), "--ops", f"127.0.0.1:{ops_port}", "--timeout", "30", *output]
     result = subprocess.run(
         command,
         capture_output=True,

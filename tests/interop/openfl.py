@@ -15,7 +15,7 @@ from typing import Any
 from fedagg.collaborator import ClientTls
 from fedagg.federation.plan import StragglerPolicyKind, StragglerPolicySpec
 from tests.conftest import require
-from tests.support.pki import Pki
+from tests.support.pki import Pki, tls_options
 
 ROOT = Path(__file__).resolve().parents[2]
 SIDE = ROOT / "tests" / "interop" / "openfl_side"
@@ -111,12 +111,7 @@ def start_collaborator(
         aggregator_uuid,
         "--federation-uuid",
         federation_uuid,
-        "--ca",
-        str(tls.root_certificate),
-        "--cert",
-        str(tls.certificate),
-        "--key",
-        str(tls.private_key),
+        *tls_options(tls),
         "--delta-updates",
         str(delta).lower(),
         "--step",

@@ -1,4 +1,4 @@
-"""``fedagg status --ops``: leadership as one replica's ops port tells it (fedagg.ops.leadership_report)."""
+"""``fedagg status --ops``: leadership as one replica's ops port tells it (fedagg.protocol.ops_leadership)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from fedagg.cli.exits import EXIT_CONNECTION, EXIT_REFUSED
-from fedagg.ops.leadership_report import ask_leadership
+from fedagg.protocol.ops_leadership import ask_leadership
 
 
 def replica_leadership(address: str, timeout: float) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """Leadership as ``fedagg status --ops`` shows it, asked of one replica's ops port (leader or standby alike).
 
-One unary method on the ops port, ``/fedagg.ops.Leadership/Describe`` (request ``google.protobuf.Empty``, reply a
-``google.protobuf.Struct``), answers a document:
+One unary method on the ops port (:mod:`fedagg.protocol.ops_leadership`) answers a document:
 
 - ``election``: where the lease is (``ha.enabled``), or ``"state lock"`` (the lock alone elects);
 - ``identity``: this replica's (``ha.identity``; null without an election);
@@ -22,16 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, json_format, struct_pb2
+from google.protobuf import empty_pb2, struct_pb2
 
 from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.ops.leadership import Leadership
 from fedagg.ops.lease import LeaseStoreError
+from fedagg.protocol.ops_leadership import METHOD, SERVICE
 
-SERVICE = "fedagg.ops.Leadership"
-METHOD = "Describe"
 LEASE_READ_SECONDS = 5.0
-INTEGERS = ("term", "transitions_seen")  # a Struct carries every number as a double
 
 
 def leadership_document(leadership: Leadership | None, lock: StateDirectoryLock | None) -> dict[str, Any]:
@@ -77,20 +74,3 @@ def register_leadership(server: grpc.aio.Server, describe: Callable[[], dict[str
         response_serializer=struct_pb2.Struct.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
-
-
-def ask_leadership(address: str, timeout: float) -> dict[str, Any]:
-    """The document of the replica whose ops port is ``address`` (plaintext, as the ops port is); raises
-    grpc.RpcError."""
-    with grpc.insecure_channel(address) as channel:
-        describe = channel.unary_unary(
-            f"/{SERVICE}/{METHOD}",
-            request_serializer=empty_pb2.Empty.SerializeToString,
-            response_deserializer=struct_pb2.Struct.FromString,
-        )
-        reply = describe(empty_pb2.Empty(), timeout=timeout, wait_for_ready=True)
-    document: dict[str, Any] = json_format.MessageToDict(reply)
-    for key in INTEGERS:
-        if isinstance(document.get(key), float):
-            document[key] = int(document[key])
-    return document
