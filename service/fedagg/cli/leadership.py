@@ -12,17 +12,20 @@ from fedagg.protocol.ops_leadership import ask_leadership
 
 
 def replica_leadership(address: str, timeout: float) -> dict[str, Any]:
-    """The replica's leadership document; an unreachable or refusing ops port is one ``fedagg: ...`` line and
-    exit status 3 (unreachable) or 1 (refused)."""
+    """The replica's leadership document. No answer is one ``fedagg: ...`` line and exit status 3 when the ops
+    port or the lease behind it is unavailable (unreachable, timed out), 1 for any other refusal."""
     try:
         return ask_leadership(address, timeout)
     except grpc.RpcError as error:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = error.details() if isinstance(error, grpc.Call) else str(error)
-        unreachable = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-        what = "unreachable" if unreachable else f"refused ({code.name})"
-        print(f"fedagg: the ops port {address} is {what}: {details}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_CONNECTION if unreachable else EXIT_REFUSED) from None
+        unavailable = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        print(
+            f"fedagg: no leadership from the ops port {address} ({code.name}): {details}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(EXIT_CONNECTION if unavailable else EXIT_REFUSED) from None
 
 
 def leadership_line(address: str, document: dict[str, Any]) -> str:
