@@ -96,7 +96,7 @@ def test_the_state_directory_peaks_within_the_sizing_rule(
 
     assert rule == Sizing(model.stat().st_size, 1 << 20, collaborators, 2, ROUNDS, slots)
     assert sampler.samples > 1
-    # what a finished experiment keeps: the kept models, their deltas, best, last, the last round's uploads and
-    # the optimizer's moments of the kept rounds
-    assert directory_bytes(state) >= (2 * 2 + 2 + collaborators + 2 * slots) * rule.model_bytes
+    # what a finished experiment keeps: the kept models, best, last, the last round's uploads and the optimizer's
+    # moments of the kept rounds
+    assert directory_bytes(state) >= (2 + 2 + collaborators + 2 * slots) * rule.model_bytes
     assert sampler.peak <= rule.disk_bytes, (sampler.peak, rule)

@@ -20,7 +20,7 @@ from fedagg.federation.plan import (
     StragglerPolicySpec,
     TaskGroup,
 )
-from fedagg.federation.serving import TensorRequest, TensorServer
+from fedagg.federation.serving import DELTA_BLOCK_ELEMENTS, TensorRequest, TensorServer
 from fedagg.federation.store import StateStore
 from fedagg.protocol import base_pb2
 from fedagg.protocol.codec import decode_tensor, encode_tensor
@@ -346,7 +346,7 @@ def test_both_request_forms_and_their_reply_tags(federation: Federation) -> None
     np.testing.assert_array_equal(decode_tensor(delta), np.full((2, 3), 3.0))
 
 
-def test_served_data_is_a_view_of_the_model_and_delta_files_not_a_copy(
+def test_served_model_data_is_a_view_of_the_model_file_and_deltas_are_computed_per_reply(
     federation: Federation, tmp_path: Path
 ) -> None:
     run_round(federation, 0, {"one": (2.0, 10), "two": (2.0, 10)}, SHAPES)
@@ -354,14 +354,15 @@ def test_served_data_is_a_view_of_the_model_and_delta_files_not_a_copy(
     model = federation.served_tensor(TensorRequest("w", 1, False, ("model",), True))
     delta = federation.served_tensor(TensorRequest("w", 1, False, ("aggregated", "delta"), False))
 
-    for served in (model, delta):
-        data = served.parts()[-1]
-        assert isinstance(data, memoryview)
-        assert mapped_file_of(data), "no copy is made before the reply is joined"
-        served.release()
-    assert (tmp_path / "state" / "deltas" / "round-000001.pbuf").is_file(), (
-        "the delta is written once a round"
-    )
+    data = model.parts()[-1]
+    assert isinstance(data, memoryview)
+    assert mapped_file_of(data), "no copy is made before the reply is joined"
+    model.release()
+    computed = delta.parts()[-1]
+    delta.release()
+    assert not mapped_file_of(computed), "a delta is computed when its reply is built"
+    np.testing.assert_array_equal(np.frombuffer(computed, np.float32), np.full(6, 2.0))  # 2.0 minus 0.0
+    assert not (tmp_path / "state" / "deltas").exists(), "no delta file is written at a round end"
 
 
 def test_the_size_of_a_served_tensor_is_known_before_its_parts_are_built(
@@ -372,7 +373,7 @@ def test_the_size_of_a_served_tensor_is_known_before_its_parts_are_built(
     submit_training(federation, "two", 1, 3.0, 10, SHAPES)
     kept = {number: federation_model(tmp_path, number) for number in (0, 1)}
     fallback = TensorServer()
-    fallback.install(kept, {}, 1)  # no delta file: the delta is computed when the reply is built
+    fallback.install(kept, 1)
     forms = {
         "model": federation.served_tensor(TensorRequest("w", 1, False, ("model",), True)),
         "delta": federation.served_tensor(TensorRequest("w", 1, False, ("aggregated", "delta"), False)),
@@ -538,3 +539,27 @@ def test_done_and_quit_are_kept_across_a_restart(tmp_path: Path) -> None:
     one, two = restarted.describe().collaborators
     assert (one.status, one.last_contact) == ("waiting", None), "one may train across the restart: not silent"
     assert (two.status, two.progress) == ("done", 1.0), "its uploads of round 1 are in the spool"
+
+
+def test_a_computed_delta_spanning_several_blocks_equals_the_whole_subtraction_and_a_reshaped_tensor_has_none(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(7)
+    size = DELTA_BLOCK_ELEMENTS * 2 + 5
+    previous, model = (rng.standard_normal(size, dtype=np.float32) for _ in range(2))
+    server = TensorServer()
+    server.install(
+        {
+            0: LoadedModel(0, {"w": previous, "b": np.zeros(3, np.float32)}),
+            1: LoadedModel(1, {"w": model, "b": np.zeros((3, 1), np.float32)}),
+        },
+        1,
+    )
+
+    served = server.served(TensorRequest("w", 1, False, ("aggregated", "delta", "compressed"), False))
+    delta = decode_tensor(base_pb2.NamedTensor.FromString(b"".join(served.parts())))
+    served.release()
+
+    assert delta.tobytes() == np.subtract(model, previous, dtype=np.float32).tobytes()
+    with pytest.raises(NotFound, match="another shape"):
+        server.served(TensorRequest("b", 1, False, ("aggregated", "delta", "compressed"), False))

@@ -20,7 +20,6 @@ from fedagg.federation.checkpoint import Checkpoint, ModelShape
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
 from fedagg.federation.fold import RoundFold
-from fedagg.federation.integrity import CorruptFile
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
@@ -99,7 +98,7 @@ class RoundEnds:
         )
         # Serve the new round's model before the ledger names the round: a GetTasks answered from the ledger sends
         # the collaborator straight to GetAggregatedTensor for it.
-        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
+        self._serving.install(models, checkpoint.round_number)
         with self._ledger.round_lock:
             self._ledger.committed = checkpoint
             self._ledger.round = round_
@@ -128,17 +127,6 @@ class RoundEnds:
         """Have the fold worker fold the uploads whose turn has come (after a commit; returns at once)."""
         if self._fold is not None:
             self._fold_worker.submit(self._fold.advance)
-
-    def _deltas(self, number: int, models: dict[int, LoadedModel]) -> dict[int, LoadedModel]:
-        """Round ``number``'s delta file (model minus the previous one), written once; none if it cannot be."""
-        model, previous = models.get(number), models.get(number - 1)
-        if model is None or previous is None:
-            return {}
-        try:
-            return {number: self._store.write_delta(model, previous)}
-        except (OSError, CorruptFile) as error:
-            log.warning("round %d's deltas will be computed per request: %s", number, error)
-            return {}
 
     def record_quit(self, collaborator: str) -> None:
         """Durably note that ``collaborator`` is being sent its quit job (before the reply leaves)."""

@@ -2,10 +2,11 @@
 
 OpenFL collaborators ask for a tensor in one of two forms (spec §3.6): the model itself (tags ``["model"]``)
 or, from round 1 on, the change since the previous round (tags ``["aggregated", "delta", "compressed"]``).
-Kept models are memory-mapped model files, verified against their checksums when they were loaded; the change since
-the previous round is written once per round to a delta file (:meth:`fedagg.federation.store.StateStore.write_delta`).
-A reply's tensor data is a view of one of these files, copied once into the reply. A reply is measured before it
-is built (:class:`ServedTensor`), so the server admits its bytes before anything is read or computed.
+Kept models are memory-mapped model files, verified against their checksums when they were loaded. A model reply's
+tensor data is a view of its file, copied once into the reply; a delta reply's is computed when the reply is built
+(new minus previous, block by block, from the two mapped files: no delta file is written at a round end). A reply
+is measured before it is built (:class:`ServedTensor`), so the server admits its bytes before anything is read or
+computed.
 
 OpenFL 1.8/1.9 collaborators restarted in the middle of a round also ask for their own results of the round
 (tags ``[<own name>, "trained", ...]``); :func:`own_tensor` answers that from the spooled upload, as
@@ -31,6 +32,7 @@ from fedagg.protocol.model_file import LoadedModel, named_tensor_body, named_ten
 AGGREGATED_TAG = "aggregated"
 DELTA_TAG = "delta"
 MODEL_TAG = "model"
+DELTA_BLOCK_ELEMENTS = 1 << 20
 
 
 class TensorForm(StrEnum):
@@ -122,24 +124,23 @@ class ServedTensor:
 
 
 class TensorServer:
-    """The kept global models, and the current round's delta, served straight from their files. Thread-safe.
+    """The kept global models, served straight from their files. Thread-safe.
 
     Nothing is encoded in advance and nothing is cached in memory: a reply's tensor data is a view of a model file
-    (or of the delta file written once per round), copied once into the reply, after which the touched pages are
-    released from this process's resident memory. ``_lock`` guards ``_models``, ``_deltas`` and ``_current`` only
-    (never held while a reply is built); lock order: the federation's locks, then this one.
+    (or a delta computed from two of them when the reply is built), copied once into the reply, after which the
+    touched pages are released from this process's resident memory. ``_lock`` guards ``_models`` and ``_current``
+    only (never held while a reply is built); lock order: the federation's locks, then this one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[int, LoadedModel] = {}
-        self._deltas: dict[int, LoadedModel] = {}
         self._current = 0
 
-    def install(self, models: dict[int, LoadedModel], deltas: dict[int, LoadedModel], current: int) -> None:
-        """Serve ``models`` and ``deltas`` (by round) from now on, ``current`` being the round in progress."""
+    def install(self, models: dict[int, LoadedModel], current: int) -> None:
+        """Serve ``models`` (by round) from now on, ``current`` being the round in progress."""
         with self._lock:
-            self._models, self._deltas, self._current = dict(models), dict(deltas), current
+            self._models, self._current = dict(models), current
 
     def model(self, round_number: int) -> LoadedModel | None:
         """A kept model."""
@@ -154,7 +155,6 @@ class TensorServer:
             current = self._current
             model = self._models.get(number)
             previous = self._models.get(number - 1)
-            delta = self._deltas.get(number)
             kept = sorted(self._models)
         if model is None:
             if number > current:
@@ -166,7 +166,7 @@ class TensorServer:
                 f"(tensors: {bounded_names(model.tensors)})"
             )
         if served.form == TensorForm.DELTA:
-            source, values = self._delta(request, number, delta, model, previous)
+            source, values = self._delta(request, number, model, previous)
         else:
             source, values = model, _view(model.tensors[request.name])
         shape = model.tensors[request.name].shape
@@ -179,23 +179,34 @@ class TensorServer:
     def _delta(
         request: TensorRequest,
         number: int,
-        delta: LoadedModel | None,
         model: LoadedModel,
         previous: LoadedModel | None,
     ) -> tuple[_Releasable, Callable[[], Float32Array]]:
-        """Where the change since the previous round comes from: the round's delta file, else computed (when the
-        reply is built) from the two models, whose touched pages the release drops."""
+        """The change since the previous round, computed when the reply is built from the two models (block by
+        block, each block's mapped pages dropped once subtracted), the same float32 values a whole-tensor
+        subtraction gives."""
         name = request.name
-        if delta is not None and name in delta.tensors:
-            return delta, _view(delta.tensors[name])
         if previous is None or name not in previous.tensors:
             raise NotFound(
                 f"the delta of {name!r} for round {number} needs round {number - 1}'s model, "
                 "which is no longer kept; ask with tags ['model']"
             )
+        if previous.tensors[name].shape != model.tensors[name].shape:
+            raise NotFound(
+                f"{name!r} has no delta for round {number}: round {number - 1}'s tensor has another shape "
+                f"({list(previous.tensors[name].shape)}); ask with tags ['model']"
+            )
 
         def difference() -> Float32Array:
-            return np.subtract(model.tensors[name], previous.tensors[name], dtype=np.float32)
+            new, base = model.tensors[name], previous.tensors[name]
+            values = np.empty(new.shape, FLOAT32)
+            flat, flat_new, flat_base = values.reshape(-1), new.reshape(-1), base.reshape(-1)
+            for start in range(0, flat.size, DELTA_BLOCK_ELEMENTS):
+                block = slice(start, start + DELTA_BLOCK_ELEMENTS)
+                np.subtract(flat_new[block], flat_base[block], out=flat[block], dtype=FLOAT32)
+                model.release_values(flat_new[block])
+                previous.release_values(flat_base[block])
+            return values
 
         return _BothModels(model, previous), difference
 

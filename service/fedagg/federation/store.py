@@ -6,8 +6,6 @@ Layout::
                                  the commit point of every round end and quit job
     checkpoint.prev.json         the checkpoint of the previous round boundary (recovery falls back to it)
     models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
-    deltas/round-000003.pbuf     round 3's model minus round 2's, served to collaborators that ask for the change;
-                                 derived, so rewritten at every start rather than trusted
     aggregators/train/round-000003/first_moment.pbuf
                                  a task aggregator's model-sized state (an optimizer's moment) as of round 3
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
@@ -60,8 +58,6 @@ from fedagg.protocol.model_file import (
 )
 
 METRICS_RECORD = "fedagg/round-metrics/v1"
-DELTA_BLOCK_ELEMENTS = 1 << 20
-DELTA_PLACEHOLDER = "__fedagg_no_delta__"
 
 
 class ModelWriter:
@@ -126,15 +122,17 @@ class StateStore:
         """Told the kind (``upload``, ``rejection``, ``close_decision``, ``checkpoint``, ``model``, ``metrics``)
         of every file moved to quarantine."""
         self._models = root / "models"
-        self._deltas = root / "deltas"
+        self._legacy_deltas = root / "deltas"
         self._aggregators = root / "aggregators"
         self._metrics = root / "metrics"
         self._checkpoint = root / "checkpoint.json"
         self._previous = root / "checkpoint.prev.json"
 
     def prepare(self) -> None:
-        """Create the directories (durably) and clear uploads left half-received by the last stop."""
+        """Create the directories (durably), clear uploads left half-received by the last stop and the delta files
+        earlier versions derived at round ends (deltas are now computed when a reply is built)."""
         durable_directory(self.root)
+        shutil.rmtree(self._legacy_deltas, ignore_errors=True)
         for directory in (self._models, self._metrics):
             durable_directory(directory)
         self.spool.prepare()
@@ -216,8 +214,8 @@ class StateStore:
         atomic_copy(self.model_path(round_number), target)
 
     def prune_models(self, keep_from_round: int) -> None:
-        """Delete kept models (with their deltas and aggregator state) of rounds before ``keep_from_round``."""
-        for path in [*self._models.glob("round-*.pbuf"), *self._deltas.glob("round-*.pbuf")]:
+        """Delete kept models (with their aggregator state) of rounds before ``keep_from_round``."""
+        for path in self._models.glob("round-*.pbuf"):
             number = path.stem.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
                 path.unlink(missing_ok=True)
@@ -235,41 +233,6 @@ class StateStore:
         """Verify and map a task aggregator's state slot; raise :class:`CorruptFile` when it does not verify."""
         path = self.slot_path(task, slot, round_number)
         verify_file(path, digest)
-        try:
-            return read_model(path)
-        except ModelFileError as error:
-            raise CorruptFile(str(error)) from None
-
-    def write_delta(self, model: LoadedModel, previous: LoadedModel) -> LoadedModel:
-        """Write (without fsync: it is derived) and map ``model`` minus ``previous``, tensor by tensor, block by block.
-
-        Tensors that are not in ``previous`` (or changed shape) have no delta. The models' pages are released
-        block by block as they are read.
-        """
-        path = self._deltas / f"round-{model.round_number:06d}.pbuf"
-
-        def write(file: BinaryIO) -> None:
-            writer = ModelWriter(file, model.round_number)
-            for name, values in model.tensors.items():
-                base = previous.tensors.get(name)
-                if base is None or base.shape != values.shape:
-                    continue
-                writer.begin(name, values.shape)
-                flat, flat_base = values.reshape(-1), base.reshape(-1)
-                for start in range(0, flat.size, DELTA_BLOCK_ELEMENTS):
-                    stop = start + DELTA_BLOCK_ELEMENTS
-                    block, block_base = flat[start:stop], flat_base[start:stop]
-                    writer.write(np.subtract(block, block_base, dtype=FLOAT32))
-                    model.release_values(block)
-                    previous.release_values(block_base)
-            if not writer.names:  # a model file holds at least one tensor
-                writer.add(DELTA_PLACEHOLDER, np.zeros(0, FLOAT32))
-
-        try:
-            atomic_write(path, write, sync=False)
-        finally:
-            model.release()
-            previous.release()
         try:
             return read_model(path)
         except ModelFileError as error:
