@@ -14,6 +14,7 @@ from fedagg.config.federation import FederationSettings, TaskSettings
 from fedagg.config.limits import LimitsSettings
 from fedagg.config.operations import HooksSettings, LoggingSettings, OpsSettings, StorageSettings
 from fedagg.config.server import ServerSettings
+from fedagg.config.topology import TopologySettings
 from fedagg.federation.errors import PlanError
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import (
@@ -42,6 +43,7 @@ class Config:
     hooks: HooksSettings = setting(factory=HooksSettings, help="")
     storage: StorageSettings = setting(factory=StorageSettings, help="")
     logging: LoggingSettings = setting(factory=LoggingSettings, help="")
+    topology: TopologySettings = setting(factory=TopologySettings, help="")
 
     @property
     def best_model_path(self) -> Path:
