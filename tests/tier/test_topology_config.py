@@ -116,3 +116,11 @@ def test_an_unknown_role_names_the_choices() -> None:
     assert error.key == "topology.role"
     assert "standalone" in str(error)
     assert "ingest" in str(error)
+
+
+def test_an_adaptive_optimizers_max_update_is_refused_in_the_tier() -> None:
+    (error,) = problems(
+        tier_config("ingest", "adam", aggregation_settings={"learning_rate": 0.1, "max_update": 1.0})
+    )
+    assert error.key == "federation.tasks.train.aggregation_settings.max_update"
+    assert "not built yet" in str(error)

@@ -82,6 +82,14 @@ def _tier_errors(config: Config) -> list[ConfigError]:
                     "is not built yet",
                 )
             )
+        if task.aggregation_settings.get("max_update") is not None:
+            errors.append(
+                ConfigError(
+                    f"{key}.aggregation_settings.max_update",
+                    task.aggregation_settings["max_update"],
+                    f"null under {role}: leaving out each large update at the replicas is not built yet",
+                )
+            )
         if task.privacy is not None:
             errors.append(ConfigError(f"{key}.privacy", "set", f"null under {role}: {PRIVACY_REFUSAL}"))
         if task.clipping_norm is not None:

@@ -1,0 +1,10 @@
+"""The scale-out tier: ingest replicas that take the collaborators' bytes, and a root that owns the rounds.
+
+* :mod:`~fedagg.tier.partials`: a round's per-replica partial aggregate (float64 weighted sums and weights);
+* :mod:`~fedagg.tier.division`: at the root, the next tensors from the merged partial, through the task's
+  aggregator;
+* :mod:`~fedagg.tier.claims`: the root's durable claims (exactly once across replicas) and lost replicas;
+* :mod:`~fedagg.tier.wire`: partials to and from the tier protocol's messages;
+* :mod:`~fedagg.tier.root_service`: the root's tier port (mTLS, the replicas' identities, limits);
+* :mod:`~fedagg.tier.root_link`: an ingest replica's client of that port.
+"""

@@ -1,0 +1,182 @@
+"""The root's claims: which ingest replica holds each contribution of a round, durably, exactly once.
+
+An ingest replica spools an upload (fsynced), then claims (collaborator, round, task) at the root, then
+acknowledges it. The first replica to claim holds the contribution; the same replica claiming again (its reply was
+lost, or it restarted and re-claims its spool) is granted again; any other replica is told the contribution is
+taken, and answers its copy OK and drops it, as a single pod drops a duplicate. So an acknowledged contribution is
+always in the spool of the replica that holds its claim, and in no other partial.
+
+Claims and partial deliveries are appended to a journal (one sealed JSON line each, fsynced before the answer), so
+a restarted root knows them. A torn last line (a crash while writing it) is dropped: its claim was never answered.
+
+A replica the root has not heard from for ``lost_replica_seconds`` is lost: :meth:`ClaimBook.lost` lists its
+claimed contributions of the round that no partial delivered, which the round then treats as stragglers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedagg.federation.files import durable_directory
+
+log = logging.getLogger(__name__)
+
+Contribution = tuple[str, str]
+"""(collaborator, task) of a round."""
+
+
+class ClaimOutcome(StrEnum):
+    """The root's answer to a claim."""
+
+    GRANTED = "granted"
+    TAKEN = "taken"
+
+
+@dataclass(frozen=True)
+class ClaimDecision:
+    """The outcome and the replica that holds the contribution."""
+
+    outcome: ClaimOutcome
+    holder: str
+
+
+def _sealed(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
+
+
+def _unsealed(line: bytes) -> dict[str, Any] | None:
+    try:
+        checksum, body = line.decode().rstrip("\n").split(" ", 1)
+        if int(checksum, 16) != zlib.crc32(body.encode()):
+            return None
+        record: dict[str, Any] = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record
+
+
+class ClaimBook:
+    """The claims and deliveries of every round (module docstring).
+
+    ``_lock`` guards the maps and the journal's appends; it is held across the journal's write and fsync (a claim
+    is answered only once durable), so it is only ever taken off the event loop.
+    """
+
+    def __init__(self, directory: Path, clock: Callable[[], float]) -> None:
+        self._path = durable_directory(directory) / "claims.journal"
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._holders: dict[tuple[int, str, str], str] = {}
+        self._deliveries: dict[tuple[int, str], int] = {}
+        self._last_contact: dict[str, float] = {}
+        self._replay()
+        self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
+
+    def _replay(self) -> None:
+        if not self._path.exists():
+            return
+        lines = self._path.read_bytes().splitlines(keepends=True)
+        for number, line in enumerate(lines, 1):
+            record = _unsealed(line)
+            if record is None:
+                log.warning(
+                    "%s: line %d is torn or corrupt; dropped (it was never answered)", self._path, number
+                )
+                continue
+            if record["kind"] == "claim":
+                self._holders[(record["round"], record["collaborator"], record["task"])] = record["replica"]
+            else:
+                self._deliveries[(record["round"], record["replica"])] = record["generation"]
+
+    def close(self) -> None:
+        """Close the journal."""
+        with self._lock:
+            self._journal.close()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._journal.write(_sealed(record))
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def contact(self, replica: str) -> None:
+        """``replica`` called the root (any call): it is not lost."""
+        with self._lock:
+            self._last_contact[replica] = self._clock()
+
+    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
+        """Let ``replica`` hold (collaborator, round, task) unless another does. Blocks on the disk."""
+        key = (round_number, collaborator, task)
+        with self._lock:
+            self._last_contact[replica] = self._clock()
+            holder = self._holders.get(key)
+            if holder is None:
+                self._append(
+                    {
+                        "kind": "claim",
+                        "round": round_number,
+                        "collaborator": collaborator,
+                        "task": task,
+                        "replica": replica,
+                    }
+                )
+                self._holders[key] = holder = replica
+        return ClaimDecision(ClaimOutcome.GRANTED if holder == replica else ClaimOutcome.TAKEN, holder)
+
+    def claimed(self, round_number: int, replica: str) -> frozenset[Contribution]:
+        """The contributions of the round that ``replica`` holds."""
+        with self._lock:
+            return frozenset(
+                (collaborator, task)
+                for (number, collaborator, task), holder in self._holders.items()
+                if number == round_number and holder == replica
+            )
+
+    def holders(self, round_number: int) -> dict[str, frozenset[Contribution]]:
+        """Every replica holding contributions of the round, with them."""
+        with self._lock:
+            replicas = {holder for (number, _, _), holder in self._holders.items() if number == round_number}
+        return {replica: self.claimed(round_number, replica) for replica in sorted(replicas)}
+
+    def delivered(self, round_number: int, replica: str, generation: int) -> bool:
+        """Record that ``replica`` delivered its partial of the round (generation ``generation``); False when that
+        very partial was recorded already (a redelivery: nothing to do). Blocks on the disk."""
+        with self._lock:
+            self._last_contact[replica] = self._clock()
+            if self._deliveries.get((round_number, replica)) == generation:
+                return False
+            self._append(
+                {"kind": "delivered", "round": round_number, "replica": replica, "generation": generation}
+            )
+            self._deliveries[(round_number, replica)] = generation
+        return True
+
+    def delivery(self, round_number: int, replica: str) -> int | None:
+        """The generation of the partial ``replica`` delivered for the round, if any."""
+        with self._lock:
+            return self._deliveries.get((round_number, replica))
+
+    def lost(
+        self, round_number: int, lost_seconds: float, started: float
+    ) -> dict[str, frozenset[Contribution]]:
+        """Replicas not heard from for ``lost_seconds`` (since their last call, or since ``started``, the root's
+        start, if they have not called since) whose partial of the round is not delivered, with the
+        contributions they hold: those become stragglers."""
+        now = self._clock()
+        lost = {}
+        for replica, contributions in self.holders(round_number).items():
+            with self._lock:
+                last = self._last_contact.get(replica, started)
+                undelivered = (round_number, replica) not in self._deliveries
+            if undelivered and now - last >= lost_seconds:
+                lost[replica] = contributions
+        return lost
