@@ -6,8 +6,9 @@ lost, or it restarted and re-claims its spool) is granted again; any other repli
 taken, and answers its copy OK and drops it, as a single pod drops a duplicate. So an acknowledged contribution is
 always in the spool of the replica that holds its claim, and in no other partial.
 
-Claims and partial deliveries are appended to a journal (one sealed JSON line each, fsynced before the answer), so
-a restarted root knows them. A torn last line (a crash while writing it) is dropped: its claim was never answered.
+Claims are appended to a journal (one sealed JSON line each, fsynced before the answer), so a restarted root
+knows them. A torn last line (a crash while writing it) is dropped: its claim was never answered. Deliveries of
+partials are known in memory only (:mod:`fedagg.tier.collection`): a restarted root collects them again.
 
 A replica the root has not heard from for ``lost_replica_seconds`` is lost: :meth:`ClaimBook.lost` lists its
 claimed contributions of the round that no partial delivered, which the round then treats as stragglers.
@@ -77,7 +78,6 @@ class ClaimBook:
         self._clock = clock
         self._lock = threading.Lock()
         self._holders: dict[tuple[int, str, str], str] = {}
-        self._deliveries: dict[tuple[int, str], int] = {}
         self._last_contact: dict[str, float] = {}
         self._replay()
         self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
@@ -93,10 +93,7 @@ class ClaimBook:
                     "%s: line %d is torn or corrupt; dropped (it was never answered)", self._path, number
                 )
                 continue
-            if record["kind"] == "claim":
-                self._holders[(record["round"], record["collaborator"], record["task"])] = record["replica"]
-            else:
-                self._deliveries[(record["round"], record["replica"])] = record["generation"]
+            self._holders[(record["round"], record["collaborator"], record["task"])] = record["replica"]
 
     def close(self) -> None:
         """Close the journal."""
@@ -122,7 +119,6 @@ class ClaimBook:
             if holder is None:
                 self._append(
                     {
-                        "kind": "claim",
                         "round": round_number,
                         "collaborator": collaborator,
                         "task": task,
@@ -147,36 +143,20 @@ class ClaimBook:
             replicas = {holder for (number, _, _), holder in self._holders.items() if number == round_number}
         return {replica: self.claimed(round_number, replica) for replica in sorted(replicas)}
 
-    def delivered(self, round_number: int, replica: str, generation: int) -> bool:
-        """Record that ``replica`` delivered its partial of the round (generation ``generation``); False when that
-        very partial was recorded already (a redelivery: nothing to do). Blocks on the disk."""
+    def last_contact(self, replica: str) -> float | None:
+        """When ``replica`` last called (root clock), if it has since the root started."""
         with self._lock:
-            self._last_contact[replica] = self._clock()
-            if self._deliveries.get((round_number, replica)) == generation:
-                return False
-            self._append(
-                {"kind": "delivered", "round": round_number, "replica": replica, "generation": generation}
-            )
-            self._deliveries[(round_number, replica)] = generation
-        return True
-
-    def delivery(self, round_number: int, replica: str) -> int | None:
-        """The generation of the partial ``replica`` delivered for the round, if any."""
-        with self._lock:
-            return self._deliveries.get((round_number, replica))
+            return self._last_contact.get(replica)
 
     def lost(
         self, round_number: int, lost_seconds: float, started: float
     ) -> dict[str, frozenset[Contribution]]:
-        """Replicas not heard from for ``lost_seconds`` (since their last call, or since ``started``, the root's
-        start, if they have not called since) whose partial of the round is not delivered, with the
-        contributions they hold: those become stragglers."""
+        """Replicas holding claims of the round not heard from for ``lost_seconds`` (since their last call, or
+        since ``started``, the root's start, if they have not called since), with the contributions they hold."""
         now = self._clock()
         lost = {}
         for replica, contributions in self.holders(round_number).items():
-            with self._lock:
-                last = self._last_contact.get(replica, started)
-                undelivered = (round_number, replica) not in self._deliveries
-            if undelivered and now - last >= lost_seconds:
+            last = self.last_contact(replica)
+            if now - (started if last is None else last) >= lost_seconds:
                 lost[replica] = contributions
         return lost

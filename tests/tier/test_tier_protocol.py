@@ -1,0 +1,199 @@
+"""The root's tier port over real mTLS on loopback: claims exactly once across replicas, partials checked against
+claims, idempotent redelivery, a restarted root, refused identities."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.protocol import tier_pb2, tier_pb2_grpc
+from fedagg.server.tls import CertificateFiles, CertificateSource
+from fedagg.tier.claims import ClaimBook
+from fedagg.tier.collection import PartialCollection
+from fedagg.tier.division import divide
+from fedagg.tier.partials import RoundPartial
+from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
+from fedagg.tier.root_service import TierService, tier_server
+from tests.support.aggregation import aggregate, model_of
+from tests.support.pki import Pki, make_pki
+
+REPLICAS = ("ingest-0", "ingest-1")
+SITES = tuple(f"site-{index}" for index in range(12))
+MODELS = [model_of(np.random.default_rng(index), shift=index) for index in range(len(SITES))]
+WEIGHTS = [float(10 + 7 * index) for index in range(len(SITES))]
+
+
+@pytest.fixture(scope="module")
+def tier_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("tier-pki"), (*REPLICAS, "intruder"))
+
+
+@dataclass
+class Root:
+    service: TierService
+    collection: PartialCollection
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running_root(pki: Pki, state: Path) -> AsyncIterator[Root]:
+    book = ClaimBook(state, time.monotonic)
+    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
+    executor = ThreadPoolExecutor(2)
+    service = TierService(book, collection, REPLICAS, executor)
+    files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
+    server, port = tier_server(service, CertificateSource(files, True).credentials(), "127.0.0.1:0")
+    await server.start()
+    try:
+        yield Root(service, collection, port)
+    finally:
+        await server.stop(None)
+        book.close()
+        executor.shutdown()
+
+
+def link(pki: Pki, replica: str, port: int) -> RootLink:
+    return RootLink(
+        f"localhost:{port}",
+        pki.client(replica).credentials(),
+        LinkTimings(call_seconds=10, patience_seconds=5),
+    )
+
+
+def folded(replica: str, generation: int, sites: list[str]) -> RoundPartial:
+    partial = RoundPartial(0, replica, generation)
+    for site in sites:
+        index = SITES.index(site)
+        partial.fold("train", site, WEIGHTS[index], MODELS[index])
+    return partial
+
+
+def test_the_same_upload_claimed_at_two_replicas_at_once_counts_once(tier_pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            links = [link(tier_pki, replica, root.port) for replica in REPLICAS]
+            replies = await asyncio.gather(
+                *(links[index].claim(site, 0, "train") for site in SITES for index in (0, 1))
+            )
+            granted: dict[str, list[str]] = {replica: [] for replica in REPLICAS}
+            for position, site in enumerate(SITES):
+                first, second = replies[2 * position], replies[2 * position + 1]
+                assert [first.granted, second.granted].count(True) == 1, site
+                assert first.holder == second.holder
+                granted[first.holder].append(site)
+            for index, replica in enumerate(REPLICAS):
+                assert await links[index].deliver(folded(replica, 1, granted[replica]))
+            collected = root.collection.collected(0)
+            assert collected is not None
+            assert collected.stragglers == frozenset()
+            contributors = [name for name, _ in collected.merged.tasks["train"].contributors]
+            assert sorted(contributors) == sorted(SITES)
+            standalone = aggregate(WeightedAverage(), MODELS, WEIGHTS)
+            assert standalone is not None
+            tier = divide(WeightedAverage(), 0, "train", collected.merged.tasks["train"], MODELS[0])
+            for name, values in standalone.items():
+                np.testing.assert_array_max_ulp(tier[name], values, maxulp=1)
+            for each in links:
+                await each.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_certificate_that_is_not_a_replica_is_refused_by_name(tier_pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            intruder = link(tier_pki, "intruder", root.port)
+            with pytest.raises(TierRefusal) as refused:
+                await intruder.claim("site-0", 0, "train")
+            assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert "'intruder' is not an ingest replica" in str(refused.value)
+            await intruder.close()
+
+    asyncio.run(scenario())
+
+
+def test_partials_are_checked_against_claims_and_redelivery_is_idempotent(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            replica = link(tier_pki, "ingest-0", root.port)
+            for site in SITES[:3]:
+                assert (await replica.claim(site, 0, "train")).granted
+            with pytest.raises(TierRefusal) as refused:
+                await replica.deliver(folded("ingest-0", 1, list(SITES[:2])))
+            assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "lacks contributions ingest-0 claimed: [('site-2', 'train')]" in str(refused.value)
+            assert await replica.deliver(folded("ingest-0", 1, list(SITES[:3])))
+            assert not await replica.deliver(folded("ingest-0", 1, list(SITES[:3])))
+            assert await replica.deliver(folded("ingest-0", 2, list(reversed(SITES[:3]))))
+            collected = root.collection.collected(0)
+            assert collected is not None
+            assert len(collected.merged.tasks["train"].contributors) == 3
+            states = {state.replica: state for state in (await replica.replicas(0)).replicas}
+            assert states["ingest-0"].claimed == 3
+            assert states["ingest-0"].generation == 2
+            assert not states["ingest-1"].delivered
+            await replica.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_malformed_partial_is_refused_naming_the_problem(tier_pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            options = (("grpc.ssl_target_name_override", "localhost"),)
+            credentials = tier_pki.client("ingest-0").credentials()
+            async with grpc.aio.secure_channel(f"127.0.0.1:{root.port}", credentials, options) as channel:
+                stub = tier_pb2_grpc.TierStub(channel)
+                header = tier_pb2.PartialHeader(
+                    round=0,
+                    generation=1,
+                    tasks=[
+                        tier_pb2.TaskPartial(task="train", tensors=[tier_pb2.TensorSum(name="w", shape=[4])])
+                    ],
+                )
+                chunks = [tier_pb2.PartialChunk(header=header), tier_pb2.PartialChunk(sums=b"\0" * 16)]
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.DeliverPartial(iter(chunks), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "end before the 32 bytes its header announces" in (refused.value.details() or "")
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_root_keeps_its_claims_and_collects_the_partials_again(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            first = link(tier_pki, "ingest-0", root.port)
+            assert (await first.claim("site-0", 0, "train")).granted
+            assert await first.deliver(folded("ingest-0", 1, ["site-0"]))
+            await first.close()
+        async with running_root(tier_pki, tmp_path) as restarted:
+            links = [link(tier_pki, replica, restarted.port) for replica in REPLICAS]
+            taken = await links[1].claim("site-0", 0, "train")
+            assert not taken.granted
+            assert taken.holder == "ingest-0"
+            assert (await links[1].claim("site-1", 0, "train")).granted
+            assert await links[1].deliver(folded("ingest-1", 1, ["site-1"]))
+            assert restarted.collection.collected(0) is None
+            assert await links[0].deliver(folded("ingest-0", 1, ["site-0"]))
+            collected = restarted.collection.collected(0)
+            assert collected is not None
+            assert collected.merged.contributions == {("site-0", "train"), ("site-1", "train")}
+            for each in links:
+                await each.close()
+
+    asyncio.run(scenario())
