@@ -4,11 +4,6 @@ claims, idempotent redelivery, a restarted root, refused identities."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,49 +12,17 @@ import pytest
 
 from fedagg.federation.aggregators.elementwise import WeightedAverage
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
-from fedagg.server.tls import CertificateFiles, CertificateSource
-from fedagg.tier.claims import ClaimBook
-from fedagg.tier.collection import PartialCollection
 from fedagg.tier.division import divide
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
-from fedagg.tier.root_service import TierService, tier_server
 from tests.support.aggregation import aggregate, model_of
-from tests.support.pki import Pki, make_pki
+from tests.support.pki import Pki
+from tests.tier.conftest import REPLICAS
+from tests.tier.roots import running_root
 
-REPLICAS = ("ingest-0", "ingest-1")
 SITES = tuple(f"site-{index}" for index in range(12))
 MODELS = [model_of(np.random.default_rng(index), shift=index) for index in range(len(SITES))]
 WEIGHTS = [float(10 + 7 * index) for index in range(len(SITES))]
-
-
-@pytest.fixture(scope="module")
-def tier_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("tier-pki"), (*REPLICAS, "intruder"))
-
-
-@dataclass
-class Root:
-    service: TierService
-    collection: PartialCollection
-    port: int
-
-
-@contextlib.asynccontextmanager
-async def running_root(pki: Pki, state: Path) -> AsyncIterator[Root]:
-    book = ClaimBook(state, time.monotonic)
-    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
-    executor = ThreadPoolExecutor(2)
-    service = TierService(book, collection, REPLICAS, executor)
-    files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
-    server, port = tier_server(service, CertificateSource(files, True).credentials(), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield Root(service, collection, port)
-    finally:
-        await server.stop(None)
-        book.close()
-        executor.shutdown()
 
 
 def link(pki: Pki, replica: str, port: int) -> RootLink:

@@ -1,0 +1,41 @@
+"""A root's tier port running in the test's event loop, on an ephemeral loopback port with real mTLS."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedagg.server.tls import CertificateFiles, CertificateSource
+from fedagg.tier.claims import ClaimBook
+from fedagg.tier.collection import PartialCollection
+from fedagg.tier.root_service import TierService, tier_server
+from tests.support.pki import Pki
+from tests.tier.conftest import REPLICAS
+
+
+@dataclass
+class Root:
+    service: TierService
+    collection: PartialCollection
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running_root(pki: Pki, state: Path) -> AsyncIterator[Root]:
+    book = ClaimBook(state, time.monotonic)
+    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
+    executor = ThreadPoolExecutor(2)
+    service = TierService(book, collection, REPLICAS, executor)
+    files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
+    server, port = tier_server(service, CertificateSource(files, True).credentials(), "127.0.0.1:0")
+    await server.start()
+    try:
+        yield Root(service, collection, port)
+    finally:
+        await server.stop(None)
+        book.close()
+        executor.shutdown()
