@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fedagg.config.loading import parse_config
 from fedagg.config.topology import Role
 from fedagg.settings import ConfigError
+from tests.support.models import write_zero_model
 
 
 def tier_config(role: str, aggregation: str = "weighted_average", **task: object) -> dict[str, Any]:
@@ -124,3 +128,27 @@ def test_an_adaptive_optimizers_max_update_is_refused_in_the_tier() -> None:
     )
     assert error.key == "federation.tasks.train.aggregation_settings.max_update"
     assert "not built yet" in str(error)
+
+
+@pytest.mark.parametrize("role", ["root", "ingest"])
+def test_config_check_accepts_a_tier_role_but_serve_refuses_it_by_name(role: str, tmp_path: Path) -> None:
+    path = tmp_path / "fedagg.yaml"
+    data = tier_config(role)
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    data["server"] = {"tls": {"mode": "insecure"}}
+    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+    path.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "fedagg.cli"]
+    checked = subprocess.run(
+        [*command, "config", "check", str(path)], check=False, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    served = subprocess.run(
+        [*command, "serve", "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert served.returncode == 2
+    assert (
+        f"topology.role: got '{role}', expected standalone: fedagg serve does not run the root"
+        in served.stderr
+    )
+    assert "Traceback" not in served.stderr

@@ -39,6 +39,13 @@ WHY_NOT_PARTIAL = {
 PRIVACY_REFUSAL = "no differential privacy in the tier yet (clipping at the replicas and noise once at the root is not built)"
 
 
+NOT_SERVED = (
+    "standalone: fedagg serve does not run the root and ingest roles yet (their parts are in fedagg.tier; README, "
+    "Scale-out tier)"
+)
+"""Why ``fedagg serve`` refuses a tier role for now (``fedagg config check`` accepts it, for the chart)."""
+
+
 def _replica_names(names: tuple[str, ...]) -> str | None:
     if any(not name.strip() for name in names):
         return "a list of non-empty replica names (their client certificates' CNs)"
