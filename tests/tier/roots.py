@@ -12,6 +12,7 @@ from pathlib import Path
 from fedagg.server.tls import CertificateFiles, CertificateSource
 from fedagg.tier.claims import ClaimBook
 from fedagg.tier.collection import PartialCollection
+from fedagg.tier.events import TierListener
 from fedagg.tier.root_service import TierService, tier_server
 from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
@@ -25,11 +26,11 @@ class Root:
 
 
 @contextlib.asynccontextmanager
-async def running_root(pki: Pki, state: Path) -> AsyncIterator[Root]:
+async def running_root(pki: Pki, state: Path, listener: TierListener | None = None) -> AsyncIterator[Root]:
     book = ClaimBook(state, time.monotonic)
-    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
+    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic, listener)
     executor = ThreadPoolExecutor(2)
-    service = TierService(book, collection, REPLICAS, executor)
+    service = TierService(book, collection, REPLICAS, executor, listener=listener)
     files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
     server, port = tier_server(service, CertificateSource(files, True).credentials(), "127.0.0.1:0")
     await server.start()

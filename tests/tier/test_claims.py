@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from fedagg.ops.tier_metrics import TierMetrics
 from fedagg.tier.claims import ClaimBook, ClaimOutcome
 from fedagg.tier.collection import PartialCollection
 from fedagg.tier.partials import RoundPartial
@@ -83,7 +85,8 @@ def test_a_partial_must_hold_exactly_its_replicas_claims(tmp_path: Path) -> None
 def test_a_replica_silent_past_the_timeout_loses_its_claims_to_the_stragglers(tmp_path: Path) -> None:
     clock = Clock()
     book = ClaimBook(tmp_path, clock)
-    collection = PartialCollection(book, ("ingest-0", "ingest-1"), 300, clock)
+    registry = CollectorRegistry()
+    collection = PartialCollection(book, ("ingest-0", "ingest-1"), 300, clock, TierMetrics(registry))
     book.claim(0, "site-0", "train", "ingest-0")
     book.claim(0, "site-1", "train", "ingest-1")
     clock.now += 200
@@ -93,6 +96,11 @@ def test_a_replica_silent_past_the_timeout_loses_its_claims_to_the_stragglers(tm
     collected = collection.collected(0)
     assert collected is not None
     assert collected.stragglers == {("site-0", "train")}
+    again = collection.collected(0)
+    assert again is not None
+    assert again.stragglers == collected.stragglers
+    lost = registry.get_sample_value("fedagg_tier_lost_contributions_total", {"replica": "ingest-0"})
+    assert lost == 1
     assert collected.merged.contributions == {("site-1", "train")}
     views = {view.replica: view for view in collection.replicas(0)}
     assert views["ingest-0"].lost

@@ -9,10 +9,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from fedagg.federation.aggregators.elementwise import WeightedAverage
+from fedagg.ops.tier_metrics import TierMetrics
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
 from fedagg.tier.division import divide
+from fedagg.tier.events import TierListener
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
 from tests.support.aggregation import aggregate, model_of
@@ -25,11 +28,12 @@ MODELS = [model_of(np.random.default_rng(index), shift=index) for index in range
 WEIGHTS = [float(10 + 7 * index) for index in range(len(SITES))]
 
 
-def link(pki: Pki, replica: str, port: int) -> RootLink:
+def link(pki: Pki, replica: str, port: int, listener: TierListener | None = None) -> RootLink:
     return RootLink(
         f"localhost:{port}",
         pki.client(replica).credentials(),
         LinkTimings(call_seconds=10, patience_seconds=5),
+        listener=listener,
     )
 
 
@@ -43,8 +47,10 @@ def folded(replica: str, generation: int, sites: list[str]) -> RoundPartial:
 
 def test_the_same_upload_claimed_at_two_replicas_at_once_counts_once(tier_pki: Pki, tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_root(tier_pki, tmp_path) as root:
-            links = [link(tier_pki, replica, root.port) for replica in REPLICAS]
+        registries = {name: CollectorRegistry() for name in ("root", *REPLICAS)}
+        metrics = {name: TierMetrics(registry) for name, registry in registries.items()}
+        async with running_root(tier_pki, tmp_path, metrics["root"]) as root:
+            links = [link(tier_pki, replica, root.port, metrics[replica]) for replica in REPLICAS]
             replies = await asyncio.gather(
                 *(links[index].claim(site, 0, "train") for site in SITES for index in (0, 1))
             )
@@ -56,6 +62,22 @@ def test_the_same_upload_claimed_at_two_replicas_at_once_counts_once(tier_pki: P
                 granted[first.holder].append(site)
             for index, replica in enumerate(REPLICAS):
                 assert await links[index].deliver(folded(replica, 1, granted[replica]))
+            sums_bytes = sum(values.nbytes * 2 for values in MODELS[0].values())  # float64
+            for replica in REPLICAS:
+                registry = registries[replica]
+                assert registry.get_sample_value("fedagg_tier_claims_total", {"outcome": "granted"}) == len(
+                    granted[replica]
+                )
+                taken = len(SITES) - len(granted[replica])
+                assert registry.get_sample_value("fedagg_tier_claims_total", {"outcome": "taken"}) == taken
+                assert registry.get_sample_value("fedagg_tier_claim_seconds_count") == len(SITES)
+                assert registry.get_sample_value("fedagg_tier_partials_sent_total") == 1
+                expected_bytes = sums_bytes if granted[replica] else 0
+                assert registry.get_sample_value("fedagg_tier_partial_bytes_sent_total") == expected_bytes
+                received = registries["root"].get_sample_value(
+                    "fedagg_tier_partial_bytes_received_total", {"replica": replica}
+                )
+                assert received == expected_bytes
             collected = root.collection.collected(0)
             assert collected is not None
             assert collected.stragglers == frozenset()

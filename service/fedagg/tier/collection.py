@@ -15,12 +15,16 @@ Single-owner: used on the root's event loop only (the claim book it reads is thr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedagg.tier.claims import ClaimBook, Contribution
+from fedagg.tier.events import TierListener
 from fedagg.tier.partials import RoundPartial, merge
 from fedagg.tier.wire import PartialRefused
+
+log = logging.getLogger(__name__)
 
 
 class ClaimMismatch(PartialRefused):
@@ -50,9 +54,16 @@ class PartialCollection:
     """The partials delivered for each round (module docstring)."""
 
     def __init__(
-        self, book: ClaimBook, replicas: tuple[str, ...], lost_seconds: float, clock: Callable[[], float]
+        self,
+        book: ClaimBook,
+        replicas: tuple[str, ...],
+        lost_seconds: float,
+        clock: Callable[[], float],
+        listener: TierListener | None = None,
     ) -> None:
         self._book = book
+        self._listener = listener or TierListener()
+        self._reported_lost: set[tuple[int, str]] = set()
         self._replicas = replicas
         self._lost_seconds = lost_seconds
         self._clock = clock
@@ -90,6 +101,18 @@ class PartialCollection:
         lost = self._book.lost(round_number, self._lost_seconds, self._started)
         if waiting - set(lost):
             return None
+        for replica in sorted(
+            waiting - {replica for number, replica in self._reported_lost if number == round_number}
+        ):
+            log.warning(
+                "round %d: ingest replica %s is lost (silent for %gs); its %d claimed contributions are stragglers",
+                round_number,
+                replica,
+                self._lost_seconds,
+                len(holders[replica]),
+            )
+            self._listener.contributions_lost(replica, len(holders[replica]))
+            self._reported_lost.add((round_number, replica))
         stragglers = frozenset(c for replica in waiting for c in holders[replica])
         return RoundCollection(merge(round_number, kept.values()), stragglers)
 

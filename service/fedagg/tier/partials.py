@@ -104,6 +104,11 @@ class RoundPartial:
             (collaborator, task) for task, part in self.tasks.items() for collaborator, _ in part.contributors
         )
 
+    @property
+    def sum_bytes(self) -> int:
+        """Bytes of the float64 sums (what delivering the partial sends, besides its header)."""
+        return sum(summed.values.nbytes for part in self.tasks.values() for summed in part.tensors.values())
+
     def fold(
         self,
         task: str,

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
+from fedagg.tier.events import TierListener
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.wire import CHUNK_BYTES, partial_chunks
 
@@ -59,6 +60,7 @@ class RootLink:
         credentials: grpc.ChannelCredentials,
         timings: LinkTimings | None = None,
         server_name: str | None = None,
+        listener: TierListener | None = None,
     ) -> None:
         options: list[tuple[str, str | int]] = [
             ("grpc.max_send_message_length", CHUNK_BYTES + (16 << 20)),
@@ -69,6 +71,7 @@ class RootLink:
         self._channel = grpc.aio.secure_channel(address, credentials, options=options)
         self._stub = tier_pb2_grpc.TierStub(self._channel)
         self._timings = timings or LinkTimings()
+        self._listener = listener or TierListener()
 
     async def close(self) -> None:
         """Close the channel."""
@@ -77,7 +80,10 @@ class RootLink:
     async def claim(self, collaborator: str, round_number: int, task: str) -> tier_pb2.ClaimReply:
         """Claim a spooled contribution; ``granted`` False means another replica holds it (drop this copy)."""
         request = tier_pb2.ClaimRequest(collaborator=collaborator, round=round_number, task=task)
-        return await self._retried(lambda: self._stub.Claim(request, timeout=self._timings.call_seconds))
+        started = time.monotonic()
+        reply = await self._retried(lambda: self._stub.Claim(request, timeout=self._timings.call_seconds))
+        self._listener.claimed(reply.granted, time.monotonic() - started)
+        return reply
 
     async def deliver(self, partial: RoundPartial) -> bool:
         """Deliver the round's partial; False when the root had this very partial already."""
@@ -87,6 +93,7 @@ class RootLink:
             return await call
 
         reply = await self._retried(once)
+        self._listener.partial_sent(partial.round_number, partial.sum_bytes)
         return reply.recorded
 
     async def replicas(self, round_number: int) -> tier_pb2.DescribeReplicasReply:

@@ -23,6 +23,7 @@ from fedagg.protocol import tier_pb2, tier_pb2_grpc
 from fedagg.server.auth import peer_common_name
 from fedagg.tier.claims import ClaimBook, ClaimOutcome
 from fedagg.tier.collection import ClaimMismatch, PartialCollection
+from fedagg.tier.events import TierListener
 from fedagg.tier.wire import CHUNK_BYTES, PartialRefused, received_partial
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,14 @@ class TierService(tier_pb2_grpc.TierServicer):
         replicas: tuple[str, ...],
         executor: Executor,
         limits: TierLimits | None = None,
+        listener: TierListener | None = None,
     ) -> None:
         self._book = book
         self._collection = collection
         self._replicas = frozenset(replicas)
         self._executor = executor
         self._limits = limits or TierLimits()
+        self._listener = listener or TierListener()
         self._delivering: set[str] = set()
         self.partial_arrived = asyncio.Event()
         """Set whenever a new partial is kept (the round end waits on it)."""
@@ -110,6 +113,7 @@ class TierService(tier_pb2_grpc.TierServicer):
                 replica,
                 partial.generation,
             )
+            self._listener.partial_collected(replica, partial.sum_bytes)
             self.partial_arrived.set()
         return tier_pb2.DeliverReply(recorded=recorded)
 
