@@ -1,12 +1,13 @@
 """An ingest replica's round as a real process, for the fault tests: uploads arrive, are spooled, claimed at the
 root, acknowledged (a line ``acked <site>`` on stdout) and folded, through fedagg's own tier code; the partial is
-delivered when a line ``deliver`` arrives on stdin. With ``--recover`` it first reads its spool back, as a
-restarted replica does.
+delivered when a line ``deliver`` arrives on stdin (``delivered <recorded>``); with ``--keep`` it is then kept
+delivered (delivered again to a root that restarted) until stdin closes. With ``--recover`` it first reads its
+spool back, as a restarted replica does.
 
 This stands in for the ingest replica's collaborator-facing server (not built yet): everything from the spool on
 is the replica's real code (:mod:`fedagg.tier.ingest_round`, :mod:`fedagg.tier.root_link`).
 
-Usage: python -m tests.tier.replica_driver STATE PORT REPLICA PKI_ROOT SITES [--recover]
+Usage: python -m tests.tier.replica_driver STATE PORT REPLICA PKI_ROOT SITES [--recover] [--keep]
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def main(state: Path, port: int, replica: str, pki_root: Path, sites: list[str], recover: bool) -> None:
+async def main(
+    state: Path, port: int, replica: str, pki_root: Path, sites: list[str], recover: bool, keep: bool
+) -> None:
     executor = ThreadPoolExecutor(1)
     loop = asyncio.get_running_loop()
     generation = next_generation(state)
@@ -88,6 +91,13 @@ async def main(state: Path, port: int, replica: str, pki_root: Path, sites: list
     while (await loop.run_in_executor(None, sys.stdin.readline)).strip() != "deliver":
         pass
     say(f"delivered {await link.deliver(round_.partial)}")
+    if keep:
+        stdin_closed = asyncio.Event()
+        keeping = asyncio.create_task(link.keep_delivered(round_.partial, stdin_closed, poll_seconds=0.2))
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            pass
+        stdin_closed.set()
+        await keeping
     await link.close()
 
 
@@ -101,5 +111,6 @@ if __name__ == "__main__":
             Path(pki_arg),
             [site for site in sites_arg.split(",") if site],
             "--recover" in sys.argv[6:],
+            "--keep" in sys.argv[6:],
         )
     )

@@ -26,13 +26,15 @@ class Root:
 
 
 @contextlib.asynccontextmanager
-async def running_root(pki: Pki, state: Path, listener: TierListener | None = None) -> AsyncIterator[Root]:
+async def running_root(
+    pki: Pki, state: Path, listener: TierListener | None = None, port: int = 0
+) -> AsyncIterator[Root]:
     book = ClaimBook(state, time.monotonic)
     collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic, listener)
     executor = ThreadPoolExecutor(2)
     service = TierService(book, collection, REPLICAS, executor, listener=listener)
     files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
-    server, port = tier_server(service, CertificateSource(files, True).credentials(), "127.0.0.1:0")
+    server, port = tier_server(service, CertificateSource(files, True).credentials(), f"127.0.0.1:{port}")
     await server.start()
     try:
         yield Root(service, collection, port)

@@ -24,27 +24,19 @@ SITES = [f"site-{index}" for index in range(12)]
 LINE_SECONDS = 60.0
 
 
-class Replica:
-    """A replica driver process (tests/tier/replica_driver.py), read line by line."""
+class Driver:
+    """A driver process (tests/tier/replica_driver.py or root_driver.py), read line by line."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
 
     @classmethod
-    async def start(
-        cls, state: Path, port: int, name: str, pki: Pki, sites: list[str], *flags: str
-    ) -> Replica:
-        state.mkdir(exist_ok=True)
+    async def start(cls, module: str, *arguments: str) -> Driver:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.tier.replica_driver",
-            str(state),
-            str(port),
-            name,
-            str(pki.root),
-            ",".join(sites),
-            *flags,
+            f"tests.tier.{module}",
+            *arguments,
             cwd=ROOT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -67,17 +59,36 @@ class Replica:
         self.process.send_signal(signal.SIGKILL)
         assert await self.process.wait() == -signal.SIGKILL
 
+    async def finish(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return await self.process.wait()
+
+
+async def replica(state: Path, port: int, name: str, pki: Pki, sites: list[str], *flags: str) -> Driver:
+    state.mkdir(exist_ok=True)
+    return await Driver.start(
+        "replica_driver", str(state), str(port), name, str(pki.root), ",".join(sites), *flags
+    )
+
+
+def undisturbed() -> dict[str, np.ndarray]:
+    weights = [float(site_weight(site)) for site in SITES]
+    model = aggregate(WeightedAverage(), [site_model(site) for site in SITES], weights)
+    assert model is not None
+    return model
+
 
 def test_a_replica_killed_after_acking_delivers_after_restart_and_counts_each_contribution_once(
     tier_pki: Pki, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
         async with running_root(tier_pki, tmp_path / "root") as root:
-            first = await Replica.start(tmp_path / "ingest-0", root.port, "ingest-0", tier_pki, SITES[:6])
+            first = await replica(tmp_path / "ingest-0", root.port, "ingest-0", tier_pki, SITES[:6])
             assert [await first.line() for _ in range(7)] == [*(f"acked {s}" for s in SITES[:6]), "folded"]
             await first.kill()
 
-            second = await Replica.start(
+            second = await replica(
                 tmp_path / "ingest-1", root.port, "ingest-1", tier_pki, ["site-3", *SITES[6:]]
             )
             expected = ["duplicate site-3", *(f"acked {s}" for s in SITES[6:]), "folded"]
@@ -86,9 +97,7 @@ def test_a_replica_killed_after_acking_delivers_after_restart_and_counts_each_co
             assert await second.process.wait() == 0
             assert root.collection.collected(0) is None
 
-            restarted = await Replica.start(
-                tmp_path / "ingest-0", root.port, "ingest-0", tier_pki, [], "--recover"
-            )
+            restarted = await replica(tmp_path / "ingest-0", root.port, "ingest-0", tier_pki, [], "--recover")
             assert await restarted.line() == "recovered 6 generation 2"
             assert await restarted.line() == "folded"
             assert await restarted.deliver() == "delivered True"
@@ -105,10 +114,45 @@ def test_a_replica_killed_after_acking_delivers_after_restart_and_counts_each_co
             assert loss.weighted == pytest.approx(
                 sum(w * w / 100 for w in weights), rel=1e-6
             )  # float32 values
-            undisturbed = aggregate(WeightedAverage(), [site_model(site) for site in SITES], weights)
-            assert undisturbed is not None
             model = divide(WeightedAverage(), 0, "train", train, INITIAL)
-            for name, values in undisturbed.items():
+            for name, values in undisturbed().items():
+                np.testing.assert_array_max_ulp(model[name], values, maxulp=1)
+
+    asyncio.run(scenario())
+
+
+def test_a_root_killed_mid_collection_collects_the_partials_again_after_restart(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        result = tmp_path / "model.npz"
+        root_arguments = (str(tmp_path / "root"), str(tier_pki.root), str(result))
+        (tmp_path / "root").mkdir()
+        root = await Driver.start("root_driver", root_arguments[0], "0", *root_arguments[1:])
+        port = int((await root.line()).removeprefix("listening "))
+        replicas = [
+            await replica(tmp_path / "ingest-0", port, "ingest-0", tier_pki, SITES[:5], "--keep"),
+            await replica(tmp_path / "ingest-1", port, "ingest-1", tier_pki, SITES[5:], "--keep"),
+        ]
+        for driver, sites in zip(replicas, (SITES[:5], SITES[5:]), strict=True):
+            assert [await driver.line() for _ in range(len(sites) + 1)] == [
+                *(f"acked {s}" for s in sites),
+                "folded",
+            ]
+        assert await replicas[0].deliver() == "delivered True"
+        assert await root.line() == "kept ingest-0"
+        await root.kill()
+
+        restarted = await Driver.start("root_driver", root_arguments[0], str(port), *root_arguments[1:])
+        assert await restarted.line() == f"listening {port}"
+        assert await restarted.line() == "kept ingest-0"
+        assert await replicas[1].deliver() == "delivered True"
+        assert await restarted.line() == "kept ingest-1"
+        assert await restarted.line() == f"collected {len(SITES)}"
+        for driver in (*replicas, restarted):
+            assert await driver.finish() == 0
+        with np.load(result) as model:
+            for name, values in undisturbed().items():
                 np.testing.assert_array_max_ulp(model[name], values, maxulp=1)
 
     asyncio.run(scenario())

@@ -9,6 +9,7 @@ carrying the root's code and message. Claims and deliveries are idempotent, so r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,6 +96,20 @@ class RootLink:
         reply = await self._retried(once)
         self._listener.partial_sent(partial.round_number, partial.sum_bytes)
         return reply.recorded
+
+    async def keep_delivered(
+        self, partial: RoundPartial, done: asyncio.Event, poll_seconds: float = 5.0
+    ) -> None:
+        """Deliver ``partial`` and see that the root keeps it until ``done`` is set: a root that restarted has
+        lost the partials it collected (they live in its memory), so it is delivered again whenever the root does
+        not show it."""
+        while not done.is_set():
+            states = {state.replica: state for state in (await self.replicas(partial.round_number)).replicas}
+            kept = states.get(partial.replica)
+            if kept is None or not kept.delivered or kept.generation != partial.generation:
+                await self.deliver(partial)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), poll_seconds)
 
     async def replicas(self, round_number: int) -> tier_pb2.DescribeReplicasReply:
         """The root's view of the replicas in a round."""
