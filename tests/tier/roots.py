@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +27,16 @@ class Root:
 
 @contextlib.asynccontextmanager
 async def running_root(
-    pki: Pki, state: Path, listener: TierListener | None = None, port: int = 0
+    pki: Pki,
+    state: Path,
+    listener: TierListener | None = None,
+    port: int = 0,
+    model_file: Callable[[int], Path | None] | None = None,
 ) -> AsyncIterator[Root]:
     book = ClaimBook(state, time.monotonic)
     collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic, listener)
     executor = ThreadPoolExecutor(2)
-    service = TierService(book, collection, REPLICAS, executor, listener=listener)
+    service = TierService(book, collection, REPLICAS, executor, listener=listener, model_file=model_file)
     files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
     server, port = tier_server(service, CertificateSource(files, True).credentials(), f"127.0.0.1:{port}")
     await server.start()

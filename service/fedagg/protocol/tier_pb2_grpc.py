@@ -50,6 +50,11 @@ class TierStub:
                 request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasRequest.SerializeToString,
                 response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasReply.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/fedagg.tier.v1.Tier/FetchModel',
+                request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.SerializeToString,
+                response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class TierServicer:
@@ -78,6 +83,13 @@ class TierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_TierServicer_to_server(servicer, server):
                     servicer.DescribeReplicas,
                     request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasRequest.FromString,
                     response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasReply.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.FromString,
+                    response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class Tier:
             '/fedagg.tier.v1.Tier/DescribeReplicas',
             fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasRequest.SerializeToString,
             fedagg_dot_tier_dot_v1_dot_tier__pb2.DescribeReplicasReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedagg.tier.v1.Tier/FetchModel',
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.SerializeToString,
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

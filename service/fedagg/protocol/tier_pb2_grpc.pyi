@@ -44,6 +44,8 @@ class TierStub:
     """
     DescribeReplicas: _grpc.UnaryUnaryMultiCallable[_tier_pb2.DescribeReplicasRequest, _tier_pb2.DescribeReplicasReply]
     """The replicas the root knows: claims and deliveries of the round (for fedagg status)."""
+    FetchModel: _grpc.UnaryStreamMultiCallable[_tier_pb2.FetchModelRequest, _tier_pb2.ModelChunk]
+    """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
 
 @_typing.type_check_only
 class TierAsyncStub(TierStub):
@@ -58,6 +60,8 @@ class TierAsyncStub(TierStub):
     """
     DescribeReplicas: _aio.UnaryUnaryMultiCallable[_tier_pb2.DescribeReplicasRequest, _tier_pb2.DescribeReplicasReply]  # type: ignore[assignment]
     """The replicas the root knows: claims and deliveries of the round (for fedagg status)."""
+    FetchModel: _aio.UnaryStreamMultiCallable[_tier_pb2.FetchModelRequest, _tier_pb2.ModelChunk]  # type: ignore[assignment]
+    """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
 
 class TierServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +91,13 @@ class TierServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tier_pb2.DescribeReplicasReply, _abc.Awaitable[_tier_pb2.DescribeReplicasReply]]:
         """The replicas the root knows: claims and deliveries of the round (for fedagg status)."""
+
+    @_abc_1.abstractmethod
+    def FetchModel(
+        self,
+        request: _tier_pb2.FetchModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tier_pb2.ModelChunk], _abc.AsyncIterator[_tier_pb2.ModelChunk]]:
+        """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
 
 def add_TierServicer_to_server(servicer: TierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
 from fedagg.tier.events import TierListener
+from fedagg.tier.model_files import ModelCopies
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.wire import CHUNK_BYTES, partial_chunks
 
@@ -110,6 +113,21 @@ class RootLink:
                 await self.deliver(partial)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), poll_seconds)
+
+    async def fetch_model(self, round_number: int, copies: ModelCopies, executor: Executor) -> Path:
+        """The round's model in ``copies``: the kept copy if it still matches its checksum, else fetched from the
+        root (and checked: :class:`~fedagg.tier.model_files.ModelMismatch` when it does not match)."""
+        loop = asyncio.get_running_loop()
+        kept = await loop.run_in_executor(executor, copies.kept, round_number)
+        if kept is not None:
+            return kept
+        request = tier_pb2.FetchModelRequest(round=round_number)
+
+        async def once() -> Path:
+            stream = self._stub.FetchModel(request, timeout=self._timings.delivery_seconds)
+            return await copies.receive(round_number, aiter(stream), executor)
+
+        return await self._retried(once)
 
     async def replicas(self, round_number: int) -> tier_pb2.DescribeReplicasReply:
         """The root's view of the replicas in a round."""

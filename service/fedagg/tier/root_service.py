@@ -4,7 +4,8 @@ Every call is authenticated by the client certificate's CN, which must be one of
 (UNAUTHENTICATED otherwise, naming the CN). Claims are made durable on the I/O executor before they are answered.
 A replica delivers one partial at a time (RESOURCE_EXHAUSTED for a second stream while one is open); a partial
 that does not match the replica's claims is refused with FAILED_PRECONDITION naming the contributions, a malformed
-one with INVALID_ARGUMENT. The port has its own limits (:class:`TierLimits`): message size, streams per
+one with INVALID_ARGUMENT. FetchModel streams the round's model file (measured once per round; FAILED_PRECONDITION
+for a round whose model the root does not serve). The port has its own limits (:class:`TierLimits`): message size, streams per
 connection, the bytes of sums a partial may announce.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +26,7 @@ from fedagg.server.auth import peer_common_name
 from fedagg.tier.claims import ClaimBook, ClaimOutcome
 from fedagg.tier.collection import ClaimMismatch, PartialCollection
 from fedagg.tier.events import TierListener
+from fedagg.tier.model_files import ServedModel, read_block
 from fedagg.tier.wire import CHUNK_BYTES, PartialRefused, received_partial
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class TierService(tier_pb2_grpc.TierServicer):
         executor: Executor,
         limits: TierLimits | None = None,
         listener: TierListener | None = None,
+        model_file: Callable[[int], Path | None] | None = None,
     ) -> None:
         self._book = book
         self._collection = collection
@@ -60,6 +64,8 @@ class TierService(tier_pb2_grpc.TierServicer):
         self._executor = executor
         self._limits = limits or TierLimits()
         self._listener = listener or TierListener()
+        self._model_file = model_file
+        self._served: dict[int, ServedModel] = {}
         self._delivering: set[str] = set()
         self.partial_arrived = asyncio.Event()
         """Set whenever a new partial is kept (the round end waits on it)."""
@@ -122,6 +128,34 @@ class TierService(tier_pb2_grpc.TierServicer):
     ) -> tier_pb2.DescribeReplicasReply:
         await self._replica(context)
         return describe_replicas(self._collection, request.round)
+
+    async def FetchModel(
+        self, request: tier_pb2.FetchModelRequest, context: Context
+    ) -> AsyncIterator[tier_pb2.ModelChunk]:
+        await self._replica(context)
+        loop = asyncio.get_running_loop()
+        served = self._served.get(request.round)
+        if served is None:
+            path = None if self._model_file is None else self._model_file(request.round)
+            if path is None:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the root serves no model of round {request.round} (only the current round's)",
+                )
+            assert path is not None
+            served = self._served[request.round] = await loop.run_in_executor(
+                self._executor, ServedModel.of, path
+            )
+        offset = 0
+        while True:
+            data = await loop.run_in_executor(self._executor, read_block, served.path, offset)
+            first = offset == 0
+            yield tier_pb2.ModelChunk(
+                size=served.size if first else 0, sha256=served.sha256 if first else "", data=data
+            )
+            offset += len(data)
+            if not data or offset >= served.size:
+                return
 
 
 def describe_replicas(collection: PartialCollection, round_number: int) -> tier_pb2.DescribeReplicasReply:
