@@ -13,7 +13,7 @@ from fedagg.server.tls import CertificateFiles, CertificateSource
 from fedagg.tier.claims import ClaimBook
 from fedagg.tier.collection import PartialCollection
 from fedagg.tier.events import TierListener
-from fedagg.tier.root_service import TierService, tier_server
+from fedagg.tier.root_service import TierLimits, TierService, tier_server
 from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
 
@@ -32,11 +32,12 @@ async def running_root(
     listener: TierListener | None = None,
     port: int = 0,
     model_file: Callable[[int], Path | None] | None = None,
+    limits: TierLimits | None = None,
 ) -> AsyncIterator[Root]:
     book = ClaimBook(state, time.monotonic)
     collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic, listener)
     executor = ThreadPoolExecutor(2)
-    service = TierService(book, collection, REPLICAS, executor, listener=listener, model_file=model_file)
+    service = TierService(book, collection, REPLICAS, executor, limits, listener, model_file)
     files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
     server, port = tier_server(service, CertificateSource(files, True).credentials(), f"127.0.0.1:{port}")
     await server.start()

@@ -18,6 +18,7 @@ from fedagg.tier.division import divide
 from fedagg.tier.events import TierListener
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
+from fedagg.tier.root_service import TierLimits
 from tests.support.aggregation import aggregate, model_of
 from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
@@ -180,5 +181,25 @@ def test_a_restarted_root_keeps_its_claims_and_collects_the_partials_again(
             assert collected.merged.contributions == {("site-0", "train"), ("site-1", "train")}
             for each in links:
                 await each.close()
+
+    asyncio.run(scenario())
+
+
+def test_claims_and_partials_beyond_the_limits_are_refused_naming_the_field(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path, limits=TierLimits(partial_bytes=64)) as root:
+            replica = link(tier_pki, "ingest-0", root.port)
+            with pytest.raises(TierRefusal) as empty:
+                await replica.claim("", 0, "train")
+            assert empty.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "ClaimRequest.collaborator" in str(empty.value)
+            assert (await replica.claim("site-0", 0, "train")).granted
+            with pytest.raises(TierRefusal) as large:
+                await replica.deliver(folded("ingest-0", 1, ["site-0"]))
+            assert large.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "more than the tier allows (64)" in str(large.value)
+            await replica.close()
 
     asyncio.run(scenario())
