@@ -264,7 +264,6 @@ def test_generated_code_is_what_the_script_generates() -> None:
     assert result.returncode == 0, result.stderr
 
 
-
 def test_the_tier_protocol_is_generated_and_checked_by_the_same_script() -> None:
     assert tier_pb2.DESCRIPTOR.name == "fedagg/tier/v1/tier.proto"
     assert tier_pb2.DESCRIPTOR.package == "fedagg.tier.v1"
