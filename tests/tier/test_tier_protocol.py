@@ -120,6 +120,12 @@ def test_partials_are_checked_against_claims_and_redelivery_is_idempotent(
                 await replica.deliver(folded("ingest-0", 1, list(SITES[:2])))
             assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert "lacks contributions ingest-0 claimed: [('site-2', 'train')]" in str(refused.value)
+            twice = folded("ingest-0", 1, list(SITES[:3]))
+            twice.tasks["train"].contributors.append(("site-0", 1.0))
+            with pytest.raises(TierRefusal) as repeated:
+                await replica.deliver(twice)
+            assert repeated.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "names a collaborator twice" in str(repeated.value)
             assert await replica.deliver(folded("ingest-0", 1, list(SITES[:3])))
             assert not await replica.deliver(folded("ingest-0", 1, list(SITES[:3])))
             assert await replica.deliver(folded("ingest-0", 2, list(reversed(SITES[:3]))))
@@ -200,6 +206,11 @@ def test_claims_and_partials_beyond_the_limits_are_refused_naming_the_field(
                 await replica.deliver(folded("ingest-0", 1, ["site-0"]))
             assert large.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "more than the tier allows (64)" in str(large.value)
+            huge = folded("ingest-0", 1, ["site-0"])
+            huge.tasks["train"].tensors["w"].shape = (1 << 40, 1 << 40)  # announced, never allocated
+            with pytest.raises(TierRefusal) as announced:
+                await replica.deliver(huge)
+            assert "announces 9671406556917033397649448 bytes" in str(announced.value)
             await replica.close()
 
     asyncio.run(scenario())

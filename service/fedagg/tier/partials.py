@@ -15,6 +15,7 @@ generation is the replica's start count, so a partial rebuilt after a restart is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,7 +61,7 @@ class TensorSum:
     @classmethod
     def zeros(cls, shape: Shape, plain: bool = False) -> TensorSum:
         """An empty sum of a tensor of ``shape``."""
-        return cls(shape, np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.float64), plain=plain)
+        return cls(shape, np.zeros(math.prod(shape), dtype=np.float64), plain=plain)
 
 
 @dataclass

@@ -6,6 +6,7 @@ whole tensor; the receiver checks that exactly the bytes the header announces ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -47,6 +48,19 @@ def partial_chunks(partial: RoundPartial) -> Iterator[tier_pb2.PartialChunk]:
                 yield tier_pb2.PartialChunk(sums=bytes(data[start : start + CHUNK_BYTES]))
 
 
+def _announced_bytes(header: tier_pb2.PartialHeader) -> int:
+    """The bytes of sums a header announces, checked before anything is allocated for them."""
+    total = 0
+    for task in header.tasks:
+        for tensor in task.tensors:
+            if any(size < 0 for size in tensor.shape):
+                raise PartialRefused(
+                    f"task {task.task!r}: tensor {tensor.name!r} has shape {list(tensor.shape)[:8]}"
+                )
+            total += math.prod(int(size) for size in tensor.shape) * FLOAT64_LE.itemsize  # no int64 overflow
+    return total
+
+
 def _empty_partial(header: tier_pb2.PartialHeader, replica: str) -> RoundPartial:
     partial = RoundPartial(header.round, replica, header.generation)
     for task in header.tasks:
@@ -54,11 +68,11 @@ def _empty_partial(header: tier_pb2.PartialHeader, replica: str) -> RoundPartial
             raise PartialRefused(f"PartialHeader.tasks repeats task {task.task!r}")
         part = partial.tasks[task.task] = TaskPartial()
         part.contributors = [(c.collaborator, c.weight) for c in task.contributors]
+        if len({name for name, _ in part.contributors}) != len(part.contributors):
+            raise PartialRefused(f"task {task.task!r}: TaskPartial.contributors names a collaborator twice")
         for tensor in task.tensors:
-            if any(size < 0 for size in tensor.shape) or tensor.name in part.tensors:
-                raise PartialRefused(
-                    f"task {task.task!r}: tensor {tensor.name!r} is repeated or has a bad shape"
-                )
+            if tensor.name in part.tensors:
+                raise PartialRefused(f"task {task.task!r}: TaskPartial.tensors repeats {tensor.name!r}")
             part.tensors[tensor.name] = TensorSum.zeros(tuple(tensor.shape), tensor.plain)
             part.tensors[tensor.name].weight = tensor.weight
         for metric in task.metrics:
@@ -73,13 +87,13 @@ async def received_partial(
     first = await anext(chunks, None)
     if first is None or not first.HasField("header"):
         raise PartialRefused("a partial delivery starts with a PartialChunk.header")
-    partial = _empty_partial(first.header, replica)
-    targets = [summed.values for part in partial.tasks.values() for summed in part.tensors.values()]
-    announced = sum(target.nbytes for target in targets)
+    announced = _announced_bytes(first.header)
     if announced > max_bytes:
         raise PartialRefused(
             f"the partial announces {announced} bytes of sums, more than the tier allows ({max_bytes})"
         )
+    partial = _empty_partial(first.header, replica)
+    targets = [summed.values for part in partial.tasks.values() for summed in part.tensors.values()]
     views = iter([target.data.cast("B") for target in targets if target.nbytes])
     view, filled = next(views, None), 0
     async for chunk in chunks:
