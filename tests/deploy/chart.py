@@ -190,3 +190,20 @@ def leaf_paths(values: Any, prefix: str = "") -> Iterator[str]:
             yield from leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
     else:
         yield prefix
+
+
+#: The Lease the HA replicas elect their leader with, by default.
+LEASE = f"{FULLNAME}-leader"
+_SHARED_STATE = {"accessModes": ["ReadWriteMany"]}
+
+
+def ha_values(ha: dict[str, Any] | None = None, **values: Any) -> dict[str, Any]:
+    """A minimal HA release: a Deployment, ha.enabled (plus ``ha``) and a ReadWriteMany claim, plus ``values``."""
+    return with_federation(
+        **{
+            "workload": "Deployment",
+            "persistence": _SHARED_STATE,
+            "ha": {"enabled": True, **(ha or {})},
+            **values,
+        }
+    )

@@ -12,8 +12,7 @@ import pytest
 
 from tests.conftest import require
 from tests.deploy import chart, gateway_api
-from tests.deploy.chart import CHART, FULLNAME, NAMESPACE
-from tests.deploy.test_chart import render, with_federation
+from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, render, with_federation
 
 PARENTS = [{"name": "federations", "namespace": "gateways", "sectionName": "tls"}]
 HOSTS = ["mnist.fl.example.org"]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import require
+from tests.support.prometheus import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOV_CONSTRAINTS = Path(__file__).with_name("checkov-constraints.txt")
@@ -66,3 +67,10 @@ def checkov() -> str:
     )
     stamp.write_text(digest)
     return str(binary)
+
+
+def run_promtool(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """promtool (the Debian package) with ``arguments``, its output captured; the caller checks the exit code."""
+    return subprocess.run(
+        [promtool(), *arguments], capture_output=True, text=True, timeout=120, check=False, cwd=cwd
+    )

@@ -7,16 +7,13 @@ form of an undisturbed run and every contribution counts once (issue 21; outside
 
 from __future__ import annotations
 
-import re
+import contextlib
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import (
-    NAMES,
-    QUIT_REDELIVERY_SECONDS,
     Aggregator,
     Collaborators,
     FedaggCollaborators,
@@ -26,51 +23,36 @@ from tests.faults.harness import (
     make_setup,
     stop,
 )
+from tests.faults.replicas import elected_on, logged_at, replicas
+from tests.support.etcd import etcd_server
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
-from tests.support.process import write_config
-from tests.support.prometheus import free_port
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
-TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
-
-
-def logged_at(log: str, fragment: str) -> datetime:
-    """When the first log line holding ``fragment`` was written."""
-    line = next(line for line in log.splitlines() if fragment in line)
-    match = TIMESTAMP.match(line)
-    assert match, line
-    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
-
-
-def replicas(tmp_path: Path, pki: Pki, setup: Setup, model: Path) -> tuple[list[int], list[Path]]:
-    """Two replicas' configurations: their own federation ports, one shared state directory."""
-    ports = [free_port(), free_port()]
-    configs = []
-    for index, port in enumerate(ports):
-        directory = tmp_path / f"replica{index}"
-        directory.mkdir()
-        server = {"port": port, "quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
-        state = {"state_dir": str(setup.state)}  # one state directory for both
-        configs.append(write_config(directory, pki, NAMES, ROUNDS, model, server=server, storage=state))
-    return ports, configs
 
 
 def fail_over(
-    tmp_path: Path, pki: Pki, failpoints: str, start: Callable[[Setup, Pki], Collaborators]
+    tmp_path: Path,
+    pki: Pki,
+    failpoints: str,
+    start: Callable[[Setup, Pki], Collaborators],
+    *,
+    elect: bool = False,
 ) -> float:
     """Run a federation on a leader armed with ``failpoints``, with a standby, both behind the balancer the
     collaborators dial, to its end (:func:`finish` checks the model and the counts); seconds from the standby's
-    lock to its listening."""
+    lock to its listening. ``elect``: the replicas also elect a leader on a lease in a real etcd."""
     model = write_zero_model(tmp_path)
     setup = make_setup(tmp_path, pki, ROUNDS, model)  # its port is the balancer's
-    ports, configs = replicas(tmp_path, pki, setup, model)
     leader = standby = None
     collaborators = None
-    with balancing(tmp_path, setup.port, ports):
+    with contextlib.ExitStack() as stack:
+        sections = elected_on(stack.enter_context(etcd_server(tmp_path)).url, "failover") if elect else None
+        ports, configs = replicas(tmp_path, pki, setup, model, sections)
+        stack.enter_context(balancing(tmp_path, setup.port, ports))
         try:
             leader = Aggregator(configs[0], failpoints, "leader")
             leader.wait_for_federation()
@@ -102,8 +84,22 @@ def test_the_standby_takes_over_and_the_federation_finishes(
 
 
 @pytest.mark.interop
-def test_openfl_collaborators_ride_through_a_failover(tmp_path: Path, pki: Pki, openfl: Path) -> None:
+@pytest.mark.parametrize("elect", [pytest.param(False, id="lock"), pytest.param(True, id="lock-and-lease")])
+def test_openfl_collaborators_ride_through_a_failover(
+    tmp_path: Path, pki: Pki, openfl: Path, elect: bool
+) -> None:
     seconds = fail_over(
-        tmp_path, pki, "upload.chunk=kill@3", lambda setup, pki: OpenflCollaborators(setup, pki, openfl)
+        tmp_path,
+        pki,
+        "upload.chunk=kill@3",
+        lambda setup, pki: OpenflCollaborators(setup, pki, openfl),
+        elect=elect,
     )
-    print(f"takeover (OpenFL 1.7.1 collaborators, mid-upload): lock to listening {seconds:.3f} s")
+    print(
+        f"takeover (OpenFL 1.7.1 collaborators, mid-upload, election {elect}): lock to listening {seconds:.3f} s"
+    )
+
+
+def test_with_an_election_the_standby_takes_over_once_the_lease_expired(tmp_path: Path, pki: Pki) -> None:
+    seconds = fail_over(tmp_path, pki, "upload.chunk=kill@8", FedaggCollaborators, elect=True)
+    print(f"takeover with an election (lease 3 s, mid-upload): lock to listening {seconds:.3f} s")

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from fedagg.app import NOT_THE_LEADER
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.wire import WireType, encode_varint, field_key
@@ -196,6 +197,14 @@ def test_unavailable_while_not_accepting(server: ServerThread, stub: object) -> 
 
     assert code == grpc.StatusCode.UNAVAILABLE
     assert "retry shortly" in message
+
+
+def test_a_replica_that_lost_its_lease_says_so(server: ServerThread, stub: object) -> None:
+    server.run(lambda: server.server.stop_accepting(NOT_THE_LEADER))
+
+    answer = refusal(lambda: stub.GetTasks(aggregator_pb2.GetTasksRequest(header=HEADER)))  # type: ignore[attr-defined]
+
+    assert answer == (grpc.StatusCode.UNAVAILABLE, NOT_THE_LEADER)
 
 
 def test_plaintext_mode_still_checks_the_sender(tmp_path: Path) -> None:

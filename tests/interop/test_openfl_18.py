@@ -1,6 +1,6 @@
 """Smoke test: real OpenFL 1.8 collaborators (``fx collaborator start``) train against fedagg.
 
-The workspace is made by 1.8's own ``fx`` exactly as in test_openfl_19.py (``fx workspace create --template
+The workspace is made by 1.8's own ``fx`` exactly as in openfl_19/ (``fx workspace create --template
 torch/template``, the numpy task runner, a fixed free port, ``fx plan initialize``): 1.8's default plan, with
 its ``openfl.component.WaitForAllPolicy`` straggler template and its persistent-checkpoint keys. fedagg serves
 it with ``--openfl-plan``; the models and metrics must be the closed form of the collaborators' numpy runner,
@@ -15,18 +15,9 @@ import numpy as np
 import pytest
 
 from fedagg.pki.federation import write_federation_pki
-from tests.interop.openfl import (
-    TASKS,
-    CollaboratorSpec,
-    assert_fedagg_closed_form,
-    assert_last_model,
-    closed_form,
-    free_port,
-    make_fx_workspace,
-    openfl_python,
-    processes,
-    serve_workspace,
-)
+from tests.interop.fx_workspace import free_port, make_fx_workspace, processes, serve_workspace
+from tests.interop.openfl import TASKS, CollaboratorSpec, openfl_python
+from tests.interop.openfl_results import assert_fedagg_closed_form, assert_last_model, closed_form
 
 pytestmark = pytest.mark.interop
 

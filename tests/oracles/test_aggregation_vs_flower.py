@@ -24,7 +24,8 @@ import pytest
 from fedagg.federation.aggregators import Aggregator
 from fedagg.federation.aggregators.distance import Bulyan, Krum
 from fedagg.federation.aggregators.elementwise import Median, TrimmedMean
-from tests.oracles.oracles import FlowerResult, flower_aggregate_many, flower_python
+from tests.oracles.flower_oracle import FlowerResult, flower_aggregate_many
+from tests.oracles.oracles import flower_python
 from tests.support.aggregation import Model, aggregate
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -32,7 +32,8 @@ from fedagg.federation.federation import Federation
 from fedagg.federation.plan import AggregationSpec, default_tasks
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.model_file import read_model
-from tests.oracles.oracles import OpenflContribution, OpenflRun, openfl_aggregate, openfl_python
+from tests.oracles.openfl_oracle import OpenflContribution, OpenflRun, openfl_aggregate
+from tests.oracles.oracles import openfl_python
 from tests.support.aggregation import Model, aggregate, run_rounds
 from tests.support.servers import make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, metric, submit

@@ -8,20 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.oracles.oracles import (
+from tests.oracles.dp_accounting_oracle import dp_epsilon, rdp_to_epsilon
+from tests.oracles.flower_oracle import (
     FlowerRound,
-    OpenflContribution,
-    OracleError,
-    dp_epsilon,
     flower_aggregate_many,
     flower_bulyan,
     flower_dp_adaptive,
     flower_dp_fixed,
     flower_fedavg,
     flower_krum,
-    openfl_aggregate,
-    rdp_to_epsilon,
 )
+from tests.oracles.openfl_oracle import OpenflContribution, openfl_aggregate
+from tests.oracles.oracles import OracleError
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
 

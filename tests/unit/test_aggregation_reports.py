@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from fedagg.federation.aggregators.accountant import gaussian_epsilon
 from fedagg.federation.federation import Federation
 from fedagg.federation.plan import AggregationSpec, FederationPlan, default_tasks
-from fedagg.ops.metrics import FederationStateCollector
+from fedagg.ops.state_metrics import FederationStateCollector
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import make_federation, make_plan, restart_federation
 from tests.support.uploads import run_round

@@ -290,7 +290,7 @@ def test_noise_comes_from_the_seed_the_task_and_the_round_alone() -> None:
 def test_epsilon_counts_each_committed_round_once() -> None:
     """GaussianMechanism.report: ``epsilon`` MUST be the accountant's (equal to dp-accounting's) for
     ``noise_multiplier`` and ``delta`` over the rounds aggregated, a round undone by :meth:`load` not counted.
-    (tests/oracles/test_privacy_vs_references.py holds the accountant to dp-accounting.)"""
+    (tests/oracles/test_privacy_vs_dp_accounting.py holds the accountant to dp-accounting.)"""
     model: Model = {"w": np.zeros(4, np.float32)}
     contributions = [{"w": np.full(4, float(i), np.float32)} for i in range(4)]
     mechanism = GaussianMechanism(noise_multiplier=1.3, clipping_norm=1.0, delta=1e-6, seed=1)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from fedagg.federation.events import ExperimentStatus, FederationListener
 from fedagg.federation.progress_health import FederationHealth
-from fedagg.ops.metrics import FederationStateCollector
+from fedagg.ops.state_metrics import FederationStateCollector
 from fedagg.server import round_clock
 from fedagg.server.round_clock import RoundClock
 from tests.support.runners import zero_model

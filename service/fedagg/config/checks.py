@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
 from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
 from fedagg.settings import ConfigError
 
 
 def cross_setting_errors(config: Config) -> list[ConfigError]:
-    """Every rule ``config`` breaks: the plan, the shutdown budget, listeners sharing a port, the tier's."""
+    """Every rule ``config`` breaks: the plan, the shutdown budget, listeners sharing a port, the election's
+    timings, the tier's."""
     errors = [error for error in (_plan_error(config), _grace_error(config)) if error is not None]
-    return [*errors, *_port_clashes(config), *_tier_errors(config)]
+    return [*errors, *_port_clashes(config), *ha_errors(config.ha), *_tier_errors(config)]
 
 
 def _plan_error(config: Config) -> ConfigError | None:

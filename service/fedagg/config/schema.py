@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedagg.config.federation import FederationSettings, TaskSettings
+from fedagg.config.ha import HaSettings
 from fedagg.config.limits import LimitsSettings
 from fedagg.config.operations import HooksSettings, LoggingSettings, OpsSettings, StorageSettings
 from fedagg.config.server import ServerSettings
@@ -43,6 +44,7 @@ class Config:
     hooks: HooksSettings = setting(factory=HooksSettings, help="")
     storage: StorageSettings = setting(factory=StorageSettings, help="")
     logging: LoggingSettings = setting(factory=LoggingSettings, help="")
+    ha: HaSettings = setting(factory=HaSettings, help="")
     topology: TopologySettings = setting(factory=TopologySettings, help="")
 
     @property

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from fedagg.federation.write_fence import fenced_replace
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def atomic_file(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
             file.flush()
             if sync:
                 os.fsync(file.fileno())
-        os.replace(temporary, path)
+        fenced_replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     if sync:
@@ -98,7 +100,7 @@ def quarantine(path: Path, directory: Path, reason: str) -> Path:
     durable_directory(directory)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     target = directory / f"{stamp}-{uuid.uuid4().hex[:6]}-{path.parent.name}-{path.name}"
-    os.replace(path, target)
+    fenced_replace(path, target)
     fsync_directory(path.parent)
     fsync_directory(directory)
     log.error("QUARANTINED %s -> %s: %s", path, target, reason)

@@ -24,6 +24,7 @@ from fedagg.federation.files import fsync_directory
 from fedagg.federation.integrity import CorruptFile, verify_file
 from fedagg.federation.progress_health import describe_os_error
 from fedagg.federation.store import StateStore
+from fedagg.federation.write_fence import fenced_replace
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _linked(source: Path, target: Path) -> bool:
     except OSError:
         return False  # another filesystem, or no hard links there: the caller copies
     try:
-        os.replace(temporary, target)
+        fenced_replace(temporary, target)
     except OSError:
         temporary.unlink(missing_ok=True)
         raise

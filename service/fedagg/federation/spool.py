@@ -32,6 +32,7 @@ from fedagg.federation.integrity import (
     read_sealed_json,
     seal_json,
 )
+from fedagg.federation.write_fence import fenced_replace
 
 REJECTION_RECORD = "fedagg/rejection/v1"
 CLOSE_RECORD = "fedagg/round-close/v1"
@@ -126,7 +127,7 @@ class Spool:
         """Move a sealed upload into its round's directory; durable when this returns."""
         directory = self._round_directory(round_number)
         target = directory / f"{sequence:06d}.{EntryKind.RESULTS}"
-        os.replace(writer.path, target)
+        fenced_replace(writer.path, target)
         fsync_directory(directory)
         return SpoolEntry(round_number, sequence, EntryKind.RESULTS, target)
 

@@ -49,6 +49,7 @@ from fedagg.federation.integrity import (
     verify_file,
 )
 from fedagg.federation.spool import Spool
+from fedagg.federation.write_fence import refuse_if_fenced
 from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
 from fedagg.protocol.model_file import (
     LoadedModel,
@@ -151,6 +152,7 @@ class StateStore:
     def probe(self) -> None:
         """Write, fsync and delete a small file in every directory the state is written to (the root and two
         levels below it, the quarantine aside): raises OSError while any of them refuses writes."""
+        refuse_if_fenced()
         directories = [self.root, *(path for path in self.root.glob("*/") if path != self.quarantine_dir)]
         directories += [path for parent in directories[1:] for path in parent.glob("*/")]
         for directory in directories:

@@ -98,29 +98,54 @@ class KubernetesHook(ShutdownHook):
         log.info("annotated pod %s/%s and recorded an Event", self.namespace, self.pod)
 
     def _event(self, pod: k8s.V1Pod, completion: Completion) -> k8s.CoreV1Event:
-        now = datetime.datetime.now(datetime.UTC)
         best = (
             ""
             if completion.best_metric is None
             else f", best validate_agg metric {completion.best_metric:.6g}"
         )
-        return k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{self.pod}.", namespace=self.namespace),
-            involved_object=k8s.V1ObjectReference(
-                api_version="v1",
-                kind="Pod",
-                name=self.pod,
-                namespace=self.namespace,
-                uid=pod.metadata.uid if pod.metadata else None,
-            ),
-            reason="ExperimentFinished",
-            message=f"federated training finished after round {completion.final_round}{best}; "
+        return pod_event(
+            pod,
+            "ExperimentFinished",
+            f"federated training finished after round {completion.final_round}{best}; "
             f"last model {completion.last_model}",
-            type="Normal",
-            source=k8s.V1EventSource(component="fedagg"),
-            reporting_component="fedagg",
-            reporting_instance=self.pod,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
         )
+
+
+def pod_event(pod: k8s.V1Pod, reason: str, message: str) -> k8s.CoreV1Event:
+    """A Normal Event about ``pod`` reported by fedagg."""
+    now = datetime.datetime.now(datetime.UTC)
+    metadata = pod.metadata or k8s.V1ObjectMeta()
+    name, namespace = metadata.name, metadata.namespace
+    return k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+        involved_object=k8s.V1ObjectReference(
+            api_version="v1", kind="Pod", name=name, namespace=namespace, uid=metadata.uid
+        ),
+        reason=reason,
+        message=message,
+        type="Normal",
+        source=k8s.V1EventSource(component="fedagg"),
+        reporting_component="fedagg",
+        reporting_instance=name,
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+    )
+
+
+def record_pod_event(
+    configuration: Callable[[], k8s.Configuration],
+    pod: str,
+    namespace: str,
+    reason: str,
+    message: str,
+    timeout: float,
+) -> None:
+    """Post :func:`pod_event` on the pod ``namespace/pod`` (blocking: call off the event loop)."""
+    limit = (timeout / 2, timeout / 2)
+    settings = configuration()
+    settings.retries = False
+    with k8s.ApiClient(settings) as api_client:
+        api = k8s.CoreV1Api(api_client)
+        found = api.read_namespaced_pod(pod, namespace, _request_timeout=limit)
+        api.create_namespaced_event(namespace, pod_event(found, reason, message), _request_timeout=limit)

@@ -14,12 +14,16 @@ from fedagg.server.errors import Unavailable
 
 T = TypeVar("T")
 
+NOT_SERVING = "the aggregator is not serving right now (starting or draining); retry shortly"
+
 
 class CallGate:
     """Admits calls while accepting, counts those in flight, and cuts long ones when a drain runs out of time."""
 
     def __init__(self) -> None:
         self.accepting = False
+        self.refusal = NOT_SERVING
+        """What a refused call is told (UNAVAILABLE)."""
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -41,7 +45,7 @@ class CallGate:
     def check_accepting(self) -> None:
         """Raise UNAVAILABLE unless calls are admitted now."""
         if not self.accepting:
-            raise Unavailable("the aggregator is not serving right now (starting or draining); retry shortly")
+            raise Unavailable(self.refusal)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False if ``timeout`` passed first."""

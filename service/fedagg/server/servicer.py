@@ -146,9 +146,11 @@ class AggregatorGRPCServer:
         """Whether federation calls are served (False before start and while draining)."""
         return self._gate.accepting
 
-    def stop_accepting(self) -> None:
-        """Answer new calls with UNAVAILABLE from now on (the first step of a drain); held calls are answered."""
+    def stop_accepting(self, refusal: str = "") -> None:
+        """Answer new calls with UNAVAILABLE from now on (the first step of a drain); held calls are answered.
+        ``refusal`` replaces the message refused calls get (a replica that lost its lease: "not the leader")."""
         self._gate.accepting = False
+        self._gate.refusal = refusal or self._gate.refusal
         self._long_poll.waiters.progress()
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -2,7 +2,7 @@
 
 Runs only with an OpenFL venv's python (``scripts/openfl-venv [1.7.1|1.9]``); fedagg never imports
 openfl. Usage: ``aggregate.py WORKDIR``: reads ``WORKDIR/config.json`` and ``WORKDIR/input.npz``, writes
-``WORKDIR/output.npz`` and ``WORKDIR/report.json`` (tests/oracles/oracles.py writes and reads them).
+``WORKDIR/output.npz`` and ``WORKDIR/report.json`` (tests/oracles/openfl_oracle.py writes and reads them).
 
 What is real OpenFL here: the aggregation function object, built by ``Plan.build(template, settings)``
 exactly as ``Plan.get_tasks`` builds a task's ``aggregation_type`` from a plan (federated/plan/plan.py:

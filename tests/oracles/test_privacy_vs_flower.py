@@ -1,4 +1,4 @@
-"""fedagg's server-side differential privacy against Flower's wrappers, and its accountant against dp-accounting.
+"""fedagg's server-side differential privacy against Flower's wrappers.
 
 Flower (flwr 1.42.0, tests/oracles/flower_side/aggregate.py): DifferentialPrivacyServerSideFixedClipping and
 ...AdaptiveClipping around FedAvg, over several rounds whose global model is given explicitly (so a round does not
@@ -9,157 +9,32 @@ Flower's. The noise itself is compared through its distribution (a fixed seed, 2
 
 For adaptive clipping with noise, Flower's noised count of clipped updates is a random draw: the test gives
 fedagg's mechanism the counts Flower drew (a stand-in for its generator) so both follow one trajectory.
-
-dp-accounting (0.6.0, tests/oracles/dp_side/accountant.py): ``gaussian_epsilon`` must be its RDP accountant's
-epsilon for the same noise multiplier, rounds and delta, over the same orders.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fedagg.federation.aggregators.accountant import RDP_ORDERS, gaussian_epsilon
-from fedagg.federation.aggregators.base import BoundedAggregator
-from fedagg.federation.aggregators.clipping import clipped_updates, update_norms
-from fedagg.federation.aggregators.elementwise import Median, TrimmedMean, WeightedAverage
 from fedagg.federation.aggregators.privacy import GaussianMechanism, adaptive_noise
-from tests.oracles.oracles import (
-    DpAccounting,
-    FlowerDpRound,
-    FlowerRound,
-    dp_accounting_python,
-    dp_epsilon,
-    flower_dp_adaptive,
-    flower_dp_fixed,
+from tests.oracles.flower_oracle import FlowerRound, flower_dp_adaptive, flower_dp_fixed
+from tests.oracles.privacy_rounds import (
+    CLIENTS,
+    NORMS,
+    NUM_EXAMPLES,
+    ROUNDS,
+    ROUNDS_IN,
+    ReplayedDraws,
+    as_model,
+    assert_same_round,
+    run_fedagg,
 )
-from tests.support.aggregation import Model, RecordingAverage, aggregate, assert_gaussian, inputs_of
+from tests.support.aggregation import RecordingAverage, aggregate, assert_gaussian
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(1800)]
-
-LAYERS = ((4, 3), (5,), (2, 2))
-CLIENTS = 6
-ROUNDS = 4
-NUM_EXAMPLES = (
-    (10, 40, 25, 7, 60, 33),
-    (5, 5, 80, 12, 9, 44),
-    (30, 1, 2, 50, 70, 8),
-    (12, 12, 12, 90, 3, 41),
-)
-# Each client's update norm per round (relative to C = 1): some clipped, some not, away from any boundary
-# the trajectories cross.
-NORMS = (
-    (0.31, 0.62, 1.7, 4.2, 0.45, 9.3),
-    (2.6, 0.12, 0.77, 3.3, 5.4, 0.58),
-    (0.21, 7.7, 1.9, 0.36, 0.83, 2.9),
-    (6.1, 0.52, 0.27, 1.55, 3.8, 0.69),
-)
-
-
-def make_rounds() -> list[FlowerRound]:
-    """Per round: a random global model and clients whose updates have the norms of ``NORMS``."""
-    rng = np.random.default_rng(7)
-    rounds = []
-    for r in range(ROUNDS):
-        global_model = [rng.standard_normal(shape).astype(np.float32) for shape in LAYERS]
-        clients = []
-        for norm in NORMS[r]:
-            direction = [rng.standard_normal(shape) for shape in LAYERS]
-            length = math.sqrt(sum(float(np.sum(d**2)) for d in direction))
-            clients.append(
-                [
-                    (g + d * (norm / length)).astype(np.float32)
-                    for g, d in zip(global_model, direction, strict=True)
-                ]
-            )
-        rounds.append(FlowerRound(clients, list(NUM_EXAMPLES[r]), global_model))
-    return rounds
-
-
-ROUNDS_IN = make_rounds()
-
-
-def as_model(layers: Sequence[np.ndarray]) -> Model:
-    return {f"layer{j}": np.asarray(layer, np.float32) for j, layer in enumerate(layers)}
-
-
-def as_layers(model: Model) -> list[np.ndarray]:
-    return [model[f"layer{j}"] for j in range(len(LAYERS))]
-
-
-class ReplayedDraws:
-    """Stands in for the mechanism's generator: scalar draws (the noised count) are the given values in turn,
-    array draws (the aggregate's noise) are zeros, so the mechanism's output is its noiseless aggregate."""
-
-    def __init__(self, counts: Sequence[float] = ()) -> None:
-        self.counts = list(counts)
-        self.stddevs: list[float] = []
-
-    def generator(self, draw: str) -> Any:
-        """What the mechanism's ``_generator`` returns for every draw: these replayed draws."""
-        return self
-
-    def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None) -> Any:
-        if size is None:
-            return self.counts.pop(0)
-        self.stddevs.append(float(scale))
-        return np.zeros(size)
-
-
-@dataclass(frozen=True)
-class FedaggRound:
-    """What fedagg's mechanism did in one round, in the terms of :class:`FlowerDpRound`."""
-
-    result: list[np.ndarray]
-    clipped: list[list[np.ndarray]]
-    report: dict[str, float]
-
-
-def run_fedagg(
-    mechanism: GaussianMechanism, recorder: RecordingAverage, rounds: Sequence[FlowerRound]
-) -> tuple[list[FedaggRound], list[float], list[list[float]]]:
-    """Each round's result, clipped contributions and report; the clipping norm used in each round; the norms."""
-    done, used, norms = [], [], []
-    for spec in rounds:
-        assert spec.global_model is not None
-        contributions = [as_model(client) for client in spec.clients]
-        used.append(mechanism.clipping_norm)
-        inputs, _ = inputs_of(contributions, spec.num_examples, as_model(spec.global_model))
-        norms.append([float(n) for n in update_norms(inputs)])
-        result = aggregate(mechanism, contributions, spec.num_examples, as_model(spec.global_model))
-        assert result is not None
-        clipped = [
-            [recorder.received[f"layer{j}"][i] for j in range(len(LAYERS))] for i in range(len(spec.clients))
-        ]
-        done.append(FedaggRound(as_layers(result), clipped, dict(mechanism.report())))
-    return done, used, norms
-
-
-def spacing_at(*arrays: np.ndarray) -> np.ndarray:
-    """The float32 spacing at the largest magnitude of ``arrays``, value by value."""
-    largest = np.max(np.abs(np.stack([np.asarray(a, np.float32) for a in arrays])), axis=0)
-    return np.asarray(np.spacing(largest))
-
-
-def assert_same_round(ours: FedaggRound, theirs: FlowerDpRound, spec: FlowerRound, where: str) -> None:
-    """Clipped contributions to two float32 spacings of the values involved (Flower clips in float32, fedagg in
-    float64); the noiseless aggregate to a few spacings of the clients' values (FedAvg sums in float32)."""
-    assert spec.global_model is not None
-    for i, (client_ours, client_theirs) in enumerate(zip(ours.clipped, theirs.clipped, strict=True)):
-        for j, (a, b) in enumerate(zip(client_ours, client_theirs, strict=True)):
-            tolerance = 2 * spacing_at(b, spec.global_model[j], spec.clients[i][j])
-            assert np.all(np.abs(a.astype(np.float64) - b) <= tolerance), (
-                f"{where}: client {i}, layer {j} clipped"
-            )
-    for j, (a, b) in enumerate(zip(ours.result, theirs.noiseless, strict=True)):
-        tolerance = 8 * spacing_at(b, *[client[j] for client in theirs.clipped])
-        assert np.all(np.abs(a.astype(np.float64) - b) <= tolerance), f"{where}: layer {j} aggregate"
 
 
 # ---- fixed clipping -----------------------------------------------------------------------------------------
@@ -396,102 +271,3 @@ def test_the_noise_is_fresh_in_every_round_and_value() -> None:
         assert abs(correlation) < 5 / math.sqrt(NOISE_VALUES)
     half = NOISE_VALUES // 2
     assert abs(float(np.corrcoef(draws[0][:half], draws[0][half:])[0, 1])) < 5 / math.sqrt(half)
-
-
-# ---- the accountant ---------------------------------------------------------------------------------------
-
-ACCOUNTED = [
-    (0.5, 1, 1e-5),
-    (1.1, 10, 1e-6),
-    (2.0, 100, 1e-5),
-    (4.0, 3, 1e-3),
-    (0.8, 1000, 1e-7),
-    (10.0, 50, 1e-5),
-]
-
-
-@pytest.fixture(scope="module")
-def accounted() -> dict[tuple[float, int, float], DpAccounting]:
-    dp_accounting_python()  # build (or find) the venv once, before any concurrent use
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        # Only the RDP accountant is compared: a coarse PLD discretization keeps its (unused) part fast.
-        answers = list(
-            pool.map(
-                lambda case: dp_epsilon(case[0], 1.0, case[1], case[2], pld_discretization=1e-2), ACCOUNTED
-            )
-        )
-    return dict(zip(ACCOUNTED, answers, strict=True))
-
-
-@pytest.mark.parametrize(("z", "rounds", "delta"), ACCOUNTED)
-def test_gaussian_epsilon_equals_dp_accounting(
-    z: float, rounds: int, delta: float, accounted: dict[tuple[float, int, float], DpAccounting]
-) -> None:
-    answer = accounted[(z, rounds, delta)]
-
-    assert answer.orders == pytest.approx(list(RDP_ORDERS), rel=0, abs=0)
-    assert gaussian_epsilon(z, rounds, delta) == pytest.approx(answer.rdp_epsilon, rel=1e-9)
-    assert answer.rdp == pytest.approx([rounds * a / (2 * z**2) for a in RDP_ORDERS], rel=1e-12)
-    if answer.gaussian_exact is not None:  # RDP is an upper bound of the exact epsilon
-        assert answer.rdp_epsilon >= answer.gaussian_exact
-
-
-@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
-def test_the_reported_epsilon_is_dp_accountings(
-    adaptive: bool, accounted: dict[tuple[float, int, float], DpAccounting]
-) -> None:
-    """After 10 rounds at z = 1.1 the mechanism reports dp-accounting's epsilon for z = 1.1, with adaptive
-    clipping too: its raised aggregate multiplier z_a and the count's noise sigma_b compose to one Gaussian of
-    z ((z_a^-2 + (2 sigma_b)^-2)^-1/2 = z), which is what it costs, not the z_a of the aggregate alone."""
-    z, rounds, delta = 1.1, 10, 1e-6
-    mechanism = GaussianMechanism(
-        noise_multiplier=z,
-        clipping_norm=1.0,
-        adaptive=adaptive,
-        clipped_count_stddev=1.0,
-        delta=delta,
-        seed=2,
-    )
-    spec = ROUNDS_IN[0]
-    assert spec.global_model is not None
-    for _ in range(rounds):
-        aggregate(
-            mechanism, [as_model(c) for c in spec.clients], spec.num_examples, as_model(spec.global_model)
-        )
-
-    assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)
-    stddev, effective = adaptive_noise(z, CLIENTS, 1.0)
-    assert (effective**-2 + (2 * stddev) ** -2) ** -0.5 == pytest.approx(z, rel=1e-12)
-
-
-INNER: dict[str, Callable[[], BoundedAggregator]] = {
-    "weighted_average": WeightedAverage,
-    "clipping_then_weighted_average": lambda: clipped_updates(WeightedAverage(), 0.7),
-    "median": Median,
-    "trimmed_mean": lambda: TrimmedMean(0.2),
-}
-
-
-@pytest.mark.parametrize("inner", sorted(INNER))
-def test_the_epsilon_is_dp_accountings_for_the_noise_actually_added(
-    inner: str, accounted: dict[tuple[float, int, float], DpAccounting]
-) -> None:
-    """Whatever the method behind the mechanism (accepted ones: a declared sensitivity share), the noise added is
-    ``z * share * C`` and the reported epsilon is dp-accounting's for that z: the noise's multiplier relative to
-    how far one collaborator can move the aggregate."""
-    z, rounds, delta, clipping_norm = 1.1, 10, 1e-6, 1.0
-    mechanism = GaussianMechanism(
-        INNER[inner](), noise_multiplier=z, clipping_norm=clipping_norm, delta=delta, seed=3
-    )
-    spec = ROUNDS_IN[1]
-    assert spec.global_model is not None
-    contributions = [as_model(c) for c in spec.clients]
-    inputs, _ = inputs_of(contributions, spec.num_examples, as_model(spec.global_model))
-    for number in range(rounds):
-        aggregate(
-            mechanism, contributions, spec.num_examples, as_model(spec.global_model), round_number=number
-        )
-
-    share = mechanism.sensitivity_share(inputs)
-    assert mechanism.report()["noise_stddev"] / (share * clipping_norm) == pytest.approx(z, rel=1e-12)
-    assert mechanism.report()["epsilon"] == pytest.approx(accounted[(z, rounds, delta)].rdp_epsilon, rel=1e-9)

@@ -1,0 +1,91 @@
+"""The ops listeners (health and reflection on the ops port, the Prometheus exporter) and how a port that cannot be
+bound becomes one configuration error naming the setting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import grpc
+from prometheus_client import (
+    start_http_server,
+)
+
+from fedagg.assembly import AggregatorProcess
+from fedagg.config.loading import ENV_PREFIX
+from fedagg.server.interceptors import MetricsInterceptor
+from fedagg.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def binding(key: str, port: int, host: str) -> Iterator[None]:
+    """Turn a failure to listen into one configuration error naming the setting and its environment override.
+
+    The port is tried first with a plain socket, so that gRPC's own error line is never printed.
+    """
+    try:
+        if port:
+            try_listen(host, port)
+        yield
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "bind" not in str(error).lower():
+            raise
+        variable = ENV_PREFIX + key.upper().replace(".", "__")
+        raise ConfigError(
+            key,
+            port,
+            f"a port this process can listen on (it is in use or not allowed); set {key} or {variable}",
+        ) from None
+
+
+def try_listen(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as the servers will (raises OSError when it is taken)."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((address, port))
+        probe.listen(1)
+
+
+async def start_ops(aggregator: AggregatorProcess) -> None:
+    ops = aggregator.config.ops
+    with binding("ops.metrics_port", ops.metrics_port, ops.metrics_bind_address):
+        http_server, thread = start_http_server(
+            ops.metrics_port, addr=ops.metrics_bind_address.strip("[]"), registry=aggregator.registry
+        )
+    aggregator.metrics_http = (http_server, thread)
+    aggregator.metrics_port = http_server.server_port
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(aggregator.grpc_metrics)], options=[("grpc.so_reuseport", 0)]
+    )
+    aggregator.health.register(server)
+    with binding("ops.port", ops.port, ops.bind_address):
+        aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")
+    await server.start()
+    aggregator.ops_server = server
+    await aggregator.health.set_alive()
+    log.info(
+        "ops listening: ops=%s:%d metrics=%s:%d (health and reflection on ops, Prometheus on /metrics)",
+        ops.bind_address,
+        aggregator.ops_port,
+        ops.metrics_bind_address,
+        aggregator.metrics_port,
+    )
+
+
+async def stop_ops(aggregator: AggregatorProcess) -> None:
+    await aggregator.health.shut_down()
+    if aggregator.ops_server is not None:
+        await aggregator.ops_server.stop(0.5)
+    if aggregator.metrics_http is not None:
+        http_server, thread = aggregator.metrics_http
+        http_server.shutdown()
+        http_server.server_close()
+        thread.join(timeout=5)
