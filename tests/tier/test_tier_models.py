@@ -13,7 +13,7 @@ import pytest
 
 from fedagg.protocol import tier_pb2
 from fedagg.tier.model_files import ModelCopies, ModelMismatch
-from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
+from fedagg.tier.root_link import LinkTimings, RootLink, RootUnreachable, TierRefusal
 from tests.support.pki import Pki
 from tests.tier.roots import running_root
 
@@ -75,3 +75,22 @@ def test_a_stream_that_does_not_match_what_it_announced_is_refused_and_not_kept(
 
     asyncio.run(scenario())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_the_root_cannot_read_is_unavailable_and_retried_until_the_links_patience(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            missing = {0: tmp_path / "gone.pbuf"}.get
+            async with running_root(tier_pki, tmp_path / "root", model_file=missing) as root:
+                link = RootLink(
+                    f"localhost:{root.port}",
+                    tier_pki.client("ingest-0").credentials(),
+                    LinkTimings(patience_seconds=0.5, initial_backoff=0.1),
+                )
+                with pytest.raises(RootUnreachable, match="UNAVAILABLE: the root cannot read its model now"):
+                    await link.fetch_model(0, ModelCopies(tmp_path / "models"), executor)
+                await link.close()
+
+    asyncio.run(scenario())

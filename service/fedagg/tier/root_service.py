@@ -88,9 +88,12 @@ class TierService(tier_pb2_grpc.TierServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "ClaimRequest.collaborator and ClaimRequest.task must be set",
             )
-        decision = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._book.claim, request.round, request.collaborator, request.task, replica
-        )
+        try:
+            decision = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._book.claim, request.round, request.collaborator, request.task, replica
+            )
+        except OSError as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the root cannot record the claim now: {error}")
         return tier_pb2.ClaimReply(granted=decision.outcome == ClaimOutcome.GRANTED, holder=decision.holder)
 
     async def DeliverPartial(
@@ -143,12 +146,21 @@ class TierService(tier_pb2_grpc.TierServicer):
                     f"the root serves no model of round {request.round} (only the current round's)",
                 )
             assert path is not None
-            served = self._served[request.round] = await loop.run_in_executor(
-                self._executor, ServedModel.of, path
-            )
+            try:
+                served = await loop.run_in_executor(self._executor, ServedModel.of, path)
+            except OSError as error:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"the root cannot read its model now: {error}"
+                )
+            self._served[request.round] = served
         offset = 0
         while True:
-            data = await loop.run_in_executor(self._executor, read_block, served.path, offset)
+            try:
+                data = await loop.run_in_executor(self._executor, read_block, served.path, offset)
+            except OSError as error:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"the root cannot read its model now: {error}"
+                )
             first = offset == 0
             yield tier_pb2.ModelChunk(
                 size=served.size if first else 0, sha256=served.sha256 if first else "", data=data
