@@ -3,7 +3,10 @@ their replica's claims; lost replicas' claims become stragglers."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +110,31 @@ def test_a_replica_silent_past_the_timeout_loses_its_claims_to_the_stragglers(tm
     assert views["ingest-0"].generation is None
     assert not views["ingest-1"].lost
     assert views["ingest-1"].generation == 1
+
+
+class SlowJournal(ClaimBook):
+    """A claim book whose journal write waits until the test lets it go (a slow disk)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, Clock())
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.writing.set()
+        assert self.release.wait(30)
+        super()._append(record)
+
+
+def test_a_claim_being_written_is_pending_for_others_never_taken(tmp_path: Path) -> None:
+    book = SlowJournal(tmp_path)
+    with ThreadPoolExecutor(1) as executor:
+        first = executor.submit(book.claim, 0, "site-0", "train", "ingest-0")
+        assert book.writing.wait(30)
+        pending = book.claim(0, "site-0", "train", "ingest-1")
+        assert pending.outcome == ClaimOutcome.PENDING
+        assert pending.holder == "ingest-0"
+        assert book.holders(0) == {}
+        book.release.set()
+        assert first.result(30).outcome == ClaimOutcome.GRANTED
+    assert book.claim(0, "site-0", "train", "ingest-1").outcome == ClaimOutcome.TAKEN

@@ -40,6 +40,8 @@ class ClaimOutcome(StrEnum):
 
     GRANTED = "granted"
     TAKEN = "taken"
+    PENDING = "pending"
+    """Another claim of it is being made durable right now: ask again."""
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,22 @@ def _unsealed(line: bytes) -> dict[str, Any] | None:
 
 
 class ClaimBook:
-    """The claims and deliveries of every round (module docstring).
+    """The claims of every round (module docstring). Constructing it reads the journal: off the event loop.
 
-    ``_lock`` guards the maps and the journal's appends; it is held across the journal's write and fsync (a claim
-    is answered only once durable), so it is only ever taken off the event loop.
+    ``_lock`` guards the maps (holders, claims being written, last contacts); it is held briefly, never across
+    I/O, so the event loop may take it. ``_journal_lock`` serialises the journal's appends and is held across
+    their write and fsync: only on executor threads, and never while ``_lock`` is held (lock order: the journal
+    lock, then ``_lock``). A claim is answered only once durable; while it is being written, any other claim of
+    the same contribution is answered :attr:`ClaimOutcome.PENDING` (retry), never TAKEN on a claim that may fail.
     """
 
     def __init__(self, directory: Path, clock: Callable[[], float]) -> None:
         self._path = durable_directory(directory) / "claims.journal"
         self._clock = clock
         self._lock = threading.Lock()
+        self._journal_lock = threading.Lock()
         self._holders: dict[tuple[int, str, str], str] = {}
+        self._writing: dict[tuple[int, str, str], str] = {}
         self._last_contact: dict[str, float] = {}
         self._replay()
         self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
@@ -97,7 +104,7 @@ class ClaimBook:
 
     def close(self) -> None:
         """Close the journal."""
-        with self._lock:
+        with self._journal_lock:
             self._journal.close()
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -116,17 +123,27 @@ class ClaimBook:
         with self._lock:
             self._last_contact[replica] = self._clock()
             holder = self._holders.get(key)
-            if holder is None:
-                self._append(
-                    {
-                        "round": round_number,
-                        "collaborator": collaborator,
-                        "task": task,
-                        "replica": replica,
-                    }
+            if holder is not None:
+                return ClaimDecision(
+                    ClaimOutcome.GRANTED if holder == replica else ClaimOutcome.TAKEN, holder
                 )
-                self._holders[key] = holder = replica
-        return ClaimDecision(ClaimOutcome.GRANTED if holder == replica else ClaimOutcome.TAKEN, holder)
+            writer = self._writing.get(key)
+            if writer is not None:
+                return ClaimDecision(ClaimOutcome.PENDING, writer)
+            self._writing[key] = replica
+        try:
+            with self._journal_lock:
+                self._append(
+                    {"round": round_number, "collaborator": collaborator, "task": task, "replica": replica}
+                )
+        except BaseException:
+            with self._lock:
+                del self._writing[key]
+            raise
+        with self._lock:
+            del self._writing[key]
+            self._holders[key] = replica
+        return ClaimDecision(ClaimOutcome.GRANTED, replica)
 
     def claimed(self, round_number: int, replica: str) -> frozenset[Contribution]:
         """The contributions of the round that ``replica`` holds."""

@@ -1,7 +1,8 @@
 """The root's tier port: the ``fedagg.tier.v1.Tier`` service the ingest replicas call, over mTLS.
 
 Every call is authenticated by the client certificate's CN, which must be one of ``topology.replicas``
-(UNAUTHENTICATED otherwise, naming the CN). Claims are made durable on the I/O executor before they are answered.
+(UNAUTHENTICATED otherwise, naming the CN). Claims are made durable on the I/O executor before they are answered
+(UNAVAILABLE, retried by the replica, while another claim of the same contribution is being recorded).
 A replica delivers one partial at a time (RESOURCE_EXHAUSTED for a second stream while one is open); a partial
 that does not match the replica's claims is refused with FAILED_PRECONDITION naming the contributions, a malformed
 one with INVALID_ARGUMENT. FetchModel streams the round's model file (measured once per round; FAILED_PRECONDITION
@@ -94,6 +95,11 @@ class TierService(tier_pb2_grpc.TierServicer):
             )
         except OSError as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the root cannot record the claim now: {error}")
+        if decision.outcome == ClaimOutcome.PENDING:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{decision.holder}'s claim of the same contribution is being recorded; ask again",
+            )
         return tier_pb2.ClaimReply(granted=decision.outcome == ClaimOutcome.GRANTED, holder=decision.holder)
 
     async def DeliverPartial(
