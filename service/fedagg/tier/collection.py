@@ -10,7 +10,8 @@ partial until the root has moved past the round). A round can be divided once ev
 delivered, or is lost (:meth:`~fedagg.tier.claims.ClaimBook.lost`): a lost replica's contributions are then
 stragglers of the round.
 
-Single-owner: used on the root's event loop only (the claim book it reads is thread-safe).
+Single-owner: used on the root's event loop (the claim book it reads is thread-safe), but for :meth:`collected`,
+which adds model-sized arrays: the round end calls it on an executor, while no partial is being taken.
 """
 
 from __future__ import annotations
