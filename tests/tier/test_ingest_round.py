@@ -56,6 +56,8 @@ def test_a_restarted_replica_folds_what_it_still_holds_and_drops_the_rest(tmp_pa
     assert asked == ["site-0", "site-2", "site-3"]
     assert restarted.partial.contributions == {("site-0", "train"), ("site-3", "train")}
     assert [entry.sequence for entry in spool.entries(0)] == [1, 4]
+    (kept,) = (tmp_path / "spool" / "quarantine").iterdir()
+    assert kept.name.endswith("000002.results")
     summed = restarted.partial.tasks["train"].tensors["w"]
     site0 = IngestRound(spool, RoundPartial(0, "check", 0), INITIAL, LIMITS)
     contribution = site0.read(spool.entries(0)[0])

@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from fedagg.federation.contribution import Contribution
-from fedagg.federation.files import atomic_write_bytes
+from fedagg.federation.files import atomic_write_bytes, quarantine
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.integrity import CorruptFile
 from fedagg.federation.plan import ResolvedLimits
@@ -83,8 +83,8 @@ class IngestRound:
         entry.path.unlink(missing_ok=True)
 
     def read(self, entry: SpoolEntry) -> Contribution | None:
-        """A spooled upload's contribution, verified and checked again (None, and quarantined, if it does not
-        hold: it was never acknowledged by this replica, or its disk failed)."""
+        """A spooled upload's contribution, verified and checked again (None if it does not hold: a corrupt one
+        is moved to the spool's ``quarantine/`` and never claimed)."""
 
         def make_intake(header: ResultsHeader) -> UploadIntake:
             admission = Admission(
@@ -95,10 +95,12 @@ class IngestRound:
         try:
             intake, _ = read_spooled_upload(entry.path, make_intake)
         except (CorruptFile, OSError) as error:
-            log.error(
-                "round %d: spooled upload %s is unusable (%s); dropped", self.round_number, entry.path, error
-            )
-            entry.path.unlink(missing_ok=True)
+            if entry.path.exists():
+                quarantine(
+                    entry.path,
+                    self._spool.root / "quarantine",
+                    f"unusable at recovery ({error}); not claimed",
+                )
             return None
         if intake is None or intake.rejection is not None:
             return None
