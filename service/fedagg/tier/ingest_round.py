@@ -18,7 +18,6 @@ float64). The disk work (:meth:`IngestRound.accept`, :meth:`IngestRound.fold`, :
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
@@ -34,8 +33,6 @@ from fedagg.federation.spool import EntryKind, Spool, SpoolEntry, SpoolWriter
 from fedagg.protocol.codec import Float32Array
 from fedagg.protocol.results import ResultsHeader
 from fedagg.tier.partials import RoundPartial
-
-log = logging.getLogger(__name__)
 
 Claim = Callable[[str, int, str], Awaitable[bool]]
 """(collaborator, round, task) -> whether the root granted this replica the claim."""
