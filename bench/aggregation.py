@@ -159,7 +159,9 @@ def run_method(method: Method, params: int, work: Path, pki: Path) -> dict[str, 
         directory, pki, names, init, method.rounds, federation={"tasks": plan_tasks(method.train)}
     )
     try:
-        timings = run_federation(server, names, shapes, pki, directory / "clients", PROCESSES, spread=SPREAD)
+        timings = run_federation(
+            server, names, shapes, pki, directory / "clients", PROCESSES, spread=SPREAD
+        ).calls
     finally:
         shutil.rmtree(directory / "state", ignore_errors=True)  # about 1.2 GiB a round: spool and models
     watch = server.watch

@@ -13,6 +13,7 @@ import select
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,17 @@ def _wait_ready(
             raise RuntimeError(f"{server.name}: {missing} worker(s) not ready in time")
 
 
+@dataclass(frozen=True)
+class FederationRun:
+    """What the client side of a run measured: every call's timings, and each worker process's peak RSS."""
+
+    calls: list[list[Any]]
+    worker_peak_mib: list[float]
+    """VmHWM of each worker process (one collaborator each when ``processes`` = collaborators)."""
+    worker_cpu_seconds: list[float]
+    """User + system CPU of each worker process, start to end."""
+
+
 def run_federation(
     server: RunningServer,
     names: list[str],
@@ -133,8 +145,9 @@ def run_federation(
     processes: int,
     timeout: float = 900,
     **extra: Any,
-) -> list[list[Any]]:
-    """Train ``names`` against ``server`` until it exits after the last quit job; every call's timings.
+) -> FederationRun:
+    """Train ``names`` against ``server`` until it exits after the last quit job: every call's timings, and the
+    workers' peak memory and CPU.
 
     ``extra`` goes into the workers' specs (e.g. ``spread``, see bench/fedagg_worker.py)."""
     try:
@@ -145,4 +158,8 @@ def run_federation(
             raise RuntimeError(f"{server.name} exited with {code}; see {server.log}")
     finally:
         server.kill()
-    return [calls for output in outputs for calls in output["calls"].values()]
+    return FederationRun(
+        [calls for output in outputs for calls in output["calls"].values()],
+        [output["peak_rss_mib"] for output in outputs],
+        [output["cpu_seconds"] for output in outputs],
+    )

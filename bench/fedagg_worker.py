@@ -12,7 +12,8 @@
 * ``spread`` (optional, ``train``): above 0, each collaborator's update is ``1 + spread * N(0, 1)`` per value,
   seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
-The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}}`` (``train``; ``call`` one of
+The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}, "peak_rss_mib": VmHWM,
+"cpu_seconds": user + system}`` (``train``; ``call`` one of
 ``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks; a
 ``send_results`` entry has a fifth time, when its last chunk went to gRPC: the rest is the server's work) or
 ``{"polls": {name: count}, "errors": [...]}`` (``poll``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -33,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
-from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, TaskOutput
+from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, OutgoingTensor, TaskOutput
 from fedagg.collaborator.client import TasksReply
 from fedagg.collaborator.runner import Weights
-from fedagg.protocol import base_pb2
+from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import Float32Array
 
 
@@ -63,20 +65,26 @@ class TimedClient(AggregatorClient):
         return values
 
     def send_task_results(
-        self, round_number: int, task_name: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
+        self,
+        round_number: int,
+        task_name: str,
+        data_size: int,
+        tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor],
     ) -> None:
         started = time.time()
         super().send_task_results(round_number, task_name, data_size, tensors)
         self.calls.append(["send_results", round_number, started, time.time(), self._sent])
 
-    def _counted_chunks(self, payload: bytes) -> Iterator[base_pb2.DataStream]:
-        yield from super()._counted_chunks(payload)
-        self._sent = time.time()  # gRPC asks for the next chunk once the last one is written
+    def _upload_messages(
+        self, results: aggregator_pb2.TaskResults, tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor]
+    ) -> Iterator[bytes]:
+        yield from super()._upload_messages(results, tensors)
+        self._sent = time.time()  # gRPC asks for the next message once the last one is written
 
 
 class AddOne:
     """A task runner with no data: training adds 1 to every weight (plus Gaussian noise of ``spread``, seeded by
-    ``seed`` and the round), validation reports the first value."""
+    ``seed`` and the round) in the collaborator's own buffers, validation reports the first value."""
 
     def __init__(self, names: tuple[str, ...], spread: float = 0.0, seed: int = 0) -> None:
         self.names = names
@@ -90,7 +98,8 @@ class AddOne:
         rng = np.random.default_rng([self.seed, round_number])
         trained = {}
         for name, values in weights.items():
-            trained[name] = values + np.float32(1)
+            trained[name] = values if values.flags.writeable else values.copy()  # in place: one model held
+            trained[name] += np.float32(1)
             if self.spread:
                 trained[name] += np.float32(self.spread) * rng.standard_normal(values.shape, np.float32)
         return TaskOutput({"loss": 1.0 / (round_number + 1)}, 10, trained)
@@ -138,7 +147,19 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"calls": calls, "errors": errors}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "calls": calls,
+        "errors": errors,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM, the kernel's exact high-water mark)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def poll(spec: dict[str, Any]) -> dict[str, Any]:

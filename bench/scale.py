@@ -63,7 +63,7 @@ def run_rounds(
     server = _start(server_kind, directory, pki, names, init, rounds, python)
     timings = run_federation(
         server, names, shapes, pki, directory / "clients", PROCESSES, timeout=RUN_TIMEOUT
-    )
+    ).calls
     periods, _actives, _downloads, _uploads = round_times(timings, rounds)
     watch = server.watch
     (directory / "server-memory.json").write_text(json.dumps(watch.timeline))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 import time
@@ -62,21 +64,26 @@ def raw_stream(pki: Path | None, total_bytes: int, streams: int = 1) -> dict[str
 
 
 def fedagg_rounds(
-    collaborators: int, params: int, rounds: int, work: Path, pki: Path | None
+    collaborators: int, params: int, rounds: int, work: Path, pki: Path | None, tensors: int = 8
 ) -> dict[str, Any]:
     """fedagg serve with ``collaborators`` processes of fedagg's client (one collaborator each)."""
-    shapes = shapes_for(params)
-    init = write_init_model(shapes, work / f"init-{params}.pbuf")
+    shapes = shapes_for(params, tensors)
+    init = write_init_model(shapes, work / f"init-{params}-{tensors}.pbuf")
     names = [f"col-{index}" for index in range(collaborators)]
     directory = work / f"wire-{collaborators}-{params}-{time.monotonic_ns()}"
     server = start_fedagg(directory, pki, names, init, rounds)
-    timings = run_federation(server, names, shapes, pki, directory / "clients", collaborators)
-    periods, actives, downloads, uploads = round_times(timings, rounds)
+    try:
+        run = run_federation(server, names, shapes, pki, directory / "clients", collaborators)
+    finally:
+        shutil.rmtree(directory / "state", ignore_errors=True)  # spool and models: 3+ models of disk
+    periods, actives, downloads, uploads = round_times(run.calls, rounds)
     model_bytes = params * 4
     mean_round = float(np.mean(periods))
     return {
         "collaborators": collaborators,
         "model_bytes": model_bytes,
+        "tensor_bytes": max(math.prod(shape) for shape in shapes.values()) * 4,
+        "tensors": len(shapes),
         "round_seconds": periods,
         "active_seconds": actives,
         "download_seconds": downloads,
@@ -85,7 +92,9 @@ def fedagg_rounds(
         "bytes_per_second": 2 * collaborators * model_bytes / mean_round,
         "peak_hwm_mib": server.watch.peak_hwm,
         "peak_anon_mib": server.watch.peak_anon,
+        "client_peak_hwm_mib": max(run.worker_peak_mib),
+        "client_cpu_seconds_per_round": max(run.worker_cpu_seconds) / rounds,
         "cpu_seconds": server.watch.cpu,
         "aggregation_seconds": server.aggregation_seconds(),
-        "peak_phases": peak_phases(server.watch, timings),
+        "peak_phases": peak_phases(server.watch, run.calls),
     }

@@ -15,6 +15,7 @@ from prometheus_client import (
 
 from fedagg.assembly import AggregatorProcess
 from fedagg.config.loading import ENV_PREFIX
+from fedagg.ops.leadership_report import leadership_document, register_leadership
 from fedagg.server.interceptors import MetricsInterceptor
 from fedagg.settings import ConfigError
 
@@ -66,13 +67,14 @@ async def start_ops(aggregator: AggregatorProcess) -> None:
         interceptors=[MetricsInterceptor(aggregator.grpc_metrics)], options=[("grpc.so_reuseport", 0)]
     )
     aggregator.health.register(server)
+    register_leadership(server, lambda: leadership_document(aggregator.leadership, aggregator.state_lock))
     with binding("ops.port", ops.port, ops.bind_address):
         aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")
     await server.start()
     aggregator.ops_server = server
     await aggregator.health.set_alive()
     log.info(
-        "ops listening: ops=%s:%d metrics=%s:%d (health and reflection on ops, Prometheus on /metrics)",
+        "ops listening: ops=%s:%d metrics=%s:%d (health, reflection and leadership on ops, Prometheus on /metrics)",
         ops.bind_address,
         aggregator.ops_port,
         ops.metrics_bind_address,

@@ -294,7 +294,9 @@ class FedaggCollaborators:
 
 
 class OpenflCollaborators:
-    """Real OpenFL 1.7.1 collaborator processes (tests/interop/openfl_side/collaborator.py).
+    """Real OpenFL collaborator processes (tests/interop/openfl_side/collaborator.py) of the version whose venv
+    ``python`` is (1.7.1 unless said otherwise), retrying every ``reconnect_seconds`` (1.8/1.9 wait that long
+    before every retry; 1.7.1 only between UNAVAILABLE retries).
 
     They run with ``GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=100``: OpenFL 1.7.1 pins grpcio 1.65.5, whose
     channels make no progress on a TLS handshake while no call is polling them (grpc/grpc#28866). OpenFL's client
@@ -306,20 +308,31 @@ class OpenflCollaborators:
 
     quit_grace_seconds = 15.0
 
-    def __init__(self, setup: Setup, pki: Pki, python: Path, delta: bool = True) -> None:
-        self._logs = [setup.directory / f"openfl-{spec.name}.log" for spec in OPENFL_SPECS]
+    def __init__(
+        self, setup: Setup, pki: Pki, python: Path, delta: bool = True, *, reconnect_seconds: int = 1
+    ) -> None:
+        self.logs = [setup.directory / f"openfl-{spec.name}.log" for spec in OPENFL_SPECS]
         self.results = [setup.directory / f"openfl-{spec.name}.json" for spec in OPENFL_SPECS]
         with mock.patch.dict(os.environ, {BACKUP_POLL: "100"}):
             self.processes = [
                 start_collaborator(
-                    python, spec, setup.port, FEDERATION_UUID, AGGREGATOR_UUID, pki, delta, result, log
+                    python,
+                    spec,
+                    setup.port,
+                    FEDERATION_UUID,
+                    AGGREGATOR_UUID,
+                    pki,
+                    delta,
+                    result,
+                    log,
+                    reconnect_seconds=reconnect_seconds,
                 )
-                for spec, result, log in zip(OPENFL_SPECS, self.results, self._logs, strict=True)
+                for spec, result, log in zip(OPENFL_SPECS, self.results, self.logs, strict=True)
             ]
 
     def wait(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        for process, log in zip(self.processes, self._logs, strict=True):
+        for process, log in zip(self.processes, self.logs, strict=True):
             try:
                 code = process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -336,13 +349,13 @@ class OpenflCollaborators:
 
     def diagnose(self) -> str:
         """The end of each collaborator's log."""
-        return "\n".join(f"{log.stem}:\n{self.log_tail(log, 15)}" for log in self._logs)
+        return "\n".join(f"{log.stem}:\n{self.log_tail(log, 15)}" for log in self.logs)
 
     def problems(self) -> str:
         """What went wrong so far (a collaborator process that exited with an error), or ''."""
         return "; ".join(
             f"OpenFL collaborator {log.stem} exited {process.returncode}:\n{self.log_tail(log)}"
-            for process, log in zip(self.processes, self._logs, strict=True)
+            for process, log in zip(self.processes, self.logs, strict=True)
             if process.poll() not in (None, 0)
         )
 

@@ -21,7 +21,26 @@ def logged_at(log: str, fragment: str) -> datetime:
     line = next(line for line in log.splitlines() if fragment in line)
     match = TIMESTAMP.match(line)
     assert match, line
-    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
+    return _parsed(match[1])
+
+
+def _parsed(timestamp: str) -> datetime:
+    return datetime.strptime(timestamp, "%Y-%m-%d %H:%M:%S,%f")
+
+
+RETRYING = "Attempting to connect to aggregator"
+"""What an OpenFL collaborator logs before it waits to retry a failed call."""
+
+
+def resumed_at(log: str, since: datetime) -> datetime | None:
+    """When an OpenFL collaborator whose log is ``log`` got on after the outage that began at ``since``: the
+    first line it logged after its last retry wait (None if it never had to retry)."""
+    stamped = [(_parsed(match[1]), line) for line in log.splitlines() if (match := TIMESTAMP.match(line))]
+    after = [(moment, line) for moment, line in stamped if moment >= since]
+    retries = [index for index, (_, line) in enumerate(after) if RETRYING in line]
+    if not retries or retries[-1] + 1 == len(after):
+        return None
+    return after[retries[-1] + 1][0]
 
 
 def replicas(

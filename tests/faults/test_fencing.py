@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from tests.faults.replicas import elected_on, logged_at, replicas
 from tests.support.etcd import RunningEtcd, etcd_server
 from tests.support.haproxy import balancing
 from tests.support.models import write_zero_model
-from tests.support.pki import Pki
+from tests.support.pki import Pki, tls_options
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +174,46 @@ def test_a_leader_cut_off_from_the_lease_stops_and_nobody_serves_without_it(tmp_
     assert FENCED_LINE in pair.leader.log()
     assert readiness == NOT_SERVING
     assert ELECTED_LINE not in pair.standby.log()
+
+
+def status(setup: Setup, pki: Pki, ops_port: int, *output: str) -> str:
+    """``fedagg status`` through the balancer, with leadership asked of the replica whose ops port is given."""
+    command = [sys.executable, "-m", "fedagg.cli", "status", "--address", setup.address, "--name", "one"]
+    command += [*tls_options(pki.client("one")), "--ops", f"127.0.0.1:{ops_port}", "--timeout", "30", *output]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={key: value for key, value in os.environ.items() if not key.startswith("FEDAGG_")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_status_names_the_leader_and_the_term_on_either_replica(tmp_path: Path, pki: Pki) -> None:
+    with running_pair(tmp_path, pki, None) as pair:
+        found = pair.store.read(5)
+        leader_text = status(pair.setup, pki, pair.leader.ops_port)
+        standby_text = status(pair.setup, pki, pair.standby.ops_port)
+        leader_json = json.loads(status(pair.setup, pki, pair.leader.ops_port, "-o", "json"))["leadership"]
+        standby_json = json.loads(status(pair.setup, pki, pair.standby.ops_port, "-o", "json"))["leadership"]
+
+    assert found is not None
+    term = found[0].transitions
+    election = f"etcd key /fedagg/leases/{LEASE} at {pair.etcd.url}"
+    assert leader_json == {
+        "election": election,
+        "identity": "replica0",
+        "role": "leader",
+        "leader": "replica0",
+        "term": term,
+        "transitions_seen": 0,  # it took a lease nobody held: no takeover seen
+    }
+    assert standby_json == {**leader_json, "identity": "replica1", "role": "standby"}
+    assert (
+        f"leadership: replica0 is the leader; leader replica0, term {term} (leaseTransitions), "
+        f"0 transition(s) seen by replica0; {election}"
+    ) in leader_text
+    assert "leadership: replica1 is the standby; leader replica0, term" in standby_text

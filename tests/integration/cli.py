@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ FEDERATION = "clitest_0123abcd"
 
 
 def fedagg(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``fedagg args...`` run to its end, without this process's ``FEDAGG_*`` environment."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("FEDAGG_")}
     result = subprocess.run(
         [sys.executable, "-m", "fedagg.cli", *args],
         capture_output=True,
@@ -21,10 +25,39 @@ def fedagg(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
         cwd=ROOT,
         timeout=timeout,
         check=False,
+        env=environment,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def start_collaborators(
+    names: Sequence[str], address: str, federation: str, options: Callable[[str], list[str]], *extra: str
+) -> list[subprocess.Popen[str]]:
+    """One ``fedagg collaborator`` process per name (stdout piped, as text), ``options(name)`` its TLS options."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedagg.cli",
+                "collaborator",
+                "--name",
+                name,
+                "--address",
+                address,
+                "--federation-uuid",
+                federation,
+                *options(name),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for name in names
+    ]
 
 
 def write_config(directory: Path, pki_dir: Path, **extra: object) -> Path:

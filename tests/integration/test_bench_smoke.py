@@ -32,7 +32,7 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
         venv.returncode == 0, f"the OpenFL 1.7.1 venv is missing and cannot be built: {venv.stderr[-500:]}"
     )
 
-    text, data = run_quick("bench", tmp_path, timeout=240)
+    text, data = run_quick("bench", tmp_path, timeout=600)  # a loaded machine is slow, never a failure
 
     assert data["skipped"] == []
     for server in ("fedagg", "null", "openfl"):
@@ -48,12 +48,18 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     assert all(positive(raw["bytes_per_second"]) for raw in data["raw"].values())
     assert data["wire"], "fedagg's client-library throughput"
     assert all(positive(run["bytes_per_second"]) for run in data["wire"])
+    assert all(positive(run["client_peak_hwm_mib"]) for run in data["wire"])
+    [large] = data["large"]
+    assert large["collaborators"] == 2
+    assert all(positive(seconds) for seconds in large["round_seconds"]), large
+    assert positive(large["peak_hwm_mib"]), large
+    assert positive(large["client_peak_hwm_mib"]), large
     assert [result["collaborators"] for result in data["scale"]["fedagg"]] == [2, 8]
     assert all(positive(result["peak_hwm_mib"]) for result in data["scale"]["fedagg"])
     assert {"fedagg", "openfl"} <= data["polls"].keys()
     assert all(positive(poll["calls_per_second"]) for poll in data["polls"].values())
     assert text.startswith("Benchmark of "), text[:200]
     assert "| fedagg / null round time |" in text
-    for heading in ("### 1.", "### 2.", "### 3."):
+    for heading in ("### 1.", "### 2.", "### 3.", "### 5."):
         assert heading in text
     assert not re.search(r"\bnan\b", text, re.IGNORECASE), "a measurement is missing"

@@ -7,9 +7,7 @@ One real aggregator (``ops.after_finish: stay``, so models and status stay reada
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,28 +17,12 @@ import numpy as np
 import pytest
 
 from fedagg.protocol.model_file import read_model
+from tests.integration.cli import fedagg, start_collaborators
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config
 from tests.support.servers import FEDERATION_UUID
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def fedagg(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("FEDAGG_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "fedagg.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-        env=environment,
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def options(pki: Pki, name: str) -> list[str]:
@@ -64,27 +46,12 @@ def finished(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     )
     with FedaggProcess(config) as server:
         server.wait_for_federation()
-        collaborators = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedagg.cli",
-                    "collaborator",
-                    "--name",
-                    name,
-                    "--address",
-                    server.address,
-                    "--federation-uuid",
-                    FEDERATION_UUID,
-                    *options(pki, name),
-                    "--quiet",
-                ],
-                cwd=ROOT,
-            )
-            for name in ("one", "two")
-        ]
-        assert [process.wait(timeout=120) for process in collaborators] == [0, 0]
+        collaborators = start_collaborators(
+            ("one", "two"), server.address, FEDERATION_UUID, lambda name: options(pki, name), "--quiet"
+        )
+        for process in collaborators:
+            process.communicate(timeout=120)
+        assert [process.returncode for process in collaborators] == [0, 0]
         yield server, config
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from fedagg.protocol.model_file import read_model
-from tests.integration.cli import FEDERATION, ROOT, client_options, fedagg, write_config
+from tests.integration.cli import FEDERATION, ROOT, client_options, fedagg, start_collaborators, write_config
 from tests.support.process import FedaggProcess
 
 
@@ -44,27 +44,9 @@ def test_serve_collaborators_status_metrics_and_health(tmp_path: Path, pki_dir: 
             text=True,
             cwd=ROOT,
         )
-        collaborators = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedagg.cli",
-                    "collaborator",
-                    "--name",
-                    name,
-                    "--address",
-                    address,
-                    "--federation-uuid",
-                    FEDERATION,
-                    *client_options(pki_dir, name),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            for name in ("site-a", "site-b")
-        ]
+        collaborators = start_collaborators(
+            ("site-a", "site-b"), address, FEDERATION, lambda name: client_options(pki_dir, name)
+        )
         outputs = [process.communicate(timeout=120)[0] for process in collaborators]
         streamed = metrics.communicate(timeout=60)[0]
         code = server.wait()

@@ -15,7 +15,7 @@ from typing import Any
 from fedagg.collaborator import ClientTls
 from fedagg.federation.plan import StragglerPolicyKind, StragglerPolicySpec
 from tests.conftest import require
-from tests.support.pki import Pki
+from tests.support.pki import Pki, tls_options
 
 ROOT = Path(__file__).resolve().parents[2]
 SIDE = ROOT / "tests" / "interop" / "openfl_side"
@@ -86,12 +86,14 @@ def start_collaborator(
     *,
     tls: ClientTls | None = None,
     timeout: float = 240,
+    reconnect_seconds: int = 1,
 ) -> subprocess.Popen[bytes]:
     """Start a real OpenFL Collaborator process against localhost:port over mTLS.
 
     ``python`` picks the OpenFL version (``openfl_python(version)``). ``tls`` overrides the client
     certificate (default: ``pki``'s certificate of ``spec.name``), e.g. for an impostor or an fx
-    workspace's ``cert/client/col_<name>.*``.
+    workspace's ``cert/client/col_<name>.*``. ``reconnect_seconds`` is the client's ``client_reconnect_interval``
+    (1.8/1.9 wait that long before each retry; their default is 5).
     """
     if tls is None:
         assert pki is not None, "give pki or tls"
@@ -109,12 +111,7 @@ def start_collaborator(
         aggregator_uuid,
         "--federation-uuid",
         federation_uuid,
-        "--ca",
-        str(tls.root_certificate),
-        "--cert",
-        str(tls.certificate),
-        "--key",
-        str(tls.private_key),
+        *tls_options(tls),
         "--delta-updates",
         str(delta).lower(),
         "--step",
@@ -129,6 +126,8 @@ def start_collaborator(
             else []
         ),
         *(["--stall-round", str(spec.stall_round)] if spec.stall_round is not None else []),
+        "--reconnect-interval",
+        str(reconnect_seconds),
         "--result",
         str(result),
         "--timeout",

@@ -44,3 +44,8 @@ def make_pki(root: Path, clients: tuple[str, ...]) -> Pki:
         client = ca.issue_client(name)
         write_issued(root, name, client.certificate_pem, client.private_key_pem)
     return Pki(root, server_dir)
+
+
+def tls_options(tls: ClientTls) -> list[str]:
+    """The ``--ca``, ``--cert`` and ``--key`` options naming ``tls``'s files (fedagg's CLI, the OpenFL scripts)."""
+    return ["--ca", str(tls.root_certificate), "--cert", str(tls.certificate), "--key", str(tls.private_key)]

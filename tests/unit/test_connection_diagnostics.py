@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -257,3 +258,43 @@ def test_without_the_environment_address_and_name_are_required(
         build_parser().parse_args(["collaborator"])
 
     assert "--name, --address, --federation-uuid" in capsys.readouterr().err
+
+
+def test_a_call_the_server_cancels_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """A stopping server cuts calls in flight with CANCELLED (a drain, a replica that lost its lease)."""
+    answers = iter([grpc.StatusCode.CANCELLED, None])
+
+    def get_tasks(request: aggregator_pb2.GetTasksRequest, context: grpc.ServicerContext) -> object:
+        if (status := next(answers)) is not None:
+            context.abort(status, "server stopping")
+        header = request.header
+        return aggregator_pb2.GetTasksResponse(
+            header=aggregator_pb2.MessageHeader(
+                sender=header.receiver, receiver=header.sender, federation_uuid=header.federation_uuid
+            ),
+            round_number=3,
+            sleep_time=1,
+        )
+
+    handler = grpc.method_handlers_generic_handler(
+        "openfl.aggregator.Aggregator",
+        {
+            "GetTasks": grpc.unary_unary_rpc_method_handler(
+                get_tasks,
+                request_deserializer=aggregator_pb2.GetTasksRequest.FromString,
+                response_serializer=aggregator_pb2.GetTasksResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = AggregatorClient(f"127.0.0.1:{port}", "one", "aggregator_x", "x", retry=FAST)
+
+    with caplog.at_level(logging.WARNING, "fedagg.collaborator.connection"):
+        reply = client.get_tasks()
+    client.close()
+    server.stop(None)
+
+    assert reply.round_number == 3
+    assert any("retrying" in record.getMessage() for record in caplog.records)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,19 @@ class SourceConformance(ABC):
         }
 
         np.testing.assert_allclose(np.concatenate([pieces[start] for start in edges[:-1]]), VALUES, rtol=1e-6)
+
+    def test_blocks_read_from_several_threads_at_once_are_the_same_values(self, tmp_path: Path) -> None:
+        """TensorSource.block: Blocks read from several threads at once MUST be the same values (the round end
+        reads a tensor's blocks side by side)."""
+        source = self.make(tmp_path)
+        ranges = [(start, start + 100) for start in range(0, 1000, 100)] * 8
+        alone = [source.block(start, stop) for start, stop in ranges]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            together = list(pool.map(lambda edges: source.block(*edges), ranges))
+
+        for first, second in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(first, second)
 
 
 class TestSpooledValues(SourceConformance):

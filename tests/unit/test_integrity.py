@@ -150,11 +150,13 @@ def test_a_garbage_spool_file_does_not_stop_a_restart(tmp_path: Path) -> None:
 
 
 def test_an_upload_corrupted_before_its_round_ends_is_never_aggregated(tmp_path: Path) -> None:
+    """ "two"'s upload waits in the spool for "one"'s (plan order) when it is damaged: nothing has read it since it
+    was written, and the first read (the fold's, or the round end's) finds the damage."""
     federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
-    run_round(federation, 0, {"one": ROUND_0["one"]}, SHAPES)
     submit(federation, "two", 0, TASKS[0], 5, [metric("acc", 3.0, 0, "validate_agg")])
     submit_training(federation, "two", 0, *ROUND_0["two"], SHAPES)
     flip(spooled(tmp_path, 0)[-1], -40)
+    run_round(federation, 0, {"one": ROUND_0["one"]}, SHAPES)
 
     submit(federation, "two", 0, TASKS[2], 5, [metric("acc", 3.0, 0, "validate_local")])
 

@@ -7,8 +7,6 @@ hole) and the .npz declares its shape in a .npy header without data, so the chec
 from __future__ import annotations
 
 import io
-import math
-import os
 import resource
 import subprocess
 import sys
@@ -28,24 +26,11 @@ from fedagg.protocol.message_size import (
     check_tensors_fit,
     served_tensor_bytes,
 )
-from fedagg.protocol.model_file import model_tensor_prefix
 from fedagg.settings import ConfigError
+from tests.support.models import HUGE, SMALL, sparse_model
 from tests.support.process import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-HUGE = (600_000_000,)
-"""2.4 GB of float32: over the 2 GiB - 1 bytes of one gRPC message."""
-SMALL = (1024, 1024)
-
-
-def sparse_model(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
-    """A .pbuf whose tensors' data are holes: the headers are real, no data page is written."""
-    with path.open("wb") as file:
-        for name, shape in shapes.items():
-            file.write(model_tensor_prefix(name, shape, 0))
-            file.seek(math.prod(shape) * FLOAT32.itemsize, os.SEEK_CUR)
-        file.truncate()
-    return path
 
 
 def peak_rss_bytes() -> int:

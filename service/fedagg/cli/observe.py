@@ -17,6 +17,7 @@ from fedagg.cli.connection import (
 )
 from fedagg.cli.exits import reported_errors
 from fedagg.cli.formatting import ago, print_json, table
+from fedagg.cli.leadership import leadership_line, replica_leadership
 from fedagg.protocol import base_pb2
 
 CONNECT_EXAMPLE = "--address agg.example.org:50051 --ca ca.crt --cert observer.crt --key observer.key"
@@ -30,7 +31,9 @@ STATUS_JSON = """
                    last_contact (Unix seconds of its last call, now while it is in one; null: never since the
                    aggregator started), seconds_since_contact (null: never),
                    training_since (Unix seconds; null unless training)}],
-  tasks: [{name, description}]
+  tasks: [{name, description}],
+  leadership (with --ops only): the replica's answer, {election, identity, role (leader, standby), leader,
+              term, transitions_seen} (README, Leader election and fencing)
 a collaborator's status: waiting (for its tasks; never called since the aggregator started, or not yet asked),
 training (its tasks handed out: it trains current_task since its last call ended), held (in a long-poll GetTasks
 that waits for work: a live contact), done (every task of the round in), rejected (its results were unusable),
@@ -64,6 +67,13 @@ def register(commands: Commands) -> None:
         add_connection_options(parser, identity_required=False, timeout=timeout)
         add_name_option(parser, "this client's name (its certificate CN)", default="observer")
         parser.add_argument("--experiment", default="", help="experiment name (default: the one served)")
+        if name == "status":
+            parser.add_argument(
+                "--ops",
+                metavar="HOST:PORT",
+                default="",
+                help="also show leadership as this replica's ops port tells it (a leader's or a standby's)",
+            )
         add_output_option(parser, "see below")
         parser.set_defaults(handler=handler)
 
@@ -72,14 +82,20 @@ def _status(args: argparse.Namespace) -> int:
     configure_client_logging()
     with reported_errors(), connect(args, args.name) as client:
         experiment = client.experiment_description(args.experiment)
+    leadership = replica_leadership(args.ops, args.timeout) if args.ops else None
     now = time.time()
     if args.output == "json":
-        print_json(status_document(experiment, now))
+        document = status_document(experiment, now)
+        if leadership is not None:
+            document["leadership"] = leadership
+        print_json(document)
         return 0
     print(
         f"experiment {experiment.name}: {experiment.status}, round {experiment.current_round} of "
         f"{experiment.total_rounds} ({experiment.progress:.0%})"
     )
+    if leadership is not None:
+        print(leadership_line(args.ops, leadership))
     models = ", ".join(f"{m.name} {m.status}" for m in experiment.download_statuses.models)
     print(f"models: {models}\n")
     rows = [

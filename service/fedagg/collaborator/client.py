@@ -1,19 +1,15 @@
 """``AggregatorClient``: the collaborator side of OpenFL's aggregator protocol over one persistent channel.
 
-Every call carries OpenFL's request header and every reply's header is checked (spec §2.2). UNAVAILABLE
-is diagnosed (:mod:`fedagg.collaborator.diagnostics`): a transient cause (nothing listens yet, the name does
-not resolve yet, the aggregator restarting or draining) is logged as a warning naming the address and the
-cause, and retried with exponential back-off and jitter until ``RetryPolicy.give_up_after`` seconds have passed
-(then :class:`AggregatorUnreachable`); uploads are re-sent whole. A cause retrying cannot fix (TLS verification
-failing on either side, a name the aggregator's certificate does not carry, TLS against plaintext) raises
-:class:`ConnectionFailed` at once. Any other status raises :class:`AggregatorError` with the server's message.
+Every call carries OpenFL's request header and every reply's header is checked (spec §2.2). Connection problems
+are retried or reported as :mod:`fedagg.collaborator.retry` says; uploads are re-sent whole.
+
+Tensors move without intermediate copies (:mod:`fedagg.collaborator.transfer`): a downloaded tensor is a view
+into its reply's bytes, and an upload is streamed message by message from the arrays it sends.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,54 +19,37 @@ import grpc
 from google.protobuf.message import Message
 
 from fedagg.collaborator.diagnostics import ConnectionProblem, diagnose
+from fedagg.collaborator.errors import AggregatorError, AggregatorUnreachable, ConnectionFailed
+from fedagg.collaborator.memory import release_freed_memory
+from fedagg.collaborator.retry import Outage, Retrier, RetryPolicy
+from fedagg.collaborator.transfer import (
+    CHUNK_BYTES,
+    OutgoingTensor,
+    parse_tensor_reply,
+    task_results_messages,
+)
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2
-from fedagg.protocol.codec import Float32Array, decode_tensor
+from fedagg.protocol.codec import CodecError, Float32Array, decode_tensor
 from fedagg.protocol.extensions import CONTRIBUTION_METADATA
 from fedagg.protocol.model_file import LoadedModel
 
+__all__ = [
+    "CHUNK_BYTES",
+    "AggregatorClient",
+    "AggregatorError",
+    "AggregatorUnreachable",
+    "ClientTls",
+    "ConnectionFailed",
+    "OutgoingTensor",
+    "RetryPolicy",
+    "TasksReply",
+]
+
 log = logging.getLogger(__name__)
-connection_log = logging.getLogger("fedagg.collaborator.connection")
-"""Connection problems (warnings, one per retry) and recoveries (info)."""
 
-CHUNK_BYTES = 2 * 1024 * 1024
-# Seconds between the two probes that must agree before a connection problem is called permanent.
-CONFIRM_SECONDS = 0.2
-_Reply = TypeVar("_Reply")
 _Request = TypeVar("_Request", bound=Message)
-
-
-class AggregatorError(Exception):
-    """The aggregator refused a call; ``code`` is the gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class ConnectionFailed(AggregatorError):
-    """Connecting failed for a reason that retrying cannot fix (TLS verification, certificate names, TLS mode)."""
-
-    def __init__(self, problem: ConnectionProblem) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, problem.message)
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return self.problem.message
-
-
-class AggregatorUnreachable(AggregatorError):
-    """The aggregator stayed unreachable or unavailable for the whole retry budget."""
-
-    def __init__(self, problem: ConnectionProblem, seconds: float) -> None:
-        super().__init__(
-            grpc.StatusCode.UNAVAILABLE, f"gave up retrying after {seconds:.0f}s: {problem.message}"
-        )
-        self.problem = problem
-        self.seconds = seconds
-
-    def __str__(self) -> str:
-        return self.details
+_Reply = TypeVar("_Reply")
+_SERVICE = "/openfl.aggregator.Aggregator/"
 
 
 @dataclass(frozen=True)
@@ -92,28 +71,6 @@ class ClientTls:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Back-off for UNAVAILABLE: ``initial`` seconds doubling up to ``maximum``, with full jitter.
-
-    ``give_up_after``: seconds (wall clock, from the first failure of an outage) after which a call stops
-    retrying and raises :class:`AggregatorUnreachable`.
-    """
-
-    initial: float = 0.5
-    maximum: float = 10.0
-    give_up_after: float = 600.0
-
-    def delays(self) -> Iterator[float]:
-        """Successive sleeps; stops when ``give_up_after`` seconds of sleeping are used up."""
-        delay, slept = self.initial, 0.0
-        while slept < self.give_up_after:
-            pause = random.uniform(delay / 2, delay)
-            slept += pause
-            yield pause
-            delay = min(delay * 2, self.maximum)
-
-
-@dataclass(frozen=True)
 class TasksReply:
     """What GetTasks said."""
 
@@ -121,33 +78,6 @@ class TasksReply:
     tasks: tuple[aggregator_pb2.Task, ...]
     sleep_seconds: int
     quit: bool
-
-
-class _Outage:
-    """One stretch of failed attempts: when it began, how often it was retried, what the probe found."""
-
-    PROBE_INTERVAL = 2.0  # seconds: the same gRPC detail within this is not probed again
-
-    def __init__(self, retry: RetryPolicy) -> None:
-        self.started = time.monotonic()
-        self.attempts = 0
-        self.delays = retry.delays()
-        self.problem: ConnectionProblem | None = None
-        self._probed_details: str | None = None
-        self._probed_at = 0.0
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def needs_probe(self, details: str) -> bool:
-        return (
-            self.problem is None
-            or details != self._probed_details
-            or time.monotonic() - self._probed_at >= self.PROBE_INTERVAL
-        )
-
-    def probed(self, details: str, problem: ConnectionProblem) -> None:
-        self.problem, self._probed_details, self._probed_at = problem, details, time.monotonic()
 
 
 class AggregatorClient:
@@ -170,7 +100,8 @@ class AggregatorClient:
         self.aggregator_uuid = aggregator_uuid
         self.federation_uuid = federation_uuid
         self.single_col_cert_common_name = single_col_cert_common_name
-        self._retry = retry or RetryPolicy()
+        # diagnose is looked up at each probe, so that a subclass or a test may replace it
+        self._retrier = Retrier(address, retry or RetryPolicy(), lambda details: self.diagnose(details))  # noqa: PLW0108
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
@@ -182,6 +113,18 @@ class AggregatorClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self._stub = aggregator_pb2_grpc.AggregatorStub(self._channel)
+        # The two tensor-carrying calls, on raw bytes: replies are parsed and uploads built by fedagg.collaborator
+        # .transfer, without protobuf copies of the data.
+        self._get_tensor_raw = self._channel.unary_unary(
+            _SERVICE + "GetAggregatedTensor",
+            request_serializer=aggregator_pb2.GetAggregatedTensorRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        self._send_results_raw = self._channel.stream_unary(
+            _SERVICE + "SendLocalTaskResults",
+            request_serializer=None,
+            response_deserializer=aggregator_pb2.SendLocalTaskResultsResponse.FromString,
+        )
         self.bytes_sent = 0
 
     def close(self) -> None:
@@ -215,7 +158,12 @@ class AggregatorClient:
     def get_aggregated_tensor(
         self, name: str, round_number: int, tags: Sequence[str], require_lossless: bool = True
     ) -> Float32Array:
-        """Fetch one tensor of the global model (``tags=["model"]``) or its delta (``aggregated, delta``)."""
+        """One tensor of the global model (``tags=["model"]``) or its delta (``aggregated, delta``).
+
+        The result is a read-only view into the reply's bytes (the only copy of the data on this side): copy or
+        add it into the collaborator's own array, then drop it. The pages gRPC freed while receiving it are
+        returned to the system first (see :mod:`fedagg.collaborator.memory`).
+        """
         request = aggregator_pb2.GetAggregatedTensorRequest(
             header=self.header(),
             tensor_name=name,
@@ -223,23 +171,32 @@ class AggregatorClient:
             tags=list(tags),
             require_lossless=require_lossless,
         )
-        reply = self._call(lambda: self._stub.GetAggregatedTensor(self._counted(request)))
+        raw: bytes = self._call(lambda: self._get_tensor_raw(self._counted(request)))
+        release_freed_memory(len(raw))  # gRPC's own copies of the reply, before the caller copies it again
+        try:
+            reply = parse_tensor_reply(raw)
+        except CodecError as error:
+            raise AggregatorError(grpc.StatusCode.DATA_LOSS, str(error)) from None
         self._check_header(reply.header)
-        return decode_tensor(reply.tensor)
+        return reply.values
 
     def send_task_results(
-        self, round_number: int, task_name: str, data_size: int, tensors: Sequence[base_pb2.NamedTensor]
+        self,
+        round_number: int,
+        task_name: str,
+        data_size: int,
+        tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor],
     ) -> None:
-        """Upload a task's results as a stream of 2 MiB chunks; returns once the aggregator has them durably."""
-        payload = aggregator_pb2.TaskResults(
-            header=self.header(),
-            round_number=round_number,
-            task_name=task_name,
-            data_size=data_size,
-            tensors=list(tensors),
-        ).SerializeToString()
+        """Upload a task's results as a stream of 2 MiB chunks; returns once the aggregator has them durably.
+
+        The chunks are built one at a time from the tensors' arrays (see :class:`OutgoingTensor`); a retried
+        upload is built again from the start.
+        """
+        results = aggregator_pb2.TaskResults(
+            header=self.header(), round_number=round_number, task_name=task_name, data_size=data_size
+        )
         reply, call = self._call(
-            lambda: self._stub.SendLocalTaskResults.with_call(self._counted_chunks(payload))
+            lambda: self._send_results_raw.with_call(self._upload_messages(results, tensors))
         )
         self._check_header(reply.header)
         for key, value in call.trailing_metadata() or ():
@@ -276,13 +233,13 @@ class AggregatorClient:
         """
         request = aggregator_pb2.GetMetricStreamRequest(experiment_name=experiment)
         delivered = 0
-        outage: _Outage | None = None
+        outage: Outage | None = None
         while True:
             position = 0
             try:
                 for reply in self._stub.GetMetricStream(request):
                     if outage is not None:
-                        self._recovered(outage)
+                        self._retrier.recovered(outage)
                         outage = None
                     position += 1
                     if position > delivered:
@@ -290,7 +247,7 @@ class AggregatorClient:
                         yield reply
                 return
             except grpc.RpcError as error:
-                outage = self._retry_or_raise(error, outage)
+                outage = self._retrier.retry_or_raise(error, outage)
 
     def diagnose(self, grpc_details: str = "") -> ConnectionProblem:
         """Probe the connection to the aggregator and say what is wrong with it (see ``diagnostics``)."""
@@ -302,64 +259,15 @@ class AggregatorClient:
         self.bytes_sent += request.ByteSize()
         return request
 
-    def _counted_chunks(self, payload: bytes) -> Iterator[base_pb2.DataStream]:
-        for chunk in _chunks(payload):
-            yield self._counted(chunk)
+    def _upload_messages(
+        self, results: aggregator_pb2.TaskResults, tensors: Sequence[OutgoingTensor | base_pb2.NamedTensor]
+    ) -> Iterator[bytes]:
+        for message in task_results_messages(results, tensors):
+            self.bytes_sent += len(message)
+            yield message
 
     def _call(self, invoke: Callable[[], _Reply]) -> _Reply:
-        outage: _Outage | None = None
-        while True:
-            try:
-                reply = invoke()
-            except grpc.RpcError as error:
-                outage = self._retry_or_raise(error, outage)
-            else:
-                self._recovered(outage)
-                return reply
-
-    def _retry_or_raise(self, error: grpc.RpcError, outage: _Outage | None) -> _Outage:
-        """Sleep before the next attempt when retrying can help; otherwise raise the right error."""
-        code, details = error.code(), error.details() or ""
-        if code != grpc.StatusCode.UNAVAILABLE:
-            raise AggregatorError(code, details) from None
-        outage = outage or _Outage(self._retry)
-        if outage.needs_probe(details):
-            found = self.diagnose(details)
-            if not found.transient:  # a verdict that ends the run is confirmed by a second probe
-                time.sleep(CONFIRM_SECONDS)
-                if (again := self.diagnose(details)).cause != found.cause:
-                    found = again
-            outage.probed(details, found)
-        problem = outage.problem
-        assert problem is not None
-        if not problem.transient:
-            raise ConnectionFailed(problem) from None
-        pause = next(outage.delays, None)
-        elapsed = outage.elapsed()
-        budget = self._retry.give_up_after
-        if pause is None or elapsed >= budget:
-            raise AggregatorUnreachable(problem, elapsed) from None
-        pause = min(pause, budget - elapsed)  # the last attempt is made when the budget runs out
-        outage.attempts += 1
-        connection_log.warning(
-            "%s; retrying in %.1fs (attempt %d, giving up %.0fs from now)",
-            problem,
-            pause,
-            outage.attempts,
-            max(budget - elapsed, 0.0),
-            extra={"cause": problem.cause.value, "address": self.address},
-        )
-        time.sleep(pause)
-        return outage
-
-    def _recovered(self, outage: _Outage | None) -> None:
-        if outage is not None and outage.attempts:
-            connection_log.info(
-                "connected to the aggregator at %s after %d attempts (%.0fs)",
-                self.address,
-                outage.attempts + 1,
-                outage.elapsed(),
-            )
+        return self._retrier.call(invoke)
 
     def _check_header(self, header: aggregator_pb2.MessageHeader) -> None:
         expected = (
@@ -374,10 +282,3 @@ class AggregatorClient:
                 grpc.StatusCode.DATA_LOSS,
                 f"reply header {actual} does not match this collaborator's {expected}",
             )
-
-
-def _chunks(payload: bytes) -> Iterator[base_pb2.DataStream]:
-    view = memoryview(payload)
-    for start in range(0, len(view), CHUNK_BYTES):
-        piece = bytes(view[start : start + CHUNK_BYTES])
-        yield base_pb2.DataStream(size=len(piece), npbytes=piece)

@@ -28,7 +28,13 @@ class TaskRunner(Protocol):
         ...
 
     def train(self, weights: Weights, round_number: int) -> TaskOutput:
-        """Train from the global ``weights``; return the new weights and training metrics."""
+        """Train from the global ``weights``; return the new weights and training metrics.
+
+        ``weights`` are the collaborator's own buffers (read-only views with ``delta_updates``). A runner may
+        train in them, and then MUST return them: the model is then held once, and the collaborator knows the
+        buffers no longer hold the global model (they are replaced by the next round's download). Returned
+        arrays should be float32 (others are converted while uploading, a copy each).
+        """
         ...
 
     def validate(self, weights: Weights, round_number: int) -> TaskOutput:

@@ -33,7 +33,9 @@ class AfterFinish(StrEnum):
 class OpsSettings:
     """Operations: the plaintext health/reflection port, the Prometheus exporter, shutdown behaviour."""
 
-    bind_address: str = setting("[::]", help="ops listen address (health and reflection, plaintext)")
+    bind_address: str = setting(
+        "[::]", help="ops listen address (health, reflection and leadership, plaintext)"
+    )
     port: int = setting(
         50052, help="ops gRPC port for kubelet probes and grpcurl (0 = any free port)", check=port_number
     )

@@ -58,6 +58,9 @@ class FederationListener:
     def checkpoint_saved(self, round_number: int, seconds: float) -> None:
         """A checkpoint was written."""
 
+    def contribution_folded(self, collaborator: str, task: str, round_number: int, seconds: float) -> None:
+        """An accepted upload was folded into its round's running sums (on the fold worker) in ``seconds``."""
+
     def checkpoint_failed(self) -> None:
         """A checkpoint could not be written."""
 

@@ -163,7 +163,8 @@ class UploadIntake:
     A single-owner object, not thread-safe: owned by the upload's receiver until it is handed to
     :meth:`~fedagg.federation.federation.Federation.commit`; the commit owns it from then on (and always disposes
     of it: :meth:`discard`), and nobody else touches it again. While the receiver owns it, one caller at a time:
-    the event loop calls :meth:`tensor`, an executor thread :meth:`absorb`, never both at once.
+    the event loop or an executor thread calls :meth:`tensor`, an executor thread :meth:`absorb`, never two at
+    once.
     """
 
     def __init__(

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from fedagg.federation.aggregators import Aggregator, Emit, RoundInputs, TensorInputs
-from fedagg.federation.aggregators.base import block_elements_for, blocks
+from fedagg.federation.aggregators.base import FoldedPrefix, block_elements_for, blocks
 from fedagg.federation.aggregators.registry import make_aggregator
 from fedagg.federation.checkpoint import Checkpoint, SlotDigest
 from fedagg.federation.contribution import UploadedTensor
@@ -27,12 +27,15 @@ from fedagg.federation.files import atomic_file
 from fedagg.federation.model_shape import model_growth
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.rounds import AcceptedUpload, Round
-from fedagg.federation.sources import DeltaOnBase, ModelValues, SpooledValues, TensorSource
+from fedagg.federation.sources import ModelValues, TensorSource, uploaded_values
 from fedagg.federation.store import ModelWriter, StateStore
 from fedagg.protocol.codec import Float32Array, Shape
 from fedagg.protocol.model_file import LoadedModel
 
 log = logging.getLogger(__name__)
+
+Prefixes = Callable[[str, str, list[tuple[str, float]]], FoldedPrefix | None]
+"""(task, tensor, the round end's (collaborator, weight) order) -> the sum folded so far, if it is a prefix."""
 
 
 class TaskAggregators:
@@ -129,10 +132,18 @@ class ModelBuilder:
         self._aggregators = aggregators
 
     def build(
-        self, round_: Round, uploads: list[AcceptedUpload], committed: Checkpoint, writer: ModelWriter
+        self,
+        round_: Round,
+        uploads: list[AcceptedUpload],
+        committed: Checkpoint,
+        writer: ModelWriter,
+        folded: Prefixes | None = None,
     ) -> BuiltModel:
-        """Stream the next model into ``writer``; slot files are committed with it (same ``with`` block)."""
-        inputs = self._task_inputs(round_, uploads)
+        """Stream the next model into ``writer``; slot files are committed with it (same ``with`` block).
+
+        ``folded`` gives the sums folded while the uploads arrived (:mod:`fedagg.federation.fold`), if any.
+        """
+        inputs = self._task_inputs(round_, uploads, folded)
         owners = {tensor.name: task for task, task_inputs in inputs.items() for tensor in task_inputs.tensors}
         joining = model_growth(round_, uploads).joining
         with contextlib.ExitStack() as files:
@@ -197,7 +208,9 @@ class ModelBuilder:
                 )
         return _SlotState(self._store, task, round_number + 1, previous, files)
 
-    def _task_inputs(self, round_: Round, uploads: list[AcceptedUpload]) -> dict[str, RoundInputs]:
+    def _task_inputs(
+        self, round_: Round, uploads: list[AcceptedUpload], folded: Prefixes | None
+    ) -> dict[str, RoundInputs]:
         """Per task, the counted collaborators (plan order) and every tensor they sent; first task owns a name."""
         by_task: dict[str, list[AcceptedUpload]] = {}
         for upload in uploads:
@@ -216,12 +229,20 @@ class ModelBuilder:
                 round_.number,
                 task,
                 collaborators,
-                tuple(self._tensor_inputs(round_, name, entries) for name, entries in tensors.items()),
+                tuple(
+                    self._tensor_inputs(round_, task, name, entries, folded)
+                    for name, entries in tensors.items()
+                ),
             )
         return inputs
 
     def _tensor_inputs(
-        self, round_: Round, name: str, entries: list[tuple[int, AcceptedUpload, UploadedTensor]]
+        self,
+        round_: Round,
+        task: str,
+        name: str,
+        entries: list[tuple[int, AcceptedUpload, UploadedTensor]],
+        folded: Prefixes | None,
     ) -> TensorInputs:
         model = round_.model
         base = model.tensors.get(name)
@@ -240,20 +261,14 @@ class ModelBuilder:
                 )
                 continue
             kept.append((index, upload, tensor))
+        order = [(upload.contribution.collaborator, upload.contribution.weight) for _, upload, _ in kept]
         return TensorInputs(
             name,
             shape,
             tuple(index for index, _, _ in kept),
-            tuple(_source(upload, tensor, model) for _, upload, tensor in kept),
+            tuple(uploaded_values(upload.entry.path, tensor, model) for _, upload, tensor in kept),
             tuple(upload.contribution.weight for _, upload, _ in kept),
             None if base is None else ModelValues(model, name),
             block_elements_for(self._plan.aggregation_bytes, len(kept)),
+            None if folded is None or base is None else folded(task, name, order),
         )
-
-
-def _source(upload: AcceptedUpload, tensor: UploadedTensor, model: LoadedModel) -> TensorSource:
-    values = SpooledValues(upload.entry.path, tensor.data_offset, tensor.size)
-    if tensor.is_delta:
-        assert tensor.name in model.tensors, "a delta's base was checked at upload time"
-        return DeltaOnBase(ModelValues(model, tensor.name), values)
-    return values

@@ -4,8 +4,9 @@ The steps, in the order a crash must respect:
 
 1. the close decision (who is done, who is a straggler) is recorded in the round's spool directory, so a round
    redone after a crash closes with the very same collaborators;
-2. the aggregates are computed block by block from the spooled uploads of the done collaborators and streamed
-   into the next round's model file (written atomically, its digest kept);
+2. the aggregates are computed block by block from the spooled uploads of the done collaborators (for the weighted
+   average, from the sums folded while they arrived, :mod:`fedagg.federation.fold`, and the rest of the spool) and
+   streamed into the next round's model file (written atomically, its digest kept);
 3. the round's metrics are written;
 4. the new checkpoint is written: **the commit point**. Before it, a restart redoes the round from the spool
    (every earlier step is idempotent); after it, the next round has begun;
@@ -15,7 +16,8 @@ The steps, in the order a crash must respect:
    (:mod:`fedagg.federation.recovery`), and a failure to publish after the commit is logged and tried again at
    the next round end, never undone.
 
-Before the transaction, the uploads it will aggregate are verified against their checksums: a corrupt one is
+Before the transaction, the uploads it will aggregate are verified against their checksums (but those the fold
+verified just before folding them): a corrupt one is
 quarantined and its task handed out again (the round is then decided anew). A transaction that fails (a full or
 failing disk) commits nothing: the round stays closing, the federation reports itself unhealthy, and the round
 end is retried with exponential back-off until it commits.
@@ -31,15 +33,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.aggregators.noise import experiment_seed
 from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.checkpoint import Checkpoint
 from fedagg.federation.events import FederationListener
-from fedagg.federation.integrity import CorruptFile, FileDigest, verify_footer
+from fedagg.federation.fold import verify_upload
+from fedagg.federation.integrity import CorruptFile, FileDigest
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
-from fedagg.federation.model_building import BuiltModel, ModelBuilder, TaskAggregators
+from fedagg.federation.model_building import BuiltModel, ModelBuilder, Prefixes, TaskAggregators
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth, describe_os_error
 from fedagg.federation.published import ModelOutputs, PublishedModels
@@ -142,14 +146,18 @@ class RoundCloser:
         """Whether a round end may be attempted now (always, unless the last one failed recently)."""
         return self._retries.due()
 
-    def verify(self, round_: Round, decision: CloseDecision) -> list[tuple[str, str]]:
-        """Check the uploads ``decision`` aggregates; quarantine corrupt ones and return their (collaborator, task)."""
+    def verify(
+        self, round_: Round, decision: CloseDecision, checked: frozenset[Path] = frozenset()
+    ) -> list[tuple[str, str]]:
+        """Check the uploads ``decision`` aggregates, but those whose spool file is in ``checked`` (the fold checked
+        them just before folding them); quarantine corrupt ones and return their (collaborator, task)."""
         lost = []
         for upload in round_.accepted(decision.done):
             contribution = upload.contribution
+            if upload.entry.path in checked:
+                continue
             try:
-                if verify_footer(upload.entry.path) != upload.digest:
-                    raise CorruptFile(f"{upload.entry.path}: differs from the upload that was acknowledged")
+                verify_upload(upload)
             except (CorruptFile, FileNotFoundError) as error:
                 if upload.entry.path.exists():
                     quarantine_entry(self._store, upload.entry, str(error))
@@ -162,10 +170,13 @@ class RoundCloser:
                 lost.append((contribution.collaborator, contribution.task))
         return lost
 
-    def attempt(self, round_: Round, decision: CloseDecision, committed: Checkpoint) -> ClosedRound | None:
-        """Run the transaction; on failure schedule a retry, report it and return None."""
+    def attempt(
+        self, round_: Round, decision: CloseDecision, committed: Checkpoint, folded: Prefixes | None = None
+    ) -> ClosedRound | None:
+        """Run the transaction; on failure schedule a retry, report it and return None. ``folded`` gives the sums
+        folded as the uploads arrived (:mod:`fedagg.federation.fold`), if any."""
         try:
-            closed = self.close(round_, decision, committed)
+            closed = self.close(round_, decision, committed, folded)
         except OSError as error:
             self._health.storage_failed("round_end", error)
             self._listener.checkpoint_failed()
@@ -186,7 +197,9 @@ class RoundCloser:
         self._listener.round_end_failed(round_.number)
         return None
 
-    def close(self, round_: Round, decision: CloseDecision, committed: Checkpoint) -> ClosedRound:
+    def close(
+        self, round_: Round, decision: CloseDecision, committed: Checkpoint, folded: Prefixes | None = None
+    ) -> ClosedRound:
         """Write the round's outputs and the next checkpoint; raises OSError (nothing committed) on disk errors."""
         store = self._store
         self._seed_noise()
@@ -199,7 +212,7 @@ class RoundCloser:
         try:
             digest = store.write_model(
                 next_round,
-                lambda writer: built.append(self._builder.build(round_, uploads, committed, writer)),
+                lambda writer: built.append(self._builder.build(round_, uploads, committed, writer, folded)),
             )
         except BaseException:
             self.aggregators.load(saved)  # nothing was committed: the aggregators forget this attempt
@@ -253,7 +266,7 @@ class RoundCloser:
         self._failpoint("round_end.committed")
         self._published.publish(checkpoint, committed)
         self._failpoint("round_end.outputs_published")
-        model = store.load_model(next_round, digest)
+        model = store.map_model(next_round)  # written just now, its digest taken as it was written
         return ClosedRound(
             checkpoint,
             model,

@@ -4,19 +4,22 @@ and quit records, which are serialised with round ends so checkpoints only move 
 A round end is a transaction (:mod:`fedagg.federation.round_close`): it commits with its checkpoint, or leaves the
 round closing and is retried with back-off while the federation reports itself unhealthy. A collaborator's
 uploads count once all its tasks of the round are in, and a round aggregates only the collaborators its close
-decision names as done: stragglers never enter the sums.
+decision names as done: stragglers never enter the sums. The weighted sums of a round are folded while its
+uploads arrive (:mod:`fedagg.federation.fold`) by the fold worker, a thread of its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.assigner import Assigner
 from fedagg.federation.checkpoint import Checkpoint, ModelShape
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
+from fedagg.federation.fold import RoundFold
 from fedagg.federation.integrity import CorruptFile
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.memory import trim_heap
@@ -70,6 +73,8 @@ class RoundEnds:
         self.listener = listener
         self._clock = clock
         self._made_progress = made_progress
+        self._fold: RoundFold | None = None
+        self._fold_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-fold")
 
     def install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
         """Make ``checkpoint`` the committed state, serving ``models``; opens its round unless finished."""
@@ -79,11 +84,26 @@ class RoundEnds:
         )
         self._closer.aggregators.load(checkpoint.aggregation)
         figures = self._closer.aggregators.reports()
+        if self._fold is not None:
+            self._fold.close()
+        self._fold = (
+            None
+            if round_ is None
+            else RoundFold(
+                round_,
+                self._closer.aggregators,
+                self._ledger.round_lock,
+                self._store.spool.root,
+                self.listener,
+            )
+        )
+        # Serve the new round's model before the ledger names the round: a GetTasks answered from the ledger sends
+        # the collaborator straight to GetAggregatedTensor for it.
+        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         with self._ledger.round_lock:
             self._ledger.committed = checkpoint
             self._ledger.round = round_
             self._ledger.figures = figures
-        self._serving.install(models, self._deltas(checkpoint.round_number, models), checkpoint.round_number)
         if finished:
             self.metrics.close()
         self._made_progress()
@@ -103,6 +123,11 @@ class RoundEnds:
             self._plan.limits.resolve(shape.data_bytes),
             shape.names,
         )
+
+    def fold_arrivals(self) -> None:
+        """Have the fold worker fold the uploads whose turn has come (after a commit; returns at once)."""
+        if self._fold is not None:
+            self._fold_worker.submit(self._fold.advance)
 
     def _deltas(self, number: int, models: dict[int, LoadedModel]) -> dict[int, LoadedModel]:
         """Round ``number``'s delta file (model minus the previous one), written once; none if it cannot be."""
@@ -160,7 +185,11 @@ class RoundEnds:
                 decision = round_.decision or round_.propose_decision(self._policy, self._clock())
             if decision is None:
                 return False
-            lost = self._closer.verify(round_, decision)
+            started = self._clock()
+            checked = self._fold.stop(decision) if self._fold is not None else frozenset()
+            log.debug("round %d: the fold stopped after %.2fs", round_.number, self._clock() - started)
+            lost = self._closer.verify(round_, decision, checked)
+            log.debug("round %d: verified after %.2fs", round_.number, self._clock() - started)
             with ledger.round_lock:
                 for collaborator, task in lost:
                     round_.forget(collaborator, task)
@@ -169,8 +198,12 @@ class RoundEnds:
             if not lost:
                 break
             self._made_progress()
-        closed = self._closer.attempt(round_, decision, committed)
+        closed = self._closer.attempt(
+            round_, decision, committed, None if self._fold is None else self._fold.prefix
+        )
         if closed is None:
+            if self._fold is not None:  # its scratch file may be what filled the disk: retries read the spool
+                self._fold.close()
             return False
         self._committed_round(round_, decision, closed)
         return True

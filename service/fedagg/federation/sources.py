@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.integrity import CorruptFile
 from fedagg.protocol.codec import FLOAT32, Float32Array
 from fedagg.protocol.model_file import LoadedModel
@@ -39,7 +40,8 @@ class TensorSource(Protocol):
 
         It MUST return a float32 array of ``stop - start`` values, which later reads never change. Reading the
         same range again MUST give the same values. Blocks read in any order MUST
-        together be the tensor's values.
+        together be the tensor's values. Blocks read from several threads at once MUST be the same values (the
+        round end reads a tensor's blocks side by side).
         """
         ...
 
@@ -103,3 +105,12 @@ class DeltaOnBase:
         values = self._base.block(start, stop)
         values += self._delta.block(start, stop)
         return values
+
+
+def uploaded_values(path: Path, tensor: UploadedTensor, model: LoadedModel) -> TensorSource:
+    """The absolute values of an uploaded weight tensor spooled at ``path`` (a delta is added to ``model``'s)."""
+    values = SpooledValues(path, tensor.data_offset, tensor.size)
+    if tensor.is_delta:
+        assert tensor.name in model.tensors, "a delta's base was checked at upload time"
+        return DeltaOnBase(ModelValues(model, tensor.name), values)
+    return values

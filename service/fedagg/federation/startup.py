@@ -50,6 +50,7 @@ class StartUp:
             replayed = self._replay(round_, ledger, metrics, names, admit)
             if replayed:
                 log.info("replayed %d acknowledged upload(s) of round %d", replayed, round_.number)
+                round_ends.fold_arrivals()
             if not round_ends.close_if_due(round_):
                 break
         with ledger.round_lock:

@@ -184,8 +184,14 @@ class StateStore:
 
     def load_model(self, round_number: int, digest: FileDigest) -> LoadedModel:
         """Verify and map a kept model; raise :class:`CorruptFile` when it does not match its digest."""
+        verify_file(self.model_path(round_number), digest)
+        return self.map_model(round_number)
+
+    def map_model(self, round_number: int) -> LoadedModel:
+        """Map a kept model without verifying it: one this process has just written, its digest computed from the
+        bytes as they were written (:meth:`write_model`). Raises :class:`CorruptFile` for a file that does not
+        parse."""
         path = self.model_path(round_number)
-        verify_file(path, digest)
         try:
             model = read_model(path)
         except ModelFileError as error:

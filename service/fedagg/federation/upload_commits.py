@@ -101,6 +101,7 @@ class UploadCommits:
         if round_ is not None:
             round_.model.release()  # the pages a delta's checks touched
         if outcome.admission.accepted and round_ is not None:
+            self._round_ends.fold_arrivals()
             self._round_ends.close_if_due(round_)
         return outcome
 

@@ -3,7 +3,9 @@
 ``fedagg_leader{identity}`` is one series per process (its own identity), 1 while it leads; the sum over replicas
 is the number of leaders (alert when it stays 0). ``fedagg_leader_transitions_total`` counts the takeovers this
 replica saw happen on the lease (its own included: increases of the lease's ``leaseTransitions`` since it first
-read it); ``fedagg_lease_transitions`` is ``leaseTransitions`` itself (the term) as last read. Thread-safe (prometheus-client metrics are).
+read it); ``fedagg_lease_transitions`` is ``leaseTransitions`` itself (the term) as last read. Updated on the
+election thread only; read from others (an int's update is atomic under the GIL, prometheus-client metrics are
+thread-safe).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class LeaderMetrics:
             registry=registry,
         )
         self._seen_term: int | None = None
+        self.transitions_seen = 0
+        """What ``fedagg_leader_transitions_total`` counts (read by ``fedagg status --ops``)."""
 
     def leading(self, leads: bool) -> None:
         """This replica started or stopped leading."""
@@ -44,5 +48,6 @@ class LeaderMetrics:
         """A new version of the lease was read or written."""
         if self._seen_term is not None and record.transitions > self._seen_term:
             self._transitions.inc(record.transitions - self._seen_term)
+            self.transitions_seen += record.transitions - self._seen_term
         self._seen_term = record.transitions
         self._term.set(record.transitions)

@@ -76,6 +76,16 @@ class Leadership:
         await self._lost.wait()
 
     @property
+    def leading(self) -> bool:
+        """Whether this process was elected and has not lost the lease since."""
+        return self._elected.is_set() and not self._lost.is_set()
+
+    def read_lease(self, timeout: float) -> LeaseRecord | None:
+        """The lease as stored now (blocking; raises LeaseStoreError), for ``fedagg status --ops``."""
+        stored = self._elector.records.read(timeout)
+        return stored[0] if stored is not None else None
+
+    @property
     def lost(self) -> bool:
         """Whether this process lost its lease (it must not serve or write any more)."""
         return self._lost.is_set()

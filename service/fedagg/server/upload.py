@@ -4,7 +4,8 @@ The upload is decoded as its chunks arrive, and nothing is held that has not bee
 
 * before the TaskResults header authenticates the sender, and until the first tensor begins (the header area),
   at most ``header_bytes`` are decoded and buffered; a stream that needs more is refused;
-* decoding runs off the event loop, one chunk at a time, and its work is bounded by the decode limits (every field
+* decoding runs off the event loop, one chunk at a time (once admitted, a chunk is decoded, checked and spooled in
+  one executor hop), and its work is bounded by the decode limits (every field
   costs descriptor budget, and the number of tensors is capped), so no upload stalls the calls of others;
 * one caller may have at most ``concurrent_uploads_per_task`` uploads of one task open at once
   (:class:`UploadSlots`);
@@ -35,7 +36,7 @@ from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
-from fedagg.protocol.stream import DecodeLimits, LimitExceeded
+from fedagg.protocol.stream import DecodeLimits, LimitExceeded, TensorRecord
 from fedagg.protocol.wire import datastream_payload
 from fedagg.server.errors import Unavailable
 from fedagg.server.gate import CallGate
@@ -189,6 +190,9 @@ class UploadReceiver:
                 piece, data = data[:room], data[room:]
                 self._header_area.append(piece)
                 self._header_size += len(piece)
+            elif not self._header_area:  # admitted before this chunk: decode, check and spool it in one hop
+                await self._decode_and_absorb(data)
+                return self._intake.rejection is not None
             else:
                 piece, data = data, data[:0]
             try:
@@ -204,6 +208,25 @@ class UploadReceiver:
                 if self._intake.rejection is not None:
                     return True
         return False
+
+    async def _decode_and_absorb(self, piece: memoryview) -> None:
+        """Once admitted: decode a chunk, check the tensors it begins and spool it, in one executor hop."""
+        intake = self._intake
+        assert intake is not None
+        offset, self._offset = self._offset, self._offset + len(piece)
+
+        def decode_and_absorb() -> None:
+            for event in self._decoder.feed(piece):
+                assert isinstance(event, TensorRecord), "the headers come before the first tensor"
+                intake.tensor(event)
+            self._federation.absorb(intake, piece, offset)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, decode_and_absorb)
+        except LimitExceeded as error:
+            self._observer.limit_breached(DECODE_LIMITS[error.limit])
+            raise
+        failpoint("upload.chunk")
 
     async def _absorb(self, data: memoryview) -> None:
         """Pass the upload's next bytes to its intake (the chunks held before admission first)."""

@@ -23,9 +23,11 @@ so that one of every contribution fits ``limits.aggregation_bytes``. tests/unit/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,7 @@ MIN_BLOCK_ELEMENTS = 4096
 BYTES_PER_BLOCK_VALUE = 16
 """What one value of one contribution's block may cost while combined: float32 read, float64 copy, temporaries."""
 
+T = TypeVar("T")
 Emit = Callable[[Float32Array], None]
 """Receives an aggregate's consecutive blocks (float32)."""
 Float64Array = npt.NDArray[np.float64]
@@ -57,6 +60,20 @@ def block_elements_for(budget_bytes: int, contributions: int) -> int:
     return max(MIN_BLOCK_ELEMENTS, min(BLOCK_ELEMENTS, fitting))
 
 
+class FoldedPrefix(Protocol):
+    """``sum(w_i * x_i)`` (float64, :func:`add_weighted` in contribution order) over a tensor's first
+    :attr:`count` contributions, kept while they arrived so the round end need not read them again."""
+
+    @property
+    def count(self) -> int:
+        """How many of the first contributions the sum holds."""
+        ...
+
+    def block(self, start: int, stop: int) -> Float64Array:
+        """The sum's flattened values ``[start, stop)``, a fresh array the caller may add to."""
+        ...
+
+
 @dataclass(frozen=True)
 class TensorInputs:
     """One tensor of the task: its contributions (``contributors`` index into :attr:`RoundInputs.collaborators`)."""
@@ -72,6 +89,9 @@ class TensorInputs:
     block_elements: int | None = None
     """How many values of each contribution to read at once (None: :data:`BLOCK_ELEMENTS`); the round end sizes
     it from ``limits.aggregation_bytes`` and the number of contributions."""
+    folded: FoldedPrefix | None = None
+    """The weighted sum of the first contributions, folded as they arrived (set by the round end only for the
+    plain weighted average: :func:`weighted_sum` starts from it; any other method reads every source)."""
 
     @property
     def size(self) -> int:
@@ -90,6 +110,7 @@ class TensorInputs:
             contributors=tuple(self.contributors[i] for i in keep),
             sources=tuple(self.sources[i] for i in keep),
             weights=tuple(self.weights[i] for i in keep),
+            folded=None,
         )
 
 
@@ -200,15 +221,60 @@ class BoundedAggregator(Aggregator):
         """
 
 
+def add_weighted(
+    summed: Float64Array, values: Float32Array, weight: float, scratch: Float64Array | None = None
+) -> None:
+    """``summed += w * x`` in float64: one step of :func:`weighted_sum` (a zero weight adds nothing). ``scratch``
+    (at least as long as ``values``) holds the product instead of fresh memory; the bits are the same."""
+    if not weight:
+        return
+    if scratch is None:
+        summed += values * np.float64(weight)
+    else:
+        product = scratch[: values.size]
+        np.multiply(values, np.float64(weight), out=product)
+        summed += product
+
+
 def weighted_sum(
-    sources: tuple[TensorSource, ...], weights: Float64Array, start: int, stop: int
+    sources: tuple[TensorSource, ...],
+    weights: Float64Array,
+    start: int,
+    stop: int,
+    folded: FoldedPrefix | None = None,
 ) -> Float64Array:
-    """``sum(w_i * x_i)`` over one block, in float64, summed in contribution order."""
-    summed = np.zeros(stop - start, dtype=np.float64)
-    for source, weight in zip(sources, weights, strict=True):
-        if weight:
-            summed += source.block(start, stop) * np.float64(weight)
+    """``sum(w_i * x_i)`` over one block, in float64, summed in contribution order; from ``folded`` (the sum of
+    the first contributions) when given, so the result has the same bits either way."""
+    skip = 0 if folded is None else folded.count
+    summed = np.zeros(stop - start, dtype=np.float64) if folded is None else folded.block(start, stop)
+    for source, weight in zip(sources[skip:], weights[skip:], strict=True):
+        add_weighted(summed, source.block(start, stop), float(weight))
     return summed
+
+
+_BLOCK_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedagg-blocks")
+"""Computes blocks of element-wise aggregates side by side (numpy and file reads release the GIL)."""
+
+
+def in_order(
+    compute: Callable[[int, int], T], ranges: Iterable[tuple[int, int]], ahead: int = 2
+) -> Iterator[T]:
+    """``compute(start, stop)`` of each range, in order, at most ``ahead`` computed at once on worker threads.
+
+    Only for element-wise work, whose values do not depend on which thread computes a block or when; memory is
+    that of ``ahead + 1`` blocks.
+    """
+    pending: deque[Future[T]] = deque()
+    try:
+        for start, stop in ranges:
+            pending.append(_BLOCK_WORKERS.submit(compute, start, stop))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def stacked(sources: tuple[TensorSource, ...], start: int, stop: int) -> Float32Array:

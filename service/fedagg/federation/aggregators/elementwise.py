@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from fedagg.federation.aggregators.base import (
+    Aggregator,
     BoundedAggregator,
     Emit,
     RoundInputs,
     TensorInputs,
     finite_float32,
+    in_order,
     stacked,
     weighted_sum,
     without_overflow,
 )
-from fedagg.protocol.codec import FLOAT32
+from fedagg.protocol.codec import FLOAT32, Float32Array
 
 
 class WeightedAverage(BoundedAggregator):
@@ -39,8 +41,12 @@ class WeightedAverage(BoundedAggregator):
         if not tensor.sources or total <= 0:
             return False
         weights = np.asarray(tensor.weights, dtype=np.float64)
-        for start, stop in tensor.blocks():
-            emit((weighted_sum(tensor.sources, weights, start, stop) / total).astype(FLOAT32))
+
+        def average(start: int, stop: int) -> Float32Array:
+            return (weighted_sum(tensor.sources, weights, start, stop, tensor.folded) / total).astype(FLOAT32)
+
+        for block in in_order(average, tensor.blocks()):
+            emit(block)
         return True
 
 
@@ -135,3 +141,15 @@ class FedCurvWeightedAverage(WeightedAverage):
                 )
             )
         return True
+
+
+def sums_by_weight(aggregator: Aggregator, tensor: str) -> bool:
+    """Whether ``aggregator`` aggregates ``tensor`` as the plain weighted average, so that a running weighted sum
+    of its contributions (in plan order) may stand in for them (a subclass that overrides ``combine`` or
+    ``prepare``, a clipping or privacy wrapper: no)."""
+    kind = type(aggregator)
+    if kind.prepare is not Aggregator.prepare:
+        return False
+    if kind.combine is WeightedAverage.combine:
+        return True
+    return kind.combine is FedCurvWeightedAverage.combine and not tensor.endswith(FISHER_SUFFIXES)
