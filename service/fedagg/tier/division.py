@@ -1,8 +1,11 @@
 """At the root: a task's next tensors from the replicas' merged partial, through the task's own aggregator.
 
-The merged partial gives each tensor's weighted mean ``sum(w_i * x_i) / sum(w_i)`` (float32, as the standalone
-weighted average rounds it). The task's aggregator then sees one contribution, that mean, with weight 1: the
-weighted average gives it back unchanged, and an adaptive optimizer takes ``base - mean`` as its gradient and
+The task's aggregator sees one contribution per tensor: the merged partial's weighted mean, with the total weight.
+Where the aggregator sums by weight (the weighted average, FedCurv's other tensors:
+:func:`~fedagg.federation.aggregators.elementwise.sums_by_weight`), the merged float64 sum is also handed over as the
+round end's folded prefix (:class:`~fedagg.federation.aggregators.base.FoldedPrefix`, which
+:class:`~fedagg.tier.partials.TensorSum` is), so the aggregator divides ``sum(w_i * x_i)`` by ``sum(w_i)`` itself,
+with the operations of a single pod's round end. An adaptive optimizer takes ``base - mean`` as its gradient and
 updates its moments once, at the root. FedCurv's Fisher terms are plain sums and are taken as summed.
 """
 
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedagg.federation.aggregators import Aggregator, AggregatorState, RoundInputs, TensorInputs
+from fedagg.federation.aggregators.elementwise import sums_by_weight
 from fedagg.protocol.codec import Float32Array
 from fedagg.tier.partials import TaskPartial
 
@@ -56,8 +60,9 @@ def divide(
                 summed.shape,
                 (0,),
                 (MeanValues(mean),),
-                (1.0,),
+                (summed.weight,),
                 None if base is None else MeanValues(base),
+                folded=summed if sums_by_weight(aggregator, name) else None,
             )
         )
     inputs = RoundInputs(round_number, task, (MERGED,), tuple(tensors))

@@ -2,7 +2,7 @@
 
 An ingest replica folds each contribution it accepted (and the root let it claim) into the round's
 :class:`RoundPartial`: per task, ``sum(w_i * x_i)`` per tensor in float64 (the operation of the standalone round
-end, :func:`fold_weighted`), the weight summed per tensor, and ``sum(w_i * m_i)`` with ``sum(w_i)`` per metric. The
+end and the fold, :func:`~fedagg.federation.aggregators.base.add_weighted`), the weight summed per tensor, and ``sum(w_i * m_i)`` with ``sum(w_i)`` per metric. The
 root adds the replicas' partials (:func:`merge`, in replica-name order) and divides once
 (:meth:`TaskPartial.average`). The only difference from a single pod is the order of the float64 additions, which
 changes the float64 sum in its last bits at most: the float32 result differs from a single pod's by a float32
@@ -21,18 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedagg.federation.aggregators.base import Float64Array, finite_float32
+from fedagg.federation.aggregators.base import Float64Array, add_weighted, finite_float32
 from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
 
 MetricKey = tuple[str, tuple[str, ...]]
 """A metric's name and tags."""
-
-
-def fold_weighted(summed: Float64Array, values: Float32Array, weight: float) -> None:
-    """``summed += w * x`` in float64, as the standalone round end adds each contribution (a zero weight adds
-    nothing)."""
-    if weight:
-        summed += values.reshape(-1) * np.float64(weight)
 
 
 @dataclass
@@ -57,6 +50,16 @@ class TensorSum:
     weight: float = 0.0
     plain: bool = False
     """Summed unweighted (FedCurv's Fisher terms): ``sum(x_i)``, what the root takes as it is."""
+
+    @property
+    def count(self) -> int:
+        """As a :class:`~fedagg.federation.aggregators.base.FoldedPrefix`: the sum stands for one contribution
+        (the merged one the root's aggregator sees, :mod:`fedagg.tier.division`)."""
+        return 1
+
+    def block(self, start: int, stop: int) -> Float64Array:
+        """As a folded prefix: the sum's values ``[start, stop)``, a fresh array."""
+        return self.values[start:stop].copy()
 
     @classmethod
     def zeros(cls, shape: Shape, plain: bool = False) -> TensorSum:
@@ -135,7 +138,7 @@ class RoundPartial:
                     f"{collaborator}'s tensor '{name}' has shape {list(values.shape)}, the partial's is "
                     f"{list(summed.shape)}"
                 )
-            fold_weighted(summed.values, values, 1.0 if summed.plain else weight)
+            add_weighted(summed.values, values.reshape(-1), 1.0 if summed.plain else weight)
             summed.weight += weight
         for key, value in metrics:
             part.metrics.setdefault(key, MetricSum()).add(value, weight)
