@@ -4,6 +4,7 @@ claims, idempotent redelivery, a restarted root, refused identities."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from fedagg.tier.events import TierListener
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
 from fedagg.tier.root_service import TierLimits
+from fedagg.tier.wire import partial_chunks
 from tests.support.aggregation import aggregate, model_of
 from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
@@ -211,6 +213,39 @@ def test_claims_and_partials_beyond_the_limits_are_refused_naming_the_field(
             with pytest.raises(TierRefusal) as announced:
                 await replica.deliver(huge)
             assert "announces 9671406556917033397649448 bytes" in str(announced.value)
+            await replica.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_delivers_one_partial_at_a_time(tier_pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_root(tier_pki, tmp_path) as root:
+            replica = link(tier_pki, "ingest-0", root.port)
+            assert (await replica.claim("site-0", 0, "train")).granted
+            chunks = list(partial_chunks(folded("ingest-0", 1, ["site-0"])))
+            release = asyncio.Event()
+
+            async def held() -> AsyncIterator[tier_pb2.PartialChunk]:
+                yield chunks[0]
+                await release.wait()
+                for chunk in chunks[1:]:
+                    yield chunk
+
+            options = (("grpc.ssl_target_name_override", "localhost"),)
+            credentials = tier_pki.client("ingest-0").credentials()
+            async with grpc.aio.secure_channel(f"127.0.0.1:{root.port}", credentials, options) as channel:
+                stub = tier_pb2_grpc.TierStub(channel)
+                calls = [asyncio.ensure_future(stub.DeliverPartial(held(), timeout=30)) for _ in range(2)]
+                done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+                (refused,) = done
+                error = refused.exception()
+                assert isinstance(error, grpc.aio.AioRpcError)
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "ingest-0 is delivering a partial already" in (error.details() or "")
+                release.set()
+                (other,) = [call for call in calls if call is not refused]
+                assert (await other).recorded
             await replica.close()
 
     asyncio.run(scenario())
