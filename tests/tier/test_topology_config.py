@@ -152,3 +152,12 @@ def test_config_check_accepts_a_tier_role_but_serve_refuses_it_by_name(role: str
         in served.stderr
     )
     assert "Traceback" not in served.stderr
+
+
+def test_an_ingest_replicas_name_defaults_to_its_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tier_config("ingest"), Path("/etc/fedagg"), {})
+    monkeypatch.setenv("POD_NAME", "fedagg-ingest-3")
+    assert config.topology.replica_name == "fedagg-ingest-3"
+    named = tier_config("ingest")
+    named["topology"]["replica"] = "ingest-a"
+    assert parse_config(named, Path("/etc/fedagg"), {}).topology.replica_name == "ingest-a"
