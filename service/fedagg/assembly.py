@@ -24,6 +24,7 @@ from prometheus_client import (
 from fedagg.config.ha import ElectionBackend, HaSettings
 from fedagg.config.operations import KubernetesHookMode
 from fedagg.config.schema import Config
+from fedagg.config.topology import NOT_SERVED, Role
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
 from fedagg.federation.state_lock import StateDirectoryLock
@@ -84,6 +85,8 @@ def build_aggregator(
     config: Config, kubernetes: Callable[[], k8s.Configuration] = in_cluster_configuration
 ) -> AggregatorProcess:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
+    if config.topology.role != Role.STANDALONE:
+        raise ConfigError("topology.role", config.topology.role.value, NOT_SERVED)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for nothing
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):

@@ -7,13 +7,15 @@ serving the union serves every version.
 
 from __future__ import annotations
 
+import importlib.machinery
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
-from fedagg.protocol import aggregator_pb2, base_pb2
+from fedagg.protocol import aggregator_pb2, base_pb2, tier_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 T = FieldDescriptor
@@ -260,3 +262,23 @@ def test_generated_code_is_what_the_script_generates() -> None:
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_the_tier_protocol_is_generated_and_checked_by_the_same_script() -> None:
+    assert tier_pb2.DESCRIPTOR.name == "fedagg/tier/v1/tier.proto"
+    assert tier_pb2.DESCRIPTOR.package == "fedagg.tier.v1"
+    service = tier_pb2.DESCRIPTOR.services_by_name["Tier"]
+    assert {method.name: method.client_streaming for method in service.methods} == {
+        "Claim": False,
+        "DeliverPartial": True,
+        "DescribeReplicas": False,
+        "FetchModel": False,
+    }
+    loader = importlib.machinery.SourceFileLoader("gen_protos", str(ROOT / "scripts" / "gen-protos"))
+    script = types.ModuleType(loader.name)
+    script.__file__ = loader.path
+    loader.exec_module(script)
+    generated = script.generate()
+    for name in ("tier_pb2.py", "tier_pb2.pyi", "tier_pb2_grpc.py", "tier_pb2_grpc.pyi"):
+        assert generated[name] == (ROOT / "service" / "fedagg" / "protocol" / name).read_text()
+        assert "fedagg.tier.v1 import" not in generated[name]

@@ -8,7 +8,7 @@ or ``FEDAGG__SERVER__TLS__CERTIFICATE_DIR=/etc/fedagg/tls``); values are read as
 * one module per group of sections, declaring each key with its default, help and check:
   :mod:`~fedagg.config.federation` (``federation``), :mod:`~fedagg.config.server` (``server``),
   :mod:`~fedagg.config.limits` (``limits``), :mod:`~fedagg.config.operations` (``ops``, ``hooks``,
-  ``storage``, ``logging``);
+  ``storage``, ``logging``), :mod:`~fedagg.config.topology` (``topology``: standalone, or a scale-out tier);
 * :mod:`~fedagg.config.loading`: reading the file, the environment overlay, relative paths;
 * :mod:`~fedagg.config.checks`: rules that span settings (ports, shutdown budget, the plan).
 """

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
+from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
 from fedagg.settings import ConfigError
 
 
 def cross_setting_errors(config: Config) -> list[ConfigError]:
     """Every rule ``config`` breaks: the plan, the shutdown budget, listeners sharing a port, the election's
-    timings."""
+    timings, the tier's."""
     errors = [error for error in (_plan_error(config), _grace_error(config)) if error is not None]
-    return [*errors, *_port_clashes(config), *ha_errors(config.ha)]
+    return [*errors, *_port_clashes(config), *ha_errors(config.ha), *_tier_errors(config)]
 
 
 def _plan_error(config: Config) -> ConfigError | None:
@@ -39,11 +40,66 @@ def _port_clashes(config: Config) -> list[ConfigError]:
         "ops.port": config.ops.port,
         "ops.metrics_port": config.ops.metrics_port,
     }
+    if config.topology.role == Role.ROOT:
+        ports["topology.tier_port"] = config.topology.tier_port
     errors: list[ConfigError] = []
     for index, (key, port) in enumerate(ports.items()):
         taken = [other for other, used in list(ports.items())[:index] if used == port and port]
         if taken:
             errors.append(
                 ConfigError(key, port, f"a port other than {taken[0]}'s (two listeners cannot share it)")
+            )
+    return errors
+
+
+def _tier_errors(config: Config) -> list[ConfigError]:
+    """A tier role needs its addresses, and every task's aggregate must be exact from partial sums."""
+    topology = config.topology
+    if topology.role == Role.STANDALONE:
+        return []
+    errors: list[ConfigError] = []
+    if topology.role == Role.INGEST and not topology.root_address.strip():
+        errors.append(
+            ConfigError("topology.root_address", topology.root_address, "host:port of the root's tier port")
+        )
+    if topology.role == Role.ROOT and not topology.replicas:
+        errors.append(
+            ConfigError(
+                "topology.replicas", list(topology.replicas), "the ingest replicas' names (one at least)"
+            )
+        )
+    role = f"topology.role {topology.role.value}"
+    for name, task in config.federation.tasks.items():
+        key = f"federation.tasks.{name}"
+        if task.aggregation not in PARTIAL_SUM_METHODS:
+            why = WHY_NOT_PARTIAL.get(
+                task.aggregation, "a plug-in's aggregate cannot be shown to be exact from partial sums"
+            )
+            errors.append(
+                ConfigError(
+                    f"{key}.aggregation",
+                    task.aggregation,
+                    f"a method exact from partial sums under {role} ({sorted(PARTIAL_SUM_METHODS)}): "
+                    f"{task.aggregation} is refused because {why}; forwarding contributions to the root "
+                    "is not built yet",
+                )
+            )
+        if task.aggregation_settings.get("max_update") is not None:
+            errors.append(
+                ConfigError(
+                    f"{key}.aggregation_settings.max_update",
+                    task.aggregation_settings["max_update"],
+                    f"null under {role}: leaving out each large update at the replicas is not built yet",
+                )
+            )
+        if task.privacy is not None:
+            errors.append(ConfigError(f"{key}.privacy", "set", f"null under {role}: {PRIVACY_REFUSAL}"))
+        if task.clipping_norm is not None:
+            errors.append(
+                ConfigError(
+                    f"{key}.clipping_norm",
+                    task.clipping_norm,
+                    f"null under {role}: clipping each update at the replicas is not built yet",
+                )
             )
     return errors

@@ -15,6 +15,7 @@ from fedagg.config.ha import HaSettings
 from fedagg.config.limits import LimitsSettings
 from fedagg.config.operations import HooksSettings, LoggingSettings, OpsSettings, StorageSettings
 from fedagg.config.server import ServerSettings
+from fedagg.config.topology import TopologySettings
 from fedagg.federation.errors import PlanError
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import (
@@ -44,6 +45,7 @@ class Config:
     storage: StorageSettings = setting(factory=StorageSettings, help="")
     logging: LoggingSettings = setting(factory=LoggingSettings, help="")
     ha: HaSettings = setting(factory=HaSettings, help="")
+    topology: TopologySettings = setting(factory=TopologySettings, help="")
 
     @property
     def best_model_path(self) -> Path:

@@ -1,0 +1,179 @@
+"""The root's claims: which ingest replica holds each contribution of a round, durably, exactly once.
+
+An ingest replica spools an upload (fsynced), then claims (collaborator, round, task) at the root, then
+acknowledges it. The first replica to claim holds the contribution; the same replica claiming again (its reply was
+lost, or it restarted and re-claims its spool) is granted again; any other replica is told the contribution is
+taken, and answers its copy OK and drops it, as a single pod drops a duplicate. So an acknowledged contribution is
+always in the spool of the replica that holds its claim, and in no other partial.
+
+Claims are appended to a journal (one sealed JSON line each, fsynced before the answer), so a restarted root
+knows them. A torn last line (a crash while writing it) is dropped: its claim was never answered. Deliveries of
+partials are known in memory only (:mod:`fedagg.tier.collection`): a restarted root collects them again.
+
+A replica the root has not heard from for ``lost_replica_seconds`` is lost: :meth:`ClaimBook.lost` lists its
+claimed contributions of the round that no partial delivered, which the round then treats as stragglers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedagg.federation.files import durable_directory
+
+log = logging.getLogger(__name__)
+
+Contribution = tuple[str, str]
+"""(collaborator, task) of a round."""
+
+
+class ClaimOutcome(StrEnum):
+    """The root's answer to a claim."""
+
+    GRANTED = "granted"
+    TAKEN = "taken"
+    PENDING = "pending"
+    """Another claim of it is being made durable right now: ask again."""
+
+
+@dataclass(frozen=True)
+class ClaimDecision:
+    """The outcome and the replica that holds the contribution."""
+
+    outcome: ClaimOutcome
+    holder: str
+
+
+def _sealed(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
+
+
+def _unsealed(line: bytes) -> dict[str, Any] | None:
+    try:
+        checksum, body = line.decode().rstrip("\n").split(" ", 1)
+        if int(checksum, 16) != zlib.crc32(body.encode()):
+            return None
+        record: dict[str, Any] = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record
+
+
+class ClaimBook:
+    """The claims of every round (module docstring). Constructing it reads the journal: off the event loop.
+
+    ``_lock`` guards the maps (holders, claims being written, last contacts); it is held briefly, never across
+    I/O, so the event loop may take it. ``_journal_lock`` serialises the journal's appends and is held across
+    their write and fsync: only on executor threads, and never while ``_lock`` is held (lock order: the journal
+    lock, then ``_lock``). A claim is answered only once durable; while it is being written, any other claim of
+    the same contribution is answered :attr:`ClaimOutcome.PENDING` (retry), never TAKEN on a claim that may fail.
+    """
+
+    def __init__(self, directory: Path, clock: Callable[[], float]) -> None:
+        self._path = durable_directory(directory) / "claims.journal"
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._journal_lock = threading.Lock()
+        self._holders: dict[tuple[int, str, str], str] = {}
+        self._writing: dict[tuple[int, str, str], str] = {}
+        self._last_contact: dict[str, float] = {}
+        self._replay()
+        self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
+
+    def _replay(self) -> None:
+        if not self._path.exists():
+            return
+        lines = self._path.read_bytes().splitlines(keepends=True)
+        for number, line in enumerate(lines, 1):
+            record = _unsealed(line)
+            if record is None:
+                log.warning(
+                    "%s: line %d is torn or corrupt; dropped (it was never answered)", self._path, number
+                )
+                continue
+            self._holders[(record["round"], record["collaborator"], record["task"])] = record["replica"]
+
+    def close(self) -> None:
+        """Close the journal."""
+        with self._journal_lock:
+            self._journal.close()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._journal.write(_sealed(record))
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def contact(self, replica: str) -> None:
+        """``replica`` called the root (any call): it is not lost."""
+        with self._lock:
+            self._last_contact[replica] = self._clock()
+
+    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
+        """Let ``replica`` hold (collaborator, round, task) unless another does. Blocks on the disk."""
+        key = (round_number, collaborator, task)
+        with self._lock:
+            self._last_contact[replica] = self._clock()
+            holder = self._holders.get(key)
+            if holder is not None:
+                return ClaimDecision(
+                    ClaimOutcome.GRANTED if holder == replica else ClaimOutcome.TAKEN, holder
+                )
+            writer = self._writing.get(key)
+            if writer is not None:
+                return ClaimDecision(ClaimOutcome.PENDING, writer)
+            self._writing[key] = replica
+        try:
+            with self._journal_lock:
+                self._append(
+                    {"round": round_number, "collaborator": collaborator, "task": task, "replica": replica}
+                )
+        except BaseException:
+            with self._lock:
+                del self._writing[key]
+            raise
+        with self._lock:
+            del self._writing[key]
+            self._holders[key] = replica
+        return ClaimDecision(ClaimOutcome.GRANTED, replica)
+
+    def claimed(self, round_number: int, replica: str) -> frozenset[Contribution]:
+        """The contributions of the round that ``replica`` holds."""
+        with self._lock:
+            return frozenset(
+                (collaborator, task)
+                for (number, collaborator, task), holder in self._holders.items()
+                if number == round_number and holder == replica
+            )
+
+    def holders(self, round_number: int) -> dict[str, frozenset[Contribution]]:
+        """Every replica holding contributions of the round, with them."""
+        with self._lock:
+            replicas = {holder for (number, _, _), holder in self._holders.items() if number == round_number}
+        return {replica: self.claimed(round_number, replica) for replica in sorted(replicas)}
+
+    def last_contact(self, replica: str) -> float | None:
+        """When ``replica`` last called (root clock), if it has since the root started."""
+        with self._lock:
+            return self._last_contact.get(replica)
+
+    def lost(
+        self, round_number: int, lost_seconds: float, started: float
+    ) -> dict[str, frozenset[Contribution]]:
+        """Replicas holding claims of the round not heard from for ``lost_seconds`` (since their last call, or
+        since ``started``, the root's start, if they have not called since), with the contributions they hold."""
+        now = self._clock()
+        lost = {}
+        for replica, contributions in self.holders(round_number).items():
+            last = self.last_contact(replica)
+            if now - (started if last is None else last) >= lost_seconds:
+                lost[replica] = contributions
+        return lost

@@ -1,0 +1,156 @@
+"""An ingest replica's link to its root: claims, partial deliveries and the replicas' state, over mTLS.
+
+Every call has a deadline. UNAVAILABLE and DEADLINE_EXCEEDED (the root restarting, a network blip) are retried
+with exponential back-off until ``patience`` runs out, then :class:`RootUnreachable` is raised (the replica then
+answers its collaborators UNAVAILABLE, which OpenFL clients retry); any other status is a :class:`TierRefusal`
+carrying the root's code and message. Claims and deliveries are idempotent, so retrying them is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from fedagg.protocol import tier_pb2, tier_pb2_grpc
+from fedagg.tier.events import TierListener
+from fedagg.tier.model_files import ModelCopies
+from fedagg.tier.partials import RoundPartial
+from fedagg.tier.wire import CHUNK_BYTES, partial_chunks
+
+T = TypeVar("T")
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class RootUnreachable(ConnectionError):
+    """The root did not answer within the link's patience."""
+
+
+class TierRefusal(Exception):
+    """The root refused a call; ``code`` and the message are the root's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LinkTimings:
+    """Deadlines and back-off of the link."""
+
+    call_seconds: float = 10.0
+    """Deadline of one claim or status call."""
+    delivery_seconds: float = 600.0
+    """Deadline of one partial delivery (a model-sized stream)."""
+    patience_seconds: float = 60.0
+    """How long UNAVAILABLE is retried before :class:`RootUnreachable`."""
+    initial_backoff: float = 0.2
+    maximum_backoff: float = 5.0
+
+
+class RootLink:
+    """The replica's client of the root's tier port (module docstring)."""
+
+    def __init__(
+        self,
+        address: str,
+        credentials: grpc.ChannelCredentials,
+        timings: LinkTimings | None = None,
+        server_name: str | None = None,
+        listener: TierListener | None = None,
+    ) -> None:
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_send_message_length", CHUNK_BYTES + (16 << 20)),
+            ("grpc.max_receive_message_length", 4 << 20),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+        self._stub = tier_pb2_grpc.TierStub(self._channel)
+        self._timings = timings or LinkTimings()
+        self._listener = listener or TierListener()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+    async def claim(self, collaborator: str, round_number: int, task: str) -> tier_pb2.ClaimReply:
+        """Claim a spooled contribution; ``granted`` False means another replica holds it (drop this copy)."""
+        request = tier_pb2.ClaimRequest(collaborator=collaborator, round=round_number, task=task)
+        started = time.monotonic()
+        reply = await self._retried(lambda: self._stub.Claim(request, timeout=self._timings.call_seconds))
+        self._listener.claimed(reply.granted, time.monotonic() - started)
+        return reply
+
+    async def deliver(self, partial: RoundPartial) -> bool:
+        """Deliver the round's partial; False when the root had this very partial already."""
+
+        async def once() -> tier_pb2.DeliverReply:
+            call = self._stub.DeliverPartial(partial_chunks(partial), timeout=self._timings.delivery_seconds)
+            return await call
+
+        reply = await self._retried(once)
+        self._listener.partial_sent(partial.round_number, partial.sum_bytes)
+        return reply.recorded
+
+    async def keep_delivered(
+        self, partial: RoundPartial, done: asyncio.Event, poll_seconds: float = 5.0
+    ) -> None:
+        """Deliver ``partial`` and see that the root keeps it until ``done`` is set: a root that restarted has
+        lost the partials it collected (they live in its memory), so it is delivered again whenever the root does
+        not show it."""
+        while not done.is_set():
+            states = {state.replica: state for state in (await self.replicas(partial.round_number)).replicas}
+            kept = states.get(partial.replica)
+            if kept is None or not kept.delivered or kept.generation != partial.generation:
+                await self.deliver(partial)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), poll_seconds)
+
+    async def fetch_model(self, round_number: int, copies: ModelCopies, executor: Executor) -> Path:
+        """The round's model in ``copies``: the kept copy if it still matches its checksum, else fetched from the
+        root (and checked: :class:`~fedagg.tier.model_files.ModelMismatch` when it does not match)."""
+        loop = asyncio.get_running_loop()
+        kept = await loop.run_in_executor(executor, copies.kept, round_number)
+        if kept is not None:
+            return kept
+        request = tier_pb2.FetchModelRequest(round=round_number)
+
+        async def once() -> Path:
+            stream = self._stub.FetchModel(request, timeout=self._timings.delivery_seconds)
+            return await copies.receive(round_number, aiter(stream), executor)
+
+        return await self._retried(once)
+
+    async def replicas(self, round_number: int) -> tier_pb2.DescribeReplicasReply:
+        """The root's view of the replicas in a round."""
+        request = tier_pb2.DescribeReplicasRequest(round=round_number)
+        return await self._retried(
+            lambda: self._stub.DescribeReplicas(request, timeout=self._timings.call_seconds)
+        )
+
+    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
+        timings = self._timings
+        give_up = time.monotonic() + timings.patience_seconds
+        delay = timings.initial_backoff
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code not in RETRIED:
+                    raise TierRefusal(code, error.details() or "") from None
+                if time.monotonic() + delay > give_up:
+                    raise RootUnreachable(
+                        f"the root did not answer for {timings.patience_seconds:g}s ({code.name}: "
+                        f"{error.details()})"
+                    ) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, timings.maximum_backoff)

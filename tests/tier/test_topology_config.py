@@ -1,0 +1,163 @@
+"""The ``topology`` section: roles, their required keys, and which aggregation methods a tier may run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fedagg.config.loading import parse_config
+from fedagg.config.topology import Role
+from fedagg.settings import ConfigError
+from tests.support.models import write_zero_model
+
+
+def tier_config(role: str, aggregation: str = "weighted_average", **task: object) -> dict[str, Any]:
+    topology: dict[str, Any] = {"role": role}
+    if role == "root":
+        topology["replicas"] = ["ingest-0", "ingest-1"]
+    if role == "ingest":
+        topology["root_address"] = "fedagg-root:50054"
+    return {
+        "federation": {
+            "federation_uuid": "fed_1",
+            "collaborators": ["one", "two"],
+            "rounds_to_train": 2,
+            "tasks": {"train": {"function": "train", "aggregation": aggregation, **task}},
+        },
+        "topology": topology,
+    }
+
+
+def problems(data: dict[str, Any]) -> list[ConfigError]:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, Path("/etc/fedagg"), {})
+    return list(raised.value.problems)
+
+
+def test_standalone_is_the_default_and_runs_every_method() -> None:
+    data = tier_config("standalone", "median")
+    del data["topology"]
+    config = parse_config(data, Path("/etc/fedagg"), {})
+    assert config.topology.role == Role.STANDALONE
+    assert config.topology.tier_port == 50054
+
+
+@pytest.mark.parametrize("role", ["root", "ingest"])
+@pytest.mark.parametrize(
+    "method", ["weighted_average", "fedcurv_weighted_average", "adam", "adagrad", "yogi"]
+)
+def test_methods_exact_from_partial_sums_are_accepted_in_the_tier(role: str, method: str) -> None:
+    config = parse_config(tier_config(role, method), Path("/etc/fedagg"), {})
+    assert config.topology.role == Role(role)
+
+
+@pytest.mark.parametrize("role", ["root", "ingest"])
+@pytest.mark.parametrize(
+    ("method", "why"),
+    [
+        ("median", "a median needs every contribution"),
+        ("trimmed_mean", "trimming needs every contribution"),
+        ("krum", "Krum scores each contribution"),
+        ("multi_krum", "Multi-Krum scores"),
+        ("bulyan", "Bulyan selects and trims"),
+        ("geometric_median", "the geometric median iterates"),
+    ],
+)
+def test_robust_methods_are_refused_in_the_tier_naming_the_method_and_why(
+    role: str, method: str, why: str
+) -> None:
+    (error,) = problems(tier_config(role, method))
+    assert error.key == "federation.tasks.train.aggregation"
+    assert error.value == method
+    assert f"{method} is refused because {why}" in str(error)
+    assert f"topology.role {role}" in str(error)
+    assert "forwarding contributions to the root is not built yet" in str(error)
+
+
+def test_privacy_and_clipping_are_refused_in_the_tier_with_the_reason() -> None:
+    data = tier_config("root", clipping_norm=1.0, privacy={"noise_multiplier": 1.0, "clipping_norm": 1.0})
+    keys = {error.key: str(error) for error in problems(data)}
+    assert "no differential privacy in the tier yet" in keys["federation.tasks.train.privacy"]
+    assert "clipping each update at the replicas" in keys["federation.tasks.train.clipping_norm"]
+
+
+def test_an_ingest_replica_needs_the_root_address() -> None:
+    data = tier_config("ingest")
+    data["topology"]["root_address"] = ""
+    (error,) = problems(data)
+    assert error.key == "topology.root_address"
+    assert "host:port of the root's tier port" in str(error)
+
+
+def test_a_root_needs_its_replicas_and_refuses_duplicates() -> None:
+    data = tier_config("root")
+    data["topology"]["replicas"] = []
+    (error,) = problems(data)
+    assert error.key == "topology.replicas"
+    data["topology"]["replicas"] = ["ingest-0", "ingest-0"]
+    (error,) = problems(data)
+    assert error.key == "topology.replicas"
+    assert "distinct" in str(error)
+
+
+def test_the_roots_tier_port_may_not_share_another_listeners_port() -> None:
+    data = tier_config("root")
+    data["topology"]["tier_port"] = 50053
+    (error,) = problems(data)
+    assert error.key == "topology.tier_port"
+    assert "ops.metrics_port" in str(error)
+
+
+def test_an_unknown_role_names_the_choices() -> None:
+    data = tier_config("root")
+    data["topology"]["role"] = "relay"
+    (error,) = problems(data)
+    assert error.key == "topology.role"
+    assert "standalone" in str(error)
+    assert "ingest" in str(error)
+
+
+def test_an_adaptive_optimizers_max_update_is_refused_in_the_tier() -> None:
+    (error,) = problems(
+        tier_config("ingest", "adam", aggregation_settings={"learning_rate": 0.1, "max_update": 1.0})
+    )
+    assert error.key == "federation.tasks.train.aggregation_settings.max_update"
+    assert "not built yet" in str(error)
+
+
+@pytest.mark.parametrize("role", ["root", "ingest"])
+def test_config_check_accepts_a_tier_role_but_serve_refuses_it_by_name(role: str, tmp_path: Path) -> None:
+    path = tmp_path / "fedagg.yaml"
+    data = tier_config(role)
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    data["server"] = {"tls": {"mode": "insecure"}}
+    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+    path.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "fedagg.cli"]
+    checked = subprocess.run(
+        [*command, "config", "check", str(path)], check=False, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    served = subprocess.run(
+        [*command, "serve", "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert served.returncode == 2
+    assert (
+        f"topology.role: got '{role}', expected standalone: fedagg serve does not run the root"
+        in served.stderr
+    )
+    assert "Traceback" not in served.stderr
+
+
+def test_an_ingest_replicas_name_defaults_to_its_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tier_config("ingest"), Path("/etc/fedagg"), {})
+    monkeypatch.setenv("POD_NAME", "fedagg-ingest-3")
+    assert config.topology.replica_name == "fedagg-ingest-3"
+    named = tier_config("ingest")
+    named["topology"]["replica"] = "ingest-a"
+    assert parse_config(named, Path("/etc/fedagg"), {}).topology.replica_name == "ingest-a"
