@@ -4,16 +4,17 @@ The disk rule follows what the state directory holds at its fullest (:mod:`fedag
 during a round end, after the new model is written and before the previous round's files are pruned:
 
 - ``models/``: the ``rounds_kept`` kept global models plus the new one (``rounds_kept + 1``);
-- ``deltas/``: one per kept round, plus the new round's being written (``rounds_kept + 1``); or, while the best
-  and last models are published a moment earlier, ``rounds_kept`` deltas and one published copy being written;
-- ``best.pbuf`` and ``last.pbuf`` (2);
+- ``best.pbuf`` and ``last.pbuf``, and a published copy being written in their place (3; delta downloads are
+  computed from the kept models when they are served, no delta file is kept);
 - ``spool/``: the uploads of the closing round and of the round before it, kept for the fall-back to the previous
   checkpoint (``2 x N`` uploads; an upload of a train task is about one model);
+- the fold's running float64 sums (:mod:`fedagg.federation.fold`): an unlinked scratch file beside the spool of
+  8 bytes per value, so two model-sized files for every train task aggregated by the weighted average (``2 x F``);
 - ``aggregators/``: an adaptive aggregation's moments (model-sized ``slots``: 1 for adagrad, 2 for adam and
   yogi), for every kept round plus the new one (``(rounds_kept + 1) x slots``);
 - small files: the checkpoints, the close decisions and rejection records, and the metrics of every round.
 
-So the peak is ``(2 x rounds_kept + 4 + 2 x N + (rounds_kept + 1) x slots) x M`` plus the small files, with ``M``
+So the peak is ``(rounds_kept + 4 + 2 x N + 2 x F + (rounds_kept + 1) x slots) x M`` plus the small files, with ``M``
 the model's size (its .pbuf). The memory rule is the chart's (helm/fedagg/README.md, Sizing), measured by
 tests/integration/test_memory_rss.py and the benchmarks.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedagg.federation.aggregators.elementwise import sums_by_weight
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import FederationPlan
 from fedagg.protocol.model_file import read_model
@@ -51,11 +53,19 @@ class Sizing:
     rounds: int
     slots: int
     """Model-sized aggregator state files per round, over every task (an adaptive optimizer's moments)."""
+    folded_tasks: int
+    """Train tasks whose weighted sums are folded as uploads arrive (each keeps float64 sums: two models' size)."""
 
     @property
     def models_on_disk(self) -> int:
         """How many model-sized files the state directory holds at its fullest."""
-        return 2 * self.rounds_kept + 4 + 2 * self.collaborators + (self.rounds_kept + 1) * self.slots
+        return (
+            self.rounds_kept
+            + 4
+            + 2 * self.collaborators
+            + 2 * self.folded_tasks
+            + (self.rounds_kept + 1) * self.slots
+        )
 
     @property
     def disk_bytes(self) -> int:
@@ -78,9 +88,9 @@ class Sizing:
         """One paragraph for ``fedagg config check``."""
         return (
             f"needs: state volume >= {_mib(self.disk_bytes)} (about {_mib(int(self.disk_bytes * 1.2))} with 20 % "
-            f"headroom) = ({self.models_on_disk} model-sized files: 2 x {self.rounds_kept} rounds kept + 4 + "
-            f"2 x {self.collaborators} collaborators' uploads + {self.rounds_kept + 1} x {self.slots} optimizer "
-            f"slots) x {_mib(self.model_bytes)} + small files; memory request {_mib(self.memory_request_bytes)}, "
+            f"headroom) = ({self.models_on_disk} model-sized files: {self.rounds_kept} rounds kept + 4 + "
+            f"2 x {self.collaborators} collaborators' uploads + 2 x {self.folded_tasks} folded sums + "
+            f"{self.rounds_kept + 1} x {self.slots} optimizer slots) x {_mib(self.model_bytes)} + small files; memory request {_mib(self.memory_request_bytes)}, "
             f"limit {_mib(self.memory_limit_bytes)} (all {self.collaborators} collaborators uploading at once)"
         )
 
@@ -101,6 +111,7 @@ def plan_sizing(plan: FederationPlan, model: Path) -> Sizing:
     loaded = read_model(model)
     try:
         tensor_bytes = [int(values.nbytes) for values in loaded.tensors.values()]
+        loaded_names = tuple(loaded.tensors)
     finally:
         loaded.release()
     aggregators = TaskAggregators(plan)
@@ -111,6 +122,12 @@ def plan_sizing(plan: FederationPlan, model: Path) -> Sizing:
         rounds_kept=plan.rounds_kept,
         rounds=plan.rounds_to_train,
         slots=sum(len(aggregators[task].slots) for task in plan.tasks),
+        folded_tasks=sum(
+            1
+            for name, task in plan.tasks.items()
+            if task.task_type == "train"
+            and any(sums_by_weight(aggregators[name], tensor) for tensor in loaded_names)
+        ),
     )
 
 

@@ -32,11 +32,32 @@ def directory_bytes(root: Path) -> int:
     return total
 
 
+def unlinked_bytes(pid: int, root: Path) -> int:
+    """The size of the files under ``root`` that process ``pid`` holds open after deleting them (the fold's scratch
+    file): disk the volume must have that no directory walk sees."""
+    total = 0
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(fds.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+            if target.startswith(str(root)) and target.endswith(" (deleted)"):
+                total += os.stat(entry).st_size
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 class PeakSampler:
-    """Samples a directory's size from a thread, as fast as the walk allows, and keeps the largest."""
+    """Samples what a state directory occupies from a thread, as fast as the walk allows, and keeps the largest:
+    its files, and once :attr:`pid` is set, the deleted files that process still holds open there."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.pid = 0
         self.peak = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -52,7 +73,8 @@ class PeakSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, directory_bytes(self.root))
+            unlinked = unlinked_bytes(self.pid, self.root) if self.pid else 0
+            self.peak = max(self.peak, directory_bytes(self.root) + unlinked)
             self.samples += 1
 
 
@@ -91,10 +113,12 @@ def test_the_state_directory_peaks_within_the_sizing_rule(
     state.mkdir()
 
     with PeakSampler(state) as sampler, FedaggProcess(config) as process:
+        sampler.pid = process.process.pid
         train(process.wait_for_federation().address, None, dict.fromkeys(names, (1.0, 10)))
         assert process.wait() == 0, process.log()
 
-    assert rule == Sizing(model.stat().st_size, 1 << 20, collaborators, 2, ROUNDS, slots)
+    folded = 1 if aggregation == "weighted_average" else 0  # the train task's sums, folded as uploads arrive
+    assert rule == Sizing(model.stat().st_size, 1 << 20, collaborators, 2, ROUNDS, slots, folded)
     assert sampler.samples > 1
     # what a finished experiment keeps: the kept models, best, last, the last round's uploads and the optimizer's
     # moments of the kept rounds

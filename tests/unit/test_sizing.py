@@ -48,7 +48,7 @@ def test_config_check_prints_the_disk_and_memory_the_configuration_needs(
 
     model_bytes = (tmp_path / "init.pbuf").stat().st_size
     assert 4 * MIB + 4096 < model_bytes < 4 * MIB + 8192  # the tensors and their headers
-    assert sizing["model_sized_files"] == 2 * 2 + 4 + 2 * 16  # rounds_kept 2, 16 collaborators, no optimizer
+    assert sizing["model_sized_files"] == 2 + 4 + 2 * 16 + 2  # rounds_kept 2, 16 collaborators, train folded
     assert sizing["disk_bytes"] == 40 * model_bytes + MIB + 4096 * 16 * 10
     assert sizing["memory_request_bytes"] == (224 + 8 * 16) * MIB
     assert sizing["memory_limit_bytes"] == 2 * (224 + 8 * 16) * MIB + model_bytes
@@ -62,4 +62,4 @@ def test_an_adaptive_optimizer_adds_its_moments_for_every_kept_round(
 ) -> None:
     sizing = json.loads(check(tmp_path, capsys, "-o", "json", aggregation="adam"))["sizing"]
 
-    assert sizing["model_sized_files"] == 2 * 2 + 4 + 2 * 16 + 3 * 2  # first and second moment, 3 rounds
+    assert sizing["model_sized_files"] == 2 + 4 + 2 * 16 + 3 * 2  # first and second moment, 3 rounds; adam: no fold
