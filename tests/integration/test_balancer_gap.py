@@ -8,7 +8,11 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from fedagg.cli.exits import EXIT_CONNECTION
+from fedagg.collaborator.reference import DatasetSpec, initial_weights
+from fedagg.federation.store import publish_model
 from tests.integration.test_cli_connections import Run, client_options, run
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
@@ -48,28 +52,32 @@ class ClosingListener:
         self._thread.join(timeout=10)
 
 
-def test_status_waits_through_a_balancer_gap_and_succeeds(tmp_path: Path, pki: Pki) -> None:
+@pytest.mark.parametrize(
+    ("command", "identity", "extra"),
+    [("status", "observer", ("--timeout", "120")), ("collaborator", "one", ())],
+)
+def test_a_command_waits_through_a_balancer_gap_and_succeeds(
+    tmp_path: Path, pki: Pki, command: str, identity: str, extra: tuple[str, ...]
+) -> None:
+    """``fedagg status`` reads the aggregator once it is there; ``fedagg collaborator`` trains the whole run."""
     gap = ClosingListener()
     outcome: list[Run] = []
-    command = threading.Thread(
+    thread = threading.Thread(
         target=lambda: outcome.append(
-            run("status", f"localhost:{gap.port}", client_options(pki, "observer"), "--timeout", "120")
+            run(command, f"localhost:{gap.port}", client_options(pki, identity), *extra, timeout=150)
         )
     )
-    command.start()
+    thread.start()
     assert gap.wait_for_closes(CLOSED_BEFORE_THE_AGGREGATOR)  # the command keeps trying through the gap
     gap.stop()
+    model = tmp_path / "init.pbuf"  # the reference runner's model, which ``fedagg collaborator`` trains
+    publish_model(model, initial_weights(DatasetSpec()), 0)
     config = write_config(
-        tmp_path,
-        pki,
-        ("one", "two"),
-        1,
-        write_zero_model(tmp_path),
-        server={"port": gap.port, "observers": ["observer"]},
+        tmp_path, pki, ("one",), 1, model, server={"port": gap.port, "observers": ["observer"]}
     )
     with FedaggProcess(config) as aggregator:
         aggregator.wait_for_federation()
-        command.join(timeout=150)
+        thread.join(timeout=150)
     [result] = outcome
     assert result.code == 0, result.stderr
     assert "no aggregator ready behind" in result.stderr
