@@ -62,4 +62,6 @@ def test_an_adaptive_optimizer_adds_its_moments_for_every_kept_round(
 ) -> None:
     sizing = json.loads(check(tmp_path, capsys, "-o", "json", aggregation="adam"))["sizing"]
 
-    assert sizing["model_sized_files"] == 2 + 4 + 2 * 16 + 3 * 2  # first and second moment, 3 rounds; adam: no fold
+    assert (
+        sizing["model_sized_files"] == 2 + 4 + 2 * 16 + 3 * 2
+    )  # first and second moment, 3 rounds; adam: no fold
