@@ -10,7 +10,7 @@ from fedagg.federation.federation import Federation, Outcome, TaskReply
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
-from fedagg.protocol.stream import TensorRecord
+from fedagg.protocol.tensor_fields import TensorRecord
 from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID
 
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")

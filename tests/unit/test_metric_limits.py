@@ -9,7 +9,7 @@ from fedagg.federation.events import FederationListener
 from fedagg.federation.federation import Federation
 from fedagg.federation.plan import UploadLimits
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
-from fedagg.protocol.stream import TensorRecord
+from fedagg.protocol.tensor_fields import TensorRecord
 from tests.support.runners import SHAPES, zero_model
 from tests.support.servers import make_federation, make_plan, restart_federation
 from tests.support.uploads import TASKS, metric, submit, submit_training, task_results_bytes, validate_locally

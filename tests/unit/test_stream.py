@@ -11,7 +11,8 @@ import pytest
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
-from fedagg.protocol.stream import DecodeLimits, TensorRecord, TensorStreamDecoder
+from fedagg.protocol.stream import DecodeLimits, TensorStreamDecoder
+from fedagg.protocol.tensor_fields import TensorRecord
 from fedagg.protocol.wire import (
     MalformedMessage,
     WireType,

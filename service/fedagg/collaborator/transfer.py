@@ -30,7 +30,8 @@ from fedagg.protocol.codec import (
     tensor_header,
 )
 from fedagg.protocol.model_file import named_tensor_body
-from fedagg.protocol.stream import ScalarField, TensorRecord, TensorStreamDecoder
+from fedagg.protocol.stream import TensorStreamDecoder
+from fedagg.protocol.tensor_fields import ScalarField, TensorRecord
 from fedagg.protocol.wire import MalformedMessage, WireType, encode_varint, field_key, length_delimited_prefix
 
 CHUNK_BYTES = 2 * 1024 * 1024

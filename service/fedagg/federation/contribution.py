@@ -22,7 +22,7 @@ from fedagg.protocol.codec import (
     shape_from_metadata,
     without_codec_tags,
 )
-from fedagg.protocol.stream import TensorRecord
+from fedagg.protocol.tensor_fields import TensorRecord
 
 TRAINED_TAG = "trained"
 DELTA_TAG = "delta"

@@ -30,7 +30,7 @@ from fedagg.federation.plan import ResolvedLimits
 from fedagg.federation.rounds import Round
 from fedagg.federation.spool import SpoolWriter
 from fedagg.protocol.codec import FLOAT32, Float32Array
-from fedagg.protocol.stream import TensorRecord
+from fedagg.protocol.tensor_fields import TensorRecord
 
 
 class IgnoreReason(StrEnum):

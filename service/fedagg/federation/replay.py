@@ -21,7 +21,7 @@ from fedagg.federation.rounds import AcceptedUpload, CloseDecision, Receipt, Rej
 from fedagg.federation.spool import EntryKind, SpoolEntry
 from fedagg.federation.store import StateStore
 from fedagg.protocol.results import ResultsHeader, TaskResultsDecoder
-from fedagg.protocol.stream import TensorRecord
+from fedagg.protocol.tensor_fields import TensorRecord
 from fedagg.protocol.wire import MalformedMessage
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from fedagg.protocol.codec import (
     shape_from_metadata,
     tensor_header,
 )
-from fedagg.protocol.stream import TensorRecord, TensorStreamDecoder
+from fedagg.protocol.stream import TensorStreamDecoder
+from fedagg.protocol.tensor_fields import TensorRecord
 from fedagg.protocol.wire import MalformedMessage, length_delimited_prefix
 
 MODEL_TAG = "model"

@@ -7,13 +7,8 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from fedagg.protocol import aggregator_pb2
-from fedagg.protocol.stream import (
-    DecodeLimits,
-    ScalarField,
-    TensorRecord,
-    TensorStart,
-    TensorStreamDecoder,
-)
+from fedagg.protocol.stream import DecodeLimits, TensorStreamDecoder
+from fedagg.protocol.tensor_fields import ScalarField, TensorRecord, TensorStart
 from fedagg.protocol.wire import MalformedMessage, as_int32
 
 # TaskResults field numbers (aggregator.proto).

@@ -19,12 +19,18 @@ reported, as soon as the data begins: a receiver can check a tensor before its b
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
-from fedagg.protocol import base_pb2
-from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, as_int32, decode_varint
+from fedagg.protocol.tensor_fields import (
+    DATA_FIELD,
+    Event,
+    ScalarField,
+    TensorFields,
+    TensorStart,
+    expect_wire_type,
+    store_tensor_field,
+)
+from fedagg.protocol.wire import MAX_VARINT_BYTES, MalformedMessage, WireType, decode_varint
 
 
 class LimitExceeded(MalformedMessage):
@@ -37,9 +43,6 @@ class LimitExceeded(MalformedMessage):
 
 FIELD_COST = 32
 """Bytes of the descriptor budget every decoded field costs, whatever its length (a 1-byte field is not free)."""
-
-# NamedTensor field numbers (base.proto).
-_NAME, _ROUND, _LOSSLESS, _REPORT, _TAGS, _METADATA, _DATA = 1, 2, 3, 4, 5, 6, 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,43 +58,6 @@ class DecodeLimits:
     :data:`FIELD_COST` bytes: the decoding work of a stream, not only what it holds, is bounded."""
     tensors: int = 1 << 20
     """Tensors in the stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class TensorStart:
-    """A tensor field has begun; its bytes follow. ``index`` counts tensors from 0."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class TensorRecord:
-    """A NamedTensor whose small fields are decoded and whose data bytes are located in the stream.
-
-    Reported when the data begins (the data bytes may still be arriving), or at the tensor's end when it has no
-    data field.
-    """
-
-    index: int
-    name: str
-    round_number: int
-    lossless: bool
-    report: bool
-    tags: tuple[str, ...]
-    metadata: tuple[base_pb2.MetadataProto, ...]
-    data_offset: int
-    data_length: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScalarField:
-    """A field outside the tensors: a varint's value, or a length-delimited field's bytes."""
-
-    number: int
-    value: int | bytes
-
-
-Event = TensorStart | TensorRecord | ScalarField
 
 
 @dataclass(slots=True)
@@ -111,31 +77,6 @@ class _Skip:
 
 _Request = _Varint | _Exact | _Skip
 _Parser = Generator[_Request, int | bytes | None, None]
-
-
-@dataclass(slots=True)
-class _TensorFields:
-    name: str = ""
-    round_number: int = 0
-    lossless: bool = False
-    report: bool = False
-    tags: list[str] = field(default_factory=list)
-    metadata: list[base_pb2.MetadataProto] = field(default_factory=list)
-    data_offset: int = 0
-    data_length: int = 0
-
-    def record(self, index: int) -> TensorRecord:
-        return TensorRecord(
-            index=index,
-            name=self.name,
-            round_number=self.round_number,
-            lossless=self.lossless,
-            report=self.report,
-            tags=tuple(self.tags),
-            metadata=tuple(self.metadata),
-            data_offset=self.data_offset,
-            data_length=self.data_length,
-        )
 
 
 class TensorStreamDecoder:
@@ -159,7 +100,7 @@ class TensorStreamDecoder:
         self._position = 0
         self._events: list[Event] = []
         self._tensor_count = 0
-        self._current: _TensorFields | None = None
+        self._current: TensorFields | None = None
         self._parser = self._parse_message()
         self._request: _Request = next(self._parser)
 
@@ -255,7 +196,7 @@ class TensorStreamDecoder:
                 raise MalformedMessage(f"invalid field number 0 at byte {self._position}")
             self._charge(FIELD_COST)
             if number == self._tensor_field:
-                _expect_wire_type("tensor", number, wire_type, WireType.LEN)
+                expect_wire_type("tensor", number, wire_type, WireType.LEN)
                 length = yield _Varint()
                 assert isinstance(length, int)
                 if self._tensor_count >= self._limits.tensors:
@@ -317,14 +258,14 @@ class TensorStreamDecoder:
     def _parse_tensor(self, length: int) -> _Parser:
         index = self._tensor_count - 1
         end = self._position + length
-        current = self._current = _TensorFields()
+        current = self._current = TensorFields()
         reported = False
         while self._position < end:
             key = yield _Varint()
             assert isinstance(key, int)
             number, wire_type = key >> 3, key & 7
             self._charge(FIELD_COST)
-            if number > _DATA:
+            if number > DATA_FIELD:
                 yield from self._skip_field(number, wire_type)
                 continue
             if reported:
@@ -332,8 +273,8 @@ class TensorStreamDecoder:
                     f"field {number} of tensor #{index} '{current.name}' follows its data_bytes; a tensor's "
                     "fields must precede its data (as every protobuf serializer writes them)"
                 )
-            if number == _DATA:
-                _expect_wire_type("NamedTensor.data_bytes", number, wire_type, WireType.LEN)
+            if number == DATA_FIELD:
+                expect_wire_type("NamedTensor.data_bytes", number, wire_type, WireType.LEN)
                 data_length = yield _Varint()
                 assert isinstance(data_length, int)
                 current.data_offset, current.data_length = self._position, data_length
@@ -352,9 +293,9 @@ class TensorStreamDecoder:
             self._events.append(current.record(index))
 
     def _store_tensor_field(
-        self, current: _TensorFields, index: int, number: int, wire_type: int, value: int | bytes | None
+        self, current: TensorFields, index: int, number: int, wire_type: int, value: int | bytes | None
     ) -> None:
-        _store_tensor_field(current, number, wire_type, value)
+        store_tensor_field(current, number, wire_type, value)
         limits = self._limits
         if len(current.tags) > limits.tags_per_tensor:
             raise LimitExceeded(
@@ -367,46 +308,3 @@ class TensorStreamDecoder:
                 f"tensor #{index} '{current.name}' has more than {limits.metadata_per_tensor} "
                 "transformer_metadata entries",
             )
-
-
-def _expect_wire_type(what: str, number: int, actual: int, expected: WireType) -> None:
-    if actual != expected:
-        raise MalformedMessage(f"{what} (field {number}) has wire type {actual}, expected {int(expected)}")
-
-
-def _store_tensor_field(
-    current: _TensorFields, number: int, wire_type: int, value: int | bytes | None
-) -> None:
-    if value is None:
-        return
-    expected = {_NAME: WireType.LEN, _TAGS: WireType.LEN, _METADATA: WireType.LEN}.get(
-        number, WireType.VARINT
-    )
-    if number <= _METADATA:
-        _expect_wire_type("NamedTensor field", number, wire_type, expected)
-    if number == _NAME:
-        current.name = _utf8(value, "NamedTensor.name")
-    elif number == _ROUND:
-        current.round_number = as_int32(int(value))
-    elif number == _LOSSLESS:
-        current.lossless = bool(value)
-    elif number == _REPORT:
-        current.report = bool(value)
-    elif number == _TAGS:
-        current.tags.append(_utf8(value, "NamedTensor.tags"))
-    elif number == _METADATA:
-        assert isinstance(value, bytes)
-        try:
-            current.metadata.append(base_pb2.MetadataProto.FromString(value))
-        except DecodeError as error:
-            raise MalformedMessage(
-                f"NamedTensor.transformer_metadata is not a MetadataProto: {error}"
-            ) from None
-
-
-def _utf8(value: int | bytes, what: str) -> str:
-    assert isinstance(value, bytes)
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedMessage(f"{what} is not valid UTF-8") from None

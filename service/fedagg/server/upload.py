@@ -36,7 +36,8 @@ from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.protocol.results import ResultsEvent, ResultsHeader, SenderHeader, TaskResultsDecoder
-from fedagg.protocol.stream import DecodeLimits, LimitExceeded, TensorRecord
+from fedagg.protocol.stream import DecodeLimits, LimitExceeded
+from fedagg.protocol.tensor_fields import TensorRecord
 from fedagg.protocol.wire import datastream_payload
 from fedagg.server.errors import Unavailable
 from fedagg.server.gate import CallGate
