@@ -16,6 +16,7 @@ from prometheus_client import (
 from fedagg.assembly import AggregatorProcess
 from fedagg.config.loading import ENV_PREFIX
 from fedagg.ops.leadership_report import leadership_document, register_leadership
+from fedagg.protocol.ops_leadership import SERVICE as LEADERSHIP_SERVICE
 from fedagg.server.interceptors import MetricsInterceptor
 from fedagg.settings import ConfigError
 
@@ -66,7 +67,7 @@ async def start_ops(aggregator: AggregatorProcess) -> None:
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(aggregator.grpc_metrics)], options=[("grpc.so_reuseport", 0)]
     )
-    aggregator.health.register(server)
+    aggregator.health.register(server, [LEADERSHIP_SERVICE])
     register_leadership(server, lambda: leadership_document(aggregator.leadership, aggregator.state_lock))
     with binding("ops.port", ops.port, ops.bind_address):
         aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")

@@ -75,12 +75,19 @@ def test_grpcurl_checks_health_lists_and_describes(aggregator: FedaggProcess, pk
         run("-plaintext", "-d", json.dumps({"service": READINESS}), ops, "grpc.health.v1.Health/Check")
     )
     ops_services = run("-plaintext", ops, "list").split()
+    leadership = json.loads(run("-plaintext", ops, "fedagg.ops.v1.Leadership/Describe"))
     described = run("-plaintext", ops, "describe", "openfl.aggregator.Aggregator")
     federation_services = run(*mtls, aggregator.address, "list").split()
     federation_described = run(*mtls, aggregator.address, "describe", "openfl.aggregator.Aggregator")
 
     assert readiness == {"status": "SERVING"}
-    assert sorted(ops_services) == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+    assert sorted(ops_services) == [
+        "fedagg.ops.v1.Leadership",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    assert (leadership["election"], leadership["role"]) == ("state lock", "leader")  # no ha: the lock elects
+    assert leadership["leader"].startswith("pid ")
     upload_rpc = "rpc SendLocalTaskResults ( stream .DataStream ) returns ( .openfl.aggregator.SendLocalTaskResultsResponse )"
     assert upload_rpc in described
     assert sorted(federation_services) == [

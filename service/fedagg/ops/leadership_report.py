@@ -1,6 +1,7 @@
 """Leadership as ``fedagg status --ops`` shows it, asked of one replica's ops port (leader or standby alike).
 
-One unary method on the ops port (:mod:`fedagg.protocol.ops_leadership`) answers a document:
+One unary method on the ops port (``fedagg.ops.v1.Leadership/Describe``, :mod:`fedagg.protocol.ops_leadership`)
+answers a document:
 
 - ``election``: where the lease is (``ha.enabled``), or ``"state lock"`` (the lock alone elects);
 - ``identity``: this replica's (``ha.identity``; null without an election);
@@ -21,12 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, struct_pb2
 
 from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.ops.leadership import Leadership
 from fedagg.ops.lease import LeaseStoreError
-from fedagg.protocol.ops_leadership import METHOD, SERVICE
+from fedagg.protocol import leadership_pb2, leadership_pb2_grpc
+from fedagg.protocol.ops_leadership import report_from_document
 
 LEASE_READ_SECONDS = 5.0
 
@@ -54,23 +55,24 @@ def leadership_document(leadership: Leadership | None, lock: StateDirectoryLock 
     }
 
 
-def register_leadership(server: grpc.aio.Server, describe: Callable[[], dict[str, Any]]) -> None:
-    """Serve ``describe()`` (blocking: run on the default executor) as the Describe method on ``server``."""
+class LeadershipService(leadership_pb2_grpc.LeadershipServicer):
+    """Answers Describe with ``describe()``, which blocks on the lease store: run on the default executor."""
 
-    async def handle(
-        _request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> struct_pb2.Struct:
+    def __init__(self, describe: Callable[[], dict[str, Any]]) -> None:
+        self._describe = describe
+
+    async def Describe(
+        self,
+        request: leadership_pb2.DescribeLeadershipRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> leadership_pb2.LeadershipReport:
         try:
-            document = await asyncio.get_running_loop().run_in_executor(None, describe)
+            document = await asyncio.get_running_loop().run_in_executor(None, self._describe)
         except LeaseStoreError as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the lease: {error}")
-        reply = struct_pb2.Struct()
-        reply.update(document)
-        return reply
+        return report_from_document(document)
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        handle,
-        request_deserializer=empty_pb2.Empty.FromString,
-        response_serializer=struct_pb2.Struct.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
+
+def register_leadership(server: grpc.aio.Server, describe: Callable[[], dict[str, Any]]) -> None:
+    """Serve ``describe()`` as Describe on ``server``."""
+    leadership_pb2_grpc.add_LeadershipServicer_to_server(LeadershipService(describe), server)
