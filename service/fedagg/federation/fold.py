@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from fedagg.federation.aggregators.elementwise import sums_by_weight
+from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.events import FederationListener
 from fedagg.federation.fold_sums import Contribution, FoldedPrefix, FoldedSum, SumFile
 from fedagg.federation.integrity import CorruptFile, verify_footer
@@ -165,14 +166,17 @@ class RoundFold:
         started = time.monotonic()
         aggregator = self._aggregators[task]
         model = self._round.model
-        names = [
-            name
-            for name, values in model.tensors.items()
-            if sums_by_weight(aggregator, name)
-            and any(
-                t.name == name and t.shape == values.shape for u in uploads for t in u.contribution.weights
-            )
-        ]
+        foldable: dict[str, list[tuple[AcceptedUpload, UploadedTensor]]] = {}  # by name, in upload order
+        for upload in uploads:
+            for tensor in upload.contribution.weights:
+                values = model.tensors.get(tensor.name)
+                if (
+                    values is not None
+                    and tensor.shape == values.shape
+                    and sums_by_weight(aggregator, tensor.name)
+                ):
+                    foldable.setdefault(tensor.name, []).append((upload, tensor))
+        names = [name for name in model.tensors if name in foldable]  # in the model's order
         if not names:
             return
         try:
@@ -183,9 +187,7 @@ class RoundFold:
                     Contribution(
                         u.contribution.collaborator, u.contribution.weight, u.entry.path, tensor, model
                     )
-                    for u in uploads
-                    for tensor in u.contribution.weights
-                    if tensor.name == name and tensor.shape == model.tensors[name].shape
+                    for u, tensor in foldable[name]
                 ]
                 if self._file is None:
                     self._file = SumFile(self._directory)
