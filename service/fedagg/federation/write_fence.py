@@ -50,8 +50,3 @@ def close_fence(reason: str, timeout: float) -> bool:
         return False
     _commit_lock.release()
     return True
-
-
-def fence_closed() -> str:
-    """Why the fence is closed ("" while it is open)."""
-    return _closed_because
