@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from typing import TypeVar
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.errors import InvalidRequest
@@ -55,6 +57,7 @@ DECODE_LIMITS = {
 }
 """The decoder's limits by the name it reports, as breaches are counted."""
 
+T = TypeVar("T")
 Authenticate = Callable[[aggregator_pb2.MessageHeader], Awaitable[str]]
 
 
@@ -180,27 +183,20 @@ class UploadReceiver:
         most that much is decoded before the sender is known.
         """
         while data:
-            if self._intake is None:
-                room = self._header_bytes - self._header_size
-                if room <= 0:
-                    self._observer.limit_breached(Limit.HEADER_BYTES)
-                    raise InvalidRequest(
-                        f"the upload's header area (everything before its first tensor) exceeds "
-                        f"limits.header_bytes ({self._header_bytes} bytes)"
-                    )
-                piece, data = data[:room], data[room:]
-                self._header_area.append(piece)
-                self._header_size += len(piece)
-            elif not self._header_area:  # admitted before this chunk: decode, check and spool it in one hop
+            if self._intake is not None:  # admitted before this chunk: decode, check and spool it in one hop
                 await self._decode_and_absorb(data)
                 return self._intake.rejection is not None
-            else:
-                piece, data = data, data[:0]
-            try:
-                events = await asyncio.get_running_loop().run_in_executor(self._io, self._decoder.feed, piece)
-            except LimitExceeded as error:
-                self._observer.limit_breached(DECODE_LIMITS[error.limit])
-                raise
+            room = self._header_bytes - self._header_size
+            if room <= 0:
+                self._observer.limit_breached(Limit.HEADER_BYTES)
+                raise InvalidRequest(
+                    f"the upload's header area (everything before its first tensor) exceeds "
+                    f"limits.header_bytes ({self._header_bytes} bytes)"
+                )
+            piece, data = data[:room], data[room:]
+            self._header_area.append(piece)
+            self._header_size += len(piece)
+            events = await self._decoding(functools.partial(self._decoder.feed, piece))
             await self._handle(events)
             if self._outcome is not None:
                 return True
@@ -222,12 +218,16 @@ class UploadReceiver:
                 intake.tensor(event)
             self._federation.absorb(intake, piece, offset)
 
+        await self._decoding(decode_and_absorb)
+        failpoint("upload.chunk")
+
+    async def _decoding(self, work: Callable[[], T]) -> T:
+        """Run decoding ``work`` on the I/O executor, counting a decode limit it runs into as a breach."""
         try:
-            await asyncio.get_running_loop().run_in_executor(self._io, decode_and_absorb)
+            return await asyncio.get_running_loop().run_in_executor(self._io, work)
         except LimitExceeded as error:
             self._observer.limit_breached(DECODE_LIMITS[error.limit])
             raise
-        failpoint("upload.chunk")
 
     async def _absorb(self, data: memoryview) -> None:
         """Pass the upload's next bytes to its intake (the chunks held before admission first)."""
