@@ -24,6 +24,7 @@ from prometheus_client import (
 from fedagg.config.ha import ElectionBackend, HaSettings
 from fedagg.config.operations import KubernetesHookMode
 from fedagg.config.schema import Config
+from fedagg.config.server import TlsSettings
 from fedagg.config.topology import NOT_SERVED, Role
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
@@ -177,9 +178,7 @@ def check_files(config: Config) -> None:
         try:
             load_bundle(tls.files())
         except CertificateError as error:
-            raise ConfigError(
-                "server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})"
-            ) from None
+            raise _unusable_certificates(tls, error) from None
 
 
 def _state_store(config: Config) -> StateStore:
@@ -243,9 +242,11 @@ def _certificate_source(config: Config, metrics: FederationMetrics) -> Certifica
             metrics.tls_handshake_started,
         )
     except CertificateError as error:
-        raise ConfigError(
-            "server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})"
-        ) from None
+        raise _unusable_certificates(tls, error) from None
+
+
+def _unusable_certificates(tls: TlsSettings, error: CertificateError) -> ConfigError:
+    return ConfigError("server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})")
 
 
 def _hooks(config: Config, kubernetes: Callable[[], k8s.Configuration]) -> list[ShutdownHook]:

@@ -69,7 +69,7 @@ class Leadership:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
             wait.cancel()
-        return self._elected.is_set() and not self._lost.is_set()
+        return self.leading
 
     async def wait_lost(self) -> None:
         """Return once leadership is lost (the fence is closed by then)."""

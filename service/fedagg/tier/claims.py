@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -156,24 +156,25 @@ class ClaimBook:
 
     def holders(self, round_number: int) -> dict[str, frozenset[Contribution]]:
         """Every replica holding contributions of the round, with them."""
+        held: dict[str, set[Contribution]] = {}
         with self._lock:
-            replicas = {holder for (number, _, _), holder in self._holders.items() if number == round_number}
-        return {replica: self.claimed(round_number, replica) for replica in sorted(replicas)}
+            for (number, collaborator, task), holder in self._holders.items():
+                if number == round_number:
+                    held.setdefault(holder, set()).add((collaborator, task))
+        return {replica: frozenset(held[replica]) for replica in sorted(held)}
 
     def last_contact(self, replica: str) -> float | None:
         """When ``replica`` last called (root clock), if it has since the root started."""
         with self._lock:
             return self._last_contact.get(replica)
 
-    def lost(
-        self, round_number: int, lost_seconds: float, started: float
-    ) -> dict[str, frozenset[Contribution]]:
-        """Replicas holding claims of the round not heard from for ``lost_seconds`` (since their last call, or
-        since ``started``, the root's start, if they have not called since), with the contributions they hold."""
+    def lost(self, replicas: Iterable[str], lost_seconds: float, started: float) -> frozenset[str]:
+        """Those of ``replicas`` not heard from for ``lost_seconds`` (since their last call, or since
+        ``started``, the root's start, if they have not called since)."""
         now = self._clock()
-        lost = {}
-        for replica, contributions in self.holders(round_number).items():
-            last = self.last_contact(replica)
-            if now - (started if last is None else last) >= lost_seconds:
-                lost[replica] = contributions
-        return lost
+        with self._lock:
+            return frozenset(
+                replica
+                for replica in replicas
+                if now - self._last_contact.get(replica, started) >= lost_seconds
+            )

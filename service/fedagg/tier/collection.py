@@ -99,8 +99,8 @@ class PartialCollection:
         kept = self._partials.get(round_number, {})
         holders = self._book.holders(round_number)
         waiting = {replica for replica in holders if replica not in kept}
-        lost = self._book.lost(round_number, self._lost_seconds, self._started)
-        if waiting - set(lost):
+        lost = self._book.lost(holders, self._lost_seconds, self._started)
+        if waiting - lost:
             return None
         for replica in sorted(
             waiting - {replica for number, replica in self._reported_lost if number == round_number}
@@ -125,7 +125,7 @@ class PartialCollection:
     def replicas(self, round_number: int) -> list[ReplicaView]:
         """Every configured replica (and any other holding claims) with its state in the round."""
         holders = self._book.holders(round_number)
-        lost = self._book.lost(round_number, self._lost_seconds, self._started)
+        lost = self._book.lost(holders, self._lost_seconds, self._started)
         kept = self._partials.get(round_number, {})
         views = []
         for replica in sorted({*self._replicas, *holders}):
