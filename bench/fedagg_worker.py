@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.procfs import status
 from bench.servers import AGGREGATOR_UUID, FEDERATION_UUID
 from fedagg.collaborator import AggregatorClient, ClientTls, Collaborator, OutgoingTensor, TaskOutput
 from fedagg.collaborator.client import TasksReply
@@ -151,15 +152,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "calls": calls,
         "errors": errors,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": status(os.getpid())["VmHWM"],
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
     }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM, the kernel's exact high-water mark)."""
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def poll(spec: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,6 @@ null server (bench/null_server.py, the floor)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -260,7 +259,3 @@ def _read_port(
         if time.monotonic() > deadline:
             break
     raise RuntimeError(f"the aggregator exited with {process.wait()} before listening")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

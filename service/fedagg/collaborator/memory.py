@@ -8,26 +8,13 @@ several tensors beyond the model. ``malloc_trim`` (glibc) returns the free pages
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Callable
+from fedagg.glibc import glibc_function
 
 TRIM_AFTER_BYTES = 8 * 2**20
 """Trim after a reply at least this large: smaller ones leave too little behind to be worth the walk."""
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    return trim
-
-
-_TRIM = _malloc_trim()
+_TRIM = glibc_function("malloc_trim")
 
 
 def release_freed_memory(reply_bytes: int) -> None:

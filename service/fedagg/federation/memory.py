@@ -9,31 +9,19 @@ keeps them mapped.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import os
-from typing import Any
+
+from fedagg.glibc import glibc_function
 
 MMAP_THRESHOLD_BYTES = 1 << 20
 """Allocations from this size on get their own mapping (upload messages, reply buffers, aggregation blocks)."""
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-@functools.cache
-def _libc() -> Any | None:
-    name = ctypes.util.find_library("c")
-    return None if name is None else ctypes.CDLL(name)
-
-
-def _glibc_function(name: str) -> Any | None:
-    return getattr(_libc(), name, None)  # glibc only: musl and others have neither
-
-
 def map_large_buffers() -> bool:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES` unless ``MALLOC_MMAP_THRESHOLD_`` sets it;
     True when the setting took effect."""
-    mallopt = _glibc_function("mallopt")
+    mallopt = glibc_function("mallopt")
     if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
@@ -41,6 +29,6 @@ def map_large_buffers() -> bool:
 
 def trim_heap() -> None:
     """Return free heap pages to the system (glibc keeps them otherwise, inflating RSS after a round end)."""
-    trim = _glibc_function("malloc_trim")
+    trim = glibc_function("malloc_trim")
     if trim is not None:
         trim(0)

@@ -99,9 +99,9 @@ def read_request(data: bytes) -> SigningRequest:
     if isinstance(common_name, bytes):
         common_name = common_name.decode("utf-8", "replace")
     check_name(common_name, "collaborator")
-    fingerprint = hashlib.sha256(request.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    fingerprint = hashlib.sha256(request.public_bytes(serialization.Encoding.DER)).digest().hex(":").upper()
     openfl_hash = hashlib.sha384(request.public_bytes(serialization.Encoding.PEM)).hexdigest()
-    return SigningRequest(common_name, public_key, _colons(fingerprint), openfl_hash)
+    return SigningRequest(common_name, public_key, fingerprint, openfl_hash)
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,3 @@ def sign_request_file(
         checked.openfl_hash,
         certificate.not_valid_after_utc,
     )
-
-
-def _colons(hexadecimal: str) -> str:
-    return ":".join(hexadecimal[index : index + 2] for index in range(0, len(hexadecimal), 2))
