@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fedagg.federation.files import atomic_write_bytes, fsync_directory
+from fedagg.federation.write_fence import fenced_replace
 from fedagg.protocol import tier_pb2
 
 READ_BYTES = 1 << 20
@@ -113,7 +114,7 @@ class ModelCopies:
         return target
 
     def _keep(self, round_number: int, partial: Path, sha256: str) -> None:
-        os.replace(partial, self.path(round_number))
+        fenced_replace(partial, self.path(round_number))
         fsync_directory(self.directory)
         atomic_write_bytes(self._checksum_path(round_number), f"{sha256}\n".encode())
 
