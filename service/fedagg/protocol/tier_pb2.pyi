@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,68 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RoundPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUND_PHASE_UNSPECIFIED: _RoundPhase.ValueType  # 0
+    OPEN: _RoundPhase.ValueType  # 1
+    """taking uploads; its model is served by FetchModel"""
+    COLLECTING: _RoundPhase.ValueType  # 2
+    """closed: the root waits for the replicas' partials of the round"""
+    FINISHED: _RoundPhase.ValueType  # 3
+    """the experiment is over"""
+
+class RoundPhase(_RoundPhase, metaclass=_RoundPhaseEnumTypeWrapper): ...
+
+ROUND_PHASE_UNSPECIFIED: RoundPhase.ValueType  # 0
+OPEN: RoundPhase.ValueType  # 1
+"""taking uploads; its model is served by FetchModel"""
+COLLECTING: RoundPhase.ValueType  # 2
+"""closed: the root waits for the replicas' partials of the round"""
+FINISHED: RoundPhase.ValueType  # 3
+"""the experiment is over"""
+Global___RoundPhase: _TypeAlias = RoundPhase  # noqa: Y015
+
+@_typing.final
+class WatchRoundsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRoundsRequest: _TypeAlias = WatchRoundsRequest  # noqa: Y015
+
+@_typing.final
+class RoundNotice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    phase: Global___RoundPhase.ValueType
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        phase: Global___RoundPhase.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundNotice: _TypeAlias = RoundNotice  # noqa: Y015
 
 @_typing.final
 class FetchModelRequest(_message.Message):

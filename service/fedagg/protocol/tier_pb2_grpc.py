@@ -55,6 +55,11 @@ class TierStub:
                 request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.SerializeToString,
                 response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.WatchRounds = channel.unary_stream(
+                '/fedagg.tier.v1.Tier/WatchRounds',
+                request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.SerializeToString,
+                response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.FromString,
+                _registered_method=True)
 
 
 class TierServicer:
@@ -90,6 +95,14 @@ class TierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRounds(self, request, context):
+        """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
+        of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_TierServicer_to_server(servicer, server):
                     servicer.FetchModel,
                     request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.FromString,
                     response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.SerializeToString,
+            ),
+            'WatchRounds': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRounds,
+                    request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.FromString,
+                    response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class Tier:
             '/fedagg.tier.v1.Tier/FetchModel',
             fedagg_dot_tier_dot_v1_dot_tier__pb2.FetchModelRequest.SerializeToString,
             fedagg_dot_tier_dot_v1_dot_tier__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRounds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedagg.tier.v1.Tier/WatchRounds',
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.SerializeToString,
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class TierStub:
     """The replicas the root knows: claims and deliveries of the round (for fedagg status)."""
     FetchModel: _grpc.UnaryStreamMultiCallable[_tier_pb2.FetchModelRequest, _tier_pb2.ModelChunk]
     """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
+    WatchRounds: _grpc.UnaryStreamMultiCallable[_tier_pb2.WatchRoundsRequest, _tier_pb2.RoundNotice]
+    """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
+    of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
+    """
 
 @_typing.type_check_only
 class TierAsyncStub(TierStub):
@@ -62,6 +66,10 @@ class TierAsyncStub(TierStub):
     """The replicas the root knows: claims and deliveries of the round (for fedagg status)."""
     FetchModel: _aio.UnaryStreamMultiCallable[_tier_pb2.FetchModelRequest, _tier_pb2.ModelChunk]  # type: ignore[assignment]
     """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
+    WatchRounds: _aio.UnaryStreamMultiCallable[_tier_pb2.WatchRoundsRequest, _tier_pb2.RoundNotice]  # type: ignore[assignment]
+    """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
+    of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
+    """
 
 class TierServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +107,15 @@ class TierServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tier_pb2.ModelChunk], _abc.AsyncIterator[_tier_pb2.ModelChunk]]:
         """The round's model file (an OpenFL .pbuf): size and SHA-256 in the first chunk, then its bytes."""
+
+    @_abc_1.abstractmethod
+    def WatchRounds(
+        self,
+        request: _tier_pb2.WatchRoundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tier_pb2.RoundNotice], _abc.AsyncIterator[_tier_pb2.RoundNotice]]:
+        """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
+        of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
+        """
 
 def add_TierServicer_to_server(servicer: TierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

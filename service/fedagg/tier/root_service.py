@@ -6,7 +6,8 @@ Every call is authenticated by the client certificate's CN, which must be one of
 A replica delivers one partial at a time (RESOURCE_EXHAUSTED for a second stream while one is open); a partial
 that does not match the replica's claims is refused with FAILED_PRECONDITION naming the contributions, a malformed
 one with INVALID_ARGUMENT. FetchModel streams the round's model file (measured once per round; FAILED_PRECONDITION
-for a round whose model the root does not serve). The port has its own limits (:class:`TierLimits`): message size, streams per
+for a round whose model the root does not serve). WatchRounds streams the root's round (:mod:`~fedagg.tier.round_notices`):
+the latest notice at once, then each change. The port has its own limits (:class:`TierLimits`): message size, streams per
 connection, the bytes of sums a partial may announce.
 """
 
@@ -28,6 +29,7 @@ from fedagg.tier.claims import ClaimBook, ClaimOutcome
 from fedagg.tier.collection import ClaimMismatch, PartialCollection
 from fedagg.tier.events import TierListener
 from fedagg.tier.model_files import ServedModel, read_block
+from fedagg.tier.round_notices import RoundNotices
 from fedagg.tier.wire import CHUNK_BYTES, PartialRefused, received_partial
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class TierService(tier_pb2_grpc.TierServicer):
         limits: TierLimits | None = None,
         listener: TierListener | None = None,
         model_file: Callable[[int], Path | None] | None = None,
+        notices: RoundNotices | None = None,
     ) -> None:
         self._book = book
         self._collection = collection
@@ -66,6 +69,7 @@ class TierService(tier_pb2_grpc.TierServicer):
         self._limits = limits or TierLimits()
         self._listener = listener or TierListener()
         self._model_file = model_file
+        self._notices = notices or RoundNotices()
         self._served: dict[int, ServedModel] = {}
         self._delivering: set[str] = set()
         self.partial_arrived = asyncio.Event()
@@ -174,6 +178,13 @@ class TierService(tier_pb2_grpc.TierServicer):
             offset += len(data)
             if not data or offset >= served.size:
                 return
+
+    async def WatchRounds(
+        self, request: tier_pb2.WatchRoundsRequest, context: Context
+    ) -> AsyncIterator[tier_pb2.RoundNotice]:
+        await self._replica(context)
+        async for notice in self._notices.watch():
+            yield notice.message()
 
 
 def describe_replicas(collection: PartialCollection, round_number: int) -> tier_pb2.DescribeReplicasReply:
