@@ -161,3 +161,20 @@ def test_an_ingest_replicas_name_defaults_to_its_pod_name(monkeypatch: pytest.Mo
     named = tier_config("ingest")
     named["topology"]["replica"] = "ingest-a"
     assert parse_config(named, Path("/etc/fedagg"), {}).topology.replica_name == "ingest-a"
+
+
+@pytest.mark.parametrize(
+    ("stragglers", "key"),
+    [
+        ({"policy": "cutoff_time", "cutoff_seconds": 30}, "federation.stragglers.cutoff_seconds"),
+        ({"policy": "percentage", "percent_needed": 0.5}, "federation.stragglers.percent_needed"),
+    ],
+)
+def test_a_round_that_may_close_early_is_refused_in_the_tier(stragglers: dict[str, Any], key: str) -> None:
+    data = tier_config("root")
+    data["federation"]["stragglers"] = stragglers
+    (error,) = problems(data)
+    assert error.key == key
+    assert "a round waits for every collaborator" in str(error)
+    data["topology"] = {"role": "standalone"}
+    parse_config(data, Path("/etc/fedagg"), {})

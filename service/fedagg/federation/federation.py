@@ -12,7 +12,7 @@ Who calls what, and from where:
   :meth:`Federation.describe`, the contact calls and the read-only properties;
 * executor threads, because they touch the disk: :meth:`Federation.open_intake`, :meth:`Federation.absorb`,
   :meth:`Federation.seal` and :meth:`Federation.served_tensor` (I/O executor), and every durable transition,
-  :meth:`Federation.restore`, :meth:`Federation.commit`, :meth:`Federation.record_quit` and
+  :meth:`Federation.restore`, :meth:`Federation.commit`, :meth:`Federation.claim` (a tier root), :meth:`Federation.record_quit` and
   :meth:`Federation.tick` (commit executor).
 
 A quit job is made durable before it is handed out, serialised with round ends, so checkpoints only move forward.
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from fedagg.federation.assigner import make_assigner
 from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.collected import RoundCollector
 from fedagg.federation.contacts import ContactBook
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.events import ExperimentStatus, FederationListener
@@ -54,6 +55,7 @@ from fedagg.federation.published import ModelOutputs
 from fedagg.federation.recovery import StateRecovery
 from fedagg.federation.round_close import RoundCloser
 from fedagg.federation.round_ends import RoundEnds
+from fedagg.federation.rounds import ClaimedContribution
 from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, tensor_owner
 from fedagg.federation.startup import StartUp
 from fedagg.federation.status import experiment_status, restoring_status
@@ -80,6 +82,7 @@ class Federation:
         initial_model_digest: FileDigest | None = None,
         listener: FederationListener | None = None,
         clock: Callable[[], float] = time.monotonic,
+        collector: RoundCollector | None = None,
     ) -> None:
         self.plan = plan
         self.metrics = MetricLog()
@@ -111,6 +114,7 @@ class Federation:
             listener=self._listener,
             clock=clock,
             made_progress=self._made_progress,
+            collector=collector,
         )
         self._metric_names = MetricNames(plan.limits.metric_names_per_task, self._listener)
         self._commits = UploadCommits(plan, store, self._ledger, self._round_ends, self._metric_names)
@@ -240,6 +244,26 @@ class Federation:
         """
         with self._commit_lock:
             return self._commits.commit(intake)
+
+    def claim(self, collaborator: str, round_number: int, task: str, hold: Callable[[], str | None]) -> None:
+        """At a tier's root: count ``collaborator``'s results for ``task``, spooled by an ingest replica. Blocks on
+        the disk (``hold`` makes the claim durable and names the replica holding it, None while another claim of it
+        is being made durable); may close the round. Raises :class:`FailedPrecondition` naming why when the round
+        does not take these results (a past round, a closing round, a task the collaborator does not have)."""
+        admission = Admission(collaborator, task, round_number, 0)
+        with self._commit_lock:
+            with self._ledger.round_lock:
+                round_ = self._ledger.round
+                reason, message = ignore_reason(self.plan.tasks, round_, admission)
+            if round_ is None or reason is not None:
+                raise FailedPrecondition(message)
+            holder = hold()
+            if holder is None:
+                return
+            with self._ledger.round_lock:
+                round_.record(collaborator, task, ClaimedContribution(holder))
+            self._listener.contribution_accepted(collaborator, task, round_number, 0)
+            self._round_ends.close_if_due(round_)
 
     def tick(self) -> None:
         """Periodic work: probe a failing disk, retry a failed round end, close a round whose cutoff passed."""

@@ -22,6 +22,7 @@ from fedagg.federation.aggregators import Aggregator, Emit, RoundInputs, TensorI
 from fedagg.federation.aggregators.base import FoldedPrefix, block_elements_for, blocks
 from fedagg.federation.aggregators.registry import make_aggregator
 from fedagg.federation.checkpoint import Checkpoint, SlotDigest
+from fedagg.federation.collected import CollectedInputs
 from fedagg.federation.contribution import UploadedTensor
 from fedagg.federation.files import atomic_file
 from fedagg.federation.model_shape import model_growth
@@ -138,14 +139,20 @@ class ModelBuilder:
         committed: Checkpoint,
         writer: ModelWriter,
         folded: Prefixes | None = None,
+        collected: CollectedInputs | None = None,
     ) -> BuiltModel:
         """Stream the next model into ``writer``; slot files are committed with it (same ``with`` block).
 
-        ``folded`` gives the sums folded while the uploads arrived (:mod:`fedagg.federation.fold`), if any.
+        ``folded`` gives the sums folded while the uploads arrived (:mod:`fedagg.federation.fold`), if any;
+        ``collected`` replaces ``uploads`` at a tier's root (tensors the round's model does not hold do not join).
         """
-        inputs = self._task_inputs(round_, uploads, folded)
+        if collected is None:
+            inputs = self._task_inputs(round_, uploads, folded)
+            joining = model_growth(round_, uploads).joining
+            summed: dict[str, Float32Array] = {}
+        else:
+            inputs, joining, summed = collected.tasks, frozenset(), collected.summed
         owners = {tensor.name: task for task, task_inputs in inputs.items() for tensor in task_inputs.tensors}
-        joining = model_growth(round_, uploads).joining
         with contextlib.ExitStack() as files:
             stateful = {*inputs, *(slot.task for slot in committed.slots)}
             states = {task: self._state(task, round_.number, committed, files) for task in stateful}
@@ -153,7 +160,11 @@ class ModelBuilder:
                 prepared = self._prepare(inputs, states)
                 for name, values in round_.model.tensors.items():
                     task = owners.pop(name, None)
-                    if task is None or task not in prepared or not self._combine(inputs[task], name, writer):
+                    if name in summed:
+                        writer.add(name, summed[name])
+                    elif (
+                        task is None or task not in prepared or not self._combine(inputs[task], name, writer)
+                    ):
                         writer.add(name, values)
                 for name, task in owners.items():
                     if task in prepared and name in joining:

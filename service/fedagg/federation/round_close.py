@@ -39,6 +39,7 @@ from fedagg.failpoints import failpoint
 from fedagg.federation.aggregators.noise import experiment_seed
 from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.federation.checkpoint import Checkpoint
+from fedagg.federation.collected import CollectedInputs
 from fedagg.federation.events import FederationListener
 from fedagg.federation.fold import verify_upload
 from fedagg.federation.integrity import CorruptFile, FileDigest
@@ -171,12 +172,18 @@ class RoundCloser:
         return lost
 
     def attempt(
-        self, round_: Round, decision: CloseDecision, committed: Checkpoint, folded: Prefixes | None = None
+        self,
+        round_: Round,
+        decision: CloseDecision,
+        committed: Checkpoint,
+        folded: Prefixes | None = None,
+        collected: CollectedInputs | None = None,
     ) -> ClosedRound | None:
         """Run the transaction; on failure schedule a retry, report it and return None. ``folded`` gives the sums
-        folded as the uploads arrived (:mod:`fedagg.federation.fold`), if any."""
+        folded as the uploads arrived (:mod:`fedagg.federation.fold`), if any; ``collected`` the round's inputs
+        at a tier's root."""
         try:
-            closed = self.close(round_, decision, committed, folded)
+            closed = self.close(round_, decision, committed, folded, collected)
         except OSError as error:
             self._health.storage_failed("round_end", error)
             self._listener.checkpoint_failed()
@@ -198,7 +205,12 @@ class RoundCloser:
         return None
 
     def close(
-        self, round_: Round, decision: CloseDecision, committed: Checkpoint, folded: Prefixes | None = None
+        self,
+        round_: Round,
+        decision: CloseDecision,
+        committed: Checkpoint,
+        folded: Prefixes | None = None,
+        collected: CollectedInputs | None = None,
     ) -> ClosedRound:
         """Write the round's outputs and the next checkpoint; raises OSError (nothing committed) on disk errors."""
         store = self._store
@@ -212,7 +224,9 @@ class RoundCloser:
         try:
             digest = store.write_model(
                 next_round,
-                lambda writer: built.append(self._builder.build(round_, uploads, committed, writer, folded)),
+                lambda writer: built.append(
+                    self._builder.build(round_, uploads, committed, writer, folded, collected)
+                ),
             )
         except BaseException:
             self.aggregators.load(saved)  # nothing was committed: the aggregators forget this attempt
@@ -221,7 +235,8 @@ class RoundCloser:
             round_.model.release()
         aggregation_seconds = time.monotonic() - started
         try:
-            return self._commit(round_, committed, uploads, digest, built[0], aggregation_seconds)
+            metrics = self._aggregate_metrics(round_, uploads) if collected is None else collected.metrics
+            return self._commit(round_, committed, metrics, digest, built[0], aggregation_seconds)
         except BaseException:
             self.aggregators.load(saved)
             raise
@@ -241,7 +256,7 @@ class RoundCloser:
         self,
         round_: Round,
         committed: Checkpoint,
-        uploads: list[AcceptedUpload],
+        metrics: list[MetricRecord],
         digest: FileDigest,
         built: BuiltModel,
         aggregation_seconds: float,
@@ -249,7 +264,6 @@ class RoundCloser:
         store = self._store
         next_round = round_.number + 1
         self._failpoint("round_end.model_written")
-        metrics = self._aggregate_metrics(round_, uploads)
         arrivals = sorted(round_.accepted(round_.received), key=lambda upload: upload.entry.sequence)
         collaborator_metrics = [record for upload in arrivals for record in upload.metric_records()]
         store.save_round_metrics(

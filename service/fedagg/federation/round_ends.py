@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fedagg.failpoints import failpoint
 from fedagg.federation.assigner import Assigner
 from fedagg.federation.checkpoint import Checkpoint, ModelShape
+from fedagg.federation.collected import CollectedInputs, RoundCollector
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
 from fedagg.federation.fold import RoundFold
@@ -27,7 +28,7 @@ from fedagg.federation.model_shape import model_growth
 from fedagg.federation.plan import FederationPlan
 from fedagg.federation.progress_health import FederationHealth, StorageGuard, describe_os_error
 from fedagg.federation.round_close import ClosedRound, RoundCloser
-from fedagg.federation.rounds import CloseDecision, Round
+from fedagg.federation.rounds import ClaimedContribution, CloseDecision, Round
 from fedagg.federation.serving import TensorServer, bounded_names
 from fedagg.federation.store import StateStore
 from fedagg.federation.stragglers import StragglerPolicy
@@ -59,6 +60,7 @@ class RoundEnds:
         listener: FederationListener,
         clock: Callable[[], float],
         made_progress: Callable[[], None],
+        collector: RoundCollector | None = None,
     ) -> None:
         self._plan = plan
         self._store = store
@@ -72,6 +74,7 @@ class RoundEnds:
         self.listener = listener
         self._clock = clock
         self._made_progress = made_progress
+        self._collector = collector
         self._fold: RoundFold | None = None
         self._fold_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-fold")
 
@@ -85,9 +88,13 @@ class RoundEnds:
         figures = self._closer.aggregators.reports()
         if self._fold is not None:
             self._fold.close()
+        if round_ is not None and self._collector is not None:
+            for collaborator, task, replica in self._collector.claimed(round_.number):
+                if task in round_.assignment.get(collaborator, ()):
+                    round_.record(collaborator, task, ClaimedContribution(replica))
         self._fold = (
             None
-            if round_ is None
+            if round_ is None or self._collector is not None
             else RoundFold(
                 round_,
                 self._closer.aggregators,
@@ -105,6 +112,8 @@ class RoundEnds:
             self._ledger.figures = figures
         if finished:
             self.metrics.close()
+        if self._collector is not None:
+            self._collector.round_open(checkpoint.round_number, finished)
         self._made_progress()
 
     def new_round(self, model: LoadedModel, initial_shape: ModelShape | None) -> Round:
@@ -186,8 +195,13 @@ class RoundEnds:
             if not lost:
                 break
             self._made_progress()
+        collected = None
+        if self._collector is not None:
+            collected = self._collected(round_, decision)
+            if collected is None:
+                return False
         closed = self._closer.attempt(
-            round_, decision, committed, None if self._fold is None else self._fold.prefix
+            round_, decision, committed, None if self._fold is None else self._fold.prefix, collected
         )
         if closed is None:
             if self._fold is not None:  # its scratch file may be what filled the disk: retries read the spool
@@ -195,6 +209,29 @@ class RoundEnds:
             return False
         self._committed_round(round_, decision, closed)
         return True
+
+    def _collected(self, round_: Round, decision: CloseDecision) -> CollectedInputs | None:
+        """At a tier's root: the closed round's inputs from the replicas' partials, once all are in."""
+        assert self._collector is not None
+        rank = {task: index for index, task in enumerate(round_.task_order)}
+        done = sorted(
+            (
+                (collaborator, task)
+                for collaborator in decision.done
+                for task, receipt in round_.received.get(collaborator, {}).items()
+                if isinstance(receipt, ClaimedContribution)
+            ),
+            key=lambda contribution: rank.get(contribution[1], len(rank)),
+        )
+        try:
+            return self._collector.collected(
+                round_.number, round_.model, self._closer.aggregators.__getitem__, done
+            )
+        except ValueError as error:
+            log.error("round %d cannot be divided from the replicas' partials: %s", round_.number, error)
+            self.health.round_end_failed()
+            self.listener.round_end_failed(round_.number)
+            return None
 
     def _committed_round(self, round_: Round, decision: CloseDecision, closed: ClosedRound) -> None:
         checkpoint = closed.checkpoint

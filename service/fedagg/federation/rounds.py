@@ -50,7 +50,15 @@ class RejectedUpload:
     entry: SpoolEntry
 
 
-Receipt = AcceptedUpload | RejectedUpload
+@dataclass(frozen=True)
+class ClaimedContribution:
+    """At a tier's root: a contribution an ingest replica spooled and claimed; its sums arrive in the replica's
+    partial (:mod:`fedagg.tier.collection`), never as a spool file here."""
+
+    replica: str
+
+
+Receipt = AcceptedUpload | RejectedUpload | ClaimedContribution
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
 * :mod:`~fedagg.tier.model_files`: the round's model, served by the root, checked and kept by the replicas;
 * :mod:`~fedagg.tier.root_service`: the root's tier port (mTLS, the replicas' identities, limits);
 * :mod:`~fedagg.tier.round_notices`: the root's round (OPEN, COLLECTING, FINISHED) as the replicas watch it;
+* :mod:`~fedagg.tier.root_rounds`: the root's federation fed by claims and divided from the merged partials;
 * :mod:`~fedagg.tier.root_link`: an ingest replica's client of that port;
 * :mod:`~fedagg.tier.ingest_round`: an ingest replica's round (spool, claim, acknowledge, fold; recovery);
 * :mod:`~fedagg.tier.events`: tier events for metrics (:mod:`fedagg.ops.tier_metrics`).

@@ -145,6 +145,11 @@ class ClaimBook:
             self._holders[key] = replica
         return ClaimDecision(ClaimOutcome.GRANTED, replica)
 
+    def holder(self, round_number: int, collaborator: str, task: str) -> str | None:
+        """The replica holding (collaborator, round, task), if it is claimed."""
+        with self._lock:
+            return self._holders.get((round_number, collaborator, task))
+
     def claimed(self, round_number: int, replica: str) -> frozenset[Contribution]:
         """The contributions of the round that ``replica`` holds."""
         with self._lock:

@@ -11,12 +11,13 @@ updates its moments once, at the root. FedCurv's Fisher terms are plain sums and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
 from fedagg.federation.aggregators import Aggregator, AggregatorState, RoundInputs, TensorInputs
 from fedagg.federation.aggregators.elementwise import sums_by_weight
+from fedagg.federation.sources import TensorSource
 from fedagg.protocol.codec import Float32Array
 from fedagg.tier.partials import TaskPartial
 
@@ -35,6 +36,44 @@ class MeanValues:
         return self._flat[start:stop].copy()
 
 
+def task_inputs(
+    round_number: int,
+    task: str,
+    partial: TaskPartial,
+    aggregator: Aggregator,
+    base: Callable[[str], TensorSource | None],
+    owned: Collection[str] = (),
+    block_elements: int | None = None,
+) -> tuple[RoundInputs, dict[str, Float32Array]]:
+    """The task's round inputs from a merged partial (one contribution per tensor, its weighted mean), and the
+    tensors taken as summed; tensors in ``owned`` (an earlier task's) and those whose total weight is not positive
+    are left out."""
+    summed: dict[str, Float32Array] = {}
+    tensors = []
+    for name, tensor_sum in partial.tensors.items():
+        if name in owned:
+            continue
+        mean = partial.average(name)
+        if mean is None:
+            continue
+        if tensor_sum.plain:
+            summed[name] = mean
+            continue
+        tensors.append(
+            TensorInputs(
+                name,
+                tensor_sum.shape,
+                (0,),
+                (MeanValues(mean),),
+                (tensor_sum.weight,),
+                base(name),
+                block_elements,
+                folded=tensor_sum if sums_by_weight(aggregator, name) else None,
+            )
+        )
+    return RoundInputs(round_number, task, (MERGED,), tuple(tensors)), summed
+
+
 def divide(
     aggregator: Aggregator,
     round_number: int,
@@ -44,33 +83,17 @@ def divide(
     state: AggregatorState | None = None,
 ) -> dict[str, Float32Array]:
     """The task's aggregated tensors of the round (tensors whose total weight is not positive are left out)."""
-    means: dict[str, Float32Array] = {}
-    tensors = []
-    for name, summed in partial.tensors.items():
-        mean = partial.average(name)
-        if mean is None:
-            continue
-        if summed.plain:
-            means[name] = mean
-            continue
-        base = model.get(name)
-        tensors.append(
-            TensorInputs(
-                name,
-                summed.shape,
-                (0,),
-                (MeanValues(mean),),
-                (summed.weight,),
-                None if base is None else MeanValues(base),
-                folded=summed if sums_by_weight(aggregator, name) else None,
-            )
-        )
-    inputs = RoundInputs(round_number, task, (MERGED,), tuple(tensors))
+
+    def base(name: str) -> TensorSource | None:
+        values = model.get(name)
+        return None if values is None else MeanValues(values)
+
+    inputs, means = task_inputs(round_number, task, partial, aggregator, base)
     aggregator.prepare(inputs)
     if aggregator.slots:
         assert state is not None, "an aggregator with slots needs its state"
         aggregator.bind_state(state)
-    for tensor in tensors:
+    for tensor in inputs.tensors:
         blocks: list[Float32Array] = []
         if aggregator.combine(tensor, blocks.append):
             means[tensor.name] = (

@@ -2,7 +2,8 @@
 
 Every call is authenticated by the client certificate's CN, which must be one of ``topology.replicas``
 (UNAUTHENTICATED otherwise, naming the CN). Claims are made durable on the I/O executor before they are answered
-(UNAVAILABLE, retried by the replica, while another claim of the same contribution is being recorded).
+(UNAVAILABLE, retried by the replica, while another claim of the same contribution is being recorded; at a serving
+root the federation counts them, FAILED_PRECONDITION naming why for results its round does not take).
 A replica delivers one partial at a time (RESOURCE_EXHAUSTED for a second stream while one is open); a partial
 that does not match the replica's claims is refused with FAILED_PRECONDITION naming the contributions, a malformed
 one with INVALID_ARGUMENT. FetchModel streams the round's model file (measured once per round; FAILED_PRECONDITION
@@ -19,13 +20,14 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
+from fedagg.federation.errors import FailedPrecondition
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
 from fedagg.server.auth import peer_common_name
-from fedagg.tier.claims import ClaimBook, ClaimOutcome
+from fedagg.tier.claims import ClaimBook, ClaimDecision, ClaimOutcome
 from fedagg.tier.collection import ClaimMismatch, PartialCollection
 from fedagg.tier.events import TierListener
 from fedagg.tier.model_files import ServedModel, read_block
@@ -48,6 +50,16 @@ class TierLimits:
     streams_per_connection: int = 8
 
 
+class ClaimTaker(Protocol):
+    """Who answers the replicas' claims: the claim book, or at a serving root the federation that counts them."""
+
+    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
+        """Let ``replica`` hold (collaborator, round, task) unless another does. MUST be durable when it returns
+        GRANTED or TAKEN; MAY raise :class:`~fedagg.federation.errors.FailedPrecondition` when the round does not
+        take the contribution. Blocks on the disk."""
+        ...
+
+
 class TierService(tier_pb2_grpc.TierServicer):
     """The root's side of the tier (module docstring). Its state is used on the event loop only."""
 
@@ -61,8 +73,10 @@ class TierService(tier_pb2_grpc.TierServicer):
         listener: TierListener | None = None,
         model_file: Callable[[int], Path | None] | None = None,
         notices: RoundNotices | None = None,
+        claims: ClaimTaker | None = None,
     ) -> None:
         self._book = book
+        self._claims: ClaimTaker = claims or book
         self._collection = collection
         self._replicas = frozenset(replicas)
         self._executor = executor
@@ -95,8 +109,10 @@ class TierService(tier_pb2_grpc.TierServicer):
             )
         try:
             decision = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._book.claim, request.round, request.collaborator, request.task, replica
+                self._executor, self._claims.claim, request.round, request.collaborator, request.task, replica
             )
+        except FailedPrecondition as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused)[:1024])
         except OSError as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the root cannot record the claim now: {error}")
         if decision.outcome == ClaimOutcome.PENDING:

@@ -1,0 +1,156 @@
+"""The root's side of its federation's rounds: claims in, merged partials out, the round's phase published.
+
+:class:`RootRounds` is the federation's :class:`~fedagg.federation.collected.RoundCollector` at a tier's root. The
+federation records a granted claim as the contribution's receipt (:meth:`Federation.claim
+<fedagg.federation.federation.Federation.claim>`), closes the round as a single pod does, and then asks
+:meth:`RootRounds.collected` for the round's inputs: until every replica holding a claim of the round has
+delivered its partial, the answer is None and the round is published COLLECTING, which tells the replicas to
+deliver. The inputs are divided from the merged partial (:mod:`fedagg.tier.division`), so the aggregators run
+once, here, as in a single pod.
+
+A replica lost for ``lost_replica_seconds`` holding contributions of a closed round leaves the round waiting: its
+contributions are durable in its spool, and counting the round without them would need the other replicas to
+drop those collaborators' other work from their partials (which they cannot do yet). The round stays COLLECTING
+until the replica is back; the loss is counted (``fedagg_tier_contributions_lost_total``) and shown by
+DescribeReplicas.
+
+Called by the federation under its commit lock (executor threads); the collection is otherwise used on the event
+loop by the tier service, which takes partials only between round ends (module docstring of
+:mod:`fedagg.tier.collection`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+from fedagg.federation.aggregators import Aggregator, RoundInputs
+from fedagg.federation.aggregators.base import block_elements_for
+from fedagg.federation.collected import CollectedInputs
+from fedagg.federation.errors import FailedPrecondition
+from fedagg.federation.federation import Federation
+from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
+from fedagg.federation.sources import ModelValues, TensorSource
+from fedagg.protocol import tier_pb2
+from fedagg.protocol.codec import Float32Array
+from fedagg.protocol.model_file import LoadedModel
+from fedagg.tier.claims import ClaimBook, ClaimDecision, ClaimOutcome
+from fedagg.tier.collection import PartialCollection
+from fedagg.tier.division import task_inputs
+from fedagg.tier.partials import RoundPartial
+from fedagg.tier.round_notices import RoundNotices
+
+log = logging.getLogger(__name__)
+
+
+class RootRounds:
+    """A tier root's claims, collection and round notices, as its federation sees them (module docstring)."""
+
+    def __init__(
+        self,
+        book: ClaimBook,
+        collection: PartialCollection,
+        notices: RoundNotices,
+        aggregation_bytes: int,
+    ) -> None:
+        self.book = book
+        self.collection = collection
+        self.notices = notices
+        self._aggregation_bytes = aggregation_bytes
+
+    def claimed(self, round_number: int) -> Iterable[tuple[str, str, str]]:
+        for replica, contributions in self.book.holders(round_number).items():
+            for collaborator, task in sorted(contributions):
+                yield collaborator, task, replica
+
+    def round_open(self, round_number: int, finished: bool) -> None:
+        self.collection.forget_before(round_number)
+        self.notices.publish(round_number, tier_pb2.FINISHED if finished else tier_pb2.OPEN)
+
+    def collected(
+        self,
+        round_number: int,
+        model: LoadedModel,
+        aggregator: Callable[[str], Aggregator],
+        done: Iterable[tuple[str, str]],
+    ) -> CollectedInputs | None:
+        expected = list(done)
+        collection = self.collection.collected(round_number)
+        if collection is None or collection.stragglers:
+            self.notices.publish(round_number, tier_pb2.COLLECTING)
+            return None
+        merged = collection.merged
+        unexpected = merged.contributions - set(expected)
+        if unexpected:
+            raise ValueError(
+                f"round {round_number}: the replicas' partials hold contributions the round does not count: "
+                f"{sorted(unexpected)[:8]}"
+            )
+        return self._inputs(merged, model, aggregator, [task for _, task in expected])
+
+    def _inputs(
+        self,
+        merged: RoundPartial,
+        model: LoadedModel,
+        aggregator: Callable[[str], Aggregator],
+        task_order: list[str],
+    ) -> CollectedInputs:
+        def base(name: str) -> TensorSource | None:
+            return ModelValues(model, name) if name in model.tensors else None
+
+        order = {task: index for index, task in reversed(list(enumerate(task_order)))}
+        tasks: dict[str, RoundInputs] = {}
+        summed: dict[str, Float32Array] = {}
+        owned: set[str] = set()
+        block = block_elements_for(self._aggregation_bytes, 1)
+        for task in sorted(merged.tasks, key=lambda name: order.get(name, len(order))):
+            inputs, plain = task_inputs(
+                merged.round_number, task, merged.tasks[task], aggregator(task), base, owned, block
+            )
+            owned.update(tensor.name for tensor in inputs.tensors)
+            owned.update(plain)
+            summed.update(plain)
+            if inputs.tensors:
+                tasks[task] = inputs
+        return CollectedInputs(tasks, summed, _metric_records(merged))
+
+
+def _metric_records(merged: RoundPartial) -> list[MetricRecord]:
+    records = []
+    for task, part in merged.tasks.items():
+        for (name, tags), _ in part.metrics.items():
+            value = part.metric_average((name, tags))
+            if value is not None and math.isfinite(value):
+                records.append(MetricRecord(merged.round_number, AGGREGATOR_ORIGIN, task, name, value, tags))
+    return records
+
+
+class CountedClaims:
+    """A serving root's claims: a new claim is made durable and counted by the federation in one step (under its
+    commit lock), so a claim is granted only for results the round takes. Thread-safe (the book and the
+    federation are)."""
+
+    def __init__(self, federation: Federation, book: ClaimBook) -> None:
+        self._federation = federation
+        self._book = book
+
+    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
+        if self._book.holder(round_number, collaborator, task) is not None:
+            return self._book.claim(round_number, collaborator, task, replica)
+        decisions: list[ClaimDecision] = []
+
+        def hold() -> str | None:
+            decision = self._book.claim(round_number, collaborator, task, replica)
+            decisions.append(decision)
+            return None if decision.outcome == ClaimOutcome.PENDING else decision.holder
+
+        try:
+            self._federation.claim(collaborator, round_number, task, hold)
+        except FailedPrecondition:
+            if self._book.holder(round_number, collaborator, task) is None:
+                raise
+            return self._book.claim(
+                round_number, collaborator, task, replica
+            )  # another replica counted it first
+        return decisions[0]
