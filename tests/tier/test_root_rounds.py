@@ -142,20 +142,16 @@ def test_the_root_divides_the_replicas_partials_into_the_single_pod_model(
         assert expected.keys() == got.keys()
         for name in expected:
             np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
-    aggregated = [
-        (r.round_number, r.task, r.name, r.tags, r.value)
-        for r in root.federation.metrics.history()
-        if r.origin == AGGREGATOR_ORIGIN
-    ]
-    expected_metrics = [
-        (r.round_number, r.task, r.name, r.tags, r.value)
-        for r in single.metrics.history()
-        if r.origin == AGGREGATOR_ORIGIN
-    ]
-    assert [key[:4] for key in sorted(aggregated)] == [key[:4] for key in sorted(expected_metrics)]
-    assert [key[4] for key in sorted(aggregated)] == pytest.approx(
-        [key[4] for key in sorted(expected_metrics)]
-    )
+
+    def history(federation: Federation) -> list[tuple[int, str, str, str, tuple[str, ...], float]]:
+        return sorted(
+            (r.round_number, r.origin, r.task, r.name, r.tags, r.value) for r in federation.metrics.history()
+        )
+
+    got, expected_records = history(root.federation), history(single)
+    assert [record[:5] for record in got] == [record[:5] for record in expected_records]
+    assert [record[5] for record in got] == pytest.approx([record[5] for record in expected_records])
+    assert sum(1 for record in got if record[1] != AGGREGATOR_ORIGIN) == 2 * len(SITES) * len(TASKS)
 
 
 def test_a_claim_the_round_does_not_take_is_refused_and_a_second_replica_is_told_it_is_taken(

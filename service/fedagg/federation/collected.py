@@ -28,6 +28,8 @@ class CollectedInputs:
     """Tensors taken as summed, without an aggregator (FedCurv's Fisher terms)."""
     metrics: list[MetricRecord]
     """The aggregated metrics of the round (the aggregator's records)."""
+    reported: list[MetricRecord]
+    """Each counted collaborator's own metrics, as its uploads reported them."""
 
 
 class RoundCollector(Protocol):

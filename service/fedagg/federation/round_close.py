@@ -235,8 +235,13 @@ class RoundCloser:
             round_.model.release()
         aggregation_seconds = time.monotonic() - started
         try:
-            metrics = self._aggregate_metrics(round_, uploads) if collected is None else collected.metrics
-            return self._commit(round_, committed, metrics, digest, built[0], aggregation_seconds)
+            if collected is None:
+                metrics = self._aggregate_metrics(round_, uploads)
+                arrivals = sorted(round_.accepted(round_.received), key=lambda upload: upload.entry.sequence)
+                reported = [record for upload in arrivals for record in upload.metric_records()]
+            else:
+                metrics, reported = collected.metrics, collected.reported
+            return self._commit(round_, committed, metrics, reported, digest, built[0], aggregation_seconds)
         except BaseException:
             self.aggregators.load(saved)
             raise
@@ -257,6 +262,7 @@ class RoundCloser:
         round_: Round,
         committed: Checkpoint,
         metrics: list[MetricRecord],
+        collaborator_metrics: list[MetricRecord],
         digest: FileDigest,
         built: BuiltModel,
         aggregation_seconds: float,
@@ -264,8 +270,6 @@ class RoundCloser:
         store = self._store
         next_round = round_.number + 1
         self._failpoint("round_end.model_written")
-        arrivals = sorted(round_.accepted(round_.received), key=lambda upload: upload.entry.sequence)
-        collaborator_metrics = [record for upload in arrivals for record in upload.metric_records()]
         store.save_round_metrics(
             round_.number, [record.to_json() for record in (*collaborator_metrics, *metrics)]
         )

@@ -241,6 +241,8 @@ class RoundEnds:
             if (model := self._serving.model(number)) is not None
         }
         models[checkpoint.round_number] = closed.model
+        if self._collector is not None:  # a root learns its collaborators' own metrics with the partials
+            self.metrics.extend(list(closed.collaborator_metrics))
         self.metrics.extend(list(closed.metrics))
         self.install(checkpoint, models)
         self._clean_up(round_.number, checkpoint)

@@ -73,6 +73,8 @@ class TaskPartial:
 
     contributors: list[tuple[str, float]] = field(default_factory=list)
     """(collaborator, weight) of each folded contribution, in fold order."""
+    reported: dict[str, list[tuple[MetricKey, float]]] = field(default_factory=dict)
+    """Each contributor's own metrics, as its upload reported them (the root records them as one pod does)."""
     tensors: dict[str, TensorSum] = field(default_factory=dict)
     metrics: dict[MetricKey, MetricSum] = field(default_factory=dict)
 
@@ -140,7 +142,8 @@ class RoundPartial:
                 )
             add_weighted(summed.values, values.reshape(-1), 1.0 if summed.plain else weight)
             summed.weight += weight
-        for key, value in metrics:
+        reported = part.reported[collaborator] = list(metrics)
+        for key, value in reported:
             part.metrics.setdefault(key, MetricSum()).add(value, weight)
         part.contributors.append((collaborator, weight))
 
@@ -162,6 +165,7 @@ def merge(round_number: int, partials: Iterable[RoundPartial]) -> RoundPartial:
         for task, part in partial.tasks.items():
             into = merged.tasks.setdefault(task, TaskPartial())
             into.contributors.extend(part.contributors)
+            into.reported.update(part.reported)
             for name, summed in part.tensors.items():
                 target = into.tensors.get(name)
                 if target is None:

@@ -113,7 +113,18 @@ class RootRounds:
             summed.update(plain)
             if inputs.tensors:
                 tasks[task] = inputs
-        return CollectedInputs(tasks, summed, _metric_records(merged))
+        return CollectedInputs(tasks, summed, _metric_records(merged), _reported_records(merged, task_order))
+
+
+def _reported_records(merged: RoundPartial, task_order: list[str]) -> list[MetricRecord]:
+    """The collaborators' own metrics, by task in plan order, then in the order the contributions were folded."""
+    order = {task: index for index, task in reversed(list(enumerate(task_order)))}
+    return [
+        MetricRecord(merged.round_number, collaborator, task, name, value, tags)
+        for task in sorted(merged.tasks, key=lambda name: order.get(name, len(order)))
+        for collaborator, _ in merged.tasks[task].contributors
+        for (name, tags), value in merged.tasks[task].reported.get(collaborator, ())
+    ]
 
 
 def _metric_records(merged: RoundPartial) -> list[MetricRecord]:

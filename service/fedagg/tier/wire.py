@@ -29,7 +29,17 @@ def partial_chunks(partial: RoundPartial) -> Iterator[tier_pb2.PartialChunk]:
         header.tasks.append(
             tier_pb2.TaskPartial(
                 task=task,
-                contributors=[tier_pb2.Contributor(collaborator=c, weight=w) for c, w in part.contributors],
+                contributors=[
+                    tier_pb2.Contributor(
+                        collaborator=c,
+                        weight=w,
+                        metrics=[
+                            tier_pb2.ReportedMetric(name=name, tags=list(tags), value=value)
+                            for (name, tags), value in part.reported.get(c, ())
+                        ],
+                    )
+                    for c, w in part.contributors
+                ],
                 tensors=[
                     tier_pb2.TensorSum(name=name, shape=list(s.shape), weight=s.weight, plain=s.plain)
                     for name, s in part.tensors.items()
@@ -68,6 +78,9 @@ def _empty_partial(header: tier_pb2.PartialHeader, replica: str) -> RoundPartial
             raise PartialRefused(f"PartialHeader.tasks repeats task {task.task!r}")
         part = partial.tasks[task.task] = TaskPartial()
         part.contributors = [(c.collaborator, c.weight) for c in task.contributors]
+        part.reported = {
+            c.collaborator: [((m.name, tuple(m.tags)), m.value) for m in c.metrics] for c in task.contributors
+        }
         if len({name for name, _ in part.contributors}) != len(part.contributors):
             raise PartialRefused(f"task {task.task!r}: TaskPartial.contributors names a collaborator twice")
         for tensor in task.tensors:
