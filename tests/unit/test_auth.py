@@ -72,3 +72,53 @@ def test_observers() -> None:
         mutual.authorize_observer(None, "ops")
     assert Authenticator(IDENTITY, TlsMode.SERVER_ONLY).authorize_observer(None, "ops") == "ops"
     assert Authenticator(IDENTITY, TlsMode.INSECURE).authorize_observer(None, None) == "anonymous"
+
+
+TIER = FederationIdentity(
+    "fed",
+    "aggregator_fed",
+    frozenset({"one", "two"}),
+    observers=frozenset({"ops"}),
+    replicas=frozenset({"ingest-0"}),
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "common_name", "request_header", "reason"),
+    [
+        (TlsMode.MUTUAL, "ingest-0", header("one"), None),
+        (TlsMode.MUTUAL, "ingest-0", header("two"), None),
+        (TlsMode.MUTUAL, "ingest-0", header("mallory"), "unknown_collaborator"),
+        (TlsMode.MUTUAL, "ingest-0", header(""), "missing_sender"),
+        (TlsMode.MUTUAL, "ingest-0", header(receiver="aggregator_other"), "wrong_receiver"),
+        (TlsMode.MUTUAL, "ingest-1", header("one"), "common_name_mismatch"),
+        (TlsMode.MUTUAL, "one", header("two"), "common_name_mismatch"),
+        (TlsMode.SERVER_ONLY, None, header("ingest-0"), "unknown_collaborator"),
+    ],
+)
+def test_a_replica_vouches_for_the_collaborator_its_header_names(
+    mode: TlsMode, common_name: str | None, request_header: aggregator_pb2.MessageHeader, reason: str | None
+) -> None:
+    authenticator = Authenticator(TIER, mode)
+
+    if reason is None:
+        assert authenticator.authenticate(request_header, common_name) == request_header.sender
+    else:
+        with pytest.raises(IdentityError) as refused:
+            authenticator.authenticate(request_header, common_name)
+        assert refused.value.reason == reason
+
+
+def test_a_replica_vouches_for_the_observer_its_client_id_names() -> None:
+    mutual = Authenticator(TIER, TlsMode.MUTUAL)
+
+    assert mutual.authorize_observer("ingest-0", "ops") == "ops"
+    assert mutual.authorize_observer("ingest-0", "two") == "two"
+    with pytest.raises(ObserverDenied, match="'mallory' is neither"):
+        mutual.authorize_observer("ingest-0", "mallory")
+    with pytest.raises(IdentityError):
+        mutual.authorize_observer("ingest-0", None)
+    with pytest.raises(ObserverDenied, match="'ingest-1' is neither"):
+        mutual.authorize_observer("ingest-1", "ops")
+    with pytest.raises(ObserverDenied):  # only a verified certificate vouches
+        Authenticator(TIER, TlsMode.SERVER_ONLY).authorize_observer(None, "ingest-0")

@@ -51,6 +51,10 @@ class FederationIdentity:
     collaborators: frozenset[str]
     single_col_cert_common_name: str = ""
     observers: frozenset[str] = frozenset()
+    replicas: frozenset[str] = frozenset()
+    """Certificate CNs of ingest replicas (the root of a scale-out tier): a replica authenticated its caller, so
+    under mutual TLS a request from one is the request of the collaborator its header names (collaborator RPCs),
+    or of the caller its ``client_id`` metadata names (observer RPCs)."""
 
 
 def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -104,7 +108,7 @@ class Authenticator:
             cn = sender
         single = self.identity.single_col_cert_common_name
         expected_cn = single or sender
-        if cn != expected_cn:
+        if cn != expected_cn and not self.vouching(cn):
             what = f"the shared certificate CN {single!r}" if single else f"header.sender {sender!r}"
             raise IdentityError("common_name_mismatch", f"certificate CN {cn!r} does not match {what}")
         if sender not in self.identity.collaborators:
@@ -140,6 +144,8 @@ class Authenticator:
         if self.mode == TlsMode.INSECURE:
             return common_name or client_id or "anonymous"
         caller = common_name if self.mode == TlsMode.MUTUAL else client_id
+        if self.vouching(caller):
+            caller = client_id
         if not caller:
             raise IdentityError(
                 "no_identity", "no client certificate (or client_id metadata) identifies the caller"
@@ -147,6 +153,10 @@ class Authenticator:
         if caller not in self.allowed_observers():
             raise ObserverDenied(f"{caller!r} is neither a collaborator nor a configured observer")
         return caller
+
+    def vouching(self, common_name: str | None) -> bool:
+        """Whether ``common_name`` is an ingest replica vouching for its caller (under mutual TLS only)."""
+        return self.mode == TlsMode.MUTUAL and common_name in self.identity.replicas
 
     def allowed_observers(self) -> Iterable[str]:
         """Names that may call the observer RPCs."""

@@ -6,12 +6,12 @@ import asyncio
 import functools
 import random
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 
 from fedagg.federation.errors import NotFound
-from fedagg.federation.federation import Federation
+from fedagg.federation.plan import FederationPlan
 from fedagg.logs import set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.server.auth import Authenticator, IdentityError, metadata_client_id, peer_common_name
@@ -26,13 +26,25 @@ def when_done(context: ServerContext, callback: Callable[[], None]) -> None:
     context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", lambda _context: callback()))
 
 
+class CallerRegister(Protocol):
+    """Where authenticated calls are noted (a federation, or an ingest replica), and the plan they are checked
+    against."""
+
+    @property
+    def plan(self) -> FederationPlan: ...
+
+    def contact_started(self, collaborator: str) -> None: ...
+
+    def contact_ended(self, collaborator: str) -> None: ...
+
+
 class CallerChecks:
     """Authenticates each call's caller; a refusal is counted, logged once per caller and reason, and delayed."""
 
     def __init__(
         self,
         authenticator: Authenticator,
-        federation: Federation,
+        federation: CallerRegister,
         observer: ServerObserver,
         auth_failure_max_delay: float,
     ) -> None:

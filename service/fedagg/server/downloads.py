@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from fedagg.federation.serving import ServedTensor
+from fedagg.federation.serving import ServedTensor, TensorRequest
 from fedagg.protocol import aggregator_pb2
 from fedagg.server import replies
 from fedagg.server.errors import Unavailable
@@ -35,6 +35,17 @@ from fedagg.server.reply_budget import ReplyBudget
 log = logging.getLogger(__name__)
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
+
+
+def requested_tensor(request: aggregator_pb2.GetAggregatedTensorRequest) -> TensorRequest:
+    """What a GetAggregatedTensor request asks for."""
+    return TensorRequest(
+        request.tensor_name,
+        request.round_number,
+        request.report,
+        tuple(request.tags),
+        request.require_lossless,
+    )
 
 
 class Downloads:

@@ -151,6 +151,9 @@ class ServerOptions:
     """Host to listen on (``[::]``: every interface, IPv4 and IPv6)."""
     observers: frozenset[str] = frozenset()
     """Certificate CNs (besides collaborators) that may read metrics, models and status."""
+    replicas: frozenset[str] = frozenset()
+    """Certificate CNs of the ingest replicas of a scale-out tier (the root's): each vouches for the caller its
+    requests name (:class:`~fedagg.server.auth.FederationIdentity`)."""
     auth_failure_max_delay: float = 2.0
     """Upper bound of the random delay before an UNAUTHENTICATED answer."""
     executor_workers: int = 4
@@ -194,8 +197,9 @@ class ServerOptions:
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {unknown}")
         chosen = {key: value for key, value in keywords.items() if key in known}
-        if "observers" in chosen:
-            chosen["observers"] = frozenset(chosen["observers"])
+        for names in ("observers", "replicas"):
+            if names in chosen:
+                chosen[names] = frozenset(chosen[names])
         if chosen.get("observer") is None:
             chosen.pop("observer", None)
         return cls(**chosen)

@@ -12,11 +12,22 @@ from collections.abc import Sequence
 from fedagg.federation.events import ExperimentStatus
 from fedagg.federation.federation import TaskReply
 from fedagg.federation.metric_log import MetricRecord
+from fedagg.federation.plan import FederationPlan
 from fedagg.protocol import aggregator_pb2, base_pb2
 from fedagg.protocol.wire import length_delimited_prefix
 
 _TENSOR_FIELD = 3  # GetAggregatedTensorResponse.tensor
 _MODEL_PROTO_FIELD = 1  # TrainedModelResponse.model_proto
+
+
+def reply_header(plan: FederationPlan, collaborator: str) -> aggregator_pb2.MessageHeader:
+    """The header of every reply to ``collaborator``: from this aggregator, of this federation."""
+    return aggregator_pb2.MessageHeader(
+        sender=plan.aggregator_uuid,
+        receiver=collaborator,
+        federation_uuid=plan.federation_uuid,
+        single_col_cert_common_name=plan.single_col_cert_common_name,
+    )
 
 
 def tasks_reply(header: aggregator_pb2.MessageHeader, reply: TaskReply) -> aggregator_pb2.GetTasksResponse:

@@ -23,30 +23,23 @@ from google.protobuf.message import Message
 
 from fedagg.federation.errors import InvalidRequest
 from fedagg.federation.federation import Federation
-from fedagg.federation.serving import TensorRequest
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
-from fedagg.protocol.extensions import CONTRIBUTION_METADATA
 from fedagg.server.auth import Authenticator, FederationIdentity, peer_common_name
 from fedagg.server.caller_checks import CallerChecks
-from fedagg.server.connections import connection_cap
-from fedagg.server.downloads import Downloads
+from fedagg.server.downloads import Downloads, requested_tensor
 from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
-from fedagg.server.handlers import aggregator_handlers
+from fedagg.server.handlers import aggregator_handlers, aggregator_server
 from fedagg.server.hold import LongPoll
 from fedagg.server.metric_stream import MetricStreams
 from fedagg.server.options import ServerOptions
 from fedagg.server.quit_delivery import QuitDelivery
-from fedagg.server.replies import (
-    description_reply,
-    metric_reply,
-    tasks_reply,
-)
+from fedagg.server.replies import description_reply, metric_reply, reply_header, tasks_reply
 from fedagg.server.reply_budget import ReplyBudget
 from fedagg.server.round_clock import RoundClock
 from fedagg.server.tls import CertificateSource, TlsMode
-from fedagg.server.upload import UploadReceiver, UploadSlots, upload_payloads
+from fedagg.server.upload_calls import UploadCalls
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +93,7 @@ class AggregatorGRPCServer:
                 frozenset(plan.collaborators),
                 plan.single_col_cert_common_name,
                 options.observers,
+                options.replicas,
             ),
             self.mode,
         )
@@ -112,7 +106,9 @@ class AggregatorGRPCServer:
         self._quits = QuitDelivery(options.quit_redelivery_seconds)
         self._downloads = Downloads.for_options(options, self._io_executor)
         self._metric_streams = MetricStreams(options.caller_limits, self._gate, observer)
-        self._upload_slots = UploadSlots(options.caller_limits.concurrent_uploads_per_task, observer)
+        self._uploads = UploadCalls(
+            aggregator, self._callers, options, self._gate, self._io_executor, self._commit_executor
+        )
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -128,13 +124,7 @@ class AggregatorGRPCServer:
 
     def get_header(self, collaborator_name: str) -> aggregator_pb2.MessageHeader:
         """The header of every reply to ``collaborator_name``."""
-        plan = self.aggregator.plan
-        return aggregator_pb2.MessageHeader(
-            sender=plan.aggregator_uuid,
-            receiver=collaborator_name,
-            federation_uuid=plan.federation_uuid,
-            single_col_cert_common_name=plan.single_col_cert_common_name,
-        )
+        return reply_header(self.aggregator.plan, collaborator_name)
 
     def check_request(self, request: Any) -> None:
         """Check that the request header names an authorized sender, this aggregator and its federation."""
@@ -163,11 +153,7 @@ class AggregatorGRPCServer:
 
     def get_server(self) -> grpc.aio.Server:
         """Create the grpc.aio server with the Aggregator service, bound to :attr:`uri` (call inside a loop)."""
-        options = self.options.channel_options(connection_cap(self.options.connection_limits))
-        server = grpc.aio.server(interceptors=list(self.options.interceptors), options=options)
-        server.add_generic_rpc_handlers((aggregator_handlers(self, self.options.observer),))
-        for register in self.options.extra_services:
-            register(server)
+        server = aggregator_server(self.options, aggregator_handlers(self, self.options.observer))
         address = f"{self.bind_address}:{self.port}"
         if self.mode == TlsMode.INSECURE:
             log.warning(
@@ -252,15 +238,8 @@ class AggregatorGRPCServer:
         async with self._gate.call():
             collaborator = await self._callers.collaborator(request.header, context)
             set_log_context(round_number=request.round_number)
-            tensor_request = TensorRequest(
-                request.tensor_name,
-                request.round_number,
-                request.report,
-                tuple(request.tags),
-                request.require_lossless,
-            )
             served = await asyncio.get_running_loop().run_in_executor(
-                self._io_executor, self.aggregator.served_tensor, tensor_request, collaborator
+                self._io_executor, self.aggregator.served_tensor, requested_tensor(request), collaborator
             )
             header = self.get_header(collaborator)
             await self._downloads.send_tensor(context, collaborator, header, request.round_number, served)
@@ -271,34 +250,8 @@ class AggregatorGRPCServer:
     ) -> Message:
         """Receive a collaborator's task results as a stream of chunks; acknowledge once they are durable."""
         async with self._gate.call():
-            await self._callers.uploader(context)
-
-            async def authenticate(header: aggregator_pb2.MessageHeader) -> str:
-                return await self._callers.collaborator(header, context)
-
-            limits = self.options.receive_limits
-            receiver = UploadReceiver(
-                self.aggregator,
-                authenticate,
-                self._io_executor,
-                self._commit_executor,
-                header_bytes=limits.header_bytes,
-                decode_limits=limits.decode_limits(),
-                slots=self._upload_slots,
-                observer=self.options.observer,
-            )
-            outcome = await receiver.receive(
-                upload_payloads(
-                    request_iterator, self._gate, self.options.caller_limits, self.options.observer
-                )
-            )
-            if outcome.rejected is not None:
-                context.set_trailing_metadata(((CONTRIBUTION_METADATA, f"rejected:{outcome.rejected}"),))
-            elif not outcome.admission.accepted:
-                context.set_trailing_metadata(
-                    ((CONTRIBUTION_METADATA, f"ignored:{outcome.admission.ignored}"),)
-                )
-            return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(receiver.collaborator))
+            collaborator = await self._uploads.receive(request_iterator, context)
+            return aggregator_pb2.SendLocalTaskResultsResponse(header=self.get_header(collaborator))
 
     @stream_errors
     async def GetMetricStream(

@@ -29,11 +29,11 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fedagg.failpoints import failpoint
 from fedagg.federation.errors import InvalidRequest
-from fedagg.federation.federation import Federation, Outcome
+from fedagg.federation.federation import Outcome
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.logs import in_current_context, set_log_context
 from fedagg.protocol import aggregator_pb2
@@ -80,6 +80,24 @@ async def upload_payloads(
         yield datastream_payload(message)
 
 
+class UploadTarget(Protocol):
+    """What an upload is received into (a :class:`~fedagg.federation.federation.Federation`'s round, or an ingest
+    replica's): each method as the federation's, called from the same place (the event loop, the I/O executor or
+    the commit executor)."""
+
+    def admit(self, collaborator: str, results: ResultsHeader) -> Admission: ...
+
+    def note_ignored(self, admission: Admission) -> None: ...
+
+    def open_intake(self, admission: Admission) -> UploadIntake: ...
+
+    def absorb(self, intake: UploadIntake, data: memoryview, offset: int) -> None: ...
+
+    def seal(self, intake: UploadIntake) -> None: ...
+
+    def commit(self, intake: UploadIntake) -> Outcome: ...
+
+
 def _retrieve(future: asyncio.Future[Outcome]) -> None:
     """Take a finished commit's exception (the federation logged it) so asyncio does not report it again."""
     if not future.cancelled():
@@ -117,12 +135,12 @@ class UploadReceiver:
     """State of one upload. Use :meth:`receive` once.
 
     Single owner: the receiver owns its decoder (used by one executor call at a time, awaited in turn) and its
-    intake until it hands the intake to :meth:`Federation.commit`, which owns (and disposes of) it from then on.
+    intake until it hands the intake to :meth:`UploadTarget.commit`, which owns (and disposes of) it from then on.
     """
 
     def __init__(
         self,
-        federation: Federation,
+        federation: UploadTarget,
         authenticate: Authenticate,
         io_executor: Executor,
         commit_executor: Executor,

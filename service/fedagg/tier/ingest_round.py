@@ -8,7 +8,8 @@ upload answered OK (a duplicate, as a single pod answers it).
 After a restart (:meth:`IngestRound.recover`) the replica has a new generation (:func:`next_generation`) and reads
 its spool back: each upload is verified against its checksum, checked again, claimed again (the root grants a
 claim to its holder again; one the root gave elsewhere because this replica died between spooling and claiming is
-dropped) and folded; then the partial it delivers holds every contribution it acknowledged, once.
+dropped) and folded (a second copy of the same contribution, a retry spooled before the first copy was
+claimed, is dropped); then the partial it delivers holds every contribution it acknowledged, once.
 
 Folding reads one tensor of one upload at a time from the spool (memory: the largest tensor, in float32 and
 float64). The disk work (:meth:`IngestRound.accept`, :meth:`IngestRound.fold`, :meth:`IngestRound.drop`,
@@ -130,6 +131,9 @@ class IngestRound:
                 continue
             contribution = await loop.run_in_executor(executor, self.read, entry)
             if contribution is None:
+                continue
+            if (contribution.collaborator, contribution.task) in self.partial.contributions:
+                await loop.run_in_executor(executor, self.drop, entry)  # a retry's copy spooled twice
                 continue
             if not await claim(contribution.collaborator, self.round_number, contribution.task):
                 await loop.run_in_executor(executor, self.drop, entry)

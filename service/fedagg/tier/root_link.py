@@ -4,6 +4,11 @@ Every call has a deadline. UNAVAILABLE and DEADLINE_EXCEEDED (the root restartin
 with exponential back-off until ``patience`` runs out, then :class:`RootUnreachable` is raised (the replica then
 answers its collaborators UNAVAILABLE, which OpenFL clients retry); any other status is a :class:`TierRefusal`
 carrying the root's code and message. Claims and deliveries are idempotent, so retrying them is safe.
+
+:meth:`RootLink.watch_rounds` follows the root's round (WatchRounds) for as long as the replica runs, reconnecting
+with the same back-off whenever the stream breaks; :attr:`RootLink.watching` says whether it is up. The link's one
+channel also carries the collaborators' calls the replica relays to the root's federation port
+(:mod:`fedagg.tier.forwarding`), so its replies may be as large as gRPC allows.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +25,11 @@ from typing import TypeVar
 import grpc
 
 from fedagg.protocol import tier_pb2, tier_pb2_grpc
+from fedagg.protocol.message_size import MAX_SEND_MESSAGE_BYTES
 from fedagg.tier.events import TierListener
 from fedagg.tier.model_files import ModelCopies
 from fedagg.tier.partials import RoundPartial
+from fedagg.tier.round_notices import RoundNotice
 from fedagg.tier.wire import CHUNK_BYTES, partial_chunks
 
 T = TypeVar("T")
@@ -66,20 +73,28 @@ class RootLink:
         server_name: str | None = None,
         listener: TierListener | None = None,
     ) -> None:
+        self._timings = timings = timings or LinkTimings()
         options: list[tuple[str, str | int]] = [
             ("grpc.max_send_message_length", CHUNK_BYTES + (16 << 20)),
-            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_receive_message_length", MAX_SEND_MESSAGE_BYTES),
+            # a restarted root is dialled again within the link's back-off (gRPC's own grows to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", int(timings.initial_backoff * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(timings.initial_backoff * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(timings.maximum_backoff * 1000)),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
-        self._channel = grpc.aio.secure_channel(address, credentials, options=options)
-        self._stub = tier_pb2_grpc.TierStub(self._channel)
-        self._timings = timings or LinkTimings()
+        self.address = address
+        self.channel = grpc.aio.secure_channel(address, credentials, options=options)
+        """The mTLS channel to the root (shared with :class:`~fedagg.tier.forwarding.RootForwarder`)."""
+        self._stub = tier_pb2_grpc.TierStub(self.channel)
         self._listener = listener or TierListener()
+        self.watching = False
+        """Whether :meth:`watch_rounds` has the root's round stream up (event-loop state)."""
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close(None)
+        await self.channel.close(None)
 
     async def claim(self, collaborator: str, round_number: int, task: str) -> tier_pb2.ClaimReply:
         """Claim a spooled contribution; ``granted`` False means another replica holds it (drop this copy)."""
@@ -135,6 +150,30 @@ class RootLink:
         return await self._retried(
             lambda: self._stub.DescribeReplicas(request, timeout=self._timings.call_seconds)
         )
+
+    async def watch_rounds(self) -> AsyncIterator[RoundNotice]:
+        """The root's round notices for as long as the caller iterates: the latest at once, then each change.
+
+        A stream that breaks with UNAVAILABLE or DEADLINE_EXCEEDED (the root restarting) or ends is opened again
+        after a back-off; any other status raises :class:`TierRefusal`.
+        """
+        timings = self._timings
+        delay = timings.initial_backoff
+        while True:
+            stream = self._stub.WatchRounds(tier_pb2.WatchRoundsRequest())
+            try:
+                async for notice in stream:
+                    self.watching = True
+                    delay = timings.initial_backoff
+                    yield RoundNotice(notice.round, notice.phase)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRIED:
+                    raise TierRefusal(error.code(), error.details() or "") from None
+            finally:
+                self.watching = False
+                stream.cancel()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, timings.maximum_backoff)
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         timings = self._timings

@@ -1,0 +1,208 @@
+"""An ingest replica's federation port: OpenFL's Aggregator service for the collaborators, over their mTLS.
+
+The port terminates the collaborators' mutual TLS with the federation's CA and server certificate, exactly like a
+standalone fedagg, and authenticates every caller the same way (:class:`~fedagg.server.caller_checks.CallerChecks`:
+certificate CN against ``header.sender``, plan collaborators and observers). Then:
+
+* GetTasks, Ping, InteropRelay, GetExperimentDescription, GetTrainedModel and GetMetricStream are relayed to the
+  root as bytes (:mod:`fedagg.tier.forwarding`);
+* GetAggregatedTensor is answered here from the round's model (a :class:`~fedagg.federation.serving.TensorServer`
+  fed by :mod:`fedagg.tier.round_watch`), through the standalone server's downloads, so its replies are the same
+  bytes; a request for a collaborator's own results is NOT_FOUND (the ingest tier does not keep them);
+* SendLocalTaskResults is received here (:mod:`fedagg.server.upload_calls` into
+  :class:`~fedagg.tier.ingest_uploads.IngestUploads`).
+
+Event-loop object: the gate, downloads and upload slots are used on the loop only; the executors are the owner's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from fedagg.federation.contacts import ContactBook
+from fedagg.federation.errors import InvalidRequest, NotFound
+from fedagg.federation.plan import FederationPlan
+from fedagg.federation.serving import TensorServer, tensor_owner
+from fedagg.logs import set_log_context
+from fedagg.protocol import aggregator_pb2
+from fedagg.server.auth import Authenticator, FederationIdentity
+from fedagg.server.caller_checks import CallerChecks
+from fedagg.server.downloads import Downloads, requested_tensor
+from fedagg.server.errors import stream_errors, unary_errors
+from fedagg.server.gate import CallGate
+from fedagg.server.handlers import aggregator_handlers, aggregator_server
+from fedagg.server.options import ServerOptions
+from fedagg.server.replies import reply_header
+from fedagg.server.tls import CertificateSource, TlsMode
+from fedagg.server.upload_calls import UploadCalls
+from fedagg.tier.forwarding import RootForwarder
+from fedagg.tier.ingest_uploads import IngestUploads
+
+log = logging.getLogger(__name__)
+
+ServerContext = grpc.aio.ServicerContext[Any, Any]
+RELAYED = frozenset(
+    {"GetTasks", "Ping", "InteropRelay", "GetExperimentDescription", "GetTrainedModel", "GetMetricStream"}
+)
+"""The RPCs the replica relays to its root (their requests arrive as bytes)."""
+
+
+def parsed(message: type[Message], data: bytes) -> Any:
+    """``data`` parsed as ``message`` (INVALID_ARGUMENT when it is not one)."""
+    try:
+        return message.FromString(data)
+    except DecodeError as error:
+        raise InvalidRequest(f"the request is not a valid {message.__name__}: {error}") from None
+
+
+class IngestServer:
+    """The collaborator-facing server of an ingest replica (module docstring)."""
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        uploads: IngestUploads,
+        tensors: TensorServer,
+        forwarder: RootForwarder,
+        certificate_source: CertificateSource,
+        port: int,
+        options: ServerOptions,
+        io_executor: Executor,
+        commit_executor: Executor,
+    ) -> None:
+        self.plan = plan
+        self.port = port
+        self._tensors = tensors
+        self._forwarder = forwarder
+        self._certificates = certificate_source
+        self._options = options
+        self._io = io_executor
+        self._contacts = ContactBook()
+        identity = FederationIdentity(
+            plan.federation_uuid,
+            plan.aggregator_uuid,
+            frozenset(plan.collaborators),
+            plan.single_col_cert_common_name,
+            options.observers,
+        )
+        self._callers = CallerChecks(
+            Authenticator(identity, TlsMode.MUTUAL), self, options.observer, options.auth_failure_max_delay
+        )
+        self._gate = CallGate()
+        self._downloads = Downloads.for_options(options, io_executor)
+        self._uploads = UploadCalls(uploads, self._callers, options, self._gate, io_executor, commit_executor)
+        self.server: grpc.aio.Server | None = None
+
+    # CallerRegister --------------------------------------------------------------------------------------------
+    def contact_started(self, collaborator: str) -> None:
+        """An authenticated call of ``collaborator`` began."""
+        self._contacts.started(collaborator)
+
+    def contact_ended(self, collaborator: str) -> None:
+        """That call ended."""
+        self._contacts.ended(collaborator)
+
+    # Lifecycle ---------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind (``port`` 0 picks a free one: see :attr:`port`) and serve."""
+        server = aggregator_server(self._options, aggregator_handlers(self, self._options.observer, RELAYED))
+        address = f"{self._options.bind_address}:{self.port}"
+        self.port = server.add_secure_port(address, self._certificates.credentials())
+        self.server = server
+        await server.start()
+        self._gate.accepting = True
+        log.info("ingest replica listening for collaborators on %s:%d", self._options.bind_address, self.port)
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls, then stop; calls in flight get ``grace`` seconds."""
+        self._gate.accepting = False
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    # Relayed to the root -------------------------------------------------------------------------------------------
+    async def _relay_collaborator_call(
+        self, method: str, message: type[Message], request: bytes, context: ServerContext
+    ) -> bytes:
+        async with self._gate.call():
+            collaborator = await self._callers.collaborator(parsed(message, request).header, context)
+            return await self._forwarder.unary(method, request, context, collaborator)
+
+    @unary_errors
+    async def GetTasks(self, request: bytes, context: ServerContext) -> bytes:
+        """The root's tasks for the collaborator (its long poll is held at the root)."""
+        return await self._relay_collaborator_call(
+            "GetTasks", aggregator_pb2.GetTasksRequest, request, context
+        )
+
+    @unary_errors
+    async def Ping(self, request: bytes, context: ServerContext) -> bytes:
+        """OpenFL 1.9's ping, answered by the root."""
+        return await self._relay_collaborator_call("Ping", aggregator_pb2.PingRequest, request, context)
+
+    @unary_errors
+    async def InteropRelay(self, request: bytes, context: ServerContext) -> bytes:
+        """Flower interop, answered by the root (which does not support it)."""
+        return await self._relay_collaborator_call(
+            "InteropRelay", aggregator_pb2.InteropMessage, request, context
+        )
+
+    @unary_errors
+    async def GetExperimentDescription(self, request: bytes, context: ServerContext) -> bytes:
+        """The root's experiment status."""
+        async with self._gate.call():
+            name = parsed(aggregator_pb2.GetExperimentDescriptionRequest, request).name
+            caller = await self._callers.observer(name, context)
+            return await self._forwarder.unary("GetExperimentDescription", request, context, caller)
+
+    @stream_errors
+    async def GetTrainedModel(self, request: bytes, context: ServerContext) -> AsyncIterator[bytes]:
+        """The root's best or last model."""
+        async with self._gate.call():
+            name = parsed(aggregator_pb2.GetTrainedModelRequest, request).experiment_name
+            caller = await self._callers.observer(name, context)
+            async for reply in self._forwarder.stream("GetTrainedModel", request, context, caller):
+                yield reply
+
+    @stream_errors
+    async def GetMetricStream(self, request: bytes, context: ServerContext) -> AsyncIterator[bytes]:
+        """The root's metric stream, relayed as it arrives."""
+        self._gate.check_accepting()
+        name = parsed(aggregator_pb2.GetMetricStreamRequest, request).experiment_name
+        caller = await self._callers.observer(name, context)
+        async for reply in self._forwarder.stream("GetMetricStream", request, context, caller):
+            yield reply
+
+    # Answered here ------------------------------------------------------------------------------------------------
+    @unary_errors
+    async def GetAggregatedTensor(
+        self, request: aggregator_pb2.GetAggregatedTensorRequest, context: ServerContext
+    ) -> None:
+        """A tensor of the round's model (``model`` form) or its change since the last round (``delta``)."""
+        async with self._gate.call():
+            collaborator = await self._callers.collaborator(request.header, context)
+            set_log_context(round_number=request.round_number)
+            wanted = requested_tensor(request)
+            if tensor_owner(wanted, self.plan.collaborators) is not None:
+                raise NotFound(
+                    f"{request.tensor_name!r} with tags {list(request.tags)[:8]} asks for a collaborator's own "
+                    "results, which the ingest tier does not keep for download; ask for the model (tags ['model'])"
+                )
+            served = await asyncio.get_running_loop().run_in_executor(self._io, self._tensors.served, wanted)
+            header = reply_header(self.plan, collaborator)
+            await self._downloads.send_tensor(context, collaborator, header, request.round_number, served)
+
+    @unary_errors
+    async def SendLocalTaskResults(
+        self, request_iterator: AsyncIterator[bytes], context: ServerContext
+    ) -> Message:
+        """Receive task results: checked and spooled here, claimed at the root, acknowledged once granted."""
+        async with self._gate.call():
+            collaborator = await self._uploads.receive(request_iterator, context)
+            return aggregator_pb2.SendLocalTaskResultsResponse(header=reply_header(self.plan, collaborator))
