@@ -152,10 +152,12 @@ def header(sender: str) -> aggregator_pb2.MessageHeader:
     )
 
 
-def training_results(index: int) -> tuple[aggregator_pb2.TaskResults, list[base_pb2.NamedTensor]]:
+def training_results(
+    index: int, round_number: int = 0, task: str = "train"
+) -> tuple[aggregator_pb2.TaskResults, list[base_pb2.NamedTensor]]:
     name = COLLABORATORS[index]
     results = aggregator_pb2.TaskResults(
-        header=header(name), round_number=0, task_name="train", data_size=site_weight(index)
+        header=header(name), round_number=round_number, task_name=task, data_size=site_weight(index)
     )
     tensors = [
         encode_tensor(tensor, values, round_number=0, tags=("trained",))
@@ -165,9 +167,11 @@ def training_results(index: int) -> tuple[aggregator_pb2.TaskResults, list[base_
     return results, tensors
 
 
-async def upload(channel: grpc.aio.Channel, index: int) -> tuple[str, ...]:
+async def upload(
+    channel: grpc.aio.Channel, index: int, round_number: int = 0, task: str = "train"
+) -> tuple[str, ...]:
     """Send collaborator ``index``'s train results; the contribution trailers the server answered with."""
-    results, tensors = training_results(index)
+    results, tensors = training_results(index, round_number, task)
     send = channel.stream_unary(
         SERVICE + "SendLocalTaskResults", None, aggregator_pb2.SendLocalTaskResultsResponse.FromString
     )
@@ -227,6 +231,16 @@ def test_collaborator_calls_through_replicas_are_answered_by_the_root(pki: Pki, 
                     aggregator_pb2.GetExperimentDescriptionRequest()
                 )
                 assert described.experiment.progress == 0.0
+                last = aggregator_pb2.GetTrainedModelRequest(
+                    model_type=aggregator_pb2.GetTrainedModelRequest.LAST_MODEL
+                )
+                relayed_refusal = await refused(stub.GetTrainedModel(last))
+                async with collaborator(pki, "two", root.server.port) as direct:
+                    direct_refusal = await refused(
+                        aggregator_pb2_grpc.AggregatorStub(direct).GetTrainedModel(last)
+                    )
+                assert relayed_refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert relayed_refusal.details() == direct_refusal.details()
                 mismatch = await refused(stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header("one"))))
                 assert mismatch.code() == grpc.StatusCode.UNAUTHENTICATED  # refused at the replica
             async with collaborator(pki, "two", replicas[2].port) as channel:
@@ -286,6 +300,8 @@ def test_uploads_are_claimed_once_acknowledged_and_delivered_as_exact_sums(pki: 
                     holders = root.book.holders(0)
                     assert any((COLLABORATORS[index], "train") in held for held in holders.values())
                 assert await upload(homes[1], 1) == ("ignored:duplicate",)  # a retry after its ack
+                assert await upload(homes[2], 2, round_number=1) == ("ignored:wrong_round",)
+                assert await upload(homes[2], 2, task="fit") == ("ignored:unknown_task",)
             holders = root.book.holders(0)
             assert sorted(c for held in holders.values() for c, _ in held) == sorted(COLLABORATORS)
 
@@ -335,5 +351,32 @@ def test_a_root_that_is_down_is_named_and_the_upload_is_claimed_once_it_is_back(
                     assert root.book.holders(0) == {REPLICAS[0]: frozenset({("three", "train")})}
                 finally:
                     await back.server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_replica_delivers_what_it_acknowledged_before(pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_tier(pki, tmp_path, REPLICAS[:1]) as (root, replicas):
+            await opened(root, replicas)
+            async with collaborator(pki, "one", replicas[0].port) as channel:
+                assert await upload(channel, 0) == ()
+            await replicas[0].stop(None)
+            replicas[0] = restarted = replica(pki, REPLICAS[0], tmp_path, root.address)
+            await restarted.start()
+            await restarted.acted_on(0, tier_pb2.OPEN)
+            async with collaborator(pki, "one", restarted.port) as channel:
+                assert await upload(channel, 0) == ("ignored:duplicate",)  # recovered from the spool
+            root.notices.publish(0, tier_pb2.COLLECTING)
+            while (collected := root.collection.collected(0)) is None:
+                await root.service.partial_arrived.wait()
+                root.service.partial_arrived.clear()
+            (view,) = [view for view in root.collection.replicas(0) if view.replica == REPLICAS[0]]
+            assert view.generation == 2
+            train = collected.merged.tasks["train"]
+            assert train.contributors == [("one", float(site_weight(0)))]
+            for tensor, values in site_model(0).items():
+                expected = np.float64(site_weight(0)) * values.astype(np.float64).reshape(-1)
+                np.testing.assert_array_equal(train.tensors[tensor].values, expected)
 
     asyncio.run(scenario())

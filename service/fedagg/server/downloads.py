@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 from fedagg.federation.serving import ServedTensor, TensorRequest
+from fedagg.logs import set_log_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.server import replies
 from fedagg.server.errors import Unavailable
@@ -114,6 +115,20 @@ class Downloads:
                 raise asyncio.CancelledError from None
         finally:
             self.budget.release(size, caller)
+
+    async def answer_tensor_request(
+        self,
+        context: ServerContext,
+        caller: str,
+        header: aggregator_pb2.MessageHeader,
+        request: aggregator_pb2.GetAggregatedTensorRequest,
+        serve: Callable[[TensorRequest], ServedTensor],
+    ) -> None:
+        """Answer a GetAggregatedTensor request with the tensor ``serve`` measures for it (off the event loop)."""
+        set_log_context(round_number=request.round_number)
+        loop = asyncio.get_running_loop()
+        served = await loop.run_in_executor(self._executor, serve, requested_tensor(request))
+        await self.send_tensor(context, caller, header, request.round_number, served)
 
     async def send_tensor(
         self,

@@ -23,11 +23,11 @@ from google.protobuf.message import Message
 
 from fedagg.federation.errors import InvalidRequest
 from fedagg.federation.federation import Federation
-from fedagg.logs import in_current_context, set_log_context
+from fedagg.logs import in_current_context
 from fedagg.protocol import aggregator_pb2
 from fedagg.server.auth import Authenticator, FederationIdentity, peer_common_name
 from fedagg.server.caller_checks import CallerChecks
-from fedagg.server.downloads import Downloads, requested_tensor
+from fedagg.server.downloads import Downloads
 from fedagg.server.errors import Unimplemented, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.handlers import aggregator_handlers, aggregator_server
@@ -237,12 +237,9 @@ class AggregatorGRPCServer:
         """A global model tensor (``model`` form), its change since the last round (``delta``), or own results."""
         async with self._gate.call():
             collaborator = await self._callers.collaborator(request.header, context)
-            set_log_context(round_number=request.round_number)
-            served = await asyncio.get_running_loop().run_in_executor(
-                self._io_executor, self.aggregator.served_tensor, requested_tensor(request), collaborator
-            )
+            serve = functools.partial(self.aggregator.served_tensor, requester=collaborator)
             header = self.get_header(collaborator)
-            await self._downloads.send_tensor(context, collaborator, header, request.round_number, served)
+            await self._downloads.answer_tensor_request(context, collaborator, header, request, serve)
 
     @unary_errors
     async def SendLocalTaskResults(

@@ -12,5 +12,10 @@
 * :mod:`~fedagg.tier.root_rounds`: the root's federation fed by claims and divided from the merged partials;
 * :mod:`~fedagg.tier.root_link`: an ingest replica's client of that port;
 * :mod:`~fedagg.tier.ingest_round`: an ingest replica's round (spool, claim, acknowledge, fold; recovery);
+* :mod:`~fedagg.tier.ingest_uploads`: an ingest replica's uploads, received by the standalone server's receiver;
+* :mod:`~fedagg.tier.forwarding`: the collaborator calls an ingest replica relays to its root, as bytes;
+* :mod:`~fedagg.tier.ingest_server`: an ingest replica's federation port (the collaborators' Aggregator service);
+* :mod:`~fedagg.tier.round_watch`: an ingest replica following its root's round (model, uploads, partial);
+* :mod:`~fedagg.tier.ingest_replica`: an ingest replica, assembled (what ``fedagg serve`` runs for the role);
 * :mod:`~fedagg.tier.events`: tier events for metrics (:mod:`fedagg.ops.tier_metrics`).
 """

@@ -35,6 +35,7 @@ from fedagg.tier.forwarding import RootForwarder
 from fedagg.tier.ingest_round import Plain, next_generation
 from fedagg.tier.ingest_server import IngestServer
 from fedagg.tier.ingest_uploads import IngestUploads
+from fedagg.tier.model_files import ModelCopies
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
 from fedagg.tier.round_watch import RoundWatch
 
@@ -123,11 +124,13 @@ class IngestReplica:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._spool.prepare)
         generation = await loop.run_in_executor(self._io, next_generation, self._state_dir)
+        copies = await loop.run_in_executor(self._io, ModelCopies, self._state_dir / "models")
         self.watch = RoundWatch(
             self.link,
             self.uploads,
             self._tensors,
-            self._state_dir,
+            copies,
+            self._spool,
             self._replica,
             generation,
             self._limits,

@@ -17,7 +17,6 @@ Event-loop object: the gate, downloads and upload slots are used on the loop onl
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -29,12 +28,11 @@ from google.protobuf.message import DecodeError, Message
 from fedagg.federation.contacts import ContactBook
 from fedagg.federation.errors import InvalidRequest, NotFound
 from fedagg.federation.plan import FederationPlan
-from fedagg.federation.serving import TensorServer, tensor_owner
-from fedagg.logs import set_log_context
+from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, tensor_owner
 from fedagg.protocol import aggregator_pb2
 from fedagg.server.auth import Authenticator, FederationIdentity
 from fedagg.server.caller_checks import CallerChecks
-from fedagg.server.downloads import Downloads, requested_tensor
+from fedagg.server.downloads import Downloads
 from fedagg.server.errors import stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.handlers import aggregator_handlers, aggregator_server
@@ -187,16 +185,17 @@ class IngestServer:
         """A tensor of the round's model (``model`` form) or its change since the last round (``delta``)."""
         async with self._gate.call():
             collaborator = await self._callers.collaborator(request.header, context)
-            set_log_context(round_number=request.round_number)
-            wanted = requested_tensor(request)
-            if tensor_owner(wanted, self.plan.collaborators) is not None:
-                raise NotFound(
-                    f"{request.tensor_name!r} with tags {list(request.tags)[:8]} asks for a collaborator's own "
-                    "results, which the ingest tier does not keep for download; ask for the model (tags ['model'])"
-                )
-            served = await asyncio.get_running_loop().run_in_executor(self._io, self._tensors.served, wanted)
             header = reply_header(self.plan, collaborator)
-            await self._downloads.send_tensor(context, collaborator, header, request.round_number, served)
+            await self._downloads.answer_tensor_request(context, collaborator, header, request, self._served)
+
+    def _served(self, request: TensorRequest) -> ServedTensor:
+        """The round's model tensor a request asks for (runs on the I/O executor)."""
+        if tensor_owner(request, self.plan.collaborators) is not None:
+            raise NotFound(
+                f"{request.name!r} with tags {list(request.tags)[:8]} asks for a collaborator's own results, "
+                "which the ingest tier does not keep for download; ask for the model (tags ['model'])"
+            )
+        return self._tensors.served(request)
 
     @unary_errors
     async def SendLocalTaskResults(

@@ -227,16 +227,13 @@ class IngestUploads:
                     f"the root {self._root_address} did not take the claim ({error}); the upload is kept "
                     "here: send it again"
                 ) from None
-            self._forget(round_, key, entry)
             reason = refused_reason(str(error).split(": ", 1)[-1])
-            return Outcome(admission.ignore(reason, f"the root refused the claim: {error}"))
-        if not granted:
-            self._forget(round_, key, entry)
-            return Outcome(
-                admission.ignore(
-                    IgnoreReason.DUPLICATE, f"another ingest replica holds {key[0]}'s results for {key[1]!r}"
-                )
+            return self._ignored(
+                round_, entry, admission.ignore(reason, f"the root refused the claim: {error}")
             )
+        if not granted:
+            message = f"another ingest replica holds {key[0]}'s results for {key[1]!r}"
+            return self._ignored(round_, entry, admission.ignore(IgnoreReason.DUPLICATE, message))
         round_.ingest.fold(entry, contribution)
         with self._lock:
             round_.unclaimed.pop(key, None)
@@ -249,8 +246,12 @@ class IngestUploads:
         claim = self._claim(collaborator, round_number, task)
         return asyncio.run_coroutine_threadsafe(claim, self._loop).result()
 
-    def _forget(self, round_: ReplicaRound, key: Key, entry: SpoolEntry) -> None:
+    def _ignored(self, round_: ReplicaRound, entry: SpoolEntry, admission: Admission) -> Outcome:
+        """Delete the copy of an upload the root did not let this replica claim; answer it as ignored."""
+        key = (admission.collaborator, admission.task)
         with self._lock:
             if round_.unclaimed.get(key) == entry:
                 del round_.unclaimed[key]
         round_.ingest.drop(entry)
+        log.warning("ignoring %s's results for %r: %s", key[0], key[1][:64], admission.message)
+        return Outcome(admission)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import Executor
-from pathlib import Path
 
 from fedagg.federation.plan import ResolvedLimits
 from fedagg.federation.serving import TensorServer
@@ -55,7 +54,8 @@ class RoundWatch:
         link: RootLink,
         uploads: IngestUploads,
         tensors: TensorServer,
-        state_dir: Path,
+        copies: ModelCopies,
+        spool: Spool,
         replica: str,
         generation: int,
         limits: ResolvedLimits,
@@ -67,8 +67,8 @@ class RoundWatch:
         self._link = link
         self._uploads = uploads
         self._tensors = tensors
-        self._copies = ModelCopies(state_dir / "models")
-        self._spool = Spool(state_dir / "spool")
+        self._copies = copies
+        self._spool = spool
         self._replica = replica
         self._generation = generation
         self._limits = limits
