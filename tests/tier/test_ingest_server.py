@@ -32,7 +32,7 @@ from fedagg.tier.claims import ClaimBook
 from fedagg.tier.collection import PartialCollection
 from fedagg.tier.ingest_replica import IngestReplica
 from fedagg.tier.root_link import LinkTimings
-from fedagg.tier.root_service import TierService
+from fedagg.tier.root_service import Context, TierService
 from fedagg.tier.round_notices import RoundNotices
 from tests.support.aggregation import Model, model_of
 from tests.support.pki import Pki, make_pki
@@ -81,14 +81,21 @@ def tier_service_registration(service: TierService) -> object:
     return register
 
 
-async def start_root(pki: Pki, federation: Federation, book: ClaimBook, state: Path, port: int = 0) -> Root:
+async def start_root(
+    pki: Pki,
+    federation: Federation,
+    book: ClaimBook,
+    state: Path,
+    port: int = 0,
+    service_class: type[TierService] = TierService,
+) -> Root:
     model_path = state / "served-model-0.pbuf"
     if not model_path.exists():
         with model_path.open("wb") as stream:
             write_model(stream, INITIAL, 0)
     collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
     notices = RoundNotices()
-    service = TierService(
+    service = service_class(
         book, collection, REPLICAS, ThreadPoolExecutor(2), model_file={0: model_path}.get, notices=notices
     )
     server = AggregatorGRPCServer(
@@ -123,11 +130,11 @@ def replica(pki: Pki, name: str, state: Path, root_address: str) -> IngestReplic
 
 @contextlib.asynccontextmanager
 async def running_tier(
-    pki: Pki, state: Path, names: Sequence[str] = REPLICAS
+    pki: Pki, state: Path, names: Sequence[str] = REPLICAS, service_class: type[TierService] = TierService
 ) -> AsyncIterator[tuple[Root, list[IngestReplica]]]:
     federation = make_federation(state / "root", PLAN, INITIAL)
     book = ClaimBook(state / "claims", time.monotonic)
-    root = await start_root(pki, federation, book, state)
+    root = await start_root(pki, federation, book, state, service_class=service_class)
     replicas = [replica(pki, name, state, root.address) for name in names]
     try:
         for each in replicas:
@@ -211,6 +218,7 @@ async def refused(call: object) -> grpc.aio.AioRpcError:
 
 
 async def opened(root: Root, replicas: Sequence[IngestReplica]) -> None:
+    assert not any(each.ready for each in replicas)  # no round from the root yet
     root.notices.publish(0, tier_pb2.OPEN)
     for each in replicas:
         await each.acted_on(0, tier_pb2.OPEN)
@@ -349,6 +357,11 @@ def test_a_root_that_is_down_is_named_and_the_upload_is_claimed_once_it_is_back(
                 try:
                     assert await retried_upload(channel, 2) == ()
                     assert root.book.holders(0) == {REPLICAS[0]: frozenset({("three", "train")})}
+                    back.notices.publish(0, tier_pb2.COLLECTING)  # the replica follows the restarted root
+                    while back.collection.collected(0) is None:
+                        await back.service.partial_arrived.wait()
+                        back.service.partial_arrived.clear()
+                    assert back.collection.collected(0).merged.contributions == {("three", "train")}
                 finally:
                     await back.server.stop(None)
 
@@ -378,5 +391,35 @@ def test_a_restarted_replica_delivers_what_it_acknowledged_before(pki: Pki, tmp_
             for tensor, values in site_model(0).items():
                 expected = np.float64(site_weight(0)) * values.astype(np.float64).reshape(-1)
                 np.testing.assert_array_equal(train.tensors[tensor].values, expected)
+
+    asyncio.run(scenario())
+
+
+class RefusingTierService(TierService):
+    """The root's claim refusal as the root's round answers it (a task that is not the collaborator's)."""
+
+    async def Claim(self, request: tier_pb2.ClaimRequest, context: Context) -> tier_pb2.ClaimReply:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"not_assigned: task {request.task!r} is not {request.collaborator}'s in round {request.round}",
+        )
+        raise AssertionError("abort raises")
+
+
+def test_a_claim_the_root_refuses_is_answered_as_ignored_and_its_copy_deleted(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running_tier(pki, tmp_path, REPLICAS[:1], RefusingTierService) as (root, replicas):
+            await opened(root, replicas)
+            async with collaborator(pki, "four", replicas[0].port) as channel:
+                assert await upload(channel, 3) == ("ignored:not_assigned",)
+            spooled = list((tmp_path / REPLICAS[0] / "spool" / "round-000000").iterdir())
+            assert spooled == []
+            root.notices.publish(0, tier_pb2.COLLECTING)
+            while root.collection.collected(0) is None or not root.collection.replicas(0)[0].generation:
+                await root.service.partial_arrived.wait()
+                root.service.partial_arrived.clear()
+            assert root.collection.collected(0).merged.contributions == frozenset()
 
     asyncio.run(scenario())
