@@ -1,228 +1,38 @@
-"""Ingest replicas in front of a real root, over real mTLS on loopback.
-
-The root is a real Federation served by AggregatorGRPCServer, trusting the replicas (``replicas=``), with the Tier
-service on the same port; the test publishes the root's round notices. Collaborators call the replicas with raw
-gRPC stubs and their own certificates.
-"""
+"""Ingest replicas in front of a real root over real mTLS on loopback (:mod:`tests.tier.ingest_tier`), the root's
+round notices published by the test: relayed calls, downloads, uploads and claims, partials, a root that is down,
+a restarted replica, a claim the root refuses."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from fedagg.collaborator.transfer import task_results_messages
-from fedagg.federation.federation import Federation
-from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2, tier_pb2, tier_pb2_grpc
-from fedagg.protocol.codec import encode_tensor
-from fedagg.protocol.extensions import CONTRIBUTION_METADATA
-from fedagg.protocol.model_file import write_model
-from fedagg.server import AggregatorGRPCServer
-from fedagg.server.options import ServerOptions
-from fedagg.server.tls import CertificateFiles, CertificateSource
-from fedagg.tier.claims import ClaimBook
-from fedagg.tier.collection import PartialCollection
-from fedagg.tier.ingest_replica import IngestReplica
-from fedagg.tier.root_link import LinkTimings
+from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, tier_pb2
 from fedagg.tier.root_service import Context, TierService
-from fedagg.tier.round_notices import RoundNotices
-from tests.support.aggregation import Model, model_of
-from tests.support.pki import Pki, make_pki
-from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID, make_federation, make_plan
-from tests.support.uploads import metric
+from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
-
-COLLABORATORS = ("one", "two", "three", "four")
-INITIAL = model_of(np.random.default_rng(1000))
-PLAN = make_plan(COLLABORATORS, 2)
-SERVICE = "/openfl.aggregator.Aggregator/"
-
-
-def site_model(index: int) -> Model:
-    return model_of(np.random.default_rng(index), shift=index)
-
-
-def site_weight(index: int) -> int:
-    return 10 + 7 * index
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("ingest-pki"), (*REPLICAS, "intruder", *COLLABORATORS))
-
-
-@dataclass
-class Root:
-    federation: Federation
-    server: AggregatorGRPCServer
-    book: ClaimBook
-    collection: PartialCollection
-    service: TierService
-    notices: RoundNotices
-
-    @property
-    def address(self) -> str:
-        return f"localhost:{self.server.port}"
-
-
-def tier_service_registration(service: TierService) -> object:
-    def register(server: grpc.aio.Server) -> list[str]:
-        tier_pb2_grpc.add_TierServicer_to_server(service, server)
-        return ["fedagg.tier.v1.Tier"]
-
-    return register
-
-
-async def start_root(
-    pki: Pki,
-    federation: Federation,
-    book: ClaimBook,
-    state: Path,
-    port: int = 0,
-    service_class: type[TierService] = TierService,
-) -> Root:
-    model_path = state / "served-model-0.pbuf"
-    if not model_path.exists():
-        with model_path.open("wb") as stream:
-            write_model(stream, INITIAL, 0)
-    collection = PartialCollection(book, REPLICAS, 300.0, time.monotonic)
-    notices = RoundNotices()
-    service = service_class(
-        book, collection, REPLICAS, ThreadPoolExecutor(2), model_file={0: model_path}.get, notices=notices
-    )
-    server = AggregatorGRPCServer(
-        federation,
-        port,
-        root_certificate=pki.ca,
-        certificate=pki.server_dir / "tls.crt",
-        private_key=pki.server_dir / "tls.key",
-        bind_address="127.0.0.1",
-        auth_failure_max_delay=0,
-        replicas=REPLICAS,
-        extra_services=[tier_service_registration(service)],
-    )
-    await server.start()
-    return Root(federation, server, book, collection, service, notices)
-
-
-def replica(pki: Pki, name: str, state: Path, root_address: str) -> IngestReplica:
-    files = CertificateFiles(pki.server_dir / "tls.crt", pki.server_dir / "tls.key", pki.ca)
-    return IngestReplica(
-        PLAN,
-        name,
-        state / name,
-        root_address,
-        pki.client(name).credentials(),
-        CertificateSource(files, True),
-        PLAN.limits.resolve(sum(values.nbytes for values in INITIAL.values())),
-        options=ServerOptions(bind_address="127.0.0.1", auth_failure_max_delay=0),
-        timings=LinkTimings(call_seconds=5, patience_seconds=1, initial_backoff=0.05, maximum_backoff=0.2),
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_tier(
-    pki: Pki, state: Path, names: Sequence[str] = REPLICAS, service_class: type[TierService] = TierService
-) -> AsyncIterator[tuple[Root, list[IngestReplica]]]:
-    federation = make_federation(state / "root", PLAN, INITIAL)
-    book = ClaimBook(state / "claims", time.monotonic)
-    root = await start_root(pki, federation, book, state, service_class=service_class)
-    replicas = [replica(pki, name, state, root.address) for name in names]
-    try:
-        for each in replicas:
-            await each.start()
-        yield root, replicas
-    finally:
-        for each in replicas:
-            await each.stop(None)
-        await root.server.stop(None)
-        book.close()
-
-
-@contextlib.asynccontextmanager
-async def collaborator(pki: Pki, name: str, port: int) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.secure_channel(f"localhost:{port}", pki.client(name).credentials()) as channel:
-        yield channel
-
-
-def header(sender: str) -> aggregator_pb2.MessageHeader:
-    return aggregator_pb2.MessageHeader(
-        sender=sender, receiver=AGGREGATOR_UUID, federation_uuid=FEDERATION_UUID
-    )
-
-
-def training_results(
-    index: int, round_number: int = 0, task: str = "train"
-) -> tuple[aggregator_pb2.TaskResults, list[base_pb2.NamedTensor]]:
-    name = COLLABORATORS[index]
-    results = aggregator_pb2.TaskResults(
-        header=header(name), round_number=round_number, task_name=task, data_size=site_weight(index)
-    )
-    tensors = [
-        encode_tensor(tensor, values, round_number=0, tags=("trained",))
-        for tensor, values in site_model(index).items()
-    ]
-    tensors.append(metric("loss", float(index), 0, "trained"))
-    return results, tensors
-
-
-async def upload(
-    channel: grpc.aio.Channel, index: int, round_number: int = 0, task: str = "train"
-) -> tuple[str, ...]:
-    """Send collaborator ``index``'s train results; the contribution trailers the server answered with."""
-    results, tensors = training_results(index, round_number, task)
-    send = channel.stream_unary(
-        SERVICE + "SendLocalTaskResults", None, aggregator_pb2.SendLocalTaskResultsResponse.FromString
-    )
-    call = send(iter(list(task_results_messages(results, tensors))))
-    reply = await call
-    assert reply.header.receiver == COLLABORATORS[index]
-    trailers = await call.trailing_metadata()
-    return tuple(value for key, value in trailers or () if key == CONTRIBUTION_METADATA)
-
-
-async def retried_upload(channel: grpc.aio.Channel, index: int, attempts: int = 100) -> tuple[str, ...]:
-    """:func:`upload`, sent again on UNAVAILABLE as OpenFL collaborators do."""
-    for _ in range(attempts - 1):
-        try:
-            return await upload(channel, index)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-    return await upload(channel, index)
-
-
-async def raw_tensor(channel: grpc.aio.Channel, sender: str, name: str, tags: Sequence[str]) -> bytes:
-    request = aggregator_pb2.GetAggregatedTensorRequest(
-        header=header(sender), tensor_name=name, round_number=0, tags=list(tags), require_lossless=True
-    )
-    call = channel.unary_unary(
-        SERVICE + "GetAggregatedTensor", aggregator_pb2.GetAggregatedTensorRequest.SerializeToString, None
-    )
-    reply: bytes = await call(request)
-    return reply
-
-
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call  # type: ignore[misc]
-    return error.value
-
-
-async def opened(root: Root, replicas: Sequence[IngestReplica]) -> None:
-    assert not any(each.ready for each in replicas)  # no round from the root yet
-    root.notices.publish(0, tier_pb2.OPEN)
-    for each in replicas:
-        await each.acted_on(0, tier_pb2.OPEN)
-        assert each.ready
+from tests.tier.ingest_tier import (
+    COLLABORATORS,
+    INITIAL,
+    PLAN,
+    collaborator,
+    header,
+    opened,
+    raw_tensor,
+    refused,
+    replica,
+    retried_upload,
+    running_tier,
+    site_model,
+    site_weight,
+    start_root,
+    upload,
+)
 
 
 def test_collaborator_calls_through_replicas_are_answered_by_the_root(pki: Pki, tmp_path: Path) -> None:
@@ -305,17 +115,17 @@ def test_uploads_are_claimed_once_acknowledged_and_delivered_as_exact_sums(pki: 
                 assert sorted([first, second]) == [(), ("ignored:duplicate",)]
                 for index in (1, 2, 3):
                     assert await upload(homes[index], index) == ()
-                    holders = root.book.holders(0)
+                    holders = root.parts.book.holders(0)
                     assert any((COLLABORATORS[index], "train") in held for held in holders.values())
                 assert await upload(homes[1], 1) == ("ignored:duplicate",)  # a retry after its ack
                 assert await upload(homes[2], 2, round_number=1) == ("ignored:wrong_round",)
                 assert await upload(homes[2], 2, task="fit") == ("ignored:unknown_task",)
-            holders = root.book.holders(0)
+            holders = root.parts.book.holders(0)
             assert sorted(c for held in holders.values() for c, _ in held) == sorted(COLLABORATORS)
 
-            root.notices.publish(0, tier_pb2.COLLECTING)
-            while (collected := root.collection.collected(0)) is None or len(
-                [view for view in root.collection.replicas(0) if view.generation is not None]
+            root.parts.notices.publish(0, tier_pb2.COLLECTING)
+            while (collected := root.parts.collection.collected(0)) is None or len(
+                [view for view in root.parts.collection.replicas(0) if view.generation is not None]
             ) < len(REPLICAS):
                 await root.service.partial_arrived.wait()
                 root.service.partial_arrived.clear()
@@ -352,16 +162,18 @@ def test_a_root_that_is_down_is_named_and_the_upload_is_claimed_once_it_is_back(
                 )
                 assert no_tasks.code() == grpc.StatusCode.UNAVAILABLE
                 assert f"the root localhost:{port} is unreachable" in (no_tasks.details() or "")
-                assert root.book.holders(0) == {}
-                back = await start_root(pki, root.federation, root.book, tmp_path, port)
+                assert root.parts.book.holders(0) == {}
+                back = await start_root(pki, root.parts.restarted(), port)
                 try:
                     assert await retried_upload(channel, 2) == ()
-                    assert root.book.holders(0) == {REPLICAS[0]: frozenset({("three", "train")})}
-                    back.notices.publish(0, tier_pb2.COLLECTING)  # the replica follows the restarted root
-                    while back.collection.collected(0) is None:
+                    assert root.parts.book.holders(0) == {REPLICAS[0]: frozenset({("three", "train")})}
+                    back.parts.notices.publish(
+                        0, tier_pb2.COLLECTING
+                    )  # the replica follows the restarted root
+                    while back.parts.collection.collected(0) is None:
                         await back.service.partial_arrived.wait()
                         back.service.partial_arrived.clear()
-                    assert back.collection.collected(0).merged.contributions == {("three", "train")}
+                    assert back.parts.collection.collected(0).merged.contributions == {("three", "train")}
                 finally:
                     await back.server.stop(None)
 
@@ -380,11 +192,11 @@ def test_a_restarted_replica_delivers_what_it_acknowledged_before(pki: Pki, tmp_
             await restarted.acted_on(0, tier_pb2.OPEN)
             async with collaborator(pki, "one", restarted.port) as channel:
                 assert await upload(channel, 0) == ("ignored:duplicate",)  # recovered from the spool
-            root.notices.publish(0, tier_pb2.COLLECTING)
-            while (collected := root.collection.collected(0)) is None:
+            root.parts.notices.publish(0, tier_pb2.COLLECTING)
+            while (collected := root.parts.collection.collected(0)) is None:
                 await root.service.partial_arrived.wait()
                 root.service.partial_arrived.clear()
-            (view,) = [view for view in root.collection.replicas(0) if view.replica == REPLICAS[0]]
+            (view,) = [view for view in root.parts.collection.replicas(0) if view.replica == REPLICAS[0]]
             assert view.generation == 2
             train = collected.merged.tasks["train"]
             assert train.contributors == [("one", float(site_weight(0)))]
@@ -416,10 +228,13 @@ def test_a_claim_the_root_refuses_is_answered_as_ignored_and_its_copy_deleted(
                 assert await upload(channel, 3) == ("ignored:not_assigned",)
             spooled = list((tmp_path / REPLICAS[0] / "spool" / "round-000000").iterdir())
             assert spooled == []
-            root.notices.publish(0, tier_pb2.COLLECTING)
-            while root.collection.collected(0) is None or not root.collection.replicas(0)[0].generation:
+            root.parts.notices.publish(0, tier_pb2.COLLECTING)
+            while (
+                root.parts.collection.collected(0) is None
+                or not root.parts.collection.replicas(0)[0].generation
+            ):
                 await root.service.partial_arrived.wait()
                 root.service.partial_arrived.clear()
-            assert root.collection.collected(0).merged.contributions == frozenset()
+            assert root.parts.collection.collected(0).merged.contributions == frozenset()
 
     asyncio.run(scenario())

@@ -1,0 +1,130 @@
+"""Ingest replicas in front of a serving root: its federation counts the replicas' claims, closes the round,
+publishes COLLECTING and builds the next model from the partials. Two rounds of four collaborators through two
+replicas give the model a single pod builds, and the replicas serve it as the root itself does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedagg.federation.federation import Federation
+from fedagg.federation.serving import TensorRequest
+from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2, tier_pb2
+from fedagg.tier.ingest_replica import IngestReplica
+from tests.support.pki import Pki
+from tests.support.servers import make_federation
+from tests.support.uploads import metric, submit
+from tests.tier.conftest import COLLABORATORS
+from tests.tier.ingest_tier import (
+    INITIAL,
+    PLAN,
+    Root,
+    collaborator,
+    header,
+    raw_tensor,
+    running_tier,
+    send_results,
+    site_weight,
+    trained,
+)
+
+Work = tuple[str, int, list[base_pb2.NamedTensor]]
+
+
+def work(index: int, round_number: int) -> list[Work]:
+    """Collaborator ``index``'s three tasks of a round: (task, data size, tensors)."""
+    value = 0.1 * (index + 1) + round_number
+    return [
+        ("aggregated_model_validation", 5, [metric("acc", value, round_number, "validate_agg")]),
+        ("train", site_weight(index), trained(index, round_number)),
+        ("locally_tuned_model_validation", 5, [metric("acc", value, round_number, "validate_local")]),
+    ]
+
+
+def single_pod(state: Path) -> Federation:
+    federation = make_federation(state, PLAN, INITIAL)
+    for round_number in range(PLAN.rounds_to_train):
+        for index, name in enumerate(COLLABORATORS):
+            for task, size, tensors in work(index, round_number):
+                assert submit(federation, name, round_number, task, size, tensors).accepted
+    return federation
+
+
+def model(federation: Federation, round_number: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(
+            federation.served_tensor(TensorRequest(name, round_number, False, ("model",), True)).values()
+        )
+        for name in INITIAL
+    }
+
+
+async def tick_on_partials(root: Root) -> None:
+    """The root's round end runs as a partial arrives (as its server ticks it)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await root.service.partial_arrived.wait()
+        root.service.partial_arrived.clear()
+        await loop.run_in_executor(None, root.parts.federation.tick)
+
+
+async def round_through(pki: Pki, replicas: Sequence[IngestReplica], round_number: int) -> None:
+    """Every collaborator asks a replica for its tasks and uploads their results there."""
+    for index, name in enumerate(COLLABORATORS):
+        async with collaborator(pki, name, replicas[index % len(replicas)].port) as channel:
+            stub = aggregator_pb2_grpc.AggregatorStub(channel)
+            tasks = await stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header(name)))
+            assert tasks.round_number == round_number
+            assert [task.name for task in tasks.tasks] == list(PLAN.tasks)
+            for task, size, tensors in work(index, round_number):
+                assert await send_results(channel, name, round_number, task, size, tensors) == ()
+
+
+def test_rounds_through_ingest_replicas_build_the_single_pod_model(pki: Pki, tmp_path: Path) -> None:
+    single = single_pod(tmp_path / "single")
+
+    async def scenario() -> None:
+        async with running_tier(pki, tmp_path, counting=True) as (root, replicas):
+            ticking = asyncio.create_task(tick_on_partials(root))
+            for each in replicas:
+                await each.acted_on(0, tier_pb2.OPEN)
+            await round_through(pki, replicas, 0)
+            for each in replicas:
+                await each.acted_on(1, tier_pb2.OPEN)
+            async with (
+                collaborator(pki, "one", replicas[0].port) as via_replica,
+                collaborator(pki, "one", root.server.port) as direct,
+            ):
+                for name in INITIAL:
+                    for tags in (["model"], ["aggregated", "delta", "compressed"]):
+                        served = await raw_tensor(via_replica, "one", name, tags, round_number=1)
+                        assert served == await raw_tensor(direct, "one", name, tags, round_number=1)
+            await round_through(pki, replicas, 1)
+            for each in replicas:
+                await each.acted_on(2, tier_pb2.FINISHED)
+                assert each.ready
+            async with collaborator(pki, "two", replicas[1].port) as channel:
+                stub = aggregator_pb2_grpc.AggregatorStub(channel)
+                assert (await stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header("two")))).quit
+            ticking.cancel()
+            for round_number in (1, 2):
+                expected, got = model(single, round_number), model(root.parts.federation, round_number)
+                for name in INITIAL:
+                    np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+            got_records, expected_records = history(root.parts.federation), history(single)
+            assert len(got_records) > 2 * len(COLLABORATORS) * len(PLAN.tasks)  # theirs, and the aggregates
+            assert [record[:5] for record in got_records] == [record[:5] for record in expected_records]
+            assert [record[5] for record in got_records] == pytest.approx([r[5] for r in expected_records])
+
+    asyncio.run(scenario())
+
+
+def history(federation: Federation) -> list[tuple[int, str, str, str, tuple[str, ...], float]]:
+    """The metric history, sorted."""
+    return sorted(
+        (r.round_number, r.origin, r.task, r.name, r.tags, r.value) for r in federation.metrics.history()
+    )
