@@ -8,8 +8,10 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
 from fedagg.federation.federation import Federation
 from fedagg.federation.serving import TensorRequest
@@ -22,6 +24,7 @@ from tests.tier.conftest import COLLABORATORS
 from tests.tier.ingest_tier import (
     INITIAL,
     PLAN,
+    SERVICE,
     Root,
     collaborator,
     header,
@@ -61,6 +64,21 @@ def model(federation: Federation, round_number: int) -> dict[str, np.ndarray]:
         )
         for name in INITIAL
     }
+
+
+OBSERVER_CALLS = (
+    ("GetMetricStream", aggregator_pb2.GetMetricStreamRequest()),
+    (
+        "GetTrainedModel",
+        aggregator_pb2.GetTrainedModelRequest(model_type=aggregator_pb2.GetTrainedModelRequest.LAST_MODEL),
+    ),
+)
+
+
+async def raw_replies(channel: grpc.aio.Channel, method: str, request: Message) -> list[bytes]:
+    """Every reply of a server-streaming (or, on the wire, unary) call, as bytes."""
+    call = channel.unary_stream(f"{SERVICE}{method}", type(request).SerializeToString, None)
+    return [reply async for reply in call(request)]
 
 
 async def tick_on_partials(root: Root) -> None:
@@ -110,6 +128,14 @@ def test_rounds_through_ingest_replicas_build_the_single_pod_model(pki: Pki, tmp
             async with collaborator(pki, "two", replicas[1].port) as channel:
                 stub = aggregator_pb2_grpc.AggregatorStub(channel)
                 assert (await stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header("two")))).quit
+            async with (
+                collaborator(pki, "three", replicas[0].port) as via_replica,
+                collaborator(pki, "three", root.server.port) as direct,
+            ):
+                for method, request in OBSERVER_CALLS:
+                    relayed = await raw_replies(via_replica, method, request)
+                    assert len(relayed) > 0
+                    assert relayed == await raw_replies(direct, method, request)
             ticking.cancel()
             for round_number in (1, 2):
                 expected, got = model(single, round_number), model(root.parts.federation, round_number)
