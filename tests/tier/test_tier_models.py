@@ -62,6 +62,23 @@ def test_a_copy_that_does_not_match_its_checksum_is_not_used(tmp_path: Path) -> 
     assert not copies.path(0).exists()
 
 
+def test_copies_of_rounds_the_root_moved_past_are_deleted(tmp_path: Path) -> None:
+    copies = ModelCopies(tmp_path)
+    for round_number in range(3):
+        copies.path(round_number).write_bytes(b"model")
+        copies.path(round_number).with_suffix(".sha256").write_text(hashlib.sha256(b"model").hexdigest())
+
+    copies.drop_before(1)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "model-000001.pbuf",
+        "model-000001.sha256",
+        "model-000002.pbuf",
+        "model-000002.sha256",
+    ]
+    assert copies.kept(1) == copies.path(1)
+
+
 def test_a_stream_that_does_not_match_what_it_announced_is_refused_and_not_kept(tmp_path: Path) -> None:
     copies = ModelCopies(tmp_path)
 

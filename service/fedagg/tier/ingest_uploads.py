@@ -58,7 +58,9 @@ Key = tuple[str, str]
 
 @dataclass
 class ReplicaRound:
-    """The round the replica takes uploads for, with its model."""
+    """The round the replica takes uploads for, with its model. ``collecting``, ``folded`` (acknowledged here) and
+    ``unclaimed`` (spooled, the root not yet heard) are guarded by the lock of the :class:`IngestUploads` that
+    installed it."""
 
     ingest: IngestRound
     model: LoadedModel

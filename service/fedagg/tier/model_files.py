@@ -81,6 +81,13 @@ class ModelCopies:
             return None
         return path
 
+    def drop_before(self, round_number: int) -> None:
+        """Delete the copies (and checksums) of rounds before ``round_number``."""
+        for path in self.directory.glob("model-*"):
+            number = path.name.removeprefix("model-").split(".", 1)[0]
+            if number.isdigit() and int(number) < round_number:
+                path.unlink(missing_ok=True)
+
     def _checksum_path(self, round_number: int) -> Path:
         return self.path(round_number).with_suffix(".sha256")
 

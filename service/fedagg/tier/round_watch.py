@@ -15,7 +15,8 @@ on each:
   get their quit jobs from it).
 
 A failure on the way (the root unreachable for longer than the link's patience, a model that does not match its
-checksum) is logged and the notices are read again after a back-off: the latest one is acted on again.
+checksum, anything unexpected) is logged and the notices are read again after a back-off: the latest one is acted
+on again. Model copies and spooled rounds the root has moved past are deleted.
 
 :attr:`RoundWatch.ready` is the replica's readiness: the root's notices arrive and, while a round is open, its
 model is in place. Event-loop object; the disk work runs on ``executor``.
@@ -102,12 +103,16 @@ class RoundWatch:
                         self.notice = notice
                         self._acted.notify_all()
                     backoff = 0.5
-            except FOLLOW_FAILURES as error:
+            except FOLLOW_FAILURES as error:  # the root or the disk, for now: try again
                 log.warning(
                     "following the root %s failed: %s; trying again in %gs",
                     self._link.address,
                     error,
                     backoff,
+                )
+            except Exception:  # a bug must not end the following for good (the replica would never be ready)
+                log.exception(
+                    "following the root %s failed; trying again in %gs", self._link.address, backoff
                 )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -165,6 +170,7 @@ class RoundWatch:
         self._tensors.install(models, round_number)
         self._models = models
         await loop.run_in_executor(self._executor, self._spool.drop_rounds_before, round_number)
+        await loop.run_in_executor(self._executor, self._copies.drop_before, round_number - 1)
         log.info("round %d: serving its model and taking uploads", round_number)
         return round_
 
