@@ -21,6 +21,21 @@ def header(sender: str = "one", **overrides: str) -> aggregator_pb2.MessageHeade
     return aggregator_pb2.MessageHeader(**fields)
 
 
+def assert_identity(
+    authenticator: Authenticator,
+    request_header: aggregator_pb2.MessageHeader,
+    common_name: str | None,
+    reason: str | None,
+) -> None:
+    """The header's sender is authenticated, or refused for ``reason``."""
+    if reason is None:
+        assert authenticator.authenticate(request_header, common_name) == request_header.sender
+    else:
+        with pytest.raises(IdentityError) as refused:
+            authenticator.authenticate(request_header, common_name)
+        assert refused.value.reason == reason
+
+
 @pytest.mark.parametrize(
     ("mode", "common_name", "request_header", "reason"),
     [
@@ -41,14 +56,7 @@ def header(sender: str = "one", **overrides: str) -> aggregator_pb2.MessageHeade
 def test_collaborator_identity(
     mode: TlsMode, common_name: str | None, request_header: aggregator_pb2.MessageHeader, reason: str | None
 ) -> None:
-    authenticator = Authenticator(IDENTITY, mode)
-
-    if reason is None:
-        assert authenticator.authenticate(request_header, common_name) == request_header.sender
-    else:
-        with pytest.raises(IdentityError) as refused:
-            authenticator.authenticate(request_header, common_name)
-        assert refused.value.reason == reason
+    assert_identity(Authenticator(IDENTITY, mode), request_header, common_name, reason)
 
 
 def test_single_certificate_mode_checks_the_shared_cn_and_the_header() -> None:
@@ -99,14 +107,7 @@ TIER = FederationIdentity(
 def test_a_replica_vouches_for_the_collaborator_its_header_names(
     mode: TlsMode, common_name: str | None, request_header: aggregator_pb2.MessageHeader, reason: str | None
 ) -> None:
-    authenticator = Authenticator(TIER, mode)
-
-    if reason is None:
-        assert authenticator.authenticate(request_header, common_name) == request_header.sender
-    else:
-        with pytest.raises(IdentityError) as refused:
-            authenticator.authenticate(request_header, common_name)
-        assert refused.value.reason == reason
+    assert_identity(Authenticator(TIER, mode), request_header, common_name, reason)
 
 
 def test_a_replica_vouches_for_the_observer_its_client_id_names() -> None:
