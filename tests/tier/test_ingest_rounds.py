@@ -111,8 +111,14 @@ def test_rounds_through_ingest_replicas_build_the_single_pod_model(pki: Pki, tmp
             for each in replicas:
                 await each.acted_on(0, tier_pb2.OPEN)
             await round_through(pki, replicas, 0)
-            for each in replicas:
-                await each.acted_on(1, tier_pb2.OPEN)
+            for index, each in enumerate(replicas):  # tasks of round 1 come once the replica serves round 1
+                async with collaborator(pki, COLLABORATORS[index], each.port) as channel:
+                    stub = aggregator_pb2_grpc.AggregatorStub(channel)
+                    request = aggregator_pb2.GetTasksRequest(header=header(COLLABORATORS[index]))
+                    assert (await stub.GetTasks(request)).round_number == 1
+                    current = each.uploads.round
+                    assert current is not None
+                    assert current.number == 1
             async with (
                 collaborator(pki, "one", replicas[0].port) as via_replica,
                 collaborator(pki, "one", root.server.port) as direct,
@@ -121,6 +127,10 @@ def test_rounds_through_ingest_replicas_build_the_single_pod_model(pki: Pki, tmp
                     for tags in (["model"], ["aggregated", "delta", "compressed"]):
                         served = await raw_tensor(via_replica, "one", name, tags, round_number=1)
                         assert served == await raw_tensor(direct, "one", name, tags, round_number=1)
+            async with collaborator(pki, "four", replicas[1].port) as channel:
+                task, size, tensors = work(3, 0)[1]
+                late = await send_results(channel, "four", 0, task, size, tensors)
+                assert late == ("ignored:wrong_round",)
             await round_through(pki, replicas, 1)
             for each in replicas:
                 await each.acted_on(2, tier_pb2.FINISHED)

@@ -118,7 +118,9 @@ def test_uploads_are_claimed_once_acknowledged_and_delivered_as_exact_sums(pki: 
                     holders = root.parts.book.holders(0)
                     assert any((COLLABORATORS[index], "train") in held for held in holders.values())
                 assert await upload(homes[1], 1) == ("ignored:duplicate",)  # a retry after its ack
-                assert await upload(homes[2], 2, round_number=1) == ("ignored:wrong_round",)
+                ahead = await refused(upload(homes[2], 2, round_number=1))  # the replica is behind the root
+                assert ahead.code() == grpc.StatusCode.UNAVAILABLE
+                assert "has not opened round 1 yet" in (ahead.details() or "")
                 assert await upload(homes[2], 2, task="fit") == ("ignored:unknown_task",)
             holders = root.parts.book.holders(0)
             assert sorted(c for held in holders.values() for c, _ in held) == sorted(COLLABORATORS)

@@ -95,6 +95,7 @@ class IngestReplica:
             self.uploads,
             self._tensors,
             RootForwarder(self.link),
+            self._reached,
             certificate_source,
             port,
             options,
@@ -160,6 +161,10 @@ class IngestReplica:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, functools.partial(self._io.shutdown, cancel_futures=True))
         await loop.run_in_executor(None, self._commit.shutdown)
+
+    async def _reached(self, round_number: int, timeout: float) -> bool:
+        """Whether this replica serves ``round_number`` (or a later one, or the end) within ``timeout`` seconds."""
+        return self.watch is not None and await self.watch.reached(round_number, timeout)
 
     async def _granted(self, collaborator: str, round_number: int, task: str) -> bool:
         """Claim an upload at the root: whether this replica holds it (raises as the link does)."""

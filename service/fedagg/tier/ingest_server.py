@@ -5,7 +5,9 @@ standalone fedagg, and authenticates every caller the same way (:class:`~fedagg.
 certificate CN against ``header.sender``, plan collaborators and observers). Then:
 
 * GetTasks, Ping, InteropRelay, GetExperimentDescription, GetTrainedModel and GetMetricStream are relayed to the
-  root as bytes (:mod:`fedagg.tier.forwarding`);
+  root as bytes (:mod:`fedagg.tier.forwarding`); tasks of a round the root opened a moment before this replica
+  did are held until the replica serves that round (at most ``ROUND_WAIT_SECONDS``, then UNAVAILABLE, retried),
+  and so is a download of such a round: a collaborator never gets a model the replica does not have yet;
 * GetAggregatedTensor is answered here from the round's model (a :class:`~fedagg.federation.serving.TensorServer`
   fed by :mod:`fedagg.tier.round_watch`), through the standalone server's downloads, so its replies are the same
   bytes; a request for a collaborator's own results is NOT_FOUND (the ingest tier does not keep them);
@@ -18,7 +20,7 @@ Event-loop object: the gate, downloads and upload slots are used on the loop onl
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -33,7 +35,7 @@ from fedagg.protocol import aggregator_pb2
 from fedagg.server.auth import Authenticator, FederationIdentity
 from fedagg.server.caller_checks import CallerChecks
 from fedagg.server.downloads import Downloads
-from fedagg.server.errors import stream_errors, unary_errors
+from fedagg.server.errors import Unavailable, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.handlers import aggregator_handlers, aggregator_server
 from fedagg.server.options import ServerOptions
@@ -46,6 +48,10 @@ from fedagg.tier.ingest_uploads import IngestUploads
 log = logging.getLogger(__name__)
 
 ServerContext = grpc.aio.ServicerContext[Any, Any]
+Reached = Callable[[int, float], Awaitable[bool]]
+"""(round, timeout) -> whether this replica serves the round (or a later one, or the end) within the timeout."""
+ROUND_WAIT_SECONDS = 10.0
+"""How long a call about a round the root opened waits for this replica to open it too (then UNAVAILABLE)."""
 RELAYED = frozenset(
     {"GetTasks", "Ping", "InteropRelay", "GetExperimentDescription", "GetTrainedModel", "GetMetricStream"}
 )
@@ -69,6 +75,7 @@ class IngestServer:
         uploads: IngestUploads,
         tensors: TensorServer,
         forwarder: RootForwarder,
+        reached: Reached,
         certificate_source: CertificateSource,
         port: int,
         options: ServerOptions,
@@ -79,6 +86,7 @@ class IngestServer:
         self.port = port
         self._tensors = tensors
         self._forwarder = forwarder
+        self._reached = reached
         self._certificates = certificate_source
         self._options = options
         self._io = io_executor
@@ -134,10 +142,16 @@ class IngestServer:
 
     @unary_errors
     async def GetTasks(self, request: bytes, context: ServerContext) -> bytes:
-        """The root's tasks for the collaborator (its long poll is held at the root)."""
-        return await self._relay_collaborator_call(
-            "GetTasks", aggregator_pb2.GetTasksRequest, request, context
-        )
+        """The root's tasks for the collaborator (its long poll is held at the root), once this replica serves
+        their round."""
+        async with self._gate.call():
+            header = parsed(aggregator_pb2.GetTasksRequest, request).header
+            collaborator = await self._callers.collaborator(header, context)
+            reply = await self._forwarder.unary("GetTasks", request, context, collaborator)
+            tasks = parsed(aggregator_pb2.GetTasksResponse, reply)
+            if tasks.tasks:
+                await self._round_served(tasks.round_number)
+            return reply
 
     @unary_errors
     async def Ping(self, request: bytes, context: ServerContext) -> bytes:
@@ -185,8 +199,17 @@ class IngestServer:
         """A tensor of the round's model (``model`` form) or its change since the last round (``delta``)."""
         async with self._gate.call():
             collaborator = await self._callers.collaborator(request.header, context)
+            await self._round_served(request.round_number)
             header = reply_header(self.plan, collaborator)
             await self._downloads.answer_tensor_request(context, collaborator, header, request, self._served)
+
+    async def _round_served(self, round_number: int) -> None:
+        """Wait (a little) until this replica serves ``round_number``; UNAVAILABLE (retried) if it does not."""
+        if not await self._reached(round_number, ROUND_WAIT_SECONDS):
+            raise Unavailable(
+                f"this ingest replica does not serve round {round_number} yet (it follows the root's round); "
+                "ask again"
+            )
 
     def _served(self, request: TensorRequest) -> ServedTensor:
         """The round's model tensor a request asks for (runs on the I/O executor)."""

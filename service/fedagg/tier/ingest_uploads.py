@@ -14,9 +14,9 @@ claim lets it be folded into the round's partial and acknowledged.
 * The root unreachable (or refusing the replica itself): UNAVAILABLE naming the root; the copy stays spooled,
   unclaimed, and is replaced by the collaborator's retry (or claimed at the replica's next recovery).
 
-Before the replica knows the root's round, uploads are answered UNAVAILABLE; uploads for another round, for a task
-not in the plan, for a round the root is collecting, or already folded here are ignored as a single pod ignores
-them. A rejected upload is answered as a single pod answers it; it is not claimed (the root sees its collaborator
+Before the replica knows the root's round, and for a later round than the replica's (the root opened it, the
+replica is about to), uploads are answered UNAVAILABLE; uploads for an earlier round, for a task not in the plan,
+for a round the root is collecting, or already folded here are ignored as a single pod ignores them. A rejected upload is answered as a single pod answers it; it is not claimed (the root sees its collaborator
 as not having delivered).
 
 Threads: :meth:`IngestUploads.admit` and :meth:`IngestUploads.install` run on the event loop, ``open_intake``,
@@ -169,6 +169,11 @@ class IngestUploads:
                 IgnoreReason.UNKNOWN_TASK,
                 f"TaskResults.task_name {task[:64]!r} is not a task of this plan "
                 f"(tasks: {sorted(self._plan.tasks)[:8]})",
+            )
+        if admission.round_number > round_.number:  # the root opened it; this replica is about to
+            raise Unavailable(
+                f"this ingest replica has not opened round {admission.round_number} yet (it is at round "
+                f"{round_.number}); send again"
             )
         if admission.round_number != round_.number:
             return (

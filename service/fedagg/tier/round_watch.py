@@ -117,6 +117,22 @@ class RoundWatch:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
+    async def reached(self, round_number: int, timeout: float) -> bool:
+        """Whether round ``round_number`` (or a later one) is served here, or the experiment has finished, within
+        ``timeout`` seconds: the root may tell a collaborator of a round a moment before this replica opens it."""
+
+        def served() -> bool:
+            current, notice = self._uploads.round, self.notice
+            finished = notice is not None and notice.phase == FINISHED
+            return finished or (current is not None and current.number >= round_number)
+
+        async with self._acted:
+            try:
+                await asyncio.wait_for(self._acted.wait_for(served), timeout)
+            except TimeoutError:
+                return False
+        return True
+
     async def acted_on(self, round_number: int, phase: tier_pb2.RoundPhase.ValueType) -> None:
         """Return once the notice (round_number, phase) has been acted on (for start-up and tests)."""
         async with self._acted:
