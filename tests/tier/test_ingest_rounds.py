@@ -14,57 +14,21 @@ import pytest
 from google.protobuf.message import Message
 
 from fedagg.federation.federation import Federation
-from fedagg.federation.serving import TensorRequest
-from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, base_pb2, tier_pb2
+from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, tier_pb2
 from fedagg.tier.ingest_replica import IngestReplica
 from tests.support.pki import Pki
-from tests.support.servers import make_federation
-from tests.support.uploads import metric, submit
 from tests.tier.conftest import COLLABORATORS
 from tests.tier.ingest_tier import (
     INITIAL,
     PLAN,
     SERVICE,
-    Root,
     collaborator,
     header,
     raw_tensor,
     running_tier,
     send_results,
-    site_weight,
-    trained,
 )
-
-Work = tuple[str, int, list[base_pb2.NamedTensor]]
-
-
-def work(index: int, round_number: int) -> list[Work]:
-    """Collaborator ``index``'s three tasks of a round: (task, data size, tensors)."""
-    value = 0.1 * (index + 1) + round_number
-    return [
-        ("aggregated_model_validation", 5, [metric("acc", value, round_number, "validate_agg")]),
-        ("train", site_weight(index), trained(index, round_number)),
-        ("locally_tuned_model_validation", 5, [metric("acc", value, round_number, "validate_local")]),
-    ]
-
-
-def single_pod(state: Path) -> Federation:
-    federation = make_federation(state, PLAN, INITIAL)
-    for round_number in range(PLAN.rounds_to_train):
-        for index, name in enumerate(COLLABORATORS):
-            for task, size, tensors in work(index, round_number):
-                assert submit(federation, name, round_number, task, size, tensors).accepted
-    return federation
-
-
-def model(federation: Federation, round_number: int) -> dict[str, np.ndarray]:
-    return {
-        name: np.array(
-            federation.served_tensor(TensorRequest(name, round_number, False, ("model",), True)).values()
-        )
-        for name in INITIAL
-    }
-
+from tests.tier.tier_rounds import model, single_pod, tick_on_partials, work
 
 OBSERVER_CALLS = (
     ("GetMetricStream", aggregator_pb2.GetMetricStreamRequest()),
@@ -79,15 +43,6 @@ async def raw_replies(channel: grpc.aio.Channel, method: str, request: Message) 
     """Every reply of a server-streaming (or, on the wire, unary) call, as bytes."""
     call = channel.unary_stream(f"{SERVICE}{method}", type(request).SerializeToString, None)
     return [reply async for reply in call(request)]
-
-
-async def tick_on_partials(root: Root) -> None:
-    """The root's round end runs as a partial arrives (as its server ticks it)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        await root.service.partial_arrived.wait()
-        root.service.partial_arrived.clear()
-        await loop.run_in_executor(None, root.parts.federation.tick)
 
 
 async def round_through(pki: Pki, replicas: Sequence[IngestReplica], round_number: int) -> None:

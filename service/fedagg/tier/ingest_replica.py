@@ -112,7 +112,8 @@ class IngestReplica:
 
     @property
     def ready(self) -> bool:
-        """gRPC readiness: the root's notices arrive and the open round's model is in place."""
+        """gRPC readiness: the root's notices arrive and the open round's model is in place. Cheap (no I/O, no
+        lock held long): the assembly polls it into the health service's readiness."""
         return self.watch is not None and self.watch.ready
 
     async def acted_on(self, round_number: int, phase: tier_pb2.RoundPhase.ValueType) -> None:
