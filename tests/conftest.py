@@ -31,6 +31,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="session")
+def openfl() -> Path:
+    """The OpenFL 1.7.1 venv's python (built on first use; skipped locally, a failure in CI, when it cannot be)."""
+    from tests.interop.openfl import openfl_python  # noqa: PLC0415 (it imports this module's require)
+
+    return openfl_python()
+
+
+@pytest.fixture(scope="session")
+def openfl_19() -> Path:
+    """The OpenFL 1.9 venv's python (likewise)."""
+    from tests.interop.openfl import openfl_python  # noqa: PLC0415 (it imports this module's require)
+
+    return openfl_python("1.9")
+
+
+@pytest.fixture(scope="session")
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """An unrelated CA whose certificates the aggregator must refuse."""
     return make_pki(tmp_path_factory.mktemp("other-pki"), COLLABORATORS)

@@ -80,8 +80,12 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
             log.info("stop signal received while restoring: exiting")
             return 0
         aggregator.federation.health.subscribe(aggregator.readiness.refresh_from_thread(loop))
-        server_settings = aggregator.config.server
-        with binding("server.port", server_settings.port, server_settings.bind_address):
+        server_settings, topology = aggregator.config.server, aggregator.config.topology
+        with (
+            binding("server.port", server_settings.port, server_settings.bind_address)
+            if aggregator.root is None
+            else binding("topology.tier_port", topology.tier_port, topology.tier_bind_address)
+        ):
             await aggregator.server.start()
         if aggregator.federation.finished:
             log.info(
@@ -98,6 +102,8 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
         await stop_ops(aggregator)
         if aggregator.leadership is not None:
             await aggregator.leadership.stop()
+        if aggregator.root is not None:
+            aggregator.root.close()
         if aggregator.state_lock is not None:
             aggregator.state_lock.release()
 

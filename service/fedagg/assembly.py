@@ -15,17 +15,12 @@ import grpc
 from kubernetes import client as k8s
 from prometheus_client import (
     CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
 )
 
 from fedagg.config.ha import ElectionBackend, HaSettings
 from fedagg.config.operations import KubernetesHookMode
 from fedagg.config.schema import Config
-from fedagg.config.server import TlsSettings
-from fedagg.config.topology import NOT_SERVED, Role
+from fedagg.config.topology import Role
 from fedagg.federation.federation import Federation, ModelOutputs
 from fedagg.federation.integrity import FileDigest, digest_of
 from fedagg.federation.state_lock import StateDirectoryLock
@@ -47,15 +42,18 @@ from fedagg.ops.lease import LeaseRecord, LeaseRecords
 from fedagg.ops.metrics import FederationMetrics
 from fedagg.ops.readiness import Readiness
 from fedagg.ops.state_metrics import FederationStateCollector
+from fedagg.ops.tier_metrics import TierMetrics
+from fedagg.process_parts import certificate_source, new_registry, server_keywords, unusable_certificates
 from fedagg.protocol.message_size import MAX_SEND_MESSAGE_BYTES, TensorTooLarge, check_tensors_fit
 from fedagg.protocol.model_file import LoadedModel, ModelFileError, read_model
 from fedagg.server.handlers import SERVICE_NAME
 from fedagg.server.health import HealthReporter
-from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
-from fedagg.server.options import ReceiveLimits
+from fedagg.server.interceptors import GrpcServerMetrics
+from fedagg.server.options import Register
 from fedagg.server.servicer import AggregatorGRPCServer
-from fedagg.server.tls import CertificateError, CertificateSource, TlsMode, load_bundle
+from fedagg.server.tls import CertificateError, TlsMode, load_bundle
 from fedagg.settings import ConfigError
+from fedagg.tier.root_process import RootTier
 
 log = logging.getLogger(__name__)
 
@@ -80,63 +78,53 @@ class AggregatorProcess:
     leadership: Leadership | None = field(default=None, repr=False)
     ops_server: grpc.aio.Server | None = field(default=None, repr=False)
     metrics_http: tuple[WSGIServer, Thread] | None = field(default=None, repr=False)
+    root: RootTier | None = field(default=None, repr=False)
+    """A tier root's claims, partials and Tier service (``topology.role: root``)."""
 
 
 def build_aggregator(
     config: Config, kubernetes: Callable[[], k8s.Configuration] = in_cluster_configuration
 ) -> AggregatorProcess:
     """Create everything the configuration describes; file problems raise :class:`ConfigError` naming the key."""
-    if config.topology.role != Role.STANDALONE:
-        raise ConfigError("topology.role", config.topology.role.value, NOT_SERVED)
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for nothing
-    registry = CollectorRegistry()
-    for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=registry)
+    topology = config.topology
+    if topology.role == Role.INGEST:
+        raise ConfigError(
+            "topology.role", topology.role.value, "standalone or root (fedagg.ingest_process runs ingest)"
+        )
+    registry = new_registry()
     plan = config.plan()
     metrics = FederationMetrics(
         registry, per_collaborator=config.ops.per_collaborator_metrics, tasks=plan.tasks
     )
+    store = _state_store(config)
+    root = None
+    if topology.role == Role.ROOT:
+        root = RootTier(config.storage.state_dir, topology, plan.aggregation_bytes, TierMetrics(registry))
     federation = Federation(
         plan,
-        _state_store(config),
+        store,
         ModelOutputs(config.best_model_path, config.last_model_path),
         initial_model=_initial_model(config),
         initial_model_digest=_initial_model_digest(config),
         listener=metrics,
+        collector=None if root is None else root.rounds,
     )
     health = HealthReporter()
     grpc_metrics = GrpcServerMetrics(registry)
     server_settings = config.server
     tls = server_settings.tls
+    extra_services: list[Register] = [lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])]
+    if root is not None:
+        extra_services.append(root.registration(federation, store))
     server = AggregatorGRPCServer(
         federation,
-        server_settings.port,
-        use_tls=tls.mode != TlsMode.INSECURE,
-        require_client_auth=tls.mode == TlsMode.MUTUAL,
-        bind_address=server_settings.bind_address,
-        certificate_source=_certificate_source(config, metrics),
-        observers=server_settings.observers,
-        auth_failure_max_delay=server_settings.auth_failure_max_delay,
-        executor_workers=server_settings.executor_workers,
-        max_receive_message_bytes=server_settings.max_receive_message_bytes,
-        stream_window_bytes=server_settings.stream_window_bytes,
-        reply_bytes_in_flight=server_settings.reply_bytes_in_flight,
-        max_connection_age=server_settings.max_connection_age_seconds,
-        tasks_hold_seconds=server_settings.tasks_hold_seconds,
-        quit_redelivery_seconds=server_settings.quit_redelivery_seconds,
-        max_connection_age_grace=server_settings.max_connection_age_grace_seconds,
-        receive_limits=ReceiveLimits(
-            config.limits.header_bytes,
-            config.limits.field_bytes,
-            config.limits.tags_per_tensor,
-            config.limits.descriptor_bytes,
-            config.limits.tensors_per_upload,
-        ),
-        caller_limits=server_settings.caller_limits,
-        connection_limits=server_settings.connection_limits,
-        interceptors=[MetricsInterceptor(grpc_metrics)],
-        extra_services=[lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])],
-        observer=metrics,
+        server_settings.port if root is None else topology.tier_port,
+        use_tls=root is not None or tls.mode != TlsMode.INSECURE,
+        require_client_auth=root is not None or tls.mode == TlsMode.MUTUAL,
+        bind_address=server_settings.bind_address if root is None else topology.tier_bind_address,
+        certificate_source=certificate_source(config, metrics),
+        replicas=topology.replicas if root is not None else (),
+        **server_keywords(config, metrics, grpc_metrics, extra_services),
     )
     hooks = _hooks(config, kubernetes)
     for hook in hooks:
@@ -157,6 +145,7 @@ def build_aggregator(
         readiness,
         state_lock=StateDirectoryLock(config.storage.state_dir),
         leadership=leadership,
+        root=root,
     )
     registry.register(
         FederationStateCollector(federation.describe, lambda: aggregator.draining, config.storage.state_dir)
@@ -172,13 +161,19 @@ def check_files(config: Config) -> None:
         raise ConfigError(
             "storage.state_dir", str(state_dir), f"a writable directory ({existing} is not writable)"
         )
-    _initial_model(config)
-    tls = config.server.tls
-    if tls.mode != TlsMode.INSECURE:
+    if config.topology.role != Role.INGEST:
+        _initial_model(config)
+    tls, topology = config.server.tls, config.topology
+    if tls.mode != TlsMode.INSECURE and topology.role != Role.ROOT:
         try:
             load_bundle(tls.files())
         except CertificateError as error:
-            raise _unusable_certificates(tls, error) from None
+            raise unusable_certificates(config, error) from None
+    if topology.role != Role.STANDALONE:
+        try:
+            load_bundle(topology.tier_files(tls.certificate_dir))
+        except CertificateError as error:
+            raise unusable_certificates(config, error, tier=True) from None
 
 
 def _state_store(config: Config) -> StateStore:
@@ -227,26 +222,6 @@ def _initial_model(config: Config) -> LoadedModel | None:
             "federation.initial_model", str(path), f"a model whose every tensor fits in one reply ({error})"
         ) from None
     return model
-
-
-def _certificate_source(config: Config, metrics: FederationMetrics) -> CertificateSource | None:
-    tls = config.server.tls
-    if tls.mode == TlsMode.INSECURE:
-        return None
-    try:
-        return CertificateSource(
-            tls.files(),
-            tls.mode == TlsMode.MUTUAL,
-            metrics.certificate_loaded,
-            metrics.certificate_rejected,
-            metrics.tls_handshake_started,
-        )
-    except CertificateError as error:
-        raise _unusable_certificates(tls, error) from None
-
-
-def _unusable_certificates(tls: TlsSettings, error: CertificateError) -> ConfigError:
-    return ConfigError("server.tls", str(tls.certificate_dir or "."), f"usable certificates ({error})")
 
 
 def _hooks(config: Config, kubernetes: Callable[[], k8s.Configuration]) -> list[ShutdownHook]:

@@ -7,20 +7,49 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from threading import Thread
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import (
+    CollectorRegistry,
     start_http_server,
 )
 
-from fedagg.assembly import AggregatorProcess
 from fedagg.config.loading import ENV_PREFIX
+from fedagg.config.schema import Config
+from fedagg.federation.state_lock import StateDirectoryLock
+from fedagg.ops.leadership import Leadership
 from fedagg.ops.leadership_report import leadership_document, register_leadership
 from fedagg.protocol.ops_leadership import SERVICE as LEADERSHIP_SERVICE
-from fedagg.server.interceptors import MetricsInterceptor
+from fedagg.server.health import HealthReporter
+from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class OpsHost(Protocol):
+    """A process the ops listeners serve (the aggregator's, an ingest replica's): what they read and record."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def grpc_metrics(self) -> GrpcServerMetrics: ...
+    @property
+    def health(self) -> HealthReporter: ...
+    @property
+    def leadership(self) -> Leadership | None: ...
+    @property
+    def state_lock(self) -> StateDirectoryLock | None: ...
+
+    ops_port: int
+    metrics_port: int
+    ops_server: grpc.aio.Server | None
+    metrics_http: tuple[WSGIServer, Thread] | None
 
 
 @contextlib.contextmanager
@@ -56,7 +85,7 @@ def try_listen(host: str, port: int) -> None:
         probe.listen(1)
 
 
-async def start_ops(aggregator: AggregatorProcess) -> None:
+async def start_ops(aggregator: OpsHost) -> None:
     ops = aggregator.config.ops
     with binding("ops.metrics_port", ops.metrics_port, ops.metrics_bind_address):
         http_server, thread = start_http_server(
@@ -83,7 +112,7 @@ async def start_ops(aggregator: AggregatorProcess) -> None:
     )
 
 
-async def stop_ops(aggregator: AggregatorProcess) -> None:
+async def stop_ops(aggregator: OpsHost) -> None:
     await aggregator.health.shut_down()
     if aggregator.ops_server is not None:
         await aggregator.ops_server.stop(0.5)

@@ -154,7 +154,6 @@ def replica(pki: Pki, name: str, state: Path, root_address: str) -> IngestReplic
         root_address,
         pki.client(name).credentials(),
         CertificateSource(files, True),
-        PLAN.limits.resolve(sum(values.nbytes for values in INITIAL.values())),
         options=ServerOptions(bind_address="127.0.0.1", auth_failure_max_delay=0),
         timings=LinkTimings(call_seconds=5, patience_seconds=1, initial_backoff=0.05, maximum_backoff=0.2),
     )

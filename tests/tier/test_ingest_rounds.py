@@ -15,8 +15,11 @@ from google.protobuf.message import Message
 
 from fedagg.federation.federation import Federation
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, tier_pb2
+from fedagg.protocol.codec import encode_tensor
 from fedagg.tier.ingest_replica import IngestReplica
 from tests.support.pki import Pki
+from tests.support.servers import make_federation
+from tests.support.uploads import submit
 from tests.tier.conftest import COLLABORATORS
 from tests.tier.ingest_tier import (
     INITIAL,
@@ -27,8 +30,9 @@ from tests.tier.ingest_tier import (
     raw_tensor,
     running_tier,
     send_results,
+    site_model,
 )
-from tests.tier.tier_rounds import model, single_pod, tick_on_partials, work
+from tests.tier.tier_rounds import Work, model, single_pod, tick_on_partials, work
 
 OBSERVER_CALLS = (
     ("GetMetricStream", aggregator_pb2.GetMetricStreamRequest()),
@@ -119,3 +123,52 @@ def history(federation: Federation) -> list[tuple[int, str, str, str, tuple[str,
     return sorted(
         (r.round_number, r.origin, r.task, r.name, r.tags, r.value) for r in federation.metrics.history()
     )
+
+
+def poisoned(index: int, round_number: int) -> list[Work]:
+    """Collaborator ``index``'s tasks with its train results poisoned by a NaN (rejected on arrival)."""
+    tasks = work(index, round_number)
+    task, size, tensors = tasks[1]
+    name, values = next(iter(site_model(index).items()))
+    bad = np.array(values, copy=True)
+    bad.flat[0] = np.nan
+    tasks[1] = (
+        task,
+        size,
+        [encode_tensor(name, bad, round_number=round_number, tags=("trained",)), *tensors[1:]],
+    )
+    return tasks
+
+
+def test_an_upload_a_replica_rejects_counts_as_done_at_the_root_as_in_a_single_pod(
+    pki: Pki, tmp_path: Path
+) -> None:
+    single = make_federation(tmp_path / "single", PLAN, INITIAL)
+    for index, name in enumerate(COLLABORATORS):
+        for task, size, tensors in (poisoned if index == 3 else work)(index, 0):
+            submit(single, name, 0, task, size, tensors)
+    assert single.round_number == 1, (
+        "the single pod closes the round with the rejected upload counted as done"
+    )
+
+    async def scenario() -> None:
+        async with running_tier(pki, tmp_path, counting=True) as (root, replicas):
+            ticking = asyncio.create_task(tick_on_partials(root))
+            for each in replicas:
+                await each.acted_on(0, tier_pb2.OPEN)
+            for index, name in enumerate(COLLABORATORS):
+                async with collaborator(pki, name, replicas[index % len(replicas)].port) as channel:
+                    for task, size, tensors in (poisoned if index == 3 else work)(index, 0):
+                        answer = await send_results(channel, name, 0, task, size, tensors)
+                        assert answer == (("rejected:non_finite",) if index == 3 and task == "train" else ())
+            for each in replicas:
+                await each.acted_on(1, tier_pb2.OPEN)
+            ticking.cancel()
+            rejected = root.parts.book.rejected(0)
+            assert list(rejected) == [(COLLABORATORS[3], "train")]
+            assert rejected[(COLLABORATORS[3], "train")].startswith("non_finite: ")
+            expected, got = model(single, 1), model(root.parts.federation, 1)
+            for name in INITIAL:
+                np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+
+    asyncio.run(scenario())

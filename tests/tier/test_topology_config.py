@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from fedagg.config.loading import parse_config
 from fedagg.config.topology import Role
 from fedagg.settings import ConfigError
 from tests.support.models import write_zero_model
+from tests.support.pki import Pki
 
 
 def tier_config(role: str, aggregation: str = "weighted_average", **task: object) -> dict[str, Any]:
@@ -22,6 +24,7 @@ def tier_config(role: str, aggregation: str = "weighted_average", **task: object
         topology["replicas"] = ["ingest-0", "ingest-1"]
     if role == "ingest":
         topology["root_address"] = "fedagg-root:50054"
+        topology["tier_certificate_dir"] = "/etc/fedagg/tier"
     return {
         "federation": {
             "federation_uuid": "fed_1",
@@ -130,28 +133,63 @@ def test_an_adaptive_optimizers_max_update_is_refused_in_the_tier() -> None:
     assert "not built yet" in str(error)
 
 
-@pytest.mark.parametrize("role", ["root", "ingest"])
-def test_config_check_accepts_a_tier_role_but_serve_refuses_it_by_name(role: str, tmp_path: Path) -> None:
+def replica_tier_dir(pki: Pki, replica: str, directory: Path) -> Path:
+    """A replica's tier certificate directory, laid out like a mounted kubernetes.io/tls secret."""
+    directory.mkdir(parents=True, exist_ok=True)
+    client = pki.client(replica)
+    for source, name in (
+        (client.certificate, "tls.crt"),
+        (client.private_key, "tls.key"),
+        (pki.ca, "ca.crt"),
+    ):
+        shutil.copyfile(source, directory / name)
+    return directory
+
+
+def test_config_check_accepts_an_ingest_replica_with_its_tier_certificates(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
     path = tmp_path / "fedagg.yaml"
-    data = tier_config(role)
+    data = tier_config("ingest")
+    data["topology"]["replica"] = "ingest-0"
+    data["topology"]["tier_certificate_dir"] = str(tmp_path / "tier")
+    replica_tier_dir(tier_pki, "ingest-0", tmp_path / "tier" / "ingest-0")
     data["storage"] = {"state_dir": str(tmp_path / "state")}
-    data["server"] = {"tls": {"mode": "insecure"}}
-    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+    data["server"] = {"tls": {"certificate_dir": str(tier_pki.server_dir)}}
     path.write_text(yaml.safe_dump(data))
-    command = [sys.executable, "-m", "fedagg.cli"]
     checked = subprocess.run(
-        [*command, "config", "check", str(path)], check=False, capture_output=True, text=True
+        [sys.executable, "-m", "fedagg.cli", "config", "check", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert checked.returncode == 0, checked.stderr
-    served = subprocess.run(
-        [*command, "serve", "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
+
+
+def test_an_ingest_replica_needs_mutual_tls() -> None:
+    data = tier_config("ingest")
+    data["server"] = {"tls": {"mode": "insecure"}}
+    (error,) = problems(data)
+    assert error.key == "server.tls.mode"
+    assert "mtls under topology.role ingest" in str(error)
+
+
+def test_config_check_names_unusable_tier_certificates(tmp_path: Path) -> None:
+    path = tmp_path / "fedagg.yaml"
+    data = tier_config("root")
+    data["topology"]["tier_certificate_dir"] = str(tmp_path / "missing")
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+    path.write_text(yaml.safe_dump(data))
+    checked = subprocess.run(
+        [sys.executable, "-m", "fedagg.cli", "config", "check", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
     )
-    assert served.returncode == 2
-    assert (
-        f"topology.role: got '{role}', expected standalone: fedagg serve does not run the root"
-        in served.stderr
-    )
-    assert "Traceback" not in served.stderr
+    assert checked.returncode == 2
+    assert f"topology.tier_certificate_dir: got '{tmp_path / 'missing'}'" in checked.stderr
+    assert "Traceback" not in checked.stderr
 
 
 def test_an_ingest_replicas_name_defaults_to_its_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +216,11 @@ def test_a_round_that_may_close_early_is_refused_in_the_tier(stragglers: dict[st
     assert "a round waits for every collaborator" in str(error)
     data["topology"] = {"role": "standalone"}
     parse_config(data, Path("/etc/fedagg"), {})
+
+
+def test_an_ingest_replica_needs_its_tier_certificates() -> None:
+    data = tier_config("ingest")
+    del data["topology"]["tier_certificate_dir"]
+    (error,) = problems(data)
+    assert error.key == "topology.tier_certificate_dir"
+    assert "a subdirectory named after each replica" in str(error)

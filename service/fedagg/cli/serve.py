@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from fedagg.app import build_aggregator, run_aggregator
     from fedagg.config.operations import LogFormat
+    from fedagg.config.topology import Role
     from fedagg.logs import configure_logging
 
     config, ignored = load(args)
@@ -146,6 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("fedagg.cli").info(
             "OpenFL plan settings ignored (no meaning for fedagg's aggregator): %s", ", ".join(ignored)
         )
+    if config.topology.role == Role.INGEST:
+        from fedagg.ingest_process import build_ingest, run_ingest
+
+        async def ingest() -> int:  # the replica's channels belong to the loop that runs it
+            return await run_ingest(build_ingest(config))
+
+        return asyncio.run(ingest())
     return asyncio.run(run_aggregator(build_aggregator(config)))
 
 

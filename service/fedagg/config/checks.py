@@ -9,6 +9,7 @@ from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
 from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
 from fedagg.federation.plan import StragglerPolicyKind
+from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError
 
 
@@ -65,6 +66,24 @@ def _tier_errors(config: Config) -> list[ConfigError]:
     if topology.role == Role.INGEST and not topology.root_address.strip():
         errors.append(
             ConfigError("topology.root_address", topology.root_address, "host:port of the root's tier port")
+        )
+    if topology.role == Role.INGEST and config.server.tls.mode != TlsMode.MUTUAL:
+        errors.append(
+            ConfigError(
+                "server.tls.mode",
+                config.server.tls.mode.value,
+                "mtls under topology.role ingest (the root trusts a replica to have checked each collaborator's "
+                "certificate)",
+            )
+        )
+    if topology.role == Role.INGEST and topology.tier_certificate_dir is None:
+        errors.append(
+            ConfigError(
+                "topology.tier_certificate_dir",
+                None,
+                "the directory holding, in a subdirectory named after each replica, its tier client certificate "
+                "(tls.crt, tls.key: CN = the replica's name) and the CA of the root's certificate (ca.crt)",
+            )
         )
     if topology.role == Role.ROOT and not topology.replicas:
         errors.append(

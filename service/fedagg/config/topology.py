@@ -11,7 +11,9 @@ import os
 import socket
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
+from fedagg.server.tls import CertificateFiles
 from fedagg.settings import TIMEOUT, port_number, setting
 
 
@@ -37,13 +39,6 @@ WHY_NOT_PARTIAL = {
 """Why each robust built-in method cannot be computed from partial sums."""
 
 PRIVACY_REFUSAL = "no differential privacy in the tier yet (clipping at the replicas and noise once at the root is not built)"
-
-
-NOT_SERVED = (
-    "standalone: fedagg serve does not run the root and ingest roles yet (their parts are in fedagg.tier; README, "
-    "Scale-out tier)"
-)
-"""Why ``fedagg serve`` refuses a tier role for now (``fedagg config check`` accepts it, for the chart)."""
 
 
 def _replica_names(names: tuple[str, ...]) -> str | None:
@@ -79,11 +74,25 @@ class TopologySettings:
     replicas: tuple[str, ...] = setting(
         (), help="root: the ingest replicas it accepts (their client certificates' CNs)", check=_replica_names
     )
+    tier_certificate_dir: Path | None = setting(
+        None,
+        help="the tier's mTLS files (tls.crt, tls.key, ca.crt): at the root, its server certificate and the CA of "
+        "the replicas' (default: server.tls.certificate_dir); at an ingest replica, required, in its subdirectory "
+        "named after the replica: its client certificate (CN = its name) and the CA of the root's",
+    )
     lost_replica_seconds: float = setting(
         300.0,
         help="root: after this long without a replica, its claimed but undelivered contributions are stragglers",
         check=TIMEOUT,
     )
+
+    def tier_files(self, server_certificate_dir: Path | None) -> CertificateFiles:
+        """The tier's three certificate files: the root's in ``tier_certificate_dir`` (else
+        ``server_certificate_dir``), an ingest replica's in its subdirectory of ``tier_certificate_dir``."""
+        base = self.tier_certificate_dir or server_certificate_dir or Path()
+        if self.role == Role.INGEST:
+            base = base / self.replica_name
+        return CertificateFiles(base / "tls.crt", base / "tls.key", base / "ca.crt")
 
     @property
     def replica_name(self) -> str:

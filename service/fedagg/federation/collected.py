@@ -35,9 +35,10 @@ class CollectedInputs:
 class RoundCollector(Protocol):
     """What a tier's root tells its federation. Called under the federation's commit lock, on executor threads."""
 
-    def claimed(self, round_number: int) -> Iterable[tuple[str, str, str]]:
-        """Every (collaborator, task, replica) claimed in the round. MUST include every claim ever granted for the
-        round (after a restart too): the federation rebuilds the round's receipts from it."""
+    def claimed(self, round_number: int) -> Iterable[tuple[str, str, str, str]]:
+        """Every (collaborator, task, replica, rejected) claimed in the round (``rejected``: why the replica
+        rejected the upload, or empty). MUST include every claim ever granted for the round (after a restart too):
+        the federation rebuilds the round's receipts from it."""
         ...
 
     def collected(

@@ -43,7 +43,7 @@ from fedagg.federation.collected import RoundCollector
 from fedagg.federation.contacts import ContactBook
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.events import ExperimentStatus, FederationListener
-from fedagg.federation.intake import Admission, UploadIntake, ignore_reason
+from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake, ignore_reason
 from fedagg.federation.integrity import FileDigest
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.metric_log import MetricLog
@@ -245,24 +245,34 @@ class Federation:
         with self._commit_lock:
             return self._commits.commit(intake)
 
-    def claim(self, collaborator: str, round_number: int, task: str, hold: Callable[[], str | None]) -> None:
+    def claim(
+        self,
+        collaborator: str,
+        round_number: int,
+        task: str,
+        hold: Callable[[], str | None],
+        rejected: str = "",
+    ) -> None:
         """At a tier's root: count ``collaborator``'s results for ``task``, spooled by an ingest replica. Blocks on
         the disk (``hold`` makes the claim durable and names the replica holding it, None while another claim of it
-        is being made durable); may close the round. Raises :class:`FailedPrecondition` naming why when the round
-        does not take these results (a past round, a closing round, a task the collaborator does not have)."""
+        is being made durable; ``rejected``: why the replica rejected the upload, which then counts as done without
+        being aggregated, as a single pod counts a rejected upload); may close the round. Raises :class:`FailedPrecondition` when the round does not
+        take these results (a past round, a closing round, a task the collaborator does not have): its message is
+        ``"<ignore reason>: <why>"`` (:class:`~fedagg.federation.intake.IgnoreReason`)."""
         admission = Admission(collaborator, task, round_number, 0)
         with self._commit_lock:
             with self._ledger.round_lock:
                 round_ = self._ledger.round
                 reason, message = ignore_reason(self.plan.tasks, round_, admission)
             if round_ is None or reason is not None:
-                raise FailedPrecondition(message)
+                raise FailedPrecondition(f"{reason or IgnoreReason.FINISHED}: {message}")
             holder = hold()
             if holder is None:
                 return
             with self._ledger.round_lock:
-                round_.record(collaborator, task, ClaimedContribution(holder))
-            self._listener.contribution_accepted(collaborator, task, round_number, 0)
+                round_.record(collaborator, task, ClaimedContribution(holder, rejected))
+            if not rejected:
+                self._listener.contribution_accepted(collaborator, task, round_number, 0)
             self._round_ends.close_if_due(round_)
 
     def tick(self) -> None:

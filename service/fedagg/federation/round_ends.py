@@ -89,9 +89,9 @@ class RoundEnds:
         if self._fold is not None:
             self._fold.close()
         if round_ is not None and self._collector is not None:
-            for collaborator, task, replica in self._collector.claimed(round_.number):
+            for collaborator, task, replica, rejected in self._collector.claimed(round_.number):
                 if task in round_.assignment.get(collaborator, ()):
-                    round_.record(collaborator, task, ClaimedContribution(replica))
+                    round_.record(collaborator, task, ClaimedContribution(replica, rejected))
         self._fold = (
             None
             if round_ is None or self._collector is not None
@@ -219,7 +219,7 @@ class RoundEnds:
                 (collaborator, task)
                 for collaborator in decision.done
                 for task, receipt in round_.received.get(collaborator, {}).items()
-                if isinstance(receipt, ClaimedContribution)
+                if isinstance(receipt, ClaimedContribution) and not receipt.rejected
             ),
             key=lambda contribution: rank.get(contribution[1], len(rank)),
         )

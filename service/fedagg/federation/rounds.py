@@ -56,6 +56,8 @@ class ClaimedContribution:
     partial (:mod:`fedagg.tier.collection`), never as a spool file here."""
 
     replica: str
+    rejected: str = ""
+    """Set when the replica rejected the upload ("<reason>: <why>"): the task is done, nothing is aggregated."""
 
 
 Receipt = AcceptedUpload | RejectedUpload | ClaimedContribution
@@ -132,7 +134,12 @@ class Round:
     def rejected_tasks(self, collaborator: str) -> tuple[str, ...]:
         """Tasks whose upload was rejected this round."""
         receipts = self.received.get(collaborator, {})
-        return tuple(task for task, receipt in receipts.items() if isinstance(receipt, RejectedUpload))
+        return tuple(
+            task
+            for task, receipt in receipts.items()
+            if isinstance(receipt, RejectedUpload)
+            or (isinstance(receipt, ClaimedContribution) and receipt.rejected)
+        )
 
     def next_sequence(self) -> int:
         """A commit-order number for the next spool entry."""

@@ -137,19 +137,23 @@ class ClaimRequest(_message.Message):
     COLLABORATOR_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     collaborator: _builtins.str
     round: _builtins.int
     task: _builtins.str
+    rejected: _builtins.str
+    """set: the upload arrived and was rejected ("<reason>: <why>"); counted as done, never folded"""
     def __init__(
         self,
         *,
         collaborator: _builtins.str = ...,
         round: _builtins.int = ...,
         task: _builtins.str = ...,
+        rejected: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaborator", b"collaborator", "round", b"round", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaborator", b"collaborator", "rejected", b"rejected", "round", b"round", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,7 @@ class ClaimBook:
         self._lock = threading.Lock()
         self._journal_lock = threading.Lock()
         self._holders: dict[tuple[int, str, str], str] = {}
+        self._rejected: dict[tuple[int, str, str], str] = {}
         self._writing: dict[tuple[int, str, str], str] = {}
         self._last_contact: dict[str, float] = {}
         self._replay()
@@ -100,7 +101,10 @@ class ClaimBook:
                     "%s: line %d is torn or corrupt; dropped (it was never answered)", self._path, number
                 )
                 continue
-            self._holders[(record["round"], record["collaborator"], record["task"])] = record["replica"]
+            key = (record["round"], record["collaborator"], record["task"])
+            self._holders[key] = record["replica"]
+            if record.get("rejected"):
+                self._rejected[key] = record["rejected"]
 
     def close(self) -> None:
         """Close the journal."""
@@ -117,8 +121,11 @@ class ClaimBook:
         with self._lock:
             self._last_contact[replica] = self._clock()
 
-    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
-        """Let ``replica`` hold (collaborator, round, task) unless another does. Blocks on the disk."""
+    def claim(
+        self, round_number: int, collaborator: str, task: str, replica: str, rejected: str = ""
+    ) -> ClaimDecision:
+        """Let ``replica`` hold (collaborator, round, task) unless another does; ``rejected`` ("<reason>: <why>")
+        records an upload the replica rejected: held, counted, never in a partial. Blocks on the disk."""
         key = (round_number, collaborator, task)
         with self._lock:
             self._last_contact[replica] = self._clock()
@@ -133,9 +140,13 @@ class ClaimBook:
             self._writing[key] = replica
         try:
             with self._journal_lock:
-                self._append(
-                    {"round": round_number, "collaborator": collaborator, "task": task, "replica": replica}
-                )
+                record = {
+                    "round": round_number,
+                    "collaborator": collaborator,
+                    "task": task,
+                    "replica": replica,
+                }
+                self._append({**record, "rejected": rejected} if rejected else record)
         except BaseException:
             with self._lock:
                 del self._writing[key]
@@ -143,6 +154,8 @@ class ClaimBook:
         with self._lock:
             del self._writing[key]
             self._holders[key] = replica
+            if rejected:
+                self._rejected[key] = rejected
         return ClaimDecision(ClaimOutcome.GRANTED, replica)
 
     def holder(self, round_number: int, collaborator: str, task: str) -> str | None:
@@ -151,20 +164,27 @@ class ClaimBook:
             return self._holders.get((round_number, collaborator, task))
 
     def claimed(self, round_number: int, replica: str) -> frozenset[Contribution]:
-        """The contributions of the round that ``replica`` holds."""
+        """The contributions of the round that ``replica`` holds and folds (not the rejected ones)."""
         with self._lock:
             return frozenset(
                 (collaborator, task)
-                for (number, collaborator, task), holder in self._holders.items()
-                if number == round_number and holder == replica
+                for key, holder in self._holders.items()
+                if key[0] == round_number and holder == replica and key not in self._rejected
+                for _, collaborator, task in (key,)
             )
 
+    def rejected(self, round_number: int) -> dict[Contribution, str]:
+        """The round's uploads the replicas rejected, with why."""
+        with self._lock:
+            return {(c, t): why for (number, c, t), why in self._rejected.items() if number == round_number}
+
     def holders(self, round_number: int) -> dict[str, frozenset[Contribution]]:
-        """Every replica holding contributions of the round, with them."""
+        """Every replica holding contributions of the round to fold (not the rejected ones), with them."""
         held: dict[str, set[Contribution]] = {}
         with self._lock:
-            for (number, collaborator, task), holder in self._holders.items():
-                if number == round_number:
+            for key, holder in self._holders.items():
+                number, collaborator, task = key
+                if number == round_number and key not in self._rejected:
                     held.setdefault(holder, set()).add((collaborator, task))
         return {replica: frozenset(held[replica]) for replica in sorted(held)}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from fedagg.federation.plan import FederationPlan, ResolvedLimits
+from fedagg.federation.plan import FederationPlan
 from fedagg.federation.serving import TensorServer
 from fedagg.federation.spool import Spool
 from fedagg.protocol import tier_pb2
@@ -52,7 +52,6 @@ class IngestReplica:
         root_address: the root's tier address (``host:port``), which also serves the root's federation port.
         root_credentials: the replica's tier client credentials (CA of the root, its certificate and key).
         certificate_source: the federation's server certificate and collaborator CA (mutual TLS).
-        limits: the upload limits, resolved from the initial model as the root resolves them.
         port: the federation port (0 picks a free one: see :attr:`port` after :meth:`start`).
         options: the server settings (bind address, limits, interceptors, extra services such as health).
         timings: the link's deadlines, patience and back-off.
@@ -69,7 +68,6 @@ class IngestReplica:
         root_address: str,
         root_credentials: grpc.ChannelCredentials,
         certificate_source: CertificateSource,
-        limits: ResolvedLimits,
         *,
         port: int = 0,
         options: ServerOptions | None = None,
@@ -82,13 +80,12 @@ class IngestReplica:
         self._plan = plan
         self._replica = replica
         self._state_dir = state_dir
-        self._limits = limits
         self._plain = plain
         self._io = ThreadPoolExecutor(options.executor_workers, thread_name_prefix="fedagg-io")
         self._commit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-commit")
         self.link = RootLink(root_address, root_credentials, timings, root_server_name, listener)
         self._spool = Spool(state_dir / "spool")
-        self.uploads = IngestUploads(plan, self._spool, limits, self._granted, root_address)
+        self.uploads = IngestUploads(plan, self._spool, self._granted, root_address)
         self._tensors = TensorServer()
         self._server = IngestServer(
             plan,
@@ -121,6 +118,11 @@ class IngestReplica:
         assert self.watch is not None, "started"
         await self.watch.acted_on(round_number, phase)
 
+    async def root_gone_after_finish(self) -> None:
+        """Return once the root finished the experiment and then went away (call after :meth:`start`)."""
+        assert self.watch is not None, "started"
+        await self.watch.root_gone_after_finish()
+
     async def start(self) -> None:
         """Prepare the state directory, follow the root and serve the collaborators."""
         loop = asyncio.get_running_loop()
@@ -135,7 +137,7 @@ class IngestReplica:
             self._spool,
             self._replica,
             generation,
-            self._limits,
+            self._plan.limits,
             self._recovered_claim,
             self._io,
             self._commit,
@@ -167,9 +169,10 @@ class IngestReplica:
         """Whether this replica serves ``round_number`` (or a later one, or the end) within ``timeout`` seconds."""
         return self.watch is not None and await self.watch.reached(round_number, timeout)
 
-    async def _granted(self, collaborator: str, round_number: int, task: str) -> bool:
-        """Claim an upload at the root: whether this replica holds it (raises as the link does)."""
-        return (await self.link.claim(collaborator, round_number, task)).granted
+    async def _granted(self, collaborator: str, round_number: int, task: str, rejected: str = "") -> bool:
+        """Claim an upload (or report it rejected) at the root: whether this replica holds it (raises as the link
+        does)."""
+        return (await self.link.claim(collaborator, round_number, task, rejected)).granted
 
     async def _recovered_claim(self, collaborator: str, round_number: int, task: str) -> bool:
         """Claim a spooled upload again after a restart; one the root refuses (FAILED_PRECONDITION) is dropped."""

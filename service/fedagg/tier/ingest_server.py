@@ -124,7 +124,11 @@ class IngestServer:
         self.server = server
         await server.start()
         self._gate.accepting = True
-        log.info("ingest replica listening for collaborators on %s:%d", self._options.bind_address, self.port)
+        log.info(
+            "federation listening: federation=%s:%d (an ingest replica: tasks, models and metrics from the root)",
+            self._options.bind_address,
+            self.port,
+        )
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, then stop; calls in flight get ``grace`` seconds."""

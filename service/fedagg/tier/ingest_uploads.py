@@ -50,8 +50,9 @@ from fedagg.tier.root_link import RootUnreachable, TierRefusal
 
 log = logging.getLogger(__name__)
 
-Claim = Callable[[str, int, str], Coroutine[Any, Any, bool]]
-"""(collaborator, round, task) -> whether the root granted this replica the claim (raises as RootLink does)."""
+Claim = Callable[[str, int, str, str], Coroutine[Any, Any, bool]]
+"""(collaborator, round, task, rejected) -> whether the root granted this replica the claim (raises as RootLink
+does); ``rejected`` ("<reason>: <why>") reports an upload this replica rejected, counted as done at the root."""
 Key = tuple[str, str]
 """(collaborator, task) of the round."""
 
@@ -64,6 +65,8 @@ class ReplicaRound:
 
     ingest: IngestRound
     model: LoadedModel
+    limits: ResolvedLimits
+    """The plan's upload limits, resolved from the round's model (the initial model's shape in a tier)."""
     collecting: bool = False
     folded: set[Key] = field(default_factory=set)
     unclaimed: dict[Key, SpoolEntry] = field(default_factory=dict)
@@ -82,12 +85,9 @@ def refused_reason(message: str) -> IgnoreReason:
 class IngestUploads:
     """The replica's upload target (module docstring)."""
 
-    def __init__(
-        self, plan: FederationPlan, spool: Spool, limits: ResolvedLimits, claim: Claim, root_address: str
-    ) -> None:
+    def __init__(self, plan: FederationPlan, spool: Spool, claim: Claim, root_address: str) -> None:
         self._plan = plan
         self._spool = spool
-        self._limits = limits
         self._claim = claim
         self._root_address = root_address
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,7 +138,7 @@ class IngestUploads:
         with self._lock:
             round_ = self._round
         assert round_ is not None, "an admitted upload has a round"
-        return UploadIntake(admission, round_.model.tensors, self._limits, self._spool.open())
+        return UploadIntake(admission, round_.model.tensors, round_.limits, self._spool.open())
 
     def absorb(self, intake: UploadIntake, data: memoryview, offset: int) -> None:
         """Check and spool an admitted upload's next bytes. Blocks on the disk."""
@@ -203,15 +203,7 @@ class IngestUploads:
             except ContributionRejected as error:
                 rejection = error
         if rejection is not None:
-            log.warning(
-                "REJECTED %s's results for %r in round %d (%s): %s; not claimed",
-                admission.collaborator,
-                admission.task,
-                round_.number,
-                rejection.reason,
-                rejection.message,
-            )
-            return Outcome(admission, rejection.reason, rejection.message)
+            return self._rejected(round_, admission, rejection)
         assert intake.spool is not None, "an admitted upload is spooled"
         entry = round_.ingest.accept(intake.spool)
         key = (admission.collaborator, admission.task)
@@ -221,6 +213,32 @@ class IngestUploads:
         if older is not None:  # an earlier copy the root never answered: the retry replaces it
             round_.ingest.drop(older)
         return self._claim_and_fold(round_, entry, admission, contribution)
+
+    def _rejected(
+        self, round_: ReplicaRound, admission: Admission, rejection: ContributionRejected
+    ) -> Outcome:
+        """Report a rejected upload to the root (it counts as done there, as a single pod counts it), then answer
+        it OK as rejected; nothing is spooled or folded."""
+        log.warning(
+            "REJECTED %s's results for %r in round %d (%s): %s",
+            admission.collaborator,
+            admission.task,
+            round_.number,
+            rejection.reason,
+            rejection.message,
+        )
+        why = f"{rejection.reason}: {rejection.message}"
+        try:
+            self._claimed(admission.collaborator, admission.task, round_.number, why)
+        except (RootUnreachable, TierRefusal) as error:
+            if not isinstance(error, TierRefusal) or error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise Unavailable(
+                    f"the root {self._root_address} did not take the rejection of this upload ({error}); send "
+                    "it again"
+                ) from None
+            reason = refused_reason(str(error).split(": ", 1)[-1])
+            return Outcome(admission.ignore(reason, f"the root refused the claim: {error}"))
+        return Outcome(admission, rejection.reason, rejection.message)
 
     def _claim_and_fold(
         self, round_: ReplicaRound, entry: SpoolEntry, admission: Admission, contribution: Contribution
@@ -247,10 +265,10 @@ class IngestUploads:
             round_.folded.add(key)
         return Outcome(admission)
 
-    def _claimed(self, collaborator: str, task: str, round_number: int) -> bool:
+    def _claimed(self, collaborator: str, task: str, round_number: int, rejected: str = "") -> bool:
         """The claim, made on the event loop; this (commit) thread waits for it."""
         assert self._loop is not None, "a round was installed on the event loop"
-        claim = self._claim(collaborator, round_number, task)
+        claim = self._claim(collaborator, round_number, task, rejected)
         return asyncio.run_coroutine_threadsafe(claim, self._loop).result()
 
     def _ignored(self, round_: ReplicaRound, entry: SpoolEntry, admission: Admission) -> Outcome:

@@ -91,14 +91,21 @@ class RootLink:
         self._listener = listener or TierListener()
         self.watching = False
         """Whether :meth:`watch_rounds` has the root's round stream up (event-loop state)."""
+        self.watch_ended = asyncio.Event()
+        """Set each time the round stream ends or breaks (cleared by whoever waits for it)."""
 
     async def close(self) -> None:
         """Close the channel."""
         await self.channel.close(None)
 
-    async def claim(self, collaborator: str, round_number: int, task: str) -> tier_pb2.ClaimReply:
-        """Claim a spooled contribution; ``granted`` False means another replica holds it (drop this copy)."""
-        request = tier_pb2.ClaimRequest(collaborator=collaborator, round=round_number, task=task)
+    async def claim(
+        self, collaborator: str, round_number: int, task: str, rejected: str = ""
+    ) -> tier_pb2.ClaimReply:
+        """Claim a spooled contribution, or report a rejected upload (``rejected``: "<reason>: <why>"); ``granted``
+        False means another replica holds it (drop this copy)."""
+        request = tier_pb2.ClaimRequest(
+            collaborator=collaborator, round=round_number, task=task, rejected=rejected
+        )
         started = time.monotonic()
         reply = await self._retried(lambda: self._stub.Claim(request, timeout=self._timings.call_seconds))
         self._listener.claimed(reply.granted, time.monotonic() - started)
@@ -171,6 +178,7 @@ class RootLink:
                     raise TierRefusal(error.code(), error.details() or "") from None
             finally:
                 self.watching = False
+                self.watch_ended.set()
                 stream.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, timings.maximum_backoff)

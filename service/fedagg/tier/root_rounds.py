@@ -59,10 +59,12 @@ class RootRounds:
         self.notices = notices
         self._aggregation_bytes = aggregation_bytes
 
-    def claimed(self, round_number: int) -> Iterable[tuple[str, str, str]]:
+    def claimed(self, round_number: int) -> Iterable[tuple[str, str, str, str]]:
         for replica, contributions in self.book.holders(round_number).items():
             for collaborator, task in sorted(contributions):
-                yield collaborator, task, replica
+                yield collaborator, task, replica, ""
+        for (collaborator, task), why in sorted(self.book.rejected(round_number).items()):
+            yield collaborator, task, self.book.holder(round_number, collaborator, task) or "", why
 
     def round_open(self, round_number: int, finished: bool) -> None:
         self.collection.forget_before(round_number)
@@ -146,18 +148,20 @@ class CountedClaims:
         self._federation = federation
         self._book = book
 
-    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
+    def claim(
+        self, round_number: int, collaborator: str, task: str, replica: str, rejected: str = ""
+    ) -> ClaimDecision:
         if self._book.holder(round_number, collaborator, task) is not None:
-            return self._book.claim(round_number, collaborator, task, replica)
+            return self._book.claim(round_number, collaborator, task, replica, rejected)
         decisions: list[ClaimDecision] = []
 
         def hold() -> str | None:
-            decision = self._book.claim(round_number, collaborator, task, replica)
+            decision = self._book.claim(round_number, collaborator, task, replica, rejected)
             decisions.append(decision)
             return None if decision.outcome == ClaimOutcome.PENDING else decision.holder
 
         try:
-            self._federation.claim(collaborator, round_number, task, hold)
+            self._federation.claim(collaborator, round_number, task, hold, rejected)
         except FailedPrecondition:
             if self._book.holder(round_number, collaborator, task) is None:
                 raise

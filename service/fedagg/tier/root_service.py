@@ -53,8 +53,11 @@ class TierLimits:
 class ClaimTaker(Protocol):
     """Who answers the replicas' claims: the claim book, or at a serving root the federation that counts them."""
 
-    def claim(self, round_number: int, collaborator: str, task: str, replica: str) -> ClaimDecision:
-        """Let ``replica`` hold (collaborator, round, task) unless another does. MUST be durable when it returns
+    def claim(
+        self, round_number: int, collaborator: str, task: str, replica: str, rejected: str = ""
+    ) -> ClaimDecision:
+        """Let ``replica`` hold (collaborator, round, task) unless another does (``rejected``: the upload was
+        rejected there, "<reason>: <why>": it counts as done and is never in a partial). MUST be durable when it returns
         GRANTED or TAKEN; MAY raise :class:`~fedagg.federation.errors.FailedPrecondition` when the round does not
         take the contribution. Blocks on the disk."""
         ...
@@ -74,9 +77,11 @@ class TierService(tier_pb2_grpc.TierServicer):
         model_file: Callable[[int], Path | None] | None = None,
         notices: RoundNotices | None = None,
         claims: ClaimTaker | None = None,
+        on_partial: Callable[[], None] | None = None,
     ) -> None:
         self._book = book
         self._claims: ClaimTaker = claims or book
+        self._on_partial = on_partial
         self._collection = collection
         self._replicas = frozenset(replicas)
         self._executor = executor
@@ -109,7 +114,13 @@ class TierService(tier_pb2_grpc.TierServicer):
             )
         try:
             decision = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._claims.claim, request.round, request.collaborator, request.task, replica
+                self._executor,
+                self._claims.claim,
+                request.round,
+                request.collaborator,
+                request.task,
+                replica,
+                request.rejected[:1024],
             )
         except FailedPrecondition as refused:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused)[:1024])
@@ -150,6 +161,8 @@ class TierService(tier_pb2_grpc.TierServicer):
             )
             self._listener.partial_collected(replica, partial.sum_bytes)
             self.partial_arrived.set()
+            if self._on_partial is not None:
+                self._on_partial()
         return tier_pb2.DeliverReply(recorded=recorded)
 
     async def DescribeReplicas(

@@ -29,7 +29,8 @@ import contextlib
 import logging
 from concurrent.futures import Executor
 
-from fedagg.federation.plan import ResolvedLimits
+from fedagg.federation.checkpoint import ModelShape
+from fedagg.federation.plan import UploadLimits
 from fedagg.federation.serving import TensorServer
 from fedagg.federation.spool import Spool
 from fedagg.protocol import tier_pb2
@@ -59,7 +60,7 @@ class RoundWatch:
         spool: Spool,
         replica: str,
         generation: int,
-        limits: ResolvedLimits,
+        limits: UploadLimits,
         recovery_claim: Claim,
         executor: Executor,
         commit_executor: Executor,
@@ -138,6 +139,16 @@ class RoundWatch:
         async with self._acted:
             await self._acted.wait_for(lambda: self.notice == RoundNotice(round_number, phase))
 
+    async def root_gone_after_finish(self) -> None:
+        """Return once the root finished the experiment and then stopped answering (a root exits after the last
+        collaborator's quit job, which the replicas relay)."""
+        async with self._acted:
+            await self._acted.wait_for(lambda: self.notice is not None and self.notice.phase == FINISHED)
+        while self._link.watching:
+            self._link.watch_ended.clear()
+            if self._link.watching:
+                await self._link.watch_ended.wait()
+
     async def stop(self) -> None:
         """End the delivery under way (the partial stays in the spool, delivered again after a restart)."""
         if self._delivery is not None:
@@ -175,13 +186,16 @@ class RoundWatch:
         if previous is not None:
             models[round_number - 1] = previous
         partial = RoundPartial(round_number, self._replica, self._generation)
+        # The round's model has the initial model's shape (a tier's root lets no tensor join), so the limits
+        # resolved from it are the root's.
+        limits = self._limits.resolve(ModelShape.of(model.tensors).data_bytes)
         ingest = await loop.run_in_executor(
-            self._executor, IngestRound, self._spool, partial, model.tensors, self._limits, self._plain
+            self._executor, IngestRound, self._spool, partial, model.tensors, limits, self._plain
         )
         recovered = await ingest.recover(self._recovery_claim, self._executor)
         if recovered:
             log.info("round %d: %d spooled contributions claimed and folded again", round_number, recovered)
-        round_ = ReplicaRound(ingest, model)
+        round_ = ReplicaRound(ingest, model, limits)
         self._uploads.install(round_)
         self._tensors.install(models, round_number)
         self._models = models

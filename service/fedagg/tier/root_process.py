@@ -1,0 +1,100 @@
+"""What a root adds to the aggregator process: its claim journal, partial collection and round notices, and the
+``fedagg.tier.v1.Tier`` service beside the Aggregator service on its tier port.
+
+The root's federation is a standalone federation fed by claims (:mod:`fedagg.tier.root_rounds`); its server listens
+on ``topology.tier_port`` with the tier certificates and trusts the replicas named in ``topology.replicas`` to vouch
+for the collaborators they forward. A partial kept wakes the federation (:meth:`Federation.tick
+<fedagg.federation.federation.Federation.tick>`) on a thread of its own, where the round end may run.
+
+Single-owner: built by the assembly, closed by the process at exit (:meth:`RootTier.close`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from fedagg.config.topology import TopologySettings
+from fedagg.federation.federation import Federation
+from fedagg.federation.store import StateStore
+from fedagg.protocol import tier_pb2_grpc
+from fedagg.server.options import Register
+from fedagg.tier.claims import ClaimBook
+from fedagg.tier.collection import PartialCollection
+from fedagg.tier.events import TierListener
+from fedagg.tier.root_rounds import CountedClaims, RootRounds
+from fedagg.tier.root_service import TierService
+from fedagg.tier.round_notices import RoundNotices
+
+log = logging.getLogger(__name__)
+
+TIER_SERVICE = "fedagg.tier.v1.Tier"
+TIER_DIRECTORY = "tier"
+"""The root's claim journal lives in this directory of its state directory."""
+
+
+class RootTier:
+    """A root's tier parts (module docstring). Constructing it reads the claim journal: off the event loop."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        topology: TopologySettings,
+        aggregation_bytes: int,
+        listener: TierListener,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.book = ClaimBook(state_dir / TIER_DIRECTORY, clock)
+        self.collection = PartialCollection(
+            self.book, topology.replicas, topology.lost_replica_seconds, clock, listener
+        )
+        self.notices = RoundNotices()
+        self.rounds = RootRounds(self.book, self.collection, self.notices, aggregation_bytes)
+        self._replicas = topology.replicas
+        self._listener = listener
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="fedagg-tier")
+        self._ticks = ThreadPoolExecutor(1, thread_name_prefix="fedagg-tier-round")
+
+    def registration(self, federation: Federation, store: StateStore) -> Register:
+        """What registers the Tier service of ``federation`` on the root's server."""
+
+        def model_file(round_number: int) -> Path | None:
+            current = not federation.finished and round_number == federation.round_number
+            return store.model_path(round_number) if current else None
+
+        def on_partial() -> None:
+            self._ticks.submit(federation.tick).add_done_callback(_report_failure)
+
+        service = TierService(
+            self.book,
+            self.collection,
+            self._replicas,
+            self._executor,
+            listener=self._listener,
+            model_file=model_file,
+            notices=self.notices,
+            claims=CountedClaims(federation, self.book),
+            on_partial=on_partial,
+        )
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            tier_pb2_grpc.add_TierServicer_to_server(service, server)
+            return [TIER_SERVICE]
+
+        return register
+
+    def close(self) -> None:
+        """Stop the tier's threads and close the claim journal (after the server stopped)."""
+        self._ticks.shutdown(cancel_futures=True)
+        self._executor.shutdown(cancel_futures=True)
+        self.book.close()
+
+
+def _report_failure(done: Future[None]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.error("the root could not take up a delivered partial: %r", error)
