@@ -53,9 +53,11 @@ def running_tier(
     initial_model: Path,
     replicas: tuple[str, ...],
     names: tuple[str, ...] = NAMES,
+    root_failpoints: str = "",
     **federation: object,
 ) -> Iterator[Tier]:
-    """Start the root, then the replicas (each on a fixed free port), then HAProxy in front of the replicas."""
+    """Start the root (on a fixed free tier port, so that a restarted root listens where the replicas dial; armed
+    with ``root_failpoints``), then the replicas (each on a fixed free port), then HAProxy in front of them."""
     root_dir = directory / "root"
     root_dir.mkdir()
     server = {"quit_redelivery_seconds": QUIT_REDELIVERY_SECONDS}
@@ -69,7 +71,7 @@ def running_tier(
         federation=dict(federation),
         topology={
             "role": "root",
-            "tier_port": 0,
+            "tier_port": free_port(),
             "tier_bind_address": "127.0.0.1",
             "replicas": list(replicas),
             "tier_certificate_dir": str(pki.server_dir),
@@ -78,7 +80,7 @@ def running_tier(
     certificates = tier_certificates(pki, replicas, directory / "tier")
     ports = {replica: free_port() for replica in replicas}
     with contextlib.ExitStack() as stack:
-        root = stack.enter_context(Aggregator(root_config, name="root"))
+        root = stack.enter_context(Aggregator(root_config, root_failpoints, name="root"))
         root.wait_for_federation()
         started = {}
         for replica, port in ports.items():

@@ -138,3 +138,27 @@ def test_a_claim_being_written_is_pending_for_others_never_taken(tmp_path: Path)
         book.release.set()
         assert first.result(30).outcome == ClaimOutcome.GRANTED
     assert book.claim(0, "site-0", "train", "ingest-1").outcome == ClaimOutcome.TAKEN
+
+
+def test_claims_of_old_rounds_are_pruned_from_the_journal_and_stay_pruned_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    book = ClaimBook(tmp_path, Clock())
+    for round_number in range(3):
+        book.claim(round_number, "one", "train", "ingest-0")
+        book.claim(round_number, "two", "train", "ingest-1", rejected="non_finite: w holds NaN")
+    journal = tmp_path / "claims.journal"
+    before = journal.stat().st_size
+
+    assert book.prune_before(2) == 4
+    book.claim(2, "three", "train", "ingest-1")
+
+    assert journal.stat().st_size < before
+    assert book.prune_before(2) == 0
+    book.close()
+    restarted = ClaimBook(tmp_path, Clock())
+    assert restarted.holder(1, "one", "train") is None
+    assert restarted.claimed(2, "ingest-0") == {("one", "train")}
+    assert restarted.claimed(2, "ingest-1") == {("three", "train")}
+    assert restarted.rejected(2) == {("two", "train"): "non_finite: w holds NaN"}
+    restarted.close()

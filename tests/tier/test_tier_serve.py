@@ -4,13 +4,14 @@ standalone and OpenFL-oracle tests check too), every contribution counted once, 
 
 from __future__ import annotations
 
-import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import (
+    Aggregator,
     Collaborators,
     FedaggCollaborators,
     OpenflCollaborators,
@@ -32,10 +33,18 @@ def tier_pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", ("one", "two", *REPLICAS))
 
 
-def claims_by_replica(tier: Tier) -> Counter[str]:
-    """How many contributions each replica holds, from the root's claim journal."""
-    journal = tier.setup.state / "tier" / "claims.journal"
-    return Counter(json.loads(line.split(" ", 1)[1])["replica"] for line in journal.read_text().splitlines())
+COLLECTED = re.compile(r"round (\d+): partial of (\S+) \(generation \d+\) collected: (\d+) contribution")
+
+
+def contributions_by_replica(root_log: str) -> Counter[str]:
+    """How many contributions each replica delivered to the root over the run (the last partial of each round)."""
+    last: dict[tuple[int, str], int] = {}
+    for match in COLLECTED.finditer(root_log):
+        last[(int(match[1]), match[2])] = int(match[3])
+    held: Counter[str] = Counter()
+    for (_, replica), count in last.items():
+        held[replica] += count
+    return held
 
 
 def train_through_the_tier(
@@ -64,15 +73,15 @@ def test_fedagg_collaborators_train_through_a_root_and_two_ingest_replicas(
 ) -> None:
     tier = train_through_the_tier(tmp_path, tier_pki, FedaggCollaborators)
 
-    held = claims_by_replica(tier)
-    assert sum(held.values()) == ROUNDS * 2 * 3, held  # every contribution claimed once
-    assert set(held) == set(REPLICAS), f"the balancer spread the collaborators over both replicas: {held}"
+    held = contributions_by_replica(tier.root.log())
+    assert sum(held.values()) == ROUNDS * 2 * 3, held  # every contribution delivered once
+    assert all(held[replica] > 0 for replica in REPLICAS), f"the balancer used both replicas: {held}"
 
 
 def test_openfl_171_collaborators_train_through_the_tier(tmp_path: Path, tier_pki: Pki, openfl: Path) -> None:
     tier = train_through_the_tier(tmp_path, tier_pki, OpenflCollaborators, openfl)
 
-    assert sum(claims_by_replica(tier).values()) == ROUNDS * 2 * 3
+    assert sum(contributions_by_replica(tier.root.log()).values()) == ROUNDS * 2 * 3
 
 
 def test_openfl_19_collaborators_train_through_the_tier(
@@ -80,4 +89,32 @@ def test_openfl_19_collaborators_train_through_the_tier(
 ) -> None:
     tier = train_through_the_tier(tmp_path, tier_pki, OpenflCollaborators, openfl_19)
 
-    assert sum(claims_by_replica(tier).values()) == ROUNDS * 2 * 3
+    assert sum(contributions_by_replica(tier.root.log()).values()) == ROUNDS * 2 * 3
+
+
+def test_a_root_killed_while_it_divides_the_partials_restarts_and_collects_them_again(
+    tmp_path: Path, tier_pki: Pki
+) -> None:
+    model = write_zero_model(tmp_path)
+    with running_tier(
+        tmp_path, tier_pki, ROUNDS, model, REPLICAS, root_failpoints="round_end.model_written=kill"
+    ) as tier:
+        collaborators = FedaggCollaborators(tier.setup, tier_pki)
+        restarted = None
+        try:
+            tier.root.wait_killed()
+            restarted = Aggregator(tier.setup.config, name="root-restarted")
+            finish(tier.setup, restarted, collaborators)
+            for replica in tier.replicas.values():
+                replica.wait_finished(30)
+        except AssertionError as error:
+            logs = "\n".join(f"{name} log:\n{replica.log()}" for name, replica in tier.replicas.items())
+            raise AssertionError(f"{error}\nkilled root log:\n{tier.root.log()}\n{logs}") from None
+        finally:
+            stop(restarted, *tier.replicas.values(), collaborators)
+
+    held = contributions_by_replica(tier.root.log() + restarted.log())
+    assert sum(held.values()) == ROUNDS * 2 * 3, held  # the restarted root counted no contribution twice
+    for replica in REPLICAS:  # the partials of round 0 died with the first root: delivered again
+        assert f"round 0: partial of {replica} (generation 1) collected" in tier.root.log()
+        assert f"round 0: partial of {replica} (generation 1) collected" in restarted.log()

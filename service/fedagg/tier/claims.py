@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedagg.federation.files import durable_directory
+from fedagg.federation.files import atomic_write_bytes, durable_directory
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,37 @@ class ClaimBook:
             if rejected:
                 self._rejected[key] = rejected
         return ClaimDecision(ClaimOutcome.GRANTED, replica)
+
+    def prune_before(self, round_number: int) -> int:
+        """Forget the claims of rounds before ``round_number`` (committed long ago) and rewrite the journal without
+        them, atomically (a crash leaves the old journal, a superset). Returns how many were dropped. Blocks on
+        the disk."""
+        with self._journal_lock:
+            with self._lock:
+                old = [key for key in self._holders if key[0] < round_number]
+                for key in old:
+                    del self._holders[key]
+                    self._rejected.pop(key, None)
+                records = [self._record(key, holder) for key, holder in self._holders.items()]
+            if not old:
+                return 0
+            self._journal.close()
+            atomic_write_bytes(self._path, b"".join(_sealed(record) for record in records))
+            self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
+        return len(old)
+
+    def _record(self, key: tuple[int, str, str], holder: str) -> dict[str, Any]:
+        """The journal record of a claim (``_lock`` held)."""
+        number, collaborator, task = key
+        record: dict[str, Any] = {
+            "round": number,
+            "collaborator": collaborator,
+            "task": task,
+            "replica": holder,
+        }
+        if key in self._rejected:
+            record["rejected"] = self._rejected[key]
+        return record
 
     def holder(self, round_number: int, collaborator: str, task: str) -> str | None:
         """The replica holding (collaborator, round, task), if it is claimed."""

@@ -68,6 +68,7 @@ class RootRounds:
 
     def round_open(self, round_number: int, finished: bool) -> None:
         self.collection.forget_before(round_number)
+        self.book.prune_before(round_number - 1)  # the last round's claims stay, for a replica that lags
         self.notices.publish(round_number, tier_pb2.FINISHED if finished else tier_pb2.OPEN)
 
     def collected(

@@ -154,10 +154,11 @@ class TierService(tier_pb2_grpc.TierServicer):
             self._delivering.discard(replica)
         if recorded:
             log.info(
-                "round %d: partial of %s (generation %d) collected",
+                "round %d: partial of %s (generation %d) collected: %d contribution(s)",
                 partial.round_number,
                 replica,
                 partial.generation,
+                len(partial.contributions),
             )
             self._listener.partial_collected(replica, partial.sum_bytes)
             self.partial_arrived.set()
