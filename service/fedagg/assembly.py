@@ -80,6 +80,8 @@ class AggregatorProcess:
     metrics_http: tuple[WSGIServer, Thread] | None = field(default=None, repr=False)
     root: RootTier | None = field(default=None, repr=False)
     """A tier root's claims, partials and Tier service (``topology.role: root``)."""
+    ops_services: list[Register] = field(default_factory=list)
+    """Services the ops port serves besides health, reflection and leadership (a root's tier report)."""
 
 
 def build_aggregator(
@@ -146,6 +148,7 @@ def build_aggregator(
         state_lock=StateDirectoryLock(config.storage.state_dir),
         leadership=leadership,
         root=root,
+        ops_services=[] if root is None else [root.report_registration(federation)],
     )
     registry.register(
         FederationStateCollector(federation.describe, lambda: aggregator.draining, config.storage.state_dir)

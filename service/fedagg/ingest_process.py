@@ -61,6 +61,7 @@ class IngestProcess:
     grpc_metrics: GrpcServerMetrics
     state_lock: StateDirectoryLock
     leadership: Leadership | None = None
+    ops_services: list[Register] = field(default_factory=list)
     ops_port: int = 0
     metrics_port: int = 0
     ops_server: grpc.aio.Server | None = field(default=None, repr=False)

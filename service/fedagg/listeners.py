@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from threading import Thread
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
@@ -25,6 +25,7 @@ from fedagg.ops.leadership_report import leadership_document, register_leadershi
 from fedagg.protocol.ops_leadership import SERVICE as LEADERSHIP_SERVICE
 from fedagg.server.health import HealthReporter
 from fedagg.server.interceptors import GrpcServerMetrics, MetricsInterceptor
+from fedagg.server.options import Register
 from fedagg.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class OpsHost(Protocol):
     def leadership(self) -> Leadership | None: ...
     @property
     def state_lock(self) -> StateDirectoryLock | None: ...
+    @property
+    def ops_services(self) -> Sequence[Register]: ...
 
     ops_port: int
     metrics_port: int
@@ -96,7 +99,10 @@ async def start_ops(aggregator: OpsHost) -> None:
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(aggregator.grpc_metrics)], options=[("grpc.so_reuseport", 0)]
     )
-    aggregator.health.register(server, [LEADERSHIP_SERVICE])
+    services = [LEADERSHIP_SERVICE]
+    for register in aggregator.ops_services:
+        services.extend(register(server))
+    aggregator.health.register(server, services)
     register_leadership(server, lambda: leadership_document(aggregator.leadership, aggregator.state_lock))
     with binding("ops.port", ops.port, ops.bind_address):
         aggregator.ops_port = server.add_insecure_port(f"{ops.bind_address}:{ops.port}")

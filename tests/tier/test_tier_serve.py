@@ -4,6 +4,7 @@ standalone and OpenFL-oracle tests check too), every contribution counted once, 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
+    SERVING,
     Aggregator,
     Collaborators,
     FedaggCollaborators,
     OpenflCollaborators,
     finish,
+    poll,
     stop,
 )
+from tests.integration.cli import fedagg
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki, make_pki
 from tests.tier.serving import Tier, running_tier
@@ -118,3 +122,48 @@ def test_a_root_killed_while_it_divides_the_partials_restarts_and_collects_them_
     for replica in REPLICAS:  # the partials of round 0 died with the first root: delivered again
         assert f"round 0: partial of {replica} (generation 1) collected" in tier.root.log()
         assert f"round 0: partial of {replica} (generation 1) collected" in restarted.log()
+
+
+def test_status_through_the_tier_shows_the_roots_replicas(tmp_path: Path, tier_pki: Pki) -> None:
+    with running_tier(tmp_path, tier_pki, ROUNDS, write_zero_model(tmp_path), REPLICAS) as tier:
+        poll(
+            lambda: all(replica.readiness() == SERVING for replica in tier.replicas.values()),
+            30,
+            "the replicas' readiness (following the root, round 0's model in place)",
+        )
+        client = [
+            "--ca",
+            str(tier_pki.ca),
+            "--cert",
+            str(tier_pki.root / "one.crt"),
+            "--key",
+            str(tier_pki.root / "one.key"),
+        ]
+        ops = f"localhost:{tier.root.ops_port}"
+        result = fedagg(
+            "status", "--address", tier.setup.address, "--name", "one", *client, "--ops", ops, "-o", "json"
+        )
+        text = fedagg("status", "--address", tier.setup.address, "--name", "one", *client, "--ops", ops)
+        replica_ops = f"localhost:{tier.replicas[REPLICAS[0]].ops_port}"
+        elsewhere = fedagg(
+            "status",
+            "--address",
+            tier.setup.address,
+            "--name",
+            "one",
+            *client,
+            "--ops",
+            replica_ops,
+            "-o",
+            "json",
+        )
+        stop(tier.root, *tier.replicas.values())
+
+    document = json.loads(result.stdout)
+    assert document["round"] == 0
+    assert [state["replica"] for state in document["tier"]["replicas"]] == list(REPLICAS)
+    for state in document["tier"]["replicas"]:
+        assert (state["claimed"], state["delivered"], state["lost"]) == (0, False, False)
+        assert state["seconds_since_contact"] is not None, "a replica following the root has called it"
+    assert "tier: round 0, 2 ingest replica(s)" in text.stdout
+    assert "tier" not in json.loads(elsewhere.stdout), "only a root reports replicas"

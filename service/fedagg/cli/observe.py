@@ -17,7 +17,7 @@ from fedagg.cli.connection import (
 )
 from fedagg.cli.exits import reported_errors
 from fedagg.cli.formatting import ago, print_json, table
-from fedagg.cli.leadership import leadership_line, replica_leadership
+from fedagg.cli.leadership import leadership_line, replica_leadership, root_tier, tier_lines
 from fedagg.protocol import base_pb2
 
 CONNECT_EXAMPLE = "--address agg.example.org:50051 --ca ca.crt --cert observer.crt --key observer.key"
@@ -34,6 +34,8 @@ STATUS_JSON = """
   tasks: [{name, description}],
   leadership (with --ops only): the replica's answer, {election, identity, role (leader, standby), leader,
               term, transitions_seen} (README, Leader election and fencing)
+  tier (with --ops on a tier's root only): {round, replicas: [{replica, claimed, delivered, generation (null:
+        no partial yet), seconds_since_contact (null: never), lost}]} (README, Scale-out tier)
 a collaborator's status: waiting (for its tasks; never called since the aggregator started, or not yet asked),
 training (its tasks handed out: it trains current_task since its last call ended), held (in a long-poll GetTasks
 that waits for work: a live contact), done (every task of the round in), rejected (its results were unusable),
@@ -72,7 +74,8 @@ def register(commands: Commands) -> None:
                 "--ops",
                 metavar="HOST:PORT",
                 default="",
-                help="also show leadership as this replica's ops port tells it (a leader's or a standby's)",
+                help="also show leadership as this replica's ops port tells it (a leader's or a standby's), and "
+                "at a tier's root its ingest replicas",
             )
         add_output_option(parser, "see below")
         parser.set_defaults(handler=handler)
@@ -83,11 +86,14 @@ def _status(args: argparse.Namespace) -> int:
     with reported_errors(), connect(args, args.name) as client:
         experiment = client.experiment_description(args.experiment)
     leadership = replica_leadership(args.ops, args.timeout) if args.ops else None
+    tier = root_tier(args.ops, args.timeout) if args.ops else None
     now = time.time()
     if args.output == "json":
         document = status_document(experiment, now)
         if leadership is not None:
             document["leadership"] = leadership
+        if tier is not None:
+            document["tier"] = tier
         print_json(document)
         return 0
     print(
@@ -96,6 +102,8 @@ def _status(args: argparse.Namespace) -> int:
     )
     if leadership is not None:
         print(leadership_line(args.ops, leadership))
+    if tier is not None:
+        print(tier_lines(tier))
     models = ", ".join(f"{m.name} {m.status}" for m in experiment.download_statuses.models)
     print(f"models: {models}\n")
     rows = [

@@ -16,24 +16,26 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from fedagg.config.topology import TopologySettings
 from fedagg.federation.federation import Federation
 from fedagg.federation.store import StateStore
-from fedagg.protocol import tier_pb2_grpc
+from fedagg.protocol import tier_pb2, tier_pb2_grpc, tier_report_pb2, tier_report_pb2_grpc
 from fedagg.server.options import Register
 from fedagg.tier.claims import ClaimBook
 from fedagg.tier.collection import PartialCollection
 from fedagg.tier.events import TierListener
 from fedagg.tier.root_rounds import CountedClaims, RootRounds
-from fedagg.tier.root_service import TierService
+from fedagg.tier.root_service import TierService, describe_replicas
 from fedagg.tier.round_notices import RoundNotices
 
 log = logging.getLogger(__name__)
 
 TIER_SERVICE = "fedagg.tier.v1.Tier"
+TIER_REPORT_SERVICE = "fedagg.ops.v1.TierReport"
 TIER_DIRECTORY = "tier"
 """The root's claim journal lives in this directory of its state directory."""
 
@@ -88,11 +90,35 @@ class RootTier:
 
         return register
 
+    def report_registration(self, federation: Federation) -> Register:
+        """What registers ``fedagg.ops.v1.TierReport`` (the replicas in the current round) on the ops port."""
+        service = TierReportService(self.collection, lambda: federation.round_number)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            tier_report_pb2_grpc.add_TierReportServicer_to_server(service, server)
+            return [TIER_REPORT_SERVICE]
+
+        return register
+
     def close(self) -> None:
         """Stop the tier's threads and close the claim journal (after the server stopped)."""
         self._ticks.shutdown(cancel_futures=True)
         self._executor.shutdown(cancel_futures=True)
         self.book.close()
+
+
+class TierReportService(tier_report_pb2_grpc.TierReportServicer):
+    """The root's replicas in its current round, for ``fedagg status --ops`` (read-only; used on the event loop,
+    as the collection is)."""
+
+    def __init__(self, collection: PartialCollection, round_number: Callable[[], int]) -> None:
+        self._collection = collection
+        self._round_number = round_number
+
+    async def Describe(
+        self, request: tier_report_pb2.DescribeTierRequest, context: Any
+    ) -> tier_pb2.DescribeReplicasReply:
+        return describe_replicas(self._collection, self._round_number())
 
 
 def _report_failure(done: Future[None]) -> None:

@@ -103,6 +103,7 @@ class TierService(tier_pb2_grpc.TierServicer):
                 f"(topology.replicas: {sorted(self._replicas)})",
             )
         assert name is not None
+        self._book.contact(name)
         return name
 
     async def Claim(self, request: tier_pb2.ClaimRequest, context: Context) -> tier_pb2.ClaimReply:
