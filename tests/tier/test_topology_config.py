@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from fedagg.config.topology import Role
 from fedagg.settings import ConfigError
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
+from tests.tier.serving import tier_certificates
 
 
 def tier_config(role: str, aggregation: str = "weighted_average", **task: object) -> dict[str, Any]:
@@ -133,36 +133,28 @@ def test_an_adaptive_optimizers_max_update_is_refused_in_the_tier() -> None:
     assert "not built yet" in str(error)
 
 
-def replica_tier_dir(pki: Pki, replica: str, directory: Path) -> Path:
-    """A replica's tier certificate directory, laid out like a mounted kubernetes.io/tls secret."""
-    directory.mkdir(parents=True, exist_ok=True)
-    client = pki.client(replica)
-    for source, name in (
-        (client.certificate, "tls.crt"),
-        (client.private_key, "tls.key"),
-        (pki.ca, "ca.crt"),
-    ):
-        shutil.copyfile(source, directory / name)
-    return directory
-
-
-def test_config_check_accepts_an_ingest_replica_with_its_tier_certificates(
-    tier_pki: Pki, tmp_path: Path
-) -> None:
-    path = tmp_path / "fedagg.yaml"
-    data = tier_config("ingest")
-    data["topology"]["replica"] = "ingest-0"
-    data["topology"]["tier_certificate_dir"] = str(tmp_path / "tier")
-    replica_tier_dir(tier_pki, "ingest-0", tmp_path / "tier" / "ingest-0")
-    data["storage"] = {"state_dir": str(tmp_path / "state")}
-    data["server"] = {"tls": {"certificate_dir": str(tier_pki.server_dir)}}
+def config_check(path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``fedagg config check`` of ``data`` written to ``path``."""
     path.write_text(yaml.safe_dump(data))
-    checked = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "fedagg.cli", "config", "check", str(path)],
         check=False,
         capture_output=True,
         text=True,
     )
+
+
+def test_config_check_accepts_an_ingest_replica_with_its_tier_certificates(
+    tier_pki: Pki, tmp_path: Path
+) -> None:
+    data = tier_config("ingest")
+    data["topology"]["replica"] = "ingest-0"
+    data["topology"]["tier_certificate_dir"] = str(
+        tier_certificates(tier_pki, ("ingest-0",), tmp_path / "tier")
+    )
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    data["server"] = {"tls": {"certificate_dir": str(tier_pki.server_dir)}}
+    checked = config_check(tmp_path / "fedagg.yaml", data)
     assert checked.returncode == 0, checked.stderr
 
 
@@ -175,18 +167,11 @@ def test_an_ingest_replica_needs_mutual_tls() -> None:
 
 
 def test_config_check_names_unusable_tier_certificates(tmp_path: Path) -> None:
-    path = tmp_path / "fedagg.yaml"
     data = tier_config("root")
     data["topology"]["tier_certificate_dir"] = str(tmp_path / "missing")
     data["storage"] = {"state_dir": str(tmp_path / "state")}
     data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
-    path.write_text(yaml.safe_dump(data))
-    checked = subprocess.run(
-        [sys.executable, "-m", "fedagg.cli", "config", "check", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
+    checked = config_check(tmp_path / "fedagg.yaml", data)
     assert checked.returncode == 2
     assert f"topology.tier_certificate_dir: got '{tmp_path / 'missing'}'" in checked.stderr
     assert "Traceback" not in checked.stderr

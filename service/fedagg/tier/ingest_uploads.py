@@ -227,35 +227,18 @@ class IngestUploads:
             rejection.reason,
             rejection.message,
         )
-        why = f"{rejection.reason}: {rejection.message}"
-        try:
-            self._claimed(admission.collaborator, admission.task, round_.number, why)
-        except (RootUnreachable, TierRefusal) as error:
-            if not isinstance(error, TierRefusal) or error.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise Unavailable(
-                    f"the root {self._root_address} did not take the rejection of this upload ({error}); send "
-                    "it again"
-                ) from None
-            reason = refused_reason(str(error).split(": ", 1)[-1])
-            return Outcome(admission.ignore(reason, f"the root refused the claim: {error}"))
+        answer = self._claim_at_root(admission, round_.number, f"{rejection.reason}: {rejection.message}")
+        if isinstance(answer, Admission):
+            return Outcome(answer)
         return Outcome(admission, rejection.reason, rejection.message)
 
     def _claim_and_fold(
         self, round_: ReplicaRound, entry: SpoolEntry, admission: Admission, contribution: Contribution
     ) -> Outcome:
         key = (admission.collaborator, admission.task)
-        try:
-            granted = self._claimed(*key, round_.number)
-        except (RootUnreachable, TierRefusal) as error:
-            if not isinstance(error, TierRefusal) or error.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise Unavailable(
-                    f"the root {self._root_address} did not take the claim ({error}); the upload is kept "
-                    "here: send it again"
-                ) from None
-            reason = refused_reason(str(error).split(": ", 1)[-1])
-            return self._ignored(
-                round_, entry, admission.ignore(reason, f"the root refused the claim: {error}")
-            )
+        granted = self._claim_at_root(admission, round_.number)
+        if isinstance(granted, Admission):
+            return self._ignored(round_, entry, granted)
         if not granted:
             message = f"another ingest replica holds {key[0]}'s results for {key[1]!r}"
             return self._ignored(round_, entry, admission.ignore(IgnoreReason.DUPLICATE, message))
@@ -264,6 +247,20 @@ class IngestUploads:
             round_.unclaimed.pop(key, None)
             round_.folded.add(key)
         return Outcome(admission)
+
+    def _claim_at_root(self, admission: Admission, round_number: int, rejected: str = "") -> bool | Admission:
+        """Claim the upload at the root (or report it rejected): whether this replica holds it, or the admission
+        ignored as the root refused it (FAILED_PRECONDITION, its reason from the message); raises
+        :class:`Unavailable` when the root did not answer (a spooled copy stays, replaced by the retry)."""
+        try:
+            return self._claimed(admission.collaborator, admission.task, round_number, rejected)
+        except (RootUnreachable, TierRefusal) as error:
+            if not isinstance(error, TierRefusal) or error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise Unavailable(
+                    f"the root {self._root_address} did not take the claim ({error}); send the upload again"
+                ) from None
+            reason = refused_reason(str(error).split(": ", 1)[-1])
+            return admission.ignore(reason, f"the root refused the claim: {error}")
 
     def _claimed(self, collaborator: str, task: str, round_number: int, rejected: str = "") -> bool:
         """The claim, made on the event loop; this (commit) thread waits for it."""
