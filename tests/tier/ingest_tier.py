@@ -23,6 +23,7 @@ import pytest
 
 from fedagg.collaborator.transfer import task_results_messages
 from fedagg.federation.federation import Federation
+from fedagg.federation.plan import FederationPlan
 from fedagg.federation.store import StateStore
 from fedagg.protocol import aggregator_pb2, base_pb2, tier_pb2, tier_pb2_grpc
 from fedagg.protocol.codec import encode_tensor
@@ -79,12 +80,14 @@ class RootParts:
         return cls(federation, book, cls.new_collection(book), RoundNotices(), {0: model_path}.get)
 
     @classmethod
-    def counting(cls, state: Path) -> RootParts:
+    def counting(
+        cls, state: Path, plan: FederationPlan = PLAN, clock: Callable[[], float] = time.monotonic
+    ) -> RootParts:
         """A serving root: its federation counts the claims and runs the rounds from the partials."""
         book = ClaimBook(state / "claims", time.monotonic)
         collection, notices = cls.new_collection(book), RoundNotices()
-        rounds = RootRounds(book, collection, notices, PLAN.aggregation_bytes)
-        federation = make_federation(state / "root", PLAN, INITIAL, collector=rounds)
+        rounds = RootRounds(book, collection, notices, plan.aggregation_bytes)
+        federation = make_federation(state / "root", plan, INITIAL, collector=rounds, clock=clock)
         store = StateStore(state / "root" / "state")
 
         def model_file(round_number: int) -> Path | None:
@@ -166,9 +169,11 @@ async def running_tier(
     names: Sequence[str] = REPLICAS,
     service_class: type[TierService] = TierService,
     counting: bool = False,
+    parts: RootParts | None = None,
 ) -> AsyncIterator[tuple[Root, list[IngestReplica]]]:
-    """A root and started replicas (the list may be changed: those in it at the end are stopped)."""
-    parts = RootParts.counting(state) if counting else RootParts.published(state)
+    """A root (``parts``, else a counting or a published one) and started replicas (the list may be changed:
+    those in it at the end are stopped)."""
+    parts = parts or (RootParts.counting(state) if counting else RootParts.published(state))
     root = await start_root(pki, parts, service_class=service_class)
     replicas = [replica(pki, name, state, root.address) for name in names]
     try:

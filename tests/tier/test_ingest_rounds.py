@@ -14,17 +14,19 @@ import pytest
 from google.protobuf.message import Message
 
 from fedagg.federation.federation import Federation
+from fedagg.federation.plan import StragglerPolicySpec
 from fedagg.protocol import aggregator_pb2, aggregator_pb2_grpc, tier_pb2
 from fedagg.protocol.codec import encode_tensor
 from fedagg.tier.ingest_replica import IngestReplica
 from tests.support.pki import Pki
-from tests.support.servers import make_federation
+from tests.support.servers import ManualClock, make_federation, make_plan
 from tests.support.uploads import submit
 from tests.tier.conftest import COLLABORATORS
 from tests.tier.ingest_tier import (
     INITIAL,
     PLAN,
     SERVICE,
+    RootParts,
     collaborator,
     header,
     raw_tensor,
@@ -170,5 +172,48 @@ def test_an_upload_a_replica_rejects_counts_as_done_at_the_root_as_in_a_single_p
             expected, got = model(single, 1), model(root.parts.federation, 1)
             for name in INITIAL:
                 np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+
+    asyncio.run(scenario())
+
+
+def test_a_straggler_that_trained_is_left_out_of_the_replicas_partials_as_a_single_pod_leaves_it_out(
+    pki: Pki, tmp_path: Path
+) -> None:
+    plan = make_plan(COLLABORATORS, 1, stragglers=StragglerPolicySpec(cutoff_seconds=30, minimum_reporting=2))
+    single_clock, root_clock = ManualClock(), ManualClock()
+    single = make_federation(tmp_path / "single", plan, INITIAL, clock=single_clock)
+    single.get_tasks(COLLABORATORS[0])
+    for index, name in enumerate(COLLABORATORS):
+        for task, size, tensors in work(index, 0)[: 2 if index == 3 else 3]:  # "four" never validates locally
+            assert submit(single, name, 0, task, size, tensors).accepted
+    single_clock.now += 31
+    single.tick()
+
+    async def scenario() -> None:
+        parts = RootParts.counting(tmp_path, plan, root_clock)
+        async with running_tier(pki, tmp_path, parts=parts) as (root, replicas):
+            ticking = asyncio.create_task(tick_on_partials(root))
+            for each in replicas:
+                await each.acted_on(0, tier_pb2.OPEN)
+            for index, name in enumerate(COLLABORATORS):
+                async with collaborator(pki, name, replicas[index % len(replicas)].port) as channel:
+                    stub = aggregator_pb2_grpc.AggregatorStub(channel)
+                    await stub.GetTasks(aggregator_pb2.GetTasksRequest(header=header(name)))
+                    for task, size, tensors in work(index, 0)[: 2 if index == 3 else 3]:
+                        assert await send_results(channel, name, 0, task, size, tensors) == ()
+            root_clock.now += 31
+            await asyncio.get_running_loop().run_in_executor(None, root.parts.federation.tick)
+            for each in replicas:
+                await each.acted_on(1, tier_pb2.FINISHED)
+            ticking.cancel()
+            expected, got = model(single, 1), model(root.parts.federation, 1)
+            for name in INITIAL:
+                np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+            # A single pod records a straggler's own metrics as they arrive; the root learns collaborators' own
+            # metrics with the partials, which leave the straggler out (README, Scale-out tier).
+            got_records = history(root.parts.federation)
+            expected_records = [r for r in history(single) if r[1] != COLLABORATORS[3]]
+            assert [r[:5] for r in got_records] == [r[:5] for r in expected_records]
+            assert [r[5] for r in got_records] == pytest.approx([r[5] for r in expected_records])
 
     asyncio.run(scenario())

@@ -7,6 +7,7 @@ the claims go straight to the root's claim taker (the gRPC path is covered by te
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,26 @@ import pytest
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.federation import Federation
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN
-from fedagg.federation.plan import AggregationSpec, FederationPlan, ResolvedLimits, TaskSpec, default_tasks
+from fedagg.federation.plan import (
+    AggregationSpec,
+    FederationPlan,
+    ResolvedLimits,
+    StragglerPolicySpec,
+    TaskSpec,
+    default_tasks,
+)
 from fedagg.federation.serving import TensorRequest
 from fedagg.federation.spool import Spool
 from fedagg.protocol import tier_pb2
+from fedagg.protocol.base_pb2 import NamedTensor
 from fedagg.tier.claims import ClaimBook, ClaimOutcome
-from fedagg.tier.collection import PartialCollection
+from fedagg.tier.collection import ClaimMismatch, PartialCollection
 from fedagg.tier.ingest_round import IngestRound
 from fedagg.tier.partials import RoundPartial
 from fedagg.tier.root_rounds import CountedClaims, RootRounds
 from fedagg.tier.round_notices import RoundNotice, RoundNotices
-from tests.support.servers import make_federation, make_plan
-from tests.support.uploads import TASKS, metric, run_round, task_results_bytes, weights
+from tests.support.servers import ManualClock, make_federation, make_plan
+from tests.support.uploads import TASKS, metric, run_round, submit, task_results_bytes, weights
 from tests.tier.conftest import REPLICAS
 
 SITES = ("site-0", "site-1", "site-2", "site-3")
@@ -38,38 +47,39 @@ def contributions(round_number: int) -> dict[str, tuple[float, int]]:
     return {site: (0.1 * (index + 1) + round_number, 10 + 7 * index) for index, site in enumerate(SITES)}
 
 
-def uploads(site: str, round_number: int, value: float, size: int) -> list[tuple[str, bytes]]:
-    """The three default tasks' uploads, as tests.support.uploads.run_round submits them."""
+def tasks_of(
+    site: str, round_number: int, value: float, size: int
+) -> list[tuple[str, int, list[NamedTensor]]]:
+    """The three default tasks' results as tests.support.uploads.run_round submits them: (task, size, tensors)."""
     trained = [weights(name, value, shape, round_number) for name, shape in SHAPES.items()]
     return [
-        (
-            TASKS[0],
-            task_results_bytes(
-                site, round_number, TASKS[0], 5, [metric("acc", value, round_number, "validate_agg")]
-            ),
-        ),
-        (
-            TASKS[1],
-            task_results_bytes(
-                site, round_number, TASKS[1], size, [metric("loss", value, round_number), *trained]
-            ),
-        ),
-        (
-            TASKS[2],
-            task_results_bytes(
-                site, round_number, TASKS[2], 5, [metric("acc", value, round_number, "validate_local")]
-            ),
-        ),
+        (TASKS[0], 5, [metric("acc", value, round_number, "validate_agg")]),
+        (TASKS[1], size, [metric("loss", value, round_number), *trained]),
+        (TASKS[2], 5, [metric("acc", value, round_number, "validate_local")]),
+    ]
+
+
+def uploads(site: str, round_number: int, value: float, size: int) -> list[tuple[str, bytes]]:
+    """The three default tasks' uploads."""
+    return [
+        (task, task_results_bytes(site, round_number, task, data_size, tensors))
+        for task, data_size, tensors in tasks_of(site, round_number, value, size)
     ]
 
 
 class Root:
-    def __init__(self, state: Path, plan: FederationPlan, model: dict[str, np.ndarray]) -> None:
-        self.book = ClaimBook(state / "tier", time.monotonic)
-        self.collection = PartialCollection(self.book, REPLICAS, 300.0, time.monotonic)
+    def __init__(
+        self,
+        state: Path,
+        plan: FederationPlan,
+        model: dict[str, np.ndarray],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.book = ClaimBook(state / "tier", clock)
+        self.collection = PartialCollection(self.book, REPLICAS, 300.0, clock)
         self.notices = RoundNotices()
         rounds = RootRounds(self.book, self.collection, self.notices, plan.aggregation_bytes)
-        self.federation = make_federation(state, plan, model, collector=rounds)
+        self.federation = make_federation(state, plan, model, collector=rounds, clock=clock)
         self.claims = CountedClaims(self.federation, self.book)
 
 
@@ -192,5 +202,82 @@ def test_a_restarted_root_counts_its_claims_again_and_collects_the_partials_agai
     restarted.federation.tick()
     assert restarted.notices.latest == RoundNotice(1, tier_pb2.FINISHED)
     expected, got = model_of(single, 1), model_of(restarted.federation, 1)
+    for name in expected:
+        np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+
+
+def test_a_round_closed_without_a_straggler_leaves_its_partial_work_out_of_every_partial(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    plan = make_plan(SITES, rounds=1, stragglers=StragglerPolicySpec(cutoff_seconds=30, minimum_reporting=2))
+    initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
+    single = make_federation(tmp_path / "single", plan, initial, clock=clock)
+    root = Root(tmp_path / "root", plan, initial, clock)
+    replicas = [Replica(tmp_path / "replicas", name, 0, initial) for name in REPLICAS]
+    for federation in (single, root.federation):
+        federation.get_tasks(SITES[0])  # the round starts: its cutoff counts from now
+    for index, (site, (value, size)) in enumerate(contributions(0).items()):
+        work = tasks_of(site, 0, value, size)
+        if site == SITES[3]:
+            work = work[:2]  # trains, never validates its local model: a straggler with partial work
+        for position, (task, data_size, tensors) in enumerate(work):
+            assert submit(single, site, 0, task, data_size, tensors).accepted
+            upload = task_results_bytes(site, 0, task, data_size, tensors)
+            assert replicas[(index + position) % 2].take(root, site, task, upload) == ClaimOutcome.GRANTED
+    clock.now += 31
+    single.tick()
+    assert single.round_number == 1
+
+    root.federation.tick()
+
+    assert root.notices.latest == RoundNotice(0, tier_pb2.COLLECTING, (SITES[3],))
+    for replica in replicas:
+        if any(site == SITES[3] for site, _ in replica.round.partial.contributions):
+            with pytest.raises(ClaimMismatch, match="closes without"):
+                root.collection.take(replica.round.partial)  # the straggler's work is refused
+        assert root.collection.take(replica.round.without(frozenset({SITES[3]})))
+    root.federation.tick()
+    assert root.notices.latest == RoundNotice(1, tier_pb2.FINISHED)
+    expected, got = model_of(single, 1), model_of(root.federation, 1)
+    for name in expected:
+        np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+    assert any(np.any(values != 0.5) for values in expected.values())
+
+
+def test_a_lost_replicas_collaborators_become_stragglers_and_the_round_closes_without_them(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    plan = make_plan(SITES, rounds=1, stragglers=StragglerPolicySpec(cutoff_seconds=30, minimum_reporting=2))
+    initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
+    single = make_federation(tmp_path / "single", plan, initial, clock=ManualClock())
+    single.get_tasks(SITES[0])
+    root = Root(tmp_path / "root", plan, initial, clock)
+    kept, lost = (Replica(tmp_path / "replicas", name, 0, initial) for name in REPLICAS)
+    for site, (value, size) in contributions(0).items():
+        for task, data_size, tensors in tasks_of(site, 0, value, size):
+            replica = (
+                lost if (site, task) == (SITES[2], TASKS[1]) else kept
+            )  # site-2 trained through the lost one
+            upload = task_results_bytes(site, 0, task, data_size, tensors)
+            assert replica.take(root, site, task, upload) == ClaimOutcome.GRANTED
+            if site != SITES[2]:
+                assert submit(single, site, 0, task, data_size, tensors).accepted
+    single._clock.now += 31
+    single.tick()
+    assert root.notices.latest == RoundNotice(0, tier_pb2.COLLECTING)
+    assert root.collection.take(kept.round.partial)
+
+    root.book.watching(kept.name, True)  # the kept replica follows the root's rounds: it is heard from
+    clock.now += 301  # the replica holding site-2's training is silent past lost_replica_seconds
+    root.federation.tick()
+
+    assert root.notices.latest == RoundNotice(0, tier_pb2.COLLECTING, (SITES[2],))
+    assert root.federation.round_number == 0, "the kept partial holds site-2's other work: delivered again"
+    assert root.collection.take(kept.round.without(frozenset({SITES[2]})))
+    root.federation.tick()
+    assert root.notices.latest == RoundNotice(1, tier_pb2.FINISHED)
+    expected, got = model_of(single, 1), model_of(root.federation, 1)
     for name in expected:
         np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-from fedagg.config.federation import StragglerSettings
 from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
 from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
-from fedagg.federation.plan import StragglerPolicyKind
 from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError
 
@@ -125,19 +121,4 @@ def _tier_errors(config: Config) -> list[ConfigError]:
                     f"null under {role}: clipping each update at the replicas is not built yet",
                 )
             )
-    return [*errors, *_early_close_errors(config.federation.stragglers, role)]
-
-
-def _early_close_errors(stragglers: StragglerSettings, role: str) -> list[ConfigError]:
-    """A tier round closes only when every collaborator is done: dropping a straggler's partial work from the
-    replicas' sums is not built yet."""
-    why = f"under {role} a round waits for every collaborator (dropping a straggler's partial work from the replicas' sums is not built yet)"
-    if stragglers.policy == StragglerPolicyKind.PERCENTAGE and stragglers.percent_needed < 1:
-        return [ConfigError("federation.stragglers.percent_needed", stragglers.percent_needed, f"1.0: {why}")]
-    if stragglers.policy == StragglerPolicyKind.CUTOFF_TIME and math.isfinite(stragglers.cutoff_seconds):
-        return [
-            ConfigError(
-                "federation.stragglers.cutoff_seconds", stragglers.cutoff_seconds, f"unset (no cutoff): {why}"
-            )
-        ]
-    return []
+    return errors

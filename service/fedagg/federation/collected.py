@@ -32,6 +32,14 @@ class CollectedInputs:
     """Each counted collaborator's own metrics, as its uploads reported them."""
 
 
+class MoreStragglers(Exception):
+    """The round must also close without ``collaborators`` (a lost replica holds some of their work)."""
+
+    def __init__(self, collaborators: frozenset[str]) -> None:
+        super().__init__(f"the round closes without {sorted(collaborators)[:8]} too")
+        self.collaborators = collaborators
+
+
 class RoundCollector(Protocol):
     """What a tier's root tells its federation. Called under the federation's commit lock, on executor threads."""
 
@@ -47,11 +55,14 @@ class RoundCollector(Protocol):
         model: LoadedModel,
         aggregator: Callable[[str], Aggregator],
         done: Iterable[tuple[str, str]],
+        stragglers: Iterable[str],
     ) -> CollectedInputs | None:
         """The closed round's inputs once the partials of every contribution in ``done`` ((collaborator, task)) are
-        in; None while some are not (the root ticks the federation when a partial arrives). MUST NOT return
-        inputs that miss or add a contribution of ``done``; MUST raise ``ValueError`` (the round end is retried)
-        when a delivered partial holds a contribution not in ``done``."""
+        in; None while some are not (the root ticks the federation when a partial arrives). MUST leave out every
+        contribution of ``stragglers`` (collaborators the round closes without). MUST NOT return inputs that miss
+        or add a contribution of ``done``; MUST raise ``ValueError`` (the round end is retried) when a delivered
+        partial holds a contribution not in ``done``, and :class:`MoreStragglers` when contributions of ``done``
+        cannot be collected any more (the round is then decided anew without their collaborators)."""
         ...
 
     def round_open(self, round_number: int, finished: bool) -> None:

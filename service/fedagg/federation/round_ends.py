@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fedagg.failpoints import failpoint
 from fedagg.federation.assigner import Assigner
 from fedagg.federation.checkpoint import Checkpoint, ModelShape
-from fedagg.federation.collected import CollectedInputs, RoundCollector
+from fedagg.federation.collected import CollectedInputs, MoreStragglers, RoundCollector
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
 from fedagg.federation.fold import RoundFold
@@ -197,7 +197,7 @@ class RoundEnds:
             self._made_progress()
         collected = None
         if self._collector is not None:
-            collected = self._collected(round_, decision)
+            collected, decision = self._collected(round_, decision)
             if collected is None:
                 return False
         closed = self._closer.attempt(
@@ -210,28 +210,53 @@ class RoundEnds:
         self._committed_round(round_, decision, closed)
         return True
 
-    def _collected(self, round_: Round, decision: CloseDecision) -> CollectedInputs | None:
-        """At a tier's root: the closed round's inputs from the replicas' partials, once all are in."""
+    def _collected(
+        self, round_: Round, decision: CloseDecision
+    ) -> tuple[CollectedInputs | None, CloseDecision]:
+        """At a tier's root: the closed round's inputs from the replicas' partials once all are in, and the
+        decision they were collected under (without the collaborators whose work a lost replica holds)."""
         assert self._collector is not None
         rank = {task: index for index, task in enumerate(round_.task_order)}
-        done = sorted(
-            (
-                (collaborator, task)
-                for collaborator in decision.done
-                for task, receipt in round_.received.get(collaborator, {}).items()
-                if isinstance(receipt, ClaimedContribution) and not receipt.rejected
-            ),
-            key=lambda contribution: rank.get(contribution[1], len(rank)),
-        )
-        try:
-            return self._collector.collected(
-                round_.number, round_.model, self._closer.aggregators.__getitem__, done
+        while True:
+            done = sorted(
+                (
+                    (collaborator, task)
+                    for collaborator in decision.done
+                    for task, receipt in round_.received.get(collaborator, {}).items()
+                    if isinstance(receipt, ClaimedContribution) and not receipt.rejected
+                ),
+                key=lambda contribution: rank.get(contribution[1], len(rank)),
             )
-        except ValueError as error:
-            log.error("round %d cannot be divided from the replicas' partials: %s", round_.number, error)
-            self.health.round_end_failed()
-            self.listener.round_end_failed(round_.number)
-            return None
+            try:
+                collected = self._collector.collected(
+                    round_.number,
+                    round_.model,
+                    self._closer.aggregators.__getitem__,
+                    done,
+                    decision.stragglers,
+                )
+            except MoreStragglers as more:
+                if not set(decision.done) - more.collaborators:
+                    log.error(
+                        "round %d: %s, and then without everybody: waiting for the lost replicas instead",
+                        round_.number,
+                        more,
+                    )
+                    return None, decision
+                log.warning("round %d: %s; a lost ingest replica holds their work", round_.number, more)
+                decision = CloseDecision(
+                    tuple(name for name in decision.done if name not in more.collaborators),
+                    (*decision.stragglers, *sorted(more.collaborators - set(decision.stragglers))),
+                )
+                with self._ledger.round_lock:
+                    round_.decision = decision
+                continue
+            except ValueError as error:
+                log.error("round %d cannot be divided from the replicas' partials: %s", round_.number, error)
+                self.health.round_end_failed()
+                self.listener.round_end_failed(round_.number)
+                return None, decision
+            return collected, decision
 
     def _committed_round(self, round_: Round, decision: CloseDecision, closed: ClosedRound) -> None:
         checkpoint = closed.checkpoint

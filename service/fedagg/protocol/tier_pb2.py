@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64\x61gg/tier/v1/tier.proto\x12\x0e\x66\x65\x64\x61gg.tier.v1\"\x14\n\x12WatchRoundsRequest\"G\n\x0bRoundNotice\x12\r\n\x05round\x18\x01 \x01(\x04\x12)\n\x05phase\x18\x02 \x01(\x0e\x32\x1a.fedagg.tier.v1.RoundPhase\"\"\n\x11\x46\x65tchModelRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"8\n\nModelChunk\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"S\n\x0c\x43laimRequest\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x10\n\x08rejected\x18\x04 \x01(\t\"-\n\nClaimReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x0e\n\x06holder\x18\x02 \x01(\t\"d\n\x0b\x43ontributor\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12/\n\x07metrics\x18\x03 \x03(\x0b\x32\x1e.fedagg.tier.v1.ReportedMetric\";\n\x0eReportedMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"G\n\tTensorSum\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\r\n\x05plain\x18\x04 \x01(\x08\"I\n\tMetricSum\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\x10\n\x08weighted\x18\x03 \x01(\x01\x12\x0e\n\x06weight\x18\x04 \x01(\x01\"\xa6\x01\n\x0bTaskPartial\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x31\n\x0c\x63ontributors\x18\x02 \x03(\x0b\x32\x1b.fedagg.tier.v1.Contributor\x12*\n\x07tensors\x18\x03 \x03(\x0b\x32\x19.fedagg.tier.v1.TensorSum\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.fedagg.tier.v1.MetricSum\"^\n\rPartialHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.fedagg.tier.v1.TaskPartial\"W\n\x0cPartialChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedagg.tier.v1.PartialHeaderH\x00\x12\x0e\n\x04sums\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\" \n\x0c\x44\x65liverReply\x12\x10\n\x08recorded\x18\x01 \x01(\x08\"(\n\x17\x44\x65scribeReplicasRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"\x84\x01\n\x0cReplicaState\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0f\n\x07\x63laimed\x18\x02 \x01(\r\x12\x11\n\tdelivered\x18\x03 \x01(\x08\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x1d\n\x15seconds_since_contact\x18\x05 \x01(\x01\x12\x0c\n\x04lost\x18\x06 \x01(\x08\"V\n\x15\x44\x65scribeReplicasReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12.\n\x08replicas\x18\x02 \x03(\x0b\x32\x1c.fedagg.tier.v1.ReplicaState*Q\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0e\n\nCOLLECTING\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\x32\x9e\x03\n\x04Tier\x12\x41\n\x05\x43laim\x12\x1c.fedagg.tier.v1.ClaimRequest\x1a\x1a.fedagg.tier.v1.ClaimReply\x12N\n\x0e\x44\x65liverPartial\x12\x1c.fedagg.tier.v1.PartialChunk\x1a\x1c.fedagg.tier.v1.DeliverReply(\x01\x12\x62\n\x10\x44\x65scribeReplicas\x12\'.fedagg.tier.v1.DescribeReplicasRequest\x1a%.fedagg.tier.v1.DescribeReplicasReply\x12M\n\nFetchModel\x12!.fedagg.tier.v1.FetchModelRequest\x1a\x1a.fedagg.tier.v1.ModelChunk0\x01\x12P\n\x0bWatchRounds\x12\".fedagg.tier.v1.WatchRoundsRequest\x1a\x1b.fedagg.tier.v1.RoundNotice0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64\x61gg/tier/v1/tier.proto\x12\x0e\x66\x65\x64\x61gg.tier.v1\"\x14\n\x12WatchRoundsRequest\"[\n\x0bRoundNotice\x12\r\n\x05round\x18\x01 \x01(\x04\x12)\n\x05phase\x18\x02 \x01(\x0e\x32\x1a.fedagg.tier.v1.RoundPhase\x12\x12\n\nstragglers\x18\x03 \x03(\t\"\"\n\x11\x46\x65tchModelRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"8\n\nModelChunk\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"S\n\x0c\x43laimRequest\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x10\n\x08rejected\x18\x04 \x01(\t\"-\n\nClaimReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x0e\n\x06holder\x18\x02 \x01(\t\"d\n\x0b\x43ontributor\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12/\n\x07metrics\x18\x03 \x03(\x0b\x32\x1e.fedagg.tier.v1.ReportedMetric\";\n\x0eReportedMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"G\n\tTensorSum\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\r\n\x05plain\x18\x04 \x01(\x08\"I\n\tMetricSum\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\x10\n\x08weighted\x18\x03 \x01(\x01\x12\x0e\n\x06weight\x18\x04 \x01(\x01\"\xa6\x01\n\x0bTaskPartial\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x31\n\x0c\x63ontributors\x18\x02 \x03(\x0b\x32\x1b.fedagg.tier.v1.Contributor\x12*\n\x07tensors\x18\x03 \x03(\x0b\x32\x19.fedagg.tier.v1.TensorSum\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.fedagg.tier.v1.MetricSum\"^\n\rPartialHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12*\n\x05tasks\x18\x03 \x03(\x0b\x32\x1b.fedagg.tier.v1.TaskPartial\"W\n\x0cPartialChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedagg.tier.v1.PartialHeaderH\x00\x12\x0e\n\x04sums\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\" \n\x0c\x44\x65liverReply\x12\x10\n\x08recorded\x18\x01 \x01(\x08\"(\n\x17\x44\x65scribeReplicasRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"\x84\x01\n\x0cReplicaState\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0f\n\x07\x63laimed\x18\x02 \x01(\r\x12\x11\n\tdelivered\x18\x03 \x01(\x08\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x1d\n\x15seconds_since_contact\x18\x05 \x01(\x01\x12\x0c\n\x04lost\x18\x06 \x01(\x08\"V\n\x15\x44\x65scribeReplicasReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12.\n\x08replicas\x18\x02 \x03(\x0b\x32\x1c.fedagg.tier.v1.ReplicaState*Q\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0e\n\nCOLLECTING\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\x32\x9e\x03\n\x04Tier\x12\x41\n\x05\x43laim\x12\x1c.fedagg.tier.v1.ClaimRequest\x1a\x1a.fedagg.tier.v1.ClaimReply\x12N\n\x0e\x44\x65liverPartial\x12\x1c.fedagg.tier.v1.PartialChunk\x1a\x1c.fedagg.tier.v1.DeliverReply(\x01\x12\x62\n\x10\x44\x65scribeReplicas\x12\'.fedagg.tier.v1.DescribeReplicasRequest\x1a%.fedagg.tier.v1.DescribeReplicasReply\x12M\n\nFetchModel\x12!.fedagg.tier.v1.FetchModelRequest\x1a\x1a.fedagg.tier.v1.ModelChunk0\x01\x12P\n\x0bWatchRounds\x12\".fedagg.tier.v1.WatchRoundsRequest\x1a\x1b.fedagg.tier.v1.RoundNotice0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedagg.tier.v1.tier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUNDPHASE']._serialized_start=1330
-  _globals['_ROUNDPHASE']._serialized_end=1411
+  _globals['_ROUNDPHASE']._serialized_start=1350
+  _globals['_ROUNDPHASE']._serialized_end=1431
   _globals['_WATCHROUNDSREQUEST']._serialized_start=45
   _globals['_WATCHROUNDSREQUEST']._serialized_end=65
   _globals['_ROUNDNOTICE']._serialized_start=67
-  _globals['_ROUNDNOTICE']._serialized_end=138
-  _globals['_FETCHMODELREQUEST']._serialized_start=140
-  _globals['_FETCHMODELREQUEST']._serialized_end=174
-  _globals['_MODELCHUNK']._serialized_start=176
-  _globals['_MODELCHUNK']._serialized_end=232
-  _globals['_CLAIMREQUEST']._serialized_start=234
-  _globals['_CLAIMREQUEST']._serialized_end=317
-  _globals['_CLAIMREPLY']._serialized_start=319
-  _globals['_CLAIMREPLY']._serialized_end=364
-  _globals['_CONTRIBUTOR']._serialized_start=366
-  _globals['_CONTRIBUTOR']._serialized_end=466
-  _globals['_REPORTEDMETRIC']._serialized_start=468
-  _globals['_REPORTEDMETRIC']._serialized_end=527
-  _globals['_TENSORSUM']._serialized_start=529
-  _globals['_TENSORSUM']._serialized_end=600
-  _globals['_METRICSUM']._serialized_start=602
-  _globals['_METRICSUM']._serialized_end=675
-  _globals['_TASKPARTIAL']._serialized_start=678
-  _globals['_TASKPARTIAL']._serialized_end=844
-  _globals['_PARTIALHEADER']._serialized_start=846
-  _globals['_PARTIALHEADER']._serialized_end=940
-  _globals['_PARTIALCHUNK']._serialized_start=942
-  _globals['_PARTIALCHUNK']._serialized_end=1029
-  _globals['_DELIVERREPLY']._serialized_start=1031
-  _globals['_DELIVERREPLY']._serialized_end=1063
-  _globals['_DESCRIBEREPLICASREQUEST']._serialized_start=1065
-  _globals['_DESCRIBEREPLICASREQUEST']._serialized_end=1105
-  _globals['_REPLICASTATE']._serialized_start=1108
-  _globals['_REPLICASTATE']._serialized_end=1240
-  _globals['_DESCRIBEREPLICASREPLY']._serialized_start=1242
-  _globals['_DESCRIBEREPLICASREPLY']._serialized_end=1328
-  _globals['_TIER']._serialized_start=1414
-  _globals['_TIER']._serialized_end=1828
+  _globals['_ROUNDNOTICE']._serialized_end=158
+  _globals['_FETCHMODELREQUEST']._serialized_start=160
+  _globals['_FETCHMODELREQUEST']._serialized_end=194
+  _globals['_MODELCHUNK']._serialized_start=196
+  _globals['_MODELCHUNK']._serialized_end=252
+  _globals['_CLAIMREQUEST']._serialized_start=254
+  _globals['_CLAIMREQUEST']._serialized_end=337
+  _globals['_CLAIMREPLY']._serialized_start=339
+  _globals['_CLAIMREPLY']._serialized_end=384
+  _globals['_CONTRIBUTOR']._serialized_start=386
+  _globals['_CONTRIBUTOR']._serialized_end=486
+  _globals['_REPORTEDMETRIC']._serialized_start=488
+  _globals['_REPORTEDMETRIC']._serialized_end=547
+  _globals['_TENSORSUM']._serialized_start=549
+  _globals['_TENSORSUM']._serialized_end=620
+  _globals['_METRICSUM']._serialized_start=622
+  _globals['_METRICSUM']._serialized_end=695
+  _globals['_TASKPARTIAL']._serialized_start=698
+  _globals['_TASKPARTIAL']._serialized_end=864
+  _globals['_PARTIALHEADER']._serialized_start=866
+  _globals['_PARTIALHEADER']._serialized_end=960
+  _globals['_PARTIALCHUNK']._serialized_start=962
+  _globals['_PARTIALCHUNK']._serialized_end=1049
+  _globals['_DELIVERREPLY']._serialized_start=1051
+  _globals['_DELIVERREPLY']._serialized_end=1083
+  _globals['_DESCRIBEREPLICASREQUEST']._serialized_start=1085
+  _globals['_DESCRIBEREPLICASREQUEST']._serialized_end=1125
+  _globals['_REPLICASTATE']._serialized_start=1128
+  _globals['_REPLICASTATE']._serialized_end=1260
+  _globals['_DESCRIBEREPLICASREPLY']._serialized_start=1262
+  _globals['_DESCRIBEREPLICASREPLY']._serialized_end=1348
+  _globals['_TIER']._serialized_start=1434
+  _globals['_TIER']._serialized_end=1848
 # @@protoc_insertion_point(module_scope)

@@ -68,17 +68,25 @@ class RoundNotice(_message.Message):
 
     ROUND_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
+    STRAGGLERS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     phase: Global___RoundPhase.ValueType
+    @_builtins.property
+    def stragglers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """COLLECTING: the collaborators the round closes without (stragglers, and those whose work a lost replica
+        holds); a replica's partial leaves out their contributions.
+        """
+
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         phase: Global___RoundPhase.ValueType = ...,
+        stragglers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase", "round", b"round", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

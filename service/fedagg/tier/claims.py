@@ -71,8 +71,8 @@ def _unsealed(line: bytes) -> dict[str, Any] | None:
 class ClaimBook:
     """The claims of every round (module docstring). Constructing it reads the journal: off the event loop.
 
-    ``_lock`` guards the maps (holders, claims being written, last contacts); it is held briefly, never across
-    I/O, so the event loop may take it. ``_journal_lock`` serialises the journal's appends and is held across
+    ``_lock`` guards the maps (holders, rejections, claims being written, last contacts, open watches); it is held
+    briefly, never across I/O, so the event loop may take it. ``_journal_lock`` serialises the journal's appends and is held across
     their write and fsync: only on executor threads, and never while ``_lock`` is held (lock order: the journal
     lock, then ``_lock``). A claim is answered only once durable; while it is being written, any other claim of
     the same contribution is answered :attr:`ClaimOutcome.PENDING` (retry), never TAKEN on a claim that may fail.
@@ -87,6 +87,7 @@ class ClaimBook:
         self._rejected: dict[tuple[int, str, str], str] = {}
         self._writing: dict[tuple[int, str, str], str] = {}
         self._last_contact: dict[str, float] = {}
+        self._watches: dict[str, int] = {}
         self._replay()
         self._journal = open(self._path, "ab")  # noqa: SIM115 (closed by close())
 
@@ -224,13 +225,20 @@ class ClaimBook:
         with self._lock:
             return self._last_contact.get(replica)
 
+    def watching(self, replica: str, open_: bool) -> None:
+        """``replica`` opened (``open_``) or closed its round-notice stream: while one is open it is heard from."""
+        with self._lock:
+            self._watches[replica] = self._watches.get(replica, 0) + (1 if open_ else -1)
+            self._last_contact[replica] = self._clock()
+
     def lost(self, replicas: Iterable[str], lost_seconds: float, started: float) -> frozenset[str]:
         """Those of ``replicas`` not heard from for ``lost_seconds`` (since their last call, or since
-        ``started``, the root's start, if they have not called since)."""
+        ``started``, the root's start, if they have not called since), and with no round-notice stream open."""
         now = self._clock()
         with self._lock:
             return frozenset(
                 replica
                 for replica in replicas
-                if now - self._last_contact.get(replica, started) >= lost_seconds
+                if not self._watches.get(replica)
+                and now - self._last_contact.get(replica, started) >= lost_seconds
             )

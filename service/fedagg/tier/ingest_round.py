@@ -104,8 +104,8 @@ class IngestRound:
             return None
         return intake.contribution()
 
-    def fold(self, entry: SpoolEntry, contribution: Contribution) -> None:
-        """Add an acknowledged contribution to the round's partial."""
+    def fold(self, entry: SpoolEntry, contribution: Contribution, into: RoundPartial | None = None) -> None:
+        """Add an acknowledged contribution to the round's partial (or to ``into``)."""
         tensors = {}
         for tensor in contribution.weights:
             values = SpooledValues(entry.path, tensor.data_offset, tensor.size).block(0, tensor.size)
@@ -113,7 +113,7 @@ class IngestRound:
                 values = self._model[tensor.name].reshape(-1) + values
             tensors[tensor.name] = values.reshape(tensor.shape)
         task, plain = contribution.task, self._plain
-        self.partial.fold(
+        (into or self.partial).fold(
             task,
             contribution.collaborator,
             contribution.weight,
@@ -121,6 +121,25 @@ class IngestRound:
             [((metric.name, metric.tags), metric.value) for metric in contribution.metrics],
             None if plain is None else lambda name: plain(task, name),
         )
+
+    def without(self, collaborators: frozenset[str]) -> RoundPartial:
+        """The round's partial without ``collaborators``' contributions (stragglers: the round closes without
+        them): the partial itself when it holds none, else a partial of the same generation folded again from the
+        spool, in spool order, from the acknowledged contributions of the others. Blocks on the disk."""
+        folded = self.partial.contributions
+        if not any(collaborator in collaborators for collaborator, _ in folded):
+            return self.partial
+        partial = RoundPartial(self.round_number, self.partial.replica, self.partial.generation)
+        for entry in self._spool.entries(self.round_number):
+            if entry.kind != EntryKind.RESULTS:
+                continue
+            contribution = self.read(entry)
+            if contribution is None or contribution.collaborator in collaborators:
+                continue
+            key = (contribution.collaborator, contribution.task)
+            if key in folded and key not in partial.contributions:
+                self.fold(entry, contribution, partial)
+        return partial
 
     async def recover(self, claim: Claim, executor: Executor) -> int:
         """After a restart: claim and fold every upload of the round's spool again; return how many were folded."""

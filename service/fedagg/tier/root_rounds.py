@@ -8,15 +8,14 @@ delivered its partial, the answer is None and the round is published COLLECTING,
 deliver. The inputs are divided from the merged partial (:mod:`fedagg.tier.division`), so the aggregators run
 once, here, as in a single pod.
 
-A replica lost for ``lost_replica_seconds`` holding contributions of a closed round leaves the round waiting: its
-contributions are durable in its spool, and counting the round without them would need the other replicas to
-drop those collaborators' other work from their partials (which they cannot do yet). The round stays COLLECTING
-until the replica is back; the loss is counted (``fedagg_tier_contributions_lost_total``) and shown by
-DescribeReplicas.
+The round's stragglers (the collaborators its close decision leaves out) are left out of the partials as a single
+pod leaves out their partial work: the COLLECTING notice names them, and a replica that folded some of their work
+folds its spool again without it. A replica lost for ``lost_replica_seconds`` (silent) while it holds contributions
+of a closed round makes their collaborators stragglers too (:class:`~fedagg.federation.collected.MoreStragglers`):
+the round is decided anew without them, and counted (``fedagg_tier_lost_contributions_total{replica}``).
 
-Called by the federation under its commit lock (executor threads); the collection is otherwise used on the event
-loop by the tier service, which takes partials only between round ends (module docstring of
-:mod:`fedagg.tier.collection`).
+Called by the federation under its commit lock (executor threads); the collection, which the tier service feeds
+on the event loop meanwhile, is thread-safe.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from collections.abc import Callable, Iterable
 
 from fedagg.federation.aggregators import Aggregator, RoundInputs
 from fedagg.federation.aggregators.base import block_elements_for
-from fedagg.federation.collected import CollectedInputs
+from fedagg.federation.collected import CollectedInputs, MoreStragglers
 from fedagg.federation.errors import FailedPrecondition
 from fedagg.federation.federation import Federation
 from fedagg.federation.metric_log import AGGREGATOR_ORIGIN, MetricRecord
@@ -77,12 +76,18 @@ class RootRounds:
         model: LoadedModel,
         aggregator: Callable[[str], Aggregator],
         done: Iterable[tuple[str, str]],
+        stragglers: Iterable[str],
     ) -> CollectedInputs | None:
         expected = list(done)
+        excluded = frozenset(stragglers)
+        self.collection.exclude(round_number, excluded)
+        self.notices.publish(round_number, tier_pb2.COLLECTING, tuple(sorted(excluded)))
         collection = self.collection.collected(round_number)
-        if collection is None or collection.stragglers:
-            self.notices.publish(round_number, tier_pb2.COLLECTING)
+        if collection is None:
             return None
+        lost = frozenset(collaborator for collaborator, _ in collection.stragglers) - excluded
+        if lost:
+            raise MoreStragglers(lost)
         merged = collection.merged
         unexpected = merged.contributions - set(expected)
         if unexpected:

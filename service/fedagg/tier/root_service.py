@@ -213,9 +213,13 @@ class TierService(tier_pb2_grpc.TierServicer):
     async def WatchRounds(
         self, request: tier_pb2.WatchRoundsRequest, context: Context
     ) -> AsyncIterator[tier_pb2.RoundNotice]:
-        await self._replica(context)
-        async for notice in self._notices.watch():
-            yield notice.message()
+        replica = await self._replica(context)
+        self._book.watching(replica, True)
+        try:
+            async for notice in self._notices.watch():
+                yield notice.message()
+        finally:
+            self._book.watching(replica, False)
 
 
 def describe_replicas(collection: PartialCollection, round_number: int) -> tier_pb2.DescribeReplicasReply:

@@ -3,7 +3,8 @@
 The root's federation publishes its round from whichever thread changes it (the commit executor: a round closing,
 a new round, the experiment finished); each replica's ``WatchRounds`` stream reads it on the event loop. Watchers
 see the latest notice, not every one: a replica needs only where the root is now (a round cannot be OPEN again
-after COLLECTING, and the next round opens only once the partials of the last one are collected).
+after COLLECTING, and the next round opens only once the partials of the last one are collected; a COLLECTING
+notice with more stragglers replaces the last).
 
 Thread-safe: ``_lock`` guards ``_latest`` and ``_wakers``; it is never held across a call into the event loop
 other than ``call_soon_threadsafe``, which does not block.
@@ -25,9 +26,11 @@ class RoundNotice:
 
     round_number: int
     phase: tier_pb2.RoundPhase.ValueType
+    stragglers: tuple[str, ...] = ()
+    """COLLECTING: the collaborators whose contributions the replicas' partials leave out."""
 
     def message(self) -> tier_pb2.RoundNotice:
-        return tier_pb2.RoundNotice(round=self.round_number, phase=self.phase)
+        return tier_pb2.RoundNotice(round=self.round_number, phase=self.phase, stragglers=self.stragglers)
 
 
 class RoundNotices:
@@ -43,9 +46,11 @@ class RoundNotices:
         with self._lock:
             return self._latest
 
-    def publish(self, round_number: int, phase: tier_pb2.RoundPhase.ValueType) -> None:
-        """Make ``(round_number, phase)`` the latest notice and wake every watcher (from any thread)."""
-        notice = RoundNotice(round_number, phase)
+    def publish(
+        self, round_number: int, phase: tier_pb2.RoundPhase.ValueType, stragglers: tuple[str, ...] = ()
+    ) -> None:
+        """Make ``(round_number, phase, stragglers)`` the latest notice and wake every watcher (from any thread)."""
+        notice = RoundNotice(round_number, phase, stragglers)
         with self._lock:
             if notice == self._latest:
                 return

@@ -81,6 +81,8 @@ class RoundWatch:
         self._models: dict[int, LoadedModel] = {}
         self._delivered = asyncio.Event()
         self._delivery: asyncio.Task[None] | None = None
+        self._left_out: frozenset[str] = frozenset()
+        """The stragglers the partial being delivered leaves out (event-loop state)."""
         self.notice: RoundNotice | None = None
         """The root's latest notice, once acted on."""
         self._acted = asyncio.Condition()
@@ -137,7 +139,12 @@ class RoundWatch:
     async def acted_on(self, round_number: int, phase: tier_pb2.RoundPhase.ValueType) -> None:
         """Return once the notice (round_number, phase) has been acted on (for start-up and tests)."""
         async with self._acted:
-            await self._acted.wait_for(lambda: self.notice == RoundNotice(round_number, phase))
+            await self._acted.wait_for(
+                lambda: (
+                    self.notice is not None
+                    and (self.notice.round_number, self.notice.phase) == (round_number, phase)
+                )
+            )
 
     async def root_gone_after_finish(self) -> None:
         """Return once the root finished the experiment and then stopped answering (a root exits after the last
@@ -167,12 +174,20 @@ class RoundWatch:
         if current is None or current.number != notice.round_number:
             self._delivered.set()  # the root moved on: the last round's partial was collected
             current = await self._open(notice.round_number)
-        if notice.phase == COLLECTING and not current.collecting:
+        if notice.phase == COLLECTING and (
+            not current.collecting or frozenset(notice.stragglers) != self._left_out
+        ):
             self._uploads.close_round(current.number)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._commit_executor, _after_earlier_commits)
+            if self._delivery is not None:  # a delivery of the round with fewer stragglers left out
+                self._delivery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._delivery
+            self._left_out = frozenset(notice.stragglers)
+            partial = await loop.run_in_executor(self._executor, current.ingest.without, self._left_out)
             self._delivered = asyncio.Event()
-            self._delivery = asyncio.create_task(self._deliver(current.ingest.partial, self._delivered))
+            self._delivery = asyncio.create_task(self._deliver(partial, self._delivered))
 
     async def _open(self, round_number: int) -> ReplicaRound:
         loop = asyncio.get_running_loop()
