@@ -203,3 +203,20 @@ def test_an_ingest_replica_needs_its_tier_certificates() -> None:
     (error,) = problems(data)
     assert error.key == "topology.tier_certificate_dir"
     assert "a subdirectory named after each replica" in str(error)
+
+
+def test_config_check_reports_a_roots_tier_port_and_certificate(tier_pki: Pki, tmp_path: Path) -> None:
+    data = tier_config("root")
+    data["topology"].update({"tier_port": 50051, "tier_certificate_dir": str(tier_pki.server_dir)})
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+
+    checked = config_check(
+        tmp_path / "fedagg.yaml", data
+    )  # 50051 is server.port's default: a root never binds it
+
+    assert checked.returncode == 0, checked.stderr
+    assert "root, port 50051, TLS mtls" in checked.stdout
+    assert "tier       [::]:50051  grpc, mutual TLS" in checked.stdout
+    assert "federation [" not in checked.stdout
+    assert "Traceback" not in checked.stdout + checked.stderr

@@ -14,24 +14,31 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
     import datetime
 
     from fedagg.collaborator.diagnostics import certificate_facts
+    from fedagg.config.topology import Role
     from fedagg.server.tls import TlsMode
     from fedagg.sizing import plan_sizing
 
     server, ops, tls = config.server, config.ops, config.server.tls
-    files = tls.files()
+    root = config.topology.role == Role.ROOT
+    files = config.topology.tier_files(tls.certificate_dir) if root else tls.files()
     security = {
         TlsMode.MUTUAL: f"mutual TLS (client certificates signed by {files.root_certificate})",
         TlsMode.SERVER_ONLY: "TLS, server certificate only",
         TlsMode.INSECURE: "PLAINTEXT (insecure)",
-    }[tls.mode]
+    }[TlsMode.MUTUAL if root else tls.mode]
+    topology = config.topology
     listeners = [
-        _listener("federation", server.bind_address, server.port, "grpc", tls.mode.value, security),
+        _listener(
+            "tier", topology.tier_bind_address, topology.tier_port, "grpc", TlsMode.MUTUAL.value, security
+        )
+        if root
+        else _listener("federation", server.bind_address, server.port, "grpc", tls.mode.value, security),
         _listener("ops", ops.bind_address, ops.port, "grpc", None, "plaintext"),
         _listener("metrics", ops.metrics_bind_address, ops.metrics_port, "http", None, "plaintext"),
     ]
     warnings: list[str] = []
     certificate: dict[str, Any] | None = None
-    if tls.mode == TlsMode.INSECURE:
+    if tls.mode == TlsMode.INSECURE and not root:
         warnings.append(
             "server.tls.mode is insecure: the federation port is plaintext and unauthenticated, so anyone who "
             "reaches it can read the model and act as any collaborator; use it only on a trusted network "
@@ -54,7 +61,7 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
                 f"the server certificate {files.certificate} carries no names (SANs); collaborators check the "
                 "name they dial against them"
             )
-    if tls.mode == TlsMode.SERVER_ONLY:
+    if tls.mode == TlsMode.SERVER_ONLY and not root:
         warnings.append(
             "server.tls.mode is tls (server-only): collaborators present no certificate, so they are told apart "
             "only by the names they claim; prefer mtls"
@@ -87,6 +94,8 @@ def config_document(config: Config, plan: FederationPlan, ignored: tuple[str, ..
 
 _SERVES = {
     "federation": "OpenFL's aggregator service, health, reflection",
+    "tier": "the ingest replicas: OpenFL's aggregator service on their collaborators' behalf, the Tier service, "
+    "health, reflection",
     "ops": "gRPC health and reflection",
     "metrics": "Prometheus /metrics",
 }

@@ -185,7 +185,8 @@ def _config_check(args: argparse.Namespace) -> int:
     print(
         f"OK: federation {plan.federation_uuid} (aggregator {plan.aggregator_uuid}), "
         f"{len(plan.collaborators)} collaborators, {plan.rounds_to_train} rounds{group}, "
-        f"port {config.server.port}, TLS {config.server.tls.mode.value}, state {config.storage.state_dir}"
+        f"{config.topology.role.value}, port {document['listeners'][0]['port']}, "
+        f"TLS {document['listeners'][0]['tls']}, state {config.storage.state_dir}"
     )
     if ignored:
         print(f"ignored (no meaning for fedagg's aggregator): {', '.join(ignored)}")
