@@ -540,3 +540,17 @@ def test_no_tier_renders_byte_identical_to_the_chart_before_it(scenario: str, st
 
     assert chart.render_manifests(values) == before
     assert chart.render_manifests(explicit) == before
+
+
+# --- documentation --------------------------------------------------------------------------------------------------
+
+
+def test_the_readme_example_renders_the_tier_it_describes() -> None:
+    section = (CHART / "README.md").read_text().split("### Scale out")[1].split("\n### ")[0]
+    example = yaml.safe_load(section.split("```yaml")[1].split("```")[0])
+
+    rendering = tier(with_federation(**example))
+
+    assert rendering.ingest["spec"]["replicas"] == example["topology"]["ingest"]["replicas"]
+    for needle in ("fedagg.io/role: ingest", "ClusterIP", "CN is its pod name", "no spool", "ha.enabled"):
+        assert needle in section, needle
