@@ -148,12 +148,8 @@ def test_an_ingest_replica_knows_its_name_from_the_pod() -> None:
     rendering = tier(tier_values())
 
     env = {item["name"]: item for item in rendering.container(rendering.ingest)["env"]}
-    names = [item["name"] for item in rendering.container(rendering.ingest)["env"]]
     assert env["FEDAGG__TOPOLOGY__REPLICA"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    # $(POD_NAME) is expanded by the kubelet only when POD_NAME is defined before it.
-    assert env["FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR"]["value"] == "/etc/fedagg/tier/$(POD_NAME)"
-    assert names.index("POD_NAME") < names.index("FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR")
     assert "FEDAGG__TOPOLOGY__REPLICA" not in {
         item["name"] for item in rendering.container(rendering.root)["env"]
     }
@@ -329,18 +325,11 @@ def test_each_role_reads_its_topology() -> None:
         "tier_port": tier_port,
         "replicas": [f"{INGEST_NAME}-{ordinal}" for ordinal in range(rendering.ingest["spec"]["replicas"])],
         "lost_replica_seconds": 300,
-        "tls": {
-            "certificate_dir": "/etc/fedagg/tier",
-            "certificate": "tls.crt",
-            "private_key": "tls.key",
-            "root_certificate": "ca.crt",
-        },
     }
     assert root_ports["tier"] == tier_port
     assert ingest["topology"] == {
         "role": "ingest",
         "root_address": f"{ROOT_NAME}.{NAMESPACE}.svc:{tier_port}",
-        "tls": {"certificate": "tls.crt", "private_key": "tls.key", "root_certificate": "ca.crt"},
     }
     # The rest of the configuration is the same for both roles.
     assert {k: v for k, v in root.items() if k != "topology"} == {
@@ -370,10 +359,7 @@ def test_the_rendered_tier_configs_are_valid_fedagg_configs(tmp_path: Path) -> N
     ingest: Any = parse_config(
         rendering.config(rendering.ingest),
         tmp_path,
-        environ={
-            "FEDAGG__TOPOLOGY__REPLICA": replica,
-            "FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR": f"/etc/fedagg/tier/{replica}",
-        },
+        environ={"FEDAGG__TOPOLOGY__REPLICA": replica},
     )
 
     assert str(root.topology.role) == "root"

@@ -326,13 +326,11 @@ spec:
               fieldPath: metadata.name
         {{- end }}
         {{- if eq (toString .role) "ingest" }}
-        # The ingest replica's name in the tier (the CN of its client certificate) and that certificate's directory.
+        # The ingest replica's name in the tier: the CN of its client certificate, in /etc/fedagg/tier/<name>/.
         - name: FEDAGG__TOPOLOGY__REPLICA
           valueFrom:
             fieldRef:
               fieldPath: metadata.name
-        - name: FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR
-          value: {{ include "fedagg.tierDir" . }}/$(POD_NAME)
         {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}

@@ -77,18 +77,13 @@ fedagg.io/role: {{ .role }}
 
 {{/*
 The topology section of one role's fedagg.yaml. The ingest replica's name comes from the pod
-(FEDAGG__TOPOLOGY__REPLICA), and so does the directory of its own client certificate
-(FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR).
+(FEDAGG__TOPOLOGY__REPLICA).
 */}}
 {{- define "fedagg.topologyConfig" -}}
-{{- $tls := dict "certificate" "tls.crt" "private_key" "tls.key" "root_certificate" "ca.crt" }}
 {{- if eq .role "root" }}
-{{- $_ := set $tls "certificate_dir" (include "fedagg.tierDir" .) }}
-{{- $topology := dict "role" "root" "tier_port" (int .Values.containerPorts.tier) "replicas" (include "fedagg.ingestReplicas" . | fromYamlArray) "lost_replica_seconds" .Values.topology.lostReplicaSeconds "tls" $tls }}
-{{- toYaml $topology }}
+{{- toYaml (dict "role" "root" "tier_port" (int .Values.containerPorts.tier) "replicas" (include "fedagg.ingestReplicas" . | fromYamlArray) "lost_replica_seconds" .Values.topology.lostReplicaSeconds) }}
 {{- else }}
-{{- $topology := dict "role" "ingest" "root_address" (include "fedagg.rootAddress" .) "tls" $tls }}
-{{- toYaml $topology }}
+{{- toYaml (dict "role" "ingest" "root_address" (include "fedagg.rootAddress" .)) }}
 {{- end }}
 {{- end }}
 
@@ -116,7 +111,7 @@ The topology section of one role's fedagg.yaml. The ingest replica's name comes 
 {{/*
 The tier's certificates, mounted as whole directories (rotations reach the pod): the root's secret at
 /etc/fedagg/tier; every ingest replica's secret at /etc/fedagg/tier/<replica>/ of every ingest pod (one pod
-template for all: each pod reads its own directory, FEDAGG__TOPOLOGY__TLS__CERTIFICATE_DIR).
+template for all: each pod's own directory is the one named after it).
 */}}
 {{- define "fedagg.tierVolume" -}}
 - name: tier
