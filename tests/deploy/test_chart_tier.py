@@ -6,6 +6,8 @@ K = 0 renders the chart exactly as it was before the tier."""
 from __future__ import annotations
 
 import io
+import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -540,3 +542,53 @@ def test_the_readme_example_renders_the_tier_it_describes() -> None:
     assert rendering.ingest["spec"]["replicas"] == example["topology"]["ingest"]["replicas"]
     for needle in ("fedagg.io/role: ingest", "ClusterIP", "CN is its pod name", "no spool", "ha.enabled"):
         assert needle in section, needle
+
+
+# --- policies ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", TIER_SCENARIOS)
+def test_checkov_finds_nothing_beyond_the_aggregators_justified_findings(
+    scenario: str, tmp_path: Path
+) -> None:
+    """The tier's StatefulSets are held to test_checkov.py's justifications for the aggregator's workload."""
+    from tests.deploy import tools  # noqa: PLC0415
+    from tests.deploy.test_checkov import JUSTIFIED  # noqa: PLC0415
+
+    binary = tools.checkov()
+    for index, document in enumerate(chart.scenario_objects(scenario)):
+        (tmp_path / f"{index:02d}-{document['kind'].lower()}.yaml").write_text(yaml.safe_dump(document))
+    command = [
+        binary,
+        "--directory",
+        str(tmp_path),
+        "--framework",
+        "kubernetes",
+        "--skip-download",
+    ]
+    result = subprocess.run(
+        [*command, "--compact", "--output", "json"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    (report,) = report if isinstance(report, list) else [report]
+    assert report["summary"]["parsing_errors"] == 0
+    findings = [
+        (check["check_id"], check["resource"]) for check in report["results"].get("failed_checks", [])
+    ]
+    statefulset = re.compile(rf"StatefulSet\.{NAMESPACE}\.({ROOT_NAME}|{INGEST_NAME})")
+
+    unjustified = [
+        (check, resource)
+        for check, resource in findings
+        if not any(
+            check == allowed
+            and re.fullmatch(pattern, statefulset.sub(f"Deployment.{NAMESPACE}.{FULLNAME}", resource))
+            for allowed, pattern in JUSTIFIED
+        )
+    ]
+
+    assert unjustified == []
+    # Both StatefulSets were scanned.
+    scanned = {check["resource"] for check in report["results"].get("passed_checks", [])}
+    assert {f"StatefulSet.{NAMESPACE}.{ROOT_NAME}", f"StatefulSet.{NAMESPACE}.{INGEST_NAME}"} <= scanned
