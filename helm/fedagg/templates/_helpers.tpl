@@ -235,6 +235,10 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $ha := .Values.ha }}
 {{- $_ := set $config "ha" (dict "enabled" true "backend" "kubernetes" "lease_name" (include "fedagg.leaseName" .) "namespace" (include "fedagg.namespace" .) "lease_seconds" (int $ha.leaseSeconds) "renew_deadline_seconds" (int $ha.renewDeadlineSeconds) "retry_seconds" (int $ha.retrySeconds)) }}
 {{- end }}
+{{- /* The scale-out tier: this pod's role (root or ingest) and how the roles find each other. */}}
+{{- if .role }}
+{{- $_ := set $config "topology" (include "fedagg.topologyConfig" . | fromYaml) }}
+{{- end }}
 {{- /* Explicit model paths: an OpenFL plan's best/last_state_path would point into the read-only plan mount. */}}
 {{- range $key, $file := dict "best_model" "best.pbuf" "last_model" "last.pbuf" }}
 {{- if not (get $storage $key) }}
@@ -265,6 +269,9 @@ certificate directory, state directory, after_finish), so that probes, Service a
 metadata:
   labels:
     {{- include "fedagg.labels" . | nindent 4 }}
+    {{- if .role }}
+    {{- include "fedagg.roleLabels" . | nindent 4 }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -318,6 +325,13 @@ spec:
             fieldRef:
               fieldPath: metadata.name
         {{- end }}
+        {{- if eq (toString .role) "ingest" }}
+        # The ingest replica's name in the tier: the CN of its client certificate, in /etc/fedagg/tier/<name>/.
+        - name: FEDAGG__TOPOLOGY__REPLICA
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -326,9 +340,15 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       ports:
+        {{- if eq (toString .role) "root" }}
+        - name: tier
+          containerPort: {{ .Values.containerPorts.tier }}
+          protocol: TCP
+        {{- else }}
         - name: federation
           containerPort: {{ .Values.containerPorts.federation }}
           protocol: TCP
+        {{- end }}
         - name: ops
           containerPort: {{ .Values.containerPorts.ops }}
           protocol: TCP
@@ -372,7 +392,7 @@ spec:
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
-        {{- toYaml .Values.resources | nindent 8 }}
+        {{- include "fedagg.resources" . | nindent 8 }}
       volumeMounts:
         - name: config
           mountPath: {{ include "fedagg.configDir" . }}
@@ -385,6 +405,11 @@ spec:
         {{- if include "fedagg.tlsEnabled" . }}
         - name: tls
           mountPath: {{ include "fedagg.tlsDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if .role }}
+        - name: tier
+          mountPath: {{ include "fedagg.tierDir" . }}
           readOnly: true
         {{- end }}
         {{- if .Values.initialModel.existingConfigMap }}
@@ -408,7 +433,7 @@ spec:
         name: {{ include "fedagg.fullname" . }}-config
         defaultMode: 0444
         items:
-          - key: fedagg.yaml
+          - key: {{ include "fedagg.configKey" . }}
             path: fedagg.yaml
     {{- if .Values.openfl.enabled }}
     - name: openfl
@@ -427,12 +452,16 @@ spec:
         secretName: {{ include "fedagg.tlsSecretName" . }}
         defaultMode: 0440
     {{- end }}
+    {{- if .role }}
+    {{- include "fedagg.tierVolume" . | nindent 4 }}
+    {{- end }}
     {{- if .Values.initialModel.existingConfigMap }}
     - name: initial-model
       configMap:
         name: {{ .Values.initialModel.existingConfigMap }}
         defaultMode: 0440
     {{- end }}
+    {{- if not .role }}
     - name: state
       {{- if .Values.persistence.enabled }}
       persistentVolumeClaim:
@@ -441,6 +470,7 @@ spec:
       emptyDir:
         sizeLimit: {{ .Values.persistence.emptyDir.sizeLimit }}
       {{- end }}
+    {{- end }}
     - name: tmp
       emptyDir:
         sizeLimit: {{ .Values.tmpSizeLimit }}

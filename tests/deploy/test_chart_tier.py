@@ -1,0 +1,594 @@
+"""The scale-out tier in the Helm chart (topology.ingest.replicas = K > 0), rendered by the real Helm SDK: a root
+StatefulSet of one that only the ingest replicas reach, K ingest replicas behind the federation Service, a claim
+per pod, the tier's certificates, budgets and network policies; what does not fit is refused at render time; and
+K = 0 renders the chart exactly as it was before the tier."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fedagg.config.loading import parse_config
+from fedagg.config.schema import Config
+from tests.conftest import require
+from tests.deploy import chart
+from tests.deploy.chart import (
+    CHART,
+    CRD_KINDS,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    SCENARIOS,
+    TIER_SCENARIOS,
+    Rendered,
+    invalid_object,
+    kubernetes_validator,
+    render,
+    scenario_values,
+    with_federation,
+)
+
+ROOT_NAME = f"{FULLNAME}-root"
+INGEST_NAME = f"{FULLNAME}-ingest"
+ROLE = "fedagg.io/role"
+#: The chart before the tier: K = 0 must render every one of its scenarios byte for byte as it did. A deliberate
+#: change of the standalone rendering later moves this commit forward.
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+STANDALONE_BASELINE = "c82c76e63d4b336c4b6a2f93ed19cec26aa5fdcd"
+
+
+@pytest.fixture(autouse=True)
+def _helm_sdk() -> None:
+    chart.require_helm_sdk()
+
+
+def tier_values(replicas: int = 2, **values: Any) -> dict[str, Any]:
+    """A minimal tier release: a Deployment-mode federation with ``replicas`` ingest replicas, plus ``values``."""
+    topology = dict(values.pop("topology", {}))
+    topology["ingest"] = {"replicas": replicas, **topology.get("ingest", {})}
+    return with_federation(**{"workload": "Deployment", **values, "topology": topology})
+
+
+def refusal(values: dict[str, Any]) -> str:
+    """The message Helm fails the rendering with."""
+    with pytest.raises(chart.helm().HelmError) as refused:
+        chart.render_manifests(values)
+    return str(refused.value)
+
+
+class Tier:
+    """Lookups in one tier rendering: the two StatefulSets, their pods, their configs."""
+
+    def __init__(self, objects: Rendered) -> None:
+        self.objects = objects
+        self.root = objects.one("StatefulSet", ROOT_NAME)
+        self.ingest = objects.one("StatefulSet", INGEST_NAME)
+
+    @staticmethod
+    def pod_labels(statefulset: dict[str, Any]) -> dict[str, str]:
+        labels: dict[str, str] = statefulset["spec"]["template"]["metadata"]["labels"]
+        return labels
+
+    @staticmethod
+    def container(statefulset: dict[str, Any]) -> dict[str, Any]:
+        (found,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == "fedagg"]
+        return found
+
+    @staticmethod
+    def volume(statefulset: dict[str, Any], name: str) -> dict[str, Any]:
+        (found,) = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
+        return found
+
+    def config(self, statefulset: dict[str, Any]) -> dict[str, Any]:
+        """The fedagg.yaml this StatefulSet's pods read (the ConfigMap key their config volume maps)."""
+        volume = self.volume(statefulset, "config")["configMap"]
+        (item,) = volume["items"]
+        assert item["path"] == "fedagg.yaml"
+        data = self.objects.one("ConfigMap", volume["name"])["data"]
+        config: dict[str, Any] = yaml.safe_load(data[item["key"]])
+        return config
+
+    def selected_by(self, selector: dict[str, str]) -> list[str]:
+        """The StatefulSets whose pods a Service selector matches."""
+        return [
+            statefulset["metadata"]["name"]
+            for statefulset in (self.root, self.ingest)
+            if selector.items() <= self.pod_labels(statefulset).items()
+        ]
+
+
+def tier(values: dict[str, Any]) -> Tier:
+    return Tier(render(values))
+
+
+def tier_scenario() -> Tier:
+    (scenario,) = TIER_SCENARIOS
+    return Tier(chart.rendered(scenario))
+
+
+# --- the workloads ----------------------------------------------------------------------------------------------------
+
+
+def test_the_tier_scenario_is_a_root_of_one_and_k_ingest_replicas_with_a_claim_each() -> None:
+    rendering = tier_scenario()
+    objects = rendering.objects
+
+    assert rendering.root["spec"]["replicas"] == 1
+    assert rendering.ingest["spec"]["replicas"] == 3
+    assert not objects.has("Deployment")
+    assert not objects.has("Job")
+    # No shared claim: each pod gets its own from volumeClaimTemplates, sized per role.
+    assert not objects.has("PersistentVolumeClaim")
+    for statefulset, size in ((rendering.root, "10Gi"), (rendering.ingest, "20Gi")):
+        (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "state"
+        assert claim["spec"]["resources"]["requests"]["storage"] == size
+        assert "state" not in {v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+        assert {"name": "state", "mountPath": "/var/lib/fedagg"} in rendering.container(statefulset)[
+            "volumeMounts"
+        ]
+        assert (
+            statefulset["spec"]["selector"]["matchLabels"].items()
+            <= rendering.pod_labels(statefulset).items()
+        )
+    assert rendering.container(rendering.ingest)["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert rendering.container(rendering.root)["resources"] == DEFAULTS["resources"]
+
+
+def test_an_ingest_replica_knows_its_name_from_the_pod() -> None:
+    rendering = tier(tier_values())
+
+    env = {item["name"]: item for item in rendering.container(rendering.ingest)["env"]}
+    assert env["FEDAGG__TOPOLOGY__REPLICA"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "FEDAGG__TOPOLOGY__REPLICA" not in {
+        item["name"] for item in rendering.container(rendering.root)["env"]
+    }
+
+
+def test_readiness_is_the_grpc_readiness_service_on_the_ops_port() -> None:
+    rendering = tier(tier_values())
+
+    for statefulset in (rendering.root, rendering.ingest):
+        container = rendering.container(statefulset)
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert container["readinessProbe"]["grpc"] == {
+            "port": ports["ops"],
+            "service": "openfl.aggregator.Aggregator",
+        }
+        assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+        assert rendering.config(statefulset)["ops"]["port"] == ports["ops"]
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.37"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        *(scenario_values(scenario) for scenario in TIER_SCENARIOS),
+        tier_values(1),
+        tier_values(
+            2,
+            tls={"certManager": {"enabled": True, "issuerRef": {"name": "fedagg-ca"}}},
+            topology={"tls": {"issuerRef": {"name": "tier-ca", "kind": "ClusterIssuer"}}},
+            networkPolicy={"enabled": True},
+            config={"hooks": {"kubernetes": {"enabled": "false"}}},
+        ),
+    ],
+    ids=[*TIER_SCENARIOS, "one replica, secrets", "two replicas, a cluster issuer, no hook"],
+)
+def test_the_tier_renders_valid_kubernetes(values: dict[str, Any], version: str) -> None:
+    import jsonschema  # noqa: PLC0415
+
+    from tests.deploy.test_kubernetes_schemas import CRD_SCHEMAS  # noqa: PLC0415
+
+    validator = kubernetes_validator()
+    objects = render(values).objects
+
+    problems = [
+        invalid_object(document, version, validator)
+        for document in objects
+        if (document["apiVersion"], document["kind"]) not in CRD_KINDS
+    ]
+    for document in objects:
+        if (document["apiVersion"], document["kind"]) in CRD_KINDS:
+            jsonschema.validate(document, CRD_SCHEMAS[(document["apiVersion"], document["kind"])])
+
+    assert [problem for problem in problems if problem] == []
+    assert [d["kind"] for d in objects].count("StatefulSet") == 2
+
+
+@pytest.mark.parametrize("scenario", TIER_SCENARIOS)
+@pytest.mark.parametrize("kube_version", ["v1.27.0", "v1.37.0"])
+def test_the_tier_scenario_lints_strictly(scenario: str, kube_version: str) -> None:
+    report = chart.helm().lint(
+        CHART, scenario_values(scenario), strict=True, namespace=NAMESPACE, kube_version=kube_version
+    )
+
+    assert [message for message in report["messages"] if message["severity"] >= 2] == []
+    assert report["errors"] == []
+
+
+# --- one address for the collaborators, and the root behind it -------------------------------------------------------
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "LoadBalancer", "NodePort"])
+def test_the_federation_service_selects_the_ingest_pods_only(service_type: str) -> None:
+    rendering = tier(tier_values(service={"type": service_type}))
+
+    federation = rendering.objects.one("Service", FULLNAME)["spec"]
+    assert rendering.selected_by(federation["selector"]) == [INGEST_NAME]
+    assert federation["selector"][ROLE] == "ingest"
+    assert rendering.pod_labels(rendering.root)[ROLE] == "root"
+    assert [port["targetPort"] for port in federation["ports"]] == ["federation"]
+    ingest_ports = {p["name"] for p in rendering.container(rendering.ingest)["ports"]}
+    assert "federation" in ingest_ports
+    assert rendering.ingest["spec"]["serviceName"] == FULLNAME
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        tier_values(3),
+        tier_values(
+            2,
+            service={"type": "LoadBalancer"},
+            tls={"certManager": {"enabled": True, "issuerRef": {"name": "fedagg-ca"}}},
+            tlsRoute={"enabled": True, "parentRefs": [{"name": "gateway"}], "hostnames": ["fl.example.org"]},
+        ),
+    ],
+    ids=["cluster", "load balancer and a gateway"],
+)
+def test_the_root_is_not_exposed(values: dict[str, Any]) -> None:
+    rendering = tier(values)
+    objects = rendering.objects
+
+    root_service = objects.one("Service", ROOT_NAME)["spec"]
+    assert root_service["type"] == "ClusterIP"
+    assert [(port["name"], port["targetPort"]) for port in root_service["ports"]] == [("tier", "tier")]
+    assert rendering.selected_by(root_service["selector"]) == [ROOT_NAME]
+    # Every Service that reaches the root is ClusterIP and has no federation port.
+    for service in objects.all("Service"):
+        if ROOT_NAME in rendering.selected_by(service["spec"]["selector"]):
+            assert service["spec"]["type"] == "ClusterIP", service["metadata"]["name"]
+            assert "federation" not in {port["targetPort"] for port in service["spec"]["ports"]}
+    # The root's container has no federation port; nothing routes to its Service from outside.
+    assert "federation" not in {port["name"] for port in rendering.container(rendering.root)["ports"]}
+    backends = [
+        backend["name"]
+        for route in objects.all("TLSRoute") + objects.all("Ingress") + objects.all("Route")
+        for rule in route["spec"].get("rules", [])
+        for backend in rule.get("backendRefs", [])
+    ]
+    assert ROOT_NAME not in backends
+    assert set(backends) <= {FULLNAME}
+
+
+def test_network_policies_let_only_the_ingest_replicas_reach_the_root() -> None:
+    rendering = tier_scenario()
+    policies = {p["metadata"]["name"]: p["spec"] for p in rendering.objects.all("NetworkPolicy")}
+    ingest_labels = rendering.pod_labels(rendering.ingest)
+    root_labels = rendering.pod_labels(rendering.root)
+    tier_port = rendering.config(rendering.root)["topology"]["tier_port"]
+
+    assert set(policies) == {ROOT_NAME, INGEST_NAME}
+    root = policies[ROOT_NAME]
+    assert root["podSelector"]["matchLabels"].items() <= root_labels.items()
+    assert not root["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    ports = [port["port"] for rule in root["ingress"] for port in rule["ports"]]
+    assert "federation" not in ports
+    (tier_rule,) = [rule for rule in root["ingress"] if rule["ports"][0]["port"] == "tier"]
+    (source,) = tier_rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    assert not source["podSelector"]["matchLabels"].items() <= root_labels.items()
+    ingest = policies[INGEST_NAME]
+    assert ingest["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    assert "federation" in [port["port"] for rule in ingest["ingress"] for port in rule["ports"]]
+    (to_root,) = [
+        rule for rule in ingest["egress"] if rule.get("to") and rule["ports"][0]["port"] == tier_port
+    ]
+    assert to_root["to"][0]["podSelector"]["matchLabels"].items() <= root_labels.items()
+
+
+def test_disruption_budgets_guard_the_ingest_replicas_and_optionally_the_root() -> None:
+    rendering = tier(tier_values(4, topology={"ingest": {"maxUnavailable": 2}}))
+
+    (budget,) = rendering.objects.all("PodDisruptionBudget")
+    assert budget["metadata"]["name"] == INGEST_NAME
+    assert budget["spec"]["maxUnavailable"] == 2
+    assert rendering.selected_by(budget["spec"]["selector"]["matchLabels"]) == [INGEST_NAME]
+    budgets = {b["metadata"]["name"]: b["spec"] for b in tier_scenario().objects.all("PodDisruptionBudget")}
+    assert set(budgets) == {INGEST_NAME, ROOT_NAME}
+    assert budgets[ROOT_NAME]["minAvailable"] == 1
+    assert tier_scenario().selected_by(budgets[ROOT_NAME]["selector"]["matchLabels"]) == [ROOT_NAME]
+
+
+# --- the configuration each role reads ------------------------------------------------------------------------------
+
+
+def test_each_role_reads_its_topology() -> None:
+    rendering = tier_scenario()
+    root, ingest = rendering.config(rendering.root), rendering.config(rendering.ingest)
+    tier_port = rendering.objects.one("Service", ROOT_NAME)["spec"]["ports"][0]["port"]
+    root_ports = {p["name"]: p["containerPort"] for p in rendering.container(rendering.root)["ports"]}
+
+    assert root["topology"] == {
+        "role": "root",
+        "tier_port": tier_port,
+        "replicas": [f"{INGEST_NAME}-{ordinal}" for ordinal in range(rendering.ingest["spec"]["replicas"])],
+        "lost_replica_seconds": 300,
+    }
+    assert root_ports["tier"] == tier_port
+    assert ingest["topology"] == {
+        "role": "ingest",
+        "root_address": f"{ROOT_NAME}.{NAMESPACE}.svc:{tier_port}",
+    }
+    # The rest of the configuration is the same for both roles.
+    assert {k: v for k, v in root.items() if k != "topology"} == {
+        k: v for k, v in ingest.items() if k != "topology"
+    }
+
+
+def test_the_tier_settings_are_values() -> None:
+    rendering = tier(tier_values(2, containerPorts={"tier": 6000}, topology={"lostReplicaSeconds": 45}))
+
+    topology = rendering.config(rendering.root)["topology"]
+    assert (topology["tier_port"], topology["lost_replica_seconds"]) == (6000, 45)
+    assert rendering.config(rendering.ingest)["topology"]["root_address"].endswith(":6000")
+    assert rendering.objects.one("Service", ROOT_NAME)["spec"]["ports"][0]["port"] == 6000
+
+
+def test_the_rendered_tier_configs_are_valid_fedagg_configs(tmp_path: Path) -> None:
+    """fedagg reads each role's file, with the environment the ingest pod gives it."""
+    require(
+        "topology" in typing.get_type_hints(Config),
+        "this fedagg has no topology configuration section yet (issue 18's runtime)",
+    )
+    rendering = tier_scenario()
+    replica = f"{INGEST_NAME}-2"
+
+    root: Any = parse_config(rendering.config(rendering.root), tmp_path, environ={})
+    ingest: Any = parse_config(
+        rendering.config(rendering.ingest),
+        tmp_path,
+        environ={"FEDAGG__TOPOLOGY__REPLICA": replica},
+    )
+
+    assert str(root.topology.role) == "root"
+    assert list(root.topology.replicas) == [f"{INGEST_NAME}-{ordinal}" for ordinal in range(3)]
+    assert str(ingest.topology.role) == "ingest"
+    assert ingest.topology.replica == replica
+    assert ingest.topology.root_address == f"{ROOT_NAME}.{NAMESPACE}.svc:50054"
+
+
+# --- certificates ---------------------------------------------------------------------------------------------------
+
+
+def test_cert_manager_issues_the_tier_certificates_from_a_ca_of_its_own() -> None:
+    rendering = tier_scenario()
+    objects = rendering.objects
+    certificates = {c["metadata"]["name"]: c["spec"] for c in objects.all("Certificate")}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in objects.all("Issuer")}
+    replicas = rendering.config(rendering.root)["topology"]["replicas"]
+    host = rendering.config(rendering.ingest)["topology"]["root_address"].rsplit(":", 1)[0]
+
+    # The tier CA: self-signed, a CA Issuer over its secret; the collaborators' CA (fedagg-ca) signs nothing here.
+    ca = certificates[f"{FULLNAME}-tier-ca"]
+    assert ca["isCA"] is True
+    assert issuers[f"{FULLNAME}-tier-ca"] == {"ca": {"secretName": ca["secretName"]}}
+    assert issuers[ca["issuerRef"]["name"]] == {"selfSigned": {}}
+    tier_certificates = {name: spec for name, spec in certificates.items() if name.endswith("-tier")}
+    assert {spec["issuerRef"]["name"] for spec in tier_certificates.values()} == {f"{FULLNAME}-tier-ca"}
+    assert certificates[FULLNAME]["issuerRef"]["name"] == "fedagg-ca"
+    # The root: a server certificate for the address the ingest replicas dial, in the secret the root mounts.
+    server = tier_certificates[f"{ROOT_NAME}-tier"]
+    assert host in server["dnsNames"]
+    assert "server auth" in server["usages"]
+    assert rendering.volume(rendering.root, "tier")["secret"]["secretName"] == server["secretName"]
+    # Each replica: a client certificate whose CN is its pod name, mounted in the directory of that name.
+    sources = rendering.volume(rendering.ingest, "tier")["projected"]["sources"]
+    mounted = {s["secret"]["name"]: {item["path"] for item in s["secret"]["items"]} for s in sources}
+    for replica in replicas:
+        client = tier_certificates[f"{replica}-tier"]
+        assert client["commonName"] == replica
+        assert "client auth" in client["usages"]
+        assert "server auth" not in client["usages"]
+        assert mounted[client["secretName"]] == {
+            f"{replica}/tls.crt",
+            f"{replica}/tls.key",
+            f"{replica}/ca.crt",
+        }
+    assert len(mounted) == len(replicas)
+    (mount,) = [m for m in rendering.container(rendering.ingest)["volumeMounts"] if m["name"] == "tier"]
+    assert (mount["mountPath"], mount["readOnly"], "subPath" in mount) == ("/etc/fedagg/tier", True, False)
+
+
+def test_a_named_issuer_signs_the_tier_instead_of_the_charts_ca() -> None:
+    objects = render(
+        tier_values(
+            2,
+            tls={"certManager": {"enabled": True, "issuerRef": {"name": "fedagg-ca"}}},
+            topology={"tls": {"issuerRef": {"name": "tier-ca", "kind": "ClusterIssuer"}}},
+        )
+    )
+
+    assert not objects.has("Issuer")
+    refs = {c["metadata"]["name"]: c["spec"]["issuerRef"] for c in objects.all("Certificate")}
+    assert set(refs) == {FULLNAME, f"{ROOT_NAME}-tier", f"{INGEST_NAME}-0-tier", f"{INGEST_NAME}-1-tier"}
+    for name, ref in refs.items():
+        if name != FULLNAME:
+            assert ref == {"name": "tier-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+
+
+def test_without_cert_manager_the_pods_mount_the_tier_secrets_the_notes_name() -> None:
+    values = tier_values(2)
+    rendering = tier(values)
+    notes = chart.render_manifests(values)["templates/NOTES.txt"]
+
+    assert not rendering.objects.has("Certificate")
+    secrets = [rendering.volume(rendering.root, "tier")["secret"]["secretName"]] + [
+        source["secret"]["name"]
+        for source in rendering.volume(rendering.ingest, "tier")["projected"]["sources"]
+    ]
+    assert secrets == [f"{ROOT_NAME}-tier", f"{INGEST_NAME}-0-tier", f"{INGEST_NAME}-1-tier"]
+    for secret in secrets:
+        assert secret in notes
+    assert f"CN {INGEST_NAME}-1" in notes
+
+
+# --- refused at render time -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "needles"),
+    [
+        (
+            tier_values(2, workload="Job"),
+            ["topology.ingest.replicas (2) needs workload: Deployment (got Job)"],
+        ),
+        (
+            tier_values(2, ha={"enabled": True}, persistence={"accessModes": ["ReadWriteMany"]}),
+            ["topology.ingest.replicas (2) and ha.enabled cannot be combined", "ha.enabled=false"],
+        ),
+        (tier_values(2, persistence={"enabled": False}), ["needs persistence.enabled: true"]),
+        (
+            tier_values(2, persistence={"existingClaim": "state"}),
+            ["cannot use persistence.existingClaim (state)", "topology.ingest.storageSize"],
+        ),
+        (tier_values(2, fullnameOverride="f" * 50), ["longer than 52 characters", "fullnameOverride"]),
+    ],
+    ids=["a job", "ha", "no persistence", "an existing claim", "a long name"],
+)
+def test_what_does_not_fit_the_tier_is_refused_naming_the_values(
+    values: dict[str, Any], needles: list[str]
+) -> None:
+    message = refusal(values)
+
+    for needle in needles:
+        assert needle in message
+
+
+def test_the_schema_refuses_a_negative_replica_count() -> None:
+    sdk = chart.helm()
+    with (
+        sdk.Chart.load(CHART) as loaded,
+        pytest.raises(sdk.HelmValuesError, match="/topology/ingest/replicas"),
+    ):
+        loaded.validate_schema(tier_values(-1))
+
+
+# --- K = 0 is the chart before the tier -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standalone_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart as it was before the tier (STANDALONE_BASELINE), extracted from Git."""
+    git = shutil.which("git")
+    require(git is not None and (ROOT / ".git").exists(), "needs git and the repository's history")
+    assert git is not None
+    archive = subprocess.run(
+        [git, "-C", str(ROOT), "archive", "--format=tar", STANDALONE_BASELINE, "helm/fedagg"],
+        capture_output=True,
+        check=False,
+    )
+    require(archive.returncode == 0, f"commit {STANDALONE_BASELINE} is not in this clone (a shallow clone?)")
+    target = tmp_path_factory.mktemp("standalone")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return target / "helm" / "fedagg"
+
+
+def render_chart(path: Path, values: dict[str, Any]) -> dict[str, str]:
+    with chart.helm().Chart.load(path) as loaded:
+        manifests: dict[str, str] = loaded.render(
+            values=values, name=RELEASE, namespace=NAMESPACE, is_install=True
+        )
+    return {name.split("/", 1)[1]: text for name, text in manifests.items() if text.strip()}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_tier_renders_byte_identical_to_the_chart_before_it(scenario: str, standalone_chart: Path) -> None:
+    baseline_values = standalone_chart / "ci" / f"{scenario}-values.yaml"
+    if not baseline_values.exists():
+        pytest.skip(f"scenario {scenario} is newer than the chart before the tier")
+    values = yaml.safe_load(baseline_values.read_text()) or {}
+    explicit = {**values, "topology": {"ingest": {"replicas": 0}}}
+
+    before = render_chart(standalone_chart, values)
+
+    assert chart.render_manifests(values) == before
+    assert chart.render_manifests(explicit) == before
+
+
+# --- documentation --------------------------------------------------------------------------------------------------
+
+
+def test_the_readme_example_renders_the_tier_it_describes() -> None:
+    section = (CHART / "README.md").read_text().split("### Scale out")[1].split("\n### ")[0]
+    example = yaml.safe_load(section.split("```yaml")[1].split("```")[0])
+
+    rendering = tier(with_federation(**example))
+
+    assert rendering.ingest["spec"]["replicas"] == example["topology"]["ingest"]["replicas"]
+    for needle in ("fedagg.io/role: ingest", "ClusterIP", "CN is its pod name", "no spool", "ha.enabled"):
+        assert needle in section, needle
+
+
+# --- policies ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", TIER_SCENARIOS)
+def test_checkov_finds_nothing_beyond_the_aggregators_justified_findings(
+    scenario: str, tmp_path: Path
+) -> None:
+    """The tier's StatefulSets are held to test_checkov.py's justifications for the aggregator's workload."""
+    from tests.deploy import tools  # noqa: PLC0415
+    from tests.deploy.test_checkov import JUSTIFIED  # noqa: PLC0415
+
+    binary = tools.checkov()
+    for index, document in enumerate(chart.scenario_objects(scenario)):
+        (tmp_path / f"{index:02d}-{document['kind'].lower()}.yaml").write_text(yaml.safe_dump(document))
+    command = [
+        binary,
+        "--directory",
+        str(tmp_path),
+        "--framework",
+        "kubernetes",
+        "--skip-download",
+    ]
+    result = subprocess.run(
+        [*command, "--compact", "--output", "json"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    (report,) = report if isinstance(report, list) else [report]
+    assert report["summary"]["parsing_errors"] == 0
+    findings = [
+        (check["check_id"], check["resource"]) for check in report["results"].get("failed_checks", [])
+    ]
+    statefulset = re.compile(rf"StatefulSet\.{NAMESPACE}\.({ROOT_NAME}|{INGEST_NAME})")
+
+    unjustified = [
+        (check, resource)
+        for check, resource in findings
+        if not any(
+            check == allowed
+            and re.fullmatch(pattern, statefulset.sub(f"Deployment.{NAMESPACE}.{FULLNAME}", resource))
+            for allowed, pattern in JUSTIFIED
+        )
+    ]
+
+    assert unjustified == []
+    # Both StatefulSets were scanned.
+    scanned = {check["resource"] for check in report["results"].get("passed_checks", [])}
+    assert {f"StatefulSet.{NAMESPACE}.{ROOT_NAME}", f"StatefulSet.{NAMESPACE}.{INGEST_NAME}"} <= scanned
