@@ -1,7 +1,8 @@
 """The scale-out tier in the Helm chart (topology.ingest.replicas = K > 0), rendered by the real Helm SDK: a root
 StatefulSet of one that only the ingest replicas reach, K ingest replicas behind the federation Service, a claim
-per pod, the tier's certificates, budgets and network policies; what does not fit is refused at render time; and
-K = 0 renders the chart exactly as it was before the tier."""
+per pod, the tier's certificates, budgets and network policies; and K = 0 renders the chart exactly as main's
+standalone chart. What each role's fedagg.yaml says, that fedagg accepts it, and what is refused at render time:
+test_chart_tier_config.py."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ import re
 import shutil
 import subprocess
 import tarfile
-import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from fedagg.config.loading import parse_config
-from fedagg.config.schema import Config
 from tests.conftest import require
 from tests.deploy import chart
 from tests.deploy.chart import (
@@ -31,90 +29,27 @@ from tests.deploy.chart import (
     ROOT,
     SCENARIOS,
     TIER_SCENARIOS,
-    Rendered,
     invalid_object,
     kubernetes_validator,
     render,
     scenario_values,
     with_federation,
 )
+from tests.deploy.tier_chart import (
+    INGEST_NAME,
+    ROLE,
+    ROOT_NAME,
+    tier,
+    tier_scenario,
+    tier_values,
+)
 
-ROOT_NAME = f"{FULLNAME}-root"
-INGEST_NAME = f"{FULLNAME}-ingest"
-ROLE = "fedagg.io/role"
-#: The chart before the tier: K = 0 must render every one of its scenarios byte for byte as it did. A deliberate
+#: main's standalone chart: K = 0 must render every one of its scenarios byte for byte as it does. A deliberate
 #: change of the standalone rendering later moves this commit forward.
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
-STANDALONE_BASELINE = "c82c76e63d4b336c4b6a2f93ed19cec26aa5fdcd"
+STANDALONE_BASELINE = "4cee747dbbd3d659af89f5619a1620b20db49483"
 
-
-@pytest.fixture(autouse=True)
-def _helm_sdk() -> None:
-    chart.require_helm_sdk()
-
-
-def tier_values(replicas: int = 2, **values: Any) -> dict[str, Any]:
-    """A minimal tier release: a Deployment-mode federation with ``replicas`` ingest replicas, plus ``values``."""
-    topology = dict(values.pop("topology", {}))
-    topology["ingest"] = {"replicas": replicas, **topology.get("ingest", {})}
-    return with_federation(**{"workload": "Deployment", **values, "topology": topology})
-
-
-def refusal(values: dict[str, Any]) -> str:
-    """The message Helm fails the rendering with."""
-    with pytest.raises(chart.helm().HelmError) as refused:
-        chart.render_manifests(values)
-    return str(refused.value)
-
-
-class Tier:
-    """Lookups in one tier rendering: the two StatefulSets, their pods, their configs."""
-
-    def __init__(self, objects: Rendered) -> None:
-        self.objects = objects
-        self.root = objects.one("StatefulSet", ROOT_NAME)
-        self.ingest = objects.one("StatefulSet", INGEST_NAME)
-
-    @staticmethod
-    def pod_labels(statefulset: dict[str, Any]) -> dict[str, str]:
-        labels: dict[str, str] = statefulset["spec"]["template"]["metadata"]["labels"]
-        return labels
-
-    @staticmethod
-    def container(statefulset: dict[str, Any]) -> dict[str, Any]:
-        (found,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == "fedagg"]
-        return found
-
-    @staticmethod
-    def volume(statefulset: dict[str, Any], name: str) -> dict[str, Any]:
-        (found,) = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
-        return found
-
-    def config(self, statefulset: dict[str, Any]) -> dict[str, Any]:
-        """The fedagg.yaml this StatefulSet's pods read (the ConfigMap key their config volume maps)."""
-        volume = self.volume(statefulset, "config")["configMap"]
-        (item,) = volume["items"]
-        assert item["path"] == "fedagg.yaml"
-        data = self.objects.one("ConfigMap", volume["name"])["data"]
-        config: dict[str, Any] = yaml.safe_load(data[item["key"]])
-        return config
-
-    def selected_by(self, selector: dict[str, str]) -> list[str]:
-        """The StatefulSets whose pods a Service selector matches."""
-        return [
-            statefulset["metadata"]["name"]
-            for statefulset in (self.root, self.ingest)
-            if selector.items() <= self.pod_labels(statefulset).items()
-        ]
-
-
-def tier(values: dict[str, Any]) -> Tier:
-    return Tier(render(values))
-
-
-def tier_scenario() -> Tier:
-    (scenario,) = TIER_SCENARIOS
-    return Tier(chart.rendered(scenario))
+pytestmark = pytest.mark.usefixtures("helm_sdk")
 
 
 # --- the workloads ----------------------------------------------------------------------------------------------------
@@ -313,64 +248,6 @@ def test_disruption_budgets_guard_the_ingest_replicas_and_optionally_the_root() 
     assert tier_scenario().selected_by(budgets[ROOT_NAME]["selector"]["matchLabels"]) == [ROOT_NAME]
 
 
-# --- the configuration each role reads ------------------------------------------------------------------------------
-
-
-def test_each_role_reads_its_topology() -> None:
-    rendering = tier_scenario()
-    root, ingest = rendering.config(rendering.root), rendering.config(rendering.ingest)
-    tier_port = rendering.objects.one("Service", ROOT_NAME)["spec"]["ports"][0]["port"]
-    root_ports = {p["name"]: p["containerPort"] for p in rendering.container(rendering.root)["ports"]}
-
-    assert root["topology"] == {
-        "role": "root",
-        "tier_port": tier_port,
-        "replicas": [f"{INGEST_NAME}-{ordinal}" for ordinal in range(rendering.ingest["spec"]["replicas"])],
-        "lost_replica_seconds": 300,
-    }
-    assert root_ports["tier"] == tier_port
-    assert ingest["topology"] == {
-        "role": "ingest",
-        "root_address": f"{ROOT_NAME}.{NAMESPACE}.svc:{tier_port}",
-    }
-    # The rest of the configuration is the same for both roles.
-    assert {k: v for k, v in root.items() if k != "topology"} == {
-        k: v for k, v in ingest.items() if k != "topology"
-    }
-
-
-def test_the_tier_settings_are_values() -> None:
-    rendering = tier(tier_values(2, containerPorts={"tier": 6000}, topology={"lostReplicaSeconds": 45}))
-
-    topology = rendering.config(rendering.root)["topology"]
-    assert (topology["tier_port"], topology["lost_replica_seconds"]) == (6000, 45)
-    assert rendering.config(rendering.ingest)["topology"]["root_address"].endswith(":6000")
-    assert rendering.objects.one("Service", ROOT_NAME)["spec"]["ports"][0]["port"] == 6000
-
-
-def test_the_rendered_tier_configs_are_valid_fedagg_configs(tmp_path: Path) -> None:
-    """fedagg reads each role's file, with the environment the ingest pod gives it."""
-    require(
-        "topology" in typing.get_type_hints(Config),
-        "this fedagg has no topology configuration section yet (issue 18's runtime)",
-    )
-    rendering = tier_scenario()
-    replica = f"{INGEST_NAME}-2"
-
-    root: Any = parse_config(rendering.config(rendering.root), tmp_path, environ={})
-    ingest: Any = parse_config(
-        rendering.config(rendering.ingest),
-        tmp_path,
-        environ={"FEDAGG__TOPOLOGY__REPLICA": replica},
-    )
-
-    assert str(root.topology.role) == "root"
-    assert list(root.topology.replicas) == [f"{INGEST_NAME}-{ordinal}" for ordinal in range(3)]
-    assert str(ingest.topology.role) == "ingest"
-    assert ingest.topology.replica == replica
-    assert ingest.topology.root_address == f"{ROOT_NAME}.{NAMESPACE}.svc:50054"
-
-
 # --- certificates ---------------------------------------------------------------------------------------------------
 
 
@@ -444,47 +321,6 @@ def test_without_cert_manager_the_pods_mount_the_tier_secrets_the_notes_name() -
     for secret in secrets:
         assert secret in notes
     assert f"CN {INGEST_NAME}-1" in notes
-
-
-# --- refused at render time -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("values", "needles"),
-    [
-        (
-            tier_values(2, workload="Job"),
-            ["topology.ingest.replicas (2) needs workload: Deployment (got Job)"],
-        ),
-        (
-            tier_values(2, ha={"enabled": True}, persistence={"accessModes": ["ReadWriteMany"]}),
-            ["topology.ingest.replicas (2) and ha.enabled cannot be combined", "ha.enabled=false"],
-        ),
-        (tier_values(2, persistence={"enabled": False}), ["needs persistence.enabled: true"]),
-        (
-            tier_values(2, persistence={"existingClaim": "state"}),
-            ["cannot use persistence.existingClaim (state)", "topology.ingest.storageSize"],
-        ),
-        (tier_values(2, fullnameOverride="f" * 50), ["longer than 52 characters", "fullnameOverride"]),
-    ],
-    ids=["a job", "ha", "no persistence", "an existing claim", "a long name"],
-)
-def test_what_does_not_fit_the_tier_is_refused_naming_the_values(
-    values: dict[str, Any], needles: list[str]
-) -> None:
-    message = refusal(values)
-
-    for needle in needles:
-        assert needle in message
-
-
-def test_the_schema_refuses_a_negative_replica_count() -> None:
-    sdk = chart.helm()
-    with (
-        sdk.Chart.load(CHART) as loaded,
-        pytest.raises(sdk.HelmValuesError, match="/topology/ingest/replicas"),
-    ):
-        loaded.validate_schema(tier_values(-1))
 
 
 # --- K = 0 is the chart before the tier -----------------------------------------------------------------------------

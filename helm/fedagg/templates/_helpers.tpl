@@ -211,11 +211,18 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $_ := unset $config "federation" }}
 {{- end }}
 {{- $server := $config.server }}
+{{- /*
+The tier's root opens no federation port: its one server is on topology.tier_port and presents the tier's
+certificates, which its server.tls names too (what `fedagg config check` reports).
+*/}}
+{{- $root := eq (toString .role) "root" }}
+{{- if not $root }}
 {{- $_ := set $server "bind_address" "[::]" }}
 {{- $_ := set $server "port" (.Values.containerPorts.federation | int) }}
+{{- end }}
 {{- if include "fedagg.tlsEnabled" . }}
 {{- $tls := $server.tls }}
-{{- $_ := set $tls "certificate_dir" (include "fedagg.tlsDir" .) }}
+{{- $_ := set $tls "certificate_dir" (ternary (include "fedagg.tierDir" .) (include "fedagg.tlsDir" .) $root) }}
 {{- $_ := set $tls "certificate" "tls.crt" }}
 {{- $_ := set $tls "private_key" "tls.key" }}
 {{- $_ := set $tls "root_certificate" "ca.crt" }}
@@ -287,7 +294,8 @@ spec:
   restartPolicy: Always
   {{- end }}
   serviceAccountName: {{ include "fedagg.serviceAccountName" . }}
-  automountServiceAccountToken: {{ include "fedagg.kubeApi" . | eq "true" }}
+  {{- /* An ingest replica never calls the Kubernetes API (the root runs the hook). */}}
+  automountServiceAccountToken: {{ and (ne (toString .role) "ingest") (include "fedagg.kubeApi" . | eq "true") }}
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ include "fedagg.terminationGracePeriodSeconds" . }}
   {{- with .Values.priorityClassName }}
@@ -402,7 +410,7 @@ spec:
           mountPath: {{ include "fedagg.openflDir" . }}
           readOnly: true
         {{- end }}
-        {{- if include "fedagg.tlsEnabled" . }}
+        {{- if include "fedagg.federationTls" . }}
         - name: tls
           mountPath: {{ include "fedagg.tlsDir" . }}
           readOnly: true
@@ -446,7 +454,7 @@ spec:
           - key: cols.yaml
             path: cols.yaml
     {{- end }}
-    {{- if include "fedagg.tlsEnabled" . }}
+    {{- if include "fedagg.federationTls" . }}
     - name: tls
       secret:
         secretName: {{ include "fedagg.tlsSecretName" . }}

@@ -26,10 +26,46 @@ pod labels.
 {{- if .Values.persistence.existingClaim }}
 {{- fail (printf "topology.ingest.replicas (%d) cannot use persistence.existingClaim (%s): the root and every ingest replica get a claim of their own (topology.root.storageSize, topology.ingest.storageSize)" $replicas .Values.persistence.existingClaim) }}
 {{- end }}
+{{- include "fedagg.tierConfigRefusals" (list $replicas .Values.config) }}
 {{- if gt (len (include "fedagg.ingestName" .)) 52 }}
 {{- fail (printf "the StatefulSet name %s is longer than 52 characters: its pods' controller-revision-hash label would exceed 63; shorten fullnameOverride or the release name" (include "fedagg.ingestName" .)) }}
 {{- end }}
 true
+{{- end }}
+{{- end }}
+
+{{/*
+What fedagg's config check refuses under a tier role, refused at render time instead of in a crash-looping pod:
+federation TLS other than mtls (the root trusts a replica to have checked each collaborator's certificate), a
+straggler policy that may close a round early, and an aggregation method that is not exact from partial sums
+(fedagg.config.topology.PARTIAL_SUM_METHODS). An OpenFL plan (openfl.enabled) is checked when the pods start.
+Called with (list K .Values.config).
+*/}}
+{{- define "fedagg.tierConfigRefusals" -}}
+{{- $replicas := index . 0 }}
+{{- $config := index . 1 }}
+{{- $tier := printf "topology.ingest.replicas (%d)" $replicas }}
+{{- if ne $config.server.tls.mode "mtls" }}
+{{- fail (printf "%s needs config.server.tls.mode: mtls (got %s): the root trusts an ingest replica to have checked each collaborator's certificate" $tier $config.server.tls.mode) }}
+{{- end }}
+{{- $federation := $config.federation | default dict }}
+{{- $stragglers := dig "stragglers" dict $federation }}
+{{- $early := "a tier round waits for every collaborator (dropping a straggler's partial work from the replicas' sums is not built yet)" }}
+{{- $policy := dig "policy" "cutoff_time" $stragglers }}
+{{- $cutoff := dig "cutoff_seconds" nil $stragglers }}
+{{- if and (eq $policy "cutoff_time") (not (kindIs "invalid" $cutoff)) }}
+{{- fail (printf "config.federation.stragglers.cutoff_seconds (%v) cannot be set with %s: %s; remove it" $cutoff $tier $early) }}
+{{- end }}
+{{- $needed := dig "percent_needed" 1.0 $stragglers | float64 }}
+{{- if and (eq $policy "percentage") (lt $needed 1.0) }}
+{{- fail (printf "config.federation.stragglers.percent_needed (%v) must be 1.0 with %s: %s" $needed $tier $early) }}
+{{- end }}
+{{- $exact := list "weighted_average" "fedcurv_weighted_average" "adagrad" "adam" "yogi" }}
+{{- range $name, $task := dig "tasks" dict $federation }}
+{{- $method := dig "aggregation" "weighted_average" $task }}
+{{- if not (has $method $exact) }}
+{{- fail (printf "config.federation.tasks.%s.aggregation (%s) cannot be used with %s: the tier computes only methods exact from partial sums (%s); forwarding contributions to the root is not built yet" $name $method $tier (join ", " $exact)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -76,15 +112,30 @@ fedagg.io/role: {{ .role }}
 {{- end }}
 
 {{/*
-The topology section of one role's fedagg.yaml. The ingest replica's name comes from the pod
+The topology section of one role's fedagg.yaml: the tier's certificates in fedagg.tierDir (the root's own files
+there, each ingest replica's in its subdirectory). The ingest replica's name comes from the pod
 (FEDAGG__TOPOLOGY__REPLICA).
 */}}
 {{- define "fedagg.topologyConfig" -}}
+{{- $topology := dict "role" .role "tier_certificate_dir" (include "fedagg.tierDir" .) }}
 {{- if eq .role "root" }}
-{{- toYaml (dict "role" "root" "tier_port" (int .Values.containerPorts.tier) "replicas" (include "fedagg.ingestReplicas" . | fromYamlArray) "lost_replica_seconds" .Values.topology.lostReplicaSeconds) }}
+{{- $_ := set $topology "tier_port" (int .Values.containerPorts.tier) }}
+{{- $_ := set $topology "tier_bind_address" "[::]" }}
+{{- $_ := set $topology "replicas" (include "fedagg.ingestReplicas" . | fromYamlArray) }}
+{{- $_ := set $topology "lost_replica_seconds" .Values.topology.lostReplicaSeconds }}
 {{- else }}
-{{- toYaml (dict "role" "ingest" "root_address" (include "fedagg.rootAddress" .)) }}
+{{- $_ := set $topology "root_address" (include "fedagg.rootAddress" .) }}
 {{- end }}
+{{- toYaml $topology }}
+{{- end }}
+
+{{/*
+Whether this pod serves the collaborators' federation port with the federation certificates (fedagg.tlsDir): the
+standalone aggregator and the ingest replicas, not the root (its only server is the tier port, with the tier's
+certificates).
+*/}}
+{{- define "fedagg.federationTls" -}}
+{{- if and (include "fedagg.tlsEnabled" .) (ne (toString .role) "root") }}true{{- end }}
 {{- end }}
 
 {{/* The tier's certificate issuer: topology.tls.issuerRef, else the chart's own internal CA. */}}
