@@ -1,8 +1,8 @@
 """The scale-out tier in the Helm chart (topology.ingest.replicas = K > 0), rendered by the real Helm SDK: a root
 StatefulSet of one that only the ingest replicas reach, K ingest replicas behind the federation Service, a claim
-per pod, the tier's certificates, budgets and network policies; and K = 0 renders the chart exactly as main's
-standalone chart. What each role's fedagg.yaml says, that fedagg accepts it, and what is refused at render time:
-test_chart_tier_config.py."""
+per pod, budgets and network policies; and K = 0 renders the chart exactly as main's standalone chart. The tier's
+certificates: test_chart_tier_certificates.py; what each role's fedagg.yaml says, that fedagg accepts it, and what
+is refused at render time: test_chart_tier_config.py."""
 
 from __future__ import annotations
 
@@ -246,81 +246,6 @@ def test_disruption_budgets_guard_the_ingest_replicas_and_optionally_the_root() 
     assert set(budgets) == {INGEST_NAME, ROOT_NAME}
     assert budgets[ROOT_NAME]["minAvailable"] == 1
     assert tier_scenario().selected_by(budgets[ROOT_NAME]["selector"]["matchLabels"]) == [ROOT_NAME]
-
-
-# --- certificates ---------------------------------------------------------------------------------------------------
-
-
-def test_cert_manager_issues_the_tier_certificates_from_a_ca_of_its_own() -> None:
-    rendering = tier_scenario()
-    objects = rendering.objects
-    certificates = {c["metadata"]["name"]: c["spec"] for c in objects.all("Certificate")}
-    issuers = {i["metadata"]["name"]: i["spec"] for i in objects.all("Issuer")}
-    replicas = rendering.config(rendering.root)["topology"]["replicas"]
-    host = rendering.config(rendering.ingest)["topology"]["root_address"].rsplit(":", 1)[0]
-
-    # The tier CA: self-signed, a CA Issuer over its secret; the collaborators' CA (fedagg-ca) signs nothing here.
-    ca = certificates[f"{FULLNAME}-tier-ca"]
-    assert ca["isCA"] is True
-    assert issuers[f"{FULLNAME}-tier-ca"] == {"ca": {"secretName": ca["secretName"]}}
-    assert issuers[ca["issuerRef"]["name"]] == {"selfSigned": {}}
-    tier_certificates = {name: spec for name, spec in certificates.items() if name.endswith("-tier")}
-    assert {spec["issuerRef"]["name"] for spec in tier_certificates.values()} == {f"{FULLNAME}-tier-ca"}
-    assert certificates[FULLNAME]["issuerRef"]["name"] == "fedagg-ca"
-    # The root: a server certificate for the address the ingest replicas dial, in the secret the root mounts.
-    server = tier_certificates[f"{ROOT_NAME}-tier"]
-    assert host in server["dnsNames"]
-    assert "server auth" in server["usages"]
-    assert rendering.volume(rendering.root, "tier")["secret"]["secretName"] == server["secretName"]
-    # Each replica: a client certificate whose CN is its pod name, mounted in the directory of that name.
-    sources = rendering.volume(rendering.ingest, "tier")["projected"]["sources"]
-    mounted = {s["secret"]["name"]: {item["path"] for item in s["secret"]["items"]} for s in sources}
-    for replica in replicas:
-        client = tier_certificates[f"{replica}-tier"]
-        assert client["commonName"] == replica
-        assert "client auth" in client["usages"]
-        assert "server auth" not in client["usages"]
-        assert mounted[client["secretName"]] == {
-            f"{replica}/tls.crt",
-            f"{replica}/tls.key",
-            f"{replica}/ca.crt",
-        }
-    assert len(mounted) == len(replicas)
-    (mount,) = [m for m in rendering.container(rendering.ingest)["volumeMounts"] if m["name"] == "tier"]
-    assert (mount["mountPath"], mount["readOnly"], "subPath" in mount) == ("/etc/fedagg/tier", True, False)
-
-
-def test_a_named_issuer_signs_the_tier_instead_of_the_charts_ca() -> None:
-    objects = render(
-        tier_values(
-            2,
-            tls={"certManager": {"enabled": True, "issuerRef": {"name": "fedagg-ca"}}},
-            topology={"tls": {"issuerRef": {"name": "tier-ca", "kind": "ClusterIssuer"}}},
-        )
-    )
-
-    assert not objects.has("Issuer")
-    refs = {c["metadata"]["name"]: c["spec"]["issuerRef"] for c in objects.all("Certificate")}
-    assert set(refs) == {FULLNAME, f"{ROOT_NAME}-tier", f"{INGEST_NAME}-0-tier", f"{INGEST_NAME}-1-tier"}
-    for name, ref in refs.items():
-        if name != FULLNAME:
-            assert ref == {"name": "tier-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
-
-
-def test_without_cert_manager_the_pods_mount_the_tier_secrets_the_notes_name() -> None:
-    values = tier_values(2)
-    rendering = tier(values)
-    notes = chart.render_manifests(values)["templates/NOTES.txt"]
-
-    assert not rendering.objects.has("Certificate")
-    secrets = [rendering.volume(rendering.root, "tier")["secret"]["secretName"]] + [
-        source["secret"]["name"]
-        for source in rendering.volume(rendering.ingest, "tier")["projected"]["sources"]
-    ]
-    assert secrets == [f"{ROOT_NAME}-tier", f"{INGEST_NAME}-0-tier", f"{INGEST_NAME}-1-tier"]
-    for secret in secrets:
-        assert secret in notes
-    assert f"CN {INGEST_NAME}-1" in notes
 
 
 # --- K = 0 is the chart before the tier -----------------------------------------------------------------------------
