@@ -14,7 +14,7 @@ from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "fedagg"
-SCENARIOS = tuple(
+ALL_SCENARIOS = tuple(
     sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml"))
 )
 RELEASE = "mnist"
@@ -23,6 +23,7 @@ FULLNAME = "mnist-fedagg"
 #: Kinds served by CRDs (cert-manager, prometheus-operator, Gateway API): no schema in kubernetes-validate.
 CRD_KINDS = {
     ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
@@ -75,6 +76,16 @@ def invalid_object(document: dict[str, Any], version: str, validator: Any) -> st
 def scenario_values(scenario: str) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text()) or {}
     return values
+
+
+def is_tier(values: dict[str, Any]) -> bool:
+    """Whether values render the scale-out tier (topology.ingest.replicas > 0) instead of one aggregator."""
+    return int(values.get("topology", {}).get("ingest", {}).get("replicas", 0)) > 0
+
+
+#: The scenarios of one standalone aggregator (a Job or a Deployment), and those of the tier (test_chart_tier.py).
+SCENARIOS = tuple(scenario for scenario in ALL_SCENARIOS if not is_tier(scenario_values(scenario)))
+TIER_SCENARIOS = tuple(scenario for scenario in ALL_SCENARIOS if is_tier(scenario_values(scenario)))
 
 
 def with_federation(**values: Any) -> dict[str, Any]:

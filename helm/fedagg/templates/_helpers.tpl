@@ -211,11 +211,18 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- $_ := unset $config "federation" }}
 {{- end }}
 {{- $server := $config.server }}
+{{- /*
+The tier's root opens no federation port: its one server is on topology.tier_port and presents the tier's
+certificates, which its server.tls names too (what `fedagg config check` reports).
+*/}}
+{{- $root := eq (toString .role) "root" }}
+{{- if not $root }}
 {{- $_ := set $server "bind_address" "[::]" }}
 {{- $_ := set $server "port" (.Values.containerPorts.federation | int) }}
+{{- end }}
 {{- if include "fedagg.tlsEnabled" . }}
 {{- $tls := $server.tls }}
-{{- $_ := set $tls "certificate_dir" (include "fedagg.tlsDir" .) }}
+{{- $_ := set $tls "certificate_dir" (ternary (include "fedagg.tierDir" .) (include "fedagg.tlsDir" .) $root) }}
 {{- $_ := set $tls "certificate" "tls.crt" }}
 {{- $_ := set $tls "private_key" "tls.key" }}
 {{- $_ := set $tls "root_certificate" "ca.crt" }}
@@ -234,6 +241,10 @@ certificate directory, state directory, after_finish), so that probes, Service a
 {{- if include "fedagg.ha" . }}
 {{- $ha := .Values.ha }}
 {{- $_ := set $config "ha" (dict "enabled" true "backend" "kubernetes" "lease_name" (include "fedagg.leaseName" .) "namespace" (include "fedagg.namespace" .) "lease_seconds" (int $ha.leaseSeconds) "renew_deadline_seconds" (int $ha.renewDeadlineSeconds) "retry_seconds" (int $ha.retrySeconds)) }}
+{{- end }}
+{{- /* The scale-out tier: this pod's role (root or ingest) and how the roles find each other. */}}
+{{- if .role }}
+{{- $_ := set $config "topology" (include "fedagg.topologyConfig" . | fromYaml) }}
 {{- end }}
 {{- /* Explicit model paths: an OpenFL plan's best/last_state_path would point into the read-only plan mount. */}}
 {{- range $key, $file := dict "best_model" "best.pbuf" "last_model" "last.pbuf" }}
@@ -265,6 +276,9 @@ certificate directory, state directory, after_finish), so that probes, Service a
 metadata:
   labels:
     {{- include "fedagg.labels" . | nindent 4 }}
+    {{- if .role }}
+    {{- include "fedagg.roleLabels" . | nindent 4 }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -280,7 +294,8 @@ spec:
   restartPolicy: Always
   {{- end }}
   serviceAccountName: {{ include "fedagg.serviceAccountName" . }}
-  automountServiceAccountToken: {{ include "fedagg.kubeApi" . | eq "true" }}
+  {{- /* An ingest replica never calls the Kubernetes API (the root runs the hook). */}}
+  automountServiceAccountToken: {{ and (ne (toString .role) "ingest") (include "fedagg.kubeApi" . | eq "true") }}
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ include "fedagg.terminationGracePeriodSeconds" . }}
   {{- with .Values.priorityClassName }}
@@ -318,6 +333,13 @@ spec:
             fieldRef:
               fieldPath: metadata.name
         {{- end }}
+        {{- if eq (toString .role) "ingest" }}
+        # The ingest replica's name in the tier: the CN of its client certificate, in /etc/fedagg/tier/<name>/.
+        - name: FEDAGG__TOPOLOGY__REPLICA
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -326,9 +348,15 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       ports:
+        {{- if eq (toString .role) "root" }}
+        - name: tier
+          containerPort: {{ .Values.containerPorts.tier }}
+          protocol: TCP
+        {{- else }}
         - name: federation
           containerPort: {{ .Values.containerPorts.federation }}
           protocol: TCP
+        {{- end }}
         - name: ops
           containerPort: {{ .Values.containerPorts.ops }}
           protocol: TCP
@@ -372,7 +400,7 @@ spec:
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
-        {{- toYaml .Values.resources | nindent 8 }}
+        {{- include "fedagg.resources" . | nindent 8 }}
       volumeMounts:
         - name: config
           mountPath: {{ include "fedagg.configDir" . }}
@@ -382,9 +410,14 @@ spec:
           mountPath: {{ include "fedagg.openflDir" . }}
           readOnly: true
         {{- end }}
-        {{- if include "fedagg.tlsEnabled" . }}
+        {{- if include "fedagg.federationTls" . }}
         - name: tls
           mountPath: {{ include "fedagg.tlsDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if .role }}
+        - name: tier
+          mountPath: {{ include "fedagg.tierDir" . }}
           readOnly: true
         {{- end }}
         {{- if .Values.initialModel.existingConfigMap }}
@@ -408,7 +441,7 @@ spec:
         name: {{ include "fedagg.fullname" . }}-config
         defaultMode: 0444
         items:
-          - key: fedagg.yaml
+          - key: {{ include "fedagg.configKey" . }}
             path: fedagg.yaml
     {{- if .Values.openfl.enabled }}
     - name: openfl
@@ -421,11 +454,14 @@ spec:
           - key: cols.yaml
             path: cols.yaml
     {{- end }}
-    {{- if include "fedagg.tlsEnabled" . }}
+    {{- if include "fedagg.federationTls" . }}
     - name: tls
       secret:
         secretName: {{ include "fedagg.tlsSecretName" . }}
         defaultMode: 0440
+    {{- end }}
+    {{- if .role }}
+    {{- include "fedagg.tierVolume" . | nindent 4 }}
     {{- end }}
     {{- if .Values.initialModel.existingConfigMap }}
     - name: initial-model
@@ -433,6 +469,7 @@ spec:
         name: {{ .Values.initialModel.existingConfigMap }}
         defaultMode: 0440
     {{- end }}
+    {{- if not .role }}
     - name: state
       {{- if .Values.persistence.enabled }}
       persistentVolumeClaim:
@@ -441,6 +478,7 @@ spec:
       emptyDir:
         sizeLimit: {{ .Values.persistence.emptyDir.sizeLimit }}
       {{- end }}
+    {{- end }}
     - name: tmp
       emptyDir:
         sizeLimit: {{ .Values.tmpSizeLimit }}

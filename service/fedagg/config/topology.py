@@ -82,7 +82,8 @@ class TopologySettings:
     )
     lost_replica_seconds: float = setting(
         300.0,
-        help="root: after this long without a replica, its claimed but undelivered contributions are stragglers",
+        help="root: a replica silent this long (no round-notice stream open) is lost: the collaborators whose work "
+        "it holds become stragglers",
         check=TIMEOUT,
     )
 
