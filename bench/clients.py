@@ -134,6 +134,8 @@ class FederationRun:
     """VmHWM of each worker process (one collaborator each when ``processes`` = collaborators)."""
     worker_cpu_seconds: list[float]
     """User + system CPU of each worker process, start to end."""
+    worker_page_faults: list[int]
+    """Minor page faults of each worker process (a page of fresh memory touched), start to end."""
 
 
 def run_federation(
@@ -162,4 +164,5 @@ def run_federation(
         [calls for output in outputs for calls in output["calls"].values()],
         [output["peak_rss_mib"] for output in outputs],
         [output["cpu_seconds"] for output in outputs],
+        [output["page_faults"] for output in outputs],
     )

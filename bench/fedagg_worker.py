@@ -13,7 +13,7 @@
   seeded by its name and the round, so that every collaborator uploads a distinct model (default: exactly 1).
 
 The output JSON is ``{"calls": {name: [[call, round, started, ended], ...]}, "peak_rss_mib": VmHWM,
-"cpu_seconds": user + system}`` (``train``; ``call`` one of
+"cpu_seconds": user + system, "page_faults": minor page faults}`` (``train``; ``call`` one of
 ``get_tasks``, ``get_tensor``, ``send_results``; ``round`` -1 for a GetTasks reply without tasks; a
 ``send_results`` entry has a fifth time, when its last chunk went to gRPC: the rest is the server's work) or
 ``{"polls": {name: count}, "errors": [...]}`` (``poll``).
@@ -154,6 +154,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "peak_rss_mib": status(os.getpid())["VmHWM"],
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "page_faults": usage.ru_minflt,
     }
 
 

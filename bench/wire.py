@@ -18,6 +18,9 @@ from bench.models import shapes_for, write_init_model
 from bench.openfl_cases import peak_phases, round_times
 from bench.servers import ROOT, start_fedagg
 
+PAGE_BYTES = 4096
+"""A minor page fault's worth of fresh memory (the kernel's base page)."""
+
 
 def raw_stream(pki: Path | None, total_bytes: int, streams: int = 1) -> dict[str, float]:
     """A trivial server and a client process; ``streams`` concurrent streams of ``total_bytes`` each."""
@@ -94,6 +97,7 @@ def fedagg_rounds(
         "peak_anon_mib": server.watch.peak_anon,
         "client_peak_hwm_mib": max(run.worker_peak_mib),
         "client_cpu_seconds_per_round": max(run.worker_cpu_seconds) / rounds,
+        "client_faulted_models_per_round": max(run.worker_page_faults) * PAGE_BYTES / model_bytes / rounds,
         "cpu_seconds": server.watch.cpu,
         "aggregation_seconds": server.aggregation_seconds(),
         "peak_phases": peak_phases(server.watch, run.calls),

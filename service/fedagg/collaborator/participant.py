@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 MODEL_TAGS = ("model",)
 DELTA_TAGS = ("aggregated", "delta", "compressed")
+SPARE_BYTES = 64 * 2**20
+"""Default of ``Collaborator(spare_bytes=...)``: a tensor up to this size is received beside its array and copied
+into it (memory pages reused: faster); a larger one's array is released first (one tensor less at the peak)."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,14 @@ class Collaborator:
     """Runs tasks from the aggregator until told to quit.
 
     The global model is held once, in the collaborator's own arrays (the buffers), which the runner is given. It
-    is downloaded tensor by tensor: a tensor's old array is released before its reply arrives, the reply is
-    copied into a new array and dropped, and the allocator's free pages go back to the system. A runner that
-    trains in the buffers and returns them makes a round cost one model of memory plus one tensor in flight
-    (gRPC's own copies of it); uploads stream from the returned arrays, one 2 MiB message at a time.
+    is downloaded tensor by tensor, each reply copied once (from the bytes gRPC hands over) and dropped, and the
+    allocator's free pages go back to the system. A tensor of at most ``spare_bytes`` is copied into the array it
+    already has: the same arrays and memory pages round after round, no page touched fresh (arrays the runner kept
+    see the new values). A larger tensor's old array is released before its reply arrives, and the reply copied
+    into a new one. While a reply arrives gRPC holds it three times over (its slices, their copies, the joined
+    bytes): a runner that trains in the buffers and returns them makes a round cost the model plus two tensors,
+    plus one more for a tensor received beside its array. Uploads stream from the returned arrays, one 2 MiB
+    message at a time.
 
     ``delta_updates`` sends trained weights as differences from the round's global model (OpenFL's
     ``delta_updates``) and fetches the next model as a delta added into the buffers. The buffers must then
@@ -56,10 +63,12 @@ class Collaborator:
         delta_updates: bool = False,
         max_sleep_seconds: float | None = None,
         on_task_done: Callable[[TaskEvent], None] | None = None,
+        spare_bytes: int = SPARE_BYTES,
     ) -> None:
         self.client = client
         self.runner = runner
         self.delta_updates = delta_updates
+        self.spare_bytes = spare_bytes
         self._max_sleep = max_sleep_seconds
         self._on_task_done = on_task_done or (lambda _event: None)
         self._buffers: dict[str, Float32Array] = {}
@@ -164,11 +173,18 @@ class Collaborator:
         return {name: _read_only(values) for name, values in self._buffers.items()}
 
     def _fetch(self, name: str, round_number: int) -> None:
-        # The old values go before the reply comes: while it arrives gRPC holds it up to three times over (its
-        # slices, their copies, the joined bytes), and the model is then held once beside one reply in flight.
-        self._buffers.pop(name, None)
+        # While a reply arrives gRPC holds it about three times over (its slices, their copies, the joined bytes).
+        # A large tensor's old values go first, so that the model is held once beside that; a small one's stay,
+        # to be overwritten.
+        held = self._buffers.get(name)
+        if held is not None and held.nbytes > self.spare_bytes:
+            del self._buffers[name]
+            held = None
         reply = self.client.get_aggregated_tensor(name, round_number, MODEL_TAGS)
-        self._buffers[name] = reply.copy()
+        if held is not None and held.shape == reply.shape and held.flags.writeable:
+            np.copyto(held, reply)
+        else:
+            self._buffers[name] = reply.copy()
         del reply
         release_freed_memory(self._buffers[name].nbytes)
 
