@@ -95,7 +95,7 @@ ENV PATH=/opt/fedagg/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 USER 10001:10001
 WORKDIR /var/lib/fedagg
-EXPOSE 50051/tcp 50052/tcp 50053/tcp
+EXPOSE 50051/tcp 50052/tcp 50053/tcp 50054/tcp
 STOPSIGNAL SIGTERM
 # Liveness of the process on the ops port (container engines that honour HEALTHCHECK; Kubernetes ignores it and
 # uses the chart's native gRPC probes instead).

@@ -146,7 +146,7 @@ def test_hadolint_would_catch_a_missing_label(tmp_path: Path) -> None:
     assert "DL3049" in result.stdout  # label is missing
 
 
-def test_runtime_stage_is_non_root_exec_form_and_exposes_the_three_ports() -> None:
+def test_runtime_stage_is_non_root_exec_form_and_exposes_the_charts_ports() -> None:
     steps = runtime_stage()
     keywords = dict(steps)
     chart_ports = yaml.safe_load((CHART / "values.yaml").read_text())["containerPorts"]
