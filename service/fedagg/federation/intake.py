@@ -236,6 +236,15 @@ class UploadIntake:
         if self.spool is not None:
             self.spool.discard()
 
+    def checked(self) -> Contribution | ContributionRejected:
+        """The checked contribution, or why it is rejected (call once the whole upload was absorbed)."""
+        if self.rejection is not None:
+            return self.rejection
+        try:
+            return self.contribution()
+        except ContributionRejected as error:
+            return error
+
     def contribution(self) -> Contribution:
         """The checked contribution (call once the whole upload was absorbed without a rejection)."""
         assert self.rejection is None, "a rejected upload has no contribution"

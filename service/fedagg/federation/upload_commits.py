@@ -116,14 +116,9 @@ class UploadCommits:
             reason = reason or IgnoreReason.FINISHED
             self._listener.contribution_ignored(admission.collaborator, admission.task, str(reason))
             return Outcome(admission.ignore(reason, message))
-        rejection = intake.rejection
-        if rejection is None:
-            try:
-                contribution = intake.contribution()
-            except ContributionRejected as error:
-                rejection = error
-        if rejection is not None:
-            return self._record_rejection(round_, admission, rejection, sequence)
+        contribution = intake.checked()
+        if isinstance(contribution, ContributionRejected):
+            return self._record_rejection(round_, admission, contribution, sequence)
         spool = intake.spool
         digest = intake.digest
         assert spool is not None, "an accepted upload was spooled"

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
-from fedagg.federation.contribution import Contribution
+from fedagg.federation.contribution import Contribution, ContributionRejected
 from fedagg.federation.files import atomic_write_bytes, quarantine
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.integrity import CorruptFile
@@ -100,9 +100,10 @@ class IngestRound:
                     f"unusable at recovery ({error}); not claimed",
                 )
             return None
-        if intake is None or intake.rejection is not None:
+        if intake is None:
             return None
-        return intake.contribution()
+        checked = intake.checked()
+        return None if isinstance(checked, ContributionRejected) else checked
 
     def fold(self, entry: SpoolEntry, contribution: Contribution, into: RoundPartial | None = None) -> None:
         """Add an acknowledged contribution to the round's partial (or to ``into``)."""

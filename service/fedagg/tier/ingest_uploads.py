@@ -196,14 +196,9 @@ class IngestUploads:
             round_ = self._round
         if reason is not None or round_ is None:
             return Outcome(admission.ignore(reason or IgnoreReason.FINISHED, message))
-        rejection = intake.rejection
-        if rejection is None:
-            try:
-                contribution = intake.contribution()
-            except ContributionRejected as error:
-                rejection = error
-        if rejection is not None:
-            return self._rejected(round_, admission, rejection)
+        contribution = intake.checked()
+        if isinstance(contribution, ContributionRejected):
+            return self._rejected(round_, admission, contribution)
         assert intake.spool is not None, "an admitted upload is spooled"
         entry = round_.ingest.accept(intake.spool)
         key = (admission.collaborator, admission.task)
