@@ -9,6 +9,7 @@ own on the same HAProxy, so the root's traffic is counted per replica (bench/bal
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def run_tier(
     finally:
         for pod in pods:
             pod.stop()
+            shutil.rmtree(pod.server.log.parent / "state", ignore_errors=True)  # spools and models: GiBs
         balancer.stop()
     rows = [_pod_row(pod, federation, root_links) for pod in pods]
     root_bytes = rows[0]["received_bytes"] + rows[0]["sent_bytes"]
