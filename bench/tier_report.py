@@ -36,7 +36,11 @@ def render_tier(results: list[dict[str, Any]]) -> list[str]:
         "service (claims, model fetches, partials), and /proc/PID/io does not count gRPC's socket I/O "
         "(recvmsg/sendmsg); the Prometheus counters are shown per pod as a cross-check (last scrape before the pod "
         "exited). Peak RSS is the kernel's VmHWM (sampled from /proc every 20 ms); CPU is user + system from the "
-        "collaborators' start to the pod's exit; round time as in 1.",
+        "collaborators' start to the pod's exit; round time as in 1. The root runs with "
+        "`server.connection_limits.max_concurrent_streams` = 2 N + 16 (bench/tier.py: with the default, 16, a "
+        "round stalls once a replica serves more than about 16 collaborators). 64 MiB runs with N = 32 only: "
+        "with N = 128 a round moves 16 GiB through HAProxy on loopback (about 2 minutes per round here, over 12 "
+        "for the three setups) and the collaborator processes would hold about 11 GiB.",
         "",
         "| model | N | setup | round times, s | mean round, s | root (standalone: the pod) bytes / model / round "
         "| expected: 2 N standalone, 3 K tier | root or pod peak RSS, MiB | replicas' peak RSS, MiB "
@@ -80,13 +84,16 @@ def render_tier(results: list[dict[str, Any]]) -> list[str]:
             )
     notes = [
         "",
-        "What this shows: the root's traffic per round is a constant number of models per replica (each replica "
-        "fetches the round's model once and delivers its partial sums, float64: 3 K models), whatever N; a "
-        "standalone pod moves 2 N models. Each replica carries 1/K of the collaborators' bytes, and its memory does "
-        "not grow with N (uploads are folded on arrival and spooled to disk). What it cannot show on one 2-core "
-        "machine: all pods, HAProxy and the collaborators share the same 2 cores and one loopback, so the tier "
-        "adds work (a claim per upload, the model fetches, the partials, an extra hop for the root's traffic) "
-        "without adding CPU or network: its round time cannot improve here and is expected to be slower. On a "
-        "cluster each replica has its own cores and NIC; memory and traffic per pod are the point of this table.",
+        "What this shows: the root's traffic per round is a fixed number of models per replica, 3 K (each replica "
+        "fetches the round's model once and delivers its partial sums in float64, two models), whatever N, where "
+        "a standalone pod moves 2 N models; each replica carries 1/K of the collaborators' bytes. The root holds a "
+        "round's K partials at once, so its memory grows with K x model, not with N; a replica's grows with the "
+        "collaborators it serves (N / K), not with N. What it cannot show on one 2-core machine: every pod, "
+        "HAProxy and the collaborators share 2 cores and one loopback. A standalone pod is one Python process "
+        "(about one core busy), so two replicas can use the second core and the round may get shorter; more "
+        "replicas add no CPU or network here (K = 4 has the same 2 cores as K = 2, and the tier's own work, the "
+        "claims, model fetches, partials and the root's extra hop, is paid from them). Round times here say "
+        "nothing about a cluster, where each replica has its own cores and NIC: memory and traffic per pod are "
+        "the point.",
     ]
     return [*lines, *pods, *notes, ""]
