@@ -12,6 +12,8 @@ Sections (``--sections``, default all):
 * ``phases``: the server-only phases with pre-built uploads (bench/phases.py).
 * ``large``: a model near 3 GB (8 tensors of 350 MiB, each under gRPC's 2 GiB) with N = 2 collaborators of
   fedagg's own client: round time, and the peak memory of the server and of each client (bench/wire.py).
+* ``tier``: standalone vs a root and K ingest replicas behind HAProxy, N light collaborators: per pod peak
+  memory, CPU and bytes, and the root's traffic per round in models (bench/tier.py; needs haproxy).
 
 Runs of the servers are interleaved (fedagg, null, OpenFL, fedagg, ..., each case starting with the next
 server), because the machine is shared. ``--quick`` is a smoke run (well under a minute of work, small models, no
@@ -31,7 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import openfl_cases, phases, scale, wire
+from bench import openfl_cases, phases, scale, tier, wire
+from bench.balancer import NOT_INSTALLED, haproxy_binary
 from bench.models import MIB
 from bench.plan import FULL, NULL_SERVERS, QUICK, SECTIONS, Plan, Report
 from bench.report import render
@@ -144,6 +147,12 @@ def run_large(plan: Plan, report: Report, work: Path, pki: Path) -> None:
     )
 
 
+def run_tier(plan: Plan, report: Report, work: Path) -> None:
+    results, failed = tier.run_section(plan.tier_sizes, plan.tier_replicas, plan.tier_rounds, work, log)
+    report.tier.extend(results)
+    report.skipped.extend(failed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +168,8 @@ def main() -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if "tier" in sections and haproxy_binary() is None:
+        parser.error(NOT_INSTALLED)
     plan = QUICK if args.quick else FULL
     python = openfl_python()
     report = Report()
@@ -173,6 +184,7 @@ def main() -> int:
         "scale": lambda work, pki: run_scale(plan, report, work, pki, python),
         "phases": lambda work, pki: run_phases(plan, report, work, pki, python),
         "large": lambda work, pki: run_large(plan, report, work, pki),
+        "tier": lambda work, _pki: run_tier(plan, report, work),
     }
     with tempfile.TemporaryDirectory(prefix="fedagg-bench-") as scratch:
         work = args.work or Path(scratch)

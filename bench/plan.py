@@ -11,7 +11,7 @@ from typing import Any
 from bench.models import MIB
 from bench.openfl_cases import Case, RunResult
 
-SECTIONS = ("openfl", "wire", "scale", "phases", "large")
+SECTIONS = ("openfl", "wire", "scale", "phases", "large", "tier")
 NULL_SERVERS = ("fedagg", "null", "openfl")
 """The servers of the OpenFL cases, in the order their runs interleave."""
 FLOOR_RATIO_TARGET = 1.15
@@ -39,6 +39,9 @@ class Plan:
     phase_sizes: tuple[int, ...]
     polls: int
     large: tuple[int, int, int, int]  # (collaborators, params, tensors, rounds)
+    tier_sizes: tuple[tuple[int, tuple[int, ...]], ...]  # (params, the Ns it runs with)
+    tier_replicas: tuple[int, ...]  # 0: standalone
+    tier_rounds: int
 
 
 FULL = Plan(
@@ -59,6 +62,9 @@ FULL = Plan(
     phase_sizes=(128,),
     polls=250,
     large=(2, 700 * MIB, 8, 2),
+    tier_sizes=((MIB, (32, 128)), (16 * MIB, (32,))),  # 4 MiB and 64 MiB; why not 64 MiB x 128: bench/tier.py
+    tier_replicas=(0, 2, 4),
+    tier_rounds=2,
 )
 QUICK = Plan(
     cases=(Case("a", 1_000_000, 1, rounds=1),),
@@ -74,6 +80,9 @@ QUICK = Plan(
     phase_sizes=(),
     polls=20,
     large=(2, 1 << 20, 4, 1),
+    tier_sizes=((1 << 16, (8,)),),
+    tier_replicas=(0, 2),
+    tier_rounds=1,
 )
 
 
@@ -92,6 +101,7 @@ class Report:
     polls: dict[str, dict[str, float]] = field(default_factory=dict)
     phases: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     large: list[dict[str, Any]] = field(default_factory=list)
+    tier: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,5 +120,6 @@ class Report:
             "polls": self.polls,
             "phases": {str(size): results for size, results in self.phases.items()},
             "large": self.large,
+            "tier": self.tier,
             "skipped": self.skipped,
         }

@@ -30,6 +30,7 @@ from bench.plan import (
     Report,
 )
 from bench.servers import ROOT
+from bench.tier_report import render_tier
 
 
 def _run(command: list[str]) -> str:
@@ -99,6 +100,8 @@ def render(report: Report, plan: Plan, sections: list[str], args: argparse.Names
         lines += _render_phases(report)
     if "large" in sections and report.large:
         lines += _render_large(report)
+    if "tier" in sections and report.tier:
+        lines += render_tier(report.tier)
     for note in report.skipped:
         lines.append(f"- skipped: {note}")
     return "\n".join(lines).rstrip() + "\n"

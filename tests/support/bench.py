@@ -11,11 +11,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_quick(module: str, directory: Path, timeout: float) -> tuple[str, Any]:
-    """Run ``module --quick`` with its report and JSON in ``directory``; (the report's text, the JSON)."""
+def run_quick(module: str, directory: Path, timeout: float, *arguments: str) -> tuple[str, Any]:
+    """Run ``module --quick [arguments]`` with its report and JSON in ``directory``; (the report's text, the
+    JSON)."""
     report, measured = directory / "report.md", directory / "measured.json"
     result = subprocess.run(
-        [sys.executable, "-m", module, "--quick", "--out", str(report), "--json", str(measured)],
+        [sys.executable, "-m", module, "--quick", "--out", str(report), "--json", str(measured), *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
