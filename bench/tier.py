@@ -30,14 +30,6 @@ REPLICA_NAMES = tuple(f"ingest-{index}" for index in range(8))
 EXIT_TIMEOUT = 120.0
 
 
-def root_streams(collaborators: int) -> int:
-    """``server.connection_limits.max_concurrent_streams`` at the root: every call a replica relays or makes (a
-    long poll held per collaborator, claims, the model fetch, partials, the round watch) shares its one connection
-    to the root, so the default (16) stalls the round once a replica serves more than about 16 collaborators
-    (claims wait behind held long polls until their 60 s deadline). The benchmark gives the root room for all."""
-    return 2 * collaborators + 16
-
-
 def tier_pki(directory: Path, collaborators: int) -> Path:
     """One CA for all: the pods' server certificate (localhost), the collaborators' and the replicas' client
     certificates (``collaborators/<name>/``, which is also the layout of ``topology.tier_certificate_dir``)."""
@@ -91,10 +83,7 @@ def _start_pods(
             "tier_bind_address": "127.0.0.1",
             "replicas": replica_names,
         }
-        streams = {"connection_limits": {"max_concurrent_streams": root_streams(len(names))}}
-        pods.append(
-            _start_pod("root", "root", directory, pki, names, init, rounds, server=streams, topology=topology)
-        )
+        pods.append(_start_pod("root", "root", directory, pki, names, init, rounds, topology=topology))
         ports = {replica: free_port() for replica in replica_names}
         balancer = start_balancer(directory, ports, pods[0].server.port, replica_names)
         for replica, port in ports.items():

@@ -36,9 +36,10 @@ def render_tier(results: list[dict[str, Any]]) -> list[str]:
         "service (claims, model fetches, partials), and /proc/PID/io does not count gRPC's socket I/O "
         "(recvmsg/sendmsg); the Prometheus counters are shown per pod as a cross-check (last scrape before the pod "
         "exited). Peak RSS is the kernel's VmHWM (sampled from /proc every 20 ms); CPU is user + system from the "
-        "collaborators' start to the pod's exit; round time as in 1. The root runs with "
-        "`server.connection_limits.max_concurrent_streams` = 2 N + 16 (bench/tier.py: with the default, 16, a "
-        "round stalls once a replica serves more than about 16 collaborators). 64 MiB runs with N = 32 only: "
+        "collaborators' start to the pod's exit; round time as in 1. A root allows 2 N + 16 calls "
+        "in flight per connection (each replica relays a held GetTasks per collaborator over its one connection; "
+        "with 16, the standalone default, a round stalled once a replica served more than about 16 collaborators). "
+        "64 MiB runs with N = 32 only: "
         "with N = 128 a round moves 16 GiB through HAProxy on loopback (about 2 minutes per round here, over 12 "
         "for the three setups) and the collaborator processes would hold about 11 GiB.",
         "",

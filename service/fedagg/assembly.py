@@ -53,7 +53,7 @@ from fedagg.server.options import Register
 from fedagg.server.servicer import AggregatorGRPCServer
 from fedagg.server.tls import CertificateError, TlsMode, load_bundle
 from fedagg.settings import ConfigError
-from fedagg.tier.root_process import RootTier
+from fedagg.tier.root_process import RootTier, root_connection_limits
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,11 @@ def build_aggregator(
     extra_services: list[Register] = [lambda grpc_server: health.register(grpc_server, [SERVICE_NAME])]
     if root is not None:
         extra_services.append(root.registration(federation, store))
+    keywords = server_keywords(config, metrics, grpc_metrics, extra_services)
+    if root is not None:
+        keywords["connection_limits"] = root_connection_limits(
+            config.server.connection_limits, len(plan.collaborators)
+        )
     server = AggregatorGRPCServer(
         federation,
         server_settings.port if root is None else topology.tier_port,
@@ -126,7 +131,7 @@ def build_aggregator(
         bind_address=server_settings.bind_address if root is None else topology.tier_bind_address,
         certificate_source=certificate_source(config, metrics),
         replicas=topology.replicas if root is not None else (),
-        **server_keywords(config, metrics, grpc_metrics, extra_services),
+        **keywords,
     )
     hooks = _hooks(config, kubernetes)
     for hook in hooks:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fedagg.assembly import build_aggregator
 from fedagg.config.loading import parse_config
 from fedagg.config.topology import Role
 from fedagg.settings import ConfigError
@@ -220,3 +221,25 @@ def test_config_check_reports_a_roots_tier_port_and_certificate(tier_pki: Pki, t
     assert "tier       [::]:50051  grpc, mutual TLS" in checked.stdout
     assert "federation [" not in checked.stdout
     assert "Traceback" not in checked.stdout + checked.stderr
+
+
+def test_a_root_allows_the_calls_its_replicas_relay_on_one_connection(tier_pki: Pki, tmp_path: Path) -> None:
+    data = tier_config("root")
+    data["federation"]["collaborators"] = [f"site-{index}" for index in range(40)]
+    data["federation"]["initial_model"] = str(write_zero_model(tmp_path))
+    data["topology"]["tier_certificate_dir"] = str(tier_pki.server_dir)
+    data["storage"] = {"state_dir": str(tmp_path / "state")}
+    root = build_aggregator(parse_config(data, tmp_path, {}))
+    standalone_data = {
+        **data,
+        "topology": {"role": "standalone"},
+        "storage": {"state_dir": str(tmp_path / "s")},
+    }
+    standalone_data["server"] = {"tls": {"mode": "insecure"}}
+    standalone = build_aggregator(parse_config(standalone_data, tmp_path, {}))
+
+    assert root.server.options.connection_limits.max_concurrent_streams == 2 * 40 + 16
+    assert standalone.server.options.connection_limits.max_concurrent_streams == 16
+    for process in (root, standalone):
+        if process.root is not None:
+            process.root.close()

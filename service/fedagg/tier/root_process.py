@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from fedagg.config.topology import TopologySettings
 from fedagg.federation.federation import Federation
 from fedagg.federation.store import StateStore
 from fedagg.protocol import tier_pb2, tier_pb2_grpc, tier_report_pb2, tier_report_pb2_grpc
-from fedagg.server.options import Register
+from fedagg.server.options import ConnectionLimits, Register
 from fedagg.tier.claims import ClaimBook
 from fedagg.tier.collection import PartialCollection
 from fedagg.tier.events import TierListener
@@ -105,6 +106,14 @@ class RootTier:
         self._ticks.shutdown(cancel_futures=True)
         self._executor.shutdown(cancel_futures=True)
         self.book.close()
+
+
+def root_connection_limits(limits: ConnectionLimits, collaborators: int) -> ConnectionLimits:
+    """A root's connection limits: each replica's one connection carries every call it relays (a GetTasks long poll
+    held per collaborator, and one more call each) besides its own (claims, partials, the model, the round watch), so
+    ``max_concurrent_streams`` is at least 2 x collaborators + 16 (with 16, a replica serving more than about 16
+    collaborators stalls: its claims wait behind the held long polls)."""
+    return replace(limits, max_concurrent_streams=max(limits.max_concurrent_streams, 2 * collaborators + 16))
 
 
 class TierReportService(tier_report_pb2_grpc.TierReportServicer):
