@@ -29,7 +29,12 @@ def test_image_metadata_follows_the_contract(image: str) -> None:
     assert config["User"] == f"{UID}:{UID}"
     assert config["Entrypoint"] == ["/opt/fedagg/bin/fedagg"]
     assert config["Cmd"] == ["serve", "--config", "/etc/fedagg/fedagg.yaml"]
-    assert set(config["ExposedPorts"]) == {"50051/tcp", "50052/tcp", "50053/tcp"}
+    assert set(config["ExposedPorts"]) == {
+        "50051/tcp",
+        "50052/tcp",
+        "50053/tcp",
+        "50054/tcp",
+    }  # 50054: a root's
     assert config["StopSignal"] == "SIGTERM"
     assert health["Test"] == [
         "CMD",

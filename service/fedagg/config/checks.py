@@ -37,13 +37,12 @@ def _grace_error(config: Config) -> ConfigError | None:
 def _port_clashes(config: Config) -> list[ConfigError]:
     """Two listeners on one port (0, any free port, never clashes)."""
     root = config.topology.role == Role.ROOT  # a root listens on its tier port instead of server.port
-    ports = {
-        "ops.port": config.ops.port,
-        "ops.metrics_port": config.ops.metrics_port,
-        "topology.tier_port" if root else "server.port": config.topology.tier_port
+    ops = {"ops.port": config.ops.port, "ops.metrics_port": config.ops.metrics_port}
+    ports = (
+        {**ops, "topology.tier_port": config.topology.tier_port}
         if root
-        else config.server.port,
-    }
+        else {"server.port": config.server.port, **ops}
+    )
     errors: list[ConfigError] = []
     for index, (key, port) in enumerate(ports.items()):
         taken = [other for other, used in list(ports.items())[:index] if used == port and port]
