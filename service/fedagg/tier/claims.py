@@ -200,9 +200,10 @@ class ClaimBook:
         with self._lock:
             return frozenset(
                 (collaborator, task)
-                for key, holder in self._holders.items()
-                if key[0] == round_number and holder == replica and key not in self._rejected
-                for _, collaborator, task in (key,)
+                for (number, collaborator, task), holder in self._holders.items()
+                if number == round_number
+                and holder == replica
+                and (number, collaborator, task) not in self._rejected
             )
 
     def rejected(self, round_number: int) -> dict[Contribution, str]:

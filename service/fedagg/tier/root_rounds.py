@@ -107,12 +107,13 @@ class RootRounds:
         def base(name: str) -> TensorSource | None:
             return ModelValues(model, name) if name in model.tensors else None
 
-        order = {task: index for index, task in reversed(list(enumerate(task_order)))}
+        rank = {task: index for index, task in reversed(list(enumerate(task_order)))}
+        ordered = sorted(merged.tasks, key=lambda name: rank.get(name, len(rank)))
         tasks: dict[str, RoundInputs] = {}
         summed: dict[str, Float32Array] = {}
         owned: set[str] = set()
         block = block_elements_for(self._aggregation_bytes, 1)
-        for task in sorted(merged.tasks, key=lambda name: order.get(name, len(order))):
+        for task in ordered:
             inputs, plain = task_inputs(
                 merged.round_number, task, merged.tasks[task], aggregator(task), base, owned, block
             )
@@ -121,15 +122,15 @@ class RootRounds:
             summed.update(plain)
             if inputs.tensors:
                 tasks[task] = inputs
-        return CollectedInputs(tasks, summed, _metric_records(merged), _reported_records(merged, task_order))
+        return CollectedInputs(tasks, summed, _metric_records(merged), _reported_records(merged, ordered))
 
 
-def _reported_records(merged: RoundPartial, task_order: list[str]) -> list[MetricRecord]:
-    """The collaborators' own metrics, by task in plan order, then in the order the contributions were folded."""
-    order = {task: index for index, task in reversed(list(enumerate(task_order)))}
+def _reported_records(merged: RoundPartial, ordered: list[str]) -> list[MetricRecord]:
+    """The collaborators' own metrics, by task in ``ordered`` (plan order), then in the order the contributions were
+    folded."""
     return [
         MetricRecord(merged.round_number, collaborator, task, name, value, tags)
-        for task in sorted(merged.tasks, key=lambda name: order.get(name, len(order)))
+        for task in ordered
         for collaborator, _ in merged.tasks[task].contributors
         for (name, tags), value in merged.tasks[task].reported.get(collaborator, ())
     ]
