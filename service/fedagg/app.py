@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from fedagg.assembly import AggregatorProcess, build_aggregator, check_files
 from fedagg.config.operations import AfterFinish
 from fedagg.federation.errors import FederationError
-from fedagg.federation.memory import MMAP_THRESHOLD_BYTES, map_large_buffers
+from fedagg.federation.memory import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, tune_heap
 from fedagg.listeners import binding, start_ops, stop_ops
 from fedagg.ops.hooks import Completion, run_hooks
 from fedagg.ops.leadership import LEADERSHIP_LOST_EXIT_CODE
@@ -55,9 +55,11 @@ async def run_aggregator(aggregator: AggregatorProcess, stop: asyncio.Event | No
     """Serve the experiment to its end or until SIGTERM/SIGINT (or ``stop``); return the exit status."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    if map_large_buffers():
+    if tune_heap():
         log.debug(
-            "buffers of %d bytes or more get their own mappings (glibc mmap threshold)", MMAP_THRESHOLD_BYTES
+            "buffers under %d bytes come from the heap, which keeps up to %d free bytes at its top (glibc)",
+            MMAP_THRESHOLD_BYTES,
+            TRIM_THRESHOLD_BYTES,
         )
     signals = StopSignals(stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
