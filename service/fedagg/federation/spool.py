@@ -3,6 +3,7 @@
 Layout under ``<state_dir>/spool``::
 
     incoming/<random>.part          an upload being received (deleted at restart)
+    recycled/<random>.free          a dropped round's upload, to be written over (:mod:`.spool_pool`)
     round-000003/000001.results     an accepted upload: its raw TaskResults bytes, then a checksum footer
     round-000003/000002.rejected    a rejected upload: a sealed record of who sent what and why it was refused
     round-000003/close.json         the round's close decision, written before the round's outputs
@@ -32,6 +33,7 @@ from fedagg.federation.integrity import (
     read_sealed_json,
     seal_json,
 )
+from fedagg.federation.spool_pool import FilePool
 from fedagg.federation.write_fence import fenced_replace
 
 REJECTION_RECORD = "fedagg/rejection/v1"
@@ -59,11 +61,14 @@ class SpoolEntry:
 
 
 class SpoolWriter:
-    """An upload being written to ``spool/incoming`` as it arrives; not thread-safe (one upload, one writer)."""
+    """An upload being written to ``spool/incoming`` as it arrives; not thread-safe (one upload, one writer).
 
-    def __init__(self, path: Path) -> None:
+    ``over`` writes over the file at ``path`` (a pooled one, :mod:`.spool_pool`) from its start, and cuts it to
+    the upload's length when sealed."""
+
+    def __init__(self, path: Path, over: bool = False) -> None:
         self.path = path
-        self._file: BinaryIO | None = path.open("wb")
+        self._file: BinaryIO | None = path.open("r+b" if over else "wb")
         self._digest = RunningDigest()
 
     @property
@@ -82,6 +87,7 @@ class SpoolWriter:
         assert self._file is not None, "the spool file is already sealed"
         digest = self._digest.digest()
         self._file.write(footer(digest))
+        self._file.truncate()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -112,16 +118,19 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._incoming = root / "incoming"
+        self._pool = FilePool(root / "recycled")
 
     def prepare(self) -> None:
         """Create the directories and delete uploads that were still arriving at the last stop."""
         durable_directory(self._incoming)
         for partial in self._incoming.glob("*.part"):
             partial.unlink(missing_ok=True)
+        self._pool.prepare()
 
     def open(self) -> SpoolWriter:
-        """A new file for an upload that is arriving."""
-        return SpoolWriter(self._incoming / f"{uuid.uuid4().hex}.part")
+        """A file for an upload that is arriving: a pooled one to write over, else a new one."""
+        path = self._incoming / f"{uuid.uuid4().hex}.part"
+        return SpoolWriter(path, over=self._pool.take(path))
 
     def accept(self, writer: SpoolWriter, round_number: int, sequence: int) -> SpoolEntry:
         """Move a sealed upload into its round's directory; durable when this returns."""
@@ -169,11 +178,16 @@ class Spool:
         return read_sealed_json(path, CLOSE_RECORD)
 
     def drop_rounds_before(self, round_number: int) -> None:
-        """Delete the spool of every round before ``round_number``."""
+        """Drop the spool of every round before ``round_number``: its results files go to the pool (for the next
+        uploads to write over), the rest is deleted."""
+        dropped = []
         for directory in self.root.glob("round-*"):
             number = directory.name.removeprefix("round-")
             if number.isdigit() and int(number) < round_number:
-                shutil.rmtree(directory)
+                dropped.append(directory)
+        self._pool.refill(path for directory in dropped for path in directory.glob(f"*.{EntryKind.RESULTS}"))
+        for directory in dropped:
+            shutil.rmtree(directory)
         fsync_directory(self.root)
 
     def _round_directory(self, round_number: int) -> Path:
