@@ -100,9 +100,9 @@ def train_three_ways(directory: Path, pki: Pki, python: Path, method: Method, ro
     (directory / "standalone").mkdir()
     (directory / "tier").mkdir()
     standalone = make_setup(directory / "standalone", pki, rounds, model, federation=federation)
-    ways: list[Aggregator | OpenflCollaborators] = []
+    started: list[Aggregator | OpenflCollaborators] = []
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: stop(*ways))
+        stack.callback(lambda: stop(*started))  # kills what still runs, keeps the fedagg logs
         oracle, port = start_oracle(
             python,
             list(COLLABORATORS),
@@ -119,20 +119,20 @@ def train_three_ways(directory: Path, pki: Pki, python: Path, method: Method, ro
         stack.callback(oracle.kill)
         # OpenflCollaborators reads only a setup's directory (their logs) and port.
         oracle_setup = Setup(oracle_dir, oracle_output / "summary.json", port, rounds)
-        ways.append(OpenflCollaborators(oracle_setup, pki, python, specs=SPECS))
+        started.append(OpenflCollaborators(oracle_setup, pki, python, specs=SPECS))
         single = Aggregator(standalone.config, name="standalone")
-        ways.append(single)
+        started.append(single)
         single.wait_for_federation()
-        ways.append(OpenflCollaborators(standalone, pki, python, specs=SPECS))
+        started.append(OpenflCollaborators(standalone, pki, python, specs=SPECS))
         tier = stack.enter_context(
             running_tier(directory / "tier", pki, rounds, model, REPLICAS, COLLABORATORS, **federation)
         )
-        ways.extend((tier.root, *tier.replicas.values()))
-        ways.append(OpenflCollaborators(tier.setup, pki, python, specs=SPECS))
+        started.extend((tier.root, *tier.replicas.values()))
+        started.append(OpenflCollaborators(tier.setup, pki, python, specs=SPECS))
 
-        for way in ways:
-            if isinstance(way, OpenflCollaborators):
-                way.wait(FINISH_SECONDS)
+        for each in started:
+            if isinstance(each, OpenflCollaborators):
+                each.wait(FINISH_SECONDS)
         assert oracle.wait(60) == 0, (oracle_output / "oracle.log").read_text()[-5000:]
         single.wait_finished(60)
         finish_tier_processes(tier)
