@@ -294,9 +294,9 @@ class FedaggCollaborators:
 
 
 class OpenflCollaborators:
-    """Real OpenFL collaborator processes (tests/interop/openfl_side/collaborator.py) of the version whose venv
-    ``python`` is (1.7.1 unless said otherwise), retrying every ``reconnect_seconds`` (1.8/1.9 wait that long
-    before every retry; 1.7.1 only between UNAVAILABLE retries).
+    """Real OpenFL collaborator processes (tests/interop/openfl_side/collaborator.py, one per spec of ``specs``) of
+    the version whose venv ``python`` is (1.7.1 unless said otherwise), retrying every ``reconnect_seconds``
+    (1.8/1.9 wait that long before every retry; 1.7.1 only between UNAVAILABLE retries).
 
     They run with ``GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=100``: OpenFL 1.7.1 pins grpcio 1.65.5, whose
     channels make no progress on a TLS handshake while no call is polling them (grpc/grpc#28866). OpenFL's client
@@ -309,10 +309,18 @@ class OpenflCollaborators:
     quit_grace_seconds = 15.0
 
     def __init__(
-        self, setup: Setup, pki: Pki, python: Path, delta: bool = True, *, reconnect_seconds: int = 1
+        self,
+        setup: Setup,
+        pki: Pki,
+        python: Path,
+        delta: bool = True,
+        *,
+        reconnect_seconds: int = 1,
+        specs: tuple[CollaboratorSpec, ...] = OPENFL_SPECS,
     ) -> None:
-        self.logs = [setup.directory / f"openfl-{spec.name}.log" for spec in OPENFL_SPECS]
-        self.results = [setup.directory / f"openfl-{spec.name}.json" for spec in OPENFL_SPECS]
+        self.specs = specs
+        self.logs = [setup.directory / f"openfl-{spec.name}.log" for spec in specs]
+        self.results = [setup.directory / f"openfl-{spec.name}.json" for spec in specs]
         with mock.patch.dict(os.environ, {BACKUP_POLL: "100"}):
             self.processes = [
                 start_collaborator(
@@ -327,7 +335,7 @@ class OpenflCollaborators:
                     log,
                     reconnect_seconds=reconnect_seconds,
                 )
-                for spec, result, log in zip(OPENFL_SPECS, self.results, self.logs, strict=True)
+                for spec, result, log in zip(specs, self.results, self.logs, strict=True)
             ]
 
     def wait(self, timeout: float = 120) -> None:
@@ -369,9 +377,8 @@ class OpenflCollaborators:
     def log_tail(path: Path, lines: int = 40) -> str:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
-    @staticmethod
-    def expected() -> list[tuple[float, int]]:
-        return [(spec.step, spec.train_size) for spec in OPENFL_SPECS]
+    def expected(self) -> list[tuple[float, int]]:
+        return [(spec.step, spec.train_size) for spec in self.specs]
 
 
 Collaborators = FedaggCollaborators | OpenflCollaborators

@@ -148,11 +148,16 @@ def start_oracle(
     output: Path,
     *,
     stragglers: StragglerPolicySpec | None = None,
+    train_aggregation: dict[str, Any] | None = None,
+    sleep_time: int | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
     """Start OpenFL's own aggregator; return the process and its port.
 
     ``stragglers`` picks OpenFL's straggler handling policy the way a fedagg plan's does (None: OpenFL's
     default, ``CutoffTimeBasedStragglerHandling`` with an infinite cutoff, i.e. wait for everyone).
+    ``train_aggregation``: the train task's ``aggregation_type`` as a plan gives it (``template``, ``settings``;
+    None: WeightedAverage). ``sleep_time`` replaces the 10 s OpenFL tells idle collaborators to sleep (None: keep
+    it); it changes how long a round takes, never its result.
     """
     command = [
         str(python),
@@ -180,6 +185,8 @@ def start_oracle(
         "--output",
         str(output),
         *_oracle_straggler_args(stragglers),
+        *(["--train-aggregation", json.dumps(train_aggregation)] if train_aggregation else []),
+        *(["--sleep-time", str(sleep_time)] if sleep_time is not None else []),
         "--timeout",
         "300",
     ]

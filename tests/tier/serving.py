@@ -9,7 +9,9 @@ which spreads their connections over the replicas; the root is dialled by the re
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +109,24 @@ def running_tier(
         balancer_port = free_port()
         stack.enter_context(balancing(directory, balancer_port, list(ports.values())))
         yield Tier(Setup(root_dir, root_config, balancer_port, rounds), root, started)
+
+
+def finish_tier_processes(tier: Tier, root: Aggregator | None = None) -> None:
+    """The root (``tier.root`` unless said) exits 0 after the last quit job, then every replica."""
+    (root or tier.root).wait_finished(30)
+    for replica in tier.replicas.values():
+        replica.wait_finished(30)
+
+
+COLLECTED = re.compile(r"round (\d+): partial of (\S+) \(generation \d+\) collected: (\d+) contribution")
+
+
+def contributions_by_replica(root_log: str) -> Counter[str]:
+    """How many contributions each replica delivered to the root over the run (the last partial of each round)."""
+    last: dict[tuple[int, str], int] = {}
+    for match in COLLECTED.finditer(root_log):
+        last[(int(match[1]), match[2])] = int(match[3])
+    held: Counter[str] = Counter()
+    for (_, replica), count in last.items():
+        held[replica] += count
+    return held

@@ -1,12 +1,13 @@
-"""``fedagg serve`` as a tier: a root and two ingest replicas behind HAProxy train unchanged collaborators (fedagg's
-own, OpenFL 1.7.1 and 1.9) to the model a single pod trains (the closed form of tests/support/runners.py, which the
-standalone and OpenFL-oracle tests check too), every contribution counted once, and both replicas used."""
+"""``fedagg serve`` as a tier: a root and two ingest replicas behind HAProxy train unchanged collaborators, every
+contribution counted once and both replicas used. Four OpenFL 1.7.1 collaborator processes train every round's
+model (weighted average, and Adam) equal within float32 rounding to OpenFL's own aggregator and to a standalone
+``fedagg serve``, each trained by its own four collaborators at the same time (tests/tier/oracle_runs.py); OpenFL
+1.9 collaborators likewise against OpenFL 1.9's aggregator (weighted average). fedagg's own collaborators train
+through the tier, a root killed while it divides restarts, and ``fedagg status`` shows the replicas."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,27 @@ from tests.faults.harness import (
     Aggregator,
     Collaborators,
     FedaggCollaborators,
-    OpenflCollaborators,
+    assert_counted_once,
     finish,
-    make_setup,
     poll,
     stop,
 )
 from tests.integration.cli import fedagg
+from tests.interop.openfl_results import (
+    assert_metrics_equal,
+    assert_models_closed_form,
+    assert_models_equal,
+    closed_form,
+    fedagg_metrics,
+    fedagg_models,
+    oracle_metrics,
+    oracle_models,
+)
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki, make_pki
-from tests.support.runners import expected_models
-from tests.tier.serving import Tier, running_tier
+from tests.tier.conftest import COLLABORATORS
+from tests.tier.oracle_runs import ADAM, SPECS, WEIGHTED_AVERAGE, Method, ThreeWays, train_three_ways
+from tests.tier.serving import Tier, contributions_by_replica, finish_tier_processes, running_tier
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +50,6 @@ REPLICAS = ("ingest-0", "ingest-1")
 @pytest.fixture
 def tier_pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", ("one", "two", *REPLICAS))
-
-
-COLLECTED = re.compile(r"round (\d+): partial of (\S+) \(generation \d+\) collected: (\d+) contribution")
-
-
-def contributions_by_replica(root_log: str) -> Counter[str]:
-    """How many contributions each replica delivered to the root over the run (the last partial of each round)."""
-    last: dict[tuple[int, str], int] = {}
-    for match in COLLECTED.finditer(root_log):
-        last[(int(match[1]), match[2])] = int(match[3])
-    held: Counter[str] = Counter()
-    for (_, replica), count in last.items():
-        held[replica] += count
-    return held
 
 
 def finish_tier(tier: Tier, root: Aggregator, collaborators: Collaborators) -> None:
@@ -66,21 +63,10 @@ def finish_tier(tier: Tier, root: Aggregator, collaborators: Collaborators) -> N
         raise AssertionError(f"{error}\nfirst root log:\n{tier.root.log()}\n{logs}") from None
 
 
-def finish_tier_processes(tier: Tier, root: Aggregator | None = None) -> None:
-    """The root (``tier.root`` unless said) exits 0 after the last quit job, then every replica."""
-    (root or tier.root).wait_finished(30)
-    for replica in tier.replicas.values():
-        replica.wait_finished(30)
-
-
-def train_through_the_tier(tmp_path: Path, pki: Pki, python: Path | None = None) -> Tier:
-    """Train fedagg's collaborators (or OpenFL's of ``python``'s venv) through a root and two replicas."""
+def train_through_the_tier(tmp_path: Path, pki: Pki) -> Tier:
+    """Train fedagg's collaborators through a root and two replicas."""
     with running_tier(tmp_path, pki, ROUNDS, write_zero_model(tmp_path), REPLICAS) as tier:
-        collaborators: Collaborators = (
-            FedaggCollaborators(tier.setup, pki)
-            if python is None
-            else OpenflCollaborators(tier.setup, pki, python)
-        )
+        collaborators = FedaggCollaborators(tier.setup, pki)
         try:
             finish_tier(tier, tier.root, collaborators)
         finally:
@@ -88,28 +74,63 @@ def train_through_the_tier(tmp_path: Path, pki: Pki, python: Path | None = None)
     return tier
 
 
+def assert_delivered_once_by_both(root_log: str, collaborators: int) -> None:
+    """Every contribution (three tasks per collaborator and round) reached the root once; both replicas took some."""
+    held = contributions_by_replica(root_log)
+    assert sum(held.values()) == ROUNDS * collaborators * 3, held
+    assert all(held[replica] > 0 for replica in REPLICAS), f"the balancer used both replicas: {held}"
+
+
 def test_fedagg_collaborators_train_through_a_root_and_two_ingest_replicas(
     tmp_path: Path, tier_pki: Pki
 ) -> None:
     tier = train_through_the_tier(tmp_path, tier_pki)
 
-    held = contributions_by_replica(tier.root.log())
-    assert sum(held.values()) == ROUNDS * 2 * 3, held  # every contribution delivered once
-    assert all(held[replica] > 0 for replica in REPLICAS), f"the balancer used both replicas: {held}"
+    assert_delivered_once_by_both(tier.root.log(), 2)
 
 
-def test_openfl_171_collaborators_train_through_the_tier(tmp_path: Path, tier_pki: Pki, openfl: Path) -> None:
-    tier = train_through_the_tier(tmp_path, tier_pki, openfl)
+def assert_three_ways_agree(ways: ThreeWays, method: Method) -> None:
+    """Every round's model of the tier is OpenFL's and the standalone pod's (float32 rounding), its aggregated
+    metrics are OpenFL's, its last.pbuf holds the final model; each contribution counted once, both replicas used."""
+    openfl = oracle_models(ways.oracle_output, ROUNDS)
+    tier = fedagg_models(ways.tier.setup.state, ROUNDS)
+    assert_models_equal(tier, openfl, "the tier vs OpenFL's aggregator")
+    assert_models_equal(tier, fedagg_models(ways.standalone.state, ROUNDS), "the tier vs a standalone fedagg")
+    assert_metrics_equal(
+        fedagg_metrics(ways.tier.setup.state, ROUNDS),
+        oracle_metrics(ways.oracle_output),
+        "the tier vs OpenFL",
+    )
+    averages, _ = closed_form(SPECS, ROUNDS)
+    if method == WEIGHTED_AVERAGE:
+        assert_models_closed_form(tier, averages, "the tier vs the closed form")
+    else:
+        assert not np.allclose(tier[-1]["w"], averages[-1]), (
+            "the optimizer's model is not the weighted average's"
+        )
+    last = read_model(ways.tier.setup.state / "last.pbuf")
+    assert last.round_number == ROUNDS
+    assert_models_equal([dict(last.tensors)], openfl[-1:], "the tier's last.pbuf vs OpenFL's final model")
+    for setup in (ways.tier.setup, ways.standalone):
+        assert_counted_once(setup, COLLABORATORS)
+    assert_delivered_once_by_both(ways.tier.root.log(), len(COLLABORATORS))
 
-    assert sum(contributions_by_replica(tier.root.log()).values()) == ROUNDS * 2 * 3
 
-
-def test_openfl_19_collaborators_train_through_the_tier(
-    tmp_path: Path, tier_pki: Pki, openfl_19: Path
+@pytest.mark.parametrize("method", [WEIGHTED_AVERAGE, ADAM], ids=["weighted_average", "adam"])
+def test_openfl_171_collaborators_through_the_tier_train_openfls_and_a_single_pods_models(
+    tmp_path: Path, pki: Pki, openfl: Path, method: Method
 ) -> None:
-    tier = train_through_the_tier(tmp_path, tier_pki, openfl_19)
+    ways = train_three_ways(tmp_path, pki, openfl, method, ROUNDS)
 
-    assert sum(contributions_by_replica(tier.root.log()).values()) == ROUNDS * 2 * 3
+    assert_three_ways_agree(ways, method)
+
+
+def test_openfl_19_collaborators_through_the_tier_train_openfl_19s_and_a_single_pods_models(
+    tmp_path: Path, pki: Pki, openfl_19: Path
+) -> None:
+    ways = train_three_ways(tmp_path, pki, openfl_19, WEIGHTED_AVERAGE, ROUNDS)
+
+    assert_three_ways_agree(ways, WEIGHTED_AVERAGE)
 
 
 def test_a_root_killed_while_it_divides_the_partials_restarts_and_collects_them_again(
@@ -178,44 +199,3 @@ def test_status_through_the_tier_shows_the_roots_replicas(tmp_path: Path, tier_p
         assert state["seconds_since_contact"] is not None, "a replica following the root has called it"
     assert "tier: round 0, 2 ingest replica(s)" in text.stdout
     assert "tier" not in json.loads(elsewhere.stdout), "only a root reports replicas"
-
-
-def test_an_adaptive_optimizer_through_the_tier_gives_the_single_pods_model(
-    tmp_path: Path, tier_pki: Pki
-) -> None:
-    model = write_zero_model(tmp_path)
-    validation = {"function": "validate_task", "kwargs": {"metrics": ["acc"]}}
-    tasks = {
-        "aggregated_model_validation": validation,
-        "train": {
-            "function": "train_task",
-            "kwargs": {"metrics": ["loss"]},
-            "aggregation": "adam",
-            "aggregation_settings": {"learning_rate": 0.1},
-        },
-        "locally_tuned_model_validation": validation,
-    }
-    (tmp_path / "single").mkdir()
-    setup = make_setup(tmp_path / "single", tier_pki, ROUNDS, model, federation={"tasks": tasks})
-    with Aggregator(setup.config, name="single") as single:
-        collaborators = FedaggCollaborators(setup, tier_pki)
-        try:
-            collaborators.wait()
-            single.wait_finished()
-        finally:
-            stop(single, collaborators)
-    (tmp_path / "tier").mkdir()
-    with running_tier(tmp_path / "tier", tier_pki, ROUNDS, model, REPLICAS, tasks=tasks) as tier:
-        collaborators = FedaggCollaborators(tier.setup, tier_pki)
-        try:
-            collaborators.wait()
-            finish_tier_processes(tier)
-        finally:
-            stop(tier.root, *tier.replicas.values(), collaborators)
-
-    expected, got = read_model(setup.state / "last.pbuf"), read_model(tier.setup.state / "last.pbuf")
-    averaged = expected_models(FedaggCollaborators.expected(), ROUNDS)[-1]
-    assert got.round_number == expected.round_number == ROUNDS
-    for name, values in expected.tensors.items():
-        assert not np.allclose(values, averaged), "Adam's model is not the weighted average's"
-        np.testing.assert_allclose(got.tensors[name], values, rtol=1e-6, err_msg=f"tensor {name}")

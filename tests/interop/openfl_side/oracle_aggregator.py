@@ -17,7 +17,7 @@ Two ways to describe the federation:
 Without ``--plan`` the federation is what ``Plan.get_server()`` would build from the default plan (spec
 §3.5): ``RandomGroupedAssigner`` with one task group ``learning`` (100 %) running
 ``aggregated_model_validation``, ``train``, ``locally_tuned_model_validation``, each aggregated with
-``WeightedAverage``; the straggler handling policy (below); ``NoCompressionPipeline``;
+``WeightedAverage`` (``train`` with ``--train-aggregation``'s function if given); the straggler handling policy (below); ``NoCompressionPipeline``;
 ``db_store_rounds=2`` (plan default) and ``use_delta_updates=True`` (constructor default); with 1.8/1.9
 also the default plan's persistent tensor database (``persist_checkpoint``), kept in
 ``--state-dir``/tensor.db.

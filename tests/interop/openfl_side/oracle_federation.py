@@ -1,5 +1,6 @@
 """The federation the oracle's options describe without ``--plan``: OpenFL's ``Aggregator`` as
-``Plan.get_server()`` would build it from the default plan, with the straggler policy asked for.
+``Plan.get_server()`` would build it from the default plan, with the straggler policy and the train task's
+aggregation asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import openfl_versions as versions  # a sibling module: the script directory is 
 from openfl.callbacks import Callback
 from openfl.component.aggregator.aggregator import Aggregator
 from openfl.component.assigner.random_grouped_assigner import RandomGroupedAssigner
+from openfl.federated import Plan
 from openfl.interface.aggregation_functions import WeightedAverage
 from openfl.pipelines import NoCompressionPipeline
 from openfl.protocols import utils
@@ -23,8 +25,9 @@ from openfl.protocols import utils
 TASK_NAMES = ["aggregated_model_validation", "train", "locally_tuned_model_validation"]
 
 
-def default_tasks() -> dict[str, dict[str, Any]]:
-    """The ``tasks`` section of the default plan (tasks_torch.yaml), as ``Plan.get_tasks()`` returns it."""
+def default_tasks(train_aggregation: Any = None) -> dict[str, dict[str, Any]]:
+    """The ``tasks`` section of the default plan (tasks_torch.yaml), as ``Plan.get_tasks()`` returns it; the train
+    task aggregated by ``train_aggregation`` (default: WeightedAverage)."""
     return {
         "aggregated_model_validation": {
             "function": "validate_task",
@@ -39,7 +42,7 @@ def default_tasks() -> dict[str, dict[str, Any]]:
         "train": {
             "function": "train_task",
             "kwargs": {"metrics": ["loss"], "epochs": 1},
-            "aggregation_type": WeightedAverage(),
+            "aggregation_type": train_aggregation or WeightedAverage(),
         },
     }
 
@@ -91,12 +94,29 @@ def straggler_summary(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def model_names(init_model: Path) -> tuple[list[str], int]:
-    """The tensor names and round of an initial ModelProto."""
+def initial_model(init_model: Path) -> tuple[dict[str, np.ndarray], int]:
+    """The tensors and round of an initial ModelProto."""
     tensors, round_number = utils.deconstruct_model_proto(
         utils.load_proto(str(init_model)), NoCompressionPipeline()
     )
+    return tensors, round_number
+
+
+def model_names(init_model: Path) -> tuple[list[str], int]:
+    """The tensor names and round of an initial ModelProto."""
+    tensors, round_number = initial_model(init_model)
     return list(tensors), round_number
+
+
+def train_aggregation(spec: dict[str, Any], init_model: Path) -> Any:
+    """What ``Plan.build`` makes of ``--train-aggregation`` (a plan's ``aggregation_type``). An adaptive function
+    without ``params`` gets the initial model as its ``params``, nested lists as a plan's YAML carries them: in
+    OpenFL's own use the optimizer starts from the initial model."""
+    settings = dict(spec.get("settings", {}))
+    if spec["template"].endswith("AdaptiveAggregation") and "params" not in settings:
+        tensors, _ = initial_model(init_model)
+        settings["params"] = {name: np.asarray(values).tolist() for name, values in tensors.items()}
+    return Plan.build(template=spec["template"], settings=settings)
 
 
 def aggregator_from_arguments(args: argparse.Namespace, callbacks: list[Callback]) -> Aggregator:
@@ -105,7 +125,9 @@ def aggregator_from_arguments(args: argparse.Namespace, callbacks: list[Callback
     if not collaborators or args.rounds < 1:
         raise SystemExit("need at least one collaborator and one round")
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    tasks = default_tasks()
+    tasks = default_tasks(
+        None if args.train_aggregation is None else train_aggregation(args.train_aggregation, args.init_model)
+    )
     assigner = RandomGroupedAssigner(
         task_groups=[{"name": "learning", "percentage": 1.0, "tasks": list(TASK_NAMES)}],
         tasks=tasks,

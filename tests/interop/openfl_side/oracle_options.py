@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -57,6 +58,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--use-delta-updates", type=parse_bool, default=True, help="(default: true)")
     p.add_argument("--db-store-rounds", type=int, default=2, help="(default: 2, the plan default)")
     p.add_argument(
+        "--train-aggregation",
+        type=json.loads,
+        default=None,
+        help='the train task\'s aggregation_type as a plan gives it, JSON {"template": ..., "settings": {...}}'
+        " (default: WeightedAverage); an adaptive one's params are the initial model",
+    )
+    p.add_argument(
         "--state-dir", type=Path, help="where best.pbuf and last.pbuf go (required without --plan)"
     )
     p.add_argument("--output", type=Path, required=True, help="round-<r>.npz, metrics.json, summary.json")
@@ -93,6 +101,7 @@ STRAGGLER_OPTIONS = (
     "use_delta_updates",
     "db_store_rounds",
     "single_col_cert_common_name",
+    "train_aggregation",
 )
 
 
