@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
-from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
+from fedagg.config.topology import PARTIAL_SUM_METHODS, WHY_NOT_PARTIAL, Role
 from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError
 
@@ -111,8 +111,6 @@ def _tier_errors(config: Config) -> list[ConfigError]:
                     f"null under {role}: leaving out each large update at the replicas is not built yet",
                 )
             )
-        if task.privacy is not None:
-            errors.append(ConfigError(f"{key}.privacy", "set", f"null under {role}: {PRIVACY_REFUSAL}"))
         if task.clipping_norm is not None:
             errors.append(
                 ConfigError(

@@ -86,6 +86,49 @@ def clip_scales(norms: Float64Array, clipping_norm: float) -> Float64Array:
         return np.minimum(1.0, clipping_norm / norms)
 
 
+class HeldValues:
+    """A tensor's values held in memory, as a source."""
+
+    def __init__(self, values: Float32Array) -> None:
+        self._flat = values.reshape(-1)
+        self.size = int(self._flat.size)
+
+    def block(self, start: int, stop: int) -> Float32Array:
+        return self._flat[start:stop].copy()
+
+
+def clip_contribution(
+    tensors: Mapping[str, Float32Array], model: Mapping[str, Float32Array], norm: float
+) -> tuple[dict[str, Float32Array], bool]:
+    """One contribution's tensors with its update clipped to ``norm``, and whether it was clipped (what a tier's
+    ingest replica folds), by the operations of a round end (:func:`update_norms`, :func:`clip_scales`,
+    :func:`clipped`). The values are a round end's bit for bit when its blocks are as large (the norm's float64
+    sum is taken block by block; with smaller blocks the scale may differ in its last bits)."""
+    inputs = RoundInputs(
+        0,
+        "",
+        ("",),
+        tuple(
+            TensorInputs(
+                name,
+                tuple(values.shape),
+                (0,),
+                (HeldValues(values),),
+                (1.0,),
+                HeldValues(model[name]) if name in model else None,
+            )
+            for name, values in tensors.items()
+        ),
+    )
+    scales = clip_scales(update_norms(inputs), norm)
+    if not scales[0] < 1.0:
+        return dict(tensors), False
+    return {
+        tensor.name: tensor.sources[0].block(0, tensor.size).reshape(tensor.shape)
+        for tensor in clipped(inputs, scales).tensors
+    }, True
+
+
 class ClippedUpdates(Aggregator):
     """Clips every collaborator's update to ``norm``, then lets ``inner`` combine the clipped contributions.
 
