@@ -1,0 +1,127 @@
+"""Server-side differential privacy through a tier: the replicas clip each contribution to the norm the root
+publishes with the round, the root adds the noise once and moves an adaptive norm from the summed clipped count.
+The models, the clipping norm after each round and epsilon are a single pod's, for the same experiment seed.
+
+The replicas are fedagg's ingest code in-process and the root a real federation (tests/tier/test_root_rounds.py's
+harness). The experiment seed is the state directory's (a round end gives it to the mechanism, whatever its
+``seed`` setting), so the root's state directory gets a copy of the single pod's.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedagg.federation.aggregators.noise import SEED_FILE, experiment_seed
+from fedagg.federation.federation import Federation
+from fedagg.federation.plan import AggregationSpec, FederationPlan, TaskSpec, default_tasks
+from fedagg.protocol import tier_pb2
+from fedagg.protocol.base_pb2 import NamedTensor
+from fedagg.protocol.codec import encode_tensor
+from fedagg.tier.claims import ClaimOutcome
+from tests.support.servers import make_federation, make_plan
+from tests.support.uploads import TASKS, metric, submit, task_results_bytes
+from tests.tier.conftest import REPLICAS
+from tests.tier.test_root_rounds import SHAPES, SITES, Replica, Root, model_of
+
+ROUNDS = 3
+CLIP = 1.0
+OFFSETS = (-0.5, 0.4, 0.05, -0.02)
+"""Each site's update, per value: norms 2.06, 1.65, 0.21 and 0.08 over the 17 values (C = 1: two are clipped)."""
+PRIVACY: dict[str, dict[str, Any]] = {
+    "fixed": {"noise_multiplier": 0.3, "clipping_norm": CLIP},
+    "adaptive": {
+        "noise_multiplier": 0.3,
+        "clipping_norm": CLIP,
+        "adaptive": True,
+        "clipped_count_stddev": 1.0,
+        "target_clipped_quantile": 0.25,
+    },
+}
+
+
+def private_plan(privacy: dict[str, Any]) -> FederationPlan:
+    tasks = default_tasks()
+    tasks["train"] = TaskSpec(
+        "train", "train_task", {"metrics": ["loss"]}, AggregationSpec("weighted_average", privacy=privacy)
+    )
+    return make_plan(SITES, rounds=ROUNDS, tasks=tasks)
+
+
+def work(
+    index: int, round_number: int, model: dict[str, np.ndarray]
+) -> list[tuple[str, int, list[NamedTensor]]]:
+    """Site ``index``'s three tasks: its training moves every value of the round's model by its offset."""
+    value = 0.1 * (index + 1) + round_number
+    trained = [
+        encode_tensor(
+            name, model[name] + np.float32(OFFSETS[index]), round_number=round_number, tags=("trained",)
+        )
+        for name in SHAPES
+    ]
+    return [
+        (TASKS[0], 5, [metric("acc", value, round_number, "validate_agg")]),
+        (TASKS[1], 10 + 7 * index, [metric("loss", value, round_number), *trained]),
+        (TASKS[2], 5, [metric("acc", value, round_number, "validate_local")]),
+    ]
+
+
+def figures(federation: Federation) -> dict[str, float]:
+    return dict(dict(federation.describe().aggregation)["train"])
+
+
+@pytest.mark.parametrize("clipping", sorted(PRIVACY))
+def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norms_and_epsilon(
+    tmp_path: Path, clipping: str
+) -> None:
+    plan = private_plan(PRIVACY[clipping])
+    initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
+    single = make_federation(tmp_path / "single", plan, initial)
+    root = Root(tmp_path / "root", plan, initial)
+    experiment_seed(tmp_path / "single" / "state")
+    shutil.copy(tmp_path / "single" / "state" / SEED_FILE, tmp_path / "root" / "state" / SEED_FILE)
+    norms = [CLIP]
+    for round_number in range(ROUNDS):
+        model = model_of(root.federation, round_number)
+        notice = root.notices.latest
+        assert notice is not None
+        assert notice.phase == tier_pb2.OPEN
+        assert notice.clipping_norms == (("train", norms[-1]),)  # the single pod's norm of the round
+        replicas = [
+            Replica(tmp_path / f"r{round_number}", name, round_number, model, dict(notice.clipping_norms))
+            for name in REPLICAS
+        ]
+        for index, site in enumerate(SITES):
+            for position, (task, size, tensors) in enumerate(work(index, round_number, model)):
+                assert submit(single, site, round_number, task, size, tensors).accepted
+                upload = task_results_bytes(site, round_number, task, size, tensors)
+                replica = replicas[(index + position) % len(replicas)]  # a site's uploads land on both
+                assert replica.take(root, site, task, upload) == ClaimOutcome.GRANTED
+        if round_number == 0:
+            counts = [r.round.partial.tasks[TASKS[1]].clipped for r in replicas]
+            assert sum(counts) == 2, "sites 0 and 1 are clipped, 2 and 3 are not"
+            assert all(count == 1 for count in counts), (
+                "each replica clipped one site and folded another whole"
+            )
+        for replica in replicas:
+            assert root.collection.take(replica.round.partial)
+        root.federation.tick()
+        assert root.federation.round_number == single.round_number == round_number + 1
+
+        expected, got = model_of(single, round_number + 1), model_of(root.federation, round_number + 1)
+        for name in SHAPES:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-7)
+            assert not np.allclose(expected[name], expected[name].flat[0]), "noise was added"
+        single_figures, root_figures = figures(single), figures(root.federation)
+        assert root_figures["clipping_norm"] == pytest.approx(single_figures["clipping_norm"], rel=1e-12)
+        assert root_figures["noise_stddev"] == pytest.approx(single_figures["noise_stddev"], rel=1e-12)
+        assert root_figures["epsilon"] == single_figures["epsilon"] > 0
+        norms.append(single_figures["clipping_norm"])
+    if clipping == "adaptive":
+        assert len(set(norms)) == len(norms), "adaptive clipping moved the norm every round"
+    else:
+        assert set(norms) == {CLIP}
