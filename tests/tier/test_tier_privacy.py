@@ -2,13 +2,15 @@
 publishes with the round, the root adds the noise once and moves an adaptive norm from the summed clipped count.
 The models, the clipping norm after each round and epsilon are a single pod's, for the same experiment seed.
 
-The replicas are fedagg's ingest code in-process and the root a real federation (tests/tier/test_root_rounds.py's
-harness). The experiment seed is the state directory's (a round end gives it to the mechanism, whatever its
+The first test drives fedagg's ingest code in-process against a real root federation (tests/tier/test_root_rounds.py's
+harness); the second runs replicas following the root over its tier port, collaborators uploading over gRPC
+(tests/tier/ingest_tier.py's harness), so the norm reaches the replicas in the round notices. The experiment seed is the state directory's (a round end gives it to the mechanism, whatever its
 ``seed`` setting), so the root's state directory gets a copy of the single pod's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,15 @@ from fedagg.protocol import tier_pb2
 from fedagg.protocol.base_pb2 import NamedTensor
 from fedagg.protocol.codec import encode_tensor
 from fedagg.tier.claims import ClaimOutcome
+from tests.support.pki import Pki
 from tests.support.servers import make_federation, make_plan
 from tests.support.uploads import TASKS, metric, submit, task_results_bytes
-from tests.tier.conftest import REPLICAS
+from tests.tier.conftest import COLLABORATORS, REPLICAS
+from tests.tier.ingest_tier import INITIAL, PLAN, RootParts, running_tier
+from tests.tier.test_ingest_rounds import round_through
 from tests.tier.test_root_rounds import SHAPES, SITES, Replica, Root, model_of
+from tests.tier.tier_rounds import model, tick_on_partials
+from tests.tier.tier_rounds import work as tier_work
 
 ROUNDS = 3
 CLIP = 1.0
@@ -44,12 +51,21 @@ PRIVACY: dict[str, dict[str, Any]] = {
 }
 
 
-def private_plan(privacy: dict[str, Any]) -> FederationPlan:
+def private_plan(
+    privacy: dict[str, Any], sites: tuple[str, ...] = SITES, rounds: int = ROUNDS
+) -> FederationPlan:
     tasks = default_tasks()
     tasks["train"] = TaskSpec(
         "train", "train_task", {"metrics": ["loss"]}, AggregationSpec("weighted_average", privacy=privacy)
     )
-    return make_plan(SITES, rounds=ROUNDS, tasks=tasks)
+    return make_plan(sites, rounds=rounds, tasks=tasks)
+
+
+def same_experiment_seed(single_state: Path, root_state: Path) -> None:
+    """Give the root's state directory the single pod's noise seed (made now)."""
+    experiment_seed(single_state)
+    root_state.mkdir(parents=True, exist_ok=True)
+    shutil.copy(single_state / SEED_FILE, root_state / SEED_FILE)
 
 
 def work(
@@ -82,8 +98,7 @@ def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norm
     initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
     single = make_federation(tmp_path / "single", plan, initial)
     root = Root(tmp_path / "root", plan, initial)
-    experiment_seed(tmp_path / "single" / "state")
-    shutil.copy(tmp_path / "single" / "state" / SEED_FILE, tmp_path / "root" / "state" / SEED_FILE)
+    same_experiment_seed(tmp_path / "single" / "state", tmp_path / "root" / "state")
     norms = [CLIP]
     for round_number in range(ROUNDS):
         model = model_of(root.federation, round_number)
@@ -125,3 +140,45 @@ def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norm
         assert len(set(norms)) == len(norms), "adaptive clipping moved the norm every round"
     else:
         assert set(norms) == {CLIP}
+
+
+def test_replicas_learn_the_rounds_norm_from_the_roots_notices_and_the_tier_trains_as_one_pod(
+    pki: Pki, tmp_path: Path
+) -> None:
+    norm = 8.0  # the sites' round-0 updates have norms 5.9, 7.5, 10.8 and 13.0: two are clipped
+    plan = private_plan({**PRIVACY["adaptive"], "clipping_norm": norm}, COLLABORATORS, PLAN.rounds_to_train)
+    single = make_federation(tmp_path / "single", plan, INITIAL)
+    parts = RootParts.counting(tmp_path, plan)
+    same_experiment_seed(tmp_path / "single" / "state", tmp_path / "root" / "state")
+    norms = []
+    for round_number in range(plan.rounds_to_train):
+        norms.append(figures(single)["clipping_norm"])
+        for index, name in enumerate(COLLABORATORS):
+            for task, size, tensors in tier_work(index, round_number):
+                assert submit(single, name, round_number, task, size, tensors).accepted
+
+    async def scenario() -> None:
+        async with running_tier(pki, tmp_path, parts=parts) as (root, replicas):
+            ticking = asyncio.create_task(tick_on_partials(root))
+            for round_number in range(plan.rounds_to_train):
+                for each in replicas:
+                    await each.acted_on(round_number, tier_pb2.OPEN)
+                    assert each.watch is not None
+                    assert each.watch.notice is not None
+                    assert each.watch.notice.clipping_norms == (("train", norms[round_number]),)
+                await round_through(pki, replicas, round_number)
+                for each in replicas:
+                    current = each.uploads.round
+                    assert current is not None
+                    assert current.ingest.partial.tasks["train"].clipping_norm == norms[round_number]
+            for each in replicas:
+                await each.acted_on(plan.rounds_to_train, tier_pb2.FINISHED)
+            ticking.cancel()
+
+    asyncio.run(scenario())
+    for round_number in range(1, plan.rounds_to_train + 1):
+        expected, got = model(single, round_number), model(parts.federation, round_number)
+        for name in INITIAL:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-7)
+    assert figures(parts.federation) == pytest.approx(figures(single), rel=1e-12)
+    assert figures(single)["clipping_norm"] != norm
