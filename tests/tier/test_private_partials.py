@@ -17,7 +17,7 @@ from fedagg.federation.aggregators.privacy import GaussianMechanism
 from fedagg.protocol import tier_pb2
 from fedagg.tier.division import divide, task_inputs
 from fedagg.tier.partials import RoundPartial, merge
-from fedagg.tier.wire import partial_chunks, received_partial
+from fedagg.tier.wire import PartialRefused, partial_chunks, received_partial
 from tests.support.aggregation import Model, aggregate, inputs_of, model_of
 
 SITES = ("site-0", "site-1", "site-2", "site-3")
@@ -53,14 +53,14 @@ def sites_models(model: Model) -> list[Model]:
     ]
 
 
-def delivered(partial: RoundPartial) -> RoundPartial:
-    """``partial`` as the root receives it over the tier protocol."""
+def received(chunks: list[tier_pb2.PartialChunk], replica: str) -> RoundPartial:
+    """The partial the root receives from ``chunks`` over the tier protocol."""
 
-    async def chunks() -> AsyncIterator[tier_pb2.PartialChunk]:
-        for chunk in partial_chunks(partial):
+    async def stream() -> AsyncIterator[tier_pb2.PartialChunk]:
+        for chunk in chunks:
             yield chunk
 
-    return asyncio.run(received_partial(chunks(), partial.replica, 1 << 30))
+    return asyncio.run(received_partial(stream(), replica, 1 << 30))
 
 
 def clipped_partials(
@@ -107,7 +107,10 @@ def test_noise_added_once_to_the_merged_clipped_sums_is_a_single_pods_private_ag
     expected = aggregate(pod, models, WEIGHTS, model)
     assert expected is not None
     root = mechanism(inner)
-    merged = merge(0, [delivered(partial) for partial in clipped_partials(models, model, inner=inner)])
+    merged = merge(
+        0,
+        [received(list(partial_chunks(p)), p.replica) for p in clipped_partials(models, model, inner=inner)],
+    )
     assert merged.tasks["train"].clipped == 2
     got = divide(root, 0, "train", merged.tasks["train"], model)
     assert got.keys() == expected.keys()
@@ -154,3 +157,26 @@ def test_partials_clipped_to_another_norm_than_the_rounds_are_refused() -> None:
     unclipped.fold("train", "site-9", 1.0, models[0])
     with pytest.raises(ValueError, match=r"clipped to None, the contributions before it to 3\.0"):
         merge(0, [*clipped_partials(models, model), unclipped])
+
+
+def test_the_mechanism_refuses_inputs_clipped_to_another_norm_than_its_own() -> None:
+    model = model_of(np.random.default_rng(2))
+    merged = merge(0, clipped_partials(sites_models(model), model)).tasks["train"]
+    inputs, _ = task_inputs(
+        0, "train", merged, mechanism("weighted_average"), lambda name: HeldValues(model[name])
+    )
+    moved = mechanism("weighted_average")
+    moved.clipping_norm = 2.5
+
+    with pytest.raises(ValueError, match=r"clipped to 3\.0, the round's clipping norm is 2\.5"):
+        moved.prepare(inputs)
+
+
+def test_a_partial_claiming_more_clipped_contributions_than_it_holds_is_refused() -> None:
+    model = model_of(np.random.default_rng(2))
+    partial = clipped_partials(sites_models(model), model)[0]
+    chunks = list(partial_chunks(partial))
+    chunks[0].header.tasks[0].clipped = 3
+
+    with pytest.raises(PartialRefused, match=r"TaskPartial\.clipped is 3 of 2 contributions clipped to 3\.0"):
+        received(chunks, partial.replica)
