@@ -25,6 +25,7 @@ from fedagg.protocol import tier_pb2
 from fedagg.protocol.base_pb2 import NamedTensor
 from fedagg.protocol.codec import encode_tensor
 from fedagg.tier.claims import ClaimOutcome
+from fedagg.tier.round_notices import RoundNotice
 from tests.support.pki import Pki
 from tests.support.servers import make_federation, make_plan
 from tests.support.uploads import TASKS, metric, submit, task_results_bytes
@@ -90,6 +91,24 @@ def figures(federation: Federation) -> dict[str, float]:
     return dict(dict(federation.describe().aggregation)["train"])
 
 
+def take_round(root: Root, state: Path, single: Federation | None = None) -> list[Replica]:
+    """The root's open round through two replicas that clip to the norms of its notice (and the same uploads to
+    ``single``): every site's uploads land on both."""
+    notice = root.notices.latest
+    assert notice is not None
+    round_number = notice.round_number
+    model = model_of(root.federation, round_number)
+    replicas = [Replica(state, name, round_number, model, dict(notice.clipping_norms)) for name in REPLICAS]
+    for index, site in enumerate(SITES):
+        for position, (task, size, tensors) in enumerate(work(index, round_number, model)):
+            if single is not None:
+                assert submit(single, site, round_number, task, size, tensors).accepted
+            upload = task_results_bytes(site, round_number, task, size, tensors)
+            replica = replicas[(index + position) % len(replicas)]
+            assert replica.take(root, site, task, upload) == ClaimOutcome.GRANTED
+    return replicas
+
+
 @pytest.mark.parametrize("clipping", sorted(PRIVACY))
 def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norms_and_epsilon(
     tmp_path: Path, clipping: str
@@ -101,21 +120,11 @@ def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norm
     same_experiment_seed(tmp_path / "single" / "state", tmp_path / "root" / "state")
     norms = [CLIP]
     for round_number in range(ROUNDS):
-        model = model_of(root.federation, round_number)
         notice = root.notices.latest
         assert notice is not None
-        assert notice.phase == tier_pb2.OPEN
+        assert (notice.round_number, notice.phase) == (round_number, tier_pb2.OPEN)
         assert notice.clipping_norms == (("train", norms[-1]),)  # the single pod's norm of the round
-        replicas = [
-            Replica(tmp_path / f"r{round_number}", name, round_number, model, dict(notice.clipping_norms))
-            for name in REPLICAS
-        ]
-        for index, site in enumerate(SITES):
-            for position, (task, size, tensors) in enumerate(work(index, round_number, model)):
-                assert submit(single, site, round_number, task, size, tensors).accepted
-                upload = task_results_bytes(site, round_number, task, size, tensors)
-                replica = replicas[(index + position) % len(replicas)]  # a site's uploads land on both
-                assert replica.take(root, site, task, upload) == ClaimOutcome.GRANTED
+        replicas = take_round(root, tmp_path / f"r{round_number}", single)
         if round_number == 0:
             counts = [r.round.partial.tasks[TASKS[1]].clipped for r in replicas]
             assert sum(counts) == 2, "sites 0 and 1 are clipped, 2 and 3 are not"
@@ -140,6 +149,22 @@ def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norm
         assert len(set(norms)) == len(norms), "adaptive clipping moved the norm every round"
     else:
         assert set(norms) == {CLIP}
+
+
+def test_a_restarted_root_tells_the_replicas_the_norm_it_committed(tmp_path: Path) -> None:
+    plan = private_plan(PRIVACY["adaptive"])
+    initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
+    root = Root(tmp_path / "root", plan, initial)
+    for replica in take_round(root, tmp_path / "replicas"):
+        assert root.collection.take(replica.round.partial)
+    root.federation.tick()
+    moved = figures(root.federation)["clipping_norm"]
+    assert moved != CLIP
+    root.book.close()
+
+    restarted = Root(tmp_path / "root", plan, initial)
+
+    assert restarted.notices.latest == RoundNotice(1, tier_pb2.OPEN, (), (("train", moved),))
 
 
 def test_replicas_learn_the_rounds_norm_from_the_roots_notices_and_the_tier_trains_as_one_pod(
