@@ -1,6 +1,7 @@
 """Server-side differential privacy through a tier: the replicas clip each contribution to the norm the root
 publishes with the round, the root adds the noise once and moves an adaptive norm from the summed clipped count.
-The models, the clipping norm after each round and epsilon are a single pod's, for the same experiment seed.
+The models, the clipping norm after each round and epsilon are a single pod's, for the same experiment seed; with
+clipping alone (``clipping_norm``), the models are.
 
 The first test drives fedagg's ingest code in-process against a real root federation (tests/tier/test_root_rounds.py's
 harness); the second runs replicas following the root over its tier port, collaborators uploading over gRPC
@@ -53,12 +54,12 @@ PRIVACY: dict[str, dict[str, Any]] = {
 
 
 def private_plan(
-    privacy: dict[str, Any], sites: tuple[str, ...] = SITES, rounds: int = ROUNDS
+    privacy: dict[str, Any] | None, sites: tuple[str, ...] = SITES, rounds: int = ROUNDS, **clipping: float
 ) -> FederationPlan:
+    """The default tasks, ``train`` a weighted average under ``privacy`` (or only ``clipping_norm``)."""
     tasks = default_tasks()
-    tasks["train"] = TaskSpec(
-        "train", "train_task", {"metrics": ["loss"]}, AggregationSpec("weighted_average", privacy=privacy)
-    )
+    aggregation = AggregationSpec("weighted_average", privacy=privacy, **clipping)
+    tasks["train"] = TaskSpec("train", "train_task", {"metrics": ["loss"]}, aggregation)
     return make_plan(sites, rounds=rounds, tasks=tasks)
 
 
@@ -149,6 +150,26 @@ def test_private_rounds_through_ingest_replicas_give_the_single_pods_models_norm
         assert len(set(norms)) == len(norms), "adaptive clipping moved the norm every round"
     else:
         assert set(norms) == {CLIP}
+
+
+def test_clipping_without_privacy_through_ingest_replicas_gives_the_single_pods_models(
+    tmp_path: Path,
+) -> None:
+    plan = private_plan(None, clipping_norm=CLIP)
+    initial = {name: np.full(shape, 0.5, np.float32) for name, shape in SHAPES.items()}
+    single = make_federation(tmp_path / "single", plan, initial)
+    root = Root(tmp_path / "root", plan, initial)
+    for round_number in range(ROUNDS):
+        assert root.notices.latest is not None
+        assert root.notices.latest.clipping_norms == (("train", CLIP),)
+        for replica in take_round(root, tmp_path / f"r{round_number}", single):
+            assert root.collection.take(replica.round.partial)
+        root.federation.tick()
+
+        expected, got = model_of(single, round_number + 1), model_of(root.federation, round_number + 1)
+        for name in SHAPES:
+            np.testing.assert_array_max_ulp(got[name], expected[name], maxulp=1)
+        assert figures(root.federation) == figures(single) == {"clipped_share": 0.5}
 
 
 def test_a_restarted_root_tells_the_replicas_the_norm_it_committed(tmp_path: Path) -> None:

@@ -107,10 +107,17 @@ def test_privacy_around_another_method_is_refused_in_the_tier_naming_the_method(
     assert method in errors[f"federation.tasks.train.{key}"]
 
 
-def test_clipping_without_privacy_is_refused_in_the_tier_with_the_reason() -> None:
-    keys = {error.key: str(error) for error in problems(tier_config("root", clipping_norm=1.0))}
+@pytest.mark.parametrize("method", ["weighted_average", "adam"])
+def test_clipping_without_privacy_is_accepted_in_the_tier(method: str) -> None:
+    config = parse_config(tier_config("ingest", method, clipping_norm=1.0), Path("/etc/fedagg"), {})
+    assert config.federation.tasks["train"].clipping_norm == 1.0
+
+
+def test_clipping_with_privacy_is_refused_in_the_tier_with_the_reason() -> None:
+    data = tier_config("root", clipping_norm=1.0, privacy=PRIVACY)
+    keys = {error.key: str(error) for error in problems(data)}
     assert list(keys) == ["federation.tasks.train.clipping_norm"]
-    assert "clipping each update at the replicas" in keys["federation.tasks.train.clipping_norm"]
+    assert "clipping each update twice at the replicas" in keys["federation.tasks.train.clipping_norm"]
 
 
 def test_an_ingest_replica_needs_the_root_address() -> None:

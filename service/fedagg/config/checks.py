@@ -111,12 +111,13 @@ def _tier_errors(config: Config) -> list[ConfigError]:
                     f"null under {role}: leaving out each large update at the replicas is not built yet",
                 )
             )
-        if task.clipping_norm is not None:
+        if task.clipping_norm is not None and task.privacy is not None:
             errors.append(
                 ConfigError(
                     f"{key}.clipping_norm",
                     task.clipping_norm,
-                    f"null under {role}: clipping each update at the replicas is not built yet",
+                    f"null under {role} with privacy (privacy clips to its own norm): clipping each update "
+                    "twice at the replicas is not built yet",
                 )
             )
     return errors

@@ -4,7 +4,8 @@ Which aggregation methods a tier can compute exactly is decided here, once, at c
 aggregate is a function of per-replica partial sums (float64 weighted sums and weights) is exact; the others
 would need every contribution at one place and are refused in the tier (forwarding them is not built yet).
 Server-side differential privacy around an exact method is exact too: the replicas clip each contribution before
-they fold it, and the root adds the noise once (the adaptive optimizers take no privacy anywhere).
+they fold it, and the root adds the noise once (the adaptive optimizers take no privacy anywhere); so is clipping
+alone (``clipping_norm``), but not both together (that clips twice).
 """
 
 from __future__ import annotations

@@ -145,14 +145,22 @@ class ClippedUpdates(Aggregator):
         self._clipped_share = 0.0
 
     def prepare(self, inputs: RoundInputs) -> None:
-        """Clip every contribution's update, then let ``inner`` prepare.
+        """Clip every contribution's update (unless :attr:`RoundInputs.clipped` says they were clipped to ``norm``
+        beforehand: a tier's root), then let ``inner`` prepare.
 
         Every contribution ``inner`` receives MUST have an update of norm at most ``norm`` over all the task's
         tensors (base 0 where the model has none), in the update's own direction.
         """
-        scales = clip_scales(update_norms(inputs), self.norm)
-        self._clipped_share = float(np.mean(scales < 1.0)) if len(scales) else 0.0
-        clipped_inputs = clipped(inputs, scales)
+        if inputs.clipped is None:
+            scales = clip_scales(update_norms(inputs), self.norm)
+            clipped_count, count = int(np.sum(scales < 1.0)), len(scales)
+            clipped_inputs = clipped(inputs, scales)
+        elif inputs.clipped.norm != self.norm:
+            raise ValueError(f"the contributions were clipped to {inputs.clipped.norm}, not to {self.norm}")
+        else:  # clipped where they were folded (a tier's ingest replicas)
+            clipped_count, count = inputs.clipped.clipped, len(inputs.clipped.contributed.collaborators)
+            clipped_inputs = inputs
+        self._clipped_share = clipped_count / count if count else 0.0
         self._clipped = {tensor.name: tensor for tensor in clipped_inputs.tensors}
         self.inner.prepare(clipped_inputs)
 
@@ -161,6 +169,9 @@ class ClippedUpdates(Aggregator):
 
     def bind_state(self, state: AggregatorState) -> None:
         self.inner.bind_state(state)
+
+    def clip_norm(self) -> float | None:
+        return self.norm
 
     def save(self) -> Mapping[str, object]:
         return self.inner.save()
