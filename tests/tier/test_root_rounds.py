@@ -7,7 +7,7 @@ the claims go straight to the root's claim taker (the gRPC path is covered by te
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -84,10 +84,18 @@ class Root:
 
 
 class Replica:
-    def __init__(self, state: Path, name: str, round_number: int, model: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        state: Path,
+        name: str,
+        round_number: int,
+        model: dict[str, np.ndarray],
+        clipping: Mapping[str, float] | None = None,
+    ) -> None:
         self.spool = Spool(state / name / "spool")
         self.spool.prepare()
-        self.round = IngestRound(self.spool, RoundPartial(round_number, name, 1), model, LIMITS)
+        partial = RoundPartial(round_number, name, 1)
+        self.round = IngestRound(self.spool, partial, model, LIMITS, clipping=clipping)
         self.name = name
 
     def take(self, root: Root, site: str, task: str, upload: bytes) -> ClaimOutcome:

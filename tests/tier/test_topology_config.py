@@ -83,11 +83,41 @@ def test_robust_methods_are_refused_in_the_tier_naming_the_method_and_why(
     assert "forwarding contributions to the root is not built yet" in str(error)
 
 
-def test_privacy_and_clipping_are_refused_in_the_tier_with_the_reason() -> None:
-    data = tier_config("root", clipping_norm=1.0, privacy={"noise_multiplier": 1.0, "clipping_norm": 1.0})
+PRIVACY = {"noise_multiplier": 0.1, "clipping_norm": 1.0, "adaptive": True, "clipped_count_stddev": 1.0}
+
+
+@pytest.mark.parametrize("role", ["root", "ingest"])
+@pytest.mark.parametrize("method", ["weighted_average", "fedcurv_weighted_average"])
+def test_privacy_around_a_method_exact_from_partial_sums_is_accepted_in_the_tier(
+    role: str, method: str
+) -> None:
+    config = parse_config(tier_config(role, method, privacy=PRIVACY), Path("/etc/fedagg"), {})
+    assert config.topology.role == Role(role)
+    privacy = config.federation.tasks["train"].privacy
+    assert privacy is not None
+    assert {key: getattr(privacy, key) for key in PRIVACY} == PRIVACY
+
+
+@pytest.mark.parametrize(("method", "key"), [("median", "aggregation"), ("adam", "privacy")])
+def test_privacy_around_another_method_is_refused_in_the_tier_naming_the_method(
+    method: str, key: str
+) -> None:
+    errors = {error.key: str(error) for error in problems(tier_config("root", method, privacy=PRIVACY))}
+    assert list(errors) == [f"federation.tasks.train.{key}"]
+    assert method in errors[f"federation.tasks.train.{key}"]
+
+
+@pytest.mark.parametrize("method", ["weighted_average", "adam"])
+def test_clipping_without_privacy_is_accepted_in_the_tier(method: str) -> None:
+    config = parse_config(tier_config("ingest", method, clipping_norm=1.0), Path("/etc/fedagg"), {})
+    assert config.federation.tasks["train"].clipping_norm == 1.0
+
+
+def test_clipping_with_privacy_is_refused_in_the_tier_with_the_reason() -> None:
+    data = tier_config("root", clipping_norm=1.0, privacy=PRIVACY)
     keys = {error.key: str(error) for error in problems(data)}
-    assert "no differential privacy in the tier yet" in keys["federation.tasks.train.privacy"]
-    assert "clipping each update at the replicas" in keys["federation.tasks.train.clipping_norm"]
+    assert list(keys) == ["federation.tasks.train.clipping_norm"]
+    assert "clipping each update twice at the replicas" in keys["federation.tasks.train.clipping_norm"]
 
 
 def test_an_ingest_replica_needs_the_root_address() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedagg.config.ha import ha_errors
 from fedagg.config.schema import Config
-from fedagg.config.topology import PARTIAL_SUM_METHODS, PRIVACY_REFUSAL, WHY_NOT_PARTIAL, Role
+from fedagg.config.topology import PARTIAL_SUM_METHODS, WHY_NOT_PARTIAL, Role
 from fedagg.server.tls import TlsMode
 from fedagg.settings import ConfigError
 
@@ -111,14 +111,13 @@ def _tier_errors(config: Config) -> list[ConfigError]:
                     f"null under {role}: leaving out each large update at the replicas is not built yet",
                 )
             )
-        if task.privacy is not None:
-            errors.append(ConfigError(f"{key}.privacy", "set", f"null under {role}: {PRIVACY_REFUSAL}"))
-        if task.clipping_norm is not None:
+        if task.clipping_norm is not None and task.privacy is not None:
             errors.append(
                 ConfigError(
                     f"{key}.clipping_norm",
                     task.clipping_norm,
-                    f"null under {role}: clipping each update at the replicas is not built yet",
+                    f"null under {role} with privacy (privacy clips to its own norm): clipping each update "
+                    "twice at the replicas is not built yet",
                 )
             )
     return errors

@@ -3,6 +3,9 @@
 Which aggregation methods a tier can compute exactly is decided here, once, at config check: a method whose
 aggregate is a function of per-replica partial sums (float64 weighted sums and weights) is exact; the others
 would need every contribution at one place and are refused in the tier (forwarding them is not built yet).
+Server-side differential privacy around an exact method is exact too: the replicas clip each contribution before
+they fold it, and the root adds the noise once (the adaptive optimizers take no privacy anywhere); so is clipping
+alone (``clipping_norm``), but not both together (that clips twice).
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ WHY_NOT_PARTIAL = {
     "geometric_median": "the geometric median iterates over every contribution, which sums do not keep",
 }
 """Why each robust built-in method cannot be computed from partial sums."""
-
-PRIVACY_REFUSAL = "no differential privacy in the tier yet (clipping at the replicas and noise once at the root is not built)"
 
 
 def _replica_names(names: tuple[str, ...]) -> str | None:

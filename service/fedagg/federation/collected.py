@@ -8,7 +8,7 @@ once the round is closed, gives it the round's inputs built from the merged part
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +65,8 @@ class RoundCollector(Protocol):
         cannot be collected any more (the round is then decided anew without their collaborators)."""
         ...
 
-    def round_open(self, round_number: int, finished: bool) -> None:
-        """Round ``round_number`` began (or the experiment finished at it). MUST NOT block."""
+    def round_open(self, round_number: int, finished: bool, clipping: Mapping[str, float]) -> None:
+        """Round ``round_number`` began (or the experiment finished at it), its contributions of the tasks in
+        ``clipping`` to be clipped to their norms (:meth:`Aggregator.clip_norm
+        <fedagg.federation.aggregators.base.Aggregator.clip_norm>`). MUST NOT block."""
         ...

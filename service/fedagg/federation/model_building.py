@@ -60,6 +60,10 @@ class TaskAggregators:
         for task, aggregator in self._by_task.items():
             aggregator.load(state.get(task, {}))
 
+    def clip_norms(self) -> dict[str, float]:
+        """The norm each task's contributions are clipped to in the next round end, for the tasks that clip them."""
+        return {task: norm for task, a in self._by_task.items() if (norm := a.clip_norm()) is not None}
+
     def reports(self) -> dict[str, dict[str, float]]:
         """What each aggregator reports after the last round (epsilon, clipping norm, ...)."""
         return {task: dict(report) for task, a in self._by_task.items() if (report := a.report())}

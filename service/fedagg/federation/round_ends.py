@@ -113,7 +113,9 @@ class RoundEnds:
         if finished:
             self.metrics.close()
         if self._collector is not None:
-            self._collector.round_open(checkpoint.round_number, finished)
+            self._collector.round_open(
+                checkpoint.round_number, finished, self._closer.aggregators.clip_norms()
+            )
         self._made_progress()
 
     def new_round(self, model: LoadedModel, initial_shape: ModelShape | None) -> Round:

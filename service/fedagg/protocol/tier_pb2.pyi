@@ -66,9 +66,30 @@ Global___WatchRoundsRequest: _TypeAlias = WatchRoundsRequest  # noqa: Y015
 class RoundNotice(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ClippingNormsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     STRAGGLERS_FIELD_NUMBER: _builtins.int
+    CLIPPING_NORMS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     phase: Global___RoundPhase.ValueType
     @_builtins.property
@@ -77,16 +98,24 @@ class RoundNotice(_message.Message):
         holds); a replica's partial leaves out their contributions.
         """
 
+    @_builtins.property
+    def clipping_norms(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The norm each task's updates are clipped to this round (tasks under differential privacy; the root's clipping
+        norm, which adaptive clipping moves every round): a replica clips every contribution of such a task to it
+        before folding it.
+        """
+
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         phase: Global___RoundPhase.ValueType = ...,
         stragglers: _abc.Iterable[_builtins.str] | None = ...,
+        clipping_norms: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase", "round", b"round", "stragglers", b"stragglers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norms", b"clipping_norms", "phase", b"phase", "round", b"round", "stragglers", b"stragglers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +281,7 @@ class TensorSum(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     PLAIN_FIELD_NUMBER: _builtins.int
+    ABSENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     weight: _builtins.float
     """sum of the contributions' weights"""
@@ -259,6 +289,10 @@ class TensorSum(_message.Message):
     """summed unweighted (FedCurv's Fisher terms)"""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def absent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the task's contributors (of this partial) whose contribution lacks this tensor"""
+
     def __init__(
         self,
         *,
@@ -266,10 +300,11 @@ class TensorSum(_message.Message):
         shape: _abc.Iterable[_builtins.int] | None = ...,
         weight: _builtins.float = ...,
         plain: _builtins.bool = ...,
+        absent: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "plain", b"plain", "shape", b"shape", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "name", b"name", "plain", b"plain", "shape", b"shape", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,7 +348,13 @@ class TaskPartial(_message.Message):
     CONTRIBUTORS_FIELD_NUMBER: _builtins.int
     TENSORS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    CLIPPING_NORM_FIELD_NUMBER: _builtins.int
+    CLIPPED_FIELD_NUMBER: _builtins.int
     task: _builtins.str
+    clipping_norm: _builtins.float
+    """above 0: every contribution was clipped to it before it was folded"""
+    clipped: _builtins.int
+    """how many of them were clipped (their update's norm was above clipping_norm)"""
     @_builtins.property
     def contributors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contributor]:
         """in fold order"""
@@ -329,10 +370,12 @@ class TaskPartial(_message.Message):
         contributors: _abc.Iterable[Global___Contributor] | None = ...,
         tensors: _abc.Iterable[Global___TensorSum] | None = ...,
         metrics: _abc.Iterable[Global___MetricSum] | None = ...,
+        clipping_norm: _builtins.float = ...,
+        clipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributors", b"contributors", "metrics", b"metrics", "task", b"task", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipped", b"clipped", "clipping_norm", b"clipping_norm", "contributors", b"contributors", "metrics", b"metrics", "task", b"task", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

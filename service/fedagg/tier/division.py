@@ -7,15 +7,22 @@ round end's folded prefix (:class:`~fedagg.federation.aggregators.base.FoldedPre
 :class:`~fedagg.tier.partials.TensorSum` is), so the aggregator divides ``sum(w_i * x_i)`` by ``sum(w_i)`` itself,
 with the operations of a single pod's round end. An adaptive optimizer takes ``base - mean`` as its gradient and
 updates its moments once, at the root. FedCurv's Fisher terms are plain sums and are taken as summed.
+
+Under differential privacy the replicas clipped every contribution before folding it: the task's inputs say so
+(:class:`~fedagg.federation.aggregators.base.ClippedBeforehand`: the norm, how many were clipped, and the
+contributors and weights each tensor stands for), and the mechanism adds its noise once, here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from fedagg.federation.aggregators import Aggregator, AggregatorState, RoundInputs, TensorInputs
+from fedagg.federation.aggregators.base import ClippedBeforehand
+from fedagg.federation.aggregators.clipping import HeldValues
 from fedagg.federation.aggregators.elementwise import sums_by_weight
 from fedagg.federation.sources import TensorSource
 from fedagg.protocol.codec import Float32Array
@@ -25,15 +32,47 @@ MERGED = "tier"
 """The name the aggregator sees for the one contribution of a merged partial."""
 
 
-class MeanValues:
-    """A merged partial's mean of one tensor, as the one contribution the aggregator reads."""
+class Unread:
+    """A contribution a merged partial stands for but no longer holds (what :attr:`ClippedBeforehand.contributed`
+    lists): reading it is a bug."""
 
-    def __init__(self, values: Float32Array) -> None:
-        self._flat = values.reshape(-1)
-        self.size = int(self._flat.size)
+    def __init__(self, size: int) -> None:
+        self.size = size
 
     def block(self, start: int, stop: int) -> Float32Array:
-        return self._flat[start:stop].copy()
+        raise RuntimeError("a merged partial holds the sum of its contributions, not each one")
+
+
+def clipped_beforehand(
+    round_number: int, task: str, partial: TaskPartial, aggregator: Aggregator, tensors: list[TensorInputs]
+) -> ClippedBeforehand | None:
+    """What the task's merged ``tensors`` stand for when the replicas clipped its contributions (None when they did
+    not); raises ValueError unless they clipped to the aggregator's norm of the round."""
+    norm = aggregator.clip_norm()
+    if norm != partial.clipping_norm:
+        raise ValueError(
+            f"task {task!r}: the replicas clipped its contributions to {partial.clipping_norm}, the round's "
+            f"clipping norm is {norm}"
+        )
+    if norm is None:
+        return None
+    index = {collaborator: position for position, (collaborator, _) in enumerate(partial.contributors)}
+    contributed = []
+    for tensor in tensors:
+        holders = partial.holders(tensor.name)
+        contributed.append(
+            replace(
+                tensor,
+                contributors=tuple(index[collaborator] for collaborator, _ in holders),
+                sources=tuple(Unread(tensor.size) for _ in holders),
+                weights=tuple(weight for _, weight in holders),
+                folded=None,
+            )
+        )
+    collaborators = tuple(index)
+    return ClippedBeforehand(
+        norm, partial.clipped, RoundInputs(round_number, task, collaborators, tuple(contributed))
+    )
 
 
 def task_inputs(
@@ -47,7 +86,8 @@ def task_inputs(
 ) -> tuple[RoundInputs, dict[str, Float32Array]]:
     """The task's round inputs from a merged partial (one contribution per tensor, its weighted mean), and the
     tensors taken as summed; tensors in ``owned`` (an earlier task's) and those whose total weight is not positive
-    are left out."""
+    are left out. Contributions the replicas clipped are marked so (:attr:`RoundInputs.clipped`), and their plain
+    sums go through the aggregator, which adds its noise to them too."""
     summed: dict[str, Float32Array] = {}
     tensors = []
     for name, tensor_sum in partial.tensors.items():
@@ -56,7 +96,7 @@ def task_inputs(
         mean = partial.average(name)
         if mean is None:
             continue
-        if tensor_sum.plain:
+        if tensor_sum.plain and partial.clipping_norm is None:
             summed[name] = mean
             continue
         tensors.append(
@@ -64,14 +104,15 @@ def task_inputs(
                 name,
                 tensor_sum.shape,
                 (0,),
-                (MeanValues(mean),),
+                (HeldValues(mean),),
                 (tensor_sum.weight,),
                 base(name),
                 block_elements,
                 folded=tensor_sum if sums_by_weight(aggregator, name) else None,
             )
         )
-    return RoundInputs(round_number, task, (MERGED,), tuple(tensors)), summed
+    clipped = clipped_beforehand(round_number, task, partial, aggregator, tensors)
+    return RoundInputs(round_number, task, (MERGED,), tuple(tensors), clipped), summed
 
 
 def divide(
@@ -86,7 +127,7 @@ def divide(
 
     def base(name: str) -> TensorSource | None:
         values = model.get(name)
-        return None if values is None else MeanValues(values)
+        return None if values is None else HeldValues(values)
 
     inputs, means = task_inputs(round_number, task, partial, aggregator, base)
     aggregator.prepare(inputs)

@@ -11,8 +11,12 @@ claim to its holder again; one the root gave elsewhere because this replica died
 dropped) and folded (a second copy of the same contribution, a retry spooled before the first copy was
 claimed, is dropped); then the partial it delivers holds every contribution it acknowledged, once.
 
-Folding reads one tensor of one upload at a time from the spool (memory: the largest tensor, in float32 and
-float64). The disk work (:meth:`IngestRound.accept`, :meth:`IngestRound.fold`, :meth:`IngestRound.drop`,
+A task under differential privacy has each contribution's update clipped, to the norm the root published with the
+round, before it is folded (:func:`~fedagg.federation.aggregators.clipping.clip_contribution`: the values a single
+pod's round end clips it to); the partial counts the clipped ones.
+
+Folding reads an upload's tensors from the spool (memory: the upload in float32, twice under differential privacy,
+and its largest tensor in float64). The disk work (:meth:`IngestRound.accept`, :meth:`IngestRound.fold`, :meth:`IngestRound.drop`,
 :meth:`IngestRound.read`) blocks: call it on an executor. Single-owner: the replica's round driver.
 """
 
@@ -23,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
+from fedagg.federation.aggregators.clipping import clip_contribution
 from fedagg.federation.contribution import Contribution, ContributionRejected
 from fedagg.federation.files import atomic_write_bytes, quarantine
 from fedagg.federation.intake import Admission, UploadIntake
@@ -59,12 +64,15 @@ class IngestRound:
         model: Mapping[str, Float32Array],
         limits: ResolvedLimits,
         plain: Plain | None = None,
+        clipping: Mapping[str, float] | None = None,
     ) -> None:
         self.partial = partial
         self._spool = spool
         self._model = model
         self._limits = limits
         self._plain = plain
+        self._clipping = dict(clipping or {})
+        """The norm each task's updates are clipped to before they are folded (the root's, with the round)."""
         self._sequence = max((entry.sequence for entry in spool.entries(partial.round_number)), default=0)
 
     @property
@@ -114,6 +122,11 @@ class IngestRound:
                 values = self._model[tensor.name].reshape(-1) + values
             tensors[tensor.name] = values.reshape(tensor.shape)
         task, plain = contribution.task, self._plain
+        norm = self._clipping.get(task)
+        clipping = None
+        if norm is not None:
+            tensors, was_clipped = clip_contribution(tensors, self._model, norm)
+            clipping = (norm, was_clipped)
         (into or self.partial).fold(
             task,
             contribution.collaborator,
@@ -121,6 +134,7 @@ class IngestRound:
             tensors,
             [((metric.name, metric.tags), metric.value) for metric in contribution.metrics],
             None if plain is None else lambda name: plain(task, name),
+            clipping,
         )
 
     def without(self, collaborators: frozenset[str]) -> RoundPartial:

@@ -2,8 +2,9 @@
 
 An ingest replica folds each contribution it accepted (and the root let it claim) into the round's
 :class:`RoundPartial`: per task, ``sum(w_i * x_i)`` per tensor in float64 (the operation of the standalone round
-end and the fold, :func:`~fedagg.federation.aggregators.base.add_weighted`), the weight summed per tensor, and ``sum(w_i * m_i)`` with ``sum(w_i)`` per metric. The
-root adds the replicas' partials (:func:`merge`, in replica-name order) and divides once
+end and the fold, :func:`~fedagg.federation.aggregators.base.add_weighted`), the weight summed per tensor, and ``sum(w_i * m_i)`` with ``sum(w_i)`` per metric. Under
+differential privacy each contribution is clipped before it is folded, and the partial counts the clipped ones.
+The root adds the replicas' partials (:func:`merge`, in replica-name order) and divides once
 (:meth:`TaskPartial.average`). The only difference from a single pod is the order of the float64 additions, which
 changes the float64 sum in its last bits at most: the float32 result differs from a single pod's by a float32
 rounding at most.
@@ -50,6 +51,9 @@ class TensorSum:
     weight: float = 0.0
     plain: bool = False
     """Summed unweighted (FedCurv's Fisher terms): ``sum(x_i)``, what the root takes as it is."""
+    absent: list[str] = field(default_factory=list)
+    """The task's contributors whose contribution lacks this tensor (what the root needs for a tensor's own
+    contributors and weights: differential privacy's sensitivity share)."""
 
     @property
     def count(self) -> int:
@@ -77,6 +81,27 @@ class TaskPartial:
     """Each contributor's own metrics, as its upload reported them (the root records them as one pod does)."""
     tensors: dict[str, TensorSum] = field(default_factory=dict)
     metrics: dict[MetricKey, MetricSum] = field(default_factory=dict)
+    clipping_norm: float | None = None
+    """The norm every contribution's update was clipped to before it was folded (None: not clipped)."""
+    clipped: int = 0
+    """How many contributions were clipped (their update's norm was above :attr:`clipping_norm`)."""
+
+    def holders(self, tensor: str) -> list[tuple[str, float]]:
+        """(collaborator, weight) of the contributions that hold ``tensor``, in fold order."""
+        absent = set(self.tensors[tensor].absent)
+        return [
+            (collaborator, weight) for collaborator, weight in self.contributors if collaborator not in absent
+        ]
+
+    def take_clipping(self, clipping_norm: float | None, clipped: int, source: str) -> None:
+        """Count ``clipped`` more clipped contributions, clipped to ``clipping_norm`` (raises ValueError when the
+        task's earlier contributions were clipped otherwise; ``source`` names where they come from)."""
+        if self.contributors and clipping_norm != self.clipping_norm:
+            raise ValueError(
+                f"{source} clipped to {clipping_norm}, the contributions before it to {self.clipping_norm}"
+            )
+        self.clipping_norm = clipping_norm
+        self.clipped += clipped
 
     def average(self, tensor: str) -> Float32Array | None:
         """``sum(w_i * x_i) / sum(w_i)`` of ``tensor`` as float32 (None when its total weight is not positive)."""
@@ -123,23 +148,34 @@ class RoundPartial:
         tensors: Mapping[str, Float32Array],
         metrics: Iterable[tuple[MetricKey, float]] = (),
         plain: Callable[[str], bool] | None = None,
+        clipping: tuple[float, bool] | None = None,
     ) -> None:
         """Add one contribution (its weight tensors by name, its metrics) to the task's sums; the tensors
-        ``plain`` names are summed unweighted."""
+        ``plain`` names are summed unweighted. ``clipping``: the norm its update was clipped to, and whether it
+        was clipped."""
         part = self.tasks.setdefault(task, TaskPartial())
         if any(name == collaborator for name, _ in part.contributors):
             raise ValueError(f"{collaborator}'s contribution to {task!r} is already in the partial")
+        for name, values in tensors.items():
+            kept = part.tensors.get(name)
+            if kept is not None and kept.shape != tuple(values.shape):
+                raise ValueError(
+                    f"{collaborator}'s tensor '{name}' has shape {list(values.shape)}, the partial's is "
+                    f"{list(kept.shape)}"
+                )
+        norm, clipped = (None, False) if clipping is None else clipping
+        part.take_clipping(norm, int(clipped), f"{collaborator}'s contribution to {task!r} was")
+        earlier = [name for name, _ in part.contributors]
+        for name, kept in part.tensors.items():
+            if name not in tensors:
+                kept.absent.append(collaborator)
         for name, values in tensors.items():
             summed = part.tensors.get(name)
             if summed is None:
                 summed = part.tensors[name] = TensorSum.zeros(
                     tuple(values.shape), plain is not None and plain(name)
                 )
-            elif summed.shape != tuple(values.shape):
-                raise ValueError(
-                    f"{collaborator}'s tensor '{name}' has shape {list(values.shape)}, the partial's is "
-                    f"{list(summed.shape)}"
-                )
+                summed.absent = list(earlier)
             add_weighted(summed.values, values.reshape(-1), 1.0 if summed.plain else weight)
             summed.weight += weight
         reported = part.reported[collaborator] = list(metrics)
@@ -164,17 +200,24 @@ def merge(round_number: int, partials: Iterable[RoundPartial]) -> RoundPartial:
             )
         for task, part in partial.tasks.items():
             into = merged.tasks.setdefault(task, TaskPartial())
+            into.take_clipping(part.clipping_norm, part.clipped, f"{partial.replica}'s contributions were")
+            earlier = [name for name, _ in into.contributors]
+            for name, kept in into.tensors.items():
+                if name not in part.tensors:
+                    kept.absent.extend(collaborator for collaborator, _ in part.contributors)
             into.contributors.extend(part.contributors)
             into.reported.update(part.reported)
             for name, summed in part.tensors.items():
                 target = into.tensors.get(name)
                 if target is None:
                     target = into.tensors[name] = TensorSum.zeros(summed.shape, summed.plain)
+                    target.absent = list(earlier)
                 elif target.shape != summed.shape:
                     raise ValueError(
                         f"{partial.replica}'s sum of '{name}' has shape {list(summed.shape)}, "
                         f"the others' {list(target.shape)}"
                     )
+                target.absent.extend(summed.absent)
                 target.values += summed.values
                 target.weight += summed.weight
             for key, metric in part.metrics.items():

@@ -172,7 +172,12 @@ class RootLink:
                 async for notice in stream:
                     self.watching = True
                     delay = timings.initial_backoff
-                    yield RoundNotice(notice.round, notice.phase, tuple(notice.stragglers))
+                    yield RoundNotice(
+                        notice.round,
+                        notice.phase,
+                        tuple(notice.stragglers),
+                        tuple(sorted(notice.clipping_norms.items())),
+                    )
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRIED:
                     raise TierRefusal(error.code(), error.details() or "") from None

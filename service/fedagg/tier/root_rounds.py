@@ -6,7 +6,8 @@ federation records a granted claim as the contribution's receipt (:meth:`Federat
 :meth:`RootRounds.collected` for the round's inputs: until every replica holding a claim of the round has
 delivered its partial, the answer is None and the round is published COLLECTING, which tells the replicas to
 deliver. The inputs are divided from the merged partial (:mod:`fedagg.tier.division`), so the aggregators run
-once, here, as in a single pod.
+once, here, as in a single pod. The round's notices carry the clipping norm of each task under differential privacy
+(the federation's aggregators', as committed with the last round): the replicas clip to it.
 
 The round's stragglers (the collaborators its close decision leaves out) are left out of the partials as a single
 pod leaves out their partial work: the COLLECTING notice names them, and a replica that folded some of their work
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from fedagg.federation.aggregators import Aggregator, RoundInputs
 from fedagg.federation.aggregators.base import block_elements_for
@@ -57,6 +58,8 @@ class RootRounds:
         self.collection = collection
         self.notices = notices
         self._aggregation_bytes = aggregation_bytes
+        self._clipping: tuple[tuple[str, float], ...] = ()
+        """(task, norm) of the open round: what its notices tell the replicas to clip to."""
 
     def claimed(self, round_number: int) -> Iterable[tuple[str, str, str, str]]:
         for replica, contributions in self.book.holders(round_number).items():
@@ -65,10 +68,12 @@ class RootRounds:
         for (collaborator, task), why in sorted(self.book.rejected(round_number).items()):
             yield collaborator, task, self.book.holder(round_number, collaborator, task) or "", why
 
-    def round_open(self, round_number: int, finished: bool) -> None:
+    def round_open(self, round_number: int, finished: bool, clipping: Mapping[str, float]) -> None:
         self.collection.forget_before(round_number)
         self.book.prune_before(round_number - 1)  # the last round's claims stay, for a replica that lags
-        self.notices.publish(round_number, tier_pb2.FINISHED if finished else tier_pb2.OPEN)
+        self._clipping = tuple(sorted(clipping.items()))
+        phase = tier_pb2.FINISHED if finished else tier_pb2.OPEN
+        self.notices.publish(round_number, phase, clipping_norms=self._clipping)
 
     def collected(
         self,
@@ -81,7 +86,7 @@ class RootRounds:
         expected = list(done)
         excluded = frozenset(stragglers)
         self.collection.exclude(round_number, excluded)
-        self.notices.publish(round_number, tier_pb2.COLLECTING, tuple(sorted(excluded)))
+        self.notices.publish(round_number, tier_pb2.COLLECTING, tuple(sorted(excluded)), self._clipping)
         collection = self.collection.collected(round_number)
         if collection is None:
             return None
@@ -120,7 +125,7 @@ class RootRounds:
             owned.update(tensor.name for tensor in inputs.tensors)
             owned.update(plain)
             summed.update(plain)
-            if inputs.tensors:
+            if inputs.tensors or inputs.clipped is not None:  # privacy counts a round of metrics too
                 tasks[task] = inputs
         return CollectedInputs(tasks, summed, _metric_records(merged), _reported_records(merged, ordered))
 

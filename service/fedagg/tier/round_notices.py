@@ -28,9 +28,16 @@ class RoundNotice:
     phase: tier_pb2.RoundPhase.ValueType
     stragglers: tuple[str, ...] = ()
     """COLLECTING: the collaborators whose contributions the replicas' partials leave out."""
+    clipping_norms: tuple[tuple[str, float], ...] = ()
+    """(task, norm): the tasks whose contributions the replicas clip before folding them, to the round's norm."""
 
     def message(self) -> tier_pb2.RoundNotice:
-        return tier_pb2.RoundNotice(round=self.round_number, phase=self.phase, stragglers=self.stragglers)
+        return tier_pb2.RoundNotice(
+            round=self.round_number,
+            phase=self.phase,
+            stragglers=self.stragglers,
+            clipping_norms=dict(self.clipping_norms),
+        )
 
 
 class RoundNotices:
@@ -47,10 +54,15 @@ class RoundNotices:
             return self._latest
 
     def publish(
-        self, round_number: int, phase: tier_pb2.RoundPhase.ValueType, stragglers: tuple[str, ...] = ()
+        self,
+        round_number: int,
+        phase: tier_pb2.RoundPhase.ValueType,
+        stragglers: tuple[str, ...] = (),
+        clipping_norms: tuple[tuple[str, float], ...] = (),
     ) -> None:
-        """Make ``(round_number, phase, stragglers)`` the latest notice and wake every watcher (from any thread)."""
-        notice = RoundNotice(round_number, phase, stragglers)
+        """Make ``(round_number, phase, stragglers, clipping_norms)`` the latest notice and wake every watcher (from
+        any thread)."""
+        notice = RoundNotice(round_number, phase, stragglers, clipping_norms)
         with self._lock:
             if notice == self._latest:
                 return

@@ -4,7 +4,8 @@
 on each:
 
 * OPEN r: fetch round r's model once (checked by SHA-256, kept in :class:`~fedagg.tier.model_files.ModelCopies`),
-  start round r's :class:`~fedagg.tier.ingest_round.IngestRound`, recovering what the spool already holds of it
+  start round r's :class:`~fedagg.tier.ingest_round.IngestRound` (clipping the tasks the notice names to their
+  norms), recovering what the spool already holds of it
   (after a restart: claimed again and folded, under this start's generation), then take uploads for r
   (:class:`~fedagg.tier.ingest_uploads.IngestUploads`) and serve its model (with round r-1's, when kept, for
   deltas). The spool of earlier rounds is deleted: the root opened r only once it had collected them.
@@ -173,7 +174,7 @@ class RoundWatch:
         current = self._uploads.round
         if current is None or current.number != notice.round_number:
             self._delivered.set()  # the root moved on: the last round's partial was collected
-            current = await self._open(notice.round_number)
+            current = await self._open(notice.round_number, dict(notice.clipping_norms))
         if notice.phase == COLLECTING and (
             not current.collecting or frozenset(notice.stragglers) != self._left_out
         ):
@@ -189,7 +190,7 @@ class RoundWatch:
             self._delivered = asyncio.Event()
             self._delivery = asyncio.create_task(self._deliver(partial, self._delivered))
 
-    async def _open(self, round_number: int) -> ReplicaRound:
+    async def _open(self, round_number: int, clipping: dict[str, float]) -> ReplicaRound:
         loop = asyncio.get_running_loop()
         path = await self._link.fetch_model(round_number, self._copies, self._executor)
         model = await loop.run_in_executor(self._executor, read_model, path)
@@ -205,7 +206,7 @@ class RoundWatch:
         # resolved from it are the root's.
         limits = self._limits.resolve(ModelShape.of(model.tensors).data_bytes)
         ingest = await loop.run_in_executor(
-            self._executor, IngestRound, self._spool, partial, model.tensors, limits, self._plain
+            self._executor, IngestRound, self._spool, partial, model.tensors, limits, self._plain, clipping
         )
         recovered = await ingest.recover(self._recovery_claim, self._executor)
         if recovered:

@@ -41,13 +41,17 @@ def partial_chunks(partial: RoundPartial) -> Iterator[tier_pb2.PartialChunk]:
                     for c, w in part.contributors
                 ],
                 tensors=[
-                    tier_pb2.TensorSum(name=name, shape=list(s.shape), weight=s.weight, plain=s.plain)
+                    tier_pb2.TensorSum(
+                        name=name, shape=list(s.shape), weight=s.weight, plain=s.plain, absent=s.absent
+                    )
                     for name, s in part.tensors.items()
                 ],
                 metrics=[
                     tier_pb2.MetricSum(name=name, tags=list(tags), weighted=m.weighted, weight=m.weight)
                     for (name, tags), m in part.metrics.items()
                 ],
+                clipping_norm=part.clipping_norm or 0.0,
+                clipped=part.clipped,
             )
         )
     yield tier_pb2.PartialChunk(header=header)
@@ -83,11 +87,19 @@ def _empty_partial(header: tier_pb2.PartialHeader, replica: str) -> RoundPartial
         }
         if len({name for name, _ in part.contributors}) != len(part.contributors):
             raise PartialRefused(f"task {task.task!r}: TaskPartial.contributors names a collaborator twice")
+        if task.clipped > len(part.contributors) or (task.clipped and task.clipping_norm <= 0):
+            raise PartialRefused(
+                f"task {task.task!r}: TaskPartial.clipped is {task.clipped} of {len(part.contributors)} "
+                f"contributions clipped to {task.clipping_norm}"
+            )
+        part.clipping_norm = task.clipping_norm if task.clipping_norm > 0 else None
+        part.clipped = task.clipped
         for tensor in task.tensors:
             if tensor.name in part.tensors:
                 raise PartialRefused(f"task {task.task!r}: TaskPartial.tensors repeats {tensor.name!r}")
             part.tensors[tensor.name] = TensorSum.zeros(tuple(tensor.shape), tensor.plain)
             part.tensors[tensor.name].weight = tensor.weight
+            part.tensors[tensor.name].absent = list(tensor.absent)
         for metric in task.metrics:
             part.metrics[(metric.name, tuple(metric.tags))] = MetricSum(metric.weighted, metric.weight)
     return partial

@@ -122,11 +122,27 @@ class RoundInputs:
     task: str
     collaborators: tuple[str, ...]
     tensors: tuple[TensorInputs, ...]
+    clipped: ClippedBeforehand | None = None
+    """Set when every contribution was clipped before it was merged with the others (a tier's ingest replicas clip
+    each one as they fold it): the tensors then hold the merged contributions, ``clipped`` what they stand for."""
 
     def common_tensors(self) -> tuple[TensorInputs, ...]:
         """The tensors every collaborator sent (what whole-update methods compare)."""
         everyone = tuple(range(len(self.collaborators)))
         return tuple(tensor for tensor in self.tensors if tensor.contributors == everyone)
+
+
+@dataclass(frozen=True)
+class ClippedBeforehand:
+    """Contributions each clipped to ``norm`` (update relative to the round's model, over the task's tensors, as
+    :func:`~fedagg.federation.aggregators.clipping.clipped` clips them) before they were merged."""
+
+    norm: float
+    clipped: int
+    """How many contributions were clipped (their update's norm was above ``norm``)."""
+    contributed: RoundInputs
+    """The task as it was contributed: its collaborators and each tensor's contributors and weights. Its sources
+    are not to be read (a merged partial no longer holds the contributions)."""
 
 
 class AggregatorState(Protocol):
@@ -200,6 +216,15 @@ class Aggregator(ABC):
         It MUST NOT raise, before any round too.
         """
         return {}
+
+    def clip_norm(self) -> float | None:
+        """The norm to which every contribution of the next round end is clipped, when :attr:`RoundInputs.clipped`
+        says they were clipped beforehand (None, the default: this method takes only contributions as sent).
+
+        A tier's ingest replicas clip each contribution of the task to it as they fold it (the root publishes it
+        with the round); the root's :meth:`prepare` then receives the merged contributions with ``clipped`` set.
+        """
+        return None
 
 
 class BoundedAggregator(Aggregator):

@@ -86,6 +86,49 @@ def clip_scales(norms: Float64Array, clipping_norm: float) -> Float64Array:
         return np.minimum(1.0, clipping_norm / norms)
 
 
+class HeldValues:
+    """A tensor's values held in memory, as a source."""
+
+    def __init__(self, values: Float32Array) -> None:
+        self._flat = values.reshape(-1)
+        self.size = int(self._flat.size)
+
+    def block(self, start: int, stop: int) -> Float32Array:
+        return self._flat[start:stop].copy()
+
+
+def clip_contribution(
+    tensors: Mapping[str, Float32Array], model: Mapping[str, Float32Array], norm: float
+) -> tuple[dict[str, Float32Array], bool]:
+    """One contribution's tensors with its update clipped to ``norm``, and whether it was clipped (what a tier's
+    ingest replica folds), by the operations of a round end (:func:`update_norms`, :func:`clip_scales`,
+    :func:`clipped`). The values are a round end's bit for bit when its blocks are as large (the norm's float64
+    sum is taken block by block; with smaller blocks the scale may differ in its last bits)."""
+    inputs = RoundInputs(
+        0,
+        "",
+        ("",),
+        tuple(
+            TensorInputs(
+                name,
+                tuple(values.shape),
+                (0,),
+                (HeldValues(values),),
+                (1.0,),
+                HeldValues(model[name]) if name in model else None,
+            )
+            for name, values in tensors.items()
+        ),
+    )
+    scales = clip_scales(update_norms(inputs), norm)
+    if not scales[0] < 1.0:
+        return dict(tensors), False
+    return {
+        tensor.name: tensor.sources[0].block(0, tensor.size).reshape(tensor.shape)
+        for tensor in clipped(inputs, scales).tensors
+    }, True
+
+
 class ClippedUpdates(Aggregator):
     """Clips every collaborator's update to ``norm``, then lets ``inner`` combine the clipped contributions.
 
@@ -102,14 +145,22 @@ class ClippedUpdates(Aggregator):
         self._clipped_share = 0.0
 
     def prepare(self, inputs: RoundInputs) -> None:
-        """Clip every contribution's update, then let ``inner`` prepare.
+        """Clip every contribution's update (unless :attr:`RoundInputs.clipped` says they were clipped to ``norm``
+        beforehand: a tier's root), then let ``inner`` prepare.
 
         Every contribution ``inner`` receives MUST have an update of norm at most ``norm`` over all the task's
         tensors (base 0 where the model has none), in the update's own direction.
         """
-        scales = clip_scales(update_norms(inputs), self.norm)
-        self._clipped_share = float(np.mean(scales < 1.0)) if len(scales) else 0.0
-        clipped_inputs = clipped(inputs, scales)
+        if inputs.clipped is None:
+            scales = clip_scales(update_norms(inputs), self.norm)
+            clipped_count, count = int(np.sum(scales < 1.0)), len(scales)
+            clipped_inputs = clipped(inputs, scales)
+        elif inputs.clipped.norm != self.norm:
+            raise ValueError(f"the contributions were clipped to {inputs.clipped.norm}, not to {self.norm}")
+        else:  # clipped where they were folded (a tier's ingest replicas)
+            clipped_count, count = inputs.clipped.clipped, len(inputs.clipped.contributed.collaborators)
+            clipped_inputs = inputs
+        self._clipped_share = clipped_count / count if count else 0.0
         self._clipped = {tensor.name: tensor for tensor in clipped_inputs.tensors}
         self.inner.prepare(clipped_inputs)
 
@@ -118,6 +169,9 @@ class ClippedUpdates(Aggregator):
 
     def bind_state(self, state: AggregatorState) -> None:
         self.inner.bind_state(state)
+
+    def clip_norm(self) -> float | None:
+        return self.norm
 
     def save(self) -> Mapping[str, object]:
         return self.inner.save()

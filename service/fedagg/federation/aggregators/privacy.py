@@ -20,6 +20,11 @@ C in the wrong direction (it shrinks C when more updates than the target are cli
 noise with the clipping norm of the *next* round. By default fedagg grows C when too many updates are clipped and
 uses the norm it clipped with.
 
+In a scale-out tier the ingest replicas clip each contribution as they fold it, to the norm the root publishes
+with the round (:meth:`GaussianMechanism.clip_norm`), and deliver the sums of the clipped contributions with how
+many were clipped; the root's mechanism then takes them as clipped (:class:`~.base.ClippedBeforehand`), draws the
+count's and the aggregate's noise once, and moves C, exactly as here.
+
 The privacy spent is reported after every round as epsilon for ``delta`` (:mod:`.accountant`), for
 ``noise_multiplier`` z (with adaptive clipping too: the raised multiplier of the aggregate pays for the count).
 Every draw comes from a generator seeded by (experiment seed, task, round, draw) (:mod:`.noise`): a round redone
@@ -158,16 +163,29 @@ class GaussianMechanism(Aggregator):
 
     def prepare(self, inputs: RoundInputs) -> None:
         """Clip every update, size this round's noise, move an adaptive clipping norm; then ``inner`` prepares.
+        Inputs clipped beforehand (:attr:`RoundInputs.clipped`: a tier's root) are taken as they are, with the
+        count of clipped updates and the contributors they stand for (raises ValueError for another norm than the
+        round's).
 
         The noise's standard deviation MUST be ``z * share * C``, ``share`` the inner method's declared share
         (``z`` raised by adaptive clipping's count query, ``C`` the norm it clipped with).
         """
         self._round = (inputs.round_number, inputs.task)
-        count = len(inputs.collaborators)
         used_norm = self.clipping_norm
-        scales = clip_scales(update_norms(inputs), used_norm)
-        clipped_inputs = clipped(inputs, scales)
+        if inputs.clipped is None:
+            scales = clip_scales(update_norms(inputs), used_norm)
+            clipped_inputs = contributed = clipped(inputs, scales)
+            clipped_count = float(np.sum(scales < 1.0))
+        else:  # clipped where they were folded (a tier's ingest replicas), with this very norm
+            if inputs.clipped.norm != used_norm:
+                raise ValueError(
+                    f"the contributions were clipped to {inputs.clipped.norm}, the round's clipping norm is "
+                    f"{used_norm}"
+                )
+            clipped_inputs, contributed = inputs, inputs.clipped.contributed
+            clipped_count = float(inputs.clipped.clipped)
         self._clipped = {tensor.name: tensor for tensor in clipped_inputs.tensors}
+        count = len(contributed.collaborators)
         multiplier = self.noise_multiplier
         if self.adaptive and count:
             try:
@@ -185,9 +203,7 @@ class GaussianMechanism(Aggregator):
                     error,
                 )
             else:
-                noised_count = self._generator("clipped_count").normal(
-                    float(np.sum(scales < 1.0)), count_stddev
-                )
+                noised_count = self._generator("clipped_count").normal(clipped_count, count_stddev)
                 direction = -1.0 if self.flower_compatible else 1.0
                 self.clipping_norm *= math.exp(
                     direction
@@ -195,7 +211,7 @@ class GaussianMechanism(Aggregator):
                     * (float(noised_count) / count - self.target_clipped_quantile)
                 )
         noise_norm = self.clipping_norm if self.flower_compatible else used_norm
-        self._std = multiplier * noise_norm * self.sensitivity_share(clipped_inputs)
+        self._std = multiplier * noise_norm * self.sensitivity_share(contributed)
         self._rounds += 1
         self.inner.prepare(clipped_inputs)
 
@@ -227,6 +243,10 @@ class GaussianMechanism(Aggregator):
 
     def bind_state(self, state: AggregatorState) -> None:
         self.inner.bind_state(state)
+
+    def clip_norm(self) -> float | None:
+        """The clipping norm of the next round (adaptive clipping moves it at each round end)."""
+        return self.clipping_norm
 
     def save(self) -> Mapping[str, Any]:
         return {
