@@ -108,8 +108,10 @@ class AskAnswers:
                     self._answering.add(answer)
                     answer.add_done_callback(self._answering.discard)
                     backoff = 0.5
-            except TierRefusal as refusal:
-                log.warning("the root %s refuses the own-results asks: %s", self._link.address, refusal)
+            except TierRefusal as refused:
+                log.warning("the root %s refuses the own-results asks: %s", self._link.address, refused)
+            except Exception:  # a bug must not end the answering for good
+                log.exception("answering the root's own-results asks failed; trying again in %gs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -137,6 +139,7 @@ class AskAnswers:
         request = TensorRequest(
             asked.tensor_name, asked.round, asked.report, tuple(asked.tags), asked.require_lossless
         )
+        served: ServedTensor | None = None
         try:
             owner = tensor_owner(request, self._collaborators)
             if owner is None:
@@ -144,12 +147,16 @@ class AskAnswers:
             served = await loop.run_in_executor(
                 self._executor, self._results.served, request, owner, asked.collaborator
             )
+            parts = await loop.run_in_executor(self._executor, served.parts)
         except Exception as error:  # the status this replica would answer the collaborator with
-            code = status_for(error) or grpc.StatusCode.UNAVAILABLE
-            yield refusal(ask.ask, code, bounded_details(f"{error}"))
+            if served is not None:
+                served.release()
+            code = status_for(error)
+            if code is None:
+                log.warning("the root's ask %d for own results failed here: %r", ask.ask, error)
+            yield refusal(ask.ask, code or grpc.StatusCode.UNAVAILABLE, bounded_details(f"{error}"))
             return
         try:
-            parts = await loop.run_in_executor(self._executor, served.parts)
             size = sum(len(part) for part in parts)
             first = True
             for part in parts:
