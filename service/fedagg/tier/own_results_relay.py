@@ -111,6 +111,15 @@ class OwnResultsRelay:
         else:
             retry = [refusal for refusal in refusals if refusal.code == grpc.StatusCode.UNAVAILABLE]
             raise (retry or refusals)[0]
+        log.info(
+            "round %d: %s's own results %r relayed from %s to %s (%d bytes)",
+            number,
+            collaborator,
+            request.tensor_name[:64],
+            holder,
+            asker,
+            len(answer),
+        )
         try:
             yield answer
         finally:
