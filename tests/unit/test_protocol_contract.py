@@ -274,6 +274,9 @@ def test_the_tier_protocol_is_generated_and_checked_by_the_same_script() -> None
         "DescribeReplicas": False,
         "FetchModel": False,
         "WatchRounds": False,
+        "FetchOwnResults": False,
+        "AwaitOwnResultsAsks": False,
+        "DeliverOwnResults": True,
     }
     loader = importlib.machinery.SourceFileLoader("gen_protos", str(ROOT / "scripts" / "gen-protos"))
     script = types.ModuleType(loader.name)

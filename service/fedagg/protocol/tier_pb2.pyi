@@ -529,3 +529,135 @@ class DescribeReplicasReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeReplicasReply: _TypeAlias = DescribeReplicasReply  # noqa: Y015
+
+@_typing.final
+class OwnResultsRequest(_message.Message):
+    """Own results across the tier ------------------------------------------------------------------------------------
+
+    A GetAggregatedTensor request for a collaborator's own results, made by that collaborator (the asking replica
+    checked its certificate and that it names itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLABORATOR_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    TENSOR_NAME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    REQUIRE_LOSSLESS_FIELD_NUMBER: _builtins.int
+    collaborator: _builtins.str
+    round: _builtins.int
+    tensor_name: _builtins.str
+    report: _builtins.bool
+    require_lossless: _builtins.bool
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        collaborator: _builtins.str = ...,
+        round: _builtins.int = ...,
+        tensor_name: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        report: _builtins.bool = ...,
+        require_lossless: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaborator", b"collaborator", "report", b"report", "require_lossless", b"require_lossless", "round", b"round", "tags", b"tags", "tensor_name", b"tensor_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnResultsRequest: _TypeAlias = OwnResultsRequest  # noqa: Y015
+
+@_typing.final
+class AwaitOwnResultsAsksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwaitOwnResultsAsksRequest: _TypeAlias = AwaitOwnResultsAsksRequest  # noqa: Y015
+
+@_typing.final
+class OwnResultsAsk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASK_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ask: _builtins.int
+    """answered by the DeliverOwnResults naming it"""
+    @_builtins.property
+    def request(self) -> Global___OwnResultsRequest: ...
+    def __init__(
+        self,
+        *,
+        ask: _builtins.int = ...,
+        request: Global___OwnResultsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ask", b"ask", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnResultsAsk: _TypeAlias = OwnResultsAsk  # noqa: Y015
+
+@_typing.final
+class OwnResultsChunk(_message.Message):
+    """FetchOwnResults replies and DeliverOwnResults requests: the first chunk names the ask (DeliverOwnResults) and the
+    serialized NamedTensor's size, or the holder's refusal; the following ones carry its bytes in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASK_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    REFUSED_CODE_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    ask: _builtins.int
+    size: _builtins.int
+    data: _builtins.bytes
+    refused_code: _builtins.int
+    """non-zero: the holder does not serve it (a grpc.StatusCode value) ..."""
+    refused: _builtins.str
+    """... and why"""
+    def __init__(
+        self,
+        *,
+        ask: _builtins.int = ...,
+        size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        refused_code: _builtins.int = ...,
+        refused: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ask", b"ask", "data", b"data", "refused", b"refused", "refused_code", b"refused_code", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnResultsChunk: _TypeAlias = OwnResultsChunk  # noqa: Y015
+
+@_typing.final
+class DeliverOwnResultsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverOwnResultsReply: _TypeAlias = DeliverOwnResultsReply  # noqa: Y015

@@ -60,6 +60,21 @@ class TierStub:
                 request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.SerializeToString,
                 response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.FromString,
                 _registered_method=True)
+        self.FetchOwnResults = channel.unary_stream(
+                '/fedagg.tier.v1.Tier/FetchOwnResults',
+                request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsRequest.SerializeToString,
+                response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.FromString,
+                _registered_method=True)
+        self.AwaitOwnResultsAsks = channel.unary_stream(
+                '/fedagg.tier.v1.Tier/AwaitOwnResultsAsks',
+                request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.AwaitOwnResultsAsksRequest.SerializeToString,
+                response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsAsk.FromString,
+                _registered_method=True)
+        self.DeliverOwnResults = channel.stream_unary(
+                '/fedagg.tier.v1.Tier/DeliverOwnResults',
+                request_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.SerializeToString,
+                response_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DeliverOwnResultsReply.FromString,
+                _registered_method=True)
 
 
 class TierServicer:
@@ -103,6 +118,27 @@ class TierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchOwnResults(self, request, context):
+        """Own results across the tier (messages at the end of the file): a replica that does not hold a collaborator's
+        upload fetches the tensor through the root, which asks the holder over its AwaitOwnResultsAsks stream; the
+        holder answers with DeliverOwnResults. The reply is the serialized NamedTensor the holder would serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AwaitOwnResultsAsks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverOwnResults(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +166,21 @@ def add_TierServicer_to_server(servicer, server):
                     servicer.WatchRounds,
                     request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.FromString,
                     response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.SerializeToString,
+            ),
+            'FetchOwnResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchOwnResults,
+                    request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsRequest.FromString,
+                    response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.SerializeToString,
+            ),
+            'AwaitOwnResultsAsks': grpc.unary_stream_rpc_method_handler(
+                    servicer.AwaitOwnResultsAsks,
+                    request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.AwaitOwnResultsAsksRequest.FromString,
+                    response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsAsk.SerializeToString,
+            ),
+            'DeliverOwnResults': grpc.stream_unary_rpc_method_handler(
+                    servicer.DeliverOwnResults,
+                    request_deserializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.FromString,
+                    response_serializer=fedagg_dot_tier_dot_v1_dot_tier__pb2.DeliverOwnResultsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +318,87 @@ class Tier:
             '/fedagg.tier.v1.Tier/WatchRounds',
             fedagg_dot_tier_dot_v1_dot_tier__pb2.WatchRoundsRequest.SerializeToString,
             fedagg_dot_tier_dot_v1_dot_tier__pb2.RoundNotice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchOwnResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedagg.tier.v1.Tier/FetchOwnResults',
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsRequest.SerializeToString,
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitOwnResultsAsks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedagg.tier.v1.Tier/AwaitOwnResultsAsks',
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.AwaitOwnResultsAsksRequest.SerializeToString,
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsAsk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverOwnResults(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedagg.tier.v1.Tier/DeliverOwnResults',
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.OwnResultsChunk.SerializeToString,
+            fedagg_dot_tier_dot_v1_dot_tier__pb2.DeliverOwnResultsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,13 @@ class TierStub:
     """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
     of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
     """
+    FetchOwnResults: _grpc.UnaryStreamMultiCallable[_tier_pb2.OwnResultsRequest, _tier_pb2.OwnResultsChunk]
+    """Own results across the tier (messages at the end of the file): a replica that does not hold a collaborator's
+    upload fetches the tensor through the root, which asks the holder over its AwaitOwnResultsAsks stream; the
+    holder answers with DeliverOwnResults. The reply is the serialized NamedTensor the holder would serve.
+    """
+    AwaitOwnResultsAsks: _grpc.UnaryStreamMultiCallable[_tier_pb2.AwaitOwnResultsAsksRequest, _tier_pb2.OwnResultsAsk]
+    DeliverOwnResults: _grpc.StreamUnaryMultiCallable[_tier_pb2.OwnResultsChunk, _tier_pb2.DeliverOwnResultsReply]
 
 @_typing.type_check_only
 class TierAsyncStub(TierStub):
@@ -70,6 +77,13 @@ class TierAsyncStub(TierStub):
     """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
     of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
     """
+    FetchOwnResults: _aio.UnaryStreamMultiCallable[_tier_pb2.OwnResultsRequest, _tier_pb2.OwnResultsChunk]  # type: ignore[assignment]
+    """Own results across the tier (messages at the end of the file): a replica that does not hold a collaborator's
+    upload fetches the tensor through the root, which asks the holder over its AwaitOwnResultsAsks stream; the
+    holder answers with DeliverOwnResults. The reply is the serialized NamedTensor the holder would serve.
+    """
+    AwaitOwnResultsAsks: _aio.UnaryStreamMultiCallable[_tier_pb2.AwaitOwnResultsAsksRequest, _tier_pb2.OwnResultsAsk]  # type: ignore[assignment]
+    DeliverOwnResults: _aio.StreamUnaryMultiCallable[_tier_pb2.OwnResultsChunk, _tier_pb2.DeliverOwnResultsReply]  # type: ignore[assignment]
 
 class TierServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +131,30 @@ class TierServicer(metaclass=_abc_1.ABCMeta):
         """The root's round, now and at every change: a replica fetches the model of an OPEN round, delivers its partial
         of a COLLECTING round, and stops taking uploads of a FINISHED experiment.
         """
+
+    @_abc_1.abstractmethod
+    def FetchOwnResults(
+        self,
+        request: _tier_pb2.OwnResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tier_pb2.OwnResultsChunk], _abc.AsyncIterator[_tier_pb2.OwnResultsChunk]]:
+        """Own results across the tier (messages at the end of the file): a replica that does not hold a collaborator's
+        upload fetches the tensor through the root, which asks the holder over its AwaitOwnResultsAsks stream; the
+        holder answers with DeliverOwnResults. The reply is the serialized NamedTensor the holder would serve.
+        """
+
+    @_abc_1.abstractmethod
+    def AwaitOwnResultsAsks(
+        self,
+        request: _tier_pb2.AwaitOwnResultsAsksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tier_pb2.OwnResultsAsk], _abc.AsyncIterator[_tier_pb2.OwnResultsAsk]]: ...
+
+    @_abc_1.abstractmethod
+    def DeliverOwnResults(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tier_pb2.OwnResultsChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_tier_pb2.DeliverOwnResultsReply, _abc.Awaitable[_tier_pb2.DeliverOwnResultsReply]]: ...
 
 def add_TierServicer_to_server(servicer: TierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,8 @@
 * the uploads (:class:`~fedagg.tier.ingest_uploads.IngestUploads`), the round's model server and the round watch
   (:class:`~fedagg.tier.round_watch.RoundWatch`), which state lives under ``state_dir`` (``spool/``, ``models/``,
   ``tier-generation``);
+* own results (:mod:`fedagg.tier.own_results_holder`): served to their collaborator from the spool, and to the
+  root's asks on behalf of another replica (:class:`~fedagg.tier.own_results_holder.AskAnswers`);
 * two executors: the I/O one (decoding, spooling, models) and the one-thread commit executor (spool order, claims
   awaited, folds).
 
@@ -36,6 +38,7 @@ from fedagg.tier.ingest_round import Plain, next_generation
 from fedagg.tier.ingest_server import IngestServer
 from fedagg.tier.ingest_uploads import IngestUploads
 from fedagg.tier.model_files import ModelCopies
+from fedagg.tier.own_results_holder import AskAnswers, HeldResults
 from fedagg.tier.root_link import LinkTimings, RootLink, TierRefusal
 from fedagg.tier.round_watch import RoundWatch
 
@@ -87,6 +90,8 @@ class IngestReplica:
         self._spool = Spool(state_dir / "spool")
         self.uploads = IngestUploads(plan, self._spool, self._granted, root_address)
         self._tensors = TensorServer()
+        held = HeldResults(self.uploads, self._spool)
+        self._answers = AskAnswers(self.link, held, plan.collaborators, self._io)
         self._server = IngestServer(
             plan,
             self.uploads,
@@ -98,9 +103,12 @@ class IngestReplica:
             options,
             self._io,
             self._commit,
+            held,
+            self.link.fetch_own_results,
         )
         self.watch: RoundWatch | None = None
         self._watching: asyncio.Task[None] | None = None
+        self._answering: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -144,6 +152,7 @@ class IngestReplica:
             self._plain,
         )
         self._watching = asyncio.create_task(self.watch.run())
+        self._answering = asyncio.create_task(self._answers.run())
         await self._server.start()
         log.info(
             "ingest replica %s (generation %d) follows the root %s",
@@ -155,9 +164,11 @@ class IngestReplica:
     async def stop(self, grace: float | None) -> None:
         """Stop serving (calls in flight get ``grace`` seconds), stop following the root, close the link."""
         await self._server.stop(grace)
-        if self._watching is not None:
-            self._watching.cancel()
-            await asyncio.gather(self._watching, return_exceptions=True)
+        for task in (self._watching, self._answering):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self._answers.stop()
         if self.watch is not None:
             await self.watch.stop()
         await self.link.close()

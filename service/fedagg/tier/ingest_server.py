@@ -10,7 +10,10 @@ certificate CN against ``header.sender``, plan collaborators and observers). The
   and so is a download of such a round: a collaborator never gets a model the replica does not have yet;
 * GetAggregatedTensor is answered here from the round's model (a :class:`~fedagg.federation.serving.TensorServer`
   fed by :mod:`fedagg.tier.round_watch`), through the standalone server's downloads, so its replies are the same
-  bytes; a request for a collaborator's own results is NOT_FOUND (the ingest tier does not keep them);
+  bytes; a collaborator's own results of the round (asked for by a restarted OpenFL 1.8/1.9 collaborator) are
+  served from this replica's spool when it holds them (:mod:`fedagg.tier.own_results_holder`), else relayed
+  through the root from the replica that does (:mod:`fedagg.tier.own_results_relay`): the same bytes either way,
+  only to that collaborator;
 * SendLocalTaskResults is received here (:mod:`fedagg.server.upload_calls` into
   :class:`~fedagg.tier.ingest_uploads.IngestUploads`).
 
@@ -19,6 +22,7 @@ Event-loop object: the gate, downloads and upload slots are used on the loop onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -28,13 +32,20 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from fedagg.federation.contacts import ContactBook
-from fedagg.federation.errors import InvalidRequest, NotFound
+from fedagg.federation.errors import (
+    FailedPrecondition,
+    FederationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
 from fedagg.federation.plan import FederationPlan
-from fedagg.federation.serving import ServedTensor, TensorRequest, TensorServer, tensor_owner
-from fedagg.protocol import aggregator_pb2
+from fedagg.federation.serving import TensorRequest, TensorServer, tensor_owner
+from fedagg.protocol import aggregator_pb2, tier_pb2
+from fedagg.server import replies
 from fedagg.server.auth import Authenticator, FederationIdentity
 from fedagg.server.caller_checks import CallerChecks
-from fedagg.server.downloads import Downloads
+from fedagg.server.downloads import Downloads, requested_tensor
 from fedagg.server.errors import Unavailable, stream_errors, unary_errors
 from fedagg.server.gate import CallGate
 from fedagg.server.handlers import aggregator_handlers, aggregator_server
@@ -44,6 +55,8 @@ from fedagg.server.tls import CertificateSource, TlsMode
 from fedagg.server.upload_calls import UploadCalls
 from fedagg.tier.forwarding import RootForwarder
 from fedagg.tier.ingest_uploads import IngestUploads
+from fedagg.tier.own_results_holder import HeldResults
+from fedagg.tier.root_link import RootUnreachable, TierRefusal
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +69,15 @@ RELAYED = frozenset(
     {"GetTasks", "Ping", "InteropRelay", "GetExperimentDescription", "GetTrainedModel", "GetMetricStream"}
 )
 """The RPCs the replica relays to its root (their requests arrive as bytes)."""
+Relay = Callable[[tier_pb2.OwnResultsRequest], Awaitable[bytearray]]
+"""A collaborator's own results through the root: the serialized NamedTensor (raises as RootLink does)."""
+RELAYED_REFUSALS: dict[grpc.StatusCode, type[FederationError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+"""The root's (or the holder's) refusals of a relay that reach the collaborator as they are; others: UNAVAILABLE."""
 
 
 def parsed(message: type[Message], data: bytes) -> Any:
@@ -81,6 +103,8 @@ class IngestServer:
         options: ServerOptions,
         io_executor: Executor,
         commit_executor: Executor,
+        held: HeldResults,
+        relay: Relay,
     ) -> None:
         self.plan = plan
         self.port = port
@@ -90,6 +114,9 @@ class IngestServer:
         self._certificates = certificate_source
         self._options = options
         self._io = io_executor
+        self._ingest = uploads
+        self._held = held
+        self._relay = relay
         self._contacts = ContactBook()
         identity = FederationIdentity(
             plan.federation_uuid,
@@ -205,7 +232,13 @@ class IngestServer:
             collaborator = await self._callers.collaborator(request.header, context)
             await self._round_served(request.round_number)
             header = reply_header(self.plan, collaborator)
-            await self._downloads.answer_tensor_request(context, collaborator, header, request, self._served)
+            tensor = requested_tensor(request)
+            owner = tensor_owner(tensor, self.plan.collaborators)
+            if owner is None:
+                serve = self._tensors.served
+                await self._downloads.answer_tensor_request(context, collaborator, header, request, serve)
+            else:
+                await self._own_results(context, collaborator, header, tensor, owner)
 
     async def _round_served(self, round_number: int) -> None:
         """Wait (a little) until this replica serves ``round_number``; UNAVAILABLE (retried) if it does not."""
@@ -215,14 +248,60 @@ class IngestServer:
                 "ask again"
             )
 
-    def _served(self, request: TensorRequest) -> ServedTensor:
-        """The round's model tensor a request asks for (runs on the I/O executor)."""
-        if tensor_owner(request, self.plan.collaborators) is not None:
-            raise NotFound(
-                f"{request.name!r} with tags {list(request.tags)[:8]} asks for a collaborator's own results, "
-                "which the ingest tier does not keep for download; ask for the model (tags ['model'])"
+    async def _own_results(
+        self,
+        context: ServerContext,
+        collaborator: str,
+        header: aggregator_pb2.MessageHeader,
+        request: TensorRequest,
+        owner: str,
+    ) -> None:
+        """``owner``'s own results (only ``owner`` may ask): from this replica's spool when it holds them, else
+        through the root from the replica that does (for the current round only)."""
+        loop = asyncio.get_running_loop()
+        number = request.round_number
+        try:
+            served = await loop.run_in_executor(self._io, self._held.served, request, owner, collaborator)
+        except NotFound:
+            current = self._ingest.round
+            if current is None or current.number != number:
+                raise
+            answer = await self._relayed(request, owner)
+            size = replies.tensor_reply_size(header, number, len(answer))
+            await self._downloads.send(
+                context,
+                collaborator,
+                size,
+                lambda: replies.tensor_reply(header, number, [memoryview(answer)]),
             )
-        return self._tensors.served(request)
+            return
+        await self._downloads.send_tensor(context, collaborator, header, number, served)
+
+    async def _relayed(self, request: TensorRequest, owner: str) -> bytearray:
+        """``owner``'s tensor from the replica holding it, through the root."""
+        asked = tier_pb2.OwnResultsRequest(
+            collaborator=owner,
+            round=request.round_number,
+            tensor_name=request.name,
+            tags=request.tags,
+            report=request.report,
+            require_lossless=request.require_lossless,
+        )
+        try:
+            return await self._relay(asked)
+        except RootUnreachable as error:
+            raise Unavailable(
+                f"the root did not relay {owner}'s results from the ingest replica holding them ({error}); "
+                "ask again"
+            ) from None
+        except TierRefusal as refusal:
+            message = str(refusal).split(": ", 1)[-1]
+            refused = RELAYED_REFUSALS.get(refusal.code)
+            if refused is None:
+                raise Unavailable(
+                    f"{owner}'s results could not be relayed through the root: {refusal}"
+                ) from None
+            raise refused(message) from None
 
     @unary_errors
     async def SendLocalTaskResults(

@@ -39,6 +39,7 @@ import grpc
 
 from fedagg.federation.contribution import Contribution, ContributionRejected
 from fedagg.federation.intake import Admission, IgnoreReason, UploadIntake
+from fedagg.federation.own_results import HeldUpload
 from fedagg.federation.plan import FederationPlan, ResolvedLimits
 from fedagg.federation.spool import Spool, SpoolEntry
 from fedagg.federation.upload_commits import Outcome
@@ -59,9 +60,9 @@ Key = tuple[str, str]
 
 @dataclass
 class ReplicaRound:
-    """The round the replica takes uploads for, with its model. ``collecting``, ``folded`` (acknowledged here) and
-    ``unclaimed`` (spooled, the root not yet heard) are guarded by the lock of the :class:`IngestUploads` that
-    installed it."""
+    """The round the replica takes uploads for, with its model. ``collecting``, ``folded`` (acknowledged here),
+    ``held`` (those acknowledged since this start, with their spool entries) and ``unclaimed`` (spooled, the root
+    not yet heard) are guarded by the lock of the :class:`IngestUploads` that installed it."""
 
     ingest: IngestRound
     model: LoadedModel
@@ -69,6 +70,7 @@ class ReplicaRound:
     """The plan's upload limits, resolved from the round's model (the initial model's shape in a tier)."""
     collecting: bool = False
     folded: set[Key] = field(default_factory=set)
+    held: dict[Key, HeldUpload] = field(default_factory=dict)
     unclaimed: dict[Key, SpoolEntry] = field(default_factory=dict)
 
     @property
@@ -120,6 +122,16 @@ class IngestUploads:
         """The round uploads are taken for (or were, while it is collected)."""
         with self._lock:
             return self._round
+
+    def held(self, collaborator: str) -> tuple[ReplicaRound | None, list[HeldUpload], set[str]]:
+        """The round, ``collaborator``'s uploads acknowledged in it since this start, and the tasks of all those it
+        acknowledged (recovered ones too): what own-results serving looks in (:mod:`fedagg.tier.own_results_holder`)."""
+        with self._lock:
+            round_ = self._round
+            if round_ is None:
+                return None, [], set()
+            uploads = [upload for (owner, _), upload in round_.held.items() if owner == collaborator]
+            return round_, uploads, {task for owner, task in round_.folded if owner == collaborator}
 
     # UploadTarget --------------------------------------------------------------------------------------------
 
@@ -241,6 +253,7 @@ class IngestUploads:
         with self._lock:
             round_.unclaimed.pop(key, None)
             round_.folded.add(key)
+            round_.held[key] = HeldUpload(entry, contribution)
         return Outcome(admission)
 
     def _claim_at_root(self, admission: Admission, round_number: int, rejected: str = "") -> bool | Admission:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -33,6 +34,17 @@ from fedagg.tier.round_notices import RoundNotice
 from fedagg.tier.wire import CHUNK_BYTES, partial_chunks
 
 T = TypeVar("T")
+M_co = TypeVar("M_co", covariant=True)
+
+
+class StreamCall(Protocol[M_co]):
+    """A server-streaming call: its messages, and cancel."""
+
+    def __aiter__(self) -> AsyncIterator[M_co]: ...
+
+    def cancel(self) -> bool: ...
+
+
 RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -57,6 +69,8 @@ class LinkTimings:
     delivery_seconds: float = 600.0
     """Deadline of one partial delivery (a model-sized stream)."""
     patience_seconds: float = 60.0
+    relay_seconds: float = 40.0
+    """Deadline of a relay of own results through the root (longer than the root's wait for the holder)."""
     """How long UNAVAILABLE is retried before :class:`RootUnreachable`."""
     initial_backoff: float = 0.2
     maximum_backoff: float = 5.0
@@ -164,29 +178,74 @@ class RootLink:
         A stream that breaks with UNAVAILABLE or DEADLINE_EXCEEDED (the root restarting) or ends is opened again
         after a back-off; any other status raises :class:`TierRefusal`.
         """
+        opened = functools.partial(self._stub.WatchRounds, tier_pb2.WatchRoundsRequest())
+        async for notice in self._kept_open(opened, self._watch_state):
+            self.watching = True
+            yield RoundNotice(
+                notice.round,
+                notice.phase,
+                tuple(notice.stragglers),
+                tuple(sorted(notice.clipping_norms.items())),
+            )
+
+    def _watch_state(self) -> None:
+        self.watching = False
+        self.watch_ended.set()
+
+    async def own_results_asks(self) -> AsyncIterator[tier_pb2.OwnResultsAsk]:
+        """The root's asks for own results this replica holds, for as long as the caller iterates (kept open as
+        :meth:`watch_rounds` is)."""
+        opened = functools.partial(self._stub.AwaitOwnResultsAsks, tier_pb2.AwaitOwnResultsAsksRequest())
+        async for ask in self._kept_open(opened, lambda: None):
+            yield ask
+
+    async def _kept_open(
+        self, opened: Callable[[], StreamCall[M_co]], ended: Callable[[], None]
+    ) -> AsyncIterator[M_co]:
+        """The messages of a server stream, opened again after a back-off whenever it breaks with UNAVAILABLE or
+        DEADLINE_EXCEEDED or ends (``ended`` is called then); any other status raises :class:`TierRefusal`."""
         timings = self._timings
         delay = timings.initial_backoff
         while True:
-            stream = self._stub.WatchRounds(tier_pb2.WatchRoundsRequest())
+            stream = opened()
             try:
-                async for notice in stream:
-                    self.watching = True
+                async for message in stream:
                     delay = timings.initial_backoff
-                    yield RoundNotice(
-                        notice.round,
-                        notice.phase,
-                        tuple(notice.stragglers),
-                        tuple(sorted(notice.clipping_norms.items())),
-                    )
+                    yield message
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRIED:
                     raise TierRefusal(error.code(), error.details() or "") from None
             finally:
-                self.watching = False
-                self.watch_ended.set()
+                ended()
                 stream.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, timings.maximum_backoff)
+
+    async def fetch_own_results(self, request: tier_pb2.OwnResultsRequest) -> bytearray:
+        """A collaborator's own results held by another replica, through the root: the serialized NamedTensor that
+        replica serves. One attempt within ``relay_seconds``: raises :class:`TierRefusal` with the root's status,
+        or :class:`RootUnreachable`."""
+        answer, filled = bytearray(), 0
+        try:
+            stream = self._stub.FetchOwnResults(request, timeout=self._timings.relay_seconds)
+            async for chunk in stream:
+                if chunk.size:
+                    answer, filled = bytearray(chunk.size), 0
+                if filled + len(chunk.data) > len(answer):
+                    raise TierRefusal(grpc.StatusCode.DATA_LOSS, "the root's answer exceeds its size")
+                answer[filled : filled + len(chunk.data)] = chunk.data
+                filled += len(chunk.data)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in RETRIED:
+                raise RootUnreachable(f"{error.code().name}: {error.details()}") from None
+            raise TierRefusal(error.code(), error.details() or "") from None
+        if not answer or filled != len(answer):
+            raise TierRefusal(grpc.StatusCode.DATA_LOSS, "the root's answer broke off")
+        return answer
+
+    async def deliver_own_results(self, chunks: AsyncIterator[tier_pb2.OwnResultsChunk]) -> None:
+        """Answer one of the root's asks (the first chunk names it). One attempt within ``relay_seconds``."""
+        await self._stub.DeliverOwnResults(chunks, timeout=self._timings.relay_seconds)
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         timings = self._timings

@@ -9,7 +9,9 @@ that does not match the replica's claims is refused with FAILED_PRECONDITION nam
 one with INVALID_ARGUMENT. FetchModel streams the round's model file (measured once per round; FAILED_PRECONDITION
 for a round whose model the root does not serve). WatchRounds streams the root's round (:mod:`~fedagg.tier.round_notices`):
 the latest notice at once, then each change. The port has its own limits (:class:`TierLimits`): message size, streams per
-connection, the bytes of sums a partial may announce.
+connection, the bytes of sums a partial may announce. FetchOwnResults, AwaitOwnResultsAsks and DeliverOwnResults relay
+a collaborator's own results from the replica holding them to the one asking (:mod:`~fedagg.tier.own_results_relay`,
+bounded by :attr:`TierLimits.relay`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +33,7 @@ from fedagg.tier.claims import ClaimBook, ClaimDecision, ClaimOutcome
 from fedagg.tier.collection import ClaimMismatch, PartialCollection
 from fedagg.tier.events import TierListener
 from fedagg.tier.model_files import ServedModel, read_block
+from fedagg.tier.own_results_relay import AnswerRefused, OwnResultsRelay, RelayLimits
 from fedagg.tier.round_notices import RoundNotices
 from fedagg.tier.wire import CHUNK_BYTES, PartialRefused, received_partial
 
@@ -48,6 +51,8 @@ class TierLimits:
     message_bytes: int = CHUNK_BYTES + (16 << 20)
     """The largest message (a sums chunk, or a header naming every tensor and contributor)."""
     streams_per_connection: int = 8
+    relay: RelayLimits = field(default_factory=RelayLimits)
+    """What the relay of own results may hold."""
 
 
 class ClaimTaker(Protocol):
@@ -91,6 +96,7 @@ class TierService(tier_pb2_grpc.TierServicer):
         self._notices = notices or RoundNotices()
         self._served: dict[int, ServedModel] = {}
         self._delivering: set[str] = set()
+        self._relay = OwnResultsRelay(book, self._limits.relay)
         self.partial_arrived = asyncio.Event()
         """Set whenever a new partial is kept (the round end waits on it)."""
 
@@ -220,6 +226,40 @@ class TierService(tier_pb2_grpc.TierServicer):
                 yield notice.message()
         finally:
             self._book.watching(replica, False)
+
+    async def FetchOwnResults(
+        self, request: tier_pb2.OwnResultsRequest, context: Context
+    ) -> AsyncIterator[tier_pb2.OwnResultsChunk]:
+        asker = await self._replica(context)
+        lost = {view.replica for view in self._collection.replicas(request.round) if view.lost}
+        try:
+            async with self._relay.answer(asker, request, lost) as answer:
+                for start in range(0, max(len(answer), 1), CHUNK_BYTES):
+                    data = bytes(memoryview(answer)[start : start + CHUNK_BYTES])
+                    yield tier_pb2.OwnResultsChunk(size=len(answer) if start == 0 else 0, data=data)
+        except AnswerRefused as refusal:
+            await context.abort(refusal.code, str(refusal)[:1024])
+
+    async def AwaitOwnResultsAsks(
+        self, request: tier_pb2.AwaitOwnResultsAsksRequest, context: Context
+    ) -> AsyncIterator[tier_pb2.OwnResultsAsk]:
+        holder = await self._replica(context)
+        asks = self._relay.asks(holder)
+        try:
+            async for ask in asks:
+                yield ask
+        finally:
+            await asks.aclose()
+
+    async def DeliverOwnResults(
+        self, request_iterator: AsyncIterator[tier_pb2.OwnResultsChunk], context: Context
+    ) -> tier_pb2.DeliverOwnResultsReply:
+        holder = await self._replica(context)
+        try:
+            await self._relay.take_answer(holder, request_iterator)
+        except AnswerRefused as refusal:
+            await context.abort(refusal.code, str(refusal)[:1024])
+        return tier_pb2.DeliverOwnResultsReply()
 
 
 def describe_replicas(collection: PartialCollection, round_number: int) -> tier_pb2.DescribeReplicasReply:
