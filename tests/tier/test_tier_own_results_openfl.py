@@ -38,6 +38,7 @@ class DialledCollaborators(OpenflCollaborators):
 
     def __init__(self, directory: Path, pki: Pki, python: Path) -> None:
         self.directory, self.pki, self.python = directory, pki, python
+        self.specs = OPENFL_SPECS
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self.results: list[Path] = []
