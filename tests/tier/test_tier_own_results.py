@@ -20,12 +20,14 @@ import numpy as np
 from fedagg.protocol import aggregator_pb2, tier_pb2, tier_pb2_grpc
 from fedagg.protocol.codec import decode_tensor
 from fedagg.tier.collection import PartialCollection
+from fedagg.tier.ingest_replica import IngestReplica
 from fedagg.tier.own_results_relay import RelayLimits
 from fedagg.tier.root_service import TierLimits, TierService
 from tests.support.pki import Pki
 from tests.tier.conftest import REPLICAS
 from tests.tier.ingest_tier import (
     INITIAL,
+    Root,
     RootParts,
     collaborator,
     opened,
@@ -108,16 +110,26 @@ def test_a_holder_restarted_serves_the_results_it_recovered(pki: Pki, tmp_path: 
     asyncio.run(scenario())
 
 
+async def asked_once_the_holder_stopped(
+    pki: Pki, root: Root, replicas: list[IngestReplica], settled: bool
+) -> grpc.aio.AioRpcError:
+    """ "two" uploads through the second replica, which then stops; the refusal of asking the first for its results
+    (``settled``: once the root has seen the holder's ask stream end, :func:`refused_once`)."""
+    await opened(root, replicas)
+    async with collaborator(pki, "two", replicas[1].port) as channel:
+        assert await upload(channel, 1) == ()
+    holder = replicas.pop()
+    await holder.stop(None)
+    async with collaborator(pki, "two", replicas[0].port) as channel:
+        if settled:
+            return await refused_once(lambda: raw_tensor(channel, "two", "w", TRAINED))
+        return await refused(raw_tensor(channel, "two", "w", TRAINED))
+
+
 def test_a_holder_that_is_gone_is_unavailable_with_its_name(pki: Pki, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_tier(pki, tmp_path) as (root, replicas):
-            await opened(root, replicas)
-            async with collaborator(pki, "two", replicas[1].port) as channel:
-                assert await upload(channel, 1) == ()
-            gone = replicas.pop()
-            await gone.stop(None)
-            async with collaborator(pki, "two", replicas[0].port) as channel:
-                unavailable = await refused(raw_tensor(channel, "two", "w", TRAINED))
+            unavailable = await asked_once_the_holder_stopped(pki, root, replicas, settled=False)
             assert unavailable.code() == grpc.StatusCode.UNAVAILABLE
             assert "ingest replica ingest-1, which holds two's results of round 0" in (
                 unavailable.details() or ""
@@ -158,13 +170,7 @@ def test_a_lost_holder_is_not_found_with_its_name(pki: Pki, tmp_path: Path) -> N
             parts, collection=PartialCollection(parts.book, REPLICAS, 0.0, time.monotonic)
         )
         async with running_tier(pki, tmp_path, parts=parts) as (root, replicas):
-            await opened(root, replicas)
-            async with collaborator(pki, "two", replicas[1].port) as channel:
-                assert await upload(channel, 1) == ()
-            gone = replicas.pop()
-            await gone.stop(None)
-            async with collaborator(pki, "two", replicas[0].port) as channel:
-                lost = await refused_once(lambda: raw_tensor(channel, "two", "w", TRAINED))
+            lost = await asked_once_the_holder_stopped(pki, root, replicas, settled=True)
             assert lost.code() == grpc.StatusCode.NOT_FOUND
             assert "ingest replica ingest-1, which holds two's results of round 0, is lost" in (
                 lost.details() or ""
