@@ -16,6 +16,7 @@ from fedagg.federation.aggregators.elementwise import FedCurvWeightedAverage, Me
 from fedagg.federation.events import FederationListener
 from fedagg.federation.federation import Federation
 from fedagg.federation.fold import RoundFold
+from fedagg.federation.fold_sums import SumFile
 from fedagg.federation.intake import Admission, UploadIntake
 from fedagg.federation.model_building import TaskAggregators
 from fedagg.federation.plan import AggregationSpec, default_tasks
@@ -46,9 +47,12 @@ MODEL = model_values(0)
 class Spooled:
     """A round of TRIO on a real spool, with uploads recorded one by one as the commits do."""
 
-    def __init__(self, directory: Path, method: str = "weighted_average") -> None:
+    def __init__(
+        self, directory: Path, method: str = "weighted_average", sum_file: SumFile | None = None
+    ) -> None:
         self.store = StateStore(directory / "state")
         self.store.prepare()
+        self.sum_file = sum_file or SumFile(self.store.spool.root)
         self.plan = make_plan(TRIO, 1)
         tasks = dict(default_tasks())
         tasks[TASKS[1]] = dataclasses.replace(tasks[TASKS[1]], aggregation=AggregationSpec(method))
@@ -63,7 +67,7 @@ class Spooled:
             frozenset(SHAPES),
         )
         self.lock = threading.Lock()
-        self.fold = RoundFold(self.round, self.aggregators, self.lock, self.store.spool.root)
+        self.fold = RoundFold(self.round, self.aggregators, self.lock, self.sum_file)
         self.uploads: dict[str, AcceptedUpload] = {}
 
     def arrive(
@@ -188,6 +192,23 @@ def test_the_folded_average_has_the_bits_of_the_spooled_one(tmp_path: Path, delt
         assert folded.size == int(np.prod(values))
         summed = sum(SIZES[c] * spooled_values(spooled, c, name).astype(np.float64) for c in TRIO)
         np.testing.assert_array_equal(folded, (summed / sum(SIZES.values())).astype(FLOAT32))
+
+
+def test_the_next_rounds_fold_writes_over_the_sum_file_with_the_bits_of_the_spool(tmp_path: Path) -> None:
+    first = Spooled(tmp_path / "first")
+    for collaborator in TRIO:
+        first.arrive(collaborator)
+    first.fold.stop(CloseDecision(TRIO, ()))
+    first.fold.close()
+    second = Spooled(tmp_path / "second", sum_file=first.sum_file)
+    for collaborator in ("two", "one"):
+        second.arrive(collaborator)
+    second.fold.stop(CloseDecision(("one", "two"), ("three",)))
+
+    assert len(scratch_files(tmp_path / "first" / "state")) == 1, "one sum file, kept from the first round"
+    for name in SHAPES:
+        folded = second.aggregate(name, ("one", "two"), folded=True)
+        np.testing.assert_array_equal(folded, second.aggregate(name, ("one", "two"), folded=False))
 
 
 def spooled_values(spooled: Spooled, collaborator: str, name: str) -> np.ndarray:

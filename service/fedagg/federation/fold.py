@@ -59,13 +59,13 @@ class RoundFold:
         round_: Round,
         aggregators: TaskAggregators,
         round_lock: threading.Lock,
-        directory: Path,
+        sum_file: SumFile,
         listener: FederationListener | None = None,
     ) -> None:
         self._round = round_
         self._listener = listener or FederationListener()
         self._round_lock = round_lock
-        self._directory = directory
+        self._file = sum_file
         self._lock = threading.Lock()
         self._aggregators = {task: aggregators[task] for task in round_.task_order}
         self._orders = {  # the tasks with something to fold (others are checked and read at the round end)
@@ -78,7 +78,6 @@ class RoundFold:
         self._sums: dict[tuple[str, str], FoldedSum] = {}
         self._checked: set[Path] = set()
         self._folded_by_task: dict[str, list[str]] = {}
-        self._file: SumFile | None = None
         self._stopped = False
 
     def advance(self) -> None:
@@ -127,13 +126,12 @@ class RoundFold:
             return None if summed is None else summed.prefix(expected)
 
     def close(self) -> None:
-        """Stop and delete the sums (after the round committed, or after a round end failed)."""
+        """Stop and drop the sums (after the round committed, or after a round end failed); the sum file is free
+        for the next round from then on."""
         with self._lock:
             self._stopped = True
             self._sums.clear()
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._file.reset()
 
     def _next_turns(self) -> tuple[str, list[AcceptedUpload | None]] | None:
         """A task's uploads that are next in plan order (None for one that was rejected); None when none is."""
@@ -189,8 +187,6 @@ class RoundFold:
                     )
                     for u, tensor in foldable[name]
                 ]
-                if self._file is None:
-                    self._file = SumFile(self._directory)
                 summed = self._sums.get((task, name))
                 if summed is None:
                     summed = self._sums[(task, name)] = FoldedSum(self._file, parts[0].size)

@@ -3,8 +3,10 @@
 One float64 sum per (task, tensor) costs 8 bytes per model value: more than the model itself, so it lives in an
 unlinked scratch file under the spool directory (page cache, which the kernel may write out or drop; never the
 process's resident memory) and is read and written a block at a time, through buffers reused from block to block
-(fresh memory costs a page fault per 4 KiB). Nothing in it needs to survive a crash: a round redone after a
-restart sums its contributions from the spool, with the same bits.
+(fresh memory costs a page fault per 4 KiB). The file is kept from round to round (each round's sums are written
+over the last one's, whose pages are still cached: cheaper than new pages, :mod:`fedagg.federation.spool_pool`)
+and deleted only when a round end fails, in case it is what filled the disk. Nothing in it needs to survive a
+crash: a round redone after a restart sums its contributions from the spool, with the same bits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -31,18 +34,27 @@ def _read_exactly(descriptor: int, target: memoryview, position: int, what: str)
 
 
 class SumFile:
-    """A scratch file of float64 values, deleted when closed (or when the process ends). One user at a time: the
-    :class:`~fedagg.federation.fold.RoundFold` that owns it, under its lock."""
+    """A scratch file of float64 values, created when first used and deleted when closed (or when the process
+    ends). One user at a time: the round's :class:`~fedagg.federation.fold.RoundFold`, under its lock; the round
+    end resets or closes it once that fold has stopped (:class:`~fedagg.federation.round_ends.RoundEnds`)."""
 
     def __init__(self, directory: Path) -> None:
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="fold-")  # noqa: SIM115 (closed by close())
-        self._descriptor = self._file.fileno()
+        self._directory = directory
+        self._file: BinaryIO | None = None
+        self._descriptor = -1
         self._end = 0
 
     def allocate(self, size: int) -> int:
         """Room for ``size`` values; returns its offset in values."""
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self._directory, prefix="fold-")  # noqa: SIM115 (close())
+            self._descriptor = self._file.fileno()
         offset, self._end = self._end, self._end + size
         return offset
+
+    def reset(self) -> None:
+        """Start again from offset 0: the next round's sums are written over this round's."""
+        self._end = 0
 
     def read(self, offset: int, into: Float64Array) -> None:
         """Fill ``into`` with the values from ``offset``."""
@@ -59,8 +71,11 @@ class SumFile:
             data, position = data[written:], position + written
 
     def close(self) -> None:
-        """Delete the file."""
-        self._file.close()
+        """Delete the file (a later :meth:`allocate` creates another)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._end = 0
 
 
 class Contribution:

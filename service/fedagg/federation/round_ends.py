@@ -21,6 +21,7 @@ from fedagg.federation.collected import CollectedInputs, MoreStragglers, RoundCo
 from fedagg.federation.errors import StorageUnavailable
 from fedagg.federation.events import FederationListener, RoundSummary
 from fedagg.federation.fold import RoundFold
+from fedagg.federation.fold_sums import SumFile
 from fedagg.federation.ledger import RoundLedger
 from fedagg.federation.memory import trim_heap
 from fedagg.federation.metric_log import MetricLog
@@ -76,6 +77,9 @@ class RoundEnds:
         self._made_progress = made_progress
         self._collector = collector
         self._fold: RoundFold | None = None
+        self._sum_file = SumFile(store.spool.root)
+        """The folds' scratch file, kept from round to round: used by the open round's fold, reset when that fold
+        closes, deleted after a failed round end."""
         self._fold_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedagg-fold")
 
     def install(self, checkpoint: Checkpoint, models: dict[int, LoadedModel]) -> None:
@@ -99,7 +103,7 @@ class RoundEnds:
                 round_,
                 self._closer.aggregators,
                 self._ledger.round_lock,
-                self._store.spool.root,
+                self._sum_file,
                 self.listener,
             )
         )
@@ -208,6 +212,7 @@ class RoundEnds:
         if closed is None:
             if self._fold is not None:  # its scratch file may be what filled the disk: retries read the spool
                 self._fold.close()
+                self._sum_file.close()
             return False
         self._committed_round(round_, decision, closed)
         return True
