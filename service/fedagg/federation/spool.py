@@ -34,7 +34,7 @@ from fedagg.federation.integrity import (
     seal_json,
 )
 from fedagg.federation.spool_pool import FilePool
-from fedagg.federation.write_fence import fenced_replace
+from fedagg.federation.write_fence import fenced_replace, refuse_if_fenced
 
 REJECTION_RECORD = "fedagg/rejection/v1"
 CLOSE_RECORD = "fedagg/round-close/v1"
@@ -179,7 +179,9 @@ class Spool:
 
     def drop_rounds_before(self, round_number: int) -> None:
         """Drop the spool of every round before ``round_number``: its results files go to the pool (for the next
-        uploads to write over), the rest is deleted."""
+        uploads to write over), the rest is deleted. Refused (:class:`~fedagg.federation.write_fence.Fenced`) once
+        this process is no longer the leader: the new one owns the spool."""
+        refuse_if_fenced()
         dropped = []
         for directory in self.root.glob("round-*"):
             number = directory.name.removeprefix("round-")

@@ -70,6 +70,7 @@ class FilePool:
         for path in files:
             target = self.directory / f"{uuid.uuid4().hex}{FREE_SUFFIX}"
             os.replace(path, target)
+            os.utime(target)  # pooled now, by this process: not the upload another one may have written
             kept.append(target)
         with self._lock:
             self._free.extend(kept)
