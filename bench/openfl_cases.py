@@ -81,7 +81,10 @@ class RunResult:
     peak_phases: dict[str, str] = field(default_factory=dict)
     closing_seconds: list[float] = field(default_factory=list)
     """Per round, how long the call that closed it took (an upload of a metric: almost all of it is the round end)."""
-    """When the largest VmRSS, RssAnon and RssFile were sampled (see :func:`phase_at`)."""
+    steady_cpu_seconds: float | None = None
+    """Server CPU seconds per round after the first two (from the end of round 1 to the end of the last round),
+    None with fewer than three rounds: the first rounds write new files and fault in fresh memory, later ones
+    reuse them, as a federation's many rounds do."""
 
     @property
     def mean_round(self) -> float:
@@ -183,7 +186,23 @@ def _drive(server: RunningServer, case: Case, directory: Path, python: Path, pki
         server.aggregation_seconds() if server.name == "fedagg" else [],
         peak_phases(watch, timings),
         closing_times(timings, case.rounds),
+        steady_cpu(watch, timings, case.rounds),
     )
+
+
+STEADY_FROM_ROUND = 2
+"""Rounds before this one are the warm-up that :attr:`RunResult.steady_cpu_seconds` leaves out."""
+
+
+def steady_cpu(watch: ProcessWatch, timings: list[list[list[Any]]], rounds: int) -> float | None:
+    """The server's CPU seconds per round from round :data:`STEADY_FROM_ROUND` on (None with too few rounds)."""
+    if rounds <= STEADY_FROM_ROUND:
+        return None
+    ends = [
+        max(c[3] for calls in timings for c in calls if c[0] == "send_results" and c[1] == number)
+        for number in range(rounds)
+    ]
+    return watch.cpu_between(ends[STEADY_FROM_ROUND - 1], ends[-1]) / (rounds - STEADY_FROM_ROUND)
 
 
 def closing_times(timings: list[list[list[Any]]], rounds: int) -> list[float]:

@@ -47,8 +47,8 @@ class Plan:
 FULL = Plan(
     cases=(
         Case("a", 10_000_000, 2, rounds=4),
-        Case("b", 50_000_000, 4, rounds=2),
-        Case("c", 100_000_000, 2, rounds=2),
+        Case("b", 50_000_000, 4, rounds=4),
+        Case("c", 100_000_000, 2, rounds=4),
     ),
     repeats={"a": 2, "b": 1, "c": 1},
     raw_bytes=1 << 30,

@@ -65,6 +65,8 @@ class ProcessWatch:
     peak_file_at: float = 0.0
     timeline: list[tuple[float, float, float]] = field(default_factory=list)
     """Every sample: (time.time(), RssAnon, RssFile) in MiB."""
+    cpu_timeline: list[tuple[float, float]] = field(default_factory=list)
+    """Every sample: (time.time(), CPU seconds so far)."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -113,3 +115,13 @@ class ProcessWatch:
         cpu = cpu_seconds(self.pid)
         if cpu is not None:
             self.cpu_last = cpu
+            self.cpu_timeline.append((now, cpu))
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds spent between two wall-clock times (time.time()), from the samples around them."""
+
+        def at(moment: float) -> float:
+            before = [cpu for sampled, cpu in self.cpu_timeline if sampled <= moment]
+            return before[-1] if before else self.cpu_start
+
+        return at(end) - at(start)

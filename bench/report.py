@@ -123,7 +123,10 @@ def _render_cases(report: Report, plan: Plan) -> list[str]:
         "round before (for round 0, the first GetTasks call) to the acknowledgement of the round's last upload, "
         "from the collaborators' own timestamps; it includes the collaborators' work, identical for both. "
         "Server memory is sampled from /proc every 20 ms (VmHWM is the kernel's exact peak); CPU is the "
-        "server's user + system time from listening to exit.",
+        "server's user + system time from listening to exit. Steady CPU per round leaves out rounds 0 and 1 "
+        "(sampled with the memory, from the end of round 1 to the end of the last round): a federation runs many "
+        "rounds, and its first ones write new files and fault in fresh memory that later rounds reuse (the "
+        "spool keeps a round's files one round for recovery before the next uploads write over them).",
         "",
         "| case | server | runs | round times, s | mean round, s | server CPU, s | peak RSS (VmHWM), MiB "
         "| peak RssAnon, MiB | peak RssFile, MiB |",
@@ -136,8 +139,9 @@ def _render_cases(report: Report, plan: Plan) -> list[str]:
         "",
         "| case | fedagg / null round time | OpenFL / null round time | server CPU-s per round: null, fedagg, "
         f"OpenFL | fedagg / null CPU | target: time <= {FLOOR_RATIO_TARGET:g}, CPU <= {FLOOR_CPU_TARGET:g}x "
+        "| steady CPU-s per round (round 2 on): null, fedagg, OpenFL | fedagg / null steady CPU "
         "| fedagg peak RSS / model | 2 x model + 200 MB, MiB | fedagg peak RSS, MiB | RSS target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     phases_lines = [
         "",
@@ -183,13 +187,21 @@ def _render_cases(report: Report, plan: Plan) -> list[str]:
             _fmt(_mean([_cpu_per_round(r) for r in servers[s]])) for s in ("null", "fedagg", "openfl")
         )
         rss_target = f"{'met' if peak <= allowed else 'NOT met'}" if case.key in "bc" else "-"
+        steady = ", ".join(_fmt(_mean(_steady(servers[s]))) for s in ("null", "fedagg", "openfl"))
+        steady_ratios = [ours / null for ours, null in zip(_steady(ours), _steady(floor), strict=False)]
         summary.append(
             f"| ({case.key}) | {_spread(time_ratios)} "
             f"| {_spread(_over_floor(servers['openfl'], floor, lambda r: r.mean_round))} | {cpu} "
-            f"| {_spread(cpu_ratios)} | {floor_target} | {_fmt(peak / model_mib)}x "
+            f"| {_spread(cpu_ratios)} | {floor_target} | {steady} | {_spread(steady_ratios)} "
+            f"| {_fmt(peak / model_mib)}x "
             f"| {allowed:.0f} | {_fmt(peak, 0)} | {rss_target} |"
         )
     return [*lines, *summary, *phases_lines, ""]
+
+
+def _steady(runs: list[RunResult]) -> list[float]:
+    """The runs' steady CPU per round (those with enough rounds to have one)."""
+    return [run.steady_cpu_seconds for run in runs if run.steady_cpu_seconds is not None]
 
 
 def _cpu_per_round(run: RunResult) -> float:
