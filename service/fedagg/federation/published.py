@@ -110,6 +110,7 @@ def _linked(source: Path, target: Path) -> bool:
     try:
         temporary.unlink(missing_ok=True)
         os.link(source, temporary)
+        os.utime(temporary)  # published now, by this process (the link shares the model's inode and times)
     except OSError:
         return False  # another filesystem, or no hard links there: the caller copies
     try:
