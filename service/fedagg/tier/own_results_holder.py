@@ -74,8 +74,9 @@ class HeldResults:
                 contribution = round_.ingest.read(entry)
                 with self._lock:
                     self._read[entry.path] = contribution
-            owned = contribution is not None and contribution.collaborator == collaborator
-            if owned and contribution is not None and contribution.task in tasks:
+            if contribution is None or contribution.collaborator != collaborator:
+                continue
+            if contribution.task in tasks:
                 yield HeldUpload(entry, contribution)
 
 
