@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.ports import free_port
 from bench.procfs import ProcessWatch
 
 CONFIG = """\
@@ -46,14 +47,6 @@ NOT_INSTALLED = "haproxy is not installed (Debian package haproxy): the tier ben
 
 def haproxy_binary() -> str | None:
     return shutil.which("haproxy")
-
-
-def free_port() -> int:
-    """A free loopback port (HAProxy binds it a moment later; nothing else here takes ports meanwhile)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.balancer import Balancer, Traffic, free_port, start_balancer
+from bench.balancer import Balancer, Traffic, start_balancer
 from bench.clients import run_federation
 from bench.models import shapes_for, write_init_model
 from bench.openfl_cases import round_times
 from bench.pod_metrics import MetricsScraper, metrics_port
+from bench.ports import free_port
 from bench.scale import PROCESSES, RUN_TIMEOUT
 from bench.servers import RunningServer, start_fedagg
 from fedagg.pki.federation import write_federation_pki

@@ -19,9 +19,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ports import free_port
 from tests.support.models import write_zero_model
 from tests.support.pki import Pki
-from tests.support.prometheus import free_port
 from tests.support.secrets import MountedSecret
 from tests.support.servers import FEDERATION_UUID
 

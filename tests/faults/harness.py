@@ -31,6 +31,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ports import free_port
 from fedagg.collaborator import AggregatorClient, Collaborator, RetryPolicy
 from fedagg.failpoints import ENVIRONMENT_VARIABLE
 from fedagg.federation.integrity import FOOTER_BYTES
@@ -40,7 +41,6 @@ from tests.conftest import require
 from tests.interop.openfl import CollaboratorSpec, start_collaborator
 from tests.support.pki import Pki
 from tests.support.process import FedaggProcess, write_config
-from tests.support.prometheus import free_port
 from tests.support.runners import StepRunner, expected_models
 from tests.support.servers import AGGREGATOR_UUID, FEDERATION_UUID
 

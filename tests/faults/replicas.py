@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
 from tests.faults.harness import NAMES, QUIT_REDELIVERY_SECONDS, Setup
 from tests.support.pki import Pki
 from tests.support.process import write_config
-from tests.support.prometheus import free_port
 
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 

@@ -12,13 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from fedagg.protocol.model_file import read_model
 from tests.conftest import require
 
@@ -34,12 +34,6 @@ def first_run_block() -> str:
     match = re.search(r"```sh\n(.*?)```", text[start:end], re.DOTALL)
     assert match, "the first-run markers must hold one ```sh block"
     return match[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_block_is_the_one_machine_variant() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,13 +25,6 @@ from tests.support.process import FedaggProcess
 FX_TEMPLATE = "torch/template"
 """The template fx copies; its plan is the default plan (every section from plan/defaults). Only its task
 runner and data loader (torch) are swapped for openfl_side/numpy_task.py: no torch, no data needed."""
-
-
-def free_port() -> int:
-    """A loopback port the kernel just handed out (fx needs the port in the plan before anything listens)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:

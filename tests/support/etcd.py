@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from tests.conftest import require
-from tests.support.prometheus import free_port
 
 READY_LINE = "ready to serve client requests"
 START_SECONDS = 30.0
+START_ATTEMPTS = 5
+PORT_TAKEN = "address already in use"
 
 
 @dataclass
@@ -36,44 +38,74 @@ class RunningEtcd:
 
 @contextmanager
 def etcd_server(directory: Path) -> Iterator[RunningEtcd]:
-    """Start etcd with its data in ``directory`` on ephemeral loopback ports."""
+    """Start etcd with its data in ``directory`` on ephemeral loopback ports.
+
+    etcd cannot report a port it bound itself, so the ports are chosen first; another process may take one of them
+    before etcd binds it (the kernel hands the same range to outgoing connections). Such a start is retried on new
+    ports, a bounded number of times; any other failure to start fails at once with etcd's own words."""
     binary = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None)
     require(
         binary is not None,
         "etcd is not installed (Debian package etcd-server; make test installs it as root)",
     )
     assert binary is not None
-    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    process = subprocess.Popen(
-        [
-            binary,
-            "--name=fedagg-test",
-            f"--data-dir={directory / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=fedagg-test={peer}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        process = subprocess.Popen(
+            [
+                binary,
+                "--name=fedagg-test",
+                f"--data-dir={directory / f'etcd-{attempt}'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=fedagg-test={peer}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        running = RunningEtcd(client, process)
+        try:
+            seen = _until_ready(process)
+        except BaseException:
+            running.stop()
+            raise
+        if seen is None:
+            break
+        running.stop()
+        if not any(PORT_TAKEN in line for line in seen) or attempt == START_ATTEMPTS:
+            raise AssertionError(f"etcd did not start (attempt {attempt}):\n" + "".join(seen[-20:]))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _until_ready(process: subprocess.Popen[str]) -> list[str] | None:
+    """None once etcd says it serves clients; else the lines it wrote before it exited or stayed silent too long."""
+    lines: queue.Queue[str | None] = queue.Queue()
     assert process.stderr is not None
     stderr = process.stderr
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True)
-    reader.start()
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     seen: list[str] = []
-    try:
-        while not any(READY_LINE in line for line in seen):
-            try:
-                seen.append(lines.get(timeout=START_SECONDS))
-            except queue.Empty:
-                raise AssertionError("etcd did not start:\n" + "".join(seen[-20:])) from None
-        yield RunningEtcd(client, process)
-    finally:
-        RunningEtcd(client, process).stop()
+    while True:
+        try:
+            line = lines.get(timeout=START_SECONDS)
+        except queue.Empty:
+            return seen
+        if line is None:
+            return seen
+        seen.append(line)
+        if READY_LINE in line:
+            return None
 
 
 @pytest.fixture(scope="module", name="etcd")

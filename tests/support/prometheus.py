@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -15,14 +14,8 @@ from typing import Any
 
 import yaml
 
+from bench.ports import free_port
 from tests.conftest import require
-
-
-def free_port() -> int:
-    """An ephemeral port the kernel just handed out (for servers that cannot report the port they bound)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def promtool() -> str:

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.ports import free_port
 from tests.faults.harness import NAMES, QUIT_REDELIVERY_SECONDS, Aggregator, Setup
 from tests.support.haproxy import balancing
 from tests.support.pki import Pki
 from tests.support.process import write_config
-from tests.support.prometheus import free_port
 
 
 def tier_certificates(pki: Pki, replicas: tuple[str, ...], directory: Path) -> Path:

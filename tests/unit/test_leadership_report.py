@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 import pytest
 
+from bench.ports import free_port
 from fedagg.cli.exits import EXIT_CONNECTION
 from fedagg.cli.leadership import leadership_line, replica_leadership
 from fedagg.federation.state_lock import StateDirectoryLock
 from fedagg.ops.leadership_report import leadership_document, register_leadership
 from fedagg.ops.lease import LeaseStoreError
 from fedagg.protocol.ops_leadership import ask_leadership
-from tests.support.prometheus import free_port
 
 ELECTED = {
     "election": "etcd key /fedagg/leases/x at http://127.0.0.1:1",
