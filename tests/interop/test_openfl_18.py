@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.ports import free_port
 from fedagg.pki.federation import write_federation_pki
-from tests.interop.fx_workspace import free_port, make_fx_workspace, processes, serve_workspace
+from tests.interop.fx_workspace import make_fx_workspace, processes, serve_workspace
 from tests.interop.openfl import TASKS, CollaboratorSpec, openfl_python
 from tests.interop.openfl_results import assert_fedagg_closed_form, assert_last_model, closed_form
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from fedagg.pki.federation import write_federation_pki
 from tests.interop.fx_workspace import (
     FxWorkspace,
-    free_port,
     make_fx_workspace,
 )
 from tests.interop.openfl import openfl_python

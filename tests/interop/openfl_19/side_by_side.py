@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
 from tests.interop.fx_workspace import (
     FxWorkspace,
     copy_fx_workspace,
-    free_port,
     serve_workspace,
     start_plan_oracle,
 )

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from bench.ports import free_port
 from tests.interop.fx_workspace import (
     FxWorkspace,
-    free_port,
     make_fx_workspace,
     processes,
     serve_workspace,
