@@ -263,12 +263,11 @@ def test_readiness_stays_not_serving_while_an_upload_arrives_on_a_full_disk(tmp_
     with tmpfs(tmp_path / "state", "8m") as state:
         setup = make_setup(tmp_path, pki, ROUNDS, write_zero_model(tmp_path))
         aggregator = Aggregator(setup.config)
-        incoming = state / "spool" / "incoming"
         release = threading.Event()
         payload = task_results_bytes("two", 0, TASKS[0], 5, [metric("acc", 2.0, 0, "validate_agg")])
 
         def held_upload() -> Iterator[DataStream]:
-            """Everything but the last bytes (the upload is admitted and its spool file open), then a stall."""
+            """Everything but the last bytes (the upload is admitted and arriving), then a stall."""
             yield DataStream(npbytes=payload[:-2], size=len(payload) - 2)
             release.wait(30)
             yield DataStream(npbytes=payload[-2:], size=2)
@@ -285,11 +284,15 @@ def test_readiness_stays_not_serving_while_an_upload_arrives_on_a_full_disk(tmp_
                 with pytest.raises(AggregatorError):
                     one.send_task_results(0, TASKS[0], 5, [metric("acc", 1.0, 0, "validate_agg")])
             poll(lambda: aggregator.readiness() == NOT_SERVING, 10, "readiness NOT_SERVING on a full disk")
-            before = set(incoming.glob("*.part"))
+            received = aggregator.metric("fedagg_received_bytes_total")
             channel, stub = raw_stub(setup.address, pki.client("two"))
             with channel, ThreadPoolExecutor(1) as pool:
                 call = pool.submit(stub.SendLocalTaskResults, held_upload())
-                poll(lambda: set(incoming.glob("*.part")) - before, 10, "the held upload's spool file")
+                poll(
+                    lambda: aggregator.metric("fedagg_received_bytes_total") >= received + len(payload) - 2,
+                    10,
+                    "the held upload's first bytes received",
+                )
                 failing = aggregator.metric("fedagg_storage_failing")
                 readiness = aggregator.readiness()
                 release.set()

@@ -33,7 +33,7 @@ from fedagg.federation.integrity import (
     read_sealed_json,
     seal_json,
 )
-from fedagg.federation.spool_pool import FilePool
+from fedagg.federation.spool_pool import POOLED_FROM_BYTES, FilePool
 from fedagg.federation.write_fence import fenced_replace, refuse_if_fenced
 
 REJECTION_RECORD = "fedagg/rejection/v1"
@@ -63,12 +63,18 @@ class SpoolEntry:
 class SpoolWriter:
     """An upload being written to ``spool/incoming`` as it arrives; not thread-safe (one upload, one writer).
 
-    ``over`` writes over the file at ``path`` (a pooled one, :mod:`.spool_pool`) from its start, and cuts it to
-    the upload's length when sealed."""
+    The file is created when the upload first passes :data:`~fedagg.federation.spool_pool.POOLED_FROM_BYTES`
+    (the bytes before that wait in memory), and then it is the pool's largest file when there is one, written over
+    from its start and cut to the upload's length when sealed: a small upload (a validation task's metrics) never
+    takes, and cuts down, the file a model-sized upload would have reused. A smaller upload is written to a new
+    file when sealed."""
 
-    def __init__(self, path: Path, over: bool = False) -> None:
+    def __init__(self, path: Path, pool: FilePool | None = None) -> None:
         self.path = path
-        self._file: BinaryIO | None = path.open("r+b" if over else "wb")
+        self._pool = pool
+        self._file: BinaryIO | None = None
+        self._head = bytearray()
+        self._sealed = False
         self._digest = RunningDigest()
 
     @property
@@ -78,25 +84,41 @@ class SpoolWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append a piece of the upload."""
-        assert self._file is not None, "the spool file is already sealed"
-        self._file.write(data)
+        assert not self._sealed, "the spool file is already sealed"
         self._digest.update(data)
+        if self._file is None and len(self._head) + len(data) < POOLED_FROM_BYTES:
+            self._head += data
+            return
+        file = self._open(pooled=True)
+        file.write(data)
+
+    def _open(self, *, pooled: bool) -> BinaryIO:
+        """The file, created (over a pooled one when ``pooled`` and the pool has one) with the bytes held so far."""
+        if self._file is None:
+            over = pooled and self._pool is not None and self._pool.take(self.path)
+            self._file = self.path.open("r+b" if over else "wb")
+            self._file.write(self._head)
+            self._head = bytearray()
+        return self._file
 
     def seal(self) -> FileDigest:
         """Append the checksum footer, fsync and close; the payload's digest is returned."""
-        assert self._file is not None, "the spool file is already sealed"
+        assert not self._sealed, "the spool file is already sealed"
+        self._sealed = True
         digest = self._digest.digest()
-        self._file.write(footer(digest))
-        self._file.truncate()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        file = self._open(pooled=False)
+        file.write(footer(digest))
+        file.truncate()
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
         self._file = None
         return digest
 
     def discard(self) -> None:
         """Close and delete the file (the upload was refused, ignored or abandoned); never raises: on a full or
         failing disk the close may fail to flush, and the file goes all the same."""
+        self._sealed, self._head = True, bytearray()
         try:
             if self._file is not None:
                 file, self._file = self._file, None
@@ -128,9 +150,8 @@ class Spool:
         self._pool.prepare()
 
     def open(self) -> SpoolWriter:
-        """A file for an upload that is arriving: a pooled one to write over, else a new one."""
-        path = self._incoming / f"{uuid.uuid4().hex}.part"
-        return SpoolWriter(path, over=self._pool.take(path))
+        """A writer for an upload that is arriving (it writes over a pooled file when the upload is large)."""
+        return SpoolWriter(self._incoming / f"{uuid.uuid4().hex}.part", self._pool)
 
     def accept(self, writer: SpoolWriter, round_number: int, sequence: int) -> SpoolEntry:
         """Move a sealed upload into its round's directory; durable when this returns."""

@@ -4,15 +4,19 @@ Writing a new file costs the kernel a fresh page-cache page (and disk blocks) fo
 whose pages are still cached is a copy. On this benchmark's virtual machine, where freed memory goes back to the
 host, 200 MB written to a new file took 0.18-0.20 CPU-s and over a cached one 0.024 (8x), and writes to new files
 (the spool's and the model's) were about a quarter of the server's CPU per round. So when a round's spool is dropped its results files move here, and
-the next round's uploads take them (:meth:`FilePool.take`): each upload is written from the start of one and cut
-to its own length when sealed (:class:`~fedagg.federation.spool.SpoolWriter`).
+the next round's large uploads take them, the largest first (:meth:`FilePool.take`): each is written from the start
+of one and cut to its own length when sealed (:class:`~fedagg.federation.spool.SpoolWriter`). Uploads smaller than
+:data:`POOLED_FROM_BYTES` (OpenFL's validation tasks send only metrics) neither take a pooled file nor enter the pool:
+taking one would cut it down to a few bytes and leave the next model-sized upload a new file (which is what
+happened while the pool handed its files out in any order: in an OpenFL round of three tasks, most model-sized
+uploads still went to new files).
 
 What this costs: the disk space of one round's uploads stays allocated between rounds (the spool of the round
 before is kept one round for recovery anyway, so the peak is unchanged), and files the next round did not need
 are deleted when the round after it is dropped. The pool is scratch: nothing in it is read, and a restart keeps
 whatever files it finds here for the next uploads.
 
-``_lock`` guards ``_free``: taken by upload writers opening a file (I/O executor threads) and by the round end's
+``_lock`` guards ``_free`` (sizes and paths, smallest first): taken by upload writers opening a file (I/O executor threads) and by the round end's
 clean-up refilling the pool; it is never held across more than a list operation.
 """
 
@@ -30,6 +34,8 @@ from fedagg.federation.files import durable_directory
 log = logging.getLogger(__name__)
 
 FREE_SUFFIX = ".free"
+POOLED_FROM_BYTES = 1 << 20
+"""Uploads at least this large are written over a pooled file, and only their files are pooled."""
 
 
 class FilePool:
@@ -38,21 +44,23 @@ class FilePool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock = threading.Lock()
-        self._free: list[Path] = []
+        self._free: list[tuple[int, Path]] = []
 
     def prepare(self) -> None:
         """Create the directory and take stock of the files left in it."""
         durable_directory(self.directory)
+        found = self._sized(self.directory.glob(f"*{FREE_SUFFIX}"))
         with self._lock:
-            self._free = sorted(self.directory.glob(f"*{FREE_SUFFIX}"))
+            self._free = found
 
     def take(self, target: Path) -> bool:
-        """Move a pooled file to ``target`` (True), or leave ``target`` alone when the pool is empty (False)."""
+        """Move the largest pooled file to ``target`` (True), or leave ``target`` alone when the pool is empty
+        (False)."""
         while True:
             with self._lock:
                 if not self._free:
                     return False
-                path = self._free.pop()
+                _, path = self._free.pop()
             try:
                 os.replace(path, target)
             except OSError as error:  # gone or unreadable: the next one, or a new file
@@ -64,13 +72,27 @@ class FilePool:
         """Make ``files`` (a dropped round's results) the pool, deleting what the pool held and nobody took."""
         with self._lock:
             unused, self._free = self._free, []
-        for path in unused:
+        for _, path in unused:
             path.unlink(missing_ok=True)
         kept = []
-        for path in files:
+        for size, path in self._sized(files):
+            if size < POOLED_FROM_BYTES:
+                path.unlink(missing_ok=True)
+                continue
             target = self.directory / f"{uuid.uuid4().hex}{FREE_SUFFIX}"
             os.replace(path, target)
             os.utime(target)  # pooled now, by this process: not the upload another one may have written
-            kept.append(target)
+            kept.append((size, target))
         with self._lock:
-            self._free.extend(kept)
+            self._free = sorted(self._free + kept)
+
+    @staticmethod
+    def _sized(files: Iterable[Path]) -> list[tuple[int, Path]]:
+        """``files`` with their sizes, smallest first (a file that cannot be read is left out)."""
+        sized = []
+        for path in files:
+            try:
+                sized.append((path.stat().st_size, path))
+            except OSError as error:
+                log.debug("%s: not pooled (%s)", path.name, error)
+        return sorted(sized)
