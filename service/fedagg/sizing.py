@@ -8,7 +8,7 @@ during a round end, after the new model is written and before the previous round
   computed from the kept models when they are served, no delta file is kept);
 - ``spool/``: the uploads of the closing round and of the round before it, kept for the fall-back to the previous
   checkpoint (``2 x N`` uploads; an upload of a train task is about one model); the files of a dropped round
-  waiting to be written over by the next uploads (:mod:`fedagg.federation.spool_pool`) stand in for uploads of the
+  waiting to be written over by the next uploads (:mod:`fedagg.federation.file_pool`) stand in for uploads of the
   open round, so they stay within it;
 - the fold's running float64 sums (:mod:`fedagg.federation.fold`): an unlinked scratch file beside the spool of
   8 bytes per value, so two model-sized files for every train task aggregated by the weighted average (``2 x F``);

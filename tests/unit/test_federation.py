@@ -434,7 +434,7 @@ def test_old_rounds_are_evicted(tmp_path: Path) -> None:
 
     with pytest.raises(NotFound, match="no longer kept"):
         federation.encoded_tensor(TensorRequest("w", 1, False, ("model",), True))
-    assert sorted(p.name for p in (tmp_path / "state" / "models").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "state" / "models").glob("round-*.pbuf")) == [
         "round-000002.pbuf",
         "round-000003.pbuf",
     ]

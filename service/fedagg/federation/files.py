@@ -14,9 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from fedagg.federation.write_fence import fenced_replace
+
+if TYPE_CHECKING:
+    from fedagg.federation.file_pool import FilePool
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +47,22 @@ def durable_directory(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, sync: bool = True, pool: FilePool | None = None) -> Iterator[BinaryIO]:
     """A file written to a temporary sibling and, when the block ends without error, fsynced and renamed to ``path``.
 
     ``sync=False`` skips the fsyncs: for files that are derived again after a crash, never trusted across one.
+    With a ``pool``, the temporary is a pooled file when it has one (:mod:`fedagg.federation.file_pool`), written
+    from its start and cut where the writing ended.
     """
     durable_directory(path.parent)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    over = pool is not None and pool.take(temporary)
     try:
-        with temporary.open("wb") as file:
+        with temporary.open("r+b" if over else "wb") as file:
             yield file
             file.flush()
+            if over:
+                os.ftruncate(file.fileno(), os.lseek(file.fileno(), 0, os.SEEK_CUR))
             if sync:
                 os.fsync(file.fileno())
         fenced_replace(temporary, path)
@@ -64,9 +72,11 @@ def atomic_file(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
         fsync_directory(path.parent)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
+def atomic_write(
+    path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True, pool: FilePool | None = None
+) -> None:
     """Write ``path`` with ``write`` through :func:`atomic_file`."""
-    with atomic_file(path, sync=sync) as file:
+    with atomic_file(path, sync=sync, pool=pool) as file:
         write(file)
 
 

@@ -4,7 +4,7 @@ One float64 sum per (task, tensor) costs 8 bytes per model value: more than the 
 unlinked scratch file under the spool directory (page cache, which the kernel may write out or drop; never the
 process's resident memory) and is read and written a block at a time, through buffers reused from block to block
 (fresh memory costs a page fault per 4 KiB). The file is kept from round to round (each round's sums are written
-over the last one's, whose pages are still cached: cheaper than new pages, :mod:`fedagg.federation.spool_pool`)
+over the last one's, whose pages are still cached: cheaper than new pages, :mod:`fedagg.federation.file_pool`)
 and deleted only when a round end fails, in case it is what filled the disk. Nothing in it needs to survive a
 crash: a round redone after a restart sums its contributions from the spool, with the same bits.
 """

@@ -3,7 +3,7 @@
 Layout under ``<state_dir>/spool``::
 
     incoming/<random>.part          an upload being received (deleted at restart)
-    recycled/<random>.free          a dropped round's upload, to be written over (:mod:`.spool_pool`)
+    recycled/<random>.free          a dropped round's upload, to be written over (:mod:`.file_pool`)
     round-000003/000001.results     an accepted upload: its raw TaskResults bytes, then a checksum footer
     round-000003/000002.rejected    a rejected upload: a sealed record of who sent what and why it was refused
     round-000003/close.json         the round's close decision, written before the round's outputs
@@ -25,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fedagg.federation.file_pool import POOLED_FROM_BYTES, FilePool
 from fedagg.federation.files import atomic_write_bytes, durable_directory, fsync_directory
 from fedagg.federation.integrity import (
     FileDigest,
@@ -33,7 +34,6 @@ from fedagg.federation.integrity import (
     read_sealed_json,
     seal_json,
 )
-from fedagg.federation.spool_pool import POOLED_FROM_BYTES, FilePool
 from fedagg.federation.write_fence import fenced_replace, refuse_if_fenced
 
 REJECTION_RECORD = "fedagg/rejection/v1"
@@ -63,7 +63,7 @@ class SpoolEntry:
 class SpoolWriter:
     """An upload being written to ``spool/incoming`` as it arrives; not thread-safe (one upload, one writer).
 
-    The file is created when the upload first passes :data:`~fedagg.federation.spool_pool.POOLED_FROM_BYTES`
+    The file is created when the upload first passes :data:`~fedagg.federation.file_pool.POOLED_FROM_BYTES`
     (the bytes before that wait in memory), and then it is the pool's largest file when there is one, written over
     from its start and cut to the upload's length when sealed: a small upload (a validation task's metrics) never
     takes, and cuts down, the file a model-sized upload would have reused. A smaller upload is written to a new

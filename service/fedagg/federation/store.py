@@ -6,6 +6,8 @@ Layout::
                                  the commit point of every round end and quit job
     checkpoint.prev.json         the checkpoint of the previous round boundary (recovery falls back to it)
     models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
+    models/recycled/<random>.free
+                                 a pruned round's model, to be written over by the next one (:mod:`.file_pool`)
     aggregators/train/round-000003/first_moment.pbuf
                                  a task aggregator's model-sized state (an optimizer's moment) as of round 3
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
@@ -30,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedagg.federation.checkpoint import CHECKPOINT_RECORD, Checkpoint
+from fedagg.federation.file_pool import FilePool
 from fedagg.federation.files import (
     atomic_copy,
     atomic_write,
@@ -122,6 +125,8 @@ class StateStore:
         """Told the kind (``upload``, ``rejection``, ``close_decision``, ``checkpoint``, ``model``, ``metrics``)
         of every file moved to quarantine."""
         self._models = root / "models"
+        self._model_pool = FilePool(self._models / "recycled", skip_in_use=True)
+        """Pruned models, written over by the next round's (round ends only)."""
         self._legacy_deltas = root / "deltas"
         self._aggregators = root / "aggregators"
         self._metrics = root / "metrics"
@@ -135,6 +140,7 @@ class StateStore:
         shutil.rmtree(self._legacy_deltas, ignore_errors=True)
         for directory in (self._models, self._metrics):
             durable_directory(directory)
+        self._model_pool.prepare()
         self.spool.prepare()
 
     def has_state(self) -> bool:
@@ -177,7 +183,7 @@ class StateStore:
             build(writer)
             digests.append(writer.finish())
 
-        atomic_write(self.model_path(round_number), write)
+        atomic_write(self.model_path(round_number), write, pool=self._model_pool)
         return digests[0]
 
     def load_model(self, round_number: int, digest: FileDigest) -> LoadedModel:
@@ -214,11 +220,16 @@ class StateStore:
         atomic_copy(self.model_path(round_number), target)
 
     def prune_models(self, keep_from_round: int) -> None:
-        """Delete kept models (with their aggregator state) of rounds before ``keep_from_round``."""
+        """Drop kept models (with their aggregator state) of rounds before ``keep_from_round``: the models go to
+        the pool, to be written over by the next ones. Refused (:class:`~fedagg.federation.write_fence.Fenced`)
+        once this process is no longer the leader: the new one owns the models."""
+        refuse_if_fenced()
+        pruned = []
         for path in self._models.glob("round-*.pbuf"):
             number = path.stem.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
-                path.unlink(missing_ok=True)
+                pruned.append(path)
+        self._model_pool.refill(pruned)
         for directory in self._aggregators.glob("*/round-*"):
             number = directory.name.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
