@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedagg.federation import file_pool
 from fedagg.federation.file_pool import POOLED_FROM_BYTES
 from fedagg.federation.integrity import FileDigest, verify_footer
 from fedagg.federation.spool import Spool
@@ -146,3 +147,18 @@ def test_a_pruned_model_this_process_still_maps_is_not_written_over(tmp_path: Pa
     write_round_model(store, 2, 2.0)
     assert store.model_path(2).stat().st_ino != pruned_inode
     assert np.array_equal(mapped.tensors["w"], np.full(LARGE // 4 + 100, 1.0, dtype=np.float32))
+
+
+def test_without_proc_a_pool_that_must_skip_files_in_use_reuses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path / "state")
+    store.prepare()
+    write_round_model(store, 1, 1.0)
+    pruned_inode = store.model_path(1).stat().st_ino
+    store.prune_models(keep_from_round=2)
+    monkeypatch.setattr(file_pool, "PROC_MAPS", tmp_path / "no-proc" / "maps")
+
+    digest = write_round_model(store, 2, 2.0)
+    assert store.model_path(2).stat().st_ino != pruned_inode
+    store.load_model(2, digest)

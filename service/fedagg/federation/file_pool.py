@@ -73,7 +73,13 @@ class FilePool:
         give (False)."""
         with self._lock:
             candidates = list(reversed(self._free))
-        in_use: frozenset[tuple[int, int]] = _in_use() if self._skip_in_use and candidates else frozenset()
+        in_use: frozenset[tuple[int, int]] = frozenset()
+        if self._skip_in_use and candidates:
+            try:
+                in_use = _in_use()
+            except OSError as error:  # no /proc: any pooled file may be in use, so a new file it is
+                log.debug("%s: nothing reused (%s)", self.directory, error)
+                return False
         for entry in candidates:
             _, path = entry
             if in_use and _identity(path) in in_use:
