@@ -46,6 +46,13 @@ def durable_directory(path: Path) -> Path:
     return path
 
 
+def open_to_write(path: Path, pool: FilePool | None) -> BinaryIO:
+    """``path`` opened to be written from its start: a file taken from ``pool`` when it gives one (its old bytes
+    past the end of the writing are the writer's to cut), else a new file."""
+    reused = pool is not None and pool.take(path)
+    return path.open("r+b" if reused else "wb")
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, *, sync: bool = True, pool: FilePool | None = None) -> Iterator[BinaryIO]:
     """A file written to a temporary sibling and, when the block ends without error, fsynced and renamed to ``path``.
@@ -56,13 +63,11 @@ def atomic_file(path: Path, *, sync: bool = True, pool: FilePool | None = None) 
     """
     durable_directory(path.parent)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    over = pool is not None and pool.take(temporary)
     try:
-        with temporary.open("r+b" if over else "wb") as file:
+        with open_to_write(temporary, pool) as file:
             yield file
             file.flush()
-            if over:
-                os.ftruncate(file.fileno(), os.lseek(file.fileno(), 0, os.SEEK_CUR))
+            os.ftruncate(file.fileno(), os.lseek(file.fileno(), 0, os.SEEK_CUR))  # a pooled file's old tail
             if sync:
                 os.fsync(file.fileno())
         fenced_replace(temporary, path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fedagg.federation.file_pool import POOLED_FROM_BYTES, FilePool
-from fedagg.federation.files import atomic_write_bytes, durable_directory, fsync_directory
+from fedagg.federation.files import atomic_write_bytes, durable_directory, fsync_directory, open_to_write
 from fedagg.federation.integrity import (
     FileDigest,
     RunningDigest,
@@ -95,8 +95,7 @@ class SpoolWriter:
     def _open(self, *, pooled: bool) -> BinaryIO:
         """The file, created (over a pooled one when ``pooled`` and the pool has one) with the bytes held so far."""
         if self._file is None:
-            over = pooled and self._pool is not None and self._pool.take(self.path)
-            self._file = self.path.open("r+b" if over else "wb")
+            self._file = open_to_write(self.path, self._pool if pooled else None)
             self._file.write(self._head)
             self._head = bytearray()
         return self._file
