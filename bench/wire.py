@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.clients import run_federation
 from bench.models import shapes_for, write_init_model
-from bench.openfl_cases import peak_phases, round_times
+from bench.openfl_cases import STEADY_FROM_ROUND, peak_phases, round_times
 from bench.servers import ROOT, start_fedagg
 
 PAGE_BYTES = 4096
@@ -82,6 +82,7 @@ def fedagg_rounds(
     periods, actives, downloads, uploads = round_times(run.calls, rounds)
     model_bytes = params * 4
     mean_round = float(np.mean(periods))
+    steady_round = float(np.mean(periods[STEADY_FROM_ROUND:])) if rounds > STEADY_FROM_ROUND else None
     return {
         "collaborators": collaborators,
         "model_bytes": model_bytes,
@@ -93,6 +94,9 @@ def fedagg_rounds(
         "upload_seconds": uploads,
         "mean_round": mean_round,
         "bytes_per_second": 2 * collaborators * model_bytes / mean_round,
+        "steady_bytes_per_second": None
+        if steady_round is None
+        else 2 * collaborators * model_bytes / steady_round,
         "peak_hwm_mib": server.watch.peak_hwm,
         "peak_anon_mib": server.watch.peak_anon,
         "client_peak_hwm_mib": max(run.worker_peak_mib),

@@ -3,11 +3,11 @@
 The disk rule follows what the state directory holds at its fullest (:mod:`fedagg.federation.store`), which is
 during a round end, after the new model is written and before the previous round's files are pruned:
 
-- ``models/``: the ``rounds_kept`` kept global models plus the new one (``rounds_kept + 1``); the new one is
-  written over the model pruned a round before (:mod:`fedagg.federation.file_pool`), so that one stands in for it
-  (were it still mapped by a slow reply, the new model is a new file and the pruned one goes at the next prune);
-- ``best.pbuf`` and ``last.pbuf``, and a published copy being written in their place (3; delta downloads are
-  computed from the kept models when they are served, no delta file is kept);
+- ``models/``: the ``rounds_kept`` kept global models plus the new one (``rounds_kept + 1``);
+- ``best.pbuf`` and ``last.pbuf``: hard links to kept models (:mod:`fedagg.federation.published`), but a model
+  that is no longer kept lives on as the published best; and where links cannot be made they are copies, one being
+  written in their place (3 at most; delta downloads are computed from the kept models when they are served, no
+  delta file is kept);
 - ``spool/``: the uploads of the closing round and of the round before it, kept for the fall-back to the previous
   checkpoint (``2 x N`` uploads; an upload of a train task is about one model); the files of a dropped round
   waiting to be written over by the next uploads (:mod:`fedagg.federation.file_pool`) stand in for uploads of the

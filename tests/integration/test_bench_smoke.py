@@ -48,6 +48,7 @@ def test_the_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path) -> No
     assert all(positive(raw["bytes_per_second"]) for raw in data["raw"].values())
     assert data["wire"], "fedagg's client-library throughput"
     assert all(positive(run["bytes_per_second"]) for run in data["wire"])
+    assert all(positive(run["steady_bytes_per_second"]) for run in data["wire"]), "from round 2 on"
     assert all(positive(run["client_peak_hwm_mib"]) for run in data["wire"])
     [large] = data["large"]
     assert large["collaborators"] == 2

@@ -1,19 +1,15 @@
 """The spool writes new uploads over a dropped round's files: each sealed file holds exactly its own upload, large
-uploads take the largest pooled files, and small ones (a validation task's metrics) leave the pool alone. A round's
-model is written over a pruned one, unless this process still maps that one."""
+uploads take the largest pooled files, and small ones (a validation task's metrics) leave the pool alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from fedagg.federation import file_pool
 from fedagg.federation.file_pool import POOLED_FROM_BYTES
-from fedagg.federation.integrity import FileDigest, verify_footer
+from fedagg.federation.integrity import verify_footer
 from fedagg.federation.spool import Spool
-from fedagg.federation.store import StateStore
 
 LARGE = POOLED_FROM_BYTES
 SMALL = 64
@@ -115,50 +111,3 @@ def test_a_discarded_small_upload_leaves_nothing_behind(tmp_path: Path) -> None:
     writer.write(b"partial")
     writer.discard()
     assert not list((tmp_path / "spool" / "incoming").iterdir())
-
-
-def write_round_model(store: StateStore, round_number: int, fill: float) -> FileDigest:
-    values = np.full(LARGE // 4 + 100, fill, dtype=np.float32)
-    return store.write_model(round_number, lambda writer: writer.add("w", values))
-
-
-def test_a_pruned_model_is_written_over_by_the_next_rounds(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state")
-    store.prepare()
-    write_round_model(store, 1, 1.0)
-    pruned_inode = store.model_path(1).stat().st_ino
-    store.prune_models(keep_from_round=2)
-    assert not store.model_path(1).exists()
-
-    digest = write_round_model(store, 2, 2.0)
-    assert store.model_path(2).stat().st_ino == pruned_inode
-    model = store.load_model(2, digest)  # verifies the length and checksum: nothing of round 1 is left
-    assert np.array_equal(model.tensors["w"], np.full(LARGE // 4 + 100, 2.0, dtype=np.float32))
-
-
-def test_a_pruned_model_this_process_still_maps_is_not_written_over(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state")
-    store.prepare()
-    digest = write_round_model(store, 1, 1.0)
-    pruned_inode = store.model_path(1).stat().st_ino
-    mapped = store.load_model(1, digest)  # a tensor reply waiting for its budget holds such a view
-    store.prune_models(keep_from_round=2)
-
-    write_round_model(store, 2, 2.0)
-    assert store.model_path(2).stat().st_ino != pruned_inode
-    assert np.array_equal(mapped.tensors["w"], np.full(LARGE // 4 + 100, 1.0, dtype=np.float32))
-
-
-def test_without_proc_a_pool_that_must_skip_files_in_use_reuses_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = StateStore(tmp_path / "state")
-    store.prepare()
-    write_round_model(store, 1, 1.0)
-    pruned_inode = store.model_path(1).stat().st_ino
-    store.prune_models(keep_from_round=2)
-    monkeypatch.setattr(file_pool, "PROC_MAPS", tmp_path / "no-proc" / "maps")
-
-    digest = write_round_model(store, 2, 2.0)
-    assert store.model_path(2).stat().st_ino != pruned_inode
-    store.load_model(2, digest)

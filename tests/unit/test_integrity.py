@@ -170,47 +170,50 @@ def test_an_upload_corrupted_before_its_round_ends_is_never_aggregated(tmp_path:
 # Models and checkpoints ---------------------------------------------------------------------------------------------
 
 
-def test_a_corrupt_kept_model_is_restored_from_its_published_copy(tmp_path: Path) -> None:
+def test_a_deleted_kept_model_is_restored_from_its_published_link(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     expected = served(federation, 1)
-    flip(tmp_path / "state" / "models" / "round-000001.pbuf", -5)
+    kept = tmp_path / "state" / "models" / "round-000001.pbuf"
+    kept.unlink()
 
     resumed = restart(tmp_path)
 
     np.testing.assert_array_equal(served(resumed, 1), expected)
-    assert (
-        read_model(tmp_path / "state" / "models" / "round-000001.pbuf").tensors["w"][1, 2] == expected[1, 2]
-    )
-    assert len(quarantined(tmp_path)) == 1
+    assert read_model(kept).tensors["w"][1, 2] == expected[1, 2]
+    assert not quarantined(tmp_path)
 
 
-def test_a_new_best_model_is_a_link_to_the_last_one_and_never_to_the_kept_model(tmp_path: Path) -> None:
+def test_best_and_last_are_links_to_kept_models_that_are_never_written_over(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 3), zero_model())
     best, last = tmp_path / "best.pbuf", tmp_path / "last.pbuf"
-    run_round(federation, 0, ROUND_0, SHAPES)
-    round_1 = last.stat()
-
-    run_round(
-        federation, 1, {"one": (5.0, 10), "two": (7.0, 30)}, SHAPES, delta=True
-    )  # model 1 validates best
-
-    assert (best.stat().st_ino, best.stat().st_dev) == (round_1.st_ino, round_1.st_dev), "linked, not copied"
-    assert best.stat().st_nlink == 1, "last.pbuf now holds round 2's model; the kept model is another inode"
     kept = tmp_path / "state" / "models"
-    assert best.read_bytes() == (kept / "round-000001.pbuf").read_bytes()
-    assert last.read_bytes() == (kept / "round-000002.pbuf").read_bytes()
+    run_round(federation, 0, ROUND_0, SHAPES)
+    assert last.samefile(kept / "round-000001.pbuf"), "linked, not copied"
+    round_1 = last.read_bytes()
+
+    with last.open("rb") as reader:  # someone outside the aggregator reading round 1's model, slowly
+        run_round(federation, 1, {"one": (5.0, 10), "two": (7.0, 30)}, SHAPES, delta=True)  # model 1 is best
+        assert best.samefile(kept / "round-000001.pbuf")
+        assert last.samefile(kept / "round-000002.pbuf")
+        run_round(federation, 2, {"one": (0.5, 10), "two": (0.5, 30)}, SHAPES, delta=True)  # model 2 is worse
+
+        assert not (kept / "round-000001.pbuf").exists(), "pruned: rounds_kept is 2"
+        assert reader.read() == round_1, "a pruned model is unlinked, never written over"
+    assert best.read_bytes() == round_1, "the best model lives on as best.pbuf"
+    assert last.samefile(kept / "round-000003.pbuf")
+    assert sorted(path.name for path in kept.iterdir()) == ["round-000002.pbuf", "round-000003.pbuf"]
     assert not list(tmp_path.glob(".*.link-*"))
 
 
-def test_when_the_model_and_its_copy_are_corrupt_the_round_is_redone_from_the_kept_spool(
+def test_a_corrupt_kept_model_and_so_its_published_link_are_redone_from_the_kept_spool(
     tmp_path: Path,
 ) -> None:
     federation = make_federation(tmp_path, make_plan(PAIR, 2), zero_model())
     run_round(federation, 0, ROUND_0, SHAPES)
     expected = served(federation, 1)
+    assert (tmp_path / "last.pbuf").samefile(tmp_path / "state" / "models" / "round-000001.pbuf")
     flip(tmp_path / "state" / "models" / "round-000001.pbuf", -5)
-    flip(tmp_path / "last.pbuf", -5)
 
     resumed = restart(tmp_path)
 

@@ -14,12 +14,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from fedagg.federation.write_fence import fenced_replace
-
-if TYPE_CHECKING:
-    from fedagg.federation.file_pool import FilePool
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +43,18 @@ def durable_directory(path: Path) -> Path:
     return path
 
 
-def open_to_write(path: Path, pool: FilePool | None) -> BinaryIO:
-    """``path`` opened to be written from its start: a file taken from ``pool`` when it gives one (its old bytes
-    past the end of the writing are the writer's to cut), else a new file."""
-    reused = pool is not None and pool.take(path)
-    return path.open("r+b" if reused else "wb")
-
-
 @contextlib.contextmanager
-def atomic_file(path: Path, *, sync: bool = True, pool: FilePool | None = None) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
     """A file written to a temporary sibling and, when the block ends without error, fsynced and renamed to ``path``.
 
     ``sync=False`` skips the fsyncs: for files that are derived again after a crash, never trusted across one.
-    With a ``pool``, the temporary is a pooled file when it has one (:mod:`fedagg.federation.file_pool`), written
-    from its start and cut where the writing ended.
     """
     durable_directory(path.parent)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open_to_write(temporary, pool) as file:
+        with temporary.open("wb") as file:
             yield file
             file.flush()
-            os.ftruncate(file.fileno(), os.lseek(file.fileno(), 0, os.SEEK_CUR))  # a pooled file's old tail
             if sync:
                 os.fsync(file.fileno())
         fenced_replace(temporary, path)
@@ -77,11 +64,9 @@ def atomic_file(path: Path, *, sync: bool = True, pool: FilePool | None = None) 
         fsync_directory(path.parent)
 
 
-def atomic_write(
-    path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True, pool: FilePool | None = None
-) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
     """Write ``path`` with ``write`` through :func:`atomic_file`."""
-    with atomic_file(path, sync=sync, pool=pool) as file:
+    with atomic_file(path, sync=sync) as file:
         write(file)
 
 
@@ -108,6 +93,23 @@ def atomic_copy(source: Path, target: Path) -> None:
                 copied += sent
 
     atomic_write(target, copy)
+
+
+def atomic_link(source: Path, target: Path) -> bool:
+    """Atomically replace ``target`` with a hard link to ``source``; False where no link can be made (another
+    filesystem, or one without hard links), ``target`` untouched."""
+    temporary = target.with_name(f".{target.name}.link-{uuid.uuid4().hex[:8]}")
+    try:
+        os.link(source, temporary)
+        os.utime(temporary)  # published now, by this process (the link shares the model's inode and times)
+    except OSError:
+        return False
+    try:
+        fenced_replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_directory(target.parent)
+    return True
 
 
 def quarantine(path: Path, directory: Path, reason: str) -> Path:

@@ -2,7 +2,8 @@
 
 A restart looks at the current checkpoint, then at the previous round boundary's one. A checkpoint is usable when
 its seal verifies and its round's model verifies against the digest it records; a kept model that is missing or
-corrupt is restored from a published copy with the same digest (``last.pbuf``, ``best.pbuf``) when one exists.
+corrupt is restored from a published file with the same digest (``last.pbuf``, ``best.pbuf``) when one exists
+(those are hard links to the kept models, so this repairs a deleted kept model, not a corrupt one).
 Falling back to the previous checkpoint is safe because the spool of the round before the current one is kept:
 the federation then redoes that round from its spool (:mod:`fedagg.federation.startup` replays it), with the
 same close decision, the same aggregators' state and, under differential privacy, the same noise (drawn from the
@@ -166,8 +167,9 @@ class StateRecovery:
             )
             if published_round == number
         ]
-        if self._store.restore_model(number, digest, copies):
-            log.warning("round %d's model restored from its published copy", number)
+        restored = self._store.restore_model(number, digest, copies)
+        if restored is not None:
+            log.warning("round %d's model restored from %s", number, restored.name)
             return self._store.load_model(number, digest)
         log.error("round %d's model is lost (%s)", number, problem)
         return None

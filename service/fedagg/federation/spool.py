@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fedagg.federation.file_pool import POOLED_FROM_BYTES, FilePool
-from fedagg.federation.files import atomic_write_bytes, durable_directory, fsync_directory, open_to_write
+from fedagg.federation.files import atomic_write_bytes, durable_directory, fsync_directory
 from fedagg.federation.integrity import (
     FileDigest,
     RunningDigest,
@@ -35,6 +35,7 @@ from fedagg.federation.integrity import (
     seal_json,
 )
 from fedagg.federation.write_fence import fenced_replace, refuse_if_fenced
+from fedagg.federation.writeback import Writeback
 
 REJECTION_RECORD = "fedagg/rejection/v1"
 CLOSE_RECORD = "fedagg/round-close/v1"
@@ -76,6 +77,7 @@ class SpoolWriter:
         self._head = bytearray()
         self._sealed = False
         self._digest = RunningDigest()
+        self._writeback = Writeback()
 
     @property
     def size(self) -> int:
@@ -91,11 +93,13 @@ class SpoolWriter:
             return
         file = self._open(pooled=True)
         file.write(data)
+        self._writeback.written(file, self._digest.size)
 
     def _open(self, *, pooled: bool) -> BinaryIO:
         """The file, created (over a pooled one when ``pooled`` and the pool has one) with the bytes held so far."""
         if self._file is None:
-            self._file = open_to_write(self.path, self._pool if pooled else None)
+            reused = pooled and self._pool is not None and self._pool.take(self.path)
+            self._file = self.path.open("r+b" if reused else "wb")  # a reused file's tail is cut when sealed
             self._file.write(self._head)
             self._head = bytearray()
         return self._file

@@ -5,9 +5,8 @@ Layout::
     checkpoint.json              the committed state (round, best score, quit jobs, kept models' digests):
                                  the commit point of every round end and quit job
     checkpoint.prev.json         the checkpoint of the previous round boundary (recovery falls back to it)
-    models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto)
-    models/recycled/<random>.free
-                                 a pruned round's model, to be written over by the next one (:mod:`.file_pool`)
+    models/round-000003.pbuf     the global model of each kept round (plain OpenFL ModelProto); written once,
+                                 never over: best.pbuf and last.pbuf are hard links to these files
     aggregators/train/round-000003/first_moment.pbuf
                                  a task aggregator's model-sized state (an optimizer's moment) as of round 3
     metrics/round-000002.json    aggregated and collaborator metrics of each finished round
@@ -32,9 +31,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedagg.federation.checkpoint import CHECKPOINT_RECORD, Checkpoint
-from fedagg.federation.file_pool import FilePool
 from fedagg.federation.files import (
     atomic_copy,
+    atomic_link,
     atomic_write,
     atomic_write_bytes,
     durable_directory,
@@ -50,6 +49,7 @@ from fedagg.federation.integrity import (
     verify_file,
 )
 from fedagg.federation.spool import Spool
+from fedagg.federation.writeback import Writeback
 from fedagg.federation.write_fence import refuse_if_fenced
 from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
 from fedagg.protocol.model_file import (
@@ -64,12 +64,14 @@ METRICS_RECORD = "fedagg/round-metrics/v1"
 
 
 class ModelWriter:
-    """Streams a model file tensor by tensor (and a tensor block by block), computing its digest."""
+    """Streams a model file tensor by tensor (and a tensor block by block), computing its digest; the disk write
+    of what is written starts as it goes (:mod:`fedagg.federation.writeback`), so the fsync after it is short."""
 
     def __init__(self, file: BinaryIO, round_number: int) -> None:
         self._file = file
         self._round_number = round_number
         self._digest = RunningDigest()
+        self._writeback = Writeback()
         self._remaining = 0
         self.names: list[str] = []
 
@@ -103,6 +105,7 @@ class ModelWriter:
     def _put(self, data: bytes | memoryview) -> None:
         self._file.write(data)
         self._digest.update(data)
+        self._writeback.written(self._file, self._digest.size)
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,6 @@ class StateStore:
         """Told the kind (``upload``, ``rejection``, ``close_decision``, ``checkpoint``, ``model``, ``metrics``)
         of every file moved to quarantine."""
         self._models = root / "models"
-        self._model_pool = FilePool(self._models / "recycled", skip_in_use=True)
-        """Pruned models, written over by the next round's (round ends only)."""
         self._legacy_deltas = root / "deltas"
         self._aggregators = root / "aggregators"
         self._metrics = root / "metrics"
@@ -140,7 +141,9 @@ class StateStore:
         shutil.rmtree(self._legacy_deltas, ignore_errors=True)
         for directory in (self._models, self._metrics):
             durable_directory(directory)
-        self._model_pool.prepare()
+        shutil.rmtree(
+            self._models / "recycled", ignore_errors=True
+        )  # earlier versions' pool of pruned models
         self.spool.prepare()
 
     def has_state(self) -> bool:
@@ -183,7 +186,7 @@ class StateStore:
             build(writer)
             digests.append(writer.finish())
 
-        atomic_write(self.model_path(round_number), write, pool=self._model_pool)
+        atomic_write(self.model_path(round_number), write)
         return digests[0]
 
     def load_model(self, round_number: int, digest: FileDigest) -> LoadedModel:
@@ -204,32 +207,34 @@ class StateStore:
             raise CorruptFile(f"{path}: holds round {model.round_number}, expected {round_number}")
         return model
 
-    def restore_model(self, round_number: int, digest: FileDigest, copies: list[Path]) -> bool:
-        """Replace a missing or corrupt kept model by the first of ``copies`` with the same digest."""
+    def restore_model(self, round_number: int, digest: FileDigest, copies: list[Path]) -> Path | None:
+        """Replace a missing or corrupt kept model by the first of ``copies`` with the same digest; return it."""
         for copy in copies:
             try:
                 verify_file(copy, digest)
             except (CorruptFile, OSError):
                 continue
             atomic_copy(copy, self.model_path(round_number))
-            return True
-        return False
+            return copy
+        return None
 
     def publish(self, round_number: int, target: Path) -> None:
-        """Atomically copy a kept model to a published path (best.pbuf, last.pbuf)."""
-        atomic_copy(self.model_path(round_number), target)
+        """Atomically make a published path (best.pbuf, last.pbuf) the kept model of ``round_number``: a hard link
+        to it, or a copy where no link can be made (``target`` on another filesystem)."""
+        source = self.model_path(round_number)
+        if not atomic_link(source, target):
+            atomic_copy(source, target)
 
     def prune_models(self, keep_from_round: int) -> None:
-        """Drop kept models (with their aggregator state) of rounds before ``keep_from_round``: the models go to
-        the pool, to be written over by the next ones. Refused (:class:`~fedagg.federation.write_fence.Fenced`)
-        once this process is no longer the leader: the new one owns the models."""
+        """Drop kept models (with their aggregator state) of rounds before ``keep_from_round``. A dropped model is
+        unlinked, never written over: a published file may still be that inode (a reader of an older best.pbuf
+        keeps its bytes). Refused (:class:`~fedagg.federation.write_fence.Fenced`) once this process is no longer
+        the leader: the new one owns the models."""
         refuse_if_fenced()
-        pruned = []
         for path in self._models.glob("round-*.pbuf"):
             number = path.stem.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
-                pruned.append(path)
-        self._model_pool.refill(pruned)
+                path.unlink(missing_ok=True)
         for directory in self._aggregators.glob("*/round-*"):
             number = directory.name.removeprefix("round-")
             if number.isdigit() and int(number) < keep_from_round:
