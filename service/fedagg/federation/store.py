@@ -49,8 +49,8 @@ from fedagg.federation.integrity import (
     verify_file,
 )
 from fedagg.federation.spool import Spool
-from fedagg.federation.writeback import Writeback
 from fedagg.federation.write_fence import refuse_if_fenced
+from fedagg.federation.writeback import Writeback
 from fedagg.protocol.codec import FLOAT32, Float32Array, Shape
 from fedagg.protocol.model_file import (
     LoadedModel,
