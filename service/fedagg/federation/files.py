@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from fedagg.federation.write_fence import fenced_replace
+from fedagg.federation.write_fence import fenced_replace, refuse_if_fenced
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def atomic_copy(source: Path, target: Path) -> None:
 def atomic_link(source: Path, target: Path) -> bool:
     """Atomically replace ``target`` with a hard link to ``source``; False where no link can be made (another
     filesystem, or one without hard links), ``target`` untouched."""
+    refuse_if_fenced()  # before the link: its time stamp changes the shared inode, a state file
     temporary = target.with_name(f".{target.name}.link-{uuid.uuid4().hex[:8]}")
     try:
         os.link(source, temporary)
