@@ -253,7 +253,9 @@ def test_disruption_budgets_guard_the_ingest_replicas_and_optionally_the_root() 
 
 @pytest.fixture(scope="module")
 def standalone_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart as it was before the tier (STANDALONE_BASELINE), extracted from Git."""
+    """The chart as it was before the tier (STANDALONE_BASELINE), extracted from Git, with today's ``files/``: the
+    alert rules and the dashboard are deploy/prometheus's and deploy/grafana's copies (test_chart_monitoring.py),
+    edited on their own; the tier never changed them, and K = 0 is about its templates and values."""
     git = shutil.which("git")
     require(git is not None and (ROOT / ".git").exists(), "needs git and the repository's history")
     assert git is not None
@@ -266,7 +268,10 @@ def standalone_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("standalone")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
-    return target / "helm" / "fedagg"
+    baseline = target / "helm" / "fedagg"
+    shutil.rmtree(baseline / "files")
+    shutil.copytree(CHART / "files", baseline / "files")
+    return baseline
 
 
 def render_chart(path: Path, values: dict[str, Any]) -> dict[str, str]:
