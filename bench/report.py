@@ -234,7 +234,8 @@ def _render_wire(report: Report) -> list[str]:
         "from its reply's bytes, uploads built message by message from the arrays; full model down and up every "
         "round; the runner trains in place); throughput = 2 N model bytes / mean round time, measured in the same "
         "run as the raw stream, over all rounds and from round 2 on (as section 1's steady CPU: the first two "
-        "rounds write new spool files and fault in fresh memory that later rounds reuse). Client CPU, peak RSS and pages faulted: the busiest collaborator process (its own "
+        "rounds write new spool files and fault in fresh memory that later rounds reuse). Client CPU, peak RSS "
+        "and pages faulted: the busiest collaborator process (its own "
         "rusage and VmHWM); pages faulted per round in models = minor page faults x 4 KiB / model bytes / rounds "
         "(fresh memory touched: each is a page the kernel zeroes).",
         "",
@@ -254,7 +255,7 @@ def _render_wire(report: Report) -> list[str]:
     ]
     for run in report.wire:
         ratio = run["bytes_per_second"] / reference
-        steady = run.get("steady_bytes_per_second")
+        steady = run["steady_bytes_per_second"]
         steady_ratio = float("nan") if steady is None else steady / reference
         rounds = " / ".join(f"{s:.2f}" for s in run["round_seconds"])
         targets = ", ".join(

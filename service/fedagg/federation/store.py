@@ -141,9 +141,8 @@ class StateStore:
         shutil.rmtree(self._legacy_deltas, ignore_errors=True)
         for directory in (self._models, self._metrics):
             durable_directory(directory)
-        shutil.rmtree(
-            self._models / "recycled", ignore_errors=True
-        )  # earlier versions' pool of pruned models
+        # earlier versions' pool of pruned models (a kept model is now written once, never over)
+        shutil.rmtree(self._models / "recycled", ignore_errors=True)
         self.spool.prepare()
 
     def has_state(self) -> bool:
